@@ -1,0 +1,92 @@
+//! Every limit of shardblk in one place, named with its unit.
+//!
+//! Contract: no other module hard-codes a size, count or duration that a user
+//! or operator could care about; it names a constant here. Relations between
+//! limits are checked at compile time by the `const _: () = assert!(..)` lines
+//! at the bottom, so an edit that breaks one fails the build.
+
+/// Size of a Linux sector, the unit of ublk request offsets.
+pub const SECTOR_SIZE_BYTES: u64 = 512;
+
+/// Logical block size exposed to users and the alignment of every `O_DIRECT`
+/// transfer to a tier device.
+pub const BLOCK_SIZE_BYTES: u64 = 4096;
+
+/// Allocation unit on a tier device: extents are whole runs of units, and the
+/// smallest shard is one unit.
+pub const UNIT_SIZE_BYTES: u64 = 64 * 1024;
+
+/// Shard size bounds. Shards split and merge within them.
+pub const SHARD_SIZE_MIN_BYTES: u64 = UNIT_SIZE_BYTES;
+pub const SHARD_SIZE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// `SHARD_SIZE` default (the `--shard-size` flag).
+pub const SHARD_SIZE_DEFAULT_BYTES: u64 = 1024 * 1024;
+
+/// Largest logical volume size. Thin: costs memory only where touched.
+pub const VOLUME_SIZE_MAX_BYTES: u64 = 256 << 40; // 256 TiB
+
+/// Entries in one lazily allocated leaf of the LBA→shard table.
+pub const TABLE_LEAF_ENTRIES: usize = 1 << 14;
+
+/// Tiers per pool (the tier index is stored in 2 bits of a table entry).
+pub const TIERS_MAX: usize = 4;
+/// Tier devices per pool.
+pub const POOL_DEVICES_MAX: usize = 16;
+/// Volumes per pool.
+pub const VOLUMES_MAX: usize = 4096;
+/// Longest volume or tier name.
+pub const NAME_LEN_MAX_BYTES: usize = 64;
+
+/// Superblock: one block at offset 0 of every tier device, and a copy at
+/// `SUPERBLOCK_COPY_OFFSET_BYTES`.
+pub const SUPERBLOCK_SIZE_BYTES: u64 = BLOCK_SIZE_BYTES;
+pub const SUPERBLOCK_COPY_OFFSET_BYTES: u64 = BLOCK_SIZE_BYTES;
+/// Data (extents) start after the reserved head of each device.
+pub const DEVICE_RESERVED_HEAD_BYTES: u64 = UNIT_SIZE_BYTES;
+
+/// Metadata region on the metadata device (the first tier device): two
+/// checkpoint slots and a log ring.
+pub const META_LOG_SIZE_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest checkpoint slot; it grows with pool capacity (see `shard::pool`).
+pub const META_CHECKPOINT_SLOT_MIN_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes of checkpoint reserved per allocation unit of pool capacity, so a
+/// checkpoint can always hold a pool mapped entirely in minimum-size shards.
+pub const META_CHECKPOINT_BYTES_PER_UNIT: u64 = 32;
+/// Checkpoint when the log is this full (percent).
+pub const META_LOG_CHECKPOINT_PERCENT: u64 = 50;
+
+/// Smallest tier device accepted by `pool init`.
+pub const DEVICE_SIZE_MIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// io_uring submission queue entries per engine (one engine per thread).
+pub const IO_RING_ENTRIES: u32 = 256;
+/// Registered buffer arena per engine.
+pub const IO_REGISTERED_BUFFERS: usize = 64;
+pub const IO_REGISTERED_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Background migration copies in chunks of this size.
+pub const MIGRATE_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Attempts to copy a shard that keeps being written before giving up.
+pub const MIGRATE_RETRIES_MAX: u32 = 8;
+
+/// Hot-tier watermarks (percent of hot capacity used): demote above high
+/// until below low; promotion stops above high.
+pub const HOT_WATERMARK_HIGH_PERCENT: u8 = 90;
+pub const HOT_WATERMARK_LOW_PERCENT: u8 = 75;
+/// A shard read this many times within one policy window is promoted.
+pub const PROMOTE_READS_DEFAULT: u32 = 4;
+
+const _: () = assert!(SHARD_SIZE_MIN_BYTES.is_power_of_two());
+const _: () = assert!(SHARD_SIZE_MAX_BYTES.is_power_of_two());
+const _: () = assert!(SHARD_SIZE_DEFAULT_BYTES >= SHARD_SIZE_MIN_BYTES);
+const _: () = assert!(SHARD_SIZE_DEFAULT_BYTES <= SHARD_SIZE_MAX_BYTES);
+const _: () = assert!(UNIT_SIZE_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(BLOCK_SIZE_BYTES % SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(DEVICE_RESERVED_HEAD_BYTES % UNIT_SIZE_BYTES == 0);
+const _: () = assert!(DEVICE_RESERVED_HEAD_BYTES >= SUPERBLOCK_COPY_OFFSET_BYTES + SUPERBLOCK_SIZE_BYTES);
+const _: () = assert!(TABLE_LEAF_ENTRIES.is_power_of_two());
+const _: () = assert!(TIERS_MAX <= 4);
+const _: () = assert!(META_LOG_SIZE_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(HOT_WATERMARK_LOW_PERCENT < HOT_WATERMARK_HIGH_PERCENT);
+const _: () = assert!(HOT_WATERMARK_HIGH_PERCENT <= 100);
+const _: () = assert!(MIGRATE_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);

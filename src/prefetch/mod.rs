@@ -1,0 +1,1 @@
+//! Prefetch engine (being written).

@@ -1,0 +1,1 @@
+//! Persistent pool metadata (being written).

@@ -1,0 +1,3 @@
+//! Volume Composer: the LBA→shard table and request splitting.
+pub mod split;
+pub mod table;
