@@ -2,5 +2,6 @@
 //! persistent crash-safe metadata, and the pool that ties devices, metadata
 //! and volumes together.
 pub mod allocator;
+pub mod devcheck;
 pub mod meta;
 pub mod policy;
