@@ -46,9 +46,9 @@ pub const DEVICE_RESERVED_HEAD_BYTES: u64 = UNIT_SIZE_BYTES;
 
 /// Metadata region on the metadata device (the first tier device): two
 /// checkpoint slots and a log ring.
-pub const META_LOG_SIZE_BYTES: u64 = 32 * 1024 * 1024;
+pub const META_LOG_SIZE_BYTES: u64 = 16 * 1024 * 1024;
 /// Smallest checkpoint slot; it grows with pool capacity (see `shard::pool`).
-pub const META_CHECKPOINT_SLOT_MIN_BYTES: u64 = 8 * 1024 * 1024;
+pub const META_CHECKPOINT_SLOT_MIN_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes of checkpoint reserved per allocation unit of pool capacity, so a
 /// checkpoint can always hold a pool mapped entirely in minimum-size shards.
 pub const META_CHECKPOINT_BYTES_PER_UNIT: u64 = 32;
@@ -56,7 +56,9 @@ pub const META_CHECKPOINT_BYTES_PER_UNIT: u64 = 32;
 pub const META_LOG_CHECKPOINT_PERCENT: u64 = 50;
 
 /// Smallest tier device accepted by `pool init`.
-pub const DEVICE_SIZE_MIN_BYTES: u64 = 16 * 1024 * 1024;
+/// The metadata device needs room for the metadata region as well
+/// (`shard::pool` checks that separately).
+pub const DEVICE_SIZE_MIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// io_uring submission queue entries per engine (one engine per thread).
 pub const IO_RING_ENTRIES: u32 = 256;
@@ -88,6 +90,10 @@ const _: () =
 const _: () = assert!(TABLE_LEAF_ENTRIES.is_power_of_two());
 const _: () = assert!(TIERS_MAX <= 4);
 const _: () = assert!(META_LOG_SIZE_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(META_CHECKPOINT_SLOT_MIN_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(
+    DEVICE_RESERVED_HEAD_BYTES + 2 * META_CHECKPOINT_SLOT_MIN_BYTES + META_LOG_SIZE_BYTES + UNIT_SIZE_BYTES <= DEVICE_SIZE_MIN_BYTES
+);
 const _: () = assert!(HOT_WATERMARK_LOW_PERCENT < HOT_WATERMARK_HIGH_PERCENT);
 const _: () = assert!(HOT_WATERMARK_HIGH_PERCENT <= 100);
 const _: () = assert!(MIGRATE_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
