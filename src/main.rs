@@ -1,1 +1,44 @@
-fn main() {}
+//! The `shardblk` command: argument parsing and dispatch only. Library
+//! errors are typed; this edge turns them into one clear line and a
+//! non-zero exit.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "shardblk", version, about = "Shard-composed tiered volumes served as ublk block devices")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create and inspect pools of tier devices.
+    #[command(subcommand)]
+    Pool(cli::pool::PoolCmd),
+    /// Create, inspect, resize, delete volumes and move data in and out.
+    #[command(subcommand)]
+    Volume(cli::volume::VolumeCmd),
+    /// Convert, synthesise and evaluate block traces for the prefetcher.
+    #[command(subcommand)]
+    Trace(cli::trace::TraceCmd),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHARDBLK_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Pool(c) => cli::pool::run(c),
+        Cmd::Volume(c) => cli::volume::run(c),
+        Cmd::Trace(c) => cli::trace::run(c),
+    };
+    if let Err(e) = r {
+        eprintln!("shardblk: {e:#}");
+        std::process::exit(1);
+    }
+}
