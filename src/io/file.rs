@@ -78,13 +78,9 @@ impl FileDev {
             .open(p)
             .map_err(|e| {
                 if block && e.raw_os_error() == Some(libc::EBUSY) {
-                    os_err(
-                        &name,
-                        std::io::Error::new(
-                            ErrorKind::ResourceBusy,
-                            "device is in use (mounted or opened exclusively by another program)",
-                        ),
-                    )
+                    // Keep the errno; say what it means for a tier device.
+                    let what = format!("{name} (in use: mounted or held by another program)");
+                    os_err(&what, e)
                 } else {
                     os_err(&name, e)
                 }
