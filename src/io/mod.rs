@@ -50,6 +50,8 @@ pub enum IoError {
     Crashed,
     #[error("io_uring: {0}")]
     Ring(String),
+    #[error("no device {index}: the engine has {count} devices")]
+    NoDevice { index: u16, count: usize },
 }
 
 impl IoError {
