@@ -83,10 +83,16 @@ const _: () = assert!(SHARD_SIZE_DEFAULT_BYTES <= SHARD_SIZE_MAX_BYTES);
 const _: () = assert!(UNIT_SIZE_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(BLOCK_SIZE_BYTES % SECTOR_SIZE_BYTES == 0);
 const _: () = assert!(DEVICE_RESERVED_HEAD_BYTES % UNIT_SIZE_BYTES == 0);
-const _: () = assert!(DEVICE_RESERVED_HEAD_BYTES >= SUPERBLOCK_COPY_OFFSET_BYTES + SUPERBLOCK_SIZE_BYTES);
+const _: () =
+    assert!(DEVICE_RESERVED_HEAD_BYTES >= SUPERBLOCK_COPY_OFFSET_BYTES + SUPERBLOCK_SIZE_BYTES);
 const _: () = assert!(TABLE_LEAF_ENTRIES.is_power_of_two());
 const _: () = assert!(TIERS_MAX <= 4);
 const _: () = assert!(META_LOG_SIZE_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(HOT_WATERMARK_LOW_PERCENT < HOT_WATERMARK_HIGH_PERCENT);
 const _: () = assert!(HOT_WATERMARK_HIGH_PERCENT <= 100);
 const _: () = assert!(MIGRATE_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
+
+// --- table ---
+/// Writes in flight at once on one table entry (the 8-bit writer count of
+/// `kernel-notes/engine.md`); one more gets `WriteEnter::Saturated`.
+pub const TABLE_SLOT_WRITERS_MAX: u32 = 255;
