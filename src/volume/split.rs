@@ -312,7 +312,7 @@ mod tests {
         t.try_map(0, Entry::mapped(1, 32, 4).unwrap()).unwrap();
         t.try_map(2, Entry::mapped(0, 64, 4).unwrap()).unwrap();
         t.split(2, 4, &g).unwrap();
-        t.try_unmap(crate::volume::table::Loc::child(2, 1), &g)
+        t.try_unmap(crate::volume::table::Loc::child(2, 1, 4), &g)
             .unwrap();
         let starts = [1000 * 4096, 2000 * 4096, 0, 0];
         let pieces: Vec<Piece> = resolve(&t, &g, MIB - 8192, 2 * MIB, &starts)

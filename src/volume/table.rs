@@ -22,8 +22,8 @@
 //!   migration switch ([`ShardTable::finish_migrate`]) succeeds only if no
 //!   write was in flight or entered since the copy began, so no acknowledged
 //!   write is lost by a migration. Writes never wait for a migration.
-//! - Split children are addressed by [`Loc`] (`slot`, `child`). A child of a
-//!   split slot that is unmapped is mapped by [`ShardTable::try_map_child`]
+//! - Split children are addressed by [`Loc`] (`slot`, and `child` index *of* a child count). A child of a
+//!   split slot that is unmapped is mapped by [`ShardTable::try_map_at`]
 //!   (CAS `0 -> entry` on the child, the loser gets the winner) exactly like a
 //!   slot; a slot-level [`ShardTable::try_map`] on a split slot fails with
 //!   [`TableError::IsSplit`].
@@ -307,17 +307,27 @@ impl fmt::Debug for Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Loc {
     pub slot: u64,
-    pub child: Option<u32>,
+    pub child: Option<ChildRef>,
+}
+
+/// Child `index` of a slot split into `of` children: one exact logical range
+/// (`S/of` bytes at `index * S/of`). An operation on a child whose slot is
+/// no longer split into `of` children fails with `Reshaped`, so it never
+/// lands on a different range than the caller meant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChildRef {
+    pub index: u32,
+    pub of: u32,
 }
 
 impl Loc {
     pub const fn slot(slot: u64) -> Loc {
         Loc { slot, child: None }
     }
-    pub const fn child(slot: u64, child: u32) -> Loc {
+    pub const fn child(slot: u64, index: u32, of: u32) -> Loc {
         Loc {
             slot,
-            child: Some(child),
+            child: Some(ChildRef { index, of }),
         }
     }
 }
@@ -395,7 +405,7 @@ pub enum WriteEnter<'g> {
     /// (or call [`ShardTable::writer_exit`]) when its I/O has completed.
     Entered(WriteTicket<'g>),
     /// Nothing is mapped at `loc`: map an extent of `len_units` units there
-    /// ([`ShardTable::try_map`] / [`ShardTable::try_map_child`]) and retry.
+    /// ([`ShardTable::try_map`] / [`ShardTable::try_map_at`]) and retry.
     Unmapped { loc: Loc, len_units: u64 },
     /// The slot is split: enter a child (see [`SplitView::child_index`]).
     Split(SplitView<'g>),
@@ -669,22 +679,28 @@ impl ShardTable {
                 Some(_) => Err(TableError::NotSplit(Entry::UNMAPPED)),
             };
         };
-        let Some(child) = loc.child else {
+        let Some(ChildRef { index, of }) = loc.child else {
             return Ok(Some(Cell {
                 cell: slot_cell,
                 parent: None,
                 len_units_log2: self.slot_units_log2(),
             }));
         };
+        if index >= of {
+            return Err(TableError::ChildOutOfRange {
+                child: index,
+                children: of,
+            });
+        }
         let parent = slot_cell.load(Ordering::Acquire);
         if parent & SPLIT == 0 {
             return Err(TableError::NotSplit(Entry(parent)));
         }
         let node = self.node(Entry(parent), guard);
-        let children = node.children.len() as u32;
-        let Some(cell) = node.children.get(child as usize) else {
-            return Err(TableError::ChildOutOfRange { child, children });
-        };
+        if node.children.len() != of as usize {
+            return Err(TableError::Reshaped);
+        }
+        let cell = &node.children[index as usize];
         Ok(Some(Cell {
             cell,
             parent: Some((slot_cell, parent)),
@@ -718,7 +734,7 @@ impl ShardTable {
                     len_units: self.slot_units(),
                 })
             }
-            Err(TableError::NotSplit(_)) => return Ok(WriteEnter::Reshaped),
+            Err(TableError::NotSplit(_) | TableError::Reshaped) => return Ok(WriteEnter::Reshaped),
             Err(e) => return Err(e),
         };
         let backoff = Backoff::new();
@@ -777,7 +793,7 @@ impl ShardTable {
             match self.writer_enter(Loc::slot(slot), guard)? {
                 WriteEnter::Split(view) => {
                     let child = view.child_index(offset_in_slot);
-                    match self.writer_enter(Loc::child(slot, child), guard)? {
+                    match self.writer_enter(Loc::child(slot, child, view.len()), guard)? {
                         WriteEnter::Reshaped | WriteEnter::Split(_) => continue,
                         other => return Ok(other),
                     }
@@ -821,18 +837,16 @@ impl ShardTable {
         }
     }
 
-    /// Map an unmapped child of a split slot: `CAS(0 -> entry)` on the child,
-    /// exactly like [`Self::try_map`]. `Err(Reshaped)` / `Err(NotSplit)`: the
-    /// slot is no longer split that way; resolve again.
-    pub fn try_map_child(
-        &self,
-        slot: u64,
-        child: u32,
-        entry: Entry,
-        guard: &Guard,
-    ) -> Result<(), TableError> {
+    /// Map the unmapped entry at `loc`, a slot or a child of a split slot:
+    /// `CAS(0 -> entry)`, exactly like [`Self::try_map`] (the loser gets
+    /// `Err(Lost(winner))`). For a child, `Err(Reshaped)` / `Err(NotSplit)`:
+    /// the slot is no longer split that way; resolve again.
+    pub fn try_map_at(&self, loc: Loc, entry: Entry, guard: &Guard) -> Result<(), TableError> {
+        if loc.child.is_none() {
+            return self.try_map(loc.slot, entry);
+        }
         let c = self
-            .cell(Loc::child(slot, child), guard, false)?
+            .cell(loc, guard, false)?
             .expect("children always resolve");
         let entry = Self::check_new_mapping(entry, c.len_units_log2)?;
         let backoff = Backoff::new();
@@ -1456,11 +1470,20 @@ mod tests {
             );
         }
         assert_eq!(t.try_map(0, e), Err(TableError::IsSplit));
+        // A child addressed with another child count is another range.
+        assert_eq!(
+            t.try_unmap(Loc::child(0, 1, 2), &g),
+            Err(TableError::Reshaped)
+        );
+        assert!(matches!(
+            t.try_unmap(Loc::child(0, 4, 4), &g),
+            Err(TableError::ChildOutOfRange { .. })
+        ));
         assert_eq!(t.try_unmap(Loc::slot(0), &g), Err(TableError::IsSplit));
         let WriteEnter::Entered(tk) = t.writer_enter_at(0, 600 * 1024, &g).unwrap() else {
             panic!()
         };
-        assert_eq!(tk.loc(), Loc::child(0, 2));
+        assert_eq!(tk.loc(), Loc::child(0, 2, 4));
         assert_eq!(t.try_merge(0, &g), Err(TableError::WritersInFlight(1)));
         drop(tk);
         let mut seen = Vec::new();
@@ -1470,7 +1493,7 @@ mod tests {
         assert_eq!(t.try_merge(0, &g).unwrap(), e);
         assert_eq!(t.load_entry(Loc::slot(0), &g).unwrap(), e);
         assert!(matches!(
-            t.writer_enter(Loc::child(0, 1), &g).unwrap(),
+            t.writer_enter(Loc::child(0, 1, 4), &g).unwrap(),
             WriteEnter::Reshaped
         ));
     }
@@ -1486,32 +1509,35 @@ mod tests {
             t.writer_enter_at(1, MIB / 2, &g).unwrap(),
             WriteEnter::Unmapped { len_units: 8, .. }
         ));
-        t.try_map_child(1, 0, c0, &g).unwrap();
-        assert_eq!(t.try_map_child(1, 0, c1, &g), Err(TableError::Lost(c0)));
+        t.try_map_at(Loc::child(1, 0, 2), c0, &g).unwrap();
+        assert_eq!(
+            t.try_map_at(Loc::child(1, 0, 2), c1, &g),
+            Err(TableError::Lost(c0))
+        );
         assert!(matches!(
-            t.try_map_child(1, 2, c1, &g),
+            t.try_map_at(Loc::child(1, 2, 2), c1, &g),
             Err(TableError::ChildOutOfRange { .. })
         ));
         assert_eq!(
             t.try_merge(1, &g),
             Err(TableError::NotMergeable("some children are unmapped"))
         );
-        t.try_map_child(1, 1, c1, &g).unwrap();
+        t.try_map_at(Loc::child(1, 1, 2), c1, &g).unwrap();
         assert_eq!(
             t.try_merge(1, &g),
             Err(TableError::NotMergeable("children not contiguous in order"))
         );
         // The failed merges thawed the children: they still take writes.
         assert!(matches!(
-            t.writer_enter(Loc::child(1, 1), &g).unwrap(),
+            t.writer_enter(Loc::child(1, 1, 2), &g).unwrap(),
             WriteEnter::Entered(_)
         ));
-        assert_eq!(t.try_unmap(Loc::child(1, 0), &g).unwrap(), c0);
-        assert_eq!(t.try_unmap(Loc::child(1, 1), &g).unwrap(), c1);
+        assert_eq!(t.try_unmap(Loc::child(1, 0, 2), &g).unwrap(), c0);
+        assert_eq!(t.try_unmap(Loc::child(1, 1, 2), &g).unwrap(), c1);
         assert_eq!(t.try_merge(1, &g).unwrap(), Entry::UNMAPPED);
         assert!(matches!(t.load(1, &g).unwrap(), SlotView::Unmapped));
         assert!(matches!(
-            t.try_map_child(1, 0, c0, &g),
+            t.try_map_at(Loc::child(1, 0, 2), c0, &g),
             Err(TableError::NotSplit(_))
         ));
     }
