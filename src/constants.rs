@@ -97,3 +97,8 @@ const _: () = assert!(
 const _: () = assert!(HOT_WATERMARK_LOW_PERCENT < HOT_WATERMARK_HIGH_PERCENT);
 const _: () = assert!(HOT_WATERMARK_HIGH_PERCENT <= 100);
 const _: () = assert!(MIGRATE_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
+
+// --- table ---
+/// Writes in flight at once on one table entry (the 8-bit writer count of
+/// `kernel-notes/engine.md`); one more gets `WriteEnter::Saturated`.
+pub const TABLE_SLOT_WRITERS_MAX: u32 = 255;
