@@ -53,7 +53,7 @@ fn copy_extent(
 
 /// Logical unit of the entry at `loc` whose extent has `len_units` units.
 fn logical_unit(vol: &Volume, loc: Loc, len_units: u64) -> u64 {
-    loc.slot * vol.shared().table.slot_units() + loc.child.map_or(0, |c| u64::from(c) * len_units)
+    loc.slot * vol.shared().table.slot_units() + loc.child.map_or(0, |c| u64::from(c.index) * len_units)
 }
 
 /// Migrate the entry at `loc` to `to_tier`, into a fresh extent there.
@@ -200,7 +200,7 @@ pub fn merge(vol: &Volume, eng: &mut dyn IoEngine, slot: u64, copy: bool) -> Res
     for (j, _) in children.iter().enumerate() {
         let target = first + j as u64 * child_units;
         // Each child's part of the new extent is freed by migrate_into on failure.
-        if migrate_into(vol, eng, Loc::child(slot, j as u32), tier, target, child_units)? != Outcome::Done {
+        if migrate_into(vol, eng, Loc::child(slot, j as u32, children.len() as u32), tier, target, child_units)? != Outcome::Done {
             for k in j + 1..children.len() {
                 vol.pool().free_now(tier, first + k as u64 * child_units, child_units);
             }
@@ -220,7 +220,7 @@ pub fn entries(vol: &Volume) -> Vec<(Loc, Entry)> {
     let mut out = Vec::new();
     vol.shared().table.for_each_mapped(|unit, len, e| {
         let slot = unit / slot_units;
-        let loc = if len == slot_units { Loc::slot(slot) } else { Loc::child(slot, ((unit % slot_units) / len) as u32) };
+        let loc = if len == slot_units { Loc::slot(slot) } else { Loc::child(slot, ((unit % slot_units) / len) as u32, (slot_units / len) as u32) };
         out.push((loc, e.mapping()));
     });
     out

@@ -96,7 +96,7 @@ fn run_volume_window(pool: &Pool, vol: &Volume, eng: &mut dyn IoEngine, rep: &mu
                 let untouched_child = loc.child.is_some_and(|c| {
                     let t = window.get(&loc.slot).map_or(0, |x| x.touched);
                     let per = 16 / (slot_units / e.len_units()).min(16);
-                    let bits = ((1u32 << per) - 1) << (c as u64 * per);
+                    let bits = ((1u32 << per) - 1) << (u64::from(c.index) * per);
                     u32::from(t) & bits == 0
                 });
                 (age, untouched_child, loc)

@@ -378,7 +378,7 @@ impl Pool {
         let mut vols = self.inner.volumes.write().expect("volumes lock");
         for (id, v, maps) in metas {
             let policy = TierPolicy::from_json(&v.policy)?;
-            let shared = VolumeShared::load(id, &v.name, v.size_bytes, v.shard_size_bytes, policy, &maps)
+            let shared = VolumeShared::load(id, &v.name, v.size_bytes, v.shard_size_bytes, policy, maps.as_slice())
                 .map_err(|e| MetaError::Inconsistent(format!("volume {}: {e}", v.name)))?;
             vols.insert(id, Arc::new(shared));
         }
@@ -402,7 +402,7 @@ impl Pool {
     pub fn engine(&self) -> Box<dyn IoEngine> {
         let devs = self.devices();
         if devs.iter().all(|d| d.raw_fd().is_some()) {
-            match UringEngine::new(&devs) {
+            match UringEngine::new(devs.clone()) {
                 Ok(e) => return Box::new(e),
                 Err(e) => tracing::warn!("io_uring unavailable ({e}); using synchronous I/O"),
             }

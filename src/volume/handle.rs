@@ -125,7 +125,8 @@ impl VolumeShared {
                     for k in 0..len / child_units {
                         let child = ((off / child_units) + k) as u32;
                         let e = Entry::mapped(tier as usize, phys + k * child_units, g)?;
-                        table.try_map_child(slot, child, e, &guard)?;
+                        let loc = Loc::child(slot, child, (slot_units / child_units) as u32);
+                        table.try_map_at(loc, e, &guard)?;
                     }
                 }
             }
@@ -308,12 +309,12 @@ impl Volume {
                         if data.is_none() {
                             // Zeroing an unmapped range: it already reads as zeros.
                             let entry_bytes = len_units * UNIT_SIZE_BYTES;
-                            let start = loc.child.map_or(0, |c| u64::from(c) * entry_bytes);
+                            let start = loc.child.map_or(0, |c| u64::from(c.index) * entry_bytes);
                             done += (start + entry_bytes - off_in_slot).min(seg.len - done);
                             continue;
                         }
                         let entry_bytes = len_units * UNIT_SIZE_BYTES;
-                        let start = loc.child.map_or(0, |c| u64::from(c) * entry_bytes);
+                        let start = loc.child.map_or(0, |c| u64::from(c.index) * entry_bytes);
                         let n = (start + entry_bytes - off_in_slot).min(seg.len - done);
                         let d = data.expect("data present");
                         if self.map_and_write(eng, &guard, loc, len_units, off_in_slot - start, &d[buf_off..buf_off + n as usize])? {
@@ -343,7 +344,7 @@ impl Volume {
     /// returns (entry start in slot, bytes).
     fn span_in_entry(loc: Loc, e: Entry, off_in_slot: u64, want: u64) -> (u64, u64) {
         let bytes = e.len_bytes();
-        let start = loc.child.map_or(0, |c| u64::from(c) * bytes);
+        let start = loc.child.map_or(0, |c| u64::from(c.index) * bytes);
         (start, (start + bytes - off_in_slot).min(want))
     }
 
@@ -384,13 +385,10 @@ impl Volume {
             return Err(e.into());
         }
         let entry = Entry::mapped(tier, first, len_units.trailing_zeros())?;
-        let published = match loc.child {
-            None => self.v.table.try_map(loc.slot, entry),
-            Some(c) => self.v.table.try_map_child(loc.slot, c, entry, guard),
-        };
+        let published = self.v.table.try_map_at(loc, entry, guard);
         match published {
             Ok(()) => {
-                let logical_unit = loc.slot * self.v.table.slot_units() + loc.child.map_or(0, |c| u64::from(c) * len_units);
+                let logical_unit = loc.slot * self.v.table.slot_units() + loc.child.map_or(0, |c| u64::from(c.index) * len_units);
                 pool.meta.append(Record::Map { vol: self.v.id, logical_unit, len_units, tier: tier as u8, phys_unit: first })?;
                 Ok(true)
             }
@@ -439,7 +437,7 @@ impl Volume {
                 let (loc, start, bytes) = match view {
                     crate::volume::table::SlotView::Split(sv) => {
                         let j = sv.child_index(at);
-                        (Loc::child(seg.slot, j), u64::from(j) * sv.child_bytes(), sv.child_bytes())
+                        (Loc::child(seg.slot, j, sv.len()), u64::from(j) * sv.child_bytes(), sv.child_bytes())
                     }
                     _ => (Loc::slot(seg.slot), 0, shard),
                 };
@@ -466,7 +464,7 @@ impl Volume {
     /// that is durable and no reader can see it.
     fn released(&self, loc: Loc, old: Entry, guard: &epoch::Guard) -> Result<(), VolumeError> {
         let len_units = old.len_units();
-        let logical_unit = loc.slot * self.v.table.slot_units() + loc.child.map_or(0, |c| u64::from(c) * len_units);
+        let logical_unit = loc.slot * self.v.table.slot_units() + loc.child.map_or(0, |c| u64::from(c.index) * len_units);
         let lsn = self.shared_pool().meta.append(Record::Unmap { vol: self.v.id, logical_unit, len_units })?;
         self.pool.free_after(guard, lsn, old.tier(), old.first_unit(), len_units);
         Ok(())
