@@ -102,3 +102,21 @@ const _: () = assert!(MIGRATE_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
 /// Writes in flight at once on one table entry (the 8-bit writer count of
 /// `kernel-notes/engine.md`); one more gets `WriteEnter::Saturated`.
 pub const TABLE_SLOT_WRITERS_MAX: u32 = 255;
+
+// --- meta ---
+/// Longest opaque policy blob stored with a volume (JSON bytes).
+pub const META_POLICY_MAX_BYTES: usize = 4096;
+/// Largest encoded metadata log frame (header, payload, checksum).
+pub const META_RECORD_MAX_BYTES: usize = 8192;
+/// Smallest log ring accepted by `MetaLog::format`/`open` (tests use small rings
+/// to exercise checkpoints; pools use `META_LOG_SIZE_BYTES`).
+pub const META_LOG_MIN_BYTES: u64 = 4 * BLOCK_SIZE_BYTES;
+/// Smallest checkpoint slot accepted by `MetaLog::format`/`open` (tests only;
+/// pools use at least `META_CHECKPOINT_SLOT_MIN_BYTES`).
+pub const META_CHECKPOINT_SLOT_FLOOR_BYTES: u64 = BLOCK_SIZE_BYTES;
+const _: () = assert!(META_POLICY_MAX_BYTES + NAME_LEN_MAX_BYTES + 128 <= META_RECORD_MAX_BYTES);
+const _: () = assert!(META_LOG_MIN_BYTES >= 2 * BLOCK_SIZE_BYTES + META_RECORD_MAX_BYTES as u64);
+const _: () = assert!(META_LOG_MIN_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(META_CHECKPOINT_SLOT_MIN_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(META_CHECKPOINT_SLOT_MIN_BYTES >= META_CHECKPOINT_SLOT_FLOOR_BYTES);
+const _: () = assert!(META_LOG_CHECKPOINT_PERCENT > 0 && META_LOG_CHECKPOINT_PERCENT < 100);
