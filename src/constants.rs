@@ -30,8 +30,10 @@ pub const TABLE_LEAF_ENTRIES: usize = 1 << 14;
 
 /// Tiers per pool (the tier index is stored in 2 bits of a table entry).
 pub const TIERS_MAX: usize = 4;
-/// Tier devices per pool.
-pub const POOL_DEVICES_MAX: usize = 16;
+/// Tier devices per pool (one device per tier in this version).
+pub const POOL_DEVICES_MAX: usize = TIERS_MAX;
+/// Longest device path recorded in a superblock as a hint for `Pool::open`.
+pub const PATH_HINT_MAX_BYTES: usize = 255;
 /// Volumes per pool.
 pub const VOLUMES_MAX: usize = 4096;
 /// Longest volume or tier name.
@@ -92,7 +94,11 @@ const _: () = assert!(TIERS_MAX <= 4);
 const _: () = assert!(META_LOG_SIZE_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(META_CHECKPOINT_SLOT_MIN_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(
-    DEVICE_RESERVED_HEAD_BYTES + 2 * META_CHECKPOINT_SLOT_MIN_BYTES + META_LOG_SIZE_BYTES + UNIT_SIZE_BYTES <= DEVICE_SIZE_MIN_BYTES
+    DEVICE_RESERVED_HEAD_BYTES
+        + 2 * META_CHECKPOINT_SLOT_MIN_BYTES
+        + META_LOG_SIZE_BYTES
+        + UNIT_SIZE_BYTES
+        <= DEVICE_SIZE_MIN_BYTES
 );
 const _: () = assert!(HOT_WATERMARK_LOW_PERCENT < HOT_WATERMARK_HIGH_PERCENT);
 const _: () = assert!(HOT_WATERMARK_HIGH_PERCENT <= 100);
@@ -120,3 +126,10 @@ const _: () = assert!(META_LOG_MIN_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(META_CHECKPOINT_SLOT_MIN_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(META_CHECKPOINT_SLOT_MIN_BYTES >= META_CHECKPOINT_SLOT_FLOOR_BYTES);
 const _: () = assert!(META_LOG_CHECKPOINT_PERCENT > 0 && META_LOG_CHECKPOINT_PERCENT < 100);
+
+// --- superblock ---
+/// Every device entry, with its tier name and path hint, fits one superblock.
+const _: () = assert!(
+    POOL_DEVICES_MAX * (16 + 1 + 1 + NAME_LEN_MAX_BYTES + 8 + 2 + PATH_HINT_MAX_BYTES) + 512
+        <= SUPERBLOCK_SIZE_BYTES as usize
+);

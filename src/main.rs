@@ -7,7 +7,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shardblk", version, about = "Shard-composed tiered volumes served as ublk block devices")]
+#[command(
+    name = "shardblk",
+    version,
+    about = "Shard-composed tiered volumes served as ublk block devices"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -28,7 +32,10 @@ enum Cmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHARDBLK_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHARDBLK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

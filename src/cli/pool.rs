@@ -61,7 +61,10 @@ fn print_status(pool: &Pool, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("pool {}  ({} volumes)", st.uuid, st.volumes);
-    println!("{:<4} {:<8} {:>10} {:>10} {:>6}  device", "tier", "name", "capacity", "used", "use%");
+    println!(
+        "{:<4} {:<8} {:>10} {:>10} {:>6}  device",
+        "tier", "name", "capacity", "used", "use%"
+    );
     for t in &st.tiers {
         let pct = t.used_bytes * 100 / t.capacity_bytes.max(1);
         println!(
@@ -84,7 +87,11 @@ pub fn run(cmd: PoolCmd) -> Result<()> {
             print_status(&pool, json)
         }
         PoolCmd::Status { pool, json } => print_status(&pool.open()?, json),
-        PoolCmd::Balance { pool, windows, json } => {
+        PoolCmd::Balance {
+            pool,
+            windows,
+            json,
+        } => {
             let pool = pool.open()?;
             let mut eng = pool.engine();
             let mut total = shardblk::shard::manager::WindowReport::default();

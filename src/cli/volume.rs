@@ -101,7 +101,11 @@ pub enum VolumeCmd {
 
 fn print_info(v: &VolumeInfo) {
     println!("volume {} (id {})", v.name, v.id);
-    println!("  size        {} ({} bytes)", format_size(v.size_bytes), v.size_bytes);
+    println!(
+        "  size        {} ({} bytes)",
+        format_size(v.size_bytes),
+        v.size_bytes
+    );
     println!("  shard size  {}", format_size(v.shard_size_bytes));
     println!("  policy      {}", v.policy);
     for (tier, b) in &v.mapped_bytes {
@@ -111,7 +115,14 @@ fn print_info(v: &VolumeInfo) {
 
 pub fn run(cmd: VolumeCmd) -> Result<()> {
     match cmd {
-        VolumeCmd::Create { name, pool, size, shard_size, policy, json } => {
+        VolumeCmd::Create {
+            name,
+            pool,
+            size,
+            shard_size,
+            policy,
+            json,
+        } => {
             let pool = pool.open()?;
             let policy = TierPolicy::parse(&policy)?;
             pool.create_volume(&name, size, shard_size, policy)?;
@@ -127,7 +138,10 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&vols)?);
             } else {
-                println!("{:<20} {:>10} {:>8} {:>12}  policy", "name", "size", "shard", "mapped");
+                println!(
+                    "{:<20} {:>10} {:>8} {:>12}  policy",
+                    "name", "size", "shard", "mapped"
+                );
                 for v in vols {
                     let mapped: u64 = v.mapped_bytes.values().sum();
                     println!(
@@ -149,7 +163,12 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
                 print_info(&info);
             }
         }
-        VolumeCmd::Resize { name, pool, size, force } => {
+        VolumeCmd::Resize {
+            name,
+            pool,
+            size,
+            force,
+        } => {
             pool.open()?.resize_volume(&name, size, force)?;
             println!("{name}: {}", format_size(size));
         }
@@ -162,14 +181,22 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
             pool.open()?.delete_volume(&name)?;
             println!("{name}: deleted");
         }
-        VolumeCmd::Write { name, pool, input, offset } => {
+        VolumeCmd::Write {
+            name,
+            pool,
+            input,
+            offset,
+        } => {
             let pool = pool.open()?;
             let vol = pool.volume(&name)?;
             let mut eng = pool.engine();
             let mut src: Box<dyn Read> = if input.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
             } else {
-                Box::new(std::fs::File::open(&input).with_context(|| format!("opening {}", input.display()))?)
+                Box::new(
+                    std::fs::File::open(&input)
+                        .with_context(|| format!("opening {}", input.display()))?,
+                )
             };
             if offset % BLOCK_SIZE_BYTES != 0 {
                 bail!("--offset must be a multiple of {BLOCK_SIZE_BYTES}");
@@ -199,7 +226,13 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
             vol.flush()?;
             println!("{name}: wrote {} bytes at {offset}", at - offset);
         }
-        VolumeCmd::Read { name, pool, output, offset, length } => {
+        VolumeCmd::Read {
+            name,
+            pool,
+            output,
+            offset,
+            length,
+        } => {
             let pool = pool.open()?;
             let vol = pool.volume(&name)?;
             let mut eng = pool.engine();
@@ -213,7 +246,10 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
             let mut out: Box<dyn Write> = if output.as_os_str() == "-" {
                 Box::new(std::io::stdout().lock())
             } else {
-                Box::new(std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?)
+                Box::new(
+                    std::fs::File::create(&output)
+                        .with_context(|| format!("creating {}", output.display()))?,
+                )
             };
             let mut buf = AlignedBuf::new(CHUNK_BYTES);
             let mut done = 0u64;

@@ -44,7 +44,11 @@ fn copy_extent(
     let mut at = 0;
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;
-        eng.run_all(&mut [IoOp::read(DevIndex(from.0 as u16), from.1 + at, &mut buf[..n])])?;
+        eng.run_all(&mut [IoOp::read(
+            DevIndex(from.0 as u16),
+            from.1 + at,
+            &mut buf[..n],
+        )])?;
         eng.run_all(&mut [IoOp::write(DevIndex(to.0 as u16), to.1 + at, &buf[..n])])?;
         at += n as u64;
     }
@@ -53,11 +57,17 @@ fn copy_extent(
 
 /// Logical unit of the entry at `loc` whose extent has `len_units` units.
 fn logical_unit(vol: &Volume, loc: Loc, len_units: u64) -> u64 {
-    loc.slot * vol.shared().table.slot_units() + loc.child.map_or(0, |c| u64::from(c.index) * len_units)
+    loc.slot * vol.shared().table.slot_units()
+        + loc.child.map_or(0, |c| u64::from(c.index) * len_units)
 }
 
 /// Migrate the entry at `loc` to `to_tier`, into a fresh extent there.
-pub fn migrate(vol: &Volume, eng: &mut dyn IoEngine, loc: Loc, to_tier: usize) -> Result<Outcome, VolumeError> {
+pub fn migrate(
+    vol: &Volume,
+    eng: &mut dyn IoEngine,
+    loc: Loc,
+    to_tier: usize,
+) -> Result<Outcome, VolumeError> {
     let Some(len_units) = current_len(vol, loc) else {
         return Ok(Outcome::Skipped("not mapped"));
     };
@@ -107,7 +117,10 @@ fn migrate_into(
     }
     let new = Entry::mapped(to_tier, first, old.size_log2())?;
     let bytes = len_units * UNIT_SIZE_BYTES;
-    let from = (old.tier(), old.device_byte_offset(vol.data_start()[old.tier()]));
+    let from = (
+        old.tier(),
+        old.device_byte_offset(vol.data_start()[old.tier()]),
+    );
     let to = (to_tier, new.device_byte_offset(vol.data_start()[to_tier]));
     let mut buf = AlignedBuf::new(bytes.min(MIGRATE_CHUNK_BYTES) as usize);
     for _ in 0..MIGRATE_RETRIES_MAX {
@@ -160,14 +173,21 @@ pub fn split(vol: &Volume, slot: u64, n_children: u32) -> Result<Outcome, Volume
     match vol.shared().table.split(slot, n_children, &guard) {
         Ok(()) => Ok(Outcome::Done),
         Err(TableError::BadSplit(why)) => Err(VolumeError::Table(TableError::BadSplit(why))),
-        Err(TableError::OutOfRange { slot, slots }) => Err(VolumeError::Table(TableError::OutOfRange { slot, slots })),
+        Err(TableError::OutOfRange { slot, slots }) => {
+            Err(VolumeError::Table(TableError::OutOfRange { slot, slots }))
+        }
         Err(_) => Ok(Outcome::Skipped("slot busy, migrating or already split")),
     }
 }
 
 /// Merge a split slot back into one entry. With `copy`, children that are
 /// on one tier but not contiguous are first migrated into one new extent.
-pub fn merge(vol: &Volume, eng: &mut dyn IoEngine, slot: u64, copy: bool) -> Result<Outcome, VolumeError> {
+pub fn merge(
+    vol: &Volume,
+    eng: &mut dyn IoEngine,
+    slot: u64,
+    copy: bool,
+) -> Result<Outcome, VolumeError> {
     let table = &vol.shared().table;
     {
         let guard = epoch::pin();
@@ -200,9 +220,18 @@ pub fn merge(vol: &Volume, eng: &mut dyn IoEngine, slot: u64, copy: bool) -> Res
     for (j, _) in children.iter().enumerate() {
         let target = first + j as u64 * child_units;
         // Each child's part of the new extent is freed by migrate_into on failure.
-        if migrate_into(vol, eng, Loc::child(slot, j as u32, children.len() as u32), tier, target, child_units)? != Outcome::Done {
+        if migrate_into(
+            vol,
+            eng,
+            Loc::child(slot, j as u32, children.len() as u32),
+            tier,
+            target,
+            child_units,
+        )? != Outcome::Done
+        {
             for k in j + 1..children.len() {
-                vol.pool().free_now(tier, first + k as u64 * child_units, child_units);
+                vol.pool()
+                    .free_now(tier, first + k as u64 * child_units, child_units);
             }
             return Ok(Outcome::Skipped("a child changed during the copy-merge"));
         }
@@ -220,7 +249,15 @@ pub fn entries(vol: &Volume) -> Vec<(Loc, Entry)> {
     let mut out = Vec::new();
     vol.shared().table.for_each_mapped(|unit, len, e| {
         let slot = unit / slot_units;
-        let loc = if len == slot_units { Loc::slot(slot) } else { Loc::child(slot, ((unit % slot_units) / len) as u32, (slot_units / len) as u32) };
+        let loc = if len == slot_units {
+            Loc::slot(slot)
+        } else {
+            Loc::child(
+                slot,
+                ((unit % slot_units) / len) as u32,
+                (slot_units / len) as u32,
+            )
+        };
         out.push((loc, e.mapping()));
     });
     out

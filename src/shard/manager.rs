@@ -40,7 +40,9 @@ pub fn run_window(pool: &Pool, eng: &mut dyn IoEngine) -> Result<WindowReport, V
     let mut rep = WindowReport::default();
     let names: Vec<String> = pool.list_volumes().into_iter().map(|v| v.name).collect();
     for name in names {
-        let Ok(vol) = pool.volume(&name) else { continue };
+        let Ok(vol) = pool.volume(&name) else {
+            continue;
+        };
         run_volume_window(pool, &vol, eng, &mut rep)?;
     }
     Ok(rep)
@@ -53,7 +55,12 @@ fn count(rep: &mut WindowReport, o: Outcome, done: fn(&mut WindowReport) -> &mut
     }
 }
 
-fn run_volume_window(pool: &Pool, vol: &Volume, eng: &mut dyn IoEngine, rep: &mut WindowReport) -> Result<(), VolumeError> {
+fn run_volume_window(
+    pool: &Pool,
+    vol: &Volume,
+    eng: &mut dyn IoEngine,
+    rep: &mut WindowReport,
+) -> Result<(), VolumeError> {
     let v = vol.shared();
     let policy = v.policy();
     let hot = &pool.tiers()[0];
@@ -69,7 +76,9 @@ fn run_volume_window(pool: &Pool, vol: &Volume, eng: &mut dyn IoEngine, rep: &mu
     for (loc, e) in entries(vol) {
         let reads = window.get(&loc.slot).map_or(0, |w| w.reads);
         if policy.promotion_wanted(e.tier(), reads, hot.used_percent()) {
-            count(rep, lifecycle::migrate(vol, eng, loc, 0)?, |r| &mut r.promoted);
+            count(rep, lifecycle::migrate(vol, eng, loc, 0)?, |r| {
+                &mut r.promoted
+            });
         }
     }
     // Demotion under pressure, least recently accessed first; split first
@@ -82,7 +91,9 @@ fn run_volume_window(pool: &Pool, vol: &Volume, eng: &mut dyn IoEngine, rep: &mu
             }
             if let Some(w) = window.get(&loc.slot) {
                 if policy.split_wanted(w.touched_sixteenths(), true) {
-                    count(rep, lifecycle::split(vol, loc.slot, children)?, |r| &mut r.split);
+                    count(rep, lifecycle::split(vol, loc.slot, children)?, |r| {
+                        &mut r.split
+                    });
                 }
             }
         }
@@ -90,7 +101,9 @@ fn run_volume_window(pool: &Pool, vol: &Volume, eng: &mut dyn IoEngine, rep: &mu
             .into_iter()
             .filter(|(_, e)| e.tier() == 0)
             .map(|(loc, e)| {
-                let last = window.get(&loc.slot).map_or_else(|| v.stats.peek(loc.slot).last_window, |x| x.last_window);
+                let last = window
+                    .get(&loc.slot)
+                    .map_or_else(|| v.stats.peek(loc.slot).last_window, |x| x.last_window);
                 let age = v.stats.age(last);
                 // A child whose sixteenth range was untouched this window goes first.
                 let untouched_child = loc.child.is_some_and(|c| {
@@ -107,12 +120,17 @@ fn run_volume_window(pool: &Pool, vol: &Volume, eng: &mut dyn IoEngine, rep: &mu
             if policy.demotion_done(hot.used_percent()) {
                 break;
             }
-            count(rep, lifecycle::migrate(vol, eng, loc, 1)?, |r| &mut r.demoted);
+            count(rep, lifecycle::migrate(vol, eng, loc, 1)?, |r| {
+                &mut r.demoted
+            });
         }
     }
     if policy.merge {
-        let mut split_slots: Vec<u64> =
-            entries(vol).into_iter().filter(|(l, _)| l.child.is_some()).map(|(l, _)| l.slot).collect();
+        let mut split_slots: Vec<u64> = entries(vol)
+            .into_iter()
+            .filter(|(l, _)| l.child.is_some())
+            .map(|(l, _)| l.slot)
+            .collect();
         split_slots.dedup();
         for slot in split_slots {
             if let Outcome::Done = lifecycle::merge(vol, eng, slot, false)? {
@@ -154,7 +172,10 @@ impl Manager {
                 }
             })
             .expect("spawn manager thread");
-        Manager { stop, thread: Some(thread) }
+        Manager {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

@@ -21,9 +21,10 @@
 //!   so a durable mapping never points at data that is not durable.
 
 use crate::constants::{
-    BLOCK_SIZE_BYTES, DEVICE_RESERVED_HEAD_BYTES, META_CHECKPOINT_BYTES_PER_UNIT, META_CHECKPOINT_SLOT_MIN_BYTES,
-    META_LOG_SIZE_BYTES, NAME_LEN_MAX_BYTES, POOL_DEVICES_MAX, SHARD_SIZE_MAX_BYTES, SHARD_SIZE_MIN_BYTES,
-    TIERS_MAX, UNIT_SIZE_BYTES, VOLUMES_MAX, VOLUME_SIZE_MAX_BYTES,
+    BLOCK_SIZE_BYTES, DEVICE_RESERVED_HEAD_BYTES, META_CHECKPOINT_BYTES_PER_UNIT,
+    META_CHECKPOINT_SLOT_MIN_BYTES, META_LOG_SIZE_BYTES, NAME_LEN_MAX_BYTES, PATH_HINT_MAX_BYTES,
+    POOL_DEVICES_MAX, SHARD_SIZE_MAX_BYTES, SHARD_SIZE_MIN_BYTES, TIERS_MAX, UNIT_SIZE_BYTES,
+    VOLUMES_MAX, VOLUME_SIZE_MAX_BYTES,
 };
 use crate::io::file::FileDev;
 use crate::io::sync_engine::SyncEngine;
@@ -31,7 +32,10 @@ use crate::io::uring::UringEngine;
 use crate::io::{BlockDev, IoEngine, IoError};
 use crate::shard::allocator::BuddyAllocator;
 use crate::shard::devcheck::{check_candidate, DevCheckError};
-use crate::shard::meta::{read_superblock, write_superblocks, DeviceEntry, Lsn, MetaError, MetaLog, MetaRegion, Record, Superblock, SuperblockError};
+use crate::shard::meta::{
+    read_superblock, write_superblocks, DeviceEntry, Lsn, MetaError, MetaLog, MetaRegion, Record,
+    Superblock, SuperblockError,
+};
 use crate::shard::policy::{PolicyError, TierPolicy};
 use crate::volume::handle::{Volume, VolumeError, VolumeShared};
 use crossbeam_epoch::{self as epoch, Guard};
@@ -59,14 +63,25 @@ pub enum PoolError {
     #[error("{path}: not a shardblk pool device (no valid superblock)")]
     NotAPool { path: String },
     #[error("{path}: expected device {index} of pool {pool:032x}, found {found}")]
-    WrongMember { path: String, index: usize, pool: u128, found: String },
+    WrongMember {
+        path: String,
+        index: usize,
+        pool: u128,
+        found: String,
+    },
     #[error("a pool needs 1 to {max} tiers, got {got}")]
     TierCount { got: usize, max: usize },
     #[error("tier name '{0}' is used twice or is invalid (1..=64 characters of [A-Za-z0-9_-])")]
     TierName(String),
+    #[error(
+        "{path}: path longer than {PATH_HINT_MAX_BYTES} bytes; use a shorter path or a symlink"
+    )]
+    PathTooLong { path: String },
     #[error("{path} is given twice")]
     DuplicateDevice { path: String },
-    #[error("{path}: too small to hold the metadata region ({need} bytes needed, {size} available)")]
+    #[error(
+        "{path}: too small to hold the metadata region ({need} bytes needed, {size} available)"
+    )]
     MetaDeviceTooSmall { path: String, need: u64, size: u64 },
     #[error("volume '{0}' already exists")]
     VolumeExists(String),
@@ -81,7 +96,13 @@ pub enum PoolError {
     #[error("too many volumes (at most {VOLUMES_MAX})")]
     TooManyVolumes,
     #[error("shrinking '{name}' to {size} bytes would drop {mapped} mapped bytes (use --force to discard them)")]
-    ShrinkLosesData { name: String, size: u64, mapped: u64 },
+    ShrinkLosesData {
+        name: String,
+        size: u64,
+        mapped: u64,
+    },
+    #[error("pool metadata is inconsistent: {0}")]
+    Inconsistent(String),
     #[error("volume '{0}' is in use")]
     VolumeBusy(String),
 }
@@ -97,8 +118,13 @@ impl std::str::FromStr for TierSpec {
     type Err = String;
     /// `NAME=PATH`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (n, p) = s.split_once('=').ok_or_else(|| format!("'{s}': expected NAME=PATH, e.g. hot=/dev/nvme0n1"))?;
-        Ok(TierSpec { name: n.to_string(), path: PathBuf::from(p) })
+        let (n, p) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}': expected NAME=PATH, e.g. hot=/dev/nvme0n1"))?;
+        Ok(TierSpec {
+            name: n.to_string(),
+            path: PathBuf::from(p),
+        })
     }
 }
 
@@ -175,7 +201,8 @@ pub struct VolumeInfo {
 fn valid_name(s: &str, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= NAME_LEN_MAX_BYTES
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || extra.contains(&c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || extra.contains(&c))
 }
 
 /// Where the metadata region goes on device 0 and where each device's data starts.
@@ -184,11 +211,20 @@ fn layout(sizes: &[u64]) -> (MetaRegion, Vec<u64>) {
     let slot = (total_units * META_CHECKPOINT_BYTES_PER_UNIT)
         .max(META_CHECKPOINT_SLOT_MIN_BYTES)
         .next_multiple_of(BLOCK_SIZE_BYTES);
-    let region =
-        MetaRegion { offset: DEVICE_RESERVED_HEAD_BYTES, checkpoint_slot_bytes: slot, log_bytes: META_LOG_SIZE_BYTES };
+    let region = MetaRegion {
+        offset: DEVICE_RESERVED_HEAD_BYTES,
+        checkpoint_slot_bytes: slot,
+        log_bytes: META_LOG_SIZE_BYTES,
+    };
     let meta_end = region.offset + 2 * slot + META_LOG_SIZE_BYTES;
     let starts = (0..sizes.len())
-        .map(|i| if i == 0 { meta_end.next_multiple_of(UNIT_SIZE_BYTES) } else { DEVICE_RESERVED_HEAD_BYTES })
+        .map(|i| {
+            if i == 0 {
+                meta_end.next_multiple_of(UNIT_SIZE_BYTES)
+            } else {
+                DEVICE_RESERVED_HEAD_BYTES
+            }
+        })
         .collect();
     (region, starts)
 }
@@ -204,12 +240,17 @@ impl Pool {
     /// Create a pool on the given tiers (tier order = policy order, first = hot).
     pub fn init(tiers: &[TierSpec], force: bool) -> Result<Pool, PoolError> {
         if tiers.is_empty() || tiers.len() > TIERS_MAX.min(POOL_DEVICES_MAX) {
-            return Err(PoolError::TierCount { got: tiers.len(), max: TIERS_MAX });
+            return Err(PoolError::TierCount {
+                got: tiers.len(),
+                max: TIERS_MAX,
+            });
         }
         let mut devs = Vec::new();
         for (i, t) in tiers.iter().enumerate() {
             if tiers[..i].iter().any(|o| o.path == t.path) {
-                return Err(PoolError::DuplicateDevice { path: t.path.display().to_string() });
+                return Err(PoolError::DuplicateDevice {
+                    path: t.path.display().to_string(),
+                });
             }
             check_candidate(&t.path, None)?;
             let dev = FileDev::open(&t.path)?;
@@ -220,7 +261,10 @@ impl Pool {
         if !force {
             for (_, path, dev) in &devs {
                 if let Ok(r) = read_superblock(dev.as_ref()) {
-                    return Err(PoolError::AlreadyInPool { path: path.clone(), pool: r.superblock.pool_uuid });
+                    return Err(PoolError::AlreadyInPool {
+                        path: path.clone(),
+                        pool: r.superblock.pool_uuid,
+                    });
                 }
             }
         }
@@ -230,11 +274,17 @@ impl Pool {
     /// Create a pool over opened devices: `(tier name, path hint, device)`.
     pub fn format_on(devs: Vec<(String, String, Arc<dyn BlockDev>)>) -> Result<Pool, PoolError> {
         if devs.is_empty() || devs.len() > TIERS_MAX {
-            return Err(PoolError::TierCount { got: devs.len(), max: TIERS_MAX });
+            return Err(PoolError::TierCount {
+                got: devs.len(),
+                max: TIERS_MAX,
+            });
         }
-        for (i, (name, _, _)) in devs.iter().enumerate() {
+        for (i, (name, path, _)) in devs.iter().enumerate() {
             if !valid_name(name, &[]) || devs[..i].iter().any(|d| &d.0 == name) {
                 return Err(PoolError::TierName(name.clone()));
+            }
+            if path.len() > PATH_HINT_MAX_BYTES {
+                return Err(PoolError::PathTooLong { path: path.clone() });
             }
         }
         let sizes: Vec<u64> = devs.iter().map(|d| d.2.size_bytes()).collect();
@@ -281,7 +331,9 @@ impl Pool {
     pub fn open(any_member: &Path) -> Result<Pool, PoolError> {
         let first = FileDev::open(any_member)?;
         let sb = read_superblock(&first)
-            .map_err(|_| PoolError::NotAPool { path: any_member.display().to_string() })?
+            .map_err(|_| PoolError::NotAPool {
+                path: any_member.display().to_string(),
+            })?
             .superblock;
         let mut devs: Vec<Arc<dyn BlockDev>> = Vec::new();
         for (i, e) in sb.devices.iter().enumerate() {
@@ -299,9 +351,14 @@ impl Pool {
     /// Open a pool over opened devices, in device-index order.
     pub fn open_on(devs: Vec<Arc<dyn BlockDev>>) -> Result<Pool, PoolError> {
         let read = |dev: &Arc<dyn BlockDev>| -> Result<Superblock, PoolError> {
-            let r = read_superblock(dev.as_ref()).map_err(|_| PoolError::NotAPool { path: dev.name().into() })?;
+            let r = read_superblock(dev.as_ref()).map_err(|_| PoolError::NotAPool {
+                path: dev.name().into(),
+            })?;
             if let Some((off, e)) = &r.bad_copy {
-                tracing::warn!("{}: superblock copy at {off} is bad ({e}); using the other", dev.name());
+                tracing::warn!(
+                    "{}: superblock copy at {off} is bad ({e}); using the other",
+                    dev.name()
+                );
             }
             Ok(r.superblock)
         };
@@ -311,7 +368,11 @@ impl Pool {
                 path: devs[0].name().into(),
                 index: 0,
                 pool: sb0.pool_uuid,
-                found: format!("a pool of {} devices, {} given", sb0.devices.len(), devs.len()),
+                found: format!(
+                    "a pool of {} devices, {} given",
+                    sb0.devices.len(),
+                    devs.len()
+                ),
             });
         }
         let mut starts = Vec::new();
@@ -327,12 +388,16 @@ impl Pool {
                 });
             }
         }
-        let region = sb0.meta_region.ok_or_else(|| PoolError::NotAPool { path: devs[0].name().into() })?;
+        let region = sb0.meta_region.ok_or_else(|| PoolError::NotAPool {
+            path: devs[0].name().into(),
+        })?;
         let meta = MetaLog::open(devs[0].clone(), region)?;
         let mut used: Vec<Vec<(u64, u64)>> = vec![Vec::new(); devs.len()];
         meta.with_state(|st| {
             for (id, _) in st.volumes().iter() {
-                let Some(map) = st.mappings(*id) else { continue };
+                let Some(map) = st.mappings(*id) else {
+                    continue;
+                };
                 for (_logical, m) in map.iter() {
                     if let Some(u) = used.get_mut(m.tier as usize) {
                         u.push((m.phys_unit, m.len_units));
@@ -344,10 +409,19 @@ impl Pool {
         for (i, (dev, e)) in devs.into_iter().zip(&sb0.devices).enumerate() {
             let data_start = starts[i];
             let n_units = (dev.size_bytes().saturating_sub(data_start)) / UNIT_SIZE_BYTES;
-            let alloc = BuddyAllocator::with_used(n_units, used[i].iter().copied()).map_err(|err| {
-                MetaError::Inconsistent(format!("tier {i}: mappings overlap or exceed the device: {err}"))
-            })?;
-            tiers.push(Tier { name: e.tier_name.clone(), dev, data_start, n_units, alloc: Mutex::new(alloc) });
+            let alloc =
+                BuddyAllocator::with_used(n_units, used[i].iter().copied()).map_err(|err| {
+                    PoolError::Inconsistent(format!(
+                        "tier {i}: mappings overlap or exceed the device: {err}"
+                    ))
+                })?;
+            tiers.push(Tier {
+                name: e.tier_name.clone(),
+                dev,
+                data_start,
+                n_units,
+                alloc: Mutex::new(alloc),
+            });
         }
         let shared = Arc::new(PoolShared {
             uuid: sb0.pool_uuid,
@@ -369,7 +443,11 @@ impl Pool {
                 .map(|(&id, v)| {
                     let maps: Vec<(u64, u64, u8, u64)> = st
                         .mappings(id)
-                        .map(|m| m.iter().map(|(l, m)| (l, m.len_units, m.tier, m.phys_unit)).collect())
+                        .map(|m| {
+                            m.iter()
+                                .map(|(l, m)| (l, m.len_units, m.tier, m.phys_unit))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     (id, v.clone(), maps)
                 })
@@ -378,8 +456,15 @@ impl Pool {
         let mut vols = self.inner.volumes.write().expect("volumes lock");
         for (id, v, maps) in metas {
             let policy = TierPolicy::from_json(&v.policy)?;
-            let shared = VolumeShared::load(id, &v.name, v.size_bytes, v.shard_size_bytes, policy, maps.as_slice())
-                .map_err(|e| MetaError::Inconsistent(format!("volume {}: {e}", v.name)))?;
+            let shared = VolumeShared::load(
+                id,
+                &v.name,
+                v.size_bytes,
+                v.shard_size_bytes,
+                policy,
+                maps.as_slice(),
+            )
+            .map_err(|e| PoolError::Inconsistent(format!("volume {}: {e}", v.name)))?;
             vols.insert(id, Arc::new(shared));
         }
         Ok(())
@@ -441,7 +526,12 @@ impl Pool {
         let order = BuddyAllocator::order_of(len_units);
         let candidates = (tier..n).chain((0..tier.min(n)).rev());
         for t in candidates {
-            if let Some(first) = self.inner.tiers[t].alloc.lock().expect("allocator lock").alloc(order) {
+            if let Some(first) = self.inner.tiers[t]
+                .alloc
+                .lock()
+                .expect("allocator lock")
+                .alloc(order)
+            {
                 return Some((t, first));
             }
         }
@@ -451,13 +541,23 @@ impl Pool {
     /// Allocate an extent on exactly `tier` (migrations).
     pub fn alloc_on(&self, tier: usize, len_units: u64) -> Option<u64> {
         let order = BuddyAllocator::order_of(len_units);
-        self.inner.tiers.get(tier)?.alloc.lock().expect("allocator lock").alloc(order)
+        self.inner
+            .tiers
+            .get(tier)?
+            .alloc
+            .lock()
+            .expect("allocator lock")
+            .alloc(order)
     }
 
     /// Return units that were never published (or whose release is durable
     /// and unobservable) to the allocator.
     pub fn free_now(&self, tier: usize, first: u64, n: u64) {
-        let r = self.inner.tiers[tier].alloc.lock().expect("allocator lock").free_units_run(first, n);
+        let r = self.inner.tiers[tier]
+            .alloc
+            .lock()
+            .expect("allocator lock")
+            .free_units_run(first, n);
         // A failure here is a bookkeeping bug: the same units freed twice.
         assert!(r.is_ok(), "freeing tier {tier} units {first}+{n}: {r:?}");
     }
@@ -466,7 +566,13 @@ impl Pool {
     /// every reader pinned now has unpinned.
     pub fn free_after(&self, guard: &Guard, lsn: Lsn, tier: usize, first: u64, n: u64) {
         let shared = self.inner.clone();
-        guard.defer(move || shared.pending_frees.lock().expect("pending frees").push((lsn, tier, first, n)));
+        guard.defer(move || {
+            shared
+                .pending_frees
+                .lock()
+                .expect("pending frees")
+                .push((lsn, tier, first, n))
+        });
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -493,7 +599,10 @@ impl Pool {
 
     fn find(&self, name: &str) -> Result<Arc<VolumeShared>, PoolError> {
         let vols = self.inner.volumes.read().expect("volumes lock");
-        vols.values().find(|v| v.name == name).cloned().ok_or_else(|| PoolError::NoVolume(name.into()))
+        vols.values()
+            .find(|v| v.name == name)
+            .cloned()
+            .ok_or_else(|| PoolError::NoVolume(name.into()))
     }
 
     /// Create a thin volume: metadata only, nothing physical is allocated.
@@ -507,10 +616,14 @@ impl Pool {
         if !valid_name(name, &['.']) {
             return Err(PoolError::VolumeName(name.into()));
         }
-        if size_bytes == 0 || size_bytes % BLOCK_SIZE_BYTES != 0 || size_bytes > VOLUME_SIZE_MAX_BYTES {
+        if size_bytes == 0
+            || size_bytes % BLOCK_SIZE_BYTES != 0
+            || size_bytes > VOLUME_SIZE_MAX_BYTES
+        {
             return Err(PoolError::VolumeSize { size: size_bytes });
         }
-        if !shard_size_bytes.is_power_of_two() || !(SHARD_SIZE_MIN_BYTES..=SHARD_SIZE_MAX_BYTES).contains(&shard_size_bytes)
+        if !shard_size_bytes.is_power_of_two()
+            || !(SHARD_SIZE_MIN_BYTES..=SHARD_SIZE_MAX_BYTES).contains(&shard_size_bytes)
         {
             return Err(PoolError::ShardSize(shard_size_bytes));
         }
@@ -523,8 +636,9 @@ impl Pool {
             return Err(PoolError::TooManyVolumes);
         }
         let id = (1..).find(|i| !vols.contains_key(i)).expect("a free id");
-        let shared = VolumeShared::load(id, name, size_bytes, shard_size_bytes, policy.clone(), &[])
-            .map_err(|e| MetaError::Inconsistent(e.to_string()))?;
+        let shared =
+            VolumeShared::load(id, name, size_bytes, shard_size_bytes, policy.clone(), &[])
+                .map_err(|e| PoolError::Inconsistent(e.to_string()))?;
         self.inner.meta.append(Record::CreateVolume {
             id,
             name: name.into(),
@@ -550,8 +664,13 @@ impl Pool {
 
     fn info_of(&self, v: &VolumeShared) -> VolumeInfo {
         let per_tier = v.table.mapped_bytes_per_tier();
-        let mapped_bytes =
-            self.inner.tiers.iter().enumerate().map(|(i, t)| (t.name.clone(), per_tier[i])).collect();
+        let mapped_bytes = self
+            .inner
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), per_tier[i]))
+            .collect();
         VolumeInfo {
             id: v.id,
             name: v.name.clone(),
@@ -563,7 +682,14 @@ impl Pool {
     }
 
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
-        let vols: Vec<_> = self.inner.volumes.read().expect("volumes lock").values().cloned().collect();
+        let vols: Vec<_> = self
+            .inner
+            .volumes
+            .read()
+            .expect("volumes lock")
+            .values()
+            .cloned()
+            .collect();
         vols.iter().map(|v| self.info_of(v)).collect()
     }
 
@@ -579,7 +705,11 @@ impl Pool {
         if new_size < old {
             let mapped = v.mapped_bytes_from(new_size);
             if mapped > 0 && !force {
-                return Err(PoolError::ShrinkLosesData { name: name.into(), size: new_size, mapped });
+                return Err(PoolError::ShrinkLosesData {
+                    name: name.into(),
+                    size: new_size,
+                    mapped,
+                });
             }
             let vol = Volume::new(self.clone(), v.clone());
             // Unmap, then shrink; a write racing into the tail maps again and
@@ -593,7 +723,10 @@ impl Pool {
                 }
             }
         }
-        self.inner.meta.append(Record::ResizeVolume { id: v.id, size_bytes: new_size })?;
+        self.inner.meta.append(Record::ResizeVolume {
+            id: v.id,
+            size_bytes: new_size,
+        })?;
         self.commit()?;
         if new_size > old {
             v.set_size(new_size);
@@ -605,7 +738,10 @@ impl Pool {
     pub fn set_policy(&self, name: &str, policy: TierPolicy) -> Result<(), PoolError> {
         policy.validate(self.inner.tiers.len())?;
         let v = self.find(name)?;
-        self.inner.meta.append(Record::SetPolicy { id: v.id, policy: policy.to_json() })?;
+        self.inner.meta.append(Record::SetPolicy {
+            id: v.id,
+            policy: policy.to_json(),
+        })?;
         self.commit()?;
         v.set_policy(policy);
         Ok(())
@@ -625,7 +761,11 @@ impl Pool {
         }
         self.inner.meta.append(Record::DeleteVolume { id: v.id })?;
         self.commit()?;
-        self.inner.volumes.write().expect("volumes lock").remove(&v.id);
+        self.inner
+            .volumes
+            .write()
+            .expect("volumes lock")
+            .remove(&v.id);
         Ok(())
     }
 }

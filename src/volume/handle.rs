@@ -23,6 +23,7 @@
 //! - The only lock taken here is the pool's commit barrier, shared, on the
 //!   map path (the first write of a shard), never on reads or overwrites.
 
+use crate::constants::TIERS_MAX;
 use crate::constants::{BLOCK_SIZE_BYTES, MIGRATE_CHUNK_BYTES, UNIT_SIZE_BYTES};
 use crate::io::{AlignedBuf, DevIndex, IoEngine, IoError, IoOp};
 use crate::shard::meta::{MetaError, Record};
@@ -31,7 +32,6 @@ use crate::shard::pool::{Pool, PoolShared};
 use crate::volume::split::{resolve, segments, validate_range, PieceKind, RangeError};
 use crate::volume::stats::AccessStats;
 use crate::volume::table::{Entry, Loc, ShardTable, TableError, WriteEnter, WriteTicket};
-use crate::constants::TIERS_MAX;
 use crossbeam_epoch as epoch;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -105,12 +105,18 @@ impl VolumeShared {
         let mut i = 0;
         while i < pieces.len() {
             let slot = pieces[i].0;
-            let j = pieces[i..].iter().position(|p| p.0 != slot).map_or(pieces.len(), |k| i + k);
+            let j = pieces[i..]
+                .iter()
+                .position(|p| p.0 != slot)
+                .map_or(pieces.len(), |k| i + k);
             let group = &pieces[i..j];
             let whole = group.len() == 1 && group[0].1 == 0 && group[0].2 == slot_units;
             if whole {
                 let (_, _, len, tier, phys) = group[0];
-                table.try_map(slot, Entry::mapped(tier as usize, phys, len.trailing_zeros())?)?;
+                table.try_map(
+                    slot,
+                    Entry::mapped(tier as usize, phys, len.trailing_zeros())?,
+                )?;
             } else {
                 // Child granularity: the largest power of two dividing every
                 // piece's offset, length and physical start.
@@ -146,7 +152,9 @@ impl VolumeShared {
         self.table.size_bytes()
     }
     pub(crate) fn set_size(&self, size: u64) {
-        self.table.resize(size).expect("size validated by the pool; mapped slots beyond it were unmapped");
+        self.table
+            .resize(size)
+            .expect("size validated by the pool; mapped slots beyond it were unmapped");
     }
     pub fn policy(&self) -> TierPolicy {
         self.policy.lock().expect("policy lock").clone()
@@ -189,7 +197,11 @@ impl Volume {
         for (i, t) in pool.tiers().iter().enumerate() {
             data_start[i] = t.data_start;
         }
-        Volume { pool, v, data_start }
+        Volume {
+            pool,
+            v,
+            data_start,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -218,17 +230,21 @@ impl Volume {
         &self.pool.inner
     }
 
-    fn check_buf(len: usize, want: u64) -> Result<(), VolumeError> {
-        if len as u64 != want {
-            return Err(VolumeError::BufferSize { buf: len, len: want });
-        }
-        Ok(())
-    }
-
     /// Read `buf.len()` bytes at `offset`.
-    pub fn read(&self, eng: &mut dyn IoEngine, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+    pub fn read(
+        &self,
+        eng: &mut dyn IoEngine,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), VolumeError> {
         let guard = epoch::pin();
-        let pieces = resolve(&self.v.table, &guard, offset, buf.len() as u64, &self.data_start)?;
+        let pieces = resolve(
+            &self.v.table,
+            &guard,
+            offset,
+            buf.len() as u64,
+            &self.data_start,
+        )?;
         let mut ops: Vec<IoOp<'_>> = Vec::with_capacity(pieces.size_hint().0);
         let mut rest: &mut [u8] = buf;
         for p in pieces {
@@ -238,9 +254,10 @@ impl Volume {
             self.v.stats.record(p.slot, slot_off, p.len, true);
             match p.kind {
                 PieceKind::Unmapped => head.fill(0),
-                PieceKind::Mapped { tier, device_byte_offset } => {
-                    ops.push(IoOp::read(DevIndex(tier as u16), device_byte_offset, head))
-                }
+                PieceKind::Mapped {
+                    tier,
+                    device_byte_offset,
+                } => ops.push(IoOp::read(DevIndex(tier as u16), device_byte_offset, head)),
             }
         }
         eng.run_all(&mut ops)?;
@@ -249,13 +266,23 @@ impl Volume {
     }
 
     /// Write `buf` at `offset`. Durable after the next [`Volume::flush`].
-    pub fn write(&self, eng: &mut dyn IoEngine, offset: u64, buf: &[u8]) -> Result<(), VolumeError> {
+    pub fn write(
+        &self,
+        eng: &mut dyn IoEngine,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<(), VolumeError> {
         validate_range(offset, buf.len() as u64, self.size_bytes())?;
         self.write_inner(eng, offset, buf.len() as u64, Some(buf))
     }
 
     /// Write with FUA semantics: durable, mapping included, when it returns.
-    pub fn write_fua(&self, eng: &mut dyn IoEngine, offset: u64, buf: &[u8]) -> Result<(), VolumeError> {
+    pub fn write_fua(
+        &self,
+        eng: &mut dyn IoEngine,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<(), VolumeError> {
         self.write(eng, offset, buf)?;
         self.flush()
     }
@@ -266,12 +293,21 @@ impl Volume {
         self.pool.commit().map_err(|e| match e {
             crate::shard::pool::PoolError::Io(e) => VolumeError::Io(e),
             crate::shard::pool::PoolError::Meta(e) => VolumeError::Meta(e),
-            other => VolumeError::Meta(MetaError::Corrupt { offset: 0, detail: other.to_string() }),
+            other => VolumeError::Meta(MetaError::Corrupt {
+                offset: 0,
+                detail: other.to_string(),
+            }),
         })
     }
 
     /// The write path; `data: None` writes zeros (write-zeroes of partial shards).
-    fn write_inner(&self, eng: &mut dyn IoEngine, offset: u64, len: u64, data: Option<&[u8]>) -> Result<(), VolumeError> {
+    fn write_inner(
+        &self,
+        eng: &mut dyn IoEngine,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<(), VolumeError> {
         let guard = epoch::pin();
         let table = &self.v.table;
         let shard = self.shard_size();
@@ -285,8 +321,10 @@ impl Volume {
                 match table.writer_enter_at(seg.slot, off_in_slot, &guard)? {
                     WriteEnter::Entered(t) => {
                         let e = t.entry();
-                        let (start, n) = Self::span_in_entry(t.loc(), e, off_in_slot, seg.len - done);
-                        let dev_off = e.device_byte_offset(self.data_start[e.tier()]) + (off_in_slot - start);
+                        let (start, n) =
+                            Self::span_in_entry(t.loc(), e, off_in_slot, seg.len - done);
+                        let dev_off =
+                            e.device_byte_offset(self.data_start[e.tier()]) + (off_in_slot - start);
                         let src = match data {
                             Some(d) => &d[buf_off..buf_off + n as usize],
                             None => &zeroes()[..n.min(MIGRATE_CHUNK_BYTES) as usize],
@@ -295,7 +333,11 @@ impl Volume {
                             let mut at = 0;
                             while at < n {
                                 let k = (n - at).min(MIGRATE_CHUNK_BYTES);
-                                ops.push(IoOp::write(DevIndex(e.tier() as u16), dev_off + at, &zeroes()[..k as usize]));
+                                ops.push(IoOp::write(
+                                    DevIndex(e.tier() as u16),
+                                    dev_off + at,
+                                    &zeroes()[..k as usize],
+                                ));
                                 at += k;
                             }
                         } else {
@@ -317,7 +359,14 @@ impl Volume {
                         let start = loc.child.map_or(0, |c| u64::from(c.index) * entry_bytes);
                         let n = (start + entry_bytes - off_in_slot).min(seg.len - done);
                         let d = data.expect("data present");
-                        if self.map_and_write(eng, &guard, loc, len_units, off_in_slot - start, &d[buf_off..buf_off + n as usize])? {
+                        if self.map_and_write(
+                            eng,
+                            &guard,
+                            loc,
+                            len_units,
+                            off_in_slot - start,
+                            &d[buf_off..buf_off + n as usize],
+                        )? {
                             self.v.stats.record(seg.slot, off_in_slot, n, false);
                             done += n;
                         }
@@ -363,7 +412,12 @@ impl Volume {
         let pool = self.shared_pool();
         let _barrier = pool.commit_barrier.read().expect("commit barrier");
         let birth = self.v.policy().birth_tier();
-        let (tier, first) = self.pool.alloc_extent(birth, len_units).ok_or(VolumeError::NoSpace { bytes: len_units * UNIT_SIZE_BYTES })?;
+        let (tier, first) =
+            self.pool
+                .alloc_extent(birth, len_units)
+                .ok_or(VolumeError::NoSpace {
+                    bytes: len_units * UNIT_SIZE_BYTES,
+                })?;
         let base = self.data_start[tier] + first * UNIT_SIZE_BYTES;
         let ext_bytes = len_units * UNIT_SIZE_BYTES;
         let dev = DevIndex(tier as u16);
@@ -375,7 +429,11 @@ impl Volume {
                 at += data.len() as u64;
                 continue;
             }
-            let until = if at < off_in_entry { off_in_entry } else { ext_bytes };
+            let until = if at < off_in_entry {
+                off_in_entry
+            } else {
+                ext_bytes
+            };
             let k = (until - at).min(MIGRATE_CHUNK_BYTES);
             ops.push(IoOp::write(dev, base + at, &zeroes()[..k as usize]));
             at += k;
@@ -388,11 +446,23 @@ impl Volume {
         let published = self.v.table.try_map_at(loc, entry, guard);
         match published {
             Ok(()) => {
-                let logical_unit = loc.slot * self.v.table.slot_units() + loc.child.map_or(0, |c| u64::from(c.index) * len_units);
-                pool.meta.append(Record::Map { vol: self.v.id, logical_unit, len_units, tier: tier as u8, phys_unit: first })?;
+                let logical_unit = loc.slot * self.v.table.slot_units()
+                    + loc.child.map_or(0, |c| u64::from(c.index) * len_units);
+                pool.meta.append(Record::Map {
+                    vol: self.v.id,
+                    logical_unit,
+                    len_units,
+                    tier: tier as u8,
+                    phys_unit: first,
+                })?;
                 Ok(true)
             }
-            Err(TableError::Lost(_) | TableError::Reshaped | TableError::NotSplit(_) | TableError::IsSplit) => {
+            Err(
+                TableError::Lost(_)
+                | TableError::Reshaped
+                | TableError::NotSplit(_)
+                | TableError::IsSplit,
+            ) => {
                 // Never published: nobody can have seen it.
                 self.pool.free_now(tier, first, len_units);
                 Ok(false)
@@ -411,7 +481,12 @@ impl Volume {
     }
 
     /// WRITE_ZEROES: the range reads as zeros afterwards.
-    pub fn write_zeroes(&self, eng: &mut dyn IoEngine, offset: u64, len: u64) -> Result<(), VolumeError> {
+    pub fn write_zeroes(
+        &self,
+        eng: &mut dyn IoEngine,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), VolumeError> {
         validate_range(offset, len, self.size_bytes())?;
         let leftovers = self.unmap_whole(offset, len, true)?;
         for (o, l) in leftovers {
@@ -423,7 +498,12 @@ impl Volume {
     /// Unmap every entry (slot or child) wholly inside the range. Returns the
     /// sub-ranges not unmapped (partial entries, or entries busy with writers
     /// or a migration), when `collect` is set.
-    fn unmap_whole(&self, offset: u64, len: u64, collect: bool) -> Result<Vec<(u64, u64)>, VolumeError> {
+    fn unmap_whole(
+        &self,
+        offset: u64,
+        len: u64,
+        collect: bool,
+    ) -> Result<Vec<(u64, u64)>, VolumeError> {
         let guard = epoch::pin();
         let table = &self.v.table;
         let shard = self.shard_size();
@@ -437,7 +517,11 @@ impl Volume {
                 let (loc, start, bytes) = match view {
                     crate::volume::table::SlotView::Split(sv) => {
                         let j = sv.child_index(at);
-                        (Loc::child(seg.slot, j, sv.len()), u64::from(j) * sv.child_bytes(), sv.child_bytes())
+                        (
+                            Loc::child(seg.slot, j, sv.len()),
+                            u64::from(j) * sv.child_bytes(),
+                            sv.child_bytes(),
+                        )
                     }
                     _ => (Loc::slot(seg.slot), 0, shard),
                 };
@@ -447,7 +531,9 @@ impl Volume {
                     match table.try_unmap(loc, &guard) {
                         Ok(old) => self.released(loc, old, &guard)?,
                         Err(TableError::Unmapped) => {}
-                        Err(TableError::Reshaped | TableError::IsSplit | TableError::NotSplit(_)) => continue,
+                        Err(
+                            TableError::Reshaped | TableError::IsSplit | TableError::NotSplit(_),
+                        ) => continue,
                         Err(_) if collect => rest.push((slot_base + at, n)),
                         Err(_) => {}
                     }
@@ -464,9 +550,15 @@ impl Volume {
     /// that is durable and no reader can see it.
     fn released(&self, loc: Loc, old: Entry, guard: &epoch::Guard) -> Result<(), VolumeError> {
         let len_units = old.len_units();
-        let logical_unit = loc.slot * self.v.table.slot_units() + loc.child.map_or(0, |c| u64::from(c.index) * len_units);
-        let lsn = self.shared_pool().meta.append(Record::Unmap { vol: self.v.id, logical_unit, len_units })?;
-        self.pool.free_after(guard, lsn, old.tier(), old.first_unit(), len_units);
+        let logical_unit = loc.slot * self.v.table.slot_units()
+            + loc.child.map_or(0, |c| u64::from(c.index) * len_units);
+        let lsn = self.shared_pool().meta.append(Record::Unmap {
+            vol: self.v.id,
+            logical_unit,
+            len_units,
+        })?;
+        self.pool
+            .free_after(guard, lsn, old.tier(), old.first_unit(), len_units);
         Ok(())
     }
 

@@ -17,8 +17,9 @@
 use super::codec::{Get, Put};
 use super::log::MetaRegion;
 use crate::constants::{
-    BLOCK_SIZE_BYTES, DEVICE_RESERVED_HEAD_BYTES, NAME_LEN_MAX_BYTES, POOL_DEVICES_MAX,
-    SUPERBLOCK_COPY_OFFSET_BYTES, SUPERBLOCK_SIZE_BYTES, TIERS_MAX, UNIT_SIZE_BYTES,
+    BLOCK_SIZE_BYTES, DEVICE_RESERVED_HEAD_BYTES, NAME_LEN_MAX_BYTES, PATH_HINT_MAX_BYTES,
+    POOL_DEVICES_MAX, SUPERBLOCK_COPY_OFFSET_BYTES, SUPERBLOCK_SIZE_BYTES, TIERS_MAX,
+    UNIT_SIZE_BYTES,
 };
 use crate::io::{AlignedBuf, BlockDev, IoError};
 
@@ -33,6 +34,10 @@ pub struct DeviceEntry {
     pub tier_index: u8,
     pub tier_name: String,
     pub size_bytes: u64,
+    /// The path the device had when the pool was created (at most
+    /// `PATH_HINT_MAX_BYTES`); `Pool::open` looks for the device there and
+    /// verifies its identity, so a moved device is found by naming it.
+    pub path_hint: String,
 }
 
 /// The superblock of device `device_index` of a pool.
@@ -94,6 +99,11 @@ impl Superblock {
             return bad(format!("device index {} of {n} devices", self.device_index));
         }
         for (i, d) in self.devices.iter().enumerate() {
+            if d.path_hint.len() > PATH_HINT_MAX_BYTES {
+                return bad(format!(
+                    "device {i}: path hint longer than {PATH_HINT_MAX_BYTES} bytes"
+                ));
+            }
             if d.tier_index as usize >= TIERS_MAX {
                 return bad(format!(
                     "device {i}: tier {} (max {TIERS_MAX})",
@@ -156,6 +166,8 @@ impl Superblock {
             p.u8(d.tier_name.len() as u8);
             p.bytes(d.tier_name.as_bytes());
             p.u64(d.size_bytes);
+            p.u16(d.path_hint.len() as u16);
+            p.bytes(d.path_hint.as_bytes());
         }
         match &self.meta_region {
             Some(r) => {
@@ -220,7 +232,14 @@ impl Superblock {
             let t = g.u8().ok_or_else(short)?;
             let tn = name(&mut g)?;
             let size_bytes = g.u64().ok_or_else(short)?;
+            let hn = g.u16().ok_or_else(short)? as usize;
+            if hn > PATH_HINT_MAX_BYTES {
+                return Err(SuperblockError::Invalid("path hint too long".into()));
+            }
+            let path_hint = String::from_utf8(g.take(hn).ok_or_else(short)?.to_vec())
+                .map_err(|_| SuperblockError::Invalid("path hint is not UTF-8".into()))?;
             devices.push(DeviceEntry {
+                path_hint,
                 uuid,
                 tier_index: t,
                 tier_name: tn,
@@ -322,6 +341,7 @@ mod tests {
     fn sample() -> Superblock {
         let devices = (0..POOL_DEVICES_MAX)
             .map(|i| DeviceEntry {
+                path_hint: format!("/dev/test{i}"),
                 uuid: new_uuid(),
                 tier_index: (i % TIERS_MAX) as u8,
                 tier_name: format!("{:x<64}", i),
