@@ -31,6 +31,12 @@ enum Cmd {
 }
 
 fn main() {
+    // SAFETY: called first in main, before any thread exists; restoring the
+    // default SIGPIPE action makes `shardblk ... | head` end quietly like
+    // other Unix tools instead of panicking on a closed stdout.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHARDBLK_LOG")

@@ -143,7 +143,7 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
                     "name", "size", "shard", "mapped"
                 );
                 for v in vols {
-                    let mapped: u64 = v.mapped_bytes.values().sum();
+                    let mapped: u64 = v.mapped_bytes.iter().map(|m| m.1).sum();
                     println!(
                         "{:<20} {:>10} {:>8} {:>12}  {}",
                         v.name,

@@ -194,9 +194,13 @@ pub struct VolumeInfo {
     pub size_bytes: u64,
     pub shard_size_bytes: u64,
     pub policy: String,
-    /// Mapped bytes per tier, by tier name.
-    pub mapped_bytes: BTreeMap<String, u64>,
+    /// Mapped bytes per tier, hottest first: `(tier name, bytes)`.
+    pub mapped_bytes: Vec<(String, u64)>,
 }
+
+/// Pins per commit to let the epoch advance: a deferred function runs two
+/// epochs after it was deferred, once no reader from before is pinned.
+const EPOCH_ADVANCE_TRIES: usize = 4;
 
 fn valid_name(s: &str, extra: &[char]) -> bool {
     !s.is_empty()
@@ -504,8 +508,11 @@ impl Pool {
             }
             self.inner.meta.sync()?;
         }
-        // Let deferred frees whose epoch has passed reach the pending list.
-        epoch::pin().flush();
+        // Drive the epoch so deferred frees whose readers are gone reach the
+        // pending list (it cannot advance past a reader still pinned).
+        for _ in 0..EPOCH_ADVANCE_TRIES {
+            epoch::pin().flush();
+        }
         let durable = self.inner.meta.durable_lsn();
         let ready: Vec<_> = {
             let mut p = self.inner.pending_frees.lock().expect("pending frees");
