@@ -14,6 +14,7 @@ use shardblk::constants::{
 use shardblk::io::mem::MemDev;
 use shardblk::io::{check_transfer, BlockDev, IoError, IoResult};
 use shardblk::shard::meta::{MetaError, MetaLog, MetaRegion, MetaState, Record};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const B: usize = BLOCK_SIZE_BYTES as usize;
@@ -182,7 +183,9 @@ fn random_record(rng: &mut ChaCha8Rng, s: &MetaState) -> Record {
 }
 
 fn random_policy(rng: &mut ChaCha8Rng) -> Vec<u8> {
-    (0..rng.random_range(0..700)).map(|_| rng.random()).collect()
+    (0..rng.random_range(0..700))
+        .map(|_| rng.random())
+        .collect()
 }
 
 fn create(rng: &mut ChaCha8Rng) -> Record {
@@ -504,11 +507,45 @@ fn full_is_a_clear_error_and_changes_nothing() {
     assert_eq!(before.volumes().len(), n as usize);
 }
 
+/// A MemDev that counts log-region writes and whose sync takes a while, like
+/// a real device flush.
+struct CountDev(MemDev, AtomicU64, u64);
+
+impl BlockDev for CountDev {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> IoResult<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> IoResult<()> {
+        if offset >= self.2 {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+        self.0.write_at(buf, offset)
+    }
+    fn sync(&self) -> IoResult<()> {
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        self.0.sync()
+    }
+}
+
 #[test]
 fn concurrent_appenders_group_commit() {
-    let reg = region(16, 256);
-    let dev = Arc::new(MemDev::new("m", reg.end()));
+    let reg = region(16, 2048);
+    let dev = Arc::new(CountDev(
+        MemDev::new("m", reg.end()),
+        AtomicU64::new(0),
+        reg.log_offset(),
+    ));
     let log = Arc::new(MetaLog::format(dev.clone(), reg).unwrap());
+    let writes_before = dev.1.load(Ordering::Relaxed);
     log.append(Record::CreateVolume {
         id: 0,
         name: "v".into(),
@@ -546,7 +583,15 @@ fn concurrent_appenders_group_commit() {
     assert_eq!(log.durable_lsn().0, 801);
     let want = log.with_state(|s| s.clone());
     assert_eq!(want.mappings(0).unwrap().len(), 800);
-    let re = MetaLog::open(dev, reg).unwrap();
+    // 4 threads x (67 + 1) sync calls; a call covered by another's batch writes nothing.
+    let batches = dev.1.load(Ordering::Relaxed) - writes_before;
+    eprintln!(
+        "group commit: {} sync calls wrote {batches} batches",
+        4 * 68
+    );
+    assert_eq!(log.generation(), 1, "no checkpoint expected");
+    assert!(batches < 4 * 68, "no sync call was coalesced");
+    let re = MetaLog::open(Arc::new(MemDev::from_image("m", dev.0.snapshot())), reg).unwrap();
     assert_eq!(re.with_state(|s| s.clone()), want);
     assert_eq!(re.last_lsn().0, 801);
 }
