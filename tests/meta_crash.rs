@@ -241,7 +241,7 @@ fn crash_seed(seed: u64, st: &mut Stats) -> Result<(), String> {
         let mut acked = history.len();
         for _ in 0..rng.random_range(5..80) {
             let step = rng.random_range(0..100);
-            let res = if step < 70 {
+            let res = if step < 80 {
                 let r = random_record(&mut rng, &model);
                 let expect_ok = model.validate(&r).is_ok();
                 match log.append(r.clone()) {
@@ -259,7 +259,7 @@ fn crash_seed(seed: u64, st: &mut Stats) -> Result<(), String> {
                     Err(MetaError::Invalid(_)) if !expect_ok => Ok(()),
                     Err(e) => Err(e),
                 }
-            } else if step < 95 {
+            } else if step < 96 {
                 log.sync().map(|_| acked = history.len())
             } else {
                 log.checkpoint().map(|_| acked = history.len())
