@@ -592,6 +592,27 @@ mod tests {
             ),
             Err(EncodeError::NameTooLong(_))
         ));
+        // A checksum-valid frame announcing a name one byte over the limit.
+        let mut over = enc(
+            1,
+            1,
+            &Record::CreateVolume {
+                id: 1,
+                name: "x".repeat(NAME_LEN_MAX_BYTES),
+                size_bytes: 1,
+                shard_size_bytes: 2,
+                policy: vec![],
+            },
+        );
+        over[FRAME_HEADER_BYTES + 4..FRAME_HEADER_BYTES + 6]
+            .copy_from_slice(&(NAME_LEN_MAX_BYTES as u16 + 1).to_le_bytes());
+        let n = over.len() - 4;
+        let crc = crc32c::crc32c(&over[..n]);
+        over[n..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_frame(&over),
+            Err(DecodeError::BadPayload("name too long"))
+        );
         let mut unk = enc(1, 1, &Record::DeleteVolume { id: 3 });
         unk[FRAME_HEADER_BYTES - 1] = 99;
         let n = unk.len() - 4;

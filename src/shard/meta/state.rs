@@ -128,6 +128,14 @@ impl MetaState {
         self.mappings.get(&id)
     }
 
+    /// Every mapping of every volume: (volume id, first logical unit, mapping),
+    /// by volume then logical unit (the allocator rebuild walks this).
+    pub fn all_mappings(&self) -> impl Iterator<Item = (u32, u64, Mapping)> + '_ {
+        self.mappings
+            .iter()
+            .flat_map(|(id, m)| m.iter().map(move |(k, e)| (*id, k, e)))
+    }
+
     /// Exact size in bytes of this state's checkpoint body.
     pub fn checkpoint_body_bytes(&self) -> u64 {
         self.body_bytes
@@ -520,5 +528,10 @@ mod tests {
         }
         // Shrink cut the mappings beyond unit 4.
         assert_eq!(s.mappings(1).unwrap().mapped_units(), 4);
+        let all: Vec<_> = s
+            .all_mappings()
+            .map(|(v, k, m)| (v, k, m.len_units, m.phys_unit))
+            .collect();
+        assert_eq!(all, vec![(1, 0, 3, 0), (1, 3, 1, 50)]);
     }
 }
