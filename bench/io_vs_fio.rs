@@ -344,7 +344,7 @@ fn main() -> Result<()> {
     let mut header = format!("{:<18}", "workload");
     for (i, r) in runners.iter().enumerate() {
         header += &format!(
-            " | {:>10} {:>9}",
+            " | {:>14} {:>9}",
             format!("{} IOPS", short(r.name())),
             "MB/s"
         );
