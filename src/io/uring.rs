@@ -835,6 +835,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn engine_and_buffers_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<UringEngine>();
+        send::<ArenaBuf>();
+        send::<Completion>();
+    }
+
+    #[test]
     fn arena_hands_out_each_slot_once_and_takes_it_back() {
         let arena = BufArena::new(70, 2 * BLOCK_SIZE_BYTES as usize);
         let mut bufs: Vec<ArenaBuf> = (0..70).map(|_| arena.alloc().expect("slot")).collect();
