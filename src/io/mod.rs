@@ -13,7 +13,11 @@
 //!   plain calls on any [`BlockDev`] (used with the fault-injecting
 //!   [`fault::FaultDev`]). Both pass the same test suite.
 //! - Devices in a batch are named by [`DevIndex`], their position in the
-//!   slice of devices the engine was built over.
+//!   slice of devices the engine was built over; an index past the end is an
+//!   [`IoError::NoDevice`] for that op alone.
+//! - For deep queues (keeping QD 32 in flight rather than draining a batch),
+//!   [`uring::UringEngine`] also has a streaming interface (`submit`/`reap`
+//!   on owned arena buffers); see its module doc.
 
 pub mod fault;
 pub mod file;

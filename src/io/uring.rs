@@ -829,3 +829,49 @@ impl Drop for UringEngine {
         self.drain_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_and_buffers_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<UringEngine>();
+        send::<ArenaBuf>();
+        send::<Completion>();
+    }
+
+    #[test]
+    fn arena_hands_out_each_slot_once_and_takes_it_back() {
+        let arena = BufArena::new(70, 2 * BLOCK_SIZE_BYTES as usize);
+        let mut bufs: Vec<ArenaBuf> = (0..70).map(|_| arena.alloc().expect("slot")).collect();
+        assert!(arena.alloc().is_none(), "all 70 slots are out");
+        let mut idx: Vec<u16> = bufs.iter().map(|b| b.index()).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        assert_eq!(idx.len(), 70);
+        // Slots are disjoint: writing one leaves the others untouched.
+        bufs[5].fill(0xEE);
+        assert!(bufs
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 5 || b.iter().all(|&x| x == 0)));
+        let p = bufs[5].as_ptr();
+        assert_eq!(arena.slot_of(p, bufs[5].len()), Some(bufs[5].index()));
+        // SAFETY: pointer arithmetic only, inside the same slot.
+        assert_eq!(
+            arena.slot_of(unsafe { p.add(4096) }, 4096),
+            Some(bufs[5].index())
+        );
+        // Straddling into the next slot is not a fixed buffer.
+        assert_eq!(arena.slot_of(p, bufs[5].len() + 4096), None);
+        let outside = crate::io::AlignedBuf::new(4096);
+        assert_eq!(arena.slot_of(outside.as_ptr(), 4096), None);
+        bufs.truncate(60);
+        assert_eq!(arena.free_slots(), 10);
+        assert!(arena.alloc().is_some());
+        drop(bufs);
+        assert_eq!(arena.free_slots(), 70);
+    }
+}

@@ -1,0 +1,372 @@
+//! Benchmark: shardblk's io_uring engine against fio on the same file.
+//!
+//! Creates a 1 GiB file in `SHARDBLK_BENCH_DIR` (default `/var/tmp`), fills
+//! it with random data, then runs each workload (4 KiB random read at QD 1
+//! and QD 32, 1 MiB sequential read at QD 4) with
+//! `fio --ioengine=io_uring --direct=1` and with the [`UringEngine`]
+//! streaming interface (each twice, in the order fio, ours, ours, fio; the
+//! mean is reported), and prints one table of IOPS, MB/s and the ratio to fio. `SHARDBLK_BENCH_SECS` sets the time per run (default 5).
+//!
+//! Extending: every column is a [`Runner`]; add one (for example "through the
+//! volume engine") to the list in `main` and the table grows by a column
+//! group. The first runner is the baseline of the ratios.
+//!
+//! Run: `cargo bench --bench io_vs_fio`.
+
+use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shardblk::constants::BLOCK_SIZE_BYTES;
+use shardblk::io::file::FileDev;
+use shardblk::io::uring::{ArenaBuf, Completion, StreamKind, StreamOp, UringEngine};
+use shardblk::io::{BlockDev, DevIndex};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const FILE_BYTES: u64 = 1 << 30;
+const FILL_CHUNK_BYTES: usize = 1 << 20;
+const FILL_QD: usize = 8;
+
+/// One workload: block size, queue depth, pattern, duration.
+#[derive(Debug, Clone)]
+struct Workload {
+    name: &'static str,
+    block_bytes: usize,
+    qd: usize,
+    random: bool,
+    duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    iops: f64,
+    mb_per_s: f64,
+}
+
+impl Figures {
+    fn from_counts(ops: u64, bytes: u64, elapsed: Duration) -> Figures {
+        let s = elapsed.as_secs_f64();
+        Figures {
+            iops: ops as f64 / s,
+            mb_per_s: bytes as f64 / 1e6 / s,
+        }
+    }
+}
+
+/// One column group of the table: something that can run a workload on the
+/// bench file.
+trait Runner {
+    fn name(&self) -> &str;
+    fn run(&mut self, w: &Workload) -> Result<Figures>;
+}
+
+/// fio with its io_uring engine, direct I/O, one job.
+struct Fio {
+    path: PathBuf,
+}
+
+impl Runner for Fio {
+    fn name(&self) -> &str {
+        "fio"
+    }
+    fn run(&mut self, w: &Workload) -> Result<Figures> {
+        let out = Command::new("fio")
+            .arg("--name=bench")
+            .arg(format!("--filename={}", self.path.display()))
+            .arg("--ioengine=io_uring")
+            .arg("--direct=1")
+            .arg(format!(
+                "--rw={}",
+                if w.random { "randread" } else { "read" }
+            ))
+            .arg(format!("--bs={}", w.block_bytes))
+            .arg(format!("--iodepth={}", w.qd))
+            .arg(format!("--size={FILE_BYTES}"))
+            .arg("--time_based=1")
+            .arg(format!("--runtime={}s", w.duration.as_secs().max(1)))
+            .arg("--output-format=json")
+            .output()
+            .context("running fio (apt install fio)")?;
+        if !out.status.success() {
+            bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing fio JSON")?;
+        let read = &v["jobs"][0]["read"];
+        let iops = read["iops"]
+            .as_f64()
+            .context("fio JSON lacks jobs[0].read.iops")?;
+        let bw = read["bw_bytes"]
+            .as_f64()
+            .context("fio JSON lacks jobs[0].read.bw_bytes")?;
+        Ok(Figures {
+            iops,
+            mb_per_s: bw / 1e6,
+        })
+    }
+}
+
+/// shardblk's UringEngine, streaming interface, arena buffers.
+struct Ours {
+    engine: UringEngine,
+    blocks_in_file: u64,
+}
+
+impl Ours {
+    fn new(path: &Path) -> Result<Ours> {
+        let dev: Arc<dyn BlockDev> = Arc::new(FileDev::open(path)?);
+        let blocks_in_file = dev.size_bytes() / BLOCK_SIZE_BYTES;
+        Ok(Ours {
+            engine: UringEngine::new(vec![dev])?,
+            blocks_in_file,
+        })
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        let arena = self.engine.arena().clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let chunks = FILE_BYTES / FILL_CHUNK_BYTES as u64;
+        let mut next = 0u64;
+        let mut done = 0u64;
+        let mut out = Vec::new();
+        let mut spare: Vec<ArenaBuf> = Vec::new();
+        while done < chunks {
+            while next < chunks && self.engine.stream_pending() < FILL_QD {
+                let mut buf = match spare.pop() {
+                    Some(b) => b,
+                    None => arena.alloc().context("arena exhausted")?,
+                };
+                rng.fill(&mut buf[..FILL_CHUNK_BYTES]);
+                let kind = StreamKind::Write {
+                    buf,
+                    len: FILL_CHUNK_BYTES,
+                };
+                let op = StreamOp {
+                    dev: DevIndex(0),
+                    offset: next * FILL_CHUNK_BYTES as u64,
+                    kind,
+                    user_data: next,
+                };
+                if self.engine.submit(op).is_err() {
+                    bail!("ring full while filling");
+                }
+                next += 1;
+            }
+            out.clear();
+            self.engine.reap(1, &mut out)?;
+            for c in out.drain(..) {
+                c.result?;
+                spare.extend(c.buf);
+                done += 1;
+            }
+        }
+        let op = StreamOp {
+            dev: DevIndex(0),
+            offset: 0,
+            kind: StreamKind::Sync,
+            user_data: 0,
+        };
+        if self.engine.submit(op).is_err() {
+            bail!("ring full at sync");
+        }
+        self.engine.reap(1, &mut out)?;
+        for c in out.drain(..) {
+            c.result?;
+        }
+        Ok(())
+    }
+}
+
+impl Runner for Ours {
+    fn name(&self) -> &str {
+        "shardblk uring"
+    }
+    fn run(&mut self, w: &Workload) -> Result<Figures> {
+        let arena = self.engine.arena().clone();
+        let per_op_blocks = w.block_bytes as u64 / BLOCK_SIZE_BYTES;
+        let positions = self.blocks_in_file / per_op_blocks;
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut seq = 0u64;
+        let mut next_offset = move || {
+            let pos = if w.random {
+                rng.random_range(0..positions)
+            } else {
+                seq = (seq + 1) % positions;
+                seq
+            };
+            pos * w.block_bytes as u64
+        };
+        let mut out: Vec<Completion> = Vec::with_capacity(w.qd);
+        let start = Instant::now();
+        let deadline = start + w.duration;
+        for _ in 0..w.qd {
+            let buf = arena.alloc().context("arena exhausted")?;
+            let kind = StreamKind::Read {
+                buf,
+                len: w.block_bytes,
+            };
+            let op = StreamOp {
+                dev: DevIndex(0),
+                offset: next_offset(),
+                kind,
+                user_data: 0,
+            };
+            if self.engine.submit(op).is_err() {
+                bail!("ring full");
+            }
+        }
+        let mut ops = 0u64;
+        let mut stopping = false;
+        let mut elapsed = Duration::ZERO;
+        while self.engine.stream_pending() > 0 {
+            out.clear();
+            self.engine.reap(1, &mut out)?;
+            for c in out.drain(..) {
+                c.result?;
+                if stopping {
+                    continue;
+                }
+                ops += 1;
+                let buf = c.buf.context("read completion without its buffer")?;
+                let kind = StreamKind::Read {
+                    buf,
+                    len: w.block_bytes,
+                };
+                let op = StreamOp {
+                    dev: DevIndex(0),
+                    offset: next_offset(),
+                    kind,
+                    user_data: 0,
+                };
+                if self.engine.submit(op).is_err() {
+                    bail!("ring full");
+                }
+            }
+            // Reading the clock every reap is cheap next to a syscall.
+            if !stopping && Instant::now() >= deadline {
+                stopping = true;
+                elapsed = start.elapsed();
+            }
+        }
+        Ok(Figures::from_counts(
+            ops,
+            ops * w.block_bytes as u64,
+            elapsed,
+        ))
+    }
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let dir = std::env::var("SHARDBLK_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let secs: u64 = std::env::var("SHARDBLK_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let path = Path::new(&dir).join(format!("shardblk-bench-{}.img", std::process::id()));
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _cleanup = Remove(path.clone());
+    FileDev::create_file(&path, FILE_BYTES)?;
+    let mut ours = Ours::new(&path)?;
+    let t = Instant::now();
+    ours.fill()?;
+    eprintln!(
+        "filled {} ({} MiB) in {:.1} s",
+        path.display(),
+        FILE_BYTES >> 20,
+        t.elapsed().as_secs_f64()
+    );
+
+    let duration = Duration::from_secs(secs);
+    let workloads = [
+        Workload {
+            name: "4k randread QD1",
+            block_bytes: 4096,
+            qd: 1,
+            random: true,
+            duration,
+        },
+        Workload {
+            name: "4k randread QD32",
+            block_bytes: 4096,
+            qd: 32,
+            random: true,
+            duration,
+        },
+        Workload {
+            name: "1M seqread QD4",
+            block_bytes: 1 << 20,
+            qd: 4,
+            random: false,
+            duration,
+        },
+    ];
+    let mut runners: Vec<Box<dyn Runner>> =
+        vec![Box::new(Fio { path: path.clone() }), Box::new(ours)];
+
+    // Each runner runs each workload twice, in the order A B .. B A, and the
+    // mean is reported, so neither side gains from going first (warm caches
+    // on the host, other load on a shared machine).
+    let mut rows = Vec::new();
+    for w in &workloads {
+        let n = runners.len();
+        let mut sums = vec![(0.0f64, 0.0f64); n];
+        let order: Vec<usize> = (0..n).chain((0..n).rev()).collect();
+        for i in order {
+            let r = &mut runners[i];
+            let f = r
+                .run(w)
+                .with_context(|| format!("{} on {}", r.name(), w.name))?;
+            eprintln!(
+                "{:<18} {:<16} {:>10.0} IOPS {:>8.1} MB/s",
+                w.name,
+                r.name(),
+                f.iops,
+                f.mb_per_s
+            );
+            sums[i].0 += f.iops / 2.0;
+            sums[i].1 += f.mb_per_s / 2.0;
+        }
+        let figs: Vec<Figures> = sums
+            .into_iter()
+            .map(|(iops, mb_per_s)| Figures { iops, mb_per_s })
+            .collect();
+        rows.push((w.name, figs));
+    }
+
+    let mut header = format!("{:<18}", "workload");
+    for (i, r) in runners.iter().enumerate() {
+        header += &format!(
+            " | {:>14} {:>9}",
+            format!("{} IOPS", short(r.name())),
+            "MB/s"
+        );
+        if i > 0 {
+            header += &format!(" {:>7}", "ratio");
+        }
+    }
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for (name, figs) in rows {
+        let mut line = format!("{name:<18}");
+        for (i, f) in figs.iter().enumerate() {
+            line += &format!(" | {:>14.0} {:>9.1}", f.iops, f.mb_per_s);
+            if i > 0 {
+                line += &format!(" {:>6.1}%", 100.0 * f.iops / figs[0].iops);
+            }
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn short(name: &str) -> &str {
+    name.split_whitespace().next().unwrap_or(name)
+}
