@@ -81,6 +81,7 @@ cwd="$(pwd)"
 # Lines "d PATH" (directory) or "f PATH" (single file).
 {
     case "$cwd" in /tmp/*) echo "d $cwd" ;; esac
+    case "$SHARDBLK_VM_DIR" in /tmp/*) echo "d $SHARDBLK_VM_DIR/bin" ;; esac
     case "$script" in
         /tmp/*/*) echo "d $(dirname "$script")" ;;
         /tmp/*) echo "f $script" ;;
