@@ -221,8 +221,11 @@ build_initramfs() {
 }
 
 main() {
-    install_host_packages
     mkdir -p "$vm_dir"
+    # Concurrent runs (parallel tests) wait for one another here.
+    exec 9>"$vm_dir/.lock"
+    flock 9
+    install_host_packages
     setup_private_apt
     local have_lists=1
     refresh_lists || have_lists=0
