@@ -73,16 +73,22 @@ rm -f /tmp/smoke-loop.img
 
 rublk="${SHARDBLK_VM_DIR:-}/bin/rublk"
 if [ -x "$rublk" ]; then
-    step "rublk add loop + fio"
     truncate -s 256M /tmp/smoke-rublk.img
-    "$rublk" add loop -f /tmp/smoke-rublk.img
-    for _ in $(seq 50); do [ -b /dev/ublkb0 ] && break; sleep 0.1; done
-    [ -b /dev/ublkb0 ] || die "rublk did not create /dev/ublkb0"
-    "$rublk" list 2>&1 | sed 's/^/   /' || true
-    fio_summary ublk-loop --filename=/dev/ublkb0 --ioengine=io_uring --iodepth=16 \
-        --time_based --runtime=3
-    [ "$IOPS" -gt 0 ] || die "no I/O completed on /dev/ublkb0"
-    "$rublk" del -n 0
+    # Plain copy mode, then zero copy (-z: UBLK_F_AUTO_BUF_REG).
+    for mode in copy zero-copy; do
+        step "rublk add loop ($mode) + fio"
+        opts=()
+        [ "$mode" = zero-copy ] && opts=(-z)
+        "$rublk" add loop --quiet -n 0 "${opts[@]}" -f /tmp/smoke-rublk.img
+        for _ in $(seq 50); do [ -b /dev/ublkb0 ] && break; sleep 0.1; done
+        [ -b /dev/ublkb0 ] || die "rublk did not create /dev/ublkb0"
+        fio_summary "ublk-loop-$mode" --filename=/dev/ublkb0 --ioengine=io_uring --iodepth=16 \
+            --time_based --runtime=3
+        [ "$IOPS" -gt 0 ] || die "no I/O completed on /dev/ublkb0"
+        "$rublk" del -n 0
+        for _ in $(seq 50); do [ -e /dev/ublkb0 ] || break; sleep 0.1; done
+        [ ! -e /dev/ublkb0 ] || die "/dev/ublkb0 still present after rublk del"
+    done
     rm -f /tmp/smoke-rublk.img
 fi
 
