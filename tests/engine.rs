@@ -19,13 +19,29 @@ use shardblk::volume::table::Loc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-fn read_vec(vol: &Volume, eng: &mut dyn shardblk::io::IoEngine, off: u64, len: usize) -> AlignedBuf {
+/// How long released extents may take to come back while other tests' readers
+/// hold the (process-wide) epoch.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn read_vec(
+    vol: &Volume,
+    eng: &mut dyn shardblk::io::IoEngine,
+    off: u64,
+    len: usize,
+) -> AlignedBuf {
     let mut b = AlignedBuf::new(len);
     vol.read(eng, off, &mut b).expect("read");
     b
 }
 
-fn write_version(vol: &Volume, eng: &mut dyn shardblk::io::IoEngine, tag: u32, block: u64, n: u64, version: u64) {
+fn write_version(
+    vol: &Volume,
+    eng: &mut dyn shardblk::io::IoEngine,
+    tag: u32,
+    block: u64,
+    n: u64,
+    version: u64,
+) {
     let mut b = AlignedBuf::new((n as usize) * BLOCK);
     fill(&mut b, tag, block, version);
     vol.write(eng, block * BLOCK as u64, &b).expect("write");
@@ -34,20 +50,41 @@ fn write_version(vol: &Volume, eng: &mut dyn shardblk::io::IoEngine, tag: u32, b
 #[test]
 fn thin_volume_reads_zeros_and_maps_on_first_write_on_the_policy_tier() {
     let (pool, _) = mem_pool(64 * MIB, 128 * MIB);
-    let vol = pool.create_volume("v", 64 << 40, MIB, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume("v", 64 << 40, MIB, TierPolicy::default())
+        .unwrap();
     let mut eng = pool.engine();
-    assert!(read_vec(&vol, eng.as_mut(), 5 << 40, 8192).iter().all(|&b| b == 0));
-    assert_eq!(pool.status().tiers[0].used_bytes, 0, "reads allocate nothing");
+    assert!(read_vec(&vol, eng.as_mut(), 5 << 40, 8192)
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(
+        pool.status().tiers[0].used_bytes,
+        0,
+        "reads allocate nothing"
+    );
     // One 4 KiB write in the middle of a shard maps the whole shard, zero elsewhere.
     write_version(&vol, eng.as_mut(), 1, (3 * MIB + 4096) / 4096, 1, 7);
     let shard = read_vec(&vol, eng.as_mut(), 3 * MIB, MIB as usize);
     assert!(shard[..4096].iter().all(|&b| b == 0));
-    assert_eq!(block_version(&shard[4096..8192], 1, (3 * MIB + 4096) / 4096), Ok(Some(7)));
+    assert_eq!(
+        block_version(&shard[4096..8192], 1, (3 * MIB + 4096) / 4096),
+        Ok(Some(7))
+    );
     assert!(shard[8192..].iter().all(|&b| b == 0));
     let info = pool.volume_info("v").unwrap();
-    assert_eq!(info.mapped_bytes, vec![("hot".to_string(), MIB), ("cold".to_string(), 0)]);
+    assert_eq!(
+        info.mapped_bytes,
+        vec![("hot".to_string(), MIB), ("cold".to_string(), 0)]
+    );
     // A volume pinned cold maps there.
-    let cold = pool.create_volume("c", 1 << 30, 64 * 1024, TierPolicy::parse("pin=cold").unwrap()).unwrap();
+    let cold = pool
+        .create_volume(
+            "c",
+            1 << 30,
+            64 * 1024,
+            TierPolicy::parse("pin=cold").unwrap(),
+        )
+        .unwrap();
     write_version(&cold, eng.as_mut(), 2, 0, 1, 1);
     assert_eq!(pool.volume_info("c").unwrap().mapped_bytes[1].1, 64 * 1024);
 }
@@ -55,7 +92,9 @@ fn thin_volume_reads_zeros_and_maps_on_first_write_on_the_policy_tier() {
 /// Random writes of random sizes against a byte model, over one engine.
 fn random_io_against_model(pool: &Pool, shard: u64, seed: u64) {
     let size = 48 * MIB;
-    let vol = pool.create_volume(&format!("r{shard}"), size, shard, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume(&format!("r{shard}"), size, shard, TierPolicy::default())
+        .unwrap();
     let mut eng = pool.engine();
     let mut model = vec![0u8; size as usize];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -73,13 +112,19 @@ fn random_io_against_model(pool: &Pool, shard: u64, seed: u64) {
             model[off as usize..off as usize + len].fill(0);
         } else {
             let b = read_vec(&vol, eng.as_mut(), off, len);
-            assert!(b[..] == model[off as usize..off as usize + len], "seed {seed} op {i}: read at {off}+{len} differs");
+            assert!(
+                b[..] == model[off as usize..off as usize + len],
+                "seed {seed} op {i}: read at {off}+{len} differs"
+            );
         }
     }
     vol.flush().unwrap();
     for off in (0..size).step_by(4 * MIB as usize) {
         let b = read_vec(&vol, eng.as_mut(), off, 4 * MIB as usize);
-        assert!(b[..] == model[off as usize..(off + 4 * MIB) as usize], "seed {seed}: final read at {off} differs");
+        assert!(
+            b[..] == model[off as usize..(off + 4 * MIB) as usize],
+            "seed {seed}: final read at {off} differs"
+        );
     }
 }
 
@@ -103,13 +148,21 @@ fn flushed_data_and_volumes_survive_reopen_from_any_member() {
     let dir = tempfile::tempdir().unwrap();
     {
         let pool = file_pool(dir.path(), 128 * MIB, 256 * MIB);
-        let vol = pool.create_volume("keep", 1 << 30, MIB, TierPolicy::parse("promote=2").unwrap()).unwrap();
+        let vol = pool
+            .create_volume(
+                "keep",
+                1 << 30,
+                MIB,
+                TierPolicy::parse("promote=2").unwrap(),
+            )
+            .unwrap();
         let mut eng = pool.engine();
         for b in (0..2000).step_by(7) {
             write_version(&vol, eng.as_mut(), 9, b, 1, b + 1);
         }
         vol.flush().unwrap();
-        pool.create_volume("second", 1 << 20, 64 * 1024, TierPolicy::default()).unwrap();
+        pool.create_volume("second", 1 << 20, 64 * 1024, TierPolicy::default())
+            .unwrap();
     }
     // Opening through the cold device finds the hot one by its path hint.
     let pool = Pool::open(&dir.path().join("cold")).unwrap();
@@ -123,7 +176,10 @@ fn flushed_data_and_volumes_survive_reopen_from_any_member() {
         assert_eq!(block_version(blk, 9, b), Ok(want), "block {b}");
     }
     assert_eq!(pool.list_volumes().len(), 2);
-    assert!(matches!(Pool::open(&dir.path().join("nonexistent")), Err(PoolError::Io(_))));
+    assert!(matches!(
+        Pool::open(&dir.path().join("nonexistent")),
+        Err(PoolError::Io(_))
+    ));
 }
 
 #[test]
@@ -132,16 +188,28 @@ fn pool_init_refuses_bad_devices_without_writing() {
     let small = dir.path().join("small");
     std::fs::File::create(&small).unwrap().set_len(MIB).unwrap();
     let big = dir.path().join("big");
-    std::fs::File::create(&big).unwrap().set_len(128 * MIB).unwrap();
-    let spec = |n: &str, p: &std::path::Path| shardblk::shard::pool::TierSpec { name: n.into(), path: p.into() };
-    let e = Pool::init(&[spec("hot", &big), spec("cold", &small)], false).err().expect("too small");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(128 * MIB)
+        .unwrap();
+    let spec = |n: &str, p: &std::path::Path| shardblk::shard::pool::TierSpec {
+        name: n.into(),
+        path: p.into(),
+    };
+    let e = Pool::init(&[spec("hot", &big), spec("cold", &small)], false)
+        .err()
+        .expect("too small");
     assert!(e.to_string().contains("too small"), "{e}");
     // Nothing was written to the good device.
     assert!(std::fs::read(&big).unwrap().iter().all(|&b| b == 0));
-    let e = Pool::init(&[spec("hot", &big), spec("cold", &big)], false).err().expect("duplicate");
+    let e = Pool::init(&[spec("hot", &big), spec("cold", &big)], false)
+        .err()
+        .expect("duplicate");
     assert!(e.to_string().contains("twice"), "{e}");
     Pool::init(&[spec("hot", &big)], false).unwrap();
-    let e = Pool::init(&[spec("hot", &big)], false).err().expect("in a pool");
+    let e = Pool::init(&[spec("hot", &big)], false)
+        .err()
+        .expect("in a pool");
     assert!(matches!(e, PoolError::AlreadyInPool { .. }), "{e}");
     Pool::init(&[spec("hot", &big)], true).expect("--force overwrites");
 }
@@ -149,21 +217,33 @@ fn pool_init_refuses_bad_devices_without_writing() {
 #[test]
 fn discard_of_whole_shards_frees_extents_and_write_zeroes_zeroes() {
     let (pool, _) = mem_pool(64 * MIB, 128 * MIB);
-    let vol = pool.create_volume("d", 256 * MIB, MIB, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume("d", 256 * MIB, MIB, TierPolicy::default())
+        .unwrap();
     let mut eng = pool.engine();
     write_version(&vol, eng.as_mut(), 3, 0, 4 * 256, 1); // 4 MiB
     vol.flush().unwrap();
     assert_eq!(pool.status().tiers[0].used_bytes, 4 * MIB);
     // Discard 1.5 MiB from 1 MiB: only shard 1 is whole.
     vol.discard(MIB, MIB + MIB / 2).unwrap();
-    vol.flush().unwrap();
-    vol.flush().unwrap();
-    assert_eq!(pool.status().tiers[0].used_bytes, 3 * MIB, "the whole shard's extent is freed");
-    assert!(read_vec(&vol, eng.as_mut(), MIB, MIB as usize).iter().all(|&b| b == 0));
+    assert!(pool.settle(SETTLE).unwrap());
+    assert_eq!(
+        pool.status().tiers[0].used_bytes,
+        3 * MIB,
+        "the whole shard's extent is freed"
+    );
+    assert!(read_vec(&vol, eng.as_mut(), MIB, MIB as usize)
+        .iter()
+        .all(|&b| b == 0));
     let s2 = read_vec(&vol, eng.as_mut(), 2 * MIB, 4096);
-    assert_eq!(block_version(&s2, 3, 512), Ok(Some(1)), "partial discard leaves data");
+    assert_eq!(
+        block_version(&s2, 3, 512),
+        Ok(Some(1)),
+        "partial discard leaves data"
+    );
     // Write-zeroes of a partial shard zeroes exactly that range.
-    vol.write_zeroes(eng.as_mut(), 2 * MIB + 8192, 8192).unwrap();
+    vol.write_zeroes(eng.as_mut(), 2 * MIB + 8192, 8192)
+        .unwrap();
     let s2 = read_vec(&vol, eng.as_mut(), 2 * MIB, 16384);
     assert_eq!(block_version(&s2[4096..8192], 3, 513), Ok(Some(1)));
     assert!(s2[8192..].iter().all(|&b| b == 0));
@@ -172,7 +252,9 @@ fn discard_of_whole_shards_frees_extents_and_write_zeroes_zeroes() {
 #[test]
 fn thin_volume_larger_than_the_pool_fails_with_enospc_and_loses_nothing() {
     let (pool, mems) = mem_pool(64 * MIB, 64 * MIB);
-    let vol = pool.create_volume("big", 1 << 40, MIB, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume("big", 1 << 40, MIB, TierPolicy::default())
+        .unwrap();
     let mut eng = pool.engine();
     let mut written = 0u64;
     let err = loop {
@@ -195,7 +277,10 @@ fn thin_volume_larger_than_the_pool_fails_with_enospc_and_loses_nothing() {
     for s in 0..written {
         let b = read_vec(&vol, eng.as_mut(), s * MIB, MIB as usize);
         for k in 0..256 {
-            assert_eq!(block_version(&b[k * BLOCK..(k + 1) * BLOCK], 5, s * 256 + k as u64), Ok(Some(s + 1)));
+            assert_eq!(
+                block_version(&b[k * BLOCK..(k + 1) * BLOCK], 5, s * 256 + k as u64),
+                Ok(Some(s + 1))
+            );
         }
     }
 }
@@ -203,55 +288,93 @@ fn thin_volume_larger_than_the_pool_fails_with_enospc_and_loses_nothing() {
 #[test]
 fn resize_grows_and_refuses_to_drop_mapped_data_unless_forced() {
     let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
-    let vol = pool.create_volume("rs", 16 * MIB, MIB, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume("rs", 16 * MIB, MIB, TierPolicy::default())
+        .unwrap();
     let mut eng = pool.engine();
     write_version(&vol, eng.as_mut(), 4, 0, 1, 1);
     write_version(&vol, eng.as_mut(), 4, 10 * 256, 1, 2);
     let e = pool.resize_volume("rs", 8 * MIB, false).unwrap_err();
-    assert!(matches!(e, PoolError::ShrinkLosesData { mapped, .. } if mapped == MIB), "{e}");
+    assert!(
+        matches!(e, PoolError::ShrinkLosesData { mapped, .. } if mapped == MIB),
+        "{e}"
+    );
     pool.resize_volume("rs", 64 * MIB, false).unwrap();
     assert_eq!(vol.size_bytes(), 64 * MIB);
     write_version(&vol, eng.as_mut(), 4, 60 * 256, 1, 3);
     pool.resize_volume("rs", 8 * MIB, true).unwrap();
     assert_eq!(vol.size_bytes(), 8 * MIB);
-    assert!(vol.read(eng.as_mut(), 10 * MIB, &mut AlignedBuf::new(4096)).is_err(), "beyond the end");
-    assert_eq!(block_version(&read_vec(&vol, eng.as_mut(), 0, 4096), 4, 0), Ok(Some(1)));
-    pool.commit().unwrap();
-    pool.commit().unwrap();
-    assert_eq!(pool.status().tiers[0].used_bytes, MIB, "dropped shards were freed");
+    assert!(
+        vol.read(eng.as_mut(), 10 * MIB, &mut AlignedBuf::new(4096))
+            .is_err(),
+        "beyond the end"
+    );
+    assert_eq!(
+        block_version(&read_vec(&vol, eng.as_mut(), 0, 4096), 4, 0),
+        Ok(Some(1))
+    );
+    assert!(
+        pool.settle(SETTLE).unwrap(),
+        "released extents come back once no reader can see them"
+    );
+    assert_eq!(
+        pool.status().tiers[0].used_bytes,
+        MIB,
+        "dropped shards were freed"
+    );
     // Growing again shows zeros where the dropped data was.
     pool.resize_volume("rs", 16 * MIB, false).unwrap();
-    assert!(read_vec(&vol, eng.as_mut(), 10 * MIB, 4096).iter().all(|&b| b == 0));
+    assert!(read_vec(&vol, eng.as_mut(), 10 * MIB, 4096)
+        .iter()
+        .all(|&b| b == 0));
 }
 
 #[test]
 fn delete_frees_everything_and_refuses_while_open() {
     let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
-    let vol = pool.create_volume("del", 64 * MIB, MIB, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume("del", 64 * MIB, MIB, TierPolicy::default())
+        .unwrap();
     let mut eng = pool.engine();
     write_version(&vol, eng.as_mut(), 6, 0, 2048, 1);
-    assert!(matches!(pool.delete_volume("del"), Err(PoolError::VolumeBusy(_))));
+    assert!(matches!(
+        pool.delete_volume("del"),
+        Err(PoolError::VolumeBusy(_))
+    ));
     drop(vol);
     pool.delete_volume("del").unwrap();
-    pool.commit().unwrap();
-    pool.commit().unwrap();
+    assert!(
+        pool.settle(SETTLE).unwrap(),
+        "released extents come back once no reader can see them"
+    );
     assert_eq!(pool.status().tiers[0].used_bytes, 0);
     assert!(matches!(pool.volume("del"), Err(PoolError::NoVolume(_))));
-    assert!(matches!(pool.delete_volume("del"), Err(PoolError::NoVolume(_))));
+    assert!(matches!(
+        pool.delete_volume("del"),
+        Err(PoolError::NoVolume(_))
+    ));
 }
 
 #[test]
 fn split_children_migrate_alone_and_survive_reopen() {
     let (pool, mems) = mem_pool(64 * MIB, 64 * MIB);
-    let vol = pool.create_volume("sp", 16 * MIB, MIB, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume("sp", 16 * MIB, MIB, TierPolicy::default())
+        .unwrap();
     let mut eng = pool.engine();
     write_version(&vol, eng.as_mut(), 8, 256, 256, 1); // slot 1
     assert_eq!(lifecycle::split(&vol, 1, 16).unwrap(), Outcome::Done);
     let loc = Loc::child(1, 3, 16);
-    assert_eq!(lifecycle::migrate(&vol, eng.as_mut(), loc, 1).unwrap(), Outcome::Done);
+    assert_eq!(
+        lifecycle::migrate(&vol, eng.as_mut(), loc, 1).unwrap(),
+        Outcome::Done
+    );
     write_version(&vol, eng.as_mut(), 8, 256 + 3 * 16 + 2, 1, 2); // into the moved child
     let info = pool.volume_info("sp").unwrap();
-    assert_eq!(info.mapped_bytes, vec![("hot".into(), 15 * 64 * 1024), ("cold".into(), 64 * 1024)]);
+    assert_eq!(
+        info.mapped_bytes,
+        vec![("hot".into(), 15 * 64 * 1024), ("cold".into(), 64 * 1024)]
+    );
     vol.flush().unwrap();
     drop((vol, eng, pool));
     let pool = reopen_mem(&mems);
@@ -260,14 +383,23 @@ fn split_children_migrate_alone_and_survive_reopen() {
     let b = read_vec(&vol, eng.as_mut(), MIB, MIB as usize);
     for k in 0..256u64 {
         let want = if k == 3 * 16 + 2 { 2 } else { 1 };
-        assert_eq!(block_version(&b[k as usize * BLOCK..(k as usize + 1) * BLOCK], 8, 256 + k), Ok(Some(want)));
+        assert_eq!(
+            block_version(&b[k as usize * BLOCK..(k as usize + 1) * BLOCK], 8, 256 + k),
+            Ok(Some(want))
+        );
     }
     assert_eq!(pool.volume_info("sp").unwrap().mapped_bytes[1].1, 64 * 1024);
     // Move the child back and merge: contiguous again, one entry.
     let loc = Loc::child(1, 3, 16);
     // After reopen the slot is split at the child granularity found on disk.
-    assert_eq!(lifecycle::migrate(&vol, eng.as_mut(), loc, 0).unwrap(), Outcome::Done);
-    assert_eq!(lifecycle::merge(&vol, eng.as_mut(), 1, true).unwrap(), Outcome::Done);
+    assert_eq!(
+        lifecycle::migrate(&vol, eng.as_mut(), loc, 0).unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        lifecycle::merge(&vol, eng.as_mut(), 1, true).unwrap(),
+        Outcome::Done
+    );
     assert!(entries(&vol).iter().all(|(l, _)| l.child.is_none()));
     let b = read_vec(&vol, eng.as_mut(), MIB + (3 * 16 + 2) * 4096, 4096);
     assert_eq!(block_version(&b, 8, 256 + 3 * 16 + 2), Ok(Some(2)));
@@ -277,7 +409,14 @@ fn split_children_migrate_alone_and_survive_reopen() {
 fn policy_windows_promote_hot_reads_and_demote_under_pressure() {
     let (pool, _) = mem_pool(64 * MIB, 256 * MIB);
     // Born cold, promoted after 3 reads in a window.
-    let vol = pool.create_volume("p", 128 * MIB, MIB, TierPolicy::parse("write=cold,promote=3").unwrap()).unwrap();
+    let vol = pool
+        .create_volume(
+            "p",
+            128 * MIB,
+            MIB,
+            TierPolicy::parse("write=cold,promote=3").unwrap(),
+        )
+        .unwrap();
     let mut eng = pool.engine();
     write_version(&vol, eng.as_mut(), 7, 0, 256 * 4, 1);
     for _ in 0..3 {
@@ -288,7 +427,9 @@ fn policy_windows_promote_hot_reads_and_demote_under_pressure() {
     let tiers: Vec<usize> = entries(&vol).iter().map(|(_, e)| e.tier()).collect();
     assert_eq!(tiers, vec![1, 1, 0, 1]);
     // Fill the hot tier past its high watermark with a hot-born volume.
-    let hot = pool.create_volume("h", 128 * MIB, MIB, TierPolicy::default()).unwrap();
+    let hot = pool
+        .create_volume("h", 128 * MIB, MIB, TierPolicy::default())
+        .unwrap();
     let cap = pool.tiers()[0].n_units * 64 * 1024;
     let n = cap * 95 / 100 / MIB - 1;
     for s in 0..n {
@@ -296,13 +437,23 @@ fn policy_windows_promote_hot_reads_and_demote_under_pressure() {
     }
     assert!(pool.tiers()[0].used_percent() >= 90);
     let rep = run_window(&pool, eng.as_mut()).unwrap();
-    pool.commit().unwrap();
-    pool.commit().unwrap();
+    assert!(
+        pool.settle(SETTLE).unwrap(),
+        "released extents come back once no reader can see them"
+    );
     assert!(rep.demoted > 0, "{rep:?}");
-    assert!(pool.tiers()[0].used_percent() <= 75, "down to the low watermark: {}%", pool.tiers()[0].used_percent());
+    assert!(
+        pool.tiers()[0].used_percent() <= 75,
+        "down to the low watermark: {}%",
+        pool.tiers()[0].used_percent()
+    );
     for s in 0..n {
         let b = read_vec(&hot, eng.as_mut(), s * MIB, 4096);
-        assert_eq!(block_version(&b, 7, s * 256), Ok(Some(2)), "shard {s} after demotion");
+        assert_eq!(
+            block_version(&b, 7, s * 256),
+            Ok(Some(2)),
+            "shard {s} after demotion"
+        );
     }
 }
 
@@ -311,7 +462,9 @@ fn policy_windows_promote_hot_reads_and_demote_under_pressure() {
 /// thread migrating, splitting and merging shards all the while.
 fn concurrent_chaos(pool: &Pool, seed: u64, ops_per_writer: u64) {
     let blocks = 8 * 256u64; // 8 MiB, 8 shards of 1 MiB
-    let vol = pool.create_volume("chaos", blocks * 4096, MIB, TierPolicy::default()).unwrap();
+    let vol = pool
+        .create_volume("chaos", blocks * 4096, MIB, TierPolicy::default())
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut models: Vec<Vec<u64>> = Vec::new();
     std::thread::scope(|s| {
@@ -326,21 +479,37 @@ fn concurrent_chaos(pool: &Pool, seed: u64, ops_per_writer: u64) {
                 while !stop.load(Ordering::Relaxed) {
                     let slot = rng.random_range(0..8u64);
                     let r = match rng.random_range(0..6) {
-                        0 | 1 => lifecycle::migrate(&vol, eng.as_mut(), Loc::slot(slot), rng.random_range(0..2)),
+                        0 | 1 => lifecycle::migrate(
+                            &vol,
+                            eng.as_mut(),
+                            Loc::slot(slot),
+                            rng.random_range(0..2),
+                        ),
                         2 => lifecycle::split(&vol, slot, [2, 4, 16][rng.random_range(0..3)]),
                         3 => {
                             let e = entries(&vol);
-                            let kids: Vec<Loc> = e.iter().filter(|(l, _)| l.child.is_some()).map(|(l, _)| *l).collect();
+                            let kids: Vec<Loc> = e
+                                .iter()
+                                .filter(|(l, _)| l.child.is_some())
+                                .map(|(l, _)| *l)
+                                .collect();
                             match kids.get(rng.random_range(0..kids.len().max(1))) {
-                                Some(&l) => lifecycle::migrate(&vol, eng.as_mut(), l, rng.random_range(0..2)),
+                                Some(&l) => lifecycle::migrate(
+                                    &vol,
+                                    eng.as_mut(),
+                                    l,
+                                    rng.random_range(0..2),
+                                ),
                                 None => Ok(Outcome::Skipped("no children")),
                             }
                         }
                         4 => lifecycle::merge(&vol, eng.as_mut(), slot, rng.random_bool(0.5)),
-                        _ => pool.commit().map(|_| Outcome::Done).map_err(|e| VolumeError::Meta(match e {
-                            PoolError::Meta(m) => m,
-                            other => panic!("commit: {other}"),
-                        })),
+                        _ => pool.commit().map(|_| Outcome::Done).map_err(|e| {
+                            VolumeError::Meta(match e {
+                                PoolError::Meta(m) => m,
+                                other => panic!("commit: {other}"),
+                            })
+                        }),
                     };
                     match r.unwrap_or_else(|e| panic!("seed {seed}: chaos op failed: {e}")) {
                         Outcome::Done => done[0] += 1,
@@ -387,7 +556,11 @@ fn concurrent_chaos(pool: &Pool, seed: u64, ops_per_writer: u64) {
                             write_version(&vol, eng.as_mut(), 1, b, 1, version);
                             model[b as usize] = version;
                             let back = read_vec(&vol, eng.as_mut(), b * 4096, 4096);
-                            assert_eq!(block_version(&back, 1, b), Ok(Some(version)), "seed {seed}: writer {w} op {i} block {b}");
+                            assert_eq!(
+                                block_version(&back, 1, b),
+                                Ok(Some(version)),
+                                "seed {seed}: writer {w} op {i} block {b}"
+                            );
                         }
                     }
                     model
@@ -408,7 +581,11 @@ fn concurrent_chaos(pool: &Pool, seed: u64, ops_per_writer: u64) {
     for b in 0..blocks {
         let want = models[(b % 2) as usize][b as usize];
         let got = block_version(&all[b as usize * BLOCK..(b as usize + 1) * BLOCK], 1, b);
-        assert_eq!(got, Ok((want > 0).then_some(want)), "seed {seed}: block {b} at the end");
+        assert_eq!(
+            got,
+            Ok((want > 0).then_some(want)),
+            "seed {seed}: block {b} at the end"
+        );
     }
     vol.flush().unwrap();
 }
@@ -420,11 +597,21 @@ fn concurrent_writes_with_migrations_splits_and_merges_lose_nothing_on_memory() 
         concurrent_chaos(&pool, seed, 300);
         // And the flushed result survives a reopen with an allocator that
         // accounts for exactly the mapped units.
-        let mapped: u64 = pool.volume_info("chaos").unwrap().mapped_bytes.iter().map(|m| m.1).sum();
+        let mapped: u64 = pool
+            .volume_info("chaos")
+            .unwrap()
+            .mapped_bytes
+            .iter()
+            .map(|m| m.1)
+            .sum();
         drop(pool);
         let pool = reopen_mem(&mems);
         let info = pool.volume_info("chaos").unwrap();
-        assert_eq!(info.mapped_bytes.iter().map(|m| m.1).sum::<u64>(), mapped, "seed {seed}");
+        assert_eq!(
+            info.mapped_bytes.iter().map(|m| m.1).sum::<u64>(),
+            mapped,
+            "seed {seed}"
+        );
         let used: u64 = pool.status().tiers.iter().map(|t| t.used_bytes).sum();
         assert_eq!(used, mapped, "seed {seed}: allocator after reopen");
     }

@@ -162,6 +162,8 @@ pub(crate) struct PoolShared {
     /// They return to the allocator after the commit that makes `lsn` durable
     /// (and after every reader that could see them has unpinned).
     pub pending_frees: Mutex<Vec<(Lsn, usize, u64, u64)>>,
+    /// Units released but not yet back in an allocator (deferred or pending).
+    pub frees_outstanding: std::sync::atomic::AtomicU64,
 }
 
 /// An open pool. Cheap to clone; every clone is the same pool.
@@ -434,6 +436,7 @@ impl Pool {
             volumes: RwLock::new(BTreeMap::new()),
             commit_barrier: RwLock::new(()),
             pending_frees: Mutex::new(Vec::new()),
+            frees_outstanding: std::sync::atomic::AtomicU64::new(0),
         });
         let pool = Pool { inner: shared };
         pool.load_volumes()?;
@@ -522,8 +525,35 @@ impl Pool {
         };
         for (_, tier, first, n) in ready {
             self.free_now(tier, first, n);
+            self.inner
+                .frees_outstanding
+                .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Units released by unmaps and migrations that are not yet free again
+    /// (waiting for their record to be durable or for readers to unpin).
+    pub fn frees_outstanding_units(&self) -> u64 {
+        self.inner
+            .frees_outstanding
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Commit until every released extent is free again, or `deadline` passes.
+    /// Returns whether everything was freed.
+    pub fn settle(&self, deadline: std::time::Duration) -> Result<bool, PoolError> {
+        let start = std::time::Instant::now();
+        loop {
+            self.commit()?;
+            if self.frees_outstanding_units() == 0 {
+                return Ok(true);
+            }
+            if start.elapsed() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Allocate an extent of `len_units` units, preferring `tier`, then
@@ -573,6 +603,9 @@ impl Pool {
     /// every reader pinned now has unpinned.
     pub fn free_after(&self, guard: &Guard, lsn: Lsn, tier: usize, first: u64, n: u64) {
         let shared = self.inner.clone();
+        self.inner
+            .frees_outstanding
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         guard.defer(move || {
             shared
                 .pending_frees

@@ -19,10 +19,21 @@ pub const MIB: u64 = 1 << 20;
 
 /// A pool over in-memory devices.
 pub fn mem_pool(hot: u64, cold: u64) -> (Pool, Vec<Arc<MemDev>>) {
-    let devs = vec![Arc::new(MemDev::new("mem-hot", hot)), Arc::new(MemDev::new("mem-cold", cold))];
+    let devs = vec![
+        Arc::new(MemDev::new("mem-hot", hot)),
+        Arc::new(MemDev::new("mem-cold", cold)),
+    ];
     let pool = Pool::format_on(vec![
-        ("hot".into(), "mem-hot".into(), devs[0].clone() as Arc<dyn BlockDev>),
-        ("cold".into(), "mem-cold".into(), devs[1].clone() as Arc<dyn BlockDev>),
+        (
+            "hot".into(),
+            "mem-hot".into(),
+            devs[0].clone() as Arc<dyn BlockDev>,
+        ),
+        (
+            "cold".into(),
+            "mem-cold".into(),
+            devs[1].clone() as Arc<dyn BlockDev>,
+        ),
     ])
     .expect("format mem pool");
     (pool, devs)
@@ -30,18 +41,33 @@ pub fn mem_pool(hot: u64, cold: u64) -> (Pool, Vec<Arc<MemDev>>) {
 
 /// A pool over fault-injecting devices with volatile caches over memory.
 pub fn fault_pool(hot: u64, cold: u64, seed: u64) -> (Pool, Vec<Arc<FaultDev>>, Vec<Arc<MemDev>>) {
-    let mems = vec![Arc::new(MemDev::new("mem-hot", hot)), Arc::new(MemDev::new("mem-cold", cold))];
+    let mems = vec![
+        Arc::new(MemDev::new("mem-hot", hot)),
+        Arc::new(MemDev::new("mem-cold", cold)),
+    ];
     let faults: Vec<Arc<FaultDev>> = mems
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let cfg = FaultConfig { seed: seed.wrapping_mul(31).wrapping_add(i as u64), volatile_cache: true, ..Default::default() };
+            let cfg = FaultConfig {
+                seed: seed.wrapping_mul(31).wrapping_add(i as u64),
+                volatile_cache: true,
+                ..Default::default()
+            };
             Arc::new(FaultDev::new(m.clone() as Arc<dyn BlockDev>, cfg))
         })
         .collect();
     let pool = Pool::format_on(vec![
-        ("hot".into(), "fault-hot".into(), faults[0].clone() as Arc<dyn BlockDev>),
-        ("cold".into(), "fault-cold".into(), faults[1].clone() as Arc<dyn BlockDev>),
+        (
+            "hot".into(),
+            "fault-hot".into(),
+            faults[0].clone() as Arc<dyn BlockDev>,
+        ),
+        (
+            "cold".into(),
+            "fault-cold".into(),
+            faults[1].clone() as Arc<dyn BlockDev>,
+        ),
     ])
     .expect("format fault pool");
     (pool, faults, mems)
@@ -49,7 +75,12 @@ pub fn fault_pool(hot: u64, cold: u64, seed: u64) -> (Pool, Vec<Arc<FaultDev>>, 
 
 /// Reopen a pool over the durable contents of memory devices.
 pub fn reopen_mem(mems: &[Arc<MemDev>]) -> Pool {
-    Pool::open_on(mems.iter().map(|m| m.clone() as Arc<dyn BlockDev>).collect()).expect("reopen pool")
+    Pool::open_on(
+        mems.iter()
+            .map(|m| m.clone() as Arc<dyn BlockDev>)
+            .collect(),
+    )
+    .expect("reopen pool")
 }
 
 /// A pool on two sparse files in `dir` (real `O_DIRECT` files, io_uring engine).
@@ -58,8 +89,20 @@ pub fn file_pool(dir: &Path, hot: u64, cold: u64) -> Pool {
     let c = dir.join("cold");
     std::fs::File::create(&h).unwrap().set_len(hot).unwrap();
     std::fs::File::create(&c).unwrap().set_len(cold).unwrap();
-    Pool::init(&[TierSpec { name: "hot".into(), path: h }, TierSpec { name: "cold".into(), path: c }], false)
-        .expect("init file pool")
+    Pool::init(
+        &[
+            TierSpec {
+                name: "hot".into(),
+                path: h,
+            },
+            TierSpec {
+                name: "cold".into(),
+                path: c,
+            },
+        ],
+        false,
+    )
+    .expect("init file pool")
 }
 
 /// Fill `buf` (whole blocks) with the pattern of `version` written to
@@ -72,7 +115,8 @@ pub fn fill(buf: &mut [u8], tag: u32, first_block: u64, version: u64) {
             sec[4..12].copy_from_slice(&block.to_le_bytes());
             sec[12..20].copy_from_slice(&version.to_le_bytes());
             sec[20..24].copy_from_slice(&(si as u32).to_le_bytes());
-            let mut x = block.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.rotate_left(17) ^ si as u64;
+            let mut x =
+                block.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.rotate_left(17) ^ si as u64;
             for b in sec[24..SECTOR - 4].iter_mut() {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -119,7 +163,11 @@ pub fn block_version(blk: &[u8], tag: u32, block: u64) -> Result<Option<u64>, St
         match (s, seen) {
             (Sector::Bad, _) => return Err(format!("block {block} sector {si}: garbage")),
             (_, None) => seen = Some(s),
-            (a, Some(b)) if a != b => return Err(format!("block {block}: torn ({b:?} then {a:?} at sector {si})")),
+            (a, Some(b)) if a != b => {
+                return Err(format!(
+                    "block {block}: torn ({b:?} then {a:?} at sector {si})"
+                ))
+            }
             _ => {}
         }
     }
