@@ -4,7 +4,8 @@
 //!   at a random block of a fully mapped 64 GiB volume (1 MiB shards), and
 //!   consume its one piece. Variants: whole slots, slots split into 16
 //!   children, and 2 threads doing the same concurrently (reported time is
-//!   per lookup as each thread sees it: wall time / lookups per thread).
+//!   per lookup as each thread sees it: wall time / lookups per thread), and
+//!   `1_thread_hot` with all offsets in the first 64 slots (table in cache).
 //! - `write_enter_exit`: pin, `writer_enter_at` + drop of the ticket on a
 //!   random slot; 1 thread, and 2 threads on the same slot (contended CAS).
 
@@ -97,6 +98,16 @@ fn bench_lookup(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) & (OFFSETS - 1);
                 black_box(lookup(&t, offs[0][i]))
+            })
+        });
+        // The same with every offset in the first 64 slots (cache-resident
+        // table): the instruction cost without the memory misses.
+        let hot: Vec<u64> = offs[0].iter().map(|o| o % (64 * SHARD_BYTES)).collect();
+        group.bench_function(BenchmarkId::new(name, "1_thread_hot"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & (OFFSETS - 1);
+                black_box(lookup(&t, hot[i]))
             })
         });
         group.bench_function(BenchmarkId::new(name, "2_threads"), |b| {
