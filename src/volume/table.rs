@@ -22,12 +22,23 @@
 //!   migration switch ([`ShardTable::finish_migrate`]) succeeds only if no
 //!   write was in flight or entered since the copy began, so no acknowledged
 //!   write is lost by a migration. Writes never wait for a migration.
-//! - Split children are addressed by [`Loc`] (`slot`, and `child` index *of* a child count). A child of a
-//!   split slot that is unmapped is mapped by [`ShardTable::try_map_at`]
-//!   (CAS `0 -> entry` on the child, the loser gets the winner) exactly like a
-//!   slot; a slot-level [`ShardTable::try_map`] on a split slot fails with
+//! - Split children are addressed by [`Loc`]: a slot, and for a child its
+//!   index *of* a child count ([`ChildRef`]), i.e. one exact logical range;
+//!   if the slot is no longer split that way the call fails with
+//!   [`TableError::Reshaped`] instead of touching another range. An unmapped
+//!   child is mapped by [`ShardTable::try_map_at`] (CAS `0 -> entry` on the
+//!   child, the loser gets the winner) exactly like a slot; a slot-level
+//!   [`ShardTable::try_map`] on a split slot fails with
 //!   [`TableError::IsSplit`].
-//!
+//! - The migration protocol, step by step (the migrator's loop): `old =
+//!   begin_migrate(loc)`; copy `old`'s extent; `finish_migrate(loc, old,
+//!   new)`; on `Dirty` / `WritersInFlight`: `clear_dirty(loc, old)` (which
+//!   itself waits for `writers == 0`) and copy again, up to
+//!   `MIGRATE_RETRIES_MAX`; then `abort_migrate`. DIRTY is cleared only when
+//!   no write is in flight, so a successful switch proves that every write
+//!   that entered before the last clear had completed before the copy began
+//!   and none entered after.
+
 //! Additions to the encoding of engine.md (bits that were unused there):
 //! - bit 56 `FROZEN` (child entries only): the node is being merged or has
 //!   been merged away. While a merge freezes the children (a few atomics),
@@ -35,7 +46,9 @@
 //!   parent; readers are unaffected (the physical location does not change by
 //!   a merge). Children of a merged (retired) node stay frozen forever, so a
 //!   late CAS on a retired node can never succeed.
-//! - A split slot entry is `SPLIT | pointer` with `MAPPED` clear.
+//! - A split slot entry is `SPLIT | (k << 48) | pointer` with `MAPPED`
+//!   clear: bits 0..48 point at the node, which is just its `2^k` child
+//!   entries (one allocation), and bits 48..52 hold `k`.
 //! - Merge also collapses a split slot whose children are *all unmapped* back
 //!   to an unmapped slot (a discard of every child frees the node).
 //! - A slot may be split while unmapped (all children unmapped), so a slot can
@@ -895,7 +908,9 @@ impl ShardTable {
         mut step: impl FnMut(Entry) -> Result<Entry, TableError>,
     ) -> Result<Entry, TableError> {
         let Some(c) = self.cell(loc, guard, false)? else {
-            return step(Entry::UNMAPPED);
+            // Absent leaf: unmapped, and nothing to write.
+            step(Entry::UNMAPPED)?;
+            return Err(TableError::Unmapped);
         };
         let backoff = Backoff::new();
         let mut cur = c.cell.load(Ordering::Acquire);
