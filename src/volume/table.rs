@@ -38,7 +38,7 @@
 //!   no write is in flight, so a successful switch proves that every write
 //!   that entered before the last clear had completed before the copy began
 //!   and none entered after.
-
+//!
 //! Additions to the encoding of engine.md (bits that were unused there):
 //! - bit 56 `FROZEN` (child entries only): the node is being merged or has
 //!   been merged away. While a merge freezes the children (a few atomics),
