@@ -32,8 +32,8 @@
 //!   [`TableError::IsSplit`].
 //! - The migration protocol, step by step (the migrator's loop): `old =
 //!   begin_migrate(loc)`; copy `old`'s extent; `finish_migrate(loc, old,
-//!   new)`; on `Dirty` / `WritersInFlight`: `clear_dirty(loc, old)` (which
-//!   itself waits for `writers == 0`) and copy again, up to
+//!   new)`; on `Dirty` / `WritersInFlight`: `clear_dirty(loc, old)` (it fails with
+//!   `WritersInFlight` until no write is in flight: yield and retry) and copy again, up to
 //!   `MIGRATE_RETRIES_MAX`; then `abort_migrate`. DIRTY is cleared only when
 //!   no write is in flight, so a successful switch proves that every write
 //!   that entered before the last clear had completed before the copy began
