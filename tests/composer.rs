@@ -5,6 +5,8 @@ use proptest::prelude::*;
 use shardblk::constants::{MIGRATE_RETRIES_MAX, UNIT_SIZE_BYTES};
 use shardblk::volume::split::{resolve, segments, Piece, PieceKind, DATA_START_RESERVED_HEAD};
 use shardblk::volume::table::{Entry, Loc, ShardTable, SlotView, TableError, WriteEnter};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -861,5 +863,94 @@ fn readers_see_stable_locations_under_split_and_merge() {
     assert!(
         reads > 0 && splits > 0 && merges > 0 && remaps > 0,
         "seed {seed}: nothing raced"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The I/O path allocates nothing.
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The system allocator, counting allocations per thread.
+struct Counting;
+
+// SAFETY: forwards every call to `System` unchanged; the counter is a
+// const-initialised thread local without a destructor (no allocation, usable
+// at any time; `try_with` covers thread teardown).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Resolving reads and entering / leaving writes, on whole and split slots,
+/// allocate no memory (after the thread's first epoch pin registered it).
+#[test]
+fn io_path_allocates_nothing() {
+    const SLOTS: u64 = 64;
+    let t = ShardTable::new(SLOTS * M_SHARD, M_SHARD).unwrap();
+    {
+        let g = crossbeam_epoch::pin();
+        for slot in 0..SLOTS {
+            t.try_map(
+                slot,
+                Entry::mapped(0, slot * M_SLOT_UNITS, M_SLOT_UNITS.trailing_zeros()).unwrap(),
+            )
+            .unwrap();
+            if slot % 2 == 0 {
+                t.split(slot, 1 << (slot % 5), &g).unwrap_or(());
+            }
+        }
+    }
+    let before = ALLOCATIONS.with(|c| c.get());
+    let mut sum = 0u64;
+    for i in 0..5000u64 {
+        let offset = (i * 7919 * BLOCK) % (SLOTS * M_SHARD - 64 * BLOCK);
+        let g = crossbeam_epoch::pin();
+        for p in resolve(
+            &t,
+            &g,
+            offset,
+            (i % 64 + 1) * BLOCK,
+            &DATA_START_RESERVED_HEAD,
+        )
+        .unwrap()
+        {
+            sum = sum.wrapping_add(p.len);
+        }
+        let slot = offset / M_SHARD;
+        match t.writer_enter_at(slot, offset % M_SHARD, &g).unwrap() {
+            WriteEnter::Entered(tk) => t.writer_exit(tk),
+            other => panic!("{other:?}"),
+        };
+    }
+    let after = ALLOCATIONS.with(|c| c.get());
+    assert!(sum > 0);
+    assert_eq!(
+        after - before,
+        0,
+        "the I/O path allocated {} times",
+        after - before
     );
 }
