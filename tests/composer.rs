@@ -3,8 +3,10 @@
 
 use proptest::prelude::*;
 use shardblk::constants::{MIGRATE_RETRIES_MAX, UNIT_SIZE_BYTES};
-use shardblk::volume::split::{resolve, segments, PieceKind, DATA_START_RESERVED_HEAD};
+use shardblk::volume::split::{resolve, segments, Piece, PieceKind, DATA_START_RESERVED_HEAD};
 use shardblk::volume::table::{Entry, Loc, ShardTable, SlotView, TableError, WriteEnter};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -532,88 +534,95 @@ struct Dev {
 }
 
 impl Dev {
-    fn alloc(&self) -> u64 {
-        let u = self.next.fetch_add(1, Ordering::Relaxed);
-        assert!((u as usize) < self.cells.len(), "test device full");
+    fn alloc(&self, units: u64) -> u64 {
+        let u = self.next.fetch_add(units, Ordering::Relaxed);
+        assert!(u + units <= self.cells.len() as u64, "test device full");
         u
     }
 }
 
-/// Writers and a migrator race on the same entries. Each writer owns some
-/// regions and checks, before each write, that the region (read through the
-/// table) holds its last acknowledged version. A migration switch that lost a
-/// write would show the older version. Runs with whole slots and with split
-/// children (one unit each).
-fn writer_vs_migrator(split: bool, seed: u64) {
-    const WRITERS: usize = 2;
-    const REGIONS_PER_WRITER: usize = 4;
-    const WRITES: u64 = 6000;
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stress {
+    /// The migrator migrates whole slots.
+    Slots,
+    /// Slots are split in two; the migrator migrates children.
+    Children,
+    /// The migrator also splits and merges slots while writes are in flight.
+    Reshape,
+}
+
+fn lcg(x: &mut u64) -> u64 {
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *x >> 33
+}
+
+/// Two writers and a migrator race on the same slots. Slots are two units;
+/// writer `h` owns the unit-sized half `h` of every slot, so both write to
+/// every slot. Before each write a writer checks, reading through the table,
+/// that its region holds its last acknowledged version: a migration switch
+/// (or a merge) that lost a write would show an older one.
+fn writer_vs_migrator(mode: Stress, seed: u64) {
+    const SLOTS: u64 = 6;
+    const WRITES: u64 = 100_000;
     let shard = 2 * UNIT_SIZE_BYTES;
-    let slots = (WRITERS * REGIONS_PER_WRITER) as u64;
-    let t = Arc::new(ShardTable::new(slots * shard, shard).unwrap());
+    let t = Arc::new(ShardTable::new(SLOTS * shard, shard).unwrap());
     let dev = Arc::new(Dev {
         cells: (0..1 << 18).map(|_| AtomicU64::new(0)).collect(),
         next: AtomicU64::new(0),
     });
-    // Region r: slot r, and (split) child r % 2 of it.
-    let loc_of = move |r: usize| {
-        if split {
-            Loc::child(r as u64, (r % 2) as u32, 2)
-        } else {
-            Loc::slot(r as u64)
-        }
-    };
     {
         let g = crossbeam_epoch::pin();
-        for slot in 0..slots {
-            let u = dev.alloc();
-            dev.alloc();
-            t.try_map(slot, Entry::mapped(0, u, 1).unwrap()).unwrap();
-            if split {
+        for slot in 0..SLOTS {
+            t.try_map(slot, Entry::mapped(0, dev.alloc(2), 1).unwrap())
+                .unwrap();
+            if mode == Stress::Children {
                 t.split(slot, 2, &g).unwrap();
             }
         }
     }
     let done = Arc::new(AtomicUsize::new(0));
     let lost = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
+    let writers: Vec<_> = (0..2u64)
+        .map(|h| {
             let (t, dev, done, lost) = (t.clone(), dev.clone(), done.clone(), lost.clone());
             std::thread::spawn(move || {
-                let mut rng = seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                let mut last = [0u64; REGIONS_PER_WRITER];
+                let mut rng = seed ^ (h + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut last = [0u64; SLOTS as usize];
                 for i in 0..WRITES {
-                    rng = rng
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let k = (rng >> 33) as usize % REGIONS_PER_WRITER;
-                    let r = w * REGIONS_PER_WRITER + k;
-                    let loc = loc_of(r);
+                    let slot = lcg(&mut rng) % SLOTS;
+                    let offset_in_slot = h * UNIT_SIZE_BYTES;
                     let g = crossbeam_epoch::pin();
-                    let e = t.load_entry(loc, &g).unwrap();
-                    let seen = dev.cells[e.first_unit() as usize].load(Ordering::Acquire);
-                    if seen != last[k] {
+                    let offset = slot * shard + offset_in_slot;
+                    let mut pieces = resolve(&t, &g, offset, BLOCK, &DATA_START_RESERVED_HEAD).unwrap();
+                    let Some(Piece { kind: PieceKind::Mapped { device_byte_offset, .. }, .. }) = pieces.next() else {
+                        panic!("seed {seed}: region unmapped");
+                    };
+                    let unit = (device_byte_offset - DATA_START_RESERVED_HEAD[0]) / UNIT_SIZE_BYTES;
+                    let seen = dev.cells[unit as usize].load(Ordering::Acquire);
+                    if seen != last[slot as usize] {
                         lost.store(true, Ordering::Relaxed);
                         panic!(
-                            "seed {seed}: region {r} holds version {seen}, last acknowledged {}",
-                            last[k]
+                            "seed {seed} {mode:?}: slot {slot} half {h} holds version {seen}, last acknowledged {}",
+                            last[slot as usize]
                         );
                     }
-                    let offset = u64::from(loc.child.map_or(0, |c| c.index)) * UNIT_SIZE_BYTES;
-                    let tk = match t.writer_enter_at(r as u64, offset, &g).unwrap() {
+                    let tk = match t.writer_enter_at(slot, offset_in_slot, &g).unwrap() {
                         WriteEnter::Entered(tk) => tk,
                         other => panic!("seed {seed}: {other:?}"),
                     };
-                    assert_eq!(tk.loc(), loc);
+                    let e = tk.entry();
                     if i % 3 == 0 {
                         std::thread::yield_now();
                     }
-                    dev.cells[tk.entry().first_unit() as usize].store(i + 1, Ordering::Release);
+                    let unit = e.first_unit() + (offset_in_slot % e.len_bytes()) / UNIT_SIZE_BYTES;
+                    dev.cells[unit as usize].store(i + 1, Ordering::Release);
                     if i % 5 == 0 {
                         std::thread::yield_now();
                     }
                     t.writer_exit(tk);
-                    last[k] = i + 1;
+                    last[slot as usize] = i + 1;
                 }
                 done.fetch_add(1, Ordering::Release);
             })
@@ -622,18 +631,43 @@ fn writer_vs_migrator(split: bool, seed: u64) {
     let migrator = {
         let (t, dev, done, lost) = (t.clone(), dev.clone(), done.clone(), lost.clone());
         std::thread::spawn(move || {
-            let (mut switched, mut conflicts, mut aborted) = (0u64, 0u64, 0u64);
+            let (mut switched, mut conflicts, mut aborted, mut reshaped) = (0u64, 0u64, 0u64, 0u64);
             let mut rng = seed;
-            while done.load(Ordering::Acquire) < WRITERS && !lost.load(Ordering::Relaxed) {
-                rng = rng
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let r = (rng >> 33) as usize % (WRITERS * REGIONS_PER_WRITER);
-                let loc = loc_of(r);
+            while done.load(Ordering::Acquire) < 2 && !lost.load(Ordering::Relaxed) {
+                let slot = lcg(&mut rng) % SLOTS;
                 let g = crossbeam_epoch::pin();
-                let old = t.begin_migrate(loc, &g).unwrap();
-                let new = Entry::mapped(((rng >> 20) % 4) as usize, dev.alloc(), old.size_log2())
-                    .unwrap();
+                let loc = match mode {
+                    Stress::Children => Loc::child(slot, (lcg(&mut rng) % 2) as u32, 2),
+                    _ => Loc::slot(slot),
+                };
+                if mode == Stress::Reshape {
+                    match lcg(&mut rng) % 3 {
+                        0 => {
+                            if t.split(slot, 2, &g).is_ok() {
+                                reshaped += 1;
+                            }
+                            continue;
+                        }
+                        1 => {
+                            if t.try_merge(slot, &g).is_ok() {
+                                reshaped += 1;
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                let old = match t.begin_migrate(loc, &g) {
+                    Ok(old) => old,
+                    Err(TableError::IsSplit) if mode == Stress::Reshape => continue,
+                    Err(e) => panic!("begin: {e}"),
+                };
+                let new = Entry::mapped(
+                    (lcg(&mut rng) % 4) as usize,
+                    dev.alloc(old.len_units()),
+                    old.size_log2(),
+                )
+                .unwrap();
                 let mut ok = false;
                 'retry: for attempt in 0..MIGRATE_RETRIES_MAX {
                     if attempt > 0 {
@@ -643,14 +677,16 @@ fn writer_vs_migrator(split: bool, seed: u64) {
                                 Err(TableError::WritersInFlight(_)) => std::thread::yield_now(),
                                 Err(e) => panic!("clear_dirty: {e}"),
                             }
-                            if done.load(Ordering::Acquire) == WRITERS {
+                            if done.load(Ordering::Acquire) == 2 {
                                 break 'retry;
                             }
                         }
                     }
-                    let v = dev.cells[old.first_unit() as usize].load(Ordering::Acquire);
-                    std::thread::yield_now();
-                    dev.cells[new.first_unit() as usize].store(v, Ordering::Release);
+                    for u in 0..old.len_units() {
+                        let v = dev.cells[(old.first_unit() + u) as usize].load(Ordering::Acquire);
+                        std::thread::yield_now();
+                        dev.cells[(new.first_unit() + u) as usize].store(v, Ordering::Release);
+                    }
                     match t.finish_migrate(loc, old, new, &g) {
                         Ok(()) => {
                             ok = true;
@@ -667,39 +703,45 @@ fn writer_vs_migrator(split: bool, seed: u64) {
                     aborted += 1;
                 }
             }
-            (switched, conflicts, aborted)
+            (switched, conflicts, aborted, reshaped)
         })
     };
     for w in writers {
         w.join().unwrap();
     }
-    let (switched, conflicts, aborted) = migrator.join().unwrap();
-    eprintln!(
-        "seed {seed} split {split}: {switched} switches, {conflicts} conflicts, {aborted} aborts"
-    );
+    let (switched, conflicts, aborted, reshaped) = migrator.join().unwrap();
+    eprintln!("seed {seed} {mode:?}: {switched} switches, {conflicts} conflicts, {aborted} aborts, {reshaped} splits+merges");
     assert!(switched > 0, "seed {seed}: no migration ever switched");
     assert!(
         conflicts > 0,
         "seed {seed}: no write ever raced a copy; the test proves nothing"
     );
+    assert!(
+        mode != Stress::Reshape || reshaped > 0,
+        "seed {seed}: no split or merge happened"
+    );
+}
+
+fn seed_or(default: u64) -> u64 {
+    std::env::var("COMPOSER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
 fn no_write_is_lost_by_a_migration_switch() {
-    let seed = std::env::var("COMPOSER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0001);
-    writer_vs_migrator(false, seed);
+    writer_vs_migrator(Stress::Slots, seed_or(0x5eed_0001));
 }
 
 #[test]
 fn no_write_is_lost_by_a_child_migration_switch() {
-    let seed = std::env::var("COMPOSER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0002);
-    writer_vs_migrator(true, seed);
+    writer_vs_migrator(Stress::Children, seed_or(0x5eed_0002));
+}
+
+#[test]
+fn no_write_is_lost_by_migrations_mixed_with_split_and_merge() {
+    writer_vs_migrator(Stress::Reshape, seed_or(0x5eed_0004));
 }
 
 /// Readers and writers resolve addresses while another thread splits,
@@ -821,5 +863,94 @@ fn readers_see_stable_locations_under_split_and_merge() {
     assert!(
         reads > 0 && splits > 0 && merges > 0 && remaps > 0,
         "seed {seed}: nothing raced"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The I/O path allocates nothing.
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The system allocator, counting allocations per thread.
+struct Counting;
+
+// SAFETY: forwards every call to `System` unchanged; the counter is a
+// const-initialised thread local without a destructor (no allocation, usable
+// at any time; `try_with` covers thread teardown).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Resolving reads and entering / leaving writes, on whole and split slots,
+/// allocate no memory (after the thread's first epoch pin registered it).
+#[test]
+fn io_path_allocates_nothing() {
+    const SLOTS: u64 = 64;
+    let t = ShardTable::new(SLOTS * M_SHARD, M_SHARD).unwrap();
+    {
+        let g = crossbeam_epoch::pin();
+        for slot in 0..SLOTS {
+            t.try_map(
+                slot,
+                Entry::mapped(0, slot * M_SLOT_UNITS, M_SLOT_UNITS.trailing_zeros()).unwrap(),
+            )
+            .unwrap();
+            if slot % 2 == 0 {
+                t.split(slot, 1 << (slot % 5), &g).unwrap_or(());
+            }
+        }
+    }
+    let before = ALLOCATIONS.with(|c| c.get());
+    let mut sum = 0u64;
+    for i in 0..5000u64 {
+        let offset = (i * 7919 * BLOCK) % (SLOTS * M_SHARD - 64 * BLOCK);
+        let g = crossbeam_epoch::pin();
+        for p in resolve(
+            &t,
+            &g,
+            offset,
+            (i % 64 + 1) * BLOCK,
+            &DATA_START_RESERVED_HEAD,
+        )
+        .unwrap()
+        {
+            sum = sum.wrapping_add(p.len);
+        }
+        let slot = offset / M_SHARD;
+        match t.writer_enter_at(slot, offset % M_SHARD, &g).unwrap() {
+            WriteEnter::Entered(tk) => t.writer_exit(tk),
+            other => panic!("{other:?}"),
+        };
+    }
+    let after = ALLOCATIONS.with(|c| c.get());
+    assert!(sum > 0);
+    assert_eq!(
+        after - before,
+        0,
+        "the I/O path allocated {} times",
+        after - before
     );
 }

@@ -22,11 +22,22 @@
 //!   migration switch ([`ShardTable::finish_migrate`]) succeeds only if no
 //!   write was in flight or entered since the copy began, so no acknowledged
 //!   write is lost by a migration. Writes never wait for a migration.
-//! - Split children are addressed by [`Loc`] (`slot`, and `child` index *of* a child count). A child of a
-//!   split slot that is unmapped is mapped by [`ShardTable::try_map_at`]
-//!   (CAS `0 -> entry` on the child, the loser gets the winner) exactly like a
-//!   slot; a slot-level [`ShardTable::try_map`] on a split slot fails with
+//! - Split children are addressed by [`Loc`]: a slot, and for a child its
+//!   index *of* a child count ([`ChildRef`]), i.e. one exact logical range;
+//!   if the slot is no longer split that way the call fails with
+//!   [`TableError::Reshaped`] instead of touching another range. An unmapped
+//!   child is mapped by [`ShardTable::try_map_at`] (CAS `0 -> entry` on the
+//!   child, the loser gets the winner) exactly like a slot; a slot-level
+//!   [`ShardTable::try_map`] on a split slot fails with
 //!   [`TableError::IsSplit`].
+//! - The migration protocol, step by step (the migrator's loop): `old =
+//!   begin_migrate(loc)`; copy `old`'s extent; `finish_migrate(loc, old,
+//!   new)`; on `Dirty` / `WritersInFlight`: `clear_dirty(loc, old)` (it fails with
+//!   `WritersInFlight` until no write is in flight: yield and retry) and copy again, up to
+//!   `MIGRATE_RETRIES_MAX`; then `abort_migrate`. DIRTY is cleared only when
+//!   no write is in flight, so a successful switch proves that every write
+//!   that entered before the last clear had completed before the copy began
+//!   and none entered after.
 //!
 //! Additions to the encoding of engine.md (bits that were unused there):
 //! - bit 56 `FROZEN` (child entries only): the node is being merged or has
@@ -35,7 +46,9 @@
 //!   parent; readers are unaffected (the physical location does not change by
 //!   a merge). Children of a merged (retired) node stay frozen forever, so a
 //!   late CAS on a retired node can never succeed.
-//! - A split slot entry is `SPLIT | pointer` with `MAPPED` clear.
+//! - A split slot entry is `SPLIT | (k << 48) | pointer` with `MAPPED`
+//!   clear: bits 0..48 point at the node, which is just its `2^k` child
+//!   entries (one allocation), and bits 48..52 hold `k`.
 //! - Merge also collapses a split slot whose children are *all unmapped* back
 //!   to an unmapped slot (a discard of every child frees the node).
 //! - A slot may be split while unmapped (all children unmapped), so a slot can
@@ -51,7 +64,7 @@ use crate::constants::{
     BLOCK_SIZE_BYTES, SHARD_SIZE_MAX_BYTES, SHARD_SIZE_MIN_BYTES, TABLE_LEAF_ENTRIES,
     TABLE_SLOT_WRITERS_MAX, TIERS_MAX, UNIT_SIZE_BYTES, VOLUME_SIZE_MAX_BYTES,
 };
-use crossbeam_epoch::{Guard, Owned, Shared};
+use crossbeam_epoch::Guard;
 use crossbeam_utils::Backoff;
 use std::fmt;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -77,6 +90,9 @@ const FROZEN_BIT: u32 = 56;
 const SPLIT_BIT: u32 = 62;
 const MAPPED_BIT: u32 = 63;
 const PTR_BITS: u32 = 48;
+/// In a split entry: log2 of the number of children.
+const SPLIT_LOG2_SHIFT: u32 = 48;
+const SPLIT_LOG2_BITS: u32 = 4;
 
 const fn mask(shift: u32, bits: u32) -> u64 {
     ((1u64 << bits) - 1) << shift
@@ -92,6 +108,7 @@ const FROZEN: u64 = 1 << FROZEN_BIT;
 const SPLIT: u64 = 1 << SPLIT_BIT;
 const MAPPED: u64 = 1 << MAPPED_BIT;
 const PTR_MASK: u64 = mask(0, PTR_BITS);
+const SPLIT_LOG2_MASK: u64 = mask(SPLIT_LOG2_SHIFT, SPLIT_LOG2_BITS);
 /// The bits that say where a mapped extent is (plus `MAPPED`).
 const LOCATION_MASK: u64 = MAPPED | FIRST_UNIT_MASK | TIER_MASK | SIZE_MASK;
 
@@ -105,7 +122,9 @@ const _: () = assert!(SIZE_SHIFT + SIZE_BITS == WRITERS_SHIFT);
 const _: () = assert!(WRITERS_SHIFT + WRITERS_BITS == DIRTY_BIT);
 const _: () = assert!(DIRTY_BIT < MIGRATING_BIT && MIGRATING_BIT < FROZEN_BIT);
 const _: () = assert!(FROZEN_BIT < SPLIT_BIT && SPLIT_BIT < MAPPED_BIT);
-const _: () = assert!(PTR_BITS <= FROZEN_BIT);
+const _: () = assert!(PTR_BITS <= SPLIT_LOG2_SHIFT);
+const _: () = assert!(SPLIT_LOG2_SHIFT + SPLIT_LOG2_BITS <= FROZEN_BIT);
+const _: () = assert!(SIZE_LOG2_MAX < 1 << SPLIT_LOG2_BITS);
 const _: () = assert!(
     (FIRST_UNIT_MASK
         | TIER_MASK
@@ -263,8 +282,13 @@ impl Entry {
     pub const fn device_byte_offset(self, data_start: u64) -> u64 {
         data_start + (self.first_unit() << UNIT_LOG2)
     }
-    const fn split_ptr(self) -> *const SplitNode {
-        (self.0 & PTR_MASK) as usize as *const SplitNode
+    /// A split entry's children array (its first element).
+    const fn split_ptr(self) -> *mut AtomicU64 {
+        (self.0 & PTR_MASK) as usize as *mut AtomicU64
+    }
+    /// A split entry's log2 of its number of children.
+    const fn split_log2(self) -> u32 {
+        ((self.0 & SPLIT_LOG2_MASK) >> SPLIT_LOG2_SHIFT) as u32
     }
 }
 
@@ -333,9 +357,12 @@ impl Loc {
 }
 
 /// The children of a split slot: `2^k` entries each covering `S / 2^k`.
-struct SplitNode {
+/// In memory a node is just its children array (one allocation, a
+/// `Box<[AtomicU64]>`); the split entry holds its address and `k`.
+#[derive(Clone, Copy)]
+struct SplitNode<'g> {
     child_units_log2: u32,
-    children: Box<[AtomicU64]>,
+    children: &'g [AtomicU64],
 }
 
 struct Leaf {
@@ -354,7 +381,7 @@ pub enum SlotView<'g> {
 #[derive(Clone, Copy)]
 pub struct SplitView<'g> {
     parent: Entry,
-    node: &'g SplitNode,
+    node: SplitNode<'g>,
 }
 
 impl fmt::Debug for SplitView<'_> {
@@ -468,11 +495,12 @@ pub struct ShardTable {
     leaves: AtomicUsize,
 }
 
-// SAFETY: all shared state is atomics; leaves and nodes are owned by the
-// table (nodes via raw pointers in entries), freed by Drop or the epoch.
-unsafe impl Send for ShardTable {}
-// SAFETY: as above; every access to shared state goes through atomics.
-unsafe impl Sync for ShardTable {}
+// Shared between the queue threads, the stager and the manager: all its
+// state is atomics (split nodes hang off `u64` entries as arrays of atomics).
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<ShardTable>();
+};
 
 impl fmt::Debug for ShardTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -545,14 +573,15 @@ impl ShardTable {
         check_volume_size(new_size_bytes)?;
         let new_slots = new_size_bytes.div_ceil(self.shard_size());
         let old_slots = self.slots();
-        for slot in new_slots..old_slots {
-            if let Some(cell) = self.slot_cell(slot) {
-                if cell.load(Ordering::Acquire) != 0 {
+        let mut slot = new_slots;
+        while slot < old_slots {
+            match self.slot_cell(slot) {
+                Some(cell) if cell.load(Ordering::Acquire) != 0 => {
                     return Err(TableError::ShrinkMapped { slot });
                 }
-            } else {
-                // Skip the rest of an absent leaf.
-                continue;
+                Some(_) => slot += 1,
+                // An absent leaf holds nothing: skip to the next leaf.
+                None => slot = ((slot >> LEAF_LOG2) + 1) << LEAF_LOG2,
             }
         }
         self.size_bytes.store(new_size_bytes, Ordering::Release);
@@ -617,13 +646,20 @@ impl ShardTable {
     }
 
     /// The split node a split entry points to.
-    fn node<'g>(&'g self, e: Entry, _guard: &'g Guard) -> &'g SplitNode {
+    fn node<'g>(&'g self, e: Entry, _guard: &'g Guard) -> SplitNode<'g> {
         debug_assert!(e.is_split());
+        let k = e.split_log2();
         // SAFETY: `e` was loaded from a slot cell while `_guard` was pinned. A
-        // node pointer is published only by `split` (a live allocation) and is
-        // destroyed only via `guard.defer_destroy` after a merge unlinked it,
-        // which cannot run before every guard pinned earlier is dropped.
-        unsafe { &*e.split_ptr() }
+        // split entry is published only by `split`, pointing at a live
+        // `Box<[AtomicU64]>` of `2^k` elements, which is freed only through
+        // `guard.defer_unchecked` after a merge unlinked it: that cannot run
+        // before every guard pinned earlier is dropped.
+        let children =
+            unsafe { std::slice::from_raw_parts(e.split_ptr() as *const AtomicU64, 1 << k) };
+        SplitNode {
+            child_units_log2: self.slot_units_log2() - k,
+            children,
+        }
     }
 
     /// One `Acquire` load of `slot` (children are loaded through the view).
@@ -872,7 +908,9 @@ impl ShardTable {
         mut step: impl FnMut(Entry) -> Result<Entry, TableError>,
     ) -> Result<Entry, TableError> {
         let Some(c) = self.cell(loc, guard, false)? else {
-            return step(Entry::UNMAPPED);
+            // Absent leaf: unmapped, and nothing to write.
+            step(Entry::UNMAPPED)?;
+            return Err(TableError::Unmapped);
         };
         let backoff = Backoff::new();
         let mut cur = c.cell.load(Ordering::Acquire);
@@ -998,8 +1036,10 @@ impl ShardTable {
     /// children of `S / n` each, zero copy: child `j` maps units
     /// `first_unit + j * units/n` of the parent extent. An unmapped slot
     /// splits into unmapped children. Installed with `CAS(parent,
-    /// writers=0, !MIGRATING -> SPLIT|node)`.
-    pub fn split(&self, slot: u64, n_children: u32, guard: &Guard) -> Result<(), TableError> {
+    /// writers=0, !MIGRATING -> SPLIT|node)`. The guard is the caller's
+    /// pinned epoch, as for every call that may meet a split node (`split`
+    /// itself never dereferences one).
+    pub fn split(&self, slot: u64, n_children: u32, _guard: &Guard) -> Result<(), TableError> {
         self.check_slot(slot)?;
         if !n_children.is_power_of_two()
             || n_children < 2
@@ -1036,24 +1076,28 @@ impl ShardTable {
                 AtomicU64::new(raw)
             })
             .collect();
-        let shared = Owned::new(SplitNode {
-            child_units_log2,
-            children,
-        })
-        .into_shared(guard);
-        let ptr = shared.as_raw() as usize as u64;
-        if ptr & !PTR_MASK != 0 || ptr == 0 {
-            // SAFETY: `shared` was never published.
-            drop(unsafe { shared.into_owned() });
+        let ptr = Box::into_raw(children) as *mut AtomicU64 as usize as u64;
+        let free = || {
+            // SAFETY: `ptr` came from Box::into_raw of a slice of
+            // `n_children` elements just above and was never published.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    ptr as usize as *mut AtomicU64,
+                    n_children as usize,
+                ))
+            })
+        };
+        if ptr & !PTR_MASK != 0 {
+            free();
             return Err(TableError::BadSplit(
                 "node address does not fit the entry's pointer bits",
             ));
         }
-        match cell.compare_exchange(cur, SPLIT | ptr, Ordering::AcqRel, Ordering::Acquire) {
+        let new = SPLIT | (u64::from(k) << SPLIT_LOG2_SHIFT) | ptr;
+        match cell.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ok(()),
             Err(actual) => {
-                // SAFETY: the CAS failed, so `shared` was never published.
-                drop(unsafe { shared.into_owned() });
+                free();
                 Err(TableError::Changed(Entry(actual)))
             }
         }
@@ -1125,11 +1169,13 @@ impl ShardTable {
         };
         match cell.compare_exchange(parent, merged.raw(), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
+                let node = NodeBox(Entry(parent));
                 // SAFETY: the node is unlinked from the only cell that held
-                // it; readers that loaded it are pinned and the destruction
-                // waits for them. Its children stay frozen, so no late CAS
-                // through a stale view can succeed.
-                unsafe { guard.defer_destroy(Shared::from(Entry(parent).split_ptr())) };
+                // it; readers that loaded it are pinned and the deferred free
+                // waits for them (the closure touches only the node). Its
+                // children stay frozen, so no late CAS through a stale view
+                // can succeed.
+                unsafe { guard.defer_unchecked(move || node.free()) };
                 Ok(merged)
             }
             Err(actual) => {
@@ -1202,6 +1248,26 @@ impl ShardTable {
     }
 }
 
+/// A split entry whose node is to be freed (unlinked; no new reader can
+/// reach it).
+struct NodeBox(Entry);
+
+impl NodeBox {
+    /// Free the node.
+    ///
+    /// # Safety
+    /// The entry was published by `split` and has been unlinked, and no
+    /// reader that loaded it is still using it (the epoch has passed, or the
+    /// table is being dropped).
+    unsafe fn free(self) {
+        let e = self.0;
+        let len = 1usize << e.split_log2();
+        // SAFETY: per the contract, this is the `Box<[AtomicU64]>` of `len`
+        // elements that `split` leaked, freed exactly once.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(e.split_ptr(), len)) });
+    }
+}
+
 fn check_volume_size(size_bytes: u64) -> Result<(), TableError> {
     if size_bytes == 0 || size_bytes % BLOCK_SIZE_BYTES != 0 || size_bytes > VOLUME_SIZE_MAX_BYTES {
         return Err(TableError::BadVolumeSize(size_bytes));
@@ -1225,8 +1291,8 @@ impl Drop for ShardTable {
                 if e.is_split() {
                     // SAFETY: a split entry still installed owns its node (a
                     // merged node is unlinked first and freed by the epoch
-                    // only), allocated by `Owned::new` in `split`.
-                    drop(unsafe { Owned::from_raw(e.split_ptr() as *mut SplitNode) });
+                    // only), and nothing else refers to it now.
+                    unsafe { NodeBox(e).free() };
                 }
             }
         }
@@ -1346,6 +1412,20 @@ mod tests {
         t.resize(4 * MIB).unwrap();
         assert_eq!(t.slots(), 4);
         assert!(t.try_map(6, e).is_err());
+        // Shrinking a huge thin volume skips absent leaves (this would take
+        // billions of steps otherwise).
+        let t = ShardTable::new(VOLUME_SIZE_MAX_BYTES, UNIT_SIZE_BYTES).unwrap();
+        t.try_map((1 << 31) + 5, Entry::mapped(0, 0, 0).unwrap())
+            .unwrap();
+        assert_eq!(
+            t.resize(MIB),
+            Err(TableError::ShrinkMapped {
+                slot: (1 << 31) + 5
+            })
+        );
+        t.try_unmap(Loc::slot((1 << 31) + 5), &g).unwrap();
+        t.resize(MIB).unwrap();
+        assert_eq!(t.slots(), 16);
     }
 
     #[test]
