@@ -1,25 +1,33 @@
-//! Benchmark: shardblk's io_uring engine against fio on the same file.
+//! Benchmark: the volume engine and its io_uring device layer against fio on
+//! the same file.
 //!
-//! Creates a 1 GiB file in `SHARDBLK_BENCH_DIR` (default `/var/tmp`), fills
-//! it with random data, then runs each workload (4 KiB random read at QD 1
-//! and QD 32, 1 MiB sequential read at QD 4) with
-//! `fio --ioengine=io_uring --direct=1` and with the [`UringEngine`]
-//! streaming interface (each twice, in the order fio, ours, ours, fio; the
-//! mean is reported), and prints one table of IOPS, MB/s and the ratio to fio. `SHARDBLK_BENCH_SECS` sets the time per run (default 5).
+//! Creates a 1 GiB file in `SHARDBLK_BENCH_DIR` (default `/var/tmp`), makes
+//! it a one-tier pool and fills a volume (1 MiB shards) spanning it through
+//! the engine with random data, then runs each workload (4 KiB random read
+//! at QD 1 and QD 32, 1 MiB sequential read at QD 4) with
+//! `fio --ioengine=io_uring --direct=1` on the file, with the raw
+//! [`UringEngine`] streaming interface on the file, and through the volume
+//! engine (composer translation per request, then the same streaming
+//! engine). Each runner runs each workload twice in the order A B C C B A;
+//! the mean is reported in one table of IOPS, MB/s and the ratio to fio.
+//! `SHARDBLK_BENCH_SECS` sets the time per run (default 5).
 //!
-//! Extending: every column is a [`Runner`]; add one (for example "through the
-//! volume engine") to the list in `main` and the table grows by a column
-//! group. The first runner is the baseline of the ratios.
+//! Every column is a [`Runner`]; the first is the baseline of the ratios.
 //!
 //! Run: `cargo bench --bench io_vs_fio`.
 
 use anyhow::{bail, Context, Result};
+use crossbeam_epoch as epoch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shardblk::constants::BLOCK_SIZE_BYTES;
+use shardblk::constants::{BLOCK_SIZE_BYTES, UNIT_SIZE_BYTES};
 use shardblk::io::file::FileDev;
 use shardblk::io::uring::{ArenaBuf, Completion, StreamKind, StreamOp, UringEngine};
-use shardblk::io::{BlockDev, DevIndex};
+use shardblk::io::{AlignedBuf, BlockDev, DevIndex};
+use shardblk::shard::policy::TierPolicy;
+use shardblk::shard::pool::{Pool, TierSpec};
+use shardblk::volume::handle::Volume;
+use shardblk::volume::split::PieceKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -27,7 +35,8 @@ use std::time::{Duration, Instant};
 
 const FILE_BYTES: u64 = 1 << 30;
 const FILL_CHUNK_BYTES: usize = 1 << 20;
-const FILL_QD: usize = 8;
+/// Shard size of the bench volume.
+const SHARD_BYTES: u64 = 1 << 20;
 
 /// One workload: block size, queue depth, pattern, duration.
 #[derive(Debug, Clone)]
@@ -123,60 +132,6 @@ impl Ours {
             blocks_in_file,
         })
     }
-
-    fn fill(&mut self) -> Result<()> {
-        let arena = self.engine.arena().clone();
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let chunks = FILE_BYTES / FILL_CHUNK_BYTES as u64;
-        let mut next = 0u64;
-        let mut done = 0u64;
-        let mut out = Vec::new();
-        let mut spare: Vec<ArenaBuf> = Vec::new();
-        while done < chunks {
-            while next < chunks && self.engine.stream_pending() < FILL_QD {
-                let mut buf = match spare.pop() {
-                    Some(b) => b,
-                    None => arena.alloc().context("arena exhausted")?,
-                };
-                rng.fill(&mut buf[..FILL_CHUNK_BYTES]);
-                let kind = StreamKind::Write {
-                    buf,
-                    len: FILL_CHUNK_BYTES,
-                };
-                let op = StreamOp {
-                    dev: DevIndex(0),
-                    offset: next * FILL_CHUNK_BYTES as u64,
-                    kind,
-                    user_data: next,
-                };
-                if self.engine.submit(op).is_err() {
-                    bail!("ring full while filling");
-                }
-                next += 1;
-            }
-            out.clear();
-            self.engine.reap(1, &mut out)?;
-            for c in out.drain(..) {
-                c.result?;
-                spare.extend(c.buf);
-                done += 1;
-            }
-        }
-        let op = StreamOp {
-            dev: DevIndex(0),
-            offset: 0,
-            kind: StreamKind::Sync,
-            user_data: 0,
-        };
-        if self.engine.submit(op).is_err() {
-            bail!("ring full at sync");
-        }
-        self.engine.reap(1, &mut out)?;
-        for c in out.drain(..) {
-            c.result?;
-        }
-        Ok(())
-    }
 }
 
 impl Runner for Ours {
@@ -258,6 +213,111 @@ impl Runner for Ours {
     }
 }
 
+/// Reads through the volume engine: each request is translated by the
+/// composer (`Volume::map_read`: one atomic load per shard, access
+/// statistics) and its pieces are streamed on a UringEngine over the pool's
+/// devices, with registered files and buffers, keeping the queue depth full.
+struct ThroughVolume {
+    vol: Volume,
+    engine: UringEngine,
+}
+
+impl ThroughVolume {
+    fn new(pool: &Pool, vol: Volume) -> Result<ThroughVolume> {
+        Ok(ThroughVolume {
+            engine: UringEngine::new(pool.devices())?,
+            vol,
+        })
+    }
+
+    /// Submit the read of `len` bytes at `offset` into `buf`.
+    fn submit(
+        &mut self,
+        guard: &epoch::Guard,
+        offset: u64,
+        buf: ArenaBuf,
+        len: usize,
+    ) -> Result<()> {
+        let mut piece = None;
+        self.vol.map_read(guard, offset, len as u64, |p| {
+            assert!(piece.is_none(), "aligned requests resolve to one piece");
+            piece = Some(p);
+        })?;
+        let (tier, dev_off) = match piece.context("no piece")?.kind {
+            PieceKind::Mapped {
+                tier,
+                device_byte_offset,
+            } => (tier, device_byte_offset),
+            PieceKind::Unmapped => bail!("the bench volume is fully mapped"),
+        };
+        let op = StreamOp {
+            dev: DevIndex(tier as u16),
+            offset: dev_off,
+            kind: StreamKind::Read { buf, len },
+            user_data: 0,
+        };
+        if self.engine.submit(op).is_err() {
+            bail!("ring full");
+        }
+        Ok(())
+    }
+}
+
+impl Runner for ThroughVolume {
+    fn name(&self) -> &str {
+        "volume engine"
+    }
+    fn run(&mut self, w: &Workload) -> Result<Figures> {
+        let arena = self.engine.arena().clone();
+        let positions = self.vol.size_bytes() / w.block_bytes as u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let mut seq = 0u64;
+        let mut next_offset = move || {
+            let pos = if w.random {
+                rng.random_range(0..positions)
+            } else {
+                seq = (seq + 1) % positions;
+                seq
+            };
+            pos * w.block_bytes as u64
+        };
+        // One pin for the run: no extent is freed while the bench runs.
+        let guard = epoch::pin();
+        let mut out: Vec<Completion> = Vec::with_capacity(w.qd);
+        let start = Instant::now();
+        let deadline = start + w.duration;
+        for _ in 0..w.qd {
+            let buf = arena.alloc().context("arena exhausted")?;
+            self.submit(&guard, next_offset(), buf, w.block_bytes)?;
+        }
+        let mut ops = 0u64;
+        let mut stopping = false;
+        let mut elapsed = Duration::ZERO;
+        while self.engine.stream_pending() > 0 {
+            out.clear();
+            self.engine.reap(1, &mut out)?;
+            for c in out.drain(..) {
+                c.result?;
+                if stopping {
+                    continue;
+                }
+                ops += 1;
+                let buf = c.buf.context("read completion without its buffer")?;
+                self.submit(&guard, next_offset(), buf, w.block_bytes)?;
+            }
+            if !stopping && Instant::now() >= deadline {
+                stopping = true;
+                elapsed = start.elapsed();
+            }
+        }
+        Ok(Figures::from_counts(
+            ops,
+            ops * w.block_bytes as u64,
+            elapsed,
+        ))
+    }
+}
+
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let dir = std::env::var("SHARDBLK_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
@@ -273,16 +333,38 @@ fn main() -> Result<()> {
         }
     }
     let _cleanup = Remove(path.clone());
-    FileDev::create_file(&path, FILE_BYTES)?;
-    let mut ours = Ours::new(&path)?;
+    std::fs::File::create(&path)?.set_len(FILE_BYTES)?;
+    // The file is a one-tier pool; its volume is filled through the engine,
+    // so every shard is mapped and the raw runners read the same bytes.
+    let pool = Pool::init(
+        &[TierSpec {
+            name: "hot".into(),
+            path: path.clone(),
+        }],
+        true,
+    )?;
+    let cap = pool.tiers()[0].n_units * UNIT_SIZE_BYTES;
+    let vol_bytes = cap / SHARD_BYTES * SHARD_BYTES;
+    let vol = pool.create_volume("bench", vol_bytes, SHARD_BYTES, TierPolicy::default())?;
     let t = Instant::now();
-    ours.fill()?;
+    {
+        let mut eng = pool.engine();
+        let mut buf = AlignedBuf::new(FILL_CHUNK_BYTES);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for off in (0..vol_bytes).step_by(FILL_CHUNK_BYTES) {
+            rng.fill(&mut buf[..]);
+            vol.write(eng.as_mut(), off, &buf)?;
+        }
+        vol.flush()?;
+    }
     eprintln!(
-        "filled {} ({} MiB) in {:.1} s",
+        "filled volume of {} MiB on {} through the engine in {:.1} s",
+        vol_bytes >> 20,
         path.display(),
-        FILE_BYTES >> 20,
         t.elapsed().as_secs_f64()
     );
+    let through = ThroughVolume::new(&pool, vol)?;
+    let ours = Ours::new(&path)?;
 
     let duration = Duration::from_secs(secs);
     let workloads = [
@@ -308,8 +390,11 @@ fn main() -> Result<()> {
             duration,
         },
     ];
-    let mut runners: Vec<Box<dyn Runner>> =
-        vec![Box::new(Fio { path: path.clone() }), Box::new(ours)];
+    let mut runners: Vec<Box<dyn Runner>> = vec![
+        Box::new(Fio { path: path.clone() }),
+        Box::new(ours),
+        Box::new(through),
+    ];
 
     // Each runner runs each workload twice, in the order A B .. B A, and the
     // mean is reported, so neither side gains from going first (warm caches

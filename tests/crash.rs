@@ -89,7 +89,7 @@ fn open_faulty(mems: &[Arc<MemDev>], seed: u64) -> (Pool, Vec<Arc<FaultDev>>) {
         .enumerate()
         .map(|(i, m)| {
             let cfg = FaultConfig {
-                seed: seed ^ (i as u64 + 1) * 0x51,
+                seed: seed ^ ((i as u64 + 1) * 0x51),
                 volatile_cache: true,
                 ..Default::default()
             };

@@ -29,7 +29,7 @@ use crate::io::{AlignedBuf, DevIndex, IoEngine, IoError, IoOp};
 use crate::shard::meta::{MetaError, Record};
 use crate::shard::policy::TierPolicy;
 use crate::shard::pool::{Pool, PoolShared};
-use crate::volume::split::{resolve, segments, validate_range, PieceKind, RangeError};
+use crate::volume::split::{resolve, segments, validate_range, Piece, PieceKind, RangeError};
 use crate::volume::stats::AccessStats;
 use crate::volume::table::{Entry, Loc, ShardTable, TableError, WriteEnter, WriteTicket};
 use crossbeam_epoch as epoch;
@@ -230,6 +230,28 @@ impl Volume {
         &self.pool.inner
     }
 
+    /// Translate a read of `len` bytes at `offset` into pieces, for callers
+    /// that submit the I/O themselves (the ublk queue thread, benches): one
+    /// atomic load per slot, access statistics recorded, no allocation. The
+    /// caller keeps `guard` pinned until the reads of the mapped pieces have
+    /// completed, and fills unmapped pieces with zeros.
+    pub fn map_read(
+        &self,
+        guard: &epoch::Guard,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(Piece),
+    ) -> Result<(), VolumeError> {
+        let shard = self.shard_size();
+        for p in resolve(&self.v.table, guard, offset, len, &self.data_start)? {
+            self.v
+                .stats
+                .record(p.slot, (offset + p.buf_offset) % shard, p.len, true);
+            f(p);
+        }
+        Ok(())
+    }
+
     /// Read `buf.len()` bytes at `offset`.
     pub fn read(
         &self,
@@ -238,20 +260,12 @@ impl Volume {
         buf: &mut [u8],
     ) -> Result<(), VolumeError> {
         let guard = epoch::pin();
-        let pieces = resolve(
-            &self.v.table,
-            &guard,
-            offset,
-            buf.len() as u64,
-            &self.data_start,
-        )?;
-        let mut ops: Vec<IoOp<'_>> = Vec::with_capacity(pieces.size_hint().0);
+        let mut ops: Vec<IoOp<'_>> = Vec::new();
         let mut rest: &mut [u8] = buf;
-        for p in pieces {
+        let len = rest.len() as u64;
+        self.map_read(&guard, offset, len, |p| {
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(p.len as usize);
             rest = tail;
-            let slot_off = (offset + p.buf_offset) % self.shard_size();
-            self.v.stats.record(p.slot, slot_off, p.len, true);
             match p.kind {
                 PieceKind::Unmapped => head.fill(0),
                 PieceKind::Mapped {
@@ -259,7 +273,7 @@ impl Volume {
                     device_byte_offset,
                 } => ops.push(IoOp::read(DevIndex(tier as u16), device_byte_offset, head)),
             }
-        }
+        })?;
         eng.run_all(&mut ops)?;
         drop(guard);
         Ok(())
