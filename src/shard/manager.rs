@@ -116,13 +116,24 @@ fn run_volume_window(
             })
             .collect();
         hot_entries.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        // A demoted extent returns to the hot allocator only after the next
+        // commit, so count what this window released.
+        let mut released = 0u64;
+        let projected = |released: u64| {
+            (hot.used_units().saturating_sub(released) * 100 / hot.n_units.max(1)) as u8
+        };
         for (_, _, loc) in hot_entries {
-            if policy.demotion_done(hot.used_percent()) {
+            if policy.demotion_done(projected(released)) {
                 break;
             }
-            count(rep, lifecycle::migrate(vol, eng, loc, 1)?, |r| {
-                &mut r.demoted
-            });
+            let units = current_units(vol, loc);
+            match lifecycle::migrate(vol, eng, loc, 1)? {
+                Outcome::Done => {
+                    rep.demoted += 1;
+                    released += units;
+                }
+                Outcome::Skipped(_) => rep.skipped += 1,
+            }
         }
     }
     if policy.merge {
@@ -139,6 +150,16 @@ fn run_volume_window(
         }
     }
     Ok(())
+}
+
+/// Units of the entry at `loc` (0 when it is not mapped).
+fn current_units(vol: &Volume, loc: Loc) -> u64 {
+    let guard = crossbeam_epoch::pin();
+    vol.shared()
+        .table
+        .load_entry(loc, &guard)
+        .map(|e| if e.is_mapped() { e.len_units() } else { 0 })
+        .unwrap_or(0)
 }
 
 /// A running background manager; dropping it stops the thread.
