@@ -32,6 +32,11 @@ pub const TABLE_LEAF_ENTRIES: usize = 1 << 14;
 pub const TIERS_MAX: usize = 4;
 /// Tier devices per pool (one device per tier in this version).
 pub const POOL_DEVICES_MAX: usize = TIERS_MAX;
+/// How long opening a pool waits for the exclusive lock on its devices
+/// before reporting them in use. A holder killed a moment ago releases it
+/// only when the kernel has torn down its io_uring instance (which holds the
+/// registered files), asynchronously after the process is gone.
+pub const POOL_LOCK_WAIT_MS: u64 = 5_000;
 /// Longest device path recorded in a superblock as a hint for `Pool::open`.
 pub const PATH_HINT_MAX_BYTES: usize = 255;
 /// Volumes per pool.

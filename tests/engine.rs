@@ -623,3 +623,18 @@ fn concurrent_writes_with_migrations_splits_and_merges_lose_nothing_on_files() {
     let pool = file_pool(dir.path(), 64 * MIB, 128 * MIB);
     concurrent_chaos(&pool, 100, 200);
 }
+
+#[test]
+fn a_pool_is_opened_by_one_holder_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = file_pool(dir.path(), 64 * MIB, 64 * MIB);
+    let e = Pool::open(&dir.path().join("cold"))
+        .err()
+        .expect("second open refused");
+    assert!(
+        e.to_string().contains("in use by another shardblk process"),
+        "{e}"
+    );
+    drop(pool);
+    Pool::open(&dir.path().join("cold")).expect("free again once the holder is gone");
+}

@@ -18,7 +18,7 @@
 //! `FileDev` lives.
 
 use super::{check_transfer, BlockDev, IoError, IoResult};
-use crate::constants::BLOCK_SIZE_BYTES;
+use crate::constants::{BLOCK_SIZE_BYTES, POOL_LOCK_WAIT_MS};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
@@ -137,6 +137,39 @@ impl FileDev {
     /// True when this is a block device (opened `O_EXCL`), false for a file.
     pub fn is_block_device(&self) -> bool {
         self.block
+    }
+
+    /// Take an exclusive advisory lock (`flock`) on the device for as long as
+    /// this handle lives, so a second process cannot open the same pool. The
+    /// kernel drops it when the process exits, `kill -9` included.
+    ///
+    /// A holder that just died can keep the lock for a moment (its io_uring
+    /// instance, which holds registered files, is torn down asynchronously),
+    /// so a busy lock is retried for up to `POOL_LOCK_WAIT_MS`.
+    pub fn lock_exclusive(&self) -> IoResult<()> {
+        let file = self.file.as_raw_fd();
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(POOL_LOCK_WAIT_MS);
+        loop {
+            // SAFETY: flock on a descriptor this struct owns; no memory involved.
+            let r = unsafe { libc::flock(file, libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return Ok(());
+            }
+            let errno = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if errno == libc::EWOULDBLOCK && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            let why = if errno == libc::EWOULDBLOCK {
+                " (in use by another shardblk process)"
+            } else {
+                ""
+            };
+            return Err(IoError::os(&format!("{}{why}", self.path), errno));
+        }
     }
 }
 

@@ -260,6 +260,7 @@ impl Pool {
             }
             check_candidate(&t.path, None)?;
             let dev = FileDev::open(&t.path)?;
+            dev.lock_exclusive()?;
             check_candidate(&t.path, Some(dev.size_bytes()))?;
             let dev: Arc<dyn BlockDev> = Arc::new(dev);
             devs.push((t.name.clone(), t.path.display().to_string(), dev));
@@ -336,21 +337,27 @@ impl Pool {
     /// Open the pool that the device at `any_member` belongs to.
     pub fn open(any_member: &Path) -> Result<Pool, PoolError> {
         let first = FileDev::open(any_member)?;
+        first.lock_exclusive()?;
         let sb = read_superblock(&first)
             .map_err(|_| PoolError::NotAPool {
                 path: any_member.display().to_string(),
             })?
             .superblock;
+        // The member given is used as it is (already locked); the others are
+        // found at their recorded paths, locked, and verified by open_on.
+        let mut first = Some(first);
         let mut devs: Vec<Arc<dyn BlockDev>> = Vec::new();
         for (i, e) in sb.devices.iter().enumerate() {
-            let dev: Arc<dyn BlockDev> = if i == sb.device_index as usize {
-                Arc::new(FileDev::open(any_member)?)
-            } else {
-                Arc::new(FileDev::open(Path::new(&e.path_hint))?)
+            let dev = match first.take_if(|_| i == sb.device_index as usize) {
+                Some(f) => f,
+                None => {
+                    let d = FileDev::open(Path::new(&e.path_hint))?;
+                    d.lock_exclusive()?;
+                    d
+                }
             };
-            devs.push(dev);
+            devs.push(Arc::new(dev) as Arc<dyn BlockDev>);
         }
-        drop(first);
         Self::open_on(devs)
     }
 
