@@ -10,7 +10,8 @@
 //! engine (composer translation per request, then the same streaming
 //! engine). Each runner runs each workload twice in the order A B C C B A;
 //! the mean is reported in one table of IOPS, MB/s and the ratio to fio.
-//! `SHARDBLK_BENCH_SECS` sets the time per run (default 5).
+//! `SHARDBLK_BENCH_SECS` sets the time per run (default 5),
+//! `SHARDBLK_BENCH_ROUNDS` the number of such rounds (default 1).
 //!
 //! Every column is a [`Runner`]; the first is the baseline of the ratios.
 //!
@@ -139,78 +140,88 @@ impl Runner for Ours {
         "shardblk uring"
     }
     fn run(&mut self, w: &Workload) -> Result<Figures> {
-        let arena = self.engine.arena().clone();
-        let per_op_blocks = w.block_bytes as u64 / BLOCK_SIZE_BYTES;
-        let positions = self.blocks_in_file / per_op_blocks;
-        let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let mut seq = 0u64;
-        let mut next_offset = move || {
-            let pos = if w.random {
-                rng.random_range(0..positions)
-            } else {
-                seq = (seq + 1) % positions;
-                seq
-            };
-            pos * w.block_bytes as u64
-        };
-        let mut out: Vec<Completion> = Vec::with_capacity(w.qd);
-        let start = Instant::now();
-        let deadline = start + w.duration;
-        for _ in 0..w.qd {
-            let buf = arena.alloc().context("arena exhausted")?;
-            let kind = StreamKind::Read {
-                buf,
-                len: w.block_bytes,
-            };
-            let op = StreamOp {
-                dev: DevIndex(0),
-                offset: next_offset(),
-                kind,
-                user_data: 0,
-            };
-            if self.engine.submit(op).is_err() {
-                bail!("ring full");
-            }
-        }
-        let mut ops = 0u64;
-        let mut stopping = false;
-        let mut elapsed = Duration::ZERO;
-        while self.engine.stream_pending() > 0 {
-            out.clear();
-            self.engine.reap(1, &mut out)?;
-            for c in out.drain(..) {
-                c.result?;
-                if stopping {
-                    continue;
-                }
-                ops += 1;
-                let buf = c.buf.context("read completion without its buffer")?;
-                let kind = StreamKind::Read {
-                    buf,
-                    len: w.block_bytes,
-                };
-                let op = StreamOp {
-                    dev: DevIndex(0),
-                    offset: next_offset(),
-                    kind,
-                    user_data: 0,
-                };
-                if self.engine.submit(op).is_err() {
-                    bail!("ring full");
-                }
-            }
-            // Reading the clock every reap is cheap next to a syscall.
-            if !stopping && Instant::now() >= deadline {
-                stopping = true;
-                elapsed = start.elapsed();
-            }
-        }
-        Ok(Figures::from_counts(
-            ops,
-            ops * w.block_bytes as u64,
-            elapsed,
-        ))
+        let positions = self.blocks_in_file / (w.block_bytes as u64 / BLOCK_SIZE_BYTES);
+        stream_reads(&mut self.engine, w, positions, 11, |eng, off, buf| {
+            submit_read(eng, DevIndex(0), off, buf, w.block_bytes)
+        })
     }
+}
+
+/// Keep `w.qd` reads of `w.block_bytes` in flight on `engine` for
+/// `w.duration`, each submitted by `submit(engine, offset, buffer)`; offsets
+/// follow the workload's pattern over `positions` aligned positions.
+fn stream_reads(
+    engine: &mut UringEngine,
+    w: &Workload,
+    positions: u64,
+    seed: u64,
+    mut submit: impl FnMut(&mut UringEngine, u64, ArenaBuf) -> Result<()>,
+) -> Result<Figures> {
+    let arena = engine.arena().clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut seq = 0u64;
+    let mut next_offset = move || {
+        let pos = if w.random {
+            rng.random_range(0..positions)
+        } else {
+            seq = (seq + 1) % positions;
+            seq
+        };
+        pos * w.block_bytes as u64
+    };
+    let mut out: Vec<Completion> = Vec::with_capacity(w.qd);
+    let start = Instant::now();
+    let deadline = start + w.duration;
+    for _ in 0..w.qd {
+        let buf = arena.alloc().context("arena exhausted")?;
+        submit(engine, next_offset(), buf)?;
+    }
+    let mut ops = 0u64;
+    let mut stopping = false;
+    let mut elapsed = Duration::ZERO;
+    while engine.stream_pending() > 0 {
+        out.clear();
+        engine.reap(1, &mut out)?;
+        for c in out.drain(..) {
+            c.result?;
+            if stopping {
+                continue;
+            }
+            ops += 1;
+            let buf = c.buf.context("read completion without its buffer")?;
+            submit(engine, next_offset(), buf)?;
+        }
+        // Reading the clock every reap is cheap next to a syscall.
+        if !stopping && Instant::now() >= deadline {
+            stopping = true;
+            elapsed = start.elapsed();
+        }
+    }
+    Ok(Figures::from_counts(
+        ops,
+        ops * w.block_bytes as u64,
+        elapsed,
+    ))
+}
+
+/// Queue one read of `len` bytes at `offset` of device `dev` into `buf`.
+fn submit_read(
+    engine: &mut UringEngine,
+    dev: DevIndex,
+    offset: u64,
+    buf: ArenaBuf,
+    len: usize,
+) -> Result<()> {
+    let op = StreamOp {
+        dev,
+        offset,
+        kind: StreamKind::Read { buf, len },
+        user_data: 0,
+    };
+    if engine.submit(op).is_err() {
+        bail!("ring full");
+    }
+    Ok(())
 }
 
 /// Reads through the volume engine: each request is translated by the
@@ -229,38 +240,6 @@ impl ThroughVolume {
             vol,
         })
     }
-
-    /// Submit the read of `len` bytes at `offset` into `buf`.
-    fn submit(
-        &mut self,
-        guard: &epoch::Guard,
-        offset: u64,
-        buf: ArenaBuf,
-        len: usize,
-    ) -> Result<()> {
-        let mut piece = None;
-        self.vol.map_read(guard, offset, len as u64, |p| {
-            assert!(piece.is_none(), "aligned requests resolve to one piece");
-            piece = Some(p);
-        })?;
-        let (tier, dev_off) = match piece.context("no piece")?.kind {
-            PieceKind::Mapped {
-                tier,
-                device_byte_offset,
-            } => (tier, device_byte_offset),
-            PieceKind::Unmapped => bail!("the bench volume is fully mapped"),
-        };
-        let op = StreamOp {
-            dev: DevIndex(tier as u16),
-            offset: dev_off,
-            kind: StreamKind::Read { buf, len },
-            user_data: 0,
-        };
-        if self.engine.submit(op).is_err() {
-            bail!("ring full");
-        }
-        Ok(())
-    }
 }
 
 impl Runner for ThroughVolume {
@@ -268,53 +247,30 @@ impl Runner for ThroughVolume {
         "volume engine"
     }
     fn run(&mut self, w: &Workload) -> Result<Figures> {
-        let arena = self.engine.arena().clone();
         let positions = self.vol.size_bytes() / w.block_bytes as u64;
-        let mut rng = ChaCha8Rng::seed_from_u64(13);
-        let mut seq = 0u64;
-        let mut next_offset = move || {
-            let pos = if w.random {
-                rng.random_range(0..positions)
-            } else {
-                seq = (seq + 1) % positions;
-                seq
-            };
-            pos * w.block_bytes as u64
-        };
+        let vol = &self.vol;
         // One pin for the run: no extent is freed while the bench runs.
         let guard = epoch::pin();
-        let mut out: Vec<Completion> = Vec::with_capacity(w.qd);
-        let start = Instant::now();
-        let deadline = start + w.duration;
-        for _ in 0..w.qd {
-            let buf = arena.alloc().context("arena exhausted")?;
-            self.submit(&guard, next_offset(), buf, w.block_bytes)?;
-        }
-        let mut ops = 0u64;
-        let mut stopping = false;
-        let mut elapsed = Duration::ZERO;
-        while self.engine.stream_pending() > 0 {
-            out.clear();
-            self.engine.reap(1, &mut out)?;
-            for c in out.drain(..) {
-                c.result?;
-                if stopping {
-                    continue;
-                }
-                ops += 1;
-                let buf = c.buf.context("read completion without its buffer")?;
-                self.submit(&guard, next_offset(), buf, w.block_bytes)?;
+        stream_reads(&mut self.engine, w, positions, 13, |eng, off, buf| {
+            let mut piece = None;
+            vol.map_read(&guard, off, w.block_bytes as u64, |p| {
+                assert!(piece.is_none(), "aligned requests resolve to one piece");
+                piece = Some(p);
+            })?;
+            match piece.context("no piece")?.kind {
+                PieceKind::Mapped {
+                    tier,
+                    device_byte_offset,
+                } => submit_read(
+                    eng,
+                    DevIndex(tier as u16),
+                    device_byte_offset,
+                    buf,
+                    w.block_bytes,
+                ),
+                PieceKind::Unmapped => bail!("the bench volume is fully mapped"),
             }
-            if !stopping && Instant::now() >= deadline {
-                stopping = true;
-                elapsed = start.elapsed();
-            }
-        }
-        Ok(Figures::from_counts(
-            ops,
-            ops * w.block_bytes as u64,
-            elapsed,
-        ))
+        })
     }
 }
 
@@ -325,6 +281,11 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
+    // Rounds of the A B C .. C B A order; more rounds average out a noisy host.
+    let rounds: usize = std::env::var("SHARDBLK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let path = Path::new(&dir).join(format!("shardblk-bench-{}.img", std::process::id()));
     struct Remove(PathBuf);
     impl Drop for Remove {
@@ -403,7 +364,9 @@ fn main() -> Result<()> {
     for w in &workloads {
         let n = runners.len();
         let mut sums = vec![(0.0f64, 0.0f64); n];
-        let order: Vec<usize> = (0..n).chain((0..n).rev()).collect();
+        let order: Vec<usize> = (0..rounds)
+            .flat_map(|_| (0..n).chain((0..n).rev()))
+            .collect();
         for i in order {
             let r = &mut runners[i];
             let f = r
@@ -416,8 +379,8 @@ fn main() -> Result<()> {
                 f.iops,
                 f.mb_per_s
             );
-            sums[i].0 += f.iops / 2.0;
-            sums[i].1 += f.mb_per_s / 2.0;
+            sums[i].0 += f.iops / (2 * rounds) as f64;
+            sums[i].1 += f.mb_per_s / (2 * rounds) as f64;
         }
         let figs: Vec<Figures> = sums
             .into_iter()
