@@ -638,3 +638,60 @@ fn a_pool_is_opened_by_one_holder_at_a_time() {
     drop(pool);
     Pool::open(&dir.path().join("cold")).expect("free again once the holder is gone");
 }
+
+#[test]
+fn the_background_manager_promotes_while_io_runs_and_loses_nothing() {
+    use shardblk::shard::manager::Manager;
+    let (pool, _) = mem_pool(64 * MIB, 128 * MIB);
+    let vol = pool
+        .create_volume(
+            "bg",
+            16 * MIB,
+            MIB,
+            TierPolicy::parse("write=cold,promote=2").unwrap(),
+        )
+        .unwrap();
+    let mut eng = pool.engine();
+    for s in 0..16 {
+        write_version(&vol, eng.as_mut(), 12, s * 256, 256, 1);
+    }
+    let manager = Manager::start(pool.clone(), std::time::Duration::from_millis(20));
+    // Keep reading shards 3 and 9 while rewriting blocks everywhere.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut version = 2;
+    loop {
+        for s in [3u64, 9] {
+            for _ in 0..3 {
+                read_vec(&vol, eng.as_mut(), s * MIB, 4096);
+            }
+        }
+        let b = (version * 37) % (16 * 256);
+        write_version(&vol, eng.as_mut(), 12, b, 1, version);
+        let back = read_vec(&vol, eng.as_mut(), b * 4096, 4096);
+        assert_eq!(block_version(&back, 12, b), Ok(Some(version)));
+        version += 1;
+        let tiers: Vec<usize> = entries(&vol).iter().map(|(_, e)| e.tier()).collect();
+        if tiers[3] == 0 && tiers[9] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the manager never promoted the read shards: {tiers:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(manager);
+    // Every block holds its newest version.
+    let mut newest = vec![1u64; 16 * 256];
+    for v in 2..version {
+        newest[((v * 37) % (16 * 256)) as usize] = v;
+    }
+    let all = read_vec(&vol, eng.as_mut(), 0, 16 * MIB as usize);
+    for (b, want) in newest.iter().enumerate() {
+        assert_eq!(
+            block_version(&all[b * BLOCK..(b + 1) * BLOCK], 12, b as u64),
+            Ok(Some(*want)),
+            "block {b}"
+        );
+    }
+}
