@@ -31,10 +31,20 @@ fn refused(o: &Output, what: &str) {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     let first = err.lines().next().unwrap_or("");
-    assert!(first.contains(what), "'{what}' not in the first line: {err}");
+    assert!(
+        first.contains(what),
+        "'{what}' not in the first line: {err}"
+    );
     // One line of ours; clap's usage errors add only its '--help' hint.
-    let rest: Vec<&str> = err.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
-    assert!(rest.is_empty() || rest == ["For more information, try '--help'."], "one clear line: {err}");
+    let rest: Vec<&str> = err
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        rest.is_empty() || rest == ["For more information, try '--help'."],
+        "one clear line: {err}"
+    );
 }
 
 #[test]

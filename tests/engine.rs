@@ -504,12 +504,7 @@ fn concurrent_chaos(pool: &Pool, seed: u64, ops_per_writer: u64) {
                             }
                         }
                         4 => lifecycle::merge(&vol, eng.as_mut(), slot, rng.random_bool(0.5)),
-                        _ => pool.commit().map(|_| Outcome::Done).map_err(|e| {
-                            VolumeError::Meta(match e {
-                                PoolError::Meta(m) => m,
-                                other => panic!("commit: {other}"),
-                            })
-                        }),
+                        _ => vol.flush().map(|_| Outcome::Done),
                     };
                     match r.unwrap_or_else(|e| panic!("seed {seed}: chaos op failed: {e}")) {
                         Outcome::Done => done[0] += 1,

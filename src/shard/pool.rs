@@ -107,6 +107,24 @@ pub enum PoolError {
     VolumeBusy(String),
 }
 
+/// Why a commit failed: the data devices or the metadata log.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+}
+
+impl From<CommitError> for PoolError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Io(e) => PoolError::Io(e),
+            CommitError::Meta(e) => PoolError::Meta(e),
+        }
+    }
+}
+
 /// A tier given to `pool init`.
 #[derive(Debug, Clone)]
 pub struct TierSpec {
@@ -510,7 +528,7 @@ impl Pool {
     }
 
     /// Durability barrier: sync every data device, then the metadata log.
-    pub fn commit(&self) -> Result<(), PoolError> {
+    pub fn commit(&self) -> Result<(), CommitError> {
         {
             let _excl = self.inner.commit_barrier.write().expect("commit barrier");
             for t in &self.inner.tiers {
@@ -549,7 +567,7 @@ impl Pool {
 
     /// Commit until every released extent is free again, or `deadline` passes.
     /// Returns whether everything was freed.
-    pub fn settle(&self, deadline: std::time::Duration) -> Result<bool, PoolError> {
+    pub fn settle(&self, deadline: std::time::Duration) -> Result<bool, CommitError> {
         let start = std::time::Instant::now();
         loop {
             self.commit()?;

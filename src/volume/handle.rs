@@ -28,7 +28,7 @@ use crate::constants::{BLOCK_SIZE_BYTES, MIGRATE_CHUNK_BYTES, UNIT_SIZE_BYTES};
 use crate::io::{AlignedBuf, DevIndex, IoEngine, IoError, IoOp};
 use crate::shard::meta::{MetaError, Record};
 use crate::shard::policy::TierPolicy;
-use crate::shard::pool::{Pool, PoolShared};
+use crate::shard::pool::{CommitError, Pool, PoolShared};
 use crate::volume::split::{resolve, segments, validate_range, Piece, PieceKind, RangeError};
 use crate::volume::stats::AccessStats;
 use crate::volume::table::{Entry, Loc, ShardTable, TableError, WriteEnter, WriteTicket};
@@ -305,12 +305,8 @@ impl Volume {
     /// created, survives a crash.
     pub fn flush(&self) -> Result<(), VolumeError> {
         self.pool.commit().map_err(|e| match e {
-            crate::shard::pool::PoolError::Io(e) => VolumeError::Io(e),
-            crate::shard::pool::PoolError::Meta(e) => VolumeError::Meta(e),
-            other => VolumeError::Meta(MetaError::Corrupt {
-                offset: 0,
-                detail: other.to_string(),
-            }),
+            CommitError::Io(e) => VolumeError::Io(e),
+            CommitError::Meta(e) => VolumeError::Meta(e),
         })
     }
 
