@@ -690,3 +690,52 @@ fn the_background_manager_promotes_while_io_runs_and_loses_nothing() {
         );
     }
 }
+
+/// Flip one byte of a file.
+fn flip(path: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x5A;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+#[test]
+fn corrupted_metadata_is_reported_never_used() {
+    use shardblk::constants::{
+        BLOCK_SIZE_BYTES, DEVICE_RESERVED_HEAD_BYTES, META_CHECKPOINT_SLOT_MIN_BYTES,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let pool = file_pool(dir.path(), 64 * MIB, 64 * MIB);
+        let vol = pool
+            .create_volume("m", 64 * MIB, MIB, TierPolicy::default())
+            .unwrap();
+        let mut eng = pool.engine();
+        for i in 0..4 {
+            write_version(&vol, eng.as_mut(), 13, i * 256, 1, 1);
+            vol.flush().unwrap();
+        }
+    }
+    let hot = dir.path().join("hot");
+    // One superblock copy damaged: the other is used.
+    flip(&hot, 100);
+    Pool::open(&hot).expect("opens from the intact copy");
+    // Both copies damaged: not a pool any more, said so.
+    flip(&hot, BLOCK_SIZE_BYTES + 100);
+    let e = Pool::open(&hot).err().expect("refused");
+    assert!(matches!(e, PoolError::NotAPool { .. }), "{e}");
+    flip(&hot, 100);
+    flip(&hot, BLOCK_SIZE_BYTES + 100);
+    Pool::open(&hot).expect("restored");
+    // A byte inside the first log batch, with later batches after it: corruption.
+    let log = DEVICE_RESERVED_HEAD_BYTES + 2 * META_CHECKPOINT_SLOT_MIN_BYTES;
+    flip(&hot, log + 40);
+    let e = Pool::open(&hot).err().expect("corruption detected");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+}
