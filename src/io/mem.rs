@@ -15,10 +15,7 @@ pub struct MemDev {
 
 impl MemDev {
     pub fn new(name: &str, size_bytes: u64) -> Self {
-        MemDev {
-            name: name.to_string(),
-            data: RwLock::new(vec![0; size_bytes as usize]),
-        }
+        MemDev { name: name.to_string(), data: RwLock::new(vec![0; size_bytes as usize]) }
     }
     /// A copy of the whole device contents (for crash images in tests).
     pub fn snapshot(&self) -> Vec<u8> {
@@ -26,10 +23,7 @@ impl MemDev {
     }
     /// A device whose contents are `image`.
     pub fn from_image(name: &str, image: Vec<u8>) -> Self {
-        MemDev {
-            name: name.to_string(),
-            data: RwLock::new(image),
-        }
+        MemDev { name: name.to_string(), data: RwLock::new(image) }
     }
 }
 

@@ -39,11 +39,7 @@ pub enum IoError {
     #[error("transfer beyond device end: offset {offset} length {len} device size {size}")]
     OutOfRange { offset: u64, len: usize, size: u64 },
     #[error("short transfer: {done} of {len} bytes at offset {offset}")]
-    Short {
-        offset: u64,
-        len: usize,
-        done: usize,
-    },
+    Short { offset: u64, len: usize, done: usize },
     #[error("injected fault: {0}")]
     Injected(&'static str),
     #[error("device is crashed (fault injection); reopen it")]
@@ -55,10 +51,7 @@ pub enum IoError {
 impl IoError {
     /// Wrap an errno from a completion or a syscall.
     pub fn os(path: &str, errno: i32) -> Self {
-        IoError::Os {
-            path: path.to_string(),
-            source: std::io::Error::from_raw_os_error(errno),
-        }
+        IoError::Os { path: path.to_string(), source: std::io::Error::from_raw_os_error(errno) }
     }
     /// The errno this error carries, if it came from the OS.
     pub fn errno(&self) -> Option<i32> {
@@ -122,8 +115,7 @@ impl AlignedBuf {
         let layout = Layout::from_size_align(len, b).expect("aligned buffer layout");
         // SAFETY: layout has non-zero size.
         let raw = unsafe { alloc_zeroed(layout) };
-        let ptr =
-            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, len }
     }
     pub fn len(&self) -> usize {
@@ -182,28 +174,13 @@ pub struct IoOp<'a> {
 
 impl<'a> IoOp<'a> {
     pub fn read(dev: DevIndex, offset: u64, buf: &'a mut [u8]) -> Self {
-        IoOp {
-            dev,
-            offset,
-            kind: OpKind::Read(buf),
-            result: Ok(()),
-        }
+        IoOp { dev, offset, kind: OpKind::Read(buf), result: Ok(()) }
     }
     pub fn write(dev: DevIndex, offset: u64, buf: &'a [u8]) -> Self {
-        IoOp {
-            dev,
-            offset,
-            kind: OpKind::Write(buf),
-            result: Ok(()),
-        }
+        IoOp { dev, offset, kind: OpKind::Write(buf), result: Ok(()) }
     }
     pub fn sync(dev: DevIndex) -> Self {
-        IoOp {
-            dev,
-            offset: 0,
-            kind: OpKind::Sync,
-            result: Ok(()),
-        }
+        IoOp { dev, offset: 0, kind: OpKind::Sync, result: Ok(()) }
     }
 }
 
