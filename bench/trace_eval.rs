@@ -40,18 +40,26 @@ fn main() {
         }
     }
     for kind in SynthKind::ALL {
-        traces.push((format!("synth-{}", kind.name()), generate(&SynthConfig::new(kind, SYNTH_SEED))));
+        traces.push((
+            format!("synth-{}", kind.name()),
+            generate(&SynthConfig::new(kind, SYNTH_SEED)),
+        ));
     }
     let mut table = EvalTable::default();
     let t0 = std::time::Instant::now();
     for (name, ev) in &traces {
         for shard_bytes in SHARD_SIZES {
             let cfg = SimConfig {
-                prefetch: PrefetchConfig { shard_bytes, ..Default::default() },
+                prefetch: PrefetchConfig {
+                    shard_bytes,
+                    ..Default::default()
+                },
                 hot_shards: HOT_TIER_BYTES / shard_bytes,
                 ..Default::default()
             };
-            table.rows.extend(eval_trace(name, ev, &cfg, &PredictorKind::ALL).expect("eval"));
+            table
+                .rows
+                .extend(eval_trace(name, ev, &cfg, &PredictorKind::ALL).expect("eval"));
         }
     }
     print!("{table}");

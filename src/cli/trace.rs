@@ -13,8 +13,8 @@
 
 use anyhow::{bail, Context, Result};
 use shardblk::constants::{
-    PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS, PREFETCH_REGION_SHIFT_DEFAULT_BITS,
-    SIM_HOT_SHARDS_DEFAULT, TRACE_INTERARRIVAL_DEFAULT_NS,
+    PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
+    PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, TRACE_INTERARRIVAL_DEFAULT_NS,
 };
 use shardblk::prefetch::eval::{eval_trace, EvalTable};
 use shardblk::prefetch::sim::SimConfig;
@@ -105,7 +105,11 @@ pub enum TraceCmd {
         #[arg(long, default_value_t = SIM_HOT_SHARDS_DEFAULT)]
         hot_shards: u64,
         /// Predictors (comma-separated): none, readahead, stride, markov.
-        #[arg(long, value_delimiter = ',', default_value = "none,readahead,stride,markov")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "none,readahead,stride,markov"
+        )]
         predictors: Vec<PredictorKind>,
         /// PREFETCH_DEPTH: most shards predicted per stream per step.
         #[arg(long, default_value_t = PREFETCH_DEPTH_DEFAULT_SHARDS)]
@@ -155,7 +159,10 @@ pub enum TraceCmd {
 /// Parse "4096", "64K", "1M", "1MiB", "2G", "1T" (binary units).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_uppercase() {
@@ -169,12 +176,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         _ => (t, 0),
     };
-    let n: u64 = num.parse().map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T suffix"))?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T suffix"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn open_in(path: &Path) -> Result<BufReader<File>> {
-    Ok(BufReader::new(File::open(path).with_context(|| format!("open {}", path.display()))?))
+    Ok(BufReader::new(
+        File::open(path).with_context(|| format!("open {}", path.display()))?,
+    ))
 }
 
 /// Read a trace file: shardblk format (gzip or plain), or LIRS `.blocks`.
@@ -198,13 +210,24 @@ fn write_out(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<(
     } else {
         body(&mut w)
     };
-    res.and_then(|_| w.flush()).with_context(|| format!("write {}", path.display()))
+    res.and_then(|_| w.flush())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// Run one `trace` subcommand.
 pub fn run(cmd: TraceCmd) -> Result<()> {
     match cmd {
-        TraceCmd::Convert { from, input, output, to, block_size, interarrival_ns, blk_action, fio_filename, fio_wrap } => {
+        TraceCmd::Convert {
+            from,
+            input,
+            output,
+            to,
+            block_size,
+            interarrival_ns,
+            blk_action,
+            fio_filename,
+            fio_wrap,
+        } => {
             let r = trace::csv::maybe_gunzip(open_in(&input)?)?;
             let events = match from {
                 FromFormat::Blkparse => {
@@ -217,37 +240,72 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
                 }
                 FromFormat::Msr => trace::msr::from_msr(r),
                 FromFormat::Spc => trace::spc::from_spc(r),
-                FromFormat::Fio => trace::fio::from_fio_iolog(r, trace::fio::FioOptions { interarrival_ns }),
-                FromFormat::Lirs => trace::lirs::from_lirs(r, trace::lirs::LirsOptions { block_bytes: block_size, interarrival_ns }),
+                FromFormat::Fio => {
+                    trace::fio::from_fio_iolog(r, trace::fio::FioOptions { interarrival_ns })
+                }
+                FromFormat::Lirs => trace::lirs::from_lirs(
+                    r,
+                    trace::lirs::LirsOptions {
+                        block_bytes: block_size,
+                        interarrival_ns,
+                    },
+                ),
                 FromFormat::Csv => trace::csv::read_csv(r),
             }
             .with_context(|| format!("convert {}", input.display()))?;
             match to {
                 ToFormat::Csv => write_out(&output, |w| trace::csv::write_csv(w, &events))?,
                 ToFormat::Fio => {
-                    let opts = trace::fio::FioWriteOptions { filename: fio_filename, wrap_bytes: fio_wrap, align_bytes: 4096 };
+                    let opts = trace::fio::FioWriteOptions {
+                        filename: fio_filename,
+                        wrap_bytes: fio_wrap,
+                        align_bytes: 4096,
+                    };
                     if fio_wrap.is_some_and(|b| b < 4096) {
                         bail!("--fio-wrap must be at least 4K");
                     }
-                    write_out(&output, |w| trace::fio::write_fio_iolog_v2(w, &events, &opts))?
+                    write_out(&output, |w| {
+                        trace::fio::write_fio_iolog_v2(w, &events, &opts)
+                    })?
                 }
             }
             eprintln!("{}: {} events", output.display(), events.len());
             Ok(())
         }
-        TraceCmd::Eval { traces, shard_size, hot_shards, predictors, depth, threshold, region_shift, no_demand_cache, json } => {
+        TraceCmd::Eval {
+            traces,
+            shard_size,
+            hot_shards,
+            predictors,
+            depth,
+            threshold,
+            region_shift,
+            no_demand_cache,
+            json,
+        } => {
             let mut table = EvalTable::default();
             for path in &traces {
                 let events = read_trace_file(path)?;
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 for &shard_bytes in &shard_size {
                     let cfg = SimConfig {
-                        prefetch: PrefetchConfig { shard_bytes, depth, confidence_min: threshold, region_shift, ..Default::default() },
+                        prefetch: PrefetchConfig {
+                            shard_bytes,
+                            depth,
+                            confidence_min: threshold,
+                            region_shift,
+                            ..Default::default()
+                        },
                         hot_shards,
                         demand_cache: !no_demand_cache,
                         ..Default::default()
                     };
-                    table.rows.extend(eval_trace(&name, &events, &cfg, &predictors)?);
+                    table
+                        .rows
+                        .extend(eval_trace(&name, &events, &cfg, &predictors)?);
                 }
             }
             if json {
@@ -257,14 +315,31 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             }
             Ok(())
         }
-        TraceCmd::Synth { kind, output, events, seed, io_size, volume_size, interarrival_ns, streams } => {
+        TraceCmd::Synth {
+            kind,
+            output,
+            events,
+            seed,
+            io_size,
+            volume_size,
+            interarrival_ns,
+            streams,
+        } => {
             if io_size == 0 || io_size % 4096 != 0 {
                 bail!("--io-size must be a positive multiple of 4K");
             }
             if volume_size < 64 * io_size {
                 bail!("--volume-size must hold at least 64 reads of --io-size");
             }
-            let cfg = SynthConfig { kind, events, seed, volume_bytes: volume_size, io_bytes: io_size, interarrival_ns, streams };
+            let cfg = SynthConfig {
+                kind,
+                events,
+                seed,
+                volume_bytes: volume_size,
+                io_bytes: io_size,
+                interarrival_ns,
+                streams,
+            };
             let ev = generate(&cfg);
             write_out(&output, |w| trace::csv::write_csv(w, &ev))?;
             eprintln!("{}: {} events", output.display(), ev.len());

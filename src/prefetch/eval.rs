@@ -7,7 +7,7 @@
 //! marked `*`; it serializes to JSON with serde.
 
 use super::sim::{simulate, SimConfig, SimStats};
-use super::{PrefetchError, PredictorKind};
+use super::{PredictorKind, PrefetchError};
 use crate::trace::TraceEvent;
 use std::fmt;
 
@@ -28,7 +28,12 @@ pub struct EvalTable {
 }
 
 /// Evaluate `kinds` on one trace.
-pub fn eval_trace(name: &str, trace: &[TraceEvent], cfg: &SimConfig, kinds: &[PredictorKind]) -> Result<Vec<EvalRow>, PrefetchError> {
+pub fn eval_trace(
+    name: &str,
+    trace: &[TraceEvent],
+    cfg: &SimConfig,
+    kinds: &[PredictorKind],
+) -> Result<Vec<EvalRow>, PrefetchError> {
     kinds
         .iter()
         .map(|k| {
@@ -50,7 +55,9 @@ impl EvalTable {
     pub fn winners(&self) -> Vec<usize> {
         let mut out: Vec<usize> = Vec::new();
         for (i, r) in self.rows.iter().enumerate() {
-            match out.iter_mut().find(|&&mut w| self.rows[w].trace == r.trace && self.rows[w].shard_bytes == r.shard_bytes) {
+            match out.iter_mut().find(|&&mut w| {
+                self.rows[w].trace == r.trace && self.rows[w].shard_bytes == r.shard_bytes
+            }) {
                 Some(w) => {
                     if r.stats.mean_latency_ns < self.rows[*w].stats.mean_latency_ns {
                         *w = i;
@@ -65,7 +72,12 @@ impl EvalTable {
 
 /// "64K", "1M", "512" for byte sizes.
 pub fn human_bytes(b: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
     for (u, s) in UNITS {
         if b >= u && b % u == 0 {
             return format!("{}{s}", b / u);
@@ -77,7 +89,19 @@ pub fn human_bytes(b: u64) -> String {
 impl fmt::Display for EvalTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let head = [
-            "trace", "shard", "hot", "predictor", "reads", "hit%", "prec%", "cover%", "timely%", "staged", "dropped", "mean_us", "p99_us",
+            "trace",
+            "shard",
+            "hot",
+            "predictor",
+            "reads",
+            "hit%",
+            "prec%",
+            "cover%",
+            "timely%",
+            "staged",
+            "dropped",
+            "mean_us",
+            "p99_us",
         ];
         let winners = self.winners();
         let pct = |x: f64| format!("{:.1}", 100.0 * x);

@@ -18,10 +18,10 @@
 //! likely path is followed (context advanced by each predicted delta),
 //! confidence multiplied along it, until `depth` shards are predicted. A
 //! shard predicted for the stream within the last `2 * depth` predictions
-//! is not predicted again. Only reads are observed.
+//! is not predicted again unless its confidence has risen. Only reads are observed.
 
 use super::stream::LruMap;
-use super::{push_unique, PrefetchConfig, Prediction, Predictor, ShardEvent, StreamKey};
+use super::{push_unique, Prediction, Predictor, PrefetchConfig, ShardEvent, StreamKey};
 use crate::constants::{MARKOV_CONTEXTS_MAX, MARKOV_COUNT_HALVE_AT, MARKOV_SUCCESSORS_MAX};
 use crate::trace::Op;
 use std::collections::VecDeque;
@@ -56,17 +56,24 @@ impl Successors {
     /// Successors, most frequent first (ties: smaller delta magnitude first).
     fn ranked(&self) -> Vec<(i64, u32)> {
         let mut v = self.next.clone();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.unsigned_abs().cmp(&b.0.unsigned_abs())));
+        v.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then(a.0.unsigned_abs().cmp(&b.0.unsigned_abs()))
+        });
         v
     }
 }
+
+/// Ranked successors, their total count, and the confidence prior.
+type Ranked = (Vec<(i64, u32)>, u32, f32);
 
 #[derive(Debug, Default)]
 struct StreamState {
     last: Option<u64>,
     d1: Option<i64>,
     d2: Option<i64>,
-    recent: VecDeque<u64>,
+    /// Recently predicted (shard, confidence).
+    recent: VecDeque<(u64, f32)>,
 }
 
 /// The Markov predictor.
@@ -88,7 +95,7 @@ impl Markov {
     }
 
     /// Ranked successors of a context and the prior to use for them.
-    fn lookup(&self, d2: Option<i64>, d1: i64) -> Option<(Vec<(i64, u32)>, u32, f32)> {
+    fn lookup(&self, d2: Option<i64>, d1: i64) -> Option<Ranked> {
         if let Some(d2) = d2 {
             if let Some(s) = self.order2.peek(&(d2, d1)) {
                 if s.total > 0 {
@@ -118,9 +125,13 @@ impl Markov {
         st.d1 = Some(d);
         // Learn the transition that just happened.
         if let Some(p1) = p1 {
-            self.order1.get_or_insert_with(&p1, Successors::default).add(d);
+            self.order1
+                .get_or_insert_with(&p1, Successors::default)
+                .add(d);
             if let Some(p2) = p2 {
-                self.order2.get_or_insert_with(&(p2, p1), Successors::default).add(d);
+                self.order2
+                    .get_or_insert_with(&(p2, p1), Successors::default)
+                    .add(d);
             }
         }
         // Predict from the new context.
@@ -136,11 +147,21 @@ impl Markov {
             // Follow the most likely path.
             let (mut pos, mut c2, mut c1) = (s, d, ranked[0].0);
             let mut conf = ranked[0].1 as f32 / denom;
-            while preds.len() < depth {
-                let Some(next) = pos.checked_add_signed(c1) else { break };
+            // At most `depth` steps: a cyclic path yields repeated shards.
+            for _ in 0..depth {
+                if preds.len() >= depth {
+                    break;
+                }
+                let Some(next) = pos.checked_add_signed(c1) else {
+                    break;
+                };
                 pos = next;
-                let Some((r, t, pr)) = self.lookup(Some(c2), c1) else { break };
-                let Some(shard) = pos.checked_add_signed(r[0].0) else { break };
+                let Some((r, t, pr)) = self.lookup(Some(c2), c1) else {
+                    break;
+                };
+                let Some(shard) = pos.checked_add_signed(r[0].0) else {
+                    break;
+                };
                 conf *= r[0].1 as f32 / (t as f32 + pr);
                 if !preds.iter().any(|p| p.0 == shard) {
                     preds.push((shard, conf));
@@ -151,11 +172,23 @@ impl Markov {
         let st = self.streams.get_mut(&key).expect("stream inserted above");
         let start = out.len();
         for (shard, confidence) in preds {
-            if st.recent.contains(&shard) {
+            if st
+                .recent
+                .iter()
+                .any(|&(r, c)| r == shard && c >= confidence)
+            {
                 continue;
             }
-            if push_unique(out, start, Prediction { volume: ev.volume, shard, confidence }) {
-                st.recent.push_back(shard);
+            if push_unique(
+                out,
+                start,
+                Prediction {
+                    volume: ev.volume,
+                    shard,
+                    confidence,
+                },
+            ) {
+                st.recent.push_back((shard, confidence));
                 if st.recent.len() > 2 * depth {
                     st.recent.pop_front();
                 }
@@ -180,12 +213,22 @@ mod tests {
     use super::*;
 
     fn read(shard: u64) -> ShardEvent {
-        ShardEvent { ts_ns: 0, volume: 0, op: Op::Read, shard, shards: 1 }
+        ShardEvent {
+            ts_ns: 0,
+            volume: 0,
+            op: Op::Read,
+            shard,
+            shards: 1,
+        }
     }
 
     #[test]
     fn learns_a_repeated_delta_pattern() {
-        let cfg = PrefetchConfig { shard_bytes: 1 << 16, depth: 2, ..Default::default() };
+        let cfg = PrefetchConfig {
+            shard_bytes: 1 << 16,
+            depth: 2,
+            ..Default::default()
+        };
         let mut p = Markov::new(&cfg);
         let mut out = Vec::new();
         // Deltas +3, +5, -2 repeated: positions 1003, 1008, 1006, 1009, ...
@@ -204,7 +247,10 @@ mod tests {
                 assert!(predicted.contains(&s), "position {i} ({s}) not predicted");
                 // ...and every prediction is a shard about to be read.
                 for q in &out {
-                    assert!(pos[i + 1..].iter().take(3).any(|&f| f == q.shard), "{q:?} at {i}");
+                    assert!(
+                        pos[i + 1..].iter().take(3).any(|&f| f == q.shard),
+                        "{q:?} at {i}"
+                    );
                     assert!(q.confidence > 0.8, "{q:?}");
                 }
             }

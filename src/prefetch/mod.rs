@@ -21,10 +21,10 @@
 //! - The caller (stager or [`sim`]) drops predictions below the confidence
 //!   threshold and de-duplicates against shards already hot.
 
+pub mod eval;
 pub mod markov;
 pub mod readahead;
 pub mod sim;
-pub mod eval;
 pub mod stream;
 pub mod stride;
 pub mod synth;
@@ -94,10 +94,16 @@ impl PrefetchConfig {
             ));
         }
         if !(1..=PREFETCH_DEPTH_MAX_SHARDS).contains(&self.depth) {
-            return bad(format!("depth {} must be in 1..={PREFETCH_DEPTH_MAX_SHARDS} shards", self.depth));
+            return bad(format!(
+                "depth {} must be in 1..={PREFETCH_DEPTH_MAX_SHARDS} shards",
+                self.depth
+            ));
         }
         if !(0.0..=1.0).contains(&self.confidence_min) {
-            return bad(format!("confidence threshold {} must be in 0..=1", self.confidence_min));
+            return bad(format!(
+                "confidence threshold {} must be in 0..=1",
+                self.confidence_min
+            ));
         }
         if !(1..=SEQUENCE_LENGTH_MAX_EVENTS).contains(&self.sequence_length) {
             return bad(format!(
@@ -105,7 +111,8 @@ impl PrefetchConfig {
                 self.sequence_length
             ));
         }
-        if !(PREFETCH_REGION_SHIFT_MIN_BITS..=PREFETCH_REGION_SHIFT_MAX_BITS).contains(&self.region_shift)
+        if !(PREFETCH_REGION_SHIFT_MIN_BITS..=PREFETCH_REGION_SHIFT_MAX_BITS)
+            .contains(&self.region_shift)
             || (1u64 << self.region_shift) < self.shard_bytes
         {
             return bad(format!(
@@ -127,13 +134,26 @@ impl PrefetchConfig {
     /// Translate a trace event of `volume` into a shard event.
     pub fn shard_event(&self, volume: u32, ev: &TraceEvent) -> ShardEvent {
         let first = ev.offset / self.shard_bytes;
-        let last = if ev.len == 0 { first } else { (ev.offset + ev.len - 1) / self.shard_bytes };
-        ShardEvent { ts_ns: ev.ts_ns, volume, op: ev.op, shard: first, shards: (last - first + 1).min(u64::from(u32::MAX)) as u32 }
+        let last = if ev.len == 0 {
+            first
+        } else {
+            (ev.offset + ev.len - 1) / self.shard_bytes
+        };
+        ShardEvent {
+            ts_ns: ev.ts_ns,
+            volume,
+            op: ev.op,
+            shard: first,
+            shards: (last - first + 1).min(u64::from(u32::MAX)) as u32,
+        }
     }
 
     /// The stream an event belongs to.
     pub fn stream_of(&self, ev: &ShardEvent) -> StreamKey {
-        StreamKey { volume: ev.volume, region: ev.shard / self.region_shards() }
+        StreamKey {
+            volume: ev.volume,
+            region: ev.shard / self.region_shards(),
+        }
     }
 }
 
@@ -204,8 +224,12 @@ pub enum PredictorKind {
 
 impl PredictorKind {
     /// Every kind, in table order.
-    pub const ALL: [PredictorKind; 4] =
-        [PredictorKind::None, PredictorKind::Readahead, PredictorKind::Stride, PredictorKind::Markov];
+    pub const ALL: [PredictorKind; 4] = [
+        PredictorKind::None,
+        PredictorKind::Readahead,
+        PredictorKind::Stride,
+        PredictorKind::Markov,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -241,7 +265,10 @@ impl std::str::FromStr for PredictorKind {
 /// Push a prediction unless the same shard is already in `out` for this
 /// step's stream (`from` = index where this stream's predictions start).
 pub(crate) fn push_unique(out: &mut Vec<Prediction>, from: usize, p: Prediction) -> bool {
-    if out[from..].iter().any(|q| q.shard == p.shard && q.volume == p.volume) {
+    if out[from..]
+        .iter()
+        .any(|q| q.shard == p.shard && q.volume == p.volume)
+    {
         return false;
     }
     out.push(p);
@@ -256,12 +283,31 @@ mod tests {
     fn config_bounds() {
         assert!(PrefetchConfig::default().validate().is_ok());
         for bad in [
-            PrefetchConfig { shard_bytes: 3 << 20, ..Default::default() },
-            PrefetchConfig { depth: 0, ..Default::default() },
-            PrefetchConfig { confidence_min: 1.5, ..Default::default() },
-            PrefetchConfig { sequence_length: 0, ..Default::default() },
-            PrefetchConfig { region_shift: 17, shard_bytes: 1 << 20, ..Default::default() },
-            PrefetchConfig { streams_max: 0, ..Default::default() },
+            PrefetchConfig {
+                shard_bytes: 3 << 20,
+                ..Default::default()
+            },
+            PrefetchConfig {
+                depth: 0,
+                ..Default::default()
+            },
+            PrefetchConfig {
+                confidence_min: 1.5,
+                ..Default::default()
+            },
+            PrefetchConfig {
+                sequence_length: 0,
+                ..Default::default()
+            },
+            PrefetchConfig {
+                region_shift: 17,
+                shard_bytes: 1 << 20,
+                ..Default::default()
+            },
+            PrefetchConfig {
+                streams_max: 0,
+                ..Default::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
             assert!(PredictorKind::Stride.build(&bad).is_err());
@@ -270,12 +316,30 @@ mod tests {
 
     #[test]
     fn shard_events_and_streams() {
-        let cfg = PrefetchConfig { shard_bytes: 1 << 16, region_shift: 20, ..Default::default() };
-        let ev = TraceEvent { ts_ns: 5, op: Op::Read, offset: (1 << 20) - 4096, len: 8192 };
+        let cfg = PrefetchConfig {
+            shard_bytes: 1 << 16,
+            region_shift: 20,
+            ..Default::default()
+        };
+        let ev = TraceEvent {
+            ts_ns: 5,
+            op: Op::Read,
+            offset: (1 << 20) - 4096,
+            len: 8192,
+        };
         let s = cfg.shard_event(2, &ev);
         assert_eq!((s.shard, s.shards, s.last_shard()), (15, 2, 16));
-        assert_eq!(cfg.stream_of(&s), StreamKey { volume: 2, region: 0 });
-        assert_eq!("markov".parse::<PredictorKind>().unwrap(), PredictorKind::Markov);
+        assert_eq!(
+            cfg.stream_of(&s),
+            StreamKey {
+                volume: 2,
+                region: 0
+            }
+        );
+        assert_eq!(
+            "markov".parse::<PredictorKind>().unwrap(),
+            PredictorKind::Markov
+        );
         assert!("lstm".parse::<PredictorKind>().is_err());
     }
 }

@@ -29,7 +29,7 @@
 //! timeliness = timely / useful; mean and p99 request latency over reads.
 
 use super::stream::LruMap;
-use super::{PrefetchConfig, PrefetchError, Prediction, Predictor};
+use super::{Prediction, Predictor, PrefetchConfig, PrefetchError};
 use crate::constants::{
     SIM_COLD_ACCESS_DEFAULT_NS, SIM_COLD_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_ACCESS_DEFAULT_NS,
     SIM_HOT_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_SHARDS_DEFAULT, SIM_LATENCY_MAX_NS,
@@ -82,7 +82,10 @@ impl SimConfig {
         if self.hot_shards == 0 {
             return bad("hot tier capacity must be at least one shard");
         }
-        if self.hot_bandwidth_bytes_per_s == 0 || self.cold_bandwidth_bytes_per_s == 0 || self.stage_bandwidth_bytes_per_s == 0 {
+        if self.hot_bandwidth_bytes_per_s == 0
+            || self.cold_bandwidth_bytes_per_s == 0
+            || self.stage_bandwidth_bytes_per_s == 0
+        {
             return bad("bandwidths must be positive");
         }
         if self.batch_events == 0 {
@@ -124,7 +127,11 @@ pub struct SimStats {
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,7 +148,11 @@ fn transfer_ns(bytes: u64, bw: u64) -> u64 {
 }
 
 /// Run `predictor` (fresh) over `trace` on volume 0.
-pub fn simulate(trace: &[TraceEvent], cfg: &SimConfig, predictor: &mut dyn Predictor) -> Result<SimStats, PrefetchError> {
+pub fn simulate(
+    trace: &[TraceEvent],
+    cfg: &SimConfig,
+    predictor: &mut dyn Predictor,
+) -> Result<SimStats, PrefetchError> {
     cfg.validate()?;
     let pc = &cfg.prefetch;
     let shard_bytes = pc.shard_bytes;
@@ -171,7 +182,10 @@ pub fn simulate(trace: &[TraceEvent], cfg: &SimConfig, predictor: &mut dyn Predi
                 let seg_end = ((shard + 1) * shard_bytes).min(ev.offset + ev.len);
                 let bytes = seg_end - seg_start;
                 // A resident shard (staged or not) is Demand after this read.
-                let seg = match hot.get_mut(&shard).map(|s| std::mem::replace(s, Slot::Demand)) {
+                let seg = match hot
+                    .get_mut(&shard)
+                    .map(|s| std::mem::replace(s, Slot::Demand))
+                {
                     Some(Slot::Demand) => {
                         st.hits += 1;
                         hot_ns(bytes)
@@ -189,7 +203,8 @@ pub fn simulate(trace: &[TraceEvent], cfg: &SimConfig, predictor: &mut dyn Predi
                     None => {
                         st.misses += 1;
                         if cfg.demand_cache {
-                            if let Some((_, Slot::Staged { .. })) = hot.insert(shard, Slot::Demand) {
+                            if let Some((_, Slot::Staged { .. })) = hot.insert(shard, Slot::Demand)
+                            {
                                 st.wasted += 1;
                             }
                         }
@@ -219,7 +234,11 @@ pub fn simulate(trace: &[TraceEvent], cfg: &SimConfig, predictor: &mut dyn Predi
                 st.dropped += 1;
                 continue;
             }
-            let seek = if last_staged.is_some_and(|l| l + 1 == p.shard) { 0 } else { cfg.cold_access_ns };
+            let seek = if last_staged.is_some_and(|l| l + 1 == p.shard) {
+                0
+            } else {
+                cfg.cold_access_ns
+            };
             let ready_ns = busy_until.max(now) + seek + stage_ns;
             busy_until = ready_ns;
             last_staged = Some(p.shard);
@@ -235,7 +254,11 @@ pub fn simulate(trace: &[TraceEvent], cfg: &SimConfig, predictor: &mut dyn Predi
     st.coverage = ratio(st.useful, st.useful + st.misses);
     st.timeliness = ratio(st.timely, st.useful);
     st.mean_latency_ns = if hist.is_empty() { 0.0 } else { hist.mean() };
-    st.p99_latency_ns = if hist.is_empty() { 0 } else { hist.value_at_quantile(0.99) };
+    st.p99_latency_ns = if hist.is_empty() {
+        0
+    } else {
+        hist.value_at_quantile(0.99)
+    };
     Ok(st)
 }
 
@@ -258,7 +281,11 @@ mod tests {
         }
         fn step(&mut self, _batch: &[ShardEvent], out: &mut Vec<Prediction>) {
             if let Some(s) = self.steps.get(self.at) {
-                out.extend(s.iter().map(|&(shard, confidence)| Prediction { volume: 0, shard, confidence }));
+                out.extend(s.iter().map(|&(shard, confidence)| Prediction {
+                    volume: 0,
+                    shard,
+                    confidence,
+                }));
             }
             self.at += 1;
         }
@@ -266,7 +293,10 @@ mod tests {
 
     fn cfg(hot_shards: u64, cold_access_ns: u64) -> SimConfig {
         SimConfig {
-            prefetch: PrefetchConfig { shard_bytes: SHARD, ..Default::default() },
+            prefetch: PrefetchConfig {
+                shard_bytes: SHARD,
+                ..Default::default()
+            },
             hot_shards,
             hot_access_ns: 100,
             hot_bandwidth_bytes_per_s: 1_000_000_000,
@@ -280,7 +310,14 @@ mod tests {
     }
 
     fn reads(v: &[(u64, u64)]) -> Vec<TraceEvent> {
-        v.iter().map(|&(ts_ns, shard)| TraceEvent { ts_ns, op: Op::Read, offset: shard * SHARD, len: 4096 }).collect()
+        v.iter()
+            .map(|&(ts_ns, shard)| TraceEvent {
+                ts_ns,
+                op: Op::Read,
+                offset: shard * SHARD,
+                len: 4096,
+            })
+            .collect()
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -291,40 +328,86 @@ mod tests {
     fn demand_cache_lru_without_prefetch() {
         let t = reads(&[(0, 0), (1000, 1), (2000, 0), (3000, 2), (4000, 1)]);
         let s = simulate(&t, &cfg(2, 10_000), &mut NonePredictor).unwrap();
-        assert_eq!((s.reads, s.shard_reads, s.hits, s.misses, s.staged), (5, 5, 1, 4, 0));
+        assert_eq!(
+            (s.reads, s.shard_reads, s.hits, s.misses, s.staged),
+            (5, 5, 1, 4, 0)
+        );
         assert_eq!(s.hit_ratio, 0.2);
         // cold = 10_000 + 4096, hot = 100 + 4096
-        assert!(close(s.mean_latency_ns, (4.0 * 14_096.0 + 4_196.0) / 5.0), "{}", s.mean_latency_ns);
-        assert!(close(s.p99_latency_ns as f64, 14_096.0), "{}", s.p99_latency_ns);
+        assert!(
+            close(s.mean_latency_ns, (4.0 * 14_096.0 + 4_196.0) / 5.0),
+            "{}",
+            s.mean_latency_ns
+        );
+        assert!(
+            close(s.p99_latency_ns as f64, 14_096.0),
+            "{}",
+            s.p99_latency_ns
+        );
         // Without demand caching nothing ever hits.
-        let nc = SimConfig { demand_cache: false, ..cfg(2, 10_000) };
+        let nc = SimConfig {
+            demand_cache: false,
+            ..cfg(2, 10_000)
+        };
         assert_eq!(simulate(&t, &nc, &mut NonePredictor).unwrap().hits, 0);
     }
 
     #[test]
     fn timely_late_and_unused_stagings() {
         let t = reads(&[(0, 0), (100_000, 1), (300_000, 2), (400_000, 0)]);
-        let mut p = Script { steps: vec![vec![(1, 1.0), (5, 0.2)], vec![(2, 0.9)], vec![(3, 0.5)], vec![(0, 1.0)]], at: 0 };
+        let mut p = Script {
+            steps: vec![
+                vec![(1, 1.0), (5, 0.2)],
+                vec![(2, 0.9)],
+                vec![(3, 0.5)],
+                vec![(0, 1.0)],
+            ],
+            at: 0,
+        };
         let s = simulate(&t, &cfg(4, 100_000), &mut p).unwrap();
         // Shard 1 staged at 0: seek 100 000 + 65 536 → ready 165 536; read at
         // 100 000 → late, waits 65 536 + hot 4 196 (cold would be 104 096).
         // Shard 2 follows shard 1: ready 165 536 + 65 536 = 231 072 < 300 000 → timely.
         // Shard 3 staged, never read. Shard 5 below threshold, shard 0 already hot.
-        assert_eq!((s.predicted, s.staged, s.useful, s.timely, s.hits, s.misses, s.wasted), (5, 3, 2, 1, 2, 1, 0));
+        assert_eq!(
+            (
+                s.predicted,
+                s.staged,
+                s.useful,
+                s.timely,
+                s.hits,
+                s.misses,
+                s.wasted
+            ),
+            (5, 3, 2, 1, 2, 1, 0)
+        );
         assert!(close(s.precision, 2.0 / 3.0) && close(s.coverage, 2.0 / 3.0));
         assert_eq!((s.timeliness, s.hit_ratio), (0.5, 0.5));
         let want = (104_096.0 + 69_732.0 + 4_196.0 + 4_196.0) / 4.0;
-        assert!(close(s.mean_latency_ns, want), "{} vs {want}", s.mean_latency_ns);
+        assert!(
+            close(s.mean_latency_ns, want),
+            "{} vs {want}",
+            s.mean_latency_ns
+        );
     }
 
     #[test]
     fn eviction_waste_and_queue_drops() {
         let t = reads(&[(0, 0), (1000, 1), (2000, 2)]);
-        let mut p = Script { steps: vec![vec![(7, 1.0), (9, 1.0)]], at: 0 };
-        let c = SimConfig { stage_queue_max: 1, ..cfg(2, 10_000) };
+        let mut p = Script {
+            steps: vec![vec![(7, 1.0), (9, 1.0)]],
+            at: 0,
+        };
+        let c = SimConfig {
+            stage_queue_max: 1,
+            ..cfg(2, 10_000)
+        };
         let s = simulate(&t, &c, &mut p).unwrap();
         // 7 staged, 9 dropped (queue of 1 busy); read 1 evicts 0, read 2 evicts 7 unread.
-        assert_eq!((s.staged, s.dropped, s.wasted, s.useful, s.misses), (1, 1, 1, 0, 3));
+        assert_eq!(
+            (s.staged, s.dropped, s.wasted, s.useful, s.misses),
+            (1, 1, 1, 0, 3)
+        );
         assert_eq!(s.precision, 0.0);
     }
 
@@ -332,7 +415,10 @@ mod tests {
     fn bad_config_is_an_error() {
         let t = reads(&[(0, 0)]);
         assert!(simulate(&t, &cfg(0, 1), &mut NonePredictor).is_err());
-        let c = SimConfig { batch_events: 0, ..cfg(1, 1) };
+        let c = SimConfig {
+            batch_events: 0,
+            ..cfg(1, 1)
+        };
         assert!(simulate(&t, &c, &mut NonePredictor).is_err());
     }
 }

@@ -19,7 +19,7 @@
 //! 8): 0.5 on detection, 0.9 at most. Only reads are observed.
 
 use super::stream::{LruMap, Trackers};
-use super::{push_unique, PrefetchConfig, Prediction, Predictor, ShardEvent, StreamKey};
+use super::{push_unique, Prediction, Predictor, PrefetchConfig, ShardEvent, StreamKey};
 use crate::constants::PREFETCH_TRACKERS_PER_STREAM;
 use crate::trace::Op;
 
@@ -46,7 +46,12 @@ struct StreamState {
 
 impl StreamState {
     fn new() -> Self {
-        StreamState { history: [0; HISTORY], len: 0, next: 0, trackers: Trackers::new(PREFETCH_TRACKERS_PER_STREAM) }
+        StreamState {
+            history: [0; HISTORY],
+            len: 0,
+            next: 0,
+            trackers: Trackers::new(PREFETCH_TRACKERS_PER_STREAM),
+        }
     }
     fn remember(&mut self, s: u64) {
         self.history[self.next] = s;
@@ -70,14 +75,19 @@ pub struct Stride {
 
 impl Stride {
     pub fn new(cfg: &PrefetchConfig) -> Self {
-        Stride { cfg: *cfg, streams: LruMap::new(cfg.streams_max) }
+        Stride {
+            cfg: *cfg,
+            streams: LruMap::new(cfg.streams_max),
+        }
     }
 
     fn observe(&mut self, ev: &ShardEvent, out: &mut Vec<Prediction>) {
         let key = self.cfg.stream_of(ev);
         let st = self.streams.get_or_insert_with(&key, StreamState::new);
         let s = ev.shard;
-        let hit = st.trackers.find(|t| t.last.checked_add_signed(t.stride) == Some(s));
+        let hit = st
+            .trackers
+            .find(|t| t.last.checked_add_signed(t.stride) == Some(s));
         if st.trackers.find(|t| t.last == s).is_some() && hit.is_none() {
             return; // re-read of a tracked position
         }
@@ -93,9 +103,17 @@ impl Stride {
                 let found = st.recent().find_map(|p| {
                     let d = s as i128 - p as i128;
                     let back = p as i128 - d;
-                    (d != 0 && i64::try_from(d).is_ok() && back >= 0 && st.seen(back as u64)).then_some(d as i64)
+                    (d != 0 && i64::try_from(d).is_ok() && back >= 0 && st.seen(back as u64))
+                        .then_some(d as i64)
                 });
-                found.map(|stride| st.trackers.add(Tracker { last: s, stride, hits: 0, ahead: 0 }))
+                found.map(|stride| {
+                    st.trackers.add(Tracker {
+                        last: s,
+                        stride,
+                        hits: 0,
+                        ahead: 0,
+                    })
+                })
             }
         };
         st.remember(s);
@@ -107,13 +125,26 @@ impl Stride {
         let mut emitted = 0u64;
         let mut k = 1u32;
         while emitted < u64::from(self.cfg.depth) {
-            let Some(pos) = i64::from(k).checked_mul(t.stride).and_then(|o| s.checked_add_signed(o)) else { break };
+            let Some(pos) = i64::from(k)
+                .checked_mul(t.stride)
+                .and_then(|o| s.checked_add_signed(o))
+            else {
+                break;
+            };
             if k > t.ahead {
                 for shard in pos..pos.saturating_add(width) {
                     if emitted >= u64::from(self.cfg.depth) {
                         break;
                     }
-                    push_unique(out, start, Prediction { volume: ev.volume, shard, confidence });
+                    push_unique(
+                        out,
+                        start,
+                        Prediction {
+                            volume: ev.volume,
+                            shard,
+                            confidence,
+                        },
+                    );
                     emitted += 1;
                 }
                 t.ahead = k;
@@ -141,26 +172,46 @@ mod tests {
     use super::*;
 
     fn read(shard: u64) -> ShardEvent {
-        ShardEvent { ts_ns: 0, volume: 0, op: Op::Read, shard, shards: 1 }
+        ShardEvent {
+            ts_ns: 0,
+            volume: 0,
+            op: Op::Read,
+            shard,
+            shards: 1,
+        }
     }
 
     #[test]
     fn detects_two_interleaved_strides() {
-        let cfg = PrefetchConfig { shard_bytes: 1 << 16, depth: 3, ..Default::default() };
+        let cfg = PrefetchConfig {
+            shard_bytes: 1 << 16,
+            depth: 3,
+            ..Default::default()
+        };
         let mut p = Stride::new(&cfg);
         let mut out = Vec::new();
         // A: 100, 110, 120 ...  B: 1000, 993, 986 ...
         p.step(&[read(100), read(1000), read(110), read(993)], &mut out);
         assert!(out.is_empty());
         p.step(&[read(120)], &mut out);
-        assert_eq!(out.iter().map(|p| p.shard).collect::<Vec<_>>(), vec![130, 140, 150]);
+        assert_eq!(
+            out.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            vec![130, 140, 150]
+        );
         assert_eq!(out[0].confidence, 0.5);
         out.clear();
         p.step(&[read(986)], &mut out);
-        assert_eq!(out.iter().map(|p| p.shard).collect::<Vec<_>>(), vec![979, 972, 965]);
+        assert_eq!(
+            out.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            vec![979, 972, 965]
+        );
         out.clear();
         p.step(&[read(130)], &mut out);
-        assert_eq!(out.iter().map(|p| p.shard).collect::<Vec<_>>(), vec![160], "only the new position");
+        assert_eq!(
+            out.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            vec![160],
+            "only the new position"
+        );
         assert!(out[0].confidence > 0.6);
     }
 }

@@ -33,8 +33,13 @@ pub enum SynthKind {
 }
 
 impl SynthKind {
-    pub const ALL: [SynthKind; 5] =
-        [SynthKind::Sequential, SynthKind::Strided, SynthKind::Btree, SynthKind::Repeated, SynthKind::Random];
+    pub const ALL: [SynthKind; 5] = [
+        SynthKind::Sequential,
+        SynthKind::Strided,
+        SynthKind::Btree,
+        SynthKind::Repeated,
+        SynthKind::Random,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -50,9 +55,14 @@ impl SynthKind {
 impl std::str::FromStr for SynthKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        SynthKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            format!("unknown workload {s:?} (known: sequential, strided, btree, repeated, random)")
-        })
+        SynthKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown workload {s:?} (known: sequential, strided, btree, repeated, random)"
+                )
+            })
     }
 }
 
@@ -109,8 +119,14 @@ pub fn generate(cfg: &SynthConfig) -> Vec<TraceEvent> {
         }
         SynthKind::Strided => {
             let mib = (1u64 << 20).max(io);
-            let mut st: Vec<(u64, u64)> =
-                (0..streams).map(|_| (rng.random_range(0..volume) / io * io, rng.random_range(2..=8u64) * mib)).collect();
+            let mut st: Vec<(u64, u64)> = (0..streams)
+                .map(|_| {
+                    (
+                        rng.random_range(0..volume) / io * io,
+                        rng.random_range(2..=8u64) * mib,
+                    )
+                })
+                .collect();
             while offsets.len() < cfg.events {
                 let s = rng.random_range(0..streams);
                 offsets.push(st[s].0);
@@ -125,10 +141,18 @@ pub fn generate(cfg: &SynthConfig) -> Vec<TraceEvent> {
             let leaf_base = rng.random_range(0..slots.saturating_sub(leaves).max(1));
             let hot_keys = leaves / 20;
             while offsets.len() < cfg.events {
-                let key = if rng.random_bool(0.8) { rng.random_range(0..hot_keys) } else { rng.random_range(0..leaves) };
+                let key = if rng.random_bool(0.8) {
+                    rng.random_range(0..hot_keys)
+                } else {
+                    rng.random_range(0..leaves)
+                };
                 offsets.push(root * io);
                 offsets.push(inner[(key / FANOUT) as usize] * io);
-                let scan = if rng.random_bool(0.2) { rng.random_range(1..=8u64) } else { 1 };
+                let scan = if rng.random_bool(0.2) {
+                    rng.random_range(1..=8u64)
+                } else {
+                    1
+                };
                 for l in key..(key + scan).min(leaves) {
                     offsets.push(((leaf_base + l) % slots) * io);
                 }
@@ -151,7 +175,12 @@ pub fn generate(cfg: &SynthConfig) -> Vec<TraceEvent> {
     offsets
         .into_iter()
         .map(|offset| {
-            let ev = TraceEvent { ts_ns: t, op: Op::Read, offset, len: io };
+            let ev = TraceEvent {
+                ts_ns: t,
+                op: Op::Read,
+                offset,
+                len: io,
+            };
             // Exponential inter-arrival with the configured mean.
             let u: f64 = rng.random_range(f64::EPSILON..1.0);
             t += (-u.ln() * cfg.interarrival_ns as f64) as u64;
@@ -167,15 +196,23 @@ mod tests {
     #[test]
     fn deterministic_and_in_bounds() {
         for kind in SynthKind::ALL {
-            let cfg = SynthConfig { events: 3000, ..SynthConfig::new(kind, 42) };
+            let cfg = SynthConfig {
+                events: 3000,
+                ..SynthConfig::new(kind, 42)
+            };
             let a = generate(&cfg);
             assert_eq!(a, generate(&cfg), "{kind:?}");
             assert_ne!(a, generate(&SynthConfig { seed: 43, ..cfg }), "{kind:?}");
             assert_eq!(a.len(), 3000);
             assert!(a.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns));
-            assert!(a.iter().all(|e| e.offset + e.len <= cfg.volume_bytes && e.len == cfg.io_bytes && e.offset % 4096 == 0));
+            assert!(a.iter().all(|e| e.offset + e.len <= cfg.volume_bytes
+                && e.len == cfg.io_bytes
+                && e.offset % 4096 == 0));
             let mean = a.last().unwrap().ts_ns as f64 / 2999.0;
-            assert!((mean / cfg.interarrival_ns as f64 - 1.0).abs() < 0.1, "{kind:?} mean {mean}");
+            assert!(
+                (mean / cfg.interarrival_ns as f64 - 1.0).abs() < 0.1,
+                "{kind:?} mean {mean}"
+            );
         }
         assert_eq!("btree".parse::<SynthKind>(), Ok(SynthKind::Btree));
         assert!("zipf".parse::<SynthKind>().is_err());
