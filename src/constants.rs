@@ -138,3 +138,77 @@ const _: () = assert!(
     POOL_DEVICES_MAX * (16 + 1 + 1 + NAME_LEN_MAX_BYTES + 8 + 2 + PATH_HINT_MAX_BYTES) + 512
         <= SUPERBLOCK_SIZE_BYTES as usize
 );
+
+// --- prefetch ---
+
+/// `PREFETCH_DEPTH` default: most shards one predictor step may ask to stage
+/// for one stream (the `--depth` flag). Readahead's maximum window, stride's
+/// look-ahead and Markov's chain length are all bounded by it.
+pub const PREFETCH_DEPTH_DEFAULT_SHARDS: u32 = 8;
+/// Largest accepted `PREFETCH_DEPTH`.
+pub const PREFETCH_DEPTH_MAX_SHARDS: u32 = 256;
+/// Predictions below this confidence (0.0..=1.0, dimensionless) are not
+/// staged (the `--threshold` flag).
+pub const PREFETCH_CONFIDENCE_MIN_DEFAULT: f32 = 0.5;
+/// `SEQUENCE_LENGTH` default: events per stream in the LSTM input window.
+pub const SEQUENCE_LENGTH_DEFAULT_EVENTS: u32 = 32;
+/// Largest accepted `SEQUENCE_LENGTH`.
+pub const SEQUENCE_LENGTH_MAX_EVENTS: u32 = 1024;
+/// Stream rule: a stream is (volume, offset >> this) — 1 GiB address regions
+/// by default, so interleaved workloads in different regions never share
+/// predictor state.
+pub const PREFETCH_REGION_SHIFT_DEFAULT_BITS: u32 = 30;
+/// Bounds of the region shift (64 KiB .. 1 TiB regions).
+pub const PREFETCH_REGION_SHIFT_MIN_BITS: u32 = 16;
+pub const PREFETCH_REGION_SHIFT_MAX_BITS: u32 = 40;
+/// Per-stream state tables hold at most this many streams (LRU eviction).
+pub const PREFETCH_STREAMS_MAX: usize = 4096;
+/// Concurrent access streams tracked inside one region (readahead windows,
+/// stride trackers); the least recently used tracker is replaced.
+pub const PREFETCH_TRACKERS_PER_STREAM: usize = 8;
+/// Markov predictor: most delta contexts remembered per order (LRU), and
+/// most successor deltas counted per context (least frequent replaced).
+pub const MARKOV_CONTEXTS_MAX: usize = 1 << 16;
+pub const MARKOV_SUCCESSORS_MAX: usize = 8;
+/// Markov counts are halved when a context's total reaches this, so old
+/// behaviour fades.
+pub const MARKOV_COUNT_HALVE_AT: u32 = 1024;
+
+/// Trace files: longest accepted line (a longer one is a malformed-input error).
+pub const TRACE_LINE_LEN_MAX_BYTES: usize = 4096;
+/// Device multiplexing in converted traces: offset = device * 2^this + byte offset.
+pub const TRACE_DEVICE_SHIFT_BITS: u32 = 40;
+/// Inter-arrival time given to events of formats without timestamps (LIRS
+/// `.blocks`, fio iolog v2) unless the caller chooses another.
+pub const TRACE_INTERARRIVAL_DEFAULT_NS: u64 = 100_000;
+/// Block size given to LIRS block numbers unless the caller chooses another.
+pub const TRACE_LIRS_BLOCK_DEFAULT_BYTES: u64 = 4096;
+
+/// Offline simulator defaults: hot tier (NVMe) and cold tier (HDD) read cost
+/// is access latency + length / bandwidth.
+pub const SIM_HOT_ACCESS_DEFAULT_NS: u64 = 80_000;
+pub const SIM_HOT_BANDWIDTH_DEFAULT_BYTES_PER_S: u64 = 2_000_000_000;
+pub const SIM_COLD_ACCESS_DEFAULT_NS: u64 = 6_000_000;
+pub const SIM_COLD_BANDWIDTH_DEFAULT_BYTES_PER_S: u64 = 150_000_000;
+/// Staging channel bandwidth (cold read + hot write of a whole shard).
+pub const SIM_STAGE_BANDWIDTH_DEFAULT_BYTES_PER_S: u64 = 150_000_000;
+/// Staging backlog bound (the prefetch ring): predictions arriving while this
+/// many shards are queued or in flight are dropped and counted.
+pub const SIM_STAGE_QUEUE_MAX_SHARDS: usize = 256;
+/// Hot tier capacity default for `trace eval` (shards).
+pub const SIM_HOT_SHARDS_DEFAULT: u64 = 1024;
+/// Latency histogram range of the simulator (1 ns .. 1 hour, 3 significant digits).
+pub const SIM_LATENCY_MAX_NS: u64 = 3_600_000_000_000;
+
+const _: () = assert!(PREFETCH_DEPTH_DEFAULT_SHARDS >= 1);
+const _: () = assert!(PREFETCH_DEPTH_DEFAULT_SHARDS <= PREFETCH_DEPTH_MAX_SHARDS);
+const _: () = assert!(SEQUENCE_LENGTH_DEFAULT_EVENTS >= 1);
+const _: () = assert!(SEQUENCE_LENGTH_DEFAULT_EVENTS <= SEQUENCE_LENGTH_MAX_EVENTS);
+const _: () = assert!(PREFETCH_REGION_SHIFT_MIN_BITS <= PREFETCH_REGION_SHIFT_DEFAULT_BITS);
+const _: () = assert!(PREFETCH_REGION_SHIFT_DEFAULT_BITS <= PREFETCH_REGION_SHIFT_MAX_BITS);
+const _: () = assert!(1u64 << PREFETCH_REGION_SHIFT_MIN_BITS >= SHARD_SIZE_MIN_BYTES);
+const _: () = assert!(PREFETCH_REGION_SHIFT_MAX_BITS <= TRACE_DEVICE_SHIFT_BITS);
+const _: () =
+    assert!(PREFETCH_CONFIDENCE_MIN_DEFAULT >= 0.0 && PREFETCH_CONFIDENCE_MIN_DEFAULT <= 1.0);
+const _: () = assert!(MARKOV_SUCCESSORS_MAX >= 1 && MARKOV_COUNT_HALVE_AT >= 2);
+const _: () = assert!(PREFETCH_TRACKERS_PER_STREAM >= 1 && PREFETCH_STREAMS_MAX >= 1);

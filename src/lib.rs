@@ -9,4 +9,5 @@ pub mod io;
 pub mod prefetch;
 pub mod shard;
 pub mod trace;
+pub mod units;
 pub mod volume;

@@ -1,5 +1,4 @@
 //! Command-line front end: one file per command group, `anyhow` at this edge.
 pub mod pool;
-pub mod size;
 pub mod trace;
 pub mod volume;

@@ -1,11 +1,11 @@
 //! `shardblk pool ...`: create a pool on tier devices, show its state, and
 //! run policy windows by hand.
 
-use super::size::format_size;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use shardblk::shard::manager::run_window;
 use shardblk::shard::pool::{Pool, TierSpec};
+use shardblk::units::format_size;
 use std::path::PathBuf;
 
 /// How commands find their pool: any member device.

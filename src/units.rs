@@ -1,4 +1,4 @@
-//! Human sizes on the command line: `4096`, `64K`, `1M`, `64G`, `2T`
+//! Human sizes for command lines and reports: `4096`, `64K`, `1M`, `64G`, `2T`
 //! (binary multiples; an optional `iB`/`B` suffix is accepted), and the
 //! inverse for display.
 
