@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: a tiered pool on two files (hot and cold), a 64 GiB thin volume,
 # data in and out through the engine, persistence across processes, a policy
-# window, and the engine against fio on the same file.
+# window, the prefetch baselines on real traces, and the engine against fio on
+# the same file.
 #
 # The ublk device (/dev/ublkbN, served inside the test VM where the host has
 # no ublk driver) joins this demo with the device work (issue 3).
@@ -41,5 +42,7 @@ $B volume write demo --input "$D/data" --offset 50G
 $B pool status
 $B pool balance --windows 1
 $B pool status
+step "prefetch baselines on real traces (offline tier simulator; the LSTM joins with issue 4)"
+target/release/shardblk trace eval ../shared/traces/lirs-multi1.blocks ../shared/traces/umass_websearch_mqsim.csv.gz --shard-size 64K,1M
 step "engine vs fio on one file (4 KiB random QD1/QD32, 1 MiB sequential QD4; ${SHARDBLK_BENCH_SECS:=2} s each)"
 SHARDBLK_BENCH_DIR="$D" SHARDBLK_BENCH_SECS="$SHARDBLK_BENCH_SECS" cargo bench --quiet --bench io_vs_fio 2>/dev/null
