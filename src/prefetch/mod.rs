@@ -170,6 +170,18 @@ pub struct ShardEvent {
 }
 
 impl ShardEvent {
+    /// A one-shard read of volume 0 at time 0 (tests of the predictors).
+    #[cfg(test)]
+    pub(crate) fn read_of(shard: u64) -> ShardEvent {
+        ShardEvent {
+            ts_ns: 0,
+            volume: 0,
+            op: Op::Read,
+            shard,
+            shards: 1,
+        }
+    }
+
     /// Last shard touched.
     pub fn last_shard(&self) -> u64 {
         self.shard + u64::from(self.shards.max(1)) - 1

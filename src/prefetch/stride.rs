@@ -172,13 +172,7 @@ mod tests {
     use super::*;
 
     fn read(shard: u64) -> ShardEvent {
-        ShardEvent {
-            ts_ns: 0,
-            volume: 0,
-            op: Op::Read,
-            shard,
-            shards: 1,
-        }
+        ShardEvent::read_of(shard)
     }
 
     #[test]
