@@ -1,0 +1,335 @@
+//! One ublk queue: its thread, its io_uring, and the translation of each
+//! ublk request into volume calls.
+//!
+//! Contract:
+//! - One thread per queue, pinned to its CPU ([`QueueCtx::cpu_of`]), runs a
+//!   single-threaded executor with one task per tag. The queue's io_uring
+//!   (owned by libublk, thread local) carries both the ublk commands and the
+//!   tier reads.
+//! - READ: [`Volume::map_read`] under an epoch guard held until every tier
+//!   read has completed; mapped pieces become io_uring reads on the tier
+//!   device's file descriptor straight into the tag's ublk buffer (no
+//!   user-space copy); unmapped pieces are zero-filled in place. A short or
+//!   failed tier read fails the request with its errno (EIO for short).
+//! - WRITE: the volume's write path through this thread's own tier engine
+//!   (`Pool::engine`), straight from the ublk buffer. It blocks the queue
+//!   thread for the span of the tier writes (the queue's other requests wait);
+//!   an asynchronous overwrite path is future work (see `kernel-notes/ublk.md`).
+//!   FUA = write then [`Volume::flush`]. FLUSH = [`Volume::flush`].
+//!   DISCARD = [`Volume::discard`], WRITE_ZEROES = [`Volume::write_zeroes`].
+//!   Other ops fail with EOPNOTSUPP.
+//! - Every request pushes one [`TraceEvent`] (dropped and counted when the
+//!   ring is full) and records its latency in the queue's own histograms.
+//! - Poll modes ([`PollMode`]): `interrupt` sleeps in `io_uring_enter` until a
+//!   completion (waking every `DEVICE_IDLE_WAKE_S` to notice a stop);
+//!   `busy` never sleeps; `adaptive` spins `DEVICE_ADAPTIVE_SPIN_US` after the
+//!   last completion, then sleeps.
+
+use crate::constants::{
+    DEVICE_ADAPTIVE_SPIN_US, DEVICE_IDLE_WAKE_S, DEVICE_IO_BUF_BYTES, TIERS_MAX, UNIT_SIZE_BYTES,
+};
+use crate::device::config::PollMode;
+use crate::device::metrics::{Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
+use crate::io::IoEngine;
+use crate::volume::handle::Volume;
+use crate::volume::split::PieceKind;
+use crossbeam_epoch as epoch;
+use io_uring::{opcode, squeue, types};
+use libublk::helpers::IoBuf;
+use libublk::io::{UblkDev, UblkQueue};
+use libublk::uring_async::UblkUringOpFuture;
+use libublk::{BufDesc, UblkError};
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Most tier reads one request can need: a piece never crosses a unit-sized
+/// split child, so a request of `DEVICE_IO_BUF_BYTES` touches at most this many.
+pub const READ_PIECES_MAX: usize = (DEVICE_IO_BUF_BYTES as u64 / UNIT_SIZE_BYTES) as usize + 1;
+
+/// What every queue thread of a device shares.
+pub struct QueueCtx {
+    pub volume: Volume,
+    pub poll: PollMode,
+    pub cpus: Vec<usize>,
+    /// Raw fds of the tier devices, by tier index.
+    pub fds: [RawFd; TIERS_MAX],
+    /// When the device started (trace and latency clock origin).
+    pub start: Instant,
+    /// Trace producers, taken by their queue thread at start.
+    pub producers: Mutex<Vec<Option<TraceProducer>>>,
+    /// Published snapshots, by queue.
+    pub snapshots: Mutex<Vec<Option<Arc<Mutex<QueueSnapshot>>>>>,
+    /// Thread ids of the queue threads, by queue.
+    pub tids: Mutex<Vec<Option<i32>>>,
+}
+
+impl QueueCtx {
+    pub fn cpu_of(&self, q: u16) -> usize {
+        self.cpus[q as usize % self.cpus.len()]
+    }
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// Per-thread state of one queue.
+struct QueueState {
+    ctx: Arc<QueueCtx>,
+    engine: RefCell<Box<dyn IoEngine>>,
+    metrics: RefCell<QueueMetrics>,
+    trace: RefCell<TraceProducer>,
+}
+
+/// Pin the calling thread to `cpu`.
+pub fn pin_current(cpu: usize) -> bool {
+    core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+}
+
+/// Pin thread `tid` to `cpu` (used from the control thread after libublk
+/// applied the kernel's default queue affinity).
+pub fn pin_thread(tid: i32, cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set. CPU_SET
+    // writes inside it (cpu is bounds-checked by the macro's implementation
+    // against the set size), and sched_setaffinity only reads it.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The body of queue thread `qid` (called by libublk on its queue thread).
+pub fn run_queue(qid: u16, dev: &UblkDev, ctx: &Arc<QueueCtx>) {
+    let cpu = ctx.cpu_of(qid);
+    if !pin_current(cpu) {
+        tracing::warn!("queue {qid}: could not pin to CPU {cpu}");
+    }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    ctx.tids.lock().expect("tids")[qid as usize] = Some(tid);
+    let producer = ctx.producers.lock().expect("producers")[qid as usize]
+        .take()
+        .expect("one thread per queue");
+    let metrics = QueueMetrics::new(qid, cpu);
+    ctx.snapshots.lock().expect("snapshots")[qid as usize] = Some(metrics.shared());
+    let state = Rc::new(QueueState {
+        engine: RefCell::new(ctx.volume.pool().engine()),
+        ctx: ctx.clone(),
+        metrics: RefCell::new(metrics),
+        trace: RefCell::new(producer),
+    });
+    let q = match UblkQueue::new(qid, dev) {
+        Ok(q) => Rc::new(q),
+        Err(e) => {
+            tracing::error!("queue {qid}: {e}");
+            return;
+        }
+    };
+    let exe = Rc::new(smol::LocalExecutor::new());
+    let mut tasks = Vec::new();
+    for tag in q.tags() {
+        let q = q.clone();
+        let st = state.clone();
+        tasks.push(exe.spawn(async move {
+            match tag_task(&q, tag, &st).await {
+                Err(UblkError::QueueIsDown) | Ok(()) => {}
+                Err(e) => tracing::error!("queue {qid} tag {tag}: {e}"),
+            }
+        }));
+    }
+    let exe2 = exe.clone();
+    let st = state.clone();
+    let run_ops = move || {
+        while exe2.try_tick() {}
+        let dropped = st.trace.borrow().dropped();
+        st.metrics
+            .borrow_mut()
+            .maybe_publish(st.ctx.now_ns(), dropped, false);
+    };
+    let done = || tasks.iter().all(|t| t.is_finished());
+    let poll = ctx.poll;
+    let qq = q.clone();
+    let poll_uring = move || {
+        let q = qq.clone();
+        async move { poll_ring(&q, poll) }
+    };
+    let reap = |timeout| {
+        libublk::uring_async::ublk_reap_io_events_with_update_queue(&q, timeout, None, |cqe| {
+            libublk::uring_async::ublk_wake_task(cqe.user_data(), cqe)
+        })
+    };
+    let r = smol::block_on(exe.run(libublk::uring_async::run_uring_tasks(
+        poll_uring, reap, run_ops, done,
+    )));
+    if let Err(e) = r {
+        tracing::error!("queue {qid}: event loop: {e}");
+    }
+    let dropped = state.trace.borrow().dropped();
+    state
+        .metrics
+        .borrow_mut()
+        .maybe_publish(ctx.now_ns(), dropped, true);
+}
+
+fn cq_ready() -> bool {
+    libublk::io::with_task_io_ring_mut(|r| !r.completion().is_empty())
+}
+
+/// Wait for completions as the poll mode says. `Ok(true)`: timed out idle.
+fn poll_ring(q: &UblkQueue<'_>, mode: PollMode) -> Result<bool, UblkError> {
+    let idle = Some(types::Timespec::new().sec(DEVICE_IDLE_WAKE_S));
+    match mode {
+        PollMode::Interrupt => libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, idle, 1),
+        PollMode::Busy => loop {
+            libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, None, 0)?;
+            if cq_ready() {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        },
+        PollMode::Adaptive => {
+            let t0 = Instant::now();
+            loop {
+                libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, None, 0)?;
+                if cq_ready() {
+                    return Ok(false);
+                }
+                if t0.elapsed().as_micros() as u64 >= DEVICE_ADAPTIVE_SPIN_US {
+                    return libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, idle, 1);
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+async fn tag_task(q: &UblkQueue<'_>, tag: u16, st: &QueueState) -> Result<(), UblkError> {
+    let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
+    let mut pending: Vec<(UblkUringOpFuture, u32)> = Vec::with_capacity(READ_PIECES_MAX);
+    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+        .await?;
+    loop {
+        let res = serve(q, tag, buf.as_mut_slice(), &mut pending, st).await;
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
+            .await?;
+    }
+}
+
+/// Serve one request; returns the ublk result (bytes, 0, or -errno).
+async fn serve(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    buf: &mut [u8],
+    pending: &mut Vec<(UblkUringOpFuture, u32)>,
+    st: &QueueState,
+) -> i32 {
+    let iod = q.get_iod(tag);
+    let raw_op = iod.op_flags & 0xff;
+    let fua = iod.op_flags & libublk::sys::UBLK_IO_F_FUA != 0;
+    let offset = iod.start_sector << 9;
+    let len = u64::from(iod.nr_sectors) << 9;
+    let op = match raw_op {
+        libublk::sys::UBLK_IO_OP_READ => Op::Read,
+        libublk::sys::UBLK_IO_OP_WRITE => Op::Write,
+        libublk::sys::UBLK_IO_OP_FLUSH => Op::Flush,
+        libublk::sys::UBLK_IO_OP_DISCARD => Op::Discard,
+        libublk::sys::UBLK_IO_OP_WRITE_ZEROES => Op::WriteZeroes,
+        _ => return -libc::EOPNOTSUPP,
+    };
+    let ctx = &st.ctx;
+    let t0 = ctx.now_ns();
+    st.trace.borrow_mut().push(TraceEvent {
+        time_ns: t0,
+        volume: ctx.volume.id(),
+        offset,
+        len: len as u32,
+        op,
+    });
+    let vol = &ctx.volume;
+    let data_len = (len as usize).min(buf.len());
+    let r: Result<(), i32> = match op {
+        Op::Read if len as usize > buf.len() => Err(libc::EINVAL),
+        Op::Read => read(q, vol, ctx, offset, &mut buf[..data_len], pending).await,
+        Op::Write if len as usize > buf.len() => Err(libc::EINVAL),
+        Op::Write => {
+            let mut eng = st.engine.borrow_mut();
+            vol.write(&mut **eng, offset, &buf[..data_len])
+                .and_then(|()| if fua { vol.flush() } else { Ok(()) })
+                .map_err(|e| e.errno())
+        }
+        Op::Flush => vol.flush().map_err(|e| e.errno()),
+        Op::Discard => vol.discard(offset, len).map_err(|e| e.errno()),
+        Op::WriteZeroes => {
+            let mut eng = st.engine.borrow_mut();
+            vol.write_zeroes(&mut **eng, offset, len)
+                .map_err(|e| e.errno())
+        }
+    };
+    let t1 = ctx.now_ns();
+    st.metrics
+        .borrow_mut()
+        .record(op, len, t1.saturating_sub(t0), r.is_ok());
+    match r {
+        Ok(()) if matches!(op, Op::Read | Op::Write) => len as i32,
+        Ok(()) => 0,
+        Err(errno) => {
+            tracing::debug!("{op:?} at {offset} len {len}: errno {errno}");
+            -errno
+        }
+    }
+}
+
+/// A read: tier reads on the queue ring straight into `buf`, zeros for holes.
+async fn read(
+    q: &UblkQueue<'_>,
+    vol: &Volume,
+    ctx: &QueueCtx,
+    offset: u64,
+    buf: &mut [u8],
+    pending: &mut Vec<(UblkUringOpFuture, u32)>,
+) -> Result<(), i32> {
+    let guard = epoch::pin();
+    let mapped = vol.map_read(&guard, offset, buf.len() as u64, |p| {
+        let at = p.buf_offset as usize;
+        let piece = &mut buf[at..at + p.len as usize];
+        match p.kind {
+            PieceKind::Unmapped => piece.fill(0),
+            PieceKind::Mapped {
+                tier,
+                device_byte_offset,
+            } => {
+                let sqe = opcode::Read::new(
+                    types::Fd(ctx.fds[tier]),
+                    piece.as_mut_ptr(),
+                    p.len as u32,
+                )
+                .offset(device_byte_offset)
+                .build();
+                pending.push((q.ublk_submit_sqe(sqe), p.len as u32));
+            }
+        }
+    });
+    // Every submitted read must complete before the buffer is reused or the
+    // guard released, error or not.
+    let mut err = mapped.err().map(|e| e.errno());
+    for (f, want) in pending.drain(..) {
+        let res = f.await;
+        if err.is_none() {
+            if res < 0 {
+                err = Some(-res);
+            } else if res as u32 != want {
+                err = Some(libc::EIO);
+            }
+        }
+    }
+    drop(guard);
+    err.map_or(Ok(()), Err)
+}
