@@ -66,3 +66,8 @@ fn ext4_on_device_survives_fsck_and_restart() {
 fn fio_verify_random_and_sequential() {
     run_script("fio_verify.sh");
 }
+
+#[test]
+fn kill_daemon_mid_verify_then_recover() {
+    run_script("recover.sh");
+}

@@ -306,13 +306,10 @@ async fn read(
                 tier,
                 device_byte_offset,
             } => {
-                let sqe = opcode::Read::new(
-                    types::Fd(ctx.fds[tier]),
-                    piece.as_mut_ptr(),
-                    p.len as u32,
-                )
-                .offset(device_byte_offset)
-                .build();
+                let sqe =
+                    opcode::Read::new(types::Fd(ctx.fds[tier]), piece.as_mut_ptr(), p.len as u32)
+                        .offset(device_byte_offset)
+                        .build();
                 pending.push((q.ublk_submit_sqe(sqe), p.len as u32));
             }
         }

@@ -22,7 +22,9 @@ use crate::constants::{
 };
 use crate::device::config::{online_cpus, DeviceConfig};
 use crate::device::control::{spawn_server, ControlState};
-use crate::device::features::{probe, Features, UBLK_F_USER_RECOVERY};
+use crate::device::features::{
+    probe, Features, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
+};
 use crate::device::metrics::{trace_ring, TraceConsumer};
 use crate::device::queue::{pin_thread, run_queue, QueueCtx};
 use crate::device::registry::{socket_path, DeviceRecord};
@@ -68,6 +70,24 @@ pub fn device_state(n: u32) -> Result<&'static str, DeviceError> {
         libublk::sys::UBLK_S_DEV_FAIL_IO => "fail_io",
         _ => "dead",
     })
+}
+
+/// Wait until device `n` is quiesced (its daemon gone, I/O held), as
+/// recovery requires.
+fn wait_quiesced(n: u32) -> Result<(), DeviceError> {
+    let t0 = Instant::now();
+    loop {
+        let st = device_state(n)?;
+        if st == "quiesced" {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(DEVICE_STOP_TIMEOUT_S) {
+            return Err(DeviceError::Ublk(format!(
+                "device {n} is {st}, not quiesced: recovery needs a device added with UBLK_F_USER_RECOVERY whose daemon has exited"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Stop and delete device `n`, waiting for its daemon to exit.
@@ -180,11 +200,18 @@ fn run(
     tell: impl Fn(Ready) + Send + Sync + Clone + 'static,
 ) -> Result<(), DeviceError> {
     let cfg = opts.config.clone();
-    let ctrl_flags = if p.features.has(UBLK_F_USER_RECOVERY) {
-        UBLK_F_USER_RECOVERY
-    } else {
-        0
-    };
+    // Requests in flight when a daemon dies are reissued to the next one:
+    // every volume op is idempotent (a block write of the same data, a
+    // read, a flush, a discard of the same range).
+    let ctrl_flags = [UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE]
+        .into_iter()
+        .filter(|&f| p.features.has(f))
+        .fold(0, |a, f| a | f);
+    if opts.recover {
+        let n = cfg.number.expect("checked in prepare");
+        wait_quiesced(n)?;
+        UblkCtrl::new_simple(n as i32)?.start_user_recover()?;
+    }
     let dev_flags = if opts.recover {
         UblkFlags::UBLK_DEV_F_RECOVER_DEV
     } else {
