@@ -11,11 +11,13 @@
 //!   device's file descriptor straight into the tag's ublk buffer (no
 //!   user-space copy); unmapped pieces are zero-filled in place. A short or
 //!   failed tier read fails the request with its errno (EIO for short).
-//! - WRITE: the volume's write path through this thread's own tier engine
-//!   (`Pool::engine`), straight from the ublk buffer. It blocks the queue
-//!   thread for the span of the tier writes (the queue's other requests wait);
-//!   an asynchronous overwrite path is future work (see `kernel-notes/ublk.md`).
-//!   FUA = write then [`Volume::flush`]. FLUSH = [`Volume::flush`].
+//! - WRITE: [`Volume::map_write`] enters the writers of the mapped entries;
+//!   the tier writes go out on the queue ring straight from the ublk buffer
+//!   and the tickets are held until they complete. A write that touches an
+//!   unmapped entry (the first write of a shard: allocate, write, zero the
+//!   rest, publish, log `Map`) takes the synchronous [`Volume::write`] on this
+//!   thread's own tier engine (`Pool::engine`), blocking the queue thread for
+//!   that write only. FUA = write then [`Volume::flush`]. FLUSH = [`Volume::flush`].
 //!   DISCARD = [`Volume::discard`], WRITE_ZEROES = [`Volume::write_zeroes`].
 //!   Other ops fail with EOPNOTSUPP.
 //! - Every request pushes one [`TraceEvent`] (dropped and counted when the
@@ -31,8 +33,9 @@ use crate::constants::{
 use crate::device::config::PollMode;
 use crate::device::metrics::{Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
 use crate::io::IoEngine;
-use crate::volume::handle::Volume;
+use crate::volume::handle::{Volume, WritePiece};
 use crate::volume::split::PieceKind;
+use crate::volume::table::WriteTicket;
 use crossbeam_epoch as epoch;
 use io_uring::{opcode, squeue, types};
 use libublk::helpers::IoBuf;
@@ -259,12 +262,10 @@ async fn serve(
         Op::Read if len as usize > buf.len() => Err(libc::EINVAL),
         Op::Read => read(q, vol, ctx, offset, &mut buf[..data_len], pending).await,
         Op::Write if len as usize > buf.len() => Err(libc::EINVAL),
-        Op::Write => {
-            let mut eng = st.engine.borrow_mut();
-            vol.write(&mut **eng, offset, &buf[..data_len])
-                .and_then(|()| if fua { vol.flush() } else { Ok(()) })
-                .map_err(|e| e.errno())
-        }
+        Op::Write => match write(q, st, offset, &buf[..data_len], pending).await {
+            Ok(()) if fua => vol.flush().map_err(|e| e.errno()),
+            r => r,
+        },
         Op::Flush => vol.flush().map_err(|e| e.errno()),
         Op::Discard => vol.discard(offset, len).map_err(|e| e.errno()),
         Op::WriteZeroes => {
@@ -285,6 +286,62 @@ async fn serve(
             -errno
         }
     }
+}
+
+/// A write: overwrites of mapped entries go out on the queue ring straight
+/// from `buf`, holding the entries' writer tickets until they complete; a
+/// write touching an unmapped entry (a first write, which maps an extent)
+/// takes the synchronous volume path on this thread's engine.
+async fn write(
+    q: &UblkQueue<'_>,
+    st: &QueueState,
+    offset: u64,
+    buf: &[u8],
+    pending: &mut Vec<(UblkUringOpFuture, u32)>,
+) -> Result<(), i32> {
+    let vol = &st.ctx.volume;
+    let guard = epoch::pin();
+    let mut slots: [Option<(WritePiece, WriteTicket<'_>)>; READ_PIECES_MAX] = Default::default();
+    let n = match vol.map_write(&guard, offset, buf.len() as u64, &mut slots) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            drop(slots);
+            let mut eng = st.engine.borrow_mut();
+            return vol.write(&mut **eng, offset, buf).map_err(|e| e.errno());
+        }
+        Err(e) => return Err(e.errno()),
+    };
+    for (p, _) in slots[..n].iter().flatten() {
+        let src = &buf[p.buf_offset as usize..(p.buf_offset + p.len) as usize];
+        let sqe = opcode::Write::new(types::Fd(st.ctx.fds[p.tier]), src.as_ptr(), p.len as u32)
+            .offset(p.device_byte_offset)
+            .build();
+        pending.push((q.ublk_submit_sqe(sqe), p.len as u32));
+    }
+    let r = await_all(pending, None).await;
+    drop(slots); // end the writes: their I/O has completed
+    drop(guard);
+    r
+}
+
+/// Await every submitted tier op (all of them, even after a failure: the
+/// kernel still uses their buffers); the first error wins, a short transfer
+/// is EIO.
+async fn await_all(
+    pending: &mut Vec<(UblkUringOpFuture, u32)>,
+    mut err: Option<i32>,
+) -> Result<(), i32> {
+    for (f, want) in pending.drain(..) {
+        let res = f.await;
+        if err.is_none() {
+            if res < 0 {
+                err = Some(-res);
+            } else if res as u32 != want {
+                err = Some(libc::EIO);
+            }
+        }
+    }
+    err.map_or(Ok(()), Err)
 }
 
 /// A read: tier reads on the queue ring straight into `buf`, zeros for holes.
@@ -316,17 +373,7 @@ async fn read(
     });
     // Every submitted read must complete before the buffer is reused or the
     // guard released, error or not.
-    let mut err = mapped.err().map(|e| e.errno());
-    for (f, want) in pending.drain(..) {
-        let res = f.await;
-        if err.is_none() {
-            if res < 0 {
-                err = Some(-res);
-            } else if res as u32 != want {
-                err = Some(libc::EIO);
-            }
-        }
-    }
+    let r = await_all(pending, mapped.err().map(|e| e.errno())).await;
     drop(guard);
-    err.map_or(Ok(()), Err)
+    r
 }
