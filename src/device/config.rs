@@ -110,11 +110,11 @@ impl DeviceConfig {
     }
 }
 
-/// Whether this build serves requests with zero copy. The queue code
-/// implements copy mode only (tier I/O goes straight into the ublk queue
-/// buffer, without a user-space copy; the kernel copies between the
-/// request's pages and that buffer).
-pub const ZERO_COPY_IMPLEMENTED: bool = false;
+/// Whether this build serves requests with zero copy (`UBLK_F_AUTO_BUF_REG`:
+/// tier I/O on the request's own pages; see `device::queue`). Copy mode
+/// still has no user-space copy: tier I/O goes straight into the ublk queue
+/// buffer and the kernel copies between it and the request's pages.
+pub const ZERO_COPY_IMPLEMENTED: bool = true;
 
 /// Decide zero copy from the mode and the kernel's features: `(use it, fallback message)`.
 pub fn decide_zero_copy(

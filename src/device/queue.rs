@@ -43,7 +43,8 @@ use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::UblkUringOpFuture;
 use libublk::{BufDesc, UblkError};
 use std::cell::RefCell;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -67,11 +68,18 @@ pub struct QueueCtx {
     pub snapshots: Mutex<Vec<Option<Arc<Mutex<QueueSnapshot>>>>>,
     /// Thread ids of the queue threads, by queue.
     pub tids: Mutex<Vec<Option<i32>>>,
+    /// Serve with `UBLK_F_AUTO_BUF_REG` (the device was added with it).
+    pub zero_copy: bool,
+    /// `/dev/zero`, read into the request's pages for holes in zero-copy mode.
+    pub zero: std::fs::File,
 }
 
 impl QueueCtx {
     pub fn cpu_of(&self, q: u16) -> usize {
         self.cpus[q as usize % self.cpus.len()]
+    }
+    fn zero_fd(&self) -> RawFd {
+        self.zero.as_raw_fd()
     }
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
@@ -84,6 +92,9 @@ struct QueueState {
     engine: RefCell<Box<dyn IoEngine>>,
     metrics: RefCell<QueueMetrics>,
     trace: RefCell<TraceProducer>,
+    /// Zero copy only: a memfd with one `DEVICE_IO_BUF_BYTES` region per tag,
+    /// through which first writes reach user memory.
+    bounce_fd: Option<std::fs::File>,
 }
 
 /// Pin the calling thread to `cpu`.
@@ -109,6 +120,21 @@ pub fn pin_thread(tid: i32, cpu: usize) -> std::io::Result<()> {
     }
 }
 
+/// The zero-copy bounce memfd of queue `qid`: `depth` regions of `DEVICE_IO_BUF_BYTES`.
+fn bounce_memfd(qid: u16, depth: u64) -> std::io::Result<std::fs::File> {
+    let name = std::ffi::CString::new(format!("shardblk-bounce-q{qid}")).expect("no NUL");
+    // SAFETY: name is a valid NUL-terminated string; the returned fd, when
+    // non-negative, is new and owned by nobody else.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created above and is owned here alone.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(depth * u64::from(DEVICE_IO_BUF_BYTES))?;
+    Ok(f)
+}
+
 /// The body of queue thread `qid` (called by libublk on its queue thread).
 pub fn run_queue(qid: u16, dev: &UblkDev, ctx: &Arc<QueueCtx>) {
     let cpu = ctx.cpu_of(qid);
@@ -128,6 +154,17 @@ pub fn run_queue(qid: u16, dev: &UblkDev, ctx: &Arc<QueueCtx>) {
         ctx: ctx.clone(),
         metrics: RefCell::new(metrics),
         trace: RefCell::new(producer),
+        bounce_fd: if ctx.zero_copy {
+            match bounce_memfd(qid, u64::from(dev.dev_info.queue_depth)) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!("queue {qid}: {e}");
+                    return;
+                }
+            }
+        } else {
+            None
+        },
     });
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
@@ -217,12 +254,55 @@ fn poll_ring(q: &UblkQueue<'_>, mode: PollMode) -> Result<bool, UblkError> {
 async fn tag_task(q: &UblkQueue<'_>, tag: u16, st: &QueueState) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
     let mut pending: Vec<(UblkUringOpFuture, u32)> = Vec::with_capacity(READ_PIECES_MAX);
+    if st.ctx.zero_copy {
+        // The request's pages are registered at fixed-buffer index `tag` of
+        // this ring for the span of the request; `buf` only bounces first writes.
+        let reg = libublk::sys::ublk_auto_buf_reg {
+            index: tag,
+            flags: 0,
+            reserved0: 0,
+            reserved1: 0,
+        };
+        q.submit_io_prep_cmd(tag, BufDesc::AutoReg(reg), 0, None)
+            .await?;
+        loop {
+            let mut rb = ReqBuf::Fixed {
+                index: tag,
+                bounce: buf.as_mut_slice(),
+            };
+            let res = serve(q, tag, &mut rb, &mut pending, st).await;
+            q.submit_io_commit_cmd(tag, BufDesc::AutoReg(reg), res)
+                .await?;
+        }
+    }
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
-        let res = serve(q, tag, buf.as_mut_slice(), &mut pending, st).await;
+        let mut rb = ReqBuf::Copy(buf.as_mut_slice());
+        let res = serve(q, tag, &mut rb, &mut pending, st).await;
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
+    }
+}
+
+/// Where a request's data lives.
+enum ReqBuf<'a> {
+    /// Copy mode: the tag's buffer, which the kernel fills (writes) or
+    /// drains (reads) around the request.
+    Copy(&'a mut [u8]),
+    /// Zero copy: the request's own pages, registered at fixed-buffer
+    /// `index` (addresses are offsets into the request); `bounce` receives
+    /// the data of a first write, which the synchronous map path needs in
+    /// user memory.
+    Fixed { index: u16, bounce: &'a mut [u8] },
+}
+
+impl ReqBuf<'_> {
+    fn capacity(&self) -> usize {
+        match self {
+            ReqBuf::Copy(b) => b.len(),
+            ReqBuf::Fixed { bounce, .. } => bounce.len(),
+        }
     }
 }
 
@@ -230,7 +310,7 @@ async fn tag_task(q: &UblkQueue<'_>, tag: u16, st: &QueueState) -> Result<(), Ub
 async fn serve(
     q: &UblkQueue<'_>,
     tag: u16,
-    buf: &mut [u8],
+    buf: &mut ReqBuf<'_>,
     pending: &mut Vec<(UblkUringOpFuture, u32)>,
     st: &QueueState,
 ) -> i32 {
@@ -257,12 +337,10 @@ async fn serve(
         op,
     });
     let vol = &ctx.volume;
-    let data_len = (len as usize).min(buf.len());
     let r: Result<(), i32> = match op {
-        Op::Read if len as usize > buf.len() => Err(libc::EINVAL),
-        Op::Read => read(q, vol, ctx, offset, &mut buf[..data_len], pending).await,
-        Op::Write if len as usize > buf.len() => Err(libc::EINVAL),
-        Op::Write => match write(q, st, offset, &buf[..data_len], pending).await {
+        Op::Read | Op::Write if len as usize > buf.capacity() => Err(libc::EINVAL),
+        Op::Read => read(q, vol, ctx, offset, len, buf, pending).await,
+        Op::Write => match write(q, st, offset, len, buf, pending).await {
             Ok(()) if fua => vol.flush().map_err(|e| e.errno()),
             r => r,
         },
@@ -296,32 +374,76 @@ async fn write(
     q: &UblkQueue<'_>,
     st: &QueueState,
     offset: u64,
-    buf: &[u8],
+    len: u64,
+    buf: &mut ReqBuf<'_>,
     pending: &mut Vec<(UblkUringOpFuture, u32)>,
 ) -> Result<(), i32> {
     let vol = &st.ctx.volume;
     let guard = epoch::pin();
     let mut slots: [Option<(WritePiece, WriteTicket<'_>)>; READ_PIECES_MAX] = Default::default();
-    let n = match vol.map_write(&guard, offset, buf.len() as u64, &mut slots) {
+    let n = match vol.map_write(&guard, offset, len, &mut slots) {
         Ok(Some(n)) => n,
         Ok(None) => {
             drop(slots);
+            let data: &[u8] = match buf {
+                ReqBuf::Copy(b) => &b[..len as usize],
+                ReqBuf::Fixed { index, bounce } => {
+                    bounce_in(q, st, *index, &mut bounce[..len as usize]).await?;
+                    &bounce[..len as usize]
+                }
+            };
             let mut eng = st.engine.borrow_mut();
-            return vol.write(&mut **eng, offset, buf).map_err(|e| e.errno());
+            return vol.write(&mut **eng, offset, data).map_err(|e| e.errno());
         }
         Err(e) => return Err(e.errno()),
     };
     for (p, _) in slots[..n].iter().flatten() {
-        let src = &buf[p.buf_offset as usize..(p.buf_offset + p.len) as usize];
-        let sqe = opcode::Write::new(types::Fd(st.ctx.fds[p.tier]), src.as_ptr(), p.len as u32)
-            .offset(p.device_byte_offset)
-            .build();
+        let fd = types::Fd(st.ctx.fds[p.tier]);
+        let sqe = match buf {
+            ReqBuf::Copy(b) => {
+                let src = &b[p.buf_offset as usize..(p.buf_offset + p.len) as usize];
+                opcode::Write::new(fd, src.as_ptr(), p.len as u32)
+                    .offset(p.device_byte_offset)
+                    .build()
+            }
+            ReqBuf::Fixed { index, .. } => {
+                opcode::WriteFixed::new(fd, p.buf_offset as *const u8, p.len as u32, *index)
+                    .offset(p.device_byte_offset)
+                    .build()
+            }
+        };
         pending.push((q.ublk_submit_sqe(sqe), p.len as u32));
     }
     let r = await_all(pending, None).await;
     drop(slots); // end the writes: their I/O has completed
     drop(guard);
     r
+}
+
+/// Zero copy, first write: copy the request's data into `bounce` (user
+/// memory) through this queue's memfd: a fixed-buffer write of the request
+/// pages into the tag's region of the memfd, then a read back.
+async fn bounce_in(
+    q: &UblkQueue<'_>,
+    st: &QueueState,
+    index: u16,
+    bounce: &mut [u8],
+) -> Result<(), i32> {
+    let fd = st.bounce_fd.as_ref().ok_or(libc::EINVAL)?;
+    let at = u64::from(index) * u64::from(DEVICE_IO_BUF_BYTES);
+    let len = bounce.len() as u32;
+    let sqe = opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), std::ptr::null(), len, index)
+        .offset(at)
+        .build();
+    let res = q.ublk_submit_sqe(sqe).await;
+    if res < 0 {
+        return Err(-res);
+    }
+    if res as u32 != len {
+        return Err(libc::EIO);
+    }
+    fd.read_exact_at(bounce, at)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Await every submitted tier op (all of them, even after a failure: the
@@ -350,26 +472,43 @@ async fn read(
     vol: &Volume,
     ctx: &QueueCtx,
     offset: u64,
-    buf: &mut [u8],
+    len: u64,
+    buf: &mut ReqBuf<'_>,
     pending: &mut Vec<(UblkUringOpFuture, u32)>,
 ) -> Result<(), i32> {
     let guard = epoch::pin();
-    let mapped = vol.map_read(&guard, offset, buf.len() as u64, |p| {
+    let mapped = vol.map_read(&guard, offset, len, |p| {
         let at = p.buf_offset as usize;
-        let piece = &mut buf[at..at + p.len as usize];
-        match p.kind {
-            PieceKind::Unmapped => piece.fill(0),
-            PieceKind::Mapped {
-                tier,
-                device_byte_offset,
-            } => {
-                let sqe =
-                    opcode::Read::new(types::Fd(ctx.fds[tier]), piece.as_mut_ptr(), p.len as u32)
-                        .offset(device_byte_offset)
-                        .build();
-                pending.push((q.ublk_submit_sqe(sqe), p.len as u32));
+        let n = p.len as u32;
+        let sqe = match (&mut *buf, p.kind) {
+            (ReqBuf::Copy(b), PieceKind::Unmapped) => {
+                b[at..at + n as usize].fill(0);
+                return;
             }
-        }
+            (
+                ReqBuf::Copy(b),
+                PieceKind::Mapped {
+                    tier,
+                    device_byte_offset,
+                },
+            ) => opcode::Read::new(types::Fd(ctx.fds[tier]), b[at..].as_mut_ptr(), n)
+                .offset(device_byte_offset)
+                .build(),
+            // Zero copy: holes are read from /dev/zero into the request's pages.
+            (ReqBuf::Fixed { index, .. }, PieceKind::Unmapped) => {
+                opcode::ReadFixed::new(types::Fd(ctx.zero_fd()), at as *mut u8, n, *index).build()
+            }
+            (
+                ReqBuf::Fixed { index, .. },
+                PieceKind::Mapped {
+                    tier,
+                    device_byte_offset,
+                },
+            ) => opcode::ReadFixed::new(types::Fd(ctx.fds[tier]), at as *mut u8, n, *index)
+                .offset(device_byte_offset)
+                .build(),
+        };
+        pending.push((q.ublk_submit_sqe(sqe), n));
     });
     // Every submitted read must complete before the buffer is reused or the
     // guard released, error or not.

@@ -23,7 +23,7 @@ use crate::constants::{
 use crate::device::config::{online_cpus, DeviceConfig};
 use crate::device::control::{spawn_server, ControlState};
 use crate::device::features::{
-    probe, Features, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
+    probe, Features, UBLK_F_AUTO_BUF_REG, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
 };
 use crate::device::metrics::{trace_ring, TraceConsumer};
 use crate::device::queue::{pin_thread, run_queue, QueueCtx};
@@ -183,6 +183,9 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         producers: Mutex::new(producers.into_iter().map(Some).collect()),
         snapshots: Mutex::new(vec![None; nq]),
         tids: Mutex::new(vec![None; nq]),
+        zero_copy,
+        zero: std::fs::File::open("/dev/zero")
+            .map_err(|e| DeviceError::Os("/dev/zero".into(), e))?,
     });
     Ok(Prepared {
         features,
@@ -206,7 +209,8 @@ fn run(
     let ctrl_flags = [UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE]
         .into_iter()
         .filter(|&f| p.features.has(f))
-        .fold(0, |a, f| a | f);
+        .fold(0, |a, f| a | f)
+        | if p.zero_copy { UBLK_F_AUTO_BUF_REG } else { 0 };
     if opts.recover {
         let n = cfg.number.expect("checked in prepare");
         wait_quiesced(n)?;

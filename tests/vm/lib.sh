@@ -22,6 +22,7 @@ trap cleanup EXIT
 
 # make_pool HOT_SIZE COLD_SIZE: a two-tier pool on files in the scratch tmpfs.
 make_pool() {
+    rm -f "$W/hot.img" "$W/cold.img"
     truncate -s "$1" "$W/hot.img"
     truncate -s "$2" "$W/cold.img"
     "$B" pool init --tier hot="$W/hot.img" --tier cold="$W/cold.img" >/dev/null
