@@ -280,13 +280,50 @@ fn run(
         let r = publish(n, &ctx, &cfg, zero_copy, &pool_path, &volume_name);
         tell2(r.map(|()| (n, message)));
     };
+    stop_on_signal(number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);
     drop(p.consumers);
     drop(p.pool);
+    if opts.recover {
+        // A device adopted by recovery is not deleted by libublk's drop;
+        // stopped (by `del` or a signal), it has nothing left to serve.
+        let _ = ctrl.del_dev();
+    }
     if let Some(n) = *number_cell.lock().expect("number") {
         DeviceRecord::remove(n);
     }
     r.map(|_| ()).map_err(DeviceError::from)
+}
+
+/// SIGINT and SIGTERM stop the device (`STOP_DEV`; the daemon then deletes it
+/// and exits) instead of killing the daemon, which would leave the disk
+/// quiesced for recovery. Before the device is live they exit at once.
+/// Blocks both signals in the calling thread, so every thread spawned
+/// afterwards (queues, control) inherits the mask and one thread waits.
+fn stop_on_signal(number: Arc<Mutex<Option<u32>>>) -> Result<(), DeviceError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| DeviceError::Os("blocking SIGINT/SIGTERM".into(), e.into()))?;
+    std::thread::Builder::new()
+        .name("shardblk-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                match *number.lock().expect("number") {
+                    Some(n) => {
+                        tracing::warn!("{sig}: stopping /dev/ublkb{n}");
+                        if let Ok(c) = UblkCtrl::new_simple(n as i32) {
+                            let _ = c.kill_dev();
+                        }
+                    }
+                    None => std::process::exit(1),
+                }
+            }
+        })
+        .map_err(|e| DeviceError::Os("spawning the signal thread".into(), e))?;
+    Ok(())
 }
 
 /// Pin the queue threads, write the record, open the control socket.

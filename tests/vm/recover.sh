@@ -20,7 +20,7 @@ sync "$dev" 2>/dev/null || blockdev --flushbufs "$dev"
 pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 echo "   daemon pid $pid"
 
-step "fio randwrite+verify; kill -9 the daemon after 3 s, recover after 2 s more"
+step "fio randwrite+verify; kill -9 the daemon after 3 s, recover once quiesced"
 (cd "$W" && fio --name=crash --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite \
     --bs=4k --iodepth=16 --size=64M --verify=crc32c --verify_fatal=1 --do_verify=1 \
     --verify_state_save=0 --output-format=json >"$W/crash.json") &
@@ -28,10 +28,16 @@ fio_pid=$!
 sleep 3
 kill -0 "$fio_pid" 2>/dev/null || die "fio ended before the kill; make the job longer"
 kill -9 "$pid"
-sleep 2
-state="$("$B" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["state"])')"
+state=""
+for _ in $(seq 100); do
+    state="$("$B" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["state"])')"
+    [ "$state" = quiesced ] && break
+    sleep 0.2
+done
 echo "   state after kill: $state"
 [ "$state" = quiesced ] || die "device not quiesced after the daemon died ($state)"
+sleep 1
+kill -0 "$fio_pid" 2>/dev/null || die "fio ended while the device had no daemon"
 "$B" recover -n 3 || die "recover failed"
 "$B" list
 wait "$fio_pid" || die "fio failed after recovery: $(tail -c 2000 "$W/crash.json")"
@@ -43,6 +49,11 @@ print(f"   crash job: {j['write']['total_ios']} writes, {j['read']['total_ios']}
 sys.exit(1 if errs or j["read"]["total_ios"] == 0 else 0)
 PY
 dmesg | grep -i "I/O error" | grep ublkb && die "the kernel logged I/O errors on the device"
-"$B" del -n 3
-[ ! -e /sys/class/ublk-char/ublkc3 ] || die "del left the device"
+step "SIGTERM to the recovered daemon stops and deletes the device"
+pid2="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
+[ "$pid2" != "$pid" ] || die "recover did not start a new daemon"
+kill -TERM "$pid2"
+for _ in $(seq 100); do [ -e /sys/class/ublk-char/ublkc3 ] || break; sleep 0.2; done
+[ ! -e /sys/class/ublk-char/ublkc3 ] || die "SIGTERM left the device"
+[ ! -e "$SHARDBLK_RUN_DIR/ublkb3.json" ] || die "SIGTERM left the record"
 echo "PASS recover"
