@@ -139,8 +139,11 @@ const _: () = assert!(
 /// layer's max_sectors is this over 512).
 pub const DEVICE_IO_BUF_BYTES: u32 = 512 * 1024;
 /// Default and largest queue depth (requests in flight per ublk queue).
+/// The maximum keeps one queue's own overwrites of one shard below the
+/// table's writer count: a queue thread that found an entry saturated waits
+/// for other threads' writes, never for its own (see `device::queue`).
 pub const DEVICE_DEPTH_DEFAULT_REQUESTS: u16 = 64;
-pub const DEVICE_DEPTH_MAX_REQUESTS: u16 = 4096;
+pub const DEVICE_DEPTH_MAX_REQUESTS: u16 = 254;
 /// Most ublk queues one device may have.
 pub const DEVICE_QUEUES_MAX: u16 = 64;
 /// Most concurrent ublk devices numbered by `--number` (the driver's minor range is larger;
@@ -168,6 +171,7 @@ pub const DEVICE_STOP_TIMEOUT_S: u64 = 30;
 pub const DEVICE_CONTROL_MSG_MAX_BYTES: usize = 1 << 20;
 const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(DEVICE_DEPTH_DEFAULT_REQUESTS <= DEVICE_DEPTH_MAX_REQUESTS);
+const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MAX);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES >> 9 <= u32::MAX as u64);
 const _: () = assert!(DEVICE_TRACE_RING_EVENTS.is_power_of_two());

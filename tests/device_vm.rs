@@ -71,3 +71,8 @@ fn fio_verify_random_and_sequential() {
 fn kill_daemon_mid_verify_then_recover() {
     run_script("recover.sh");
 }
+
+#[test]
+fn thin_volume_fills_with_enospc_and_loses_nothing() {
+    run_script("enospc.sh");
+}

@@ -17,7 +17,10 @@
 //!   unmapped entry (the first write of a shard: allocate, write, zero the
 //!   rest, publish, log `Map`) takes the synchronous [`Volume::write`] on this
 //!   thread's own tier engine (`Pool::engine`), blocking the queue thread for
-//!   that write only. FUA = write then [`Volume::flush`]. FLUSH = [`Volume::flush`].
+//!   that write only (also when an entry's writer count is saturated: the
+//!   depth limit keeps this queue's own tickets on one entry below the
+//!   count, so the wait is on other queues' writes). FUA = write then
+//!   [`Volume::flush`]. FLUSH = [`Volume::flush`].
 //!   DISCARD = [`Volume::discard`], WRITE_ZEROES = [`Volume::write_zeroes`].
 //!   Other ops fail with EOPNOTSUPP.
 //! - Every request pushes one [`TraceEvent`] (dropped and counted when the

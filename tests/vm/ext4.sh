@@ -21,7 +21,7 @@ expect_fail() {
 expect_fail add --volume nosuch
 expect_fail add --volume fsvol --cpus 99
 expect_fail add --volume fsvol --depth 0
-expect_fail add --volume fsvol --depth 5000
+expect_fail add --volume fsvol --depth 255
 if "$B" features | grep -qw AUTO_BUF_REG; then
     zc=on
 else
@@ -72,6 +72,12 @@ echo 3 >/proc/sys/vm/drop_caches
 "$B" add --volume fsvol --number 0 --queues 2 --cpus 0-1 --poll adaptive --zero-copy "$zc" >/dev/null
 wait_dev /dev/ublkb0
 "$B" list
+"$B" list --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)[0]
+assert d["queue_cpus"] == [0, 1], d
+assert d["pinned"] == ["0", "1"], d
+' || die "queue threads not pinned to CPUs 0 and 1"
 mount -t ext4 /dev/ublkb0 /tmp/mnt
 (cd /tmp/mnt/tree && sha256sum --quiet -c /tmp/sums) || die "checksums differ"
 echo "   checksums match"
