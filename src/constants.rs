@@ -212,3 +212,45 @@ const _: () =
     assert!(PREFETCH_CONFIDENCE_MIN_DEFAULT >= 0.0 && PREFETCH_CONFIDENCE_MIN_DEFAULT <= 1.0);
 const _: () = assert!(MARKOV_SUCCESSORS_MAX >= 1 && MARKOV_COUNT_HALVE_AT >= 2);
 const _: () = assert!(PREFETCH_TRACKERS_PER_STREAM >= 1 && PREFETCH_STREAMS_MAX >= 1);
+
+// --- device ---
+/// Largest request the ublk device accepts (its per-tag buffer; the block
+/// layer's max_sectors is this over 512).
+pub const DEVICE_IO_BUF_BYTES: u32 = 512 * 1024;
+/// Default and largest queue depth (requests in flight per ublk queue).
+/// The maximum keeps one queue's own overwrites of one shard below the
+/// table's writer count: a queue thread that found an entry saturated waits
+/// for other threads' writes, never for its own (see `device::queue`).
+pub const DEVICE_DEPTH_DEFAULT_REQUESTS: u16 = 64;
+pub const DEVICE_DEPTH_MAX_REQUESTS: u16 = 254;
+/// Most ublk queues one device may have.
+pub const DEVICE_QUEUES_MAX: u16 = 64;
+/// Most concurrent ublk devices numbered by `--number` (the driver's minor range is larger;
+/// this bounds `shardblk del --all` scans).
+pub const DEVICE_NUMBER_MAX: u32 = 1 << 20;
+/// Largest discard or write-zeroes request (bytes) advertised to the block layer.
+pub const DEVICE_DISCARD_MAX_BYTES: u64 = 1 << 30;
+/// Trace events buffered per queue for the prefetcher; more are dropped and counted.
+pub const DEVICE_TRACE_RING_EVENTS: usize = 1 << 16;
+/// How often a queue thread publishes its statistics snapshot (milliseconds).
+pub const DEVICE_STATS_PUBLISH_MS: u64 = 200;
+/// Highest latency a histogram tracks (nanoseconds); slower requests count as this.
+pub const DEVICE_LATENCY_MAX_NS: u64 = 60_000_000_000;
+/// Significant decimal digits of the latency histograms.
+pub const DEVICE_LATENCY_SIGFIG: u8 = 3;
+/// `--poll adaptive`: spin this long after the last completion before sleeping (microseconds).
+pub const DEVICE_ADAPTIVE_SPIN_US: u64 = 50;
+/// An idle queue thread wakes up this often to notice a stopping device (seconds).
+pub const DEVICE_IDLE_WAKE_S: u64 = 1;
+/// How long `shardblk add` waits for the daemon to report the device live (seconds).
+pub const DEVICE_START_TIMEOUT_S: u64 = 60;
+/// How long `shardblk del` waits for the daemon to exit (seconds).
+pub const DEVICE_STOP_TIMEOUT_S: u64 = 30;
+/// Largest reply or request accepted on the control socket (bytes).
+pub const DEVICE_CONTROL_MSG_MAX_BYTES: usize = 1 << 20;
+const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(DEVICE_DEPTH_DEFAULT_REQUESTS <= DEVICE_DEPTH_MAX_REQUESTS);
+const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MAX);
+const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(DEVICE_DISCARD_MAX_BYTES >> 9 <= u32::MAX as u64);
+const _: () = assert!(DEVICE_TRACE_RING_EVENTS.is_power_of_two());

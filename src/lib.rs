@@ -5,6 +5,7 @@
 //! `kernel-notes/engine.md` for the on-disk layout and the table protocols.
 
 pub mod constants;
+pub mod device;
 pub mod io;
 pub mod prefetch;
 pub mod shard;

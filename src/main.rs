@@ -28,6 +28,8 @@ enum Cmd {
     /// Convert, synthesise and evaluate block traces for the prefetcher.
     #[command(subcommand)]
     Trace(cli::trace::TraceCmd),
+    #[command(flatten)]
+    Device(cli::device::DeviceCmd),
 }
 
 fn main() {
@@ -49,6 +51,7 @@ fn main() {
         Cmd::Pool(c) => cli::pool::run(c),
         Cmd::Volume(c) => cli::volume::run(c),
         Cmd::Trace(c) => cli::trace::run(c),
+        Cmd::Device(c) => cli::device::run(c),
     };
     if let Err(e) = r {
         eprintln!("shardblk: {e:#}");

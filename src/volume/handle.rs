@@ -176,6 +176,18 @@ impl VolumeShared {
     }
 }
 
+/// A mapped part of a write ([`Volume::map_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WritePiece {
+    /// Offset in the request's buffer.
+    pub buf_offset: u64,
+    pub len: u64,
+    pub tier: usize,
+    pub device_byte_offset: u64,
+    pub slot: u64,
+    pub offset_in_slot: u64,
+}
+
 /// A zero-filled buffer shared by every zeroing write.
 fn zeroes() -> &'static AlignedBuf {
     static Z: OnceLock<AlignedBuf> = OnceLock::new();
@@ -250,6 +262,69 @@ impl Volume {
             f(p);
         }
         Ok(())
+    }
+
+    /// Enter the table's writers for a write of `len` bytes at `offset`, for
+    /// callers that submit the I/O themselves (the ublk queue thread). When
+    /// every byte lies in an already mapped entry, fills `out[..n]` with the
+    /// pieces (in order, covering the range) and their tickets and returns
+    /// `Some(n)`: the caller writes each piece at its device offset, then
+    /// drops the tickets (ending the writes) and `guard`. Returns `None`,
+    /// holding nothing, when part of the range is unmapped (a first write,
+    /// which must map an extent: use [`Volume::write`], the synchronous
+    /// path), when an entry's writer count is saturated, or when the range
+    /// needs more than `out.len()` pieces. No allocation; access statistics
+    /// are recorded only when `Some` is returned.
+    pub fn map_write<'g>(
+        &'g self,
+        guard: &'g epoch::Guard,
+        offset: u64,
+        len: u64,
+        out: &mut [Option<(WritePiece, WriteTicket<'g>)>],
+    ) -> Result<Option<usize>, VolumeError> {
+        validate_range(offset, len, self.size_bytes())?;
+        let table = &self.v.table;
+        let shard = self.shard_size();
+        let mut n = 0;
+        let give_up = |out: &mut [Option<(WritePiece, WriteTicket<'g>)>]| {
+            out.iter_mut().for_each(|s| *s = None);
+            Ok(None)
+        };
+        for seg in segments(offset, len, shard) {
+            let mut done = 0u64;
+            while done < seg.len {
+                let off_in_slot = seg.offset_in_slot + done;
+                match table.writer_enter_at(seg.slot, off_in_slot, guard)? {
+                    WriteEnter::Entered(t) => {
+                        if n == out.len() {
+                            drop(t);
+                            return give_up(out);
+                        }
+                        let e = t.entry();
+                        let (start, k) =
+                            Self::span_in_entry(t.loc(), e, off_in_slot, seg.len - done);
+                        let piece = WritePiece {
+                            buf_offset: seg.buf_offset + done,
+                            len: k,
+                            tier: e.tier(),
+                            device_byte_offset: e.device_byte_offset(self.data_start[e.tier()])
+                                + (off_in_slot - start),
+                            slot: seg.slot,
+                            offset_in_slot: off_in_slot,
+                        };
+                        out[n] = Some((piece, t));
+                        n += 1;
+                        done += k;
+                    }
+                    WriteEnter::Unmapped { .. } | WriteEnter::Saturated => return give_up(out),
+                    WriteEnter::Split(_) | WriteEnter::Reshaped => {}
+                }
+            }
+        }
+        for (p, _) in out[..n].iter().flatten() {
+            self.v.stats.record(p.slot, p.offset_in_slot, p.len, false);
+        }
+        Ok(Some(n))
     }
 
     /// Read `buf.len()` bytes at `offset`.

@@ -1,0 +1,407 @@
+//! `shardblk add|del|list|recover|features|stats`: ublk devices over volumes.
+//!
+//! `add` without `--foreground` starts the daemon as a new session (itself,
+//! re-executed with `--foreground`), waits until it reports the device live
+//! or failed through a pipe, prints `/dev/ublkbN` or the error, and exits.
+//! The daemon's stderr goes to `shardblk.log` in the run directory.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use shardblk::constants::{DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S};
+use shardblk::device::config::{
+    format_cpu_list, online_cpus, parse_cpu_list, DeviceConfig, PollMode, ZeroCopyMode,
+};
+use shardblk::device::control::fetch_stats;
+use shardblk::device::features::{driver_present, probe};
+use shardblk::device::metrics::DeviceStats;
+use shardblk::device::registry::{run_dir, socket_path, thread_cpus, DeviceRecord};
+use shardblk::device::serve::{delete, device_state, serve, Ready, ServeOptions};
+use shardblk::device::DeviceError;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Env var naming the pipe through which a daemon reports readiness.
+const READY_FD_ENV: &str = "SHARDBLK_READY_FD";
+
+#[derive(Subcommand)]
+pub enum DeviceCmd {
+    /// Serve a volume as /dev/ublkbN (prints the device path).
+    Add(AddArgs),
+    /// Stop and delete a device.
+    Del {
+        #[arg(short = 'n', long = "number", required_unless_present = "all")]
+        number: Option<u32>,
+        /// Every device with a record in the run directory.
+        #[arg(long, conflicts_with = "number")]
+        all: bool,
+    },
+    /// Devices served by shardblk: volume, queues, pinning, state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new daemon for a device whose daemon died (UBLK_F_USER_RECOVERY).
+    Recover {
+        #[arg(short = 'n', long = "number")]
+        number: u32,
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// What the running kernel's ublk driver supports.
+    Features {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Latency percentiles, IOPS and bandwidth of a device, per queue.
+    Stats {
+        #[arg(short = 'n', long = "number")]
+        number: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct AddArgs {
+    #[arg(long)]
+    volume: String,
+    #[arg(long, env = "SHARDBLK_POOL")]
+    pool: PathBuf,
+    /// Device number N of /dev/ublkbN (default: the lowest free one).
+    #[arg(short = 'n', long = "number")]
+    number: Option<u32>,
+    /// ublk queues, each served by one pinned thread.
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Requests in flight per queue.
+    #[arg(long, default_value_t = DEVICE_DEPTH_DEFAULT_REQUESTS)]
+    depth: u16,
+    /// CPUs for the queue threads, e.g. 0,2-3; queue q runs on the (q mod len)-th.
+    /// Default: every online CPU.
+    #[arg(long)]
+    cpus: Option<String>,
+    #[arg(long, value_enum, default_value_t = PollMode::Interrupt)]
+    poll: PollMode,
+    #[arg(long = "zero-copy", value_enum, default_value_t = ZeroCopyMode::Auto)]
+    zero_copy: ZeroCopyMode,
+    /// Stay in the foreground (default: run as a daemon once the device is live).
+    #[arg(long)]
+    foreground: bool,
+}
+
+pub fn run(c: DeviceCmd) -> Result<()> {
+    match c {
+        DeviceCmd::Add(a) => add(a),
+        DeviceCmd::Del { number, all } => {
+            if all {
+                for r in DeviceRecord::all() {
+                    delete(r.number).with_context(|| format!("deleting /dev/ublkb{}", r.number))?;
+                }
+                Ok(())
+            } else {
+                let n = number.expect("clap requires -n without --all");
+                need_driver()?;
+                Ok(delete(n)?)
+            }
+        }
+        DeviceCmd::List { json } => list(json),
+        DeviceCmd::Recover { number, foreground } => {
+            let r = DeviceRecord::read(number)
+                .with_context(|| format!("no record of /dev/ublkb{number} to recover"))?;
+            let args = AddArgs {
+                volume: r.volume,
+                pool: r.pool,
+                number: Some(number),
+                queues: r.queues,
+                depth: r.depth,
+                cpus: Some(format_cpu_list(&{
+                    let mut c = r.queue_cpus.clone();
+                    c.sort_unstable();
+                    c.dedup();
+                    c
+                })),
+                poll: r.poll,
+                zero_copy: r.zero_copy_requested,
+                foreground,
+            };
+            start(args, true)
+        }
+        DeviceCmd::Features { json } => {
+            let f = probe()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "mask": format!("{:#x}", f.0), "flags": f.names() })
+                );
+            } else {
+                println!("ublk features {:#x}: {}", f.0, f.names().join(" "));
+            }
+            Ok(())
+        }
+        DeviceCmd::Stats { number, json } => {
+            let st = fetch_stats(&socket_path(number))
+                .with_context(|| format!("reading statistics of /dev/ublkb{number}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_stats(&st);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn need_driver() -> Result<()> {
+    if !driver_present() {
+        return Err(DeviceError::NoDriver.into());
+    }
+    Ok(())
+}
+
+fn add(a: AddArgs) -> Result<()> {
+    start(a, false)
+}
+
+fn config_of(a: &AddArgs) -> Result<DeviceConfig> {
+    let cpus = match &a.cpus {
+        Some(s) => parse_cpu_list(s)?,
+        None => online_cpus()?,
+    };
+    Ok(DeviceConfig {
+        number: a.number,
+        queues: a.queues,
+        depth: a.depth,
+        cpus,
+        poll: a.poll,
+        zero_copy: a.zero_copy,
+    })
+}
+
+fn start(a: AddArgs, recover: bool) -> Result<()> {
+    let config = config_of(&a)?;
+    if a.foreground || std::env::var_os(READY_FD_ENV).is_some() {
+        return serve_here(a, config, recover);
+    }
+    need_driver()?;
+    // Daemon: this program again, in the foreground of a new session.
+    let (rd, wr) = nix::unistd::pipe().context("creating the readiness pipe")?;
+    let dir = run_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log_path = dir.join("shardblk.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("locating the shardblk executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(READY_FD_ENV, wr.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    let rd_fd = rd.as_raw_fd();
+    // SAFETY: between fork and exec this only calls async-signal-safe
+    // functions (setsid, close) on plain integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::close(rd_fd);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the daemon")?;
+    drop(wr);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::fs::File::from(rd).read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    let msg = rx
+        .recv_timeout(Duration::from_secs(DEVICE_START_TIMEOUT_S))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the daemon (pid {}) did not report within {DEVICE_START_TIMEOUT_S} s; see {}",
+                child.id(),
+                log_path.display()
+            )
+        })?;
+    report(&msg, &log_path)
+}
+
+/// Turn the daemon's readiness line into output or an error.
+fn report(msg: &str, log: &std::path::Path) -> Result<()> {
+    let line = msg.lines().next().unwrap_or("");
+    if let Some(rest) = line.strip_prefix("ok ") {
+        let (n, note) = rest.split_once(' ').unwrap_or((rest, ""));
+        if !note.is_empty() {
+            eprintln!("shardblk: {note}");
+        }
+        println!("/dev/ublkb{n}");
+        Ok(())
+    } else if let Some(e) = line.strip_prefix("err ") {
+        bail!("{e}")
+    } else {
+        bail!(
+            "the daemon exited before the device was live; see {}",
+            log.display()
+        )
+    }
+}
+
+fn serve_here(a: AddArgs, config: DeviceConfig, recover: bool) -> Result<()> {
+    let ready_fd: Option<i32> = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok());
+    // SAFETY: SHARDBLK_READY_FD names the write end of the pipe our parent
+    // created and left open across exec for us alone; we take ownership once.
+    let pipe = ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: single-threaded at this point; only this process reads the env.
+    unsafe { std::env::remove_var(READY_FD_ENV) };
+    let pipe = std::sync::Mutex::new(pipe.map(std::fs::File::from));
+    let notify = move |r: Ready| {
+        let line = match &r {
+            Ok((n, note)) => format!("ok {n} {}\n", note.as_deref().unwrap_or("")),
+            Err(e) => format!("err {e}\n"),
+        };
+        match pipe.lock().expect("pipe").take() {
+            Some(mut f) => {
+                let _ = f.write_all(line.as_bytes());
+            }
+            None => match r {
+                Ok((n, note)) => {
+                    if let Some(note) = note {
+                        eprintln!("shardblk: {note}");
+                    }
+                    println!("/dev/ublkb{n}");
+                    let _ = std::io::stdout().flush();
+                }
+                Err(e) => eprintln!("shardblk: {e}"),
+            },
+        }
+    };
+    let opts = ServeOptions {
+        pool: std::fs::canonicalize(&a.pool).unwrap_or(a.pool),
+        volume: a.volume,
+        config,
+        recover,
+    };
+    serve(opts, Box::new(notify)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn list(json: bool) -> Result<()> {
+    let rows: Vec<serde_json::Value> = DeviceRecord::all()
+        .into_iter()
+        .map(|r| {
+            let state = device_state(r.number).unwrap_or("gone");
+            let alive = r.daemon_alive();
+            let pinned: Vec<String> = r
+                .queue_tids
+                .iter()
+                .map(|&t| thread_cpus(r.pid, t).unwrap_or_else(|| "-".into()))
+                .collect();
+            serde_json::json!({
+                "device": format!("/dev/ublkb{}", r.number),
+                "number": r.number,
+                "volume": r.volume,
+                "pool": r.pool,
+                "queues": r.queues,
+                "depth": r.depth,
+                "queue_cpus": r.queue_cpus,
+                "pinned": pinned,
+                "poll": r.poll,
+                "zero_copy": r.zero_copy,
+                "state": state,
+                "daemon": if alive { serde_json::json!(r.pid) } else { serde_json::json!(null) },
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<13} {:<16} {:>6} {:>5} {:<12} {:<9} {:<8} DAEMON",
+        "DEVICE", "VOLUME", "QUEUES", "DEPTH", "CPUS", "POLL", "STATE"
+    );
+    for r in rows {
+        let cpus: Vec<String> = r["pinned"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.as_str().unwrap_or("-").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<13} {:<16} {:>6} {:>5} {:<12} {:<9} {:<8} {}",
+            r["device"].as_str().unwrap_or(""),
+            r["volume"].as_str().unwrap_or(""),
+            r["queues"].to_string(),
+            r["depth"].to_string(),
+            cpus.join("/"),
+            r["poll"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            if r["daemon"].is_null() {
+                "dead".to_string()
+            } else {
+                r["daemon"].to_string()
+            },
+        );
+    }
+    Ok(())
+}
+
+fn print_stats(st: &DeviceStats) {
+    println!(
+        "/dev/ublkb{} volume {} up {:.1} s",
+        st.number, st.volume, st.uptime_s
+    );
+    println!(
+        "{:<8} {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "QUEUE",
+        "OP",
+        "COUNT",
+        "IOPS",
+        "MiB/s",
+        "p50us",
+        "p90us",
+        "p99us",
+        "p99.9us",
+        "p99.99us",
+        "maxus"
+    );
+    for q in std::iter::once(&st.total).chain(&st.queues) {
+        let name = q.queue.map_or_else(
+            || "all".to_string(),
+            |i| format!("q{i}@{}", q.cpu.unwrap_or(0)),
+        );
+        for o in &q.ops {
+            println!(
+                "{:<8} {:<12} {:>10} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                name,
+                o.op.name(),
+                o.count,
+                o.iops,
+                o.mib_per_s,
+                o.p50_us,
+                o.p90_us,
+                o.p99_us,
+                o.p99_9_us,
+                o.p99_99_us,
+                o.max_us
+            );
+        }
+        if q.errors > 0 || q.trace_dropped > 0 {
+            println!(
+                "{name:<8} errors {} trace events dropped {}",
+                q.errors, q.trace_dropped
+            );
+        }
+    }
+}

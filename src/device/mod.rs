@@ -1,0 +1,56 @@
+//! The I/O Interceptor: volumes served as ublk block devices (`/dev/ublkbN`).
+//!
+//! Owns ublk control (add, start, stop, delete, recover), one pinned thread
+//! per queue turning ublk requests into volume calls, the per-queue trace
+//! rings and latency histograms, the per-device record under the run
+//! directory and the daemon's control socket. See `kernel-notes/ublk.md`.
+//!
+//! Files: [`config`] (validated request, pinning, zero-copy decision),
+//! [`features`] (kernel ublk features), [`queue`] (the queue threads),
+//! [`metrics`] (trace ring, histograms, snapshots), [`registry`] (records),
+//! [`control`] (the stats socket), [`serve`] (the daemon's life cycle).
+
+pub mod config;
+pub mod control;
+pub mod features;
+pub mod metrics;
+pub mod queue;
+pub mod registry;
+pub mod serve;
+
+/// Errors of the device layer; each prints as one clear line.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("the ublk driver is not loaded: {} is absent (load it with `modprobe ublk_drv`; needs Linux 6.0 or later)", features::UBLK_CONTROL)]
+    NoDriver,
+    #[error("device number {0} is in use (/dev/ublkc{0} exists)")]
+    Busy(u32),
+    #[error("no device number {0}")]
+    NoSuchDevice(u32),
+    #[error("invalid CPU list {0:?} (expected e.g. 0,2-3)")]
+    BadCpuList(String),
+    #[error("CPU {cpu} is not online (online: {online})")]
+    CpuOffline { cpu: usize, online: String },
+    #[error("queue depth {0} is out of range 1..={max}", max = crate::constants::DEVICE_DEPTH_MAX_REQUESTS)]
+    Depth(u16),
+    #[error("queue count {0} is out of range 1..={max}", max = crate::constants::DEVICE_QUEUES_MAX)]
+    Queues(u16),
+    #[error("zero copy unavailable: {0}")]
+    ZeroCopyUnavailable(String),
+    #[error("pool: {0}")]
+    Pool(#[from] crate::shard::pool::PoolError),
+    #[error("tier device {0} has no file descriptor for io_uring")]
+    NoFd(String),
+    #[error("ublk: {0}")]
+    Ublk(String),
+    #[error("{0}: {1}")]
+    Os(String, #[source] std::io::Error),
+    #[error("control socket: {0}")]
+    Control(String),
+}
+
+impl From<libublk::UblkError> for DeviceError {
+    fn from(e: libublk::UblkError) -> Self {
+        DeviceError::Ublk(e.to_string())
+    }
+}

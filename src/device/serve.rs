@@ -1,0 +1,385 @@
+//! The daemon's life cycle: add (or recover) a ublk device over a volume,
+//! serve it until it is stopped, and the control verbs that act on a device
+//! from another process (delete, state).
+//!
+//! Contract of [`serve`]:
+//! - Everything that can be checked before the device exists is checked
+//!   first (driver present, number free, CPUs online, depth and queue count
+//!   in range, zero-copy request, pool and volume open); on failure nothing
+//!   is created and `notify` gets the error.
+//! - Once every queue thread serves requests and the kernel has started the
+//!   disk, queue threads are pinned to their CPUs, the record and control
+//!   socket are published, and `notify` gets the device number. `serve`
+//!   returns when the device is stopped (`shardblk del`); the device is then
+//!   deleted and its record removed.
+//! - Devices are added with `UBLK_F_USER_RECOVERY` when the kernel has it, so
+//!   a daemon that dies leaves the disk in place (I/O waits) until
+//!   [`ServeOptions::recover`] starts a new daemon for it.
+
+use crate::constants::{
+    DEVICE_DISCARD_MAX_BYTES, DEVICE_IO_BUF_BYTES, DEVICE_STOP_TIMEOUT_S, DEVICE_TRACE_RING_EVENTS,
+    TIERS_MAX,
+};
+use crate::device::config::{online_cpus, DeviceConfig};
+use crate::device::control::{spawn_server, ControlState};
+use crate::device::features::{
+    probe, Features, UBLK_F_AUTO_BUF_REG, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
+};
+use crate::device::metrics::{trace_ring, TraceConsumer};
+use crate::device::queue::{pin_thread, run_queue, QueueCtx};
+use crate::device::registry::{socket_path, DeviceRecord};
+use crate::device::DeviceError;
+use crate::shard::pool::Pool;
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::io::UblkDev;
+use libublk::UblkFlags;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub pool: PathBuf,
+    pub volume: String,
+    pub config: DeviceConfig,
+    /// Recover device `config.number` whose daemon died, instead of adding one.
+    pub recover: bool,
+}
+
+/// What `notify` is told once: the live device's number and an optional
+/// fallback message, or why it could not start.
+pub type Ready = Result<(u32, Option<String>), DeviceError>;
+
+/// Whether ublk device `n` exists.
+pub fn device_exists(n: u32) -> bool {
+    std::path::Path::new(&format!("/sys/class/ublk-char/ublkc{n}")).exists()
+        || std::path::Path::new(&format!("/dev/ublkc{n}")).exists()
+}
+
+/// Kernel state of device `n` (`live`, `dead`, `quiesced`, `fail_io`).
+pub fn device_state(n: u32) -> Result<&'static str, DeviceError> {
+    if !device_exists(n) {
+        return Err(DeviceError::NoSuchDevice(n));
+    }
+    let c = UblkCtrl::new_simple(n as i32)?;
+    let _ = c.read_dev_info();
+    Ok(match u32::from(c.dev_info().state) {
+        libublk::sys::UBLK_S_DEV_LIVE => "live",
+        libublk::sys::UBLK_S_DEV_QUIESCED => "quiesced",
+        libublk::sys::UBLK_S_DEV_FAIL_IO => "fail_io",
+        _ => "dead",
+    })
+}
+
+/// Wait until device `n` is quiesced (its daemon gone, I/O held), as
+/// recovery requires.
+fn wait_quiesced(n: u32) -> Result<(), DeviceError> {
+    let t0 = Instant::now();
+    loop {
+        let st = device_state(n)?;
+        if st == "quiesced" {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(DEVICE_STOP_TIMEOUT_S) {
+            return Err(DeviceError::Ublk(format!(
+                "device {n} is {st}, not quiesced: recovery needs a device added with UBLK_F_USER_RECOVERY whose daemon has exited"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stop and delete device `n`, waiting for its daemon to exit.
+pub fn delete(n: u32) -> Result<(), DeviceError> {
+    if !device_exists(n) {
+        DeviceRecord::remove(n);
+        return Err(DeviceError::NoSuchDevice(n));
+    }
+    let rec = DeviceRecord::read(n).ok();
+    let c = UblkCtrl::new_simple(n as i32)?;
+    let _ = c.kill_dev();
+    if let Some(r) = &rec {
+        let t0 = Instant::now();
+        while r.daemon_alive() && t0.elapsed() < Duration::from_secs(DEVICE_STOP_TIMEOUT_S) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if device_exists(n) {
+        c.del_dev()?;
+    }
+    DeviceRecord::remove(n);
+    Ok(())
+}
+
+/// Add (or recover) the device and serve it until it stops.
+pub fn serve(
+    opts: ServeOptions,
+    notify: Box<dyn FnOnce(Ready) + Send + Sync>,
+) -> Result<(), DeviceError> {
+    let notify = Arc::new(Mutex::new(Some(notify)));
+    let tell = {
+        let notify = notify.clone();
+        move |r: Ready| {
+            if let Some(f) = notify.lock().expect("notify").take() {
+                f(r);
+            }
+        }
+    };
+    match prepare(&opts) {
+        Ok(p) => {
+            let r = run(opts, p, tell.clone());
+            if let Err(e) = &r {
+                tell(Err(DeviceError::Ublk(e.to_string())));
+            }
+            r
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            tell(Err(e));
+            Err(DeviceError::Ublk(msg))
+        }
+    }
+}
+
+struct Prepared {
+    features: Features,
+    zero_copy: bool,
+    message: Option<String>,
+    pool: Pool,
+    ctx: Arc<QueueCtx>,
+    consumers: Vec<TraceConsumer>,
+}
+
+fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
+    let features = probe()?;
+    let online = online_cpus()?;
+    let cfg = &opts.config;
+    let (zero_copy, message) = cfg.validate(&online, features)?;
+    match (cfg.number, opts.recover) {
+        (Some(n), false) if device_exists(n) => return Err(DeviceError::Busy(n)),
+        (Some(n), true) if !device_exists(n) => return Err(DeviceError::NoSuchDevice(n)),
+        (None, true) => return Err(DeviceError::Ublk("recover needs a device number".into())),
+        _ => {}
+    }
+    let pool = Pool::open(&opts.pool)?;
+    let volume = pool.volume(&opts.volume)?;
+    let mut fds = [-1; TIERS_MAX];
+    for (i, d) in pool.devices().iter().enumerate() {
+        fds[i] = d
+            .raw_fd()
+            .ok_or_else(|| DeviceError::NoFd(d.name().to_string()))?;
+    }
+    let nq = cfg.queues as usize;
+    let (producers, consumers): (Vec<_>, Vec<_>) = (0..nq)
+        .map(|_| trace_ring(DEVICE_TRACE_RING_EVENTS))
+        .unzip();
+    let ctx = Arc::new(QueueCtx {
+        volume,
+        poll: cfg.poll,
+        cpus: cfg.cpus.clone(),
+        fds,
+        start: Instant::now(),
+        producers: Mutex::new(producers.into_iter().map(Some).collect()),
+        snapshots: Mutex::new(vec![None; nq]),
+        tids: Mutex::new(vec![None; nq]),
+        zero_copy,
+        zero: std::fs::File::open("/dev/zero")
+            .map_err(|e| DeviceError::Os("/dev/zero".into(), e))?,
+    });
+    Ok(Prepared {
+        features,
+        zero_copy,
+        message,
+        pool,
+        ctx,
+        consumers,
+    })
+}
+
+fn run(
+    opts: ServeOptions,
+    p: Prepared,
+    tell: impl Fn(Ready) + Send + Sync + Clone + 'static,
+) -> Result<(), DeviceError> {
+    let cfg = opts.config.clone();
+    // Requests in flight when a daemon dies are reissued to the next one:
+    // every volume op is idempotent (a block write of the same data, a
+    // read, a flush, a discard of the same range).
+    let ctrl_flags = [UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE]
+        .into_iter()
+        .filter(|&f| p.features.has(f))
+        .fold(0, |a, f| a | f)
+        | if p.zero_copy { UBLK_F_AUTO_BUF_REG } else { 0 };
+    if opts.recover {
+        let n = cfg.number.expect("checked in prepare");
+        wait_quiesced(n)?;
+        UblkCtrl::new_simple(n as i32)?.start_user_recover()?;
+    }
+    let dev_flags = if opts.recover {
+        UblkFlags::UBLK_DEV_F_RECOVER_DEV
+    } else {
+        UblkFlags::UBLK_DEV_F_ADD_DEV
+    };
+    let ctrl = UblkCtrlBuilder::default()
+        .name("shardblk")
+        .id(cfg.number.map_or(-1, |n| n as i32))
+        .nr_queues(cfg.queues)
+        .depth(cfg.depth)
+        .io_buf_bytes(DEVICE_IO_BUF_BYTES)
+        .ctrl_flags(ctrl_flags)
+        .dev_flags(dev_flags)
+        .build()
+        .map_err(|e| match (cfg.number, &e) {
+            (Some(n), libublk::UblkError::UringIOError(r)) if *r == -libc::EEXIST => {
+                DeviceError::Busy(n)
+            }
+            _ => DeviceError::from(e),
+        })?;
+    let vol = p.ctx.volume.clone();
+    let size = vol.size_bytes();
+    let shard = vol.shard_size();
+    let tgt_init = move |dev: &mut UblkDev| {
+        dev.tgt.dev_size = size;
+        dev.tgt.params = libublk::sys::ublk_params {
+            types: libublk::sys::UBLK_PARAM_TYPE_BASIC | libublk::sys::UBLK_PARAM_TYPE_DISCARD,
+            basic: libublk::sys::ublk_param_basic {
+                attrs: libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA,
+                logical_bs_shift: 12,
+                physical_bs_shift: 12,
+                io_opt_shift: 12,
+                io_min_shift: 12,
+                max_sectors: dev.dev_info.max_io_buf_bytes >> 9,
+                dev_sectors: size >> 9,
+                ..Default::default()
+            },
+            discard: libublk::sys::ublk_param_discard {
+                discard_alignment: 0,
+                discard_granularity: shard as u32,
+                max_discard_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
+                max_write_zeroes_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
+                max_discard_segments: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Ok(())
+    };
+    let ctx = p.ctx.clone();
+    let q_fn = move |qid: u16, dev: &UblkDev| run_queue(qid, dev, &ctx);
+    let ctx = p.ctx.clone();
+    let number_cell = Arc::new(Mutex::new(None::<u32>));
+    let number_out = number_cell.clone();
+    let (zero_copy, message) = (p.zero_copy, p.message.clone());
+    let pool_path = opts.pool.clone();
+    let volume_name = opts.volume.clone();
+    let tell2 = tell.clone();
+    let device_fn = move |c: &UblkCtrl| {
+        let n = c.dev_info().dev_id;
+        *number_out.lock().expect("number") = Some(n);
+        let r = publish(n, &ctx, &cfg, zero_copy, &pool_path, &volume_name);
+        tell2(r.map(|()| (n, message)));
+    };
+    stop_on_signal(number_cell.clone())?;
+    let r = ctrl.run_target(tgt_init, q_fn, device_fn);
+    drop(p.consumers);
+    drop(p.pool);
+    if opts.recover {
+        // A device adopted by recovery is not deleted by libublk's drop;
+        // stopped (by `del` or a signal), it has nothing left to serve.
+        let _ = ctrl.del_dev();
+    }
+    if let Some(n) = *number_cell.lock().expect("number") {
+        DeviceRecord::remove(n);
+    }
+    r.map(|_| ()).map_err(DeviceError::from)
+}
+
+/// SIGINT and SIGTERM stop the device (`STOP_DEV`; the daemon then deletes it
+/// and exits) instead of killing the daemon, which would leave the disk
+/// quiesced for recovery. Before the device is live they exit at once.
+/// Blocks both signals in the calling thread, so every thread spawned
+/// afterwards (queues, control) inherits the mask and one thread waits.
+fn stop_on_signal(number: Arc<Mutex<Option<u32>>>) -> Result<(), DeviceError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| DeviceError::Os("blocking SIGINT/SIGTERM".into(), e.into()))?;
+    std::thread::Builder::new()
+        .name("shardblk-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                match *number.lock().expect("number") {
+                    Some(n) => {
+                        tracing::warn!("{sig}: stopping /dev/ublkb{n}");
+                        if let Ok(c) = UblkCtrl::new_simple(n as i32) {
+                            let _ = c.kill_dev();
+                        }
+                    }
+                    None => std::process::exit(1),
+                }
+            }
+        })
+        .map_err(|e| DeviceError::Os("spawning the signal thread".into(), e))?;
+    Ok(())
+}
+
+/// Pin the queue threads, write the record, open the control socket.
+fn publish(
+    n: u32,
+    ctx: &Arc<QueueCtx>,
+    cfg: &DeviceConfig,
+    zero_copy: bool,
+    pool: &std::path::Path,
+    volume: &str,
+) -> Result<(), DeviceError> {
+    let tids: Vec<i32> = ctx
+        .tids
+        .lock()
+        .expect("tids")
+        .iter()
+        .map(|t| t.unwrap_or(0))
+        .collect();
+    let cpus: Vec<usize> = (0..cfg.queues).map(|q| ctx.cpu_of(q)).collect();
+    for (q, (&tid, &cpu)) in tids.iter().zip(&cpus).enumerate() {
+        if tid != 0 {
+            pin_thread(tid, cpu)
+                .map_err(|e| DeviceError::Os(format!("pinning queue {q} to CPU {cpu}"), e))?;
+        }
+    }
+    let snapshots = ctx
+        .snapshots
+        .lock()
+        .expect("snapshots")
+        .iter()
+        .flatten()
+        .cloned()
+        .collect();
+    std::fs::create_dir_all(crate::device::registry::run_dir())
+        .map_err(|e| DeviceError::Os("creating the run directory".into(), e))?;
+    spawn_server(
+        &socket_path(n),
+        ControlState {
+            number: n,
+            volume: volume.to_string(),
+            start: ctx.start,
+            snapshots,
+        },
+    )?;
+    DeviceRecord {
+        number: n,
+        volume: volume.to_string(),
+        pool: pool.to_path_buf(),
+        queues: cfg.queues,
+        depth: cfg.depth,
+        queue_cpus: cpus,
+        queue_tids: tids,
+        poll: cfg.poll,
+        zero_copy_requested: cfg.zero_copy,
+        zero_copy,
+        pid: std::process::id(),
+    }
+    .write()
+}
