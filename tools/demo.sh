@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # The demo: a tiered pool on two files (hot and cold), a 64 GiB thin volume,
 # data in and out through the engine, persistence across processes, a policy
-# window, the prefetch baselines on real traces, and the engine against fio on
-# the same file.
-#
-# The ublk device (/dev/ublkbN, served inside the test VM where the host has
-# no ublk driver) joins this demo with the device work (issue 3).
+# window; a volume served as /dev/ublkb0 under fio with `shardblk stats`
+# (inside the test VM when the host has no ublk driver); the prefetch
+# baselines on real traces; and the engine against fio on the same file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh >/dev/null
@@ -42,6 +40,12 @@ $B volume write demo --input "$D/data" --offset 50G
 $B pool status
 $B pool balance --windows 1
 $B pool status
+step "the volume as a block device: /dev/ublkb0 in the test VM (the host has no ublk)"
+if [ -c /dev/ublk-control ]; then
+  SHARDBLK_BIN="$PWD/$B" SHARDBLK_VM=1 bash tools/demo-vm.sh
+else
+  SHARDBLK_BIN="$PWD/$B" SHARDBLK_VM_EXTRA_MODULES=ext4 tools/vm/run.sh --timeout 600 tools/demo-vm.sh
+fi
 step "prefetch baselines on real traces (offline tier simulator; the LSTM joins with issue 4)"
 target/release/shardblk trace eval ../shared/traces/lirs-multi1.blocks ../shared/traces/umass_websearch_mqsim.csv.gz --shard-size 64K,1M
 step "engine vs fio on one file (4 KiB random QD1/QD32, 1 MiB sequential QD4; ${SHARDBLK_BENCH_SECS:=2} s each)"
