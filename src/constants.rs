@@ -82,6 +82,9 @@ pub const MIGRATE_RETRIES_MAX: u32 = 8;
 /// until below low; promotion stops above high.
 pub const HOT_WATERMARK_HIGH_PERCENT: u8 = 90;
 pub const HOT_WATERMARK_LOW_PERCENT: u8 = 75;
+/// Length of one policy window of the background manager (promotion,
+/// demotion, split, merge; a commit ends each window).
+pub const POLICY_WINDOW_MS: u64 = 2_000;
 /// A shard read this many times within one policy window is promoted.
 pub const PROMOTE_READS_DEFAULT: u32 = 4;
 

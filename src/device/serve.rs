@@ -16,6 +16,7 @@
 //!   a daemon that dies leaves the disk in place (I/O waits) until
 //!   [`ServeOptions::recover`] starts a new daemon for it.
 
+use crate::constants::POLICY_WINDOW_MS;
 use crate::constants::{
     DEVICE_DISCARD_MAX_BYTES, DEVICE_IO_BUF_BYTES, DEVICE_STOP_TIMEOUT_S, DEVICE_TRACE_RING_EVENTS,
     TIERS_MAX,
@@ -29,6 +30,7 @@ use crate::device::metrics::{trace_ring, TraceConsumer};
 use crate::device::queue::{pin_thread, run_queue, QueueCtx};
 use crate::device::registry::{socket_path, DeviceRecord};
 use crate::device::DeviceError;
+use crate::shard::manager::Manager;
 use crate::shard::pool::Pool;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
@@ -163,6 +165,14 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         _ => {}
     }
     let pool = Pool::open(&opts.pool)?;
+    // The tier policy runs while the device lives: promotion, demotion,
+    // split and merge every window, each window ending with a commit (which
+    // also bounds how long a first write's mapping waits for durability
+    // when the user never flushes).
+    let _manager = Manager::start(
+        pool.clone(),
+        std::time::Duration::from_millis(POLICY_WINDOW_MS),
+    );
     let volume = pool.volume(&opts.volume)?;
     let mut fds = [-1; TIERS_MAX];
     for (i, d) in pool.devices().iter().enumerate() {
@@ -283,6 +293,10 @@ fn run(
     stop_on_signal(number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);
     drop(p.consumers);
+    // An orderly stop makes everything acknowledged durable, mappings
+    // included: the kernel sends no FLUSH when a device is stopped, and a
+    // disk flushes its cache on shutdown too.
+    let committed = p.pool.commit();
     drop(p.pool);
     if opts.recover {
         // A device adopted by recovery is not deleted by libublk's drop;
@@ -292,7 +306,8 @@ fn run(
     if let Some(n) = *number_cell.lock().expect("number") {
         DeviceRecord::remove(n);
     }
-    r.map(|_| ()).map_err(DeviceError::from)
+    r.map(|_| ()).map_err(DeviceError::from)?;
+    committed.map_err(|e| DeviceError::Pool(e.into()))
 }
 
 /// SIGINT and SIGTERM stop the device (`STOP_DEV`; the daemon then deletes it

@@ -63,6 +63,27 @@ if 1:
     "$B" del -n "$n"
 }
 
+# An orderly stop (del) keeps writes that were never flushed: the daemon
+# commits on its way out, as a disk flushes its cache on shutdown.
+orderly_stop() {
+    step "orderly stop keeps unflushed writes"
+    make_pool 256M 256M
+    "$B" volume create keep --size 1G --shard-size 1M >/dev/null
+    dev="$("$B" add --volume keep -n 7)" || die "add"
+    wait_dev "$dev"
+    (cd "$W" && fio --name=keep --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=64k \
+        --size=48M --verify=crc32c --do_verify=0 >/dev/null) || die "fio write"
+    "$B" del -n 7
+    mapped="$("$B" volume inspect keep --json | python3 -c 'import json,sys; print(sum(m[1] for m in json.load(sys.stdin)["mapped_bytes"]))')"
+    [ "$mapped" -ge $((48 << 20)) ] || die "after del only $mapped bytes mapped"
+    dev="$("$B" add --volume keep -n 7)" || die "re-add"
+    wait_dev "$dev"
+    (cd "$W" && fio --name=keep --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=64k \
+        --size=48M --verify=crc32c --verify_only --verify_fatal=1 >/dev/null) || die "verify after re-add"
+    "$B" del -n 7
+}
+orderly_stop
+
 suite off
 if "$B" features | grep -qw AUTO_BUF_REG; then
     suite on
