@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# bench/device_compare.sh: /dev/ublkbN (shardblk, all shards on the hot tier)
+# against the kernel loop driver and rublk's loop target, in one guest run of
+# the test VM. Run from the repository root:  bench/device_compare.sh
+#
+# Installs rublk (the peer, `cargo install rublk --no-default-features`) into
+# .vm/bin when missing (about 7 minutes the first time), builds shardblk in
+# release mode, then runs bench/device_compare_guest.sh in the VM, which
+# prints one table of IOPS, bandwidth and p50/p99 latency with the ratios to
+# rublk. Under TCG absolute numbers are low and noisy: read the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh >/dev/null
+if [ ! -x .vm/bin/rublk ]; then
+    echo "installing rublk into .vm/bin (the peer we compare with)" >&2
+    cargo install --quiet rublk --no-default-features --root .vm
+fi
+cargo build --release --quiet
+SHARDBLK_BIN="$PWD/target/release/shardblk" SHARDBLK_RUBLK="$PWD/.vm/bin/rublk" \
+    tools/vm/run.sh --mem 4096 --timeout 900 bench/device_compare_guest.sh

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The guest half of bench/device_compare.sh (runs in the test VM as root).
+# Three targets on the same medium (the guest's tmpfs), each backed by its
+# own 384 MiB file written in full first: shardblk (one queue pinned to CPU 1,
+# a fully mapped volume on the hot tier), the kernel loop driver with direct
+# I/O, and rublk's loop target (one queue, direct I/O). fio runs pinned to
+# CPU 0, io_uring, direct, 4 s per job; jobs interleave the targets.
+. "$(dirname "$0")/../tests/vm/lib.sh"
+R="${SHARDBLK_RUBLK:?set SHARDBLK_RUBLK}"
+[ -x "$R" ] || die "no rublk at $R"
+SIZE_MB=384
+
+make_pool 512M 256M
+"$B" volume create cmp --size ${SIZE_MB}M --shard-size 1M >/dev/null
+sb="$("$B" add --volume cmp --number 3 --cpus 1)" || die "shardblk add"
+wait_dev "$sb"
+dd if=/dev/urandom of="$sb" bs=1M count=$SIZE_MB oflag=direct status=none
+
+dd if=/dev/urandom of="$W/loop.img" bs=1M count=$SIZE_MB status=none
+lo="$(losetup --direct-io=on -f --show "$W/loop.img")" || die "losetup"
+
+dd if=/dev/urandom of="$W/rublk.img" bs=1M count=$SIZE_MB status=none
+"$R" add loop --quiet -n 4 -q 1 -f "$W/rublk.img" >/dev/null 2>&1 || die "rublk add"
+wait_dev /dev/ublkb4
+ru=/dev/ublkb4
+cleanup_all() { "$R" del -n 4 >/dev/null 2>&1 || true; losetup -d "$lo" 2>/dev/null || true; cleanup; }
+trap cleanup_all EXIT
+
+run_fio() { # target rw bs qd -> "iops bw_MBps p50_us p99_us"
+    (cd "$W" && fio --name=c --filename="$1" --direct=1 --ioengine=io_uring --rw="$2" --bs="$3" \
+        --iodepth="$4" --time_based --runtime=4 --cpus_allowed=0 --output-format=json >"$W/c.json") ||
+        die "fio $*"
+    python3 - "$2" "$W/c.json" <<'PY'
+import json, sys
+rw, path = sys.argv[1:]
+j = json.load(open(path))["jobs"][0]
+r = j["write" if "write" in rw else "read"]
+p = r["clat_ns"]["percentile"]
+print(f"{r['iops']:.0f} {r['bw_bytes']/1e6:.1f} {p['50.000000']/1000:.1f} {p['99.000000']/1000:.1f}")
+PY
+}
+
+printf '%-20s %-8s %9s %8s %9s %9s %8s %8s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru
+for job in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 4"; do
+    set -- $job
+    declare -A res=()
+    for t in rublk loop shardblk; do
+        case $t in rublk) dev=$ru ;; loop) dev=$lo ;; shardblk) dev=$sb ;; esac
+        res[$t]="$(run_fio "$dev" "$1" "$2" "$3")"
+    done
+    read -r ri rb rp50 rp99 <<<"${res[rublk]}"
+    for t in shardblk loop rublk; do
+        read -r i b p50 p99 <<<"${res[$t]}"
+        printf '%-20s %-8s %9s %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
+            "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")"
+    done
+    unset res
+done
+"$B" stats -n 3
