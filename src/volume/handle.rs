@@ -194,6 +194,17 @@ fn zeroes() -> &'static AlignedBuf {
     Z.get_or_init(|| AlignedBuf::new(MIGRATE_CHUNK_BYTES as usize))
 }
 
+/// Queue writes of `len` zero bytes at `offset` of `dev`, in chunks of the
+/// shared zero buffer.
+fn push_zeroes<'a>(ops: &mut Vec<IoOp<'a>>, dev: DevIndex, offset: u64, len: u64) {
+    let mut at = 0;
+    while at < len {
+        let k = (len - at).min(MIGRATE_CHUNK_BYTES);
+        ops.push(IoOp::write(dev, offset + at, &zeroes()[..k as usize]));
+        at += k;
+    }
+}
+
 /// A handle for I/O on one volume. Clone it per thread; each thread brings
 /// its own engine.
 #[derive(Clone)]
@@ -410,40 +421,28 @@ impl Volume {
                             Self::span_in_entry(t.loc(), e, off_in_slot, seg.len - done);
                         let dev_off =
                             e.device_byte_offset(self.data_start[e.tier()]) + (off_in_slot - start);
-                        let src = match data {
-                            Some(d) => &d[buf_off..buf_off + n as usize],
-                            None => &zeroes()[..n.min(MIGRATE_CHUNK_BYTES) as usize],
-                        };
-                        if data.is_none() && n > MIGRATE_CHUNK_BYTES {
-                            let mut at = 0;
-                            while at < n {
-                                let k = (n - at).min(MIGRATE_CHUNK_BYTES);
-                                ops.push(IoOp::write(
-                                    DevIndex(e.tier() as u16),
-                                    dev_off + at,
-                                    &zeroes()[..k as usize],
-                                ));
-                                at += k;
-                            }
-                        } else {
-                            ops.push(IoOp::write(DevIndex(e.tier() as u16), dev_off, src));
+                        let dev = DevIndex(e.tier() as u16);
+                        match data {
+                            Some(d) => ops.push(IoOp::write(
+                                dev,
+                                dev_off,
+                                &d[buf_off..buf_off + n as usize],
+                            )),
+                            None => push_zeroes(&mut ops, dev, dev_off, n),
                         }
                         self.v.stats.record(seg.slot, off_in_slot, n, false);
                         tickets.push(t);
                         done += n;
                     }
                     WriteEnter::Unmapped { loc, len_units } => {
-                        if data.is_none() {
-                            // Zeroing an unmapped range: it already reads as zeros.
-                            let entry_bytes = len_units * UNIT_SIZE_BYTES;
-                            let start = loc.child.map_or(0, |c| u64::from(c.index) * entry_bytes);
-                            done += (start + entry_bytes - off_in_slot).min(seg.len - done);
-                            continue;
-                        }
                         let entry_bytes = len_units * UNIT_SIZE_BYTES;
                         let start = loc.child.map_or(0, |c| u64::from(c.index) * entry_bytes);
                         let n = (start + entry_bytes - off_in_slot).min(seg.len - done);
-                        let d = data.expect("data present");
+                        let Some(d) = data else {
+                            // Zeroing an unmapped range: it already reads as zeros.
+                            done += n;
+                            continue;
+                        };
                         if self.map_and_write(
                             eng,
                             &guard,
@@ -507,22 +506,11 @@ impl Volume {
         let ext_bytes = len_units * UNIT_SIZE_BYTES;
         let dev = DevIndex(tier as u16);
         let mut ops = Vec::new();
-        let mut at = 0;
-        while at < ext_bytes {
-            if at == off_in_entry {
-                ops.push(IoOp::write(dev, base + at, data));
-                at += data.len() as u64;
-                continue;
-            }
-            let until = if at < off_in_entry {
-                off_in_entry
-            } else {
-                ext_bytes
-            };
-            let k = (until - at).min(MIGRATE_CHUNK_BYTES);
-            ops.push(IoOp::write(dev, base + at, &zeroes()[..k as usize]));
-            at += k;
-        }
+        // The data, and zeroes around it: the rest of a new shard reads as zeros.
+        push_zeroes(&mut ops, dev, base, off_in_entry);
+        ops.push(IoOp::write(dev, base + off_in_entry, data));
+        let after = off_in_entry + data.len() as u64;
+        push_zeroes(&mut ops, dev, base + after, ext_bytes - after);
         if let Err(e) = eng.run_all(&mut ops) {
             self.pool.free_now(tier, first, len_units);
             return Err(e.into());
