@@ -2,7 +2,7 @@
 # Install everything shardblk needs on a fresh Debian machine (idempotent, quiet).
 # Host packages only; the test VM's kernel is fetched by tools/vm/setup.sh.
 set -euo pipefail
-need=(fio e2fsprogs util-linux libclang-dev clang pkg-config)
+need=(fio e2fsprogs util-linux libclang-dev clang pkg-config python3-venv)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,3 +15,5 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found (Rust toolchain required)" >&2; exit 1; }
 echo "setup: host packages ready"
+# libtorch for the LSTM prefetcher (the default `lstm` feature).
+"$(dirname "$0")/torch-setup.sh"
