@@ -211,6 +211,33 @@ pub trait Predictor: Send {
     /// Observe a batch of events (time order, streams interleaved) and append
     /// predictions for the streams that had events in the batch.
     fn step(&mut self, batch: &[ShardEvent], out: &mut Vec<Prediction>);
+    /// Background work between batches, bounded by `budget` (the LSTM trains
+    /// online on recent windows here and swaps in the new weights). Returns
+    /// whether it did any work. Baselines have none.
+    fn background(&mut self, _budget: std::time::Duration) -> bool {
+        false
+    }
+    /// Figures for `shardblk stats` and the evaluation tables.
+    fn figures(&self) -> PredictorFigures {
+        PredictorFigures::default()
+    }
+}
+
+/// What a predictor reports about its own work (all counters since start).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PredictorFigures {
+    /// Batches stepped (the LSTM: batched forward steps).
+    pub batches: u64,
+    /// Events fed to the model.
+    pub events: u64,
+    /// Latency of the last and the mean batch step, nanoseconds.
+    pub batch_ns_last: u64,
+    pub batch_ns_mean: u64,
+    /// Online training steps done, and the latest training loss.
+    pub train_steps: u64,
+    pub train_loss: Option<f32>,
+    /// Work skipped under overload (events not fed, training skipped).
+    pub skipped: u64,
 }
 
 /// The predictor that never predicts (the "no prefetch" reference).
