@@ -306,7 +306,7 @@ pub const LSTM_SWAP_INTERVAL_MAX_STEPS: u32 = 1 << 20;
 /// Gradient norm clip of a training step.
 pub const LSTM_GRAD_CLIP_NORM: f64 = 1.0;
 /// Extra model steps that follow the most likely path to predict further ahead (default, max).
-pub const LSTM_LOOKAHEAD_DEFAULT_STEPS: u32 = 3;
+pub const LSTM_LOOKAHEAD_DEFAULT_STEPS: u32 = 7;
 pub const LSTM_LOOKAHEAD_MAX_STEPS: u32 = 64;
 /// Intra-op threads of the thread that owns the model (default, max).
 pub const LSTM_THREADS_DEFAULT: u32 = 1;

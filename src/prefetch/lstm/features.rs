@@ -6,7 +6,9 @@
 //! delta out of vocabulary), the op (read or write; other ops are not
 //! features, see [`op_class`]), a size bucket (log2 of the shards touched)
 //! and an inter-arrival bucket (time since the stream's previous event, x4
-//! per bucket from 1 µs). [`FeatureState`] is the per-stream memory this
+//! per bucket from 1 µs). An event on the same first shard as the stream's
+//! previous one is not an input (a re-read inside the shard is not a
+//! transition, as for the Markov baseline). [`FeatureState`] is the per-stream memory this
 //! needs (last shard, last time); [`Featurizer`] owns the vocabulary and
 //! turns events into features, growing the vocabulary online if asked.
 //! Pure: no tch, no clock.
@@ -91,6 +93,11 @@ impl Featurizer {
     /// for events that are not inputs.
     pub fn features(&mut self, st: &mut FeatureState, ev: &ShardEvent) -> Option<EventFeatures> {
         let op = op_class(ev.op)?;
+        if st.last_shard == Some(ev.shard) {
+            // A re-read of the same shard is not a transition (several
+            // requests inside one shard): no input, no new prediction.
+            return None;
+        }
         let delta = match st.last_shard {
             None => self.start(),
             Some(last) => match shard_delta(last, ev.shard) {
@@ -172,6 +179,10 @@ mod tests {
         let c = f.features(&mut st, &ev(6000, Op::Read, 90, 1)).unwrap();
         assert_eq!(c.delta, OOV, "-11 is not in the vocabulary");
         assert!(f.features(&mut st, &ev(7000, Op::Flush, 0, 1)).is_none());
+        assert!(
+            f.features(&mut st, &ev(7500, Op::Read, 90, 1)).is_none(),
+            "a re-read is not an input"
+        );
         assert_eq!(st.last_shard(), Some(90), "a flush is not an input");
         let d = f.features(&mut st, &ev(8000, Op::Read, 94, 1)).unwrap();
         assert_eq!(d.delta, f.vocab.class_of(4));

@@ -523,3 +523,117 @@ impl Predictor for LstmPredictor {
         self.fig.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prefetch::readahead::Readahead;
+    use crate::prefetch::stride::Stride;
+    use crate::trace::Op;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    const SHARD: u64 = 1 << 16;
+
+    fn cfg() -> PrefetchConfig {
+        PrefetchConfig {
+            shard_bytes: SHARD,
+            depth: 4,
+            confidence_min: 0.05,
+            sequence_length: 16,
+            ..Default::default()
+        }
+    }
+
+    fn small() -> LstmOptions {
+        LstmOptions {
+            shape: ModelShape {
+                vocab: 128,
+                hidden: 48,
+                layers: 1,
+                delta_embed: 16,
+                aux_embed: 2,
+            },
+            model: ModelSource::Fresh,
+            learning_rate: 1e-2,
+            train_interval_events: 4,
+            train_batch: 16,
+            buffer_windows: 256,
+            swap_interval_steps: 2,
+            lookahead: 0,
+            seed: 5,
+            ..Default::default()
+        }
+    }
+
+    /// A random permutation of `n` shards in one region, replayed `times` times.
+    fn replayed_permutation(seed: u64, n: u64, times: usize) -> Vec<ShardEvent> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut perm: Vec<u64> = (1000..1000 + n).collect();
+        perm.shuffle(&mut rng);
+        let mut t = 0;
+        (0..times)
+            .flat_map(|_| perm.clone())
+            .map(|shard| {
+                t += 1_000_000;
+                ShardEvent {
+                    ts_ns: t,
+                    volume: 0,
+                    op: Op::Read,
+                    shard,
+                    shards: 1,
+                }
+            })
+            .collect()
+    }
+
+    /// Top-1 and top-k accuracy over the events from `from` on: was event
+    /// `i` the best (any) prediction made right after event `i - 1`?
+    fn accuracy(p: &mut dyn Predictor, ev: &[ShardEvent], from: usize) -> (f64, f64) {
+        let (mut top1, mut topk, mut n) = (0, 0, 0);
+        let mut prev: Vec<Prediction> = Vec::new();
+        for (i, e) in ev.iter().enumerate() {
+            if i >= from {
+                n += 1;
+                let best = prev
+                    .iter()
+                    .max_by(|a, b| a.confidence.total_cmp(&b.confidence));
+                top1 += usize::from(best.is_some_and(|b| b.shard == e.shard));
+                topk += usize::from(prev.iter().any(|q| q.shard == e.shard));
+            }
+            prev.clear();
+            p.step(std::slice::from_ref(e), &mut prev);
+            p.background(Duration::from_secs(1));
+        }
+        (top1 as f64 / n as f64, topk as f64 / n as f64)
+    }
+
+    #[test]
+    fn learns_a_repeated_permutation_that_baselines_cannot() {
+        let seed = 21;
+        let n = 40;
+        let ev = replayed_permutation(seed, n, 30);
+        let from = ev.len() - 5 * n as usize;
+        let mut lstm = LstmPredictor::new(&cfg(), &small()).unwrap();
+        let (l1, lk) = accuracy(&mut lstm, &ev, from);
+        let (r1, rk) = accuracy(&mut Readahead::new(&cfg()), &ev, from);
+        let (s1, sk) = accuracy(&mut Stride::new(&cfg()), &ev, from);
+        let chance = 1.0 / n as f64;
+        let fig = lstm.figures();
+        eprintln!(
+            "seed {seed}: lstm top1 {l1:.3} top{} {lk:.3}; readahead {r1:.3}/{rk:.3}; stride {s1:.3}/{sk:.3}; chance {chance:.3}; {fig:?}",
+            cfg().depth
+        );
+        assert!(
+            l1 > 10.0 * chance && l1 > 0.5,
+            "seed {seed}: lstm top-1 {l1}"
+        );
+        assert!(lk >= l1);
+        for (name, b) in [("readahead", rk), ("stride", sk)] {
+            assert!(l1 > b + 0.4, "seed {seed}: lstm {l1} vs {name} {b}");
+        }
+        assert!(fig.train_steps > 100 && fig.train_loss.is_some_and(|l| l < 2.0));
+        assert_eq!(lstm.vocab().len() as u64, lstm.vocab().grown());
+    }
+}
