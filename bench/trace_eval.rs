@@ -161,20 +161,25 @@ fn inference_bench() {
         region_shift: 30,
         ..Default::default()
     };
-    let opts = LstmOptions {
-        online: false,
-        ..Default::default()
-    };
     println!();
     println!(
-        "LSTM inference (depth {}, lookahead {}):",
-        cfg.depth, opts.lookahead
+        "LSTM inference (depth {}, shipped model, no online training):",
+        cfg.depth
     );
     println!(
-        "{:>6} {:>10} {:>12} {:>12} {:>14}",
-        "batch", "device", "mean_us", "events/s", "predictions/s"
+        "{:>9} {:>6} {:>10} {:>12} {:>12} {:>14}",
+        "lookahead", "batch", "device", "mean_us", "events/s", "predictions/s"
     );
-    for batch in [1usize, 16, 64] {
+    let default_lookahead = LstmOptions::default().lookahead;
+    for (lookahead, batch) in [default_lookahead, 0]
+        .into_iter()
+        .flat_map(|l| [1usize, 16, 64].map(|b| (l, b)))
+    {
+        let opts = LstmOptions {
+            online: false,
+            lookahead,
+            ..Default::default()
+        };
         let mut p = LstmPredictor::new(&cfg, &opts).expect("lstm");
         let steps = (4096 / batch).max(64);
         let mut out = Vec::new();
@@ -197,7 +202,7 @@ fn inference_bench() {
         }
         let secs = t0.elapsed().as_secs_f64();
         println!(
-            "{batch:>6} {:>10} {:>12.0} {:>12.0} {:>14.0}",
+            "{lookahead:>9} {batch:>6} {:>10} {:>12.0} {:>12.0} {:>14.0}",
             format!("{:?}", p.device()),
             secs * 1e6 / steps as f64,
             (steps * batch) as f64 / secs,

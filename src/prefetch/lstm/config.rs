@@ -223,6 +223,9 @@ mod tests {
         for b in bad {
             assert!(b.validate().is_err(), "{b:?}");
         }
-        assert_eq!(ok.shape.state_floats(), 2 * 64);
+        assert_eq!(
+            ok.shape.state_floats(),
+            (2 * LSTM_LAYERS_DEFAULT * LSTM_HIDDEN_DEFAULT_UNITS) as usize
+        );
     }
 }

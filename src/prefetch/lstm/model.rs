@@ -143,6 +143,18 @@ impl Net {
         (h, c)
     }
 
+    /// Forget output class `class` (a vocabulary slot given a new delta):
+    /// zero weights and a bias below every other, so it starts unlikely.
+    pub fn reset_output_class(&self, class: i64) {
+        tch::no_grad(|| {
+            let _ = self.out.ws.get(class).zero_();
+            if let Some(bs) = &self.out.bs {
+                let low = bs.min().double_value(&[]) - 1.0;
+                let _ = bs.get(class).fill_(low);
+            }
+        });
+    }
+
     /// Logits over the `vocab + 1` output classes from top-layer outputs.
     pub fn logits(&self, top: &Tensor) -> Tensor {
         self.out.forward(top)

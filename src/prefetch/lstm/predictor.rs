@@ -11,13 +11,16 @@
 //!   batched LSTM step over every stream with an `r`-th event in the batch
 //!   (states gathered, stepped, scattered back): one round per batch when
 //!   each stream has one new event. Outputs are computed for the last
-//!   position of each stream only. The top classes with probability at or
+//!   position of each stream only; nothing is predicted after a stream's
+//!   first event (no delta seen yet). The top classes with probability at or
 //!   above `confidence_min` become shards `first shard + delta` (as wide as
 //!   the last request, OOV skipped); then up to `lookahead` further steps
 //!   follow the most likely path (confidence = product of probabilities)
 //!   while it stays above the threshold, until `depth` shards. A shard
 //!   already predicted for the stream among its last `2 * depth`
 //!   predictions is not predicted again unless its confidence has risen.
+//! - A vocabulary slot given a new delta online has its output row reset in
+//!   both copies of the weights (it starts unlikely and is learned anew).
 //! - [`Predictor::background`]: one training step is due per
 //!   `train_interval_events` events fed; due steps run within `budget`
 //!   (at least one when any is due and the budget is not zero); steps beyond
@@ -288,6 +291,12 @@ impl Predictor for LstmPredictor {
             });
             per[i].push((f, *ev));
         }
+        for c in self.feat.vocab.take_assigned() {
+            self.model.net.reset_output_class(i64::from(c));
+            if let Some(t) = &self.trainer {
+                t.model.net.reset_output_class(i64::from(c));
+            }
+        }
         if keys.is_empty() {
             return;
         }
@@ -365,8 +374,13 @@ impl Predictor for LstmPredictor {
         let mut paths: Vec<(usize, u64, f32, EventFeatures)> = Vec::new();
         let mut ph: Vec<Vec<f32>> = Vec::new();
         let mut pc: Vec<Vec<f32>> = Vec::new();
+        let start = self.feat.start();
         for i in 0..keys.len() {
             let (last_f, last_ev) = *per[i].last().expect("non-empty");
+            if last_f.delta == start {
+                // A stream's first event says nothing about where it goes.
+                continue;
+            }
             let width = last_ev.shards.max(1);
             let ranked = ranked(&probs[i], &self.feat.vocab);
             for &(_, d, p) in ranked.iter().take(depth) {

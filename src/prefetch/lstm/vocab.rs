@@ -14,7 +14,9 @@
 //!   of the last `window` deltas: a delta seen `min_count` times in the
 //!   window takes a free slot, or a stale one. Memory is bounded by the
 //!   window and the capacity; every operation is O(1) expected, except a
-//!   stale-slot search (O(capacity)) when the vocabulary is full.
+//!   stale-slot search (O(capacity)) when the vocabulary is full. Classes
+//!   assigned online are reported ([`DeltaVocab::take_assigned`]) so the
+//!   model can reset what it had learned for the slot.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -34,6 +36,8 @@ pub struct DeltaVocab {
     min_count: u32,
     /// Slots assigned online so far.
     grown: u64,
+    /// Classes assigned online since the last [`DeltaVocab::take_assigned`].
+    assigned: Vec<u32>,
 }
 
 impl PartialEq for DeltaVocab {
@@ -55,6 +59,7 @@ impl DeltaVocab {
             window_max: window.max(1),
             min_count: min_count.max(1),
             grown: 0,
+            assigned: Vec::new(),
         }
     }
 
@@ -202,7 +207,15 @@ impl DeltaVocab {
             self.index.insert(delta, i as u32 + 1);
         }
         self.grown += 1;
-        self.class_of(delta)
+        let c = self.class_of(delta);
+        self.assigned.push(c);
+        c
+    }
+
+    /// Classes given a (new) delta online since the last call: the model
+    /// resets their output rows, which meant another delta or nothing.
+    pub fn take_assigned(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.assigned)
     }
 }
 
@@ -239,6 +252,8 @@ mod tests {
         assert_eq!(v.class_of(3), OOV);
         assert_eq!(v.class_of(8), 2, "a delta in use keeps its class");
         assert_eq!(v.grown(), 3);
+        assert_eq!(v.take_assigned(), vec![1, 2, 1]);
+        assert!(v.take_assigned().is_empty());
         assert!(v.counts.values().sum::<u32>() as usize <= 4);
         assert_eq!(v.len(), 2);
     }
