@@ -307,6 +307,7 @@ fn write_out(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<(
 }
 
 /// Arguments of `trace train`.
+#[cfg_attr(not(feature = "lstm"), allow(dead_code))]
 struct TrainArgs {
     traces: Vec<PathBuf>,
     shard_size: u64,
