@@ -1,10 +1,18 @@
-//! Prefetch baselines on every real trace in `../shared/traces` and on the
+//! Every predictor (the LSTM starting from the shipped default model and
+//! training online) on every real trace in `../shared/traces` and on the
 //! synthetic set, at shard sizes 64 KiB and 1 MiB with a hot tier of
 //! 256 MiB either way (4096 or 256 shards), default simulator latencies.
-//! Prints one table; the winner of each group (lowest mean read latency) is
-//! marked `*`. Run: `cargo bench --bench trace_eval`.
+//! Prints one table (the winner of each group, lowest mean read latency,
+//! marked `*`), then the targets checked per row with PASS/FAIL:
+//! the LSTM's hit ratio is never more than 2 points below the best
+//! baseline; at least 10 points above it on traces with repeated
+//! non-sequential patterns (`synth-repeated`); its precision is at least
+//! 0.5 where it staged anything. Then an inference bench: predictions per
+//! second and batch latency at batch 1, 16 and 64 streams on this machine's
+//! device (CPU here). `SHARDBLK_BENCH_CHART=FILE` also writes the PNG chart.
+//! Run: `cargo bench --bench trace_eval`.
 
-use shardblk::prefetch::eval::{eval_trace, EvalTable};
+use shardblk::prefetch::eval::{eval_trace, EvalRow, EvalTable};
 use shardblk::prefetch::sim::SimConfig;
 use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
@@ -70,4 +78,135 @@ fn main() {
         table.rows.len(),
         t0.elapsed().as_secs_f64()
     );
+    if let Some(p) = std::env::var_os("SHARDBLK_BENCH_CHART") {
+        shardblk::prefetch::chart::eval_chart_png(Path::new(&p), &table).expect("chart");
+    }
+    checks(&table);
+    #[cfg(feature = "lstm")]
+    inference_bench();
+}
+
+/// The targets, per (trace, shard size) group.
+fn checks(table: &EvalTable) {
+    println!();
+    println!(
+        "{:<32} {:>5} {:>7} {:>9} {:>7} {:>6}  {:<14} {:<14} {:<10}",
+        "trace",
+        "shard",
+        "lstm%",
+        "best",
+        "base%",
+        "prec%",
+        "within 2 pts",
+        "+10 repeated",
+        "prec>=0.5"
+    );
+    let (mut pass, mut fail) = (0, 0);
+    let mut mark = |ok: Option<bool>| match ok {
+        Some(true) => {
+            pass += 1;
+            "PASS"
+        }
+        Some(false) => {
+            fail += 1;
+            "FAIL"
+        }
+        None => "-",
+    };
+    let mut groups: Vec<(&str, u64)> = Vec::new();
+    for r in &table.rows {
+        if !groups.contains(&(r.trace.as_str(), r.shard_bytes)) {
+            groups.push((r.trace.as_str(), r.shard_bytes));
+        }
+    }
+    for (trace, shard) in groups {
+        let rows: Vec<&EvalRow> = table
+            .rows
+            .iter()
+            .filter(|r| r.trace == trace && r.shard_bytes == shard)
+            .collect();
+        let Some(lstm) = rows.iter().find(|r| r.predictor == "lstm") else {
+            continue;
+        };
+        let Some(best) = rows
+            .iter()
+            .filter(|r| r.predictor != "lstm")
+            .max_by(|a, b| a.stats.hit_ratio.total_cmp(&b.stats.hit_ratio))
+        else {
+            continue;
+        };
+        let (l, b) = (100.0 * lstm.stats.hit_ratio, 100.0 * best.stats.hit_ratio);
+        let within = mark(Some(l >= b - 2.0));
+        let repeated = mark(trace.contains("repeated").then_some(l >= b + 10.0));
+        let prec = mark((lstm.stats.staged > 0).then_some(lstm.stats.precision >= 0.5));
+        println!(
+            "{trace:<32} {:>5} {l:>7.1} {:>9} {b:>7.1} {:>6.1}  {within:<14} {repeated:<14} {prec:<10}",
+            shardblk::prefetch::eval::human_bytes(shard),
+            best.predictor,
+            100.0 * lstm.stats.precision,
+        );
+    }
+    println!("targets: {pass} PASS, {fail} FAIL");
+}
+
+/// Predictions per second and batch latency of the LSTM (inference only,
+/// shipped model) with 1, 16 and 64 streams per batch, one event each.
+#[cfg(feature = "lstm")]
+fn inference_bench() {
+    use shardblk::prefetch::lstm::{LstmOptions, LstmPredictor};
+    use shardblk::prefetch::{Predictor, ShardEvent};
+    use shardblk::trace::Op;
+    let cfg = PrefetchConfig {
+        shard_bytes: 1 << 20,
+        region_shift: 30,
+        ..Default::default()
+    };
+    println!();
+    println!(
+        "LSTM inference (depth {}, shipped model, no online training):",
+        cfg.depth
+    );
+    println!(
+        "{:>9} {:>6} {:>10} {:>12} {:>12} {:>14}",
+        "lookahead", "batch", "device", "mean_us", "events/s", "predictions/s"
+    );
+    let default_lookahead = LstmOptions::default().lookahead;
+    for (lookahead, batch) in [default_lookahead, 0]
+        .into_iter()
+        .flat_map(|l| [1usize, 16, 64].map(|b| (l, b)))
+    {
+        let opts = LstmOptions {
+            online: false,
+            lookahead,
+            ..Default::default()
+        };
+        let mut p = LstmPredictor::new(&cfg, &opts).expect("lstm");
+        let steps = (4096 / batch).max(64);
+        let mut out = Vec::new();
+        let mut predictions = 0u64;
+        let mut ev: Vec<ShardEvent> = Vec::with_capacity(batch);
+        let t0 = std::time::Instant::now();
+        for s in 0..steps as u64 {
+            ev.clear();
+            // Stream b reads sequentially in its own 1 GiB region.
+            ev.extend((0..batch as u64).map(|b| ShardEvent {
+                ts_ns: s * 1_000_000,
+                volume: 0,
+                op: Op::Read,
+                shard: b * 1024 + s % 1000,
+                shards: 1,
+            }));
+            out.clear();
+            p.step(&ev, &mut out);
+            predictions += out.len() as u64;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{lookahead:>9} {batch:>6} {:>10} {:>12.0} {:>12.0} {:>14.0}",
+            format!("{:?}", p.device()),
+            secs * 1e6 / steps as f64,
+            (steps * batch) as f64 / secs,
+            predictions as f64 / secs
+        );
+    }
 }

@@ -257,3 +257,77 @@ const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MA
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES >> 9 <= u32::MAX as u64);
 const _: () = assert!(DEVICE_TRACE_RING_EVENTS.is_power_of_two());
+
+// --- lstm ---
+/// LSTM hidden units per layer: default and largest accepted.
+pub const LSTM_HIDDEN_DEFAULT_UNITS: u32 = 64;
+pub const LSTM_HIDDEN_MAX_UNITS: u32 = 1024;
+/// Stacked LSTM layers: default and largest accepted.
+pub const LSTM_LAYERS_DEFAULT: u32 = 1;
+pub const LSTM_LAYERS_MAX: u32 = 4;
+/// Embedding width of the delta class input (dimensions): default.
+pub const LSTM_DELTA_EMBED_DEFAULT_DIMS: u32 = 32;
+/// Embedding width of each of the op, size and inter-arrival inputs: default.
+pub const LSTM_AUX_EMBED_DEFAULT_DIMS: u32 = 4;
+/// Largest accepted embedding width (dimensions).
+pub const LSTM_EMBED_MAX_DIMS: u32 = 256;
+/// Delta classes in the vocabulary (out-of-vocabulary not counted): default
+/// and largest accepted. The output layer has one more (OOV); it dominates
+/// the step cost, so the vocabulary stays modest.
+pub const LSTM_VOCAB_DEFAULT_CLASSES: u32 = 256;
+pub const LSTM_VOCAB_MAX_CLASSES: u32 = 4096;
+/// Online vocabulary growth: deltas counted over this many recent events.
+pub const LSTM_VOCAB_WINDOW_EVENTS: usize = 4096;
+/// A delta seen this many times in the counting window joins the vocabulary.
+pub const LSTM_VOCAB_MIN_COUNT: u32 = 2;
+/// Size buckets of the size input (log2 of shards touched, capped).
+pub const LSTM_SIZE_BUCKETS: u32 = 8;
+/// Inter-arrival buckets (x4 per bucket from 1 µs, last bucket open-ended).
+pub const LSTM_GAP_BUCKETS: u32 = 16;
+/// Op classes of the op input (read, write).
+pub const LSTM_OP_CLASSES: u32 = 2;
+/// Adam learning rate: default (dimensionless) and accepted range.
+pub const LSTM_LEARNING_RATE_DEFAULT: f64 = 3e-3;
+pub const LSTM_LEARNING_RATE_MAX: f64 = 1.0;
+/// Online training: one training step per this many observed events (default).
+pub const LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS: u32 = 64;
+pub const LSTM_TRAIN_INTERVAL_MAX_EVENTS: u32 = 1 << 20;
+/// Training steps due but not yet run beyond which further ones are skipped (and counted).
+pub const LSTM_TRAIN_BACKLOG_MAX_STEPS: u64 = 8;
+/// Windows per training batch (default and largest).
+pub const LSTM_TRAIN_BATCH_DEFAULT_WINDOWS: u32 = 32;
+pub const LSTM_TRAIN_BATCH_MAX_WINDOWS: u32 = 4096;
+/// Recent windows kept for online training (default and largest).
+pub const LSTM_TRAIN_BUFFER_DEFAULT_WINDOWS: u32 = 1024;
+pub const LSTM_TRAIN_BUFFER_MAX_WINDOWS: u32 = 1 << 20;
+/// Training steps between swaps of the trained weights into the inference model (default).
+pub const LSTM_SWAP_INTERVAL_DEFAULT_STEPS: u32 = 4;
+pub const LSTM_SWAP_INTERVAL_MAX_STEPS: u32 = 1 << 20;
+/// Gradient norm clip of a training step.
+pub const LSTM_GRAD_CLIP_NORM: f64 = 1.0;
+/// Extra model steps that follow the most likely path to predict further ahead (default, max).
+pub const LSTM_LOOKAHEAD_DEFAULT_STEPS: u32 = 7;
+pub const LSTM_LOOKAHEAD_MAX_STEPS: u32 = 64;
+/// Intra-op threads of the thread that owns the model (default, max).
+pub const LSTM_THREADS_DEFAULT: u32 = 1;
+pub const LSTM_THREADS_MAX: u32 = 256;
+/// Largest model file read (bytes).
+pub const LSTM_MODEL_FILE_MAX_BYTES: u64 = 256 << 20;
+/// Shipped default model, relative to the crate root.
+pub const LSTM_DEFAULT_MODEL_PATH: &str = "models/lstm-default.sbm";
+const _: () =
+    assert!(LSTM_HIDDEN_DEFAULT_UNITS >= 1 && LSTM_HIDDEN_DEFAULT_UNITS <= LSTM_HIDDEN_MAX_UNITS);
+const _: () = assert!(LSTM_LAYERS_DEFAULT >= 1 && LSTM_LAYERS_DEFAULT <= LSTM_LAYERS_MAX);
+const _: () = assert!(LSTM_DELTA_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS);
+const _: () = assert!(LSTM_AUX_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS);
+const _: () = assert!(
+    LSTM_VOCAB_DEFAULT_CLASSES >= 1 && LSTM_VOCAB_DEFAULT_CLASSES <= LSTM_VOCAB_MAX_CLASSES
+);
+const _: () =
+    assert!(LSTM_VOCAB_MIN_COUNT >= 1 && LSTM_VOCAB_WINDOW_EVENTS >= LSTM_VOCAB_MIN_COUNT as usize);
+const _: () = assert!(LSTM_TRAIN_BATCH_DEFAULT_WINDOWS <= LSTM_TRAIN_BUFFER_DEFAULT_WINDOWS);
+const _: () = assert!(LSTM_LOOKAHEAD_DEFAULT_STEPS <= LSTM_LOOKAHEAD_MAX_STEPS);
+const _: () = assert!(LSTM_THREADS_DEFAULT >= 1 && LSTM_THREADS_DEFAULT <= LSTM_THREADS_MAX);
+/// Background time the simulator grants a predictor after each step: large,
+/// so the LSTM's own per-call step bound governs and evaluations are reproducible.
+pub const SIM_BACKGROUND_BUDGET_DEFAULT_NS: u64 = 1_000_000_000;

@@ -211,5 +211,5 @@ fn cli_synth_convert_eval() {
     .unwrap();
     let e = go(&["eval", &d("bad.csv")]).unwrap_err();
     assert!(format!("{e:#}").contains("line 2"), "{e:#}");
-    assert!(Cli::try_parse_from(["trace", "eval", "x", "--predictors", "lstm"]).is_err());
+    assert!(Cli::try_parse_from(["trace", "eval", "x", "--predictors", "lstn"]).is_err());
 }

@@ -4,19 +4,29 @@
 //! - `trace convert --from blkparse|msr|spc|fio|lirs|csv IN -o OUT [--to csv|fio]`:
 //!   any input may be gzip-compressed; OUT ending in `.gz` is compressed.
 //! - `trace eval TRACE... [--shard-size 64K,1M] [--hot-shards N] [--predictors
-//!   none,readahead,stride,markov] [--json]`: TRACE files in the shardblk
-//!   format, or LIRS `.blocks` files (converted with the default block size
-//!   and inter-arrival time).
+//!   none,readahead,stride,markov,lstm] [--model FILE] [--chart PNG] [--json]`:
+//!   TRACE files in the shardblk format, or LIRS `.blocks` files (converted
+//!   with the default block size and inter-arrival time).
+//! - `trace train --trace FILE... --shard-size S -o MODEL [--epochs N]
+//!   [--steps N] [--loss-chart PNG]`: offline LSTM training (progress bar,
+//!   loss curve PNG beside the model unless `--loss-chart` names another).
 //! - `trace synth --kind sequential|strided|btree|repeated|random -o OUT`.
 //!
 //! Files are read and written here; everything else is library code.
 
 use anyhow::{bail, Context, Result};
 use shardblk::constants::{
+    LSTM_AUX_EMBED_DEFAULT_DIMS, LSTM_DELTA_EMBED_DEFAULT_DIMS, LSTM_HIDDEN_DEFAULT_UNITS,
+    LSTM_LAYERS_DEFAULT, LSTM_LEARNING_RATE_DEFAULT, LSTM_LOOKAHEAD_DEFAULT_STEPS,
+    LSTM_THREADS_DEFAULT, LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
+    SEQUENCE_LENGTH_DEFAULT_EVENTS,
+};
+use shardblk::constants::{
     PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
     PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, TRACE_INTERARRIVAL_DEFAULT_NS,
 };
-use shardblk::prefetch::eval::{eval_trace, EvalTable};
+use shardblk::prefetch::eval::{eval_trace_with, EvalTable};
+use shardblk::prefetch::lstm::{LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::sim::SimConfig;
 use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
@@ -63,6 +73,67 @@ pub enum BlkActionArg {
     C,
 }
 
+/// LSTM knobs shared by `trace eval` and `trace train`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LstmArgs {
+    /// LSTM: delta classes in the vocabulary (plus out-of-vocabulary).
+    #[arg(long, default_value_t = LSTM_VOCAB_DEFAULT_CLASSES)]
+    pub vocab: u32,
+    /// LSTM: hidden units per layer.
+    #[arg(long, default_value_t = LSTM_HIDDEN_DEFAULT_UNITS)]
+    pub hidden: u32,
+    /// LSTM: stacked layers.
+    #[arg(long, default_value_t = LSTM_LAYERS_DEFAULT)]
+    pub layers: u32,
+    /// LSTM: embedding width of the delta class.
+    #[arg(long, default_value_t = LSTM_DELTA_EMBED_DEFAULT_DIMS)]
+    pub delta_embed: u32,
+    /// LSTM: embedding width of op, size and inter-arrival each.
+    #[arg(long, default_value_t = LSTM_AUX_EMBED_DEFAULT_DIMS)]
+    pub aux_embed: u32,
+    /// LSTM: Adam learning rate.
+    #[arg(long, default_value_t = LSTM_LEARNING_RATE_DEFAULT)]
+    pub learning_rate: f64,
+    /// LSTM: one online training step per this many events.
+    #[arg(long, default_value_t = LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS)]
+    pub train_interval: u32,
+    /// LSTM: no online training (inference only).
+    #[arg(long)]
+    pub no_online: bool,
+    /// LSTM: extra steps along the most likely path.
+    #[arg(long, default_value_t = LSTM_LOOKAHEAD_DEFAULT_STEPS)]
+    pub lookahead: u32,
+    /// LSTM: libtorch intra-op threads.
+    #[arg(long, default_value_t = LSTM_THREADS_DEFAULT)]
+    pub threads: u32,
+    /// LSTM: seed of fresh weights and of training.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl LstmArgs {
+    /// The options, starting from `model`.
+    pub fn options(&self, model: ModelSource) -> LstmOptions {
+        LstmOptions {
+            shape: ModelShape {
+                vocab: self.vocab,
+                hidden: self.hidden,
+                layers: self.layers,
+                delta_embed: self.delta_embed,
+                aux_embed: self.aux_embed,
+            },
+            model,
+            learning_rate: self.learning_rate,
+            online: !self.no_online,
+            train_interval_events: self.train_interval,
+            lookahead: self.lookahead,
+            threads: self.threads,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum TraceCmd {
     /// Convert a trace to shardblk's format (or to a fio iolog).
@@ -105,13 +176,25 @@ pub enum TraceCmd {
         /// Hot tier capacity in shards.
         #[arg(long, default_value_t = SIM_HOT_SHARDS_DEFAULT)]
         hot_shards: u64,
-        /// Predictors (comma-separated): none, readahead, stride, markov.
+        /// Predictors (comma-separated): none, readahead, stride, markov, lstm.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "none,readahead,stride,markov"
+            default_value = "none,readahead,stride,markov,lstm"
         )]
         predictors: Vec<PredictorKind>,
+        /// LSTM starting model (default: the shipped model if its shape
+        /// matches, else fresh weights).
+        #[arg(long, conflicts_with = "fresh")]
+        model: Option<PathBuf>,
+        /// LSTM: start from fresh weights (online training only).
+        #[arg(long)]
+        fresh: bool,
+        /// Also write a PNG chart of hit ratio and precision per predictor.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        #[command(flatten)]
+        lstm: LstmArgs,
         /// PREFETCH_DEPTH: most shards predicted per stream per step.
         #[arg(long, default_value_t = PREFETCH_DEPTH_DEFAULT_SHARDS)]
         depth: u32,
@@ -127,6 +210,41 @@ pub enum TraceCmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Train an LSTM model offline from traces.
+    Train {
+        /// Training traces (shardblk format, or LIRS .blocks).
+        #[arg(long = "trace", required = true, num_args = 1..)]
+        traces: Vec<PathBuf>,
+        /// Shard size of the model (suffixes K, M, G).
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        shard_size: u64,
+        /// Output model file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Passes over the traces.
+        #[arg(long, default_value_t = 3)]
+        epochs: u32,
+        /// Stop after this many training steps in all.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Parallel lanes (batch) of truncated BPTT.
+        #[arg(long, default_value_t = 32)]
+        lanes: usize,
+        /// SEQUENCE_LENGTH: events per truncated-BPTT chunk.
+        #[arg(long, default_value_t = SEQUENCE_LENGTH_DEFAULT_EVENTS)]
+        sequence_length: u32,
+        /// Streams are (volume, offset >> region_shift).
+        #[arg(long, default_value_t = PREFETCH_REGION_SHIFT_DEFAULT_BITS)]
+        region_shift: u32,
+        /// Loss curve PNG (default: the model path with `.loss.png`).
+        #[arg(long)]
+        loss_chart: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        lstm: LstmArgs,
     },
     /// Generate a synthetic trace.
     Synth {
@@ -186,6 +304,91 @@ fn write_out(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<(
     };
     res.and_then(|_| w.flush())
         .with_context(|| format!("write {}", path.display()))
+}
+
+/// Arguments of `trace train`.
+#[cfg_attr(not(feature = "lstm"), allow(dead_code))]
+struct TrainArgs {
+    traces: Vec<PathBuf>,
+    shard_size: u64,
+    output: PathBuf,
+    epochs: u32,
+    steps: Option<u64>,
+    lanes: usize,
+    sequence_length: u32,
+    region_shift: u32,
+    loss_chart: Option<PathBuf>,
+    quiet: bool,
+    lstm: LstmArgs,
+}
+
+#[cfg(not(feature = "lstm"))]
+fn train(_a: TrainArgs) -> Result<()> {
+    bail!("this build has no libtorch (built without the `lstm` feature)")
+}
+
+#[cfg(feature = "lstm")]
+fn train(a: TrainArgs) -> Result<()> {
+    use shardblk::prefetch::lstm::offline::{train_offline, OfflineJob};
+    let mut all = Vec::new();
+    for p in &a.traces {
+        all.push(read_trace_file(p)?);
+    }
+    let refs: Vec<&[TraceEvent]> = all.iter().map(Vec::as_slice).collect();
+    let job = OfflineJob {
+        prefetch: PrefetchConfig {
+            shard_bytes: a.shard_size,
+            sequence_length: a.sequence_length,
+            region_shift: a.region_shift,
+            ..Default::default()
+        },
+        lstm: a.lstm.options(ModelSource::Fresh),
+        epochs: a.epochs,
+        max_steps: a.steps,
+        lanes: a.lanes,
+    };
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} steps, loss {msg} (eta {eta})",
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    let t0 = std::time::Instant::now();
+    let res = train_offline(&refs, &job, |step, total, loss| {
+        bar.set_length(total);
+        bar.set_position(step);
+        bar.set_message(format!("{loss:.3}"));
+    })?;
+    bar.finish();
+    res.file
+        .write(&a.output)
+        .with_context(|| format!("write {}", a.output.display()))?;
+    let chart = a.loss_chart.unwrap_or_else(|| {
+        let mut s = a.output.clone().into_os_string();
+        s.push(".loss.png");
+        PathBuf::from(s)
+    });
+    shardblk::prefetch::chart::loss_curve_png(&chart, &res.losses, "LSTM training loss")
+        .map_err(anyhow::Error::msg)?;
+    let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "{}: {} B, {} steps in {:.1} s, {} streams, {} events, vocabulary {} deltas, final loss {:.3}; loss curve {}",
+        a.output.display(),
+        size,
+        res.losses.len(),
+        t0.elapsed().as_secs_f64(),
+        res.streams,
+        res.events,
+        res.file.vocab.len(),
+        res.file.info.loss,
+        chart.display()
+    );
+    Ok(())
 }
 
 /// Run one `trace` subcommand.
@@ -256,7 +459,17 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             region_shift,
             no_demand_cache,
             json,
+            model,
+            fresh,
+            chart,
+            lstm,
         } => {
+            let source = match (model, fresh) {
+                (Some(p), _) => ModelSource::File(p),
+                (None, true) => ModelSource::Fresh,
+                (None, false) => ModelSource::Default,
+            };
+            let lstm = lstm.options(source);
             let mut table = EvalTable::default();
             for path in &traces {
                 let events = read_trace_file(path)?;
@@ -279,7 +492,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
                     };
                     table
                         .rows
-                        .extend(eval_trace(&name, &events, &cfg, &predictors)?);
+                        .extend(eval_trace_with(&name, &events, &cfg, &predictors, &lstm)?);
                 }
             }
             if json {
@@ -287,8 +500,38 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             } else {
                 print!("{table}");
             }
+            if let Some(c) = chart {
+                shardblk::prefetch::chart::eval_chart_png(&c, &table)
+                    .map_err(anyhow::Error::msg)?;
+                eprintln!("{}: chart written", c.display());
+            }
             Ok(())
         }
+        TraceCmd::Train {
+            traces,
+            shard_size,
+            output,
+            epochs,
+            steps,
+            lanes,
+            sequence_length,
+            region_shift,
+            loss_chart,
+            quiet,
+            lstm,
+        } => train(TrainArgs {
+            traces,
+            shard_size,
+            output,
+            epochs,
+            steps,
+            lanes,
+            sequence_length,
+            region_shift,
+            loss_chart,
+            quiet,
+            lstm,
+        }),
         TraceCmd::Synth {
             kind,
             output,

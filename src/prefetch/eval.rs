@@ -6,8 +6,9 @@
 //! winner of each (trace, shard size) group — lowest mean read latency —
 //! marked `*`; it serializes to JSON with serde.
 
+use super::lstm::LstmOptions;
 use super::sim::{simulate, SimConfig, SimStats};
-use super::{PredictorKind, PrefetchError};
+use super::{PredictorFigures, PredictorKind, PrefetchError};
 use crate::trace::TraceEvent;
 use std::fmt;
 
@@ -19,6 +20,8 @@ pub struct EvalRow {
     pub hot_shards: u64,
     pub predictor: &'static str,
     pub stats: SimStats,
+    /// The predictor's own figures after the run (batches, latency, training).
+    pub figures: PredictorFigures,
 }
 
 /// Rows of an evaluation.
@@ -27,23 +30,36 @@ pub struct EvalTable {
     pub rows: Vec<EvalRow>,
 }
 
-/// Evaluate `kinds` on one trace.
+/// Evaluate `kinds` on one trace (the LSTM with default options).
 pub fn eval_trace(
     name: &str,
     trace: &[TraceEvent],
     cfg: &SimConfig,
     kinds: &[PredictorKind],
 ) -> Result<Vec<EvalRow>, PrefetchError> {
+    eval_trace_with(name, trace, cfg, kinds, &LstmOptions::default())
+}
+
+/// Evaluate `kinds` on one trace, the LSTM built with `lstm`.
+pub fn eval_trace_with(
+    name: &str,
+    trace: &[TraceEvent],
+    cfg: &SimConfig,
+    kinds: &[PredictorKind],
+    lstm: &LstmOptions,
+) -> Result<Vec<EvalRow>, PrefetchError> {
     kinds
         .iter()
         .map(|k| {
-            let mut p = k.build(&cfg.prefetch)?;
+            let mut p = k.build_with(&cfg.prefetch, lstm)?;
+            let stats = simulate(trace, cfg, p.as_mut())?;
             Ok(EvalRow {
                 trace: name.to_string(),
                 shard_bytes: cfg.prefetch.shard_bytes,
                 hot_shards: cfg.hot_shards,
                 predictor: k.name(),
-                stats: simulate(trace, cfg, p.as_mut())?,
+                stats,
+                figures: p.figures(),
             })
         })
         .collect()

@@ -21,7 +21,9 @@
 //! - The caller (stager or [`sim`]) drops predictions below the confidence
 //!   threshold and de-duplicates against shards already hot.
 
+pub mod chart;
 pub mod eval;
+pub mod lstm;
 pub mod markov;
 pub mod readahead;
 pub mod sim;
@@ -43,8 +45,12 @@ use crate::trace::{Op, TraceEvent};
 pub enum PrefetchError {
     #[error("invalid prefetch configuration: {0}")]
     Config(String),
-    #[error("unknown predictor {0:?} (known: none, readahead, stride, markov)")]
+    #[error("unknown predictor {0:?} (known: none, readahead, stride, markov, lstm)")]
     UnknownPredictor(String),
+    /// The LSTM could not be built (model file, libtorch, or a build without
+    /// the `lstm` feature); the message says which.
+    #[error("lstm predictor: {0}")]
+    Lstm(String),
 }
 
 /// Configuration shared by every predictor.
@@ -251,19 +257,29 @@ impl Predictor for NonePredictor {
     fn step(&mut self, _batch: &[ShardEvent], _out: &mut Vec<Prediction>) {}
 }
 
-/// The predictors that can be built by name ([`PredictorKind::build`]). The
-/// LSTM joins here as another variant when it lands.
+/// The predictors that can be built by name ([`PredictorKind::build`],
+/// [`PredictorKind::build_with`] for the LSTM's own options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum PredictorKind {
     None,
     Readahead,
     Stride,
     Markov,
+    Lstm,
 }
 
 impl PredictorKind {
     /// Every kind, in table order.
-    pub const ALL: [PredictorKind; 4] = [
+    pub const ALL: [PredictorKind; 5] = [
+        PredictorKind::None,
+        PredictorKind::Readahead,
+        PredictorKind::Stride,
+        PredictorKind::Markov,
+        PredictorKind::Lstm,
+    ];
+
+    /// The classical baselines (and the no-prefetch reference).
+    pub const BASELINES: [PredictorKind; 4] = [
         PredictorKind::None,
         PredictorKind::Readahead,
         PredictorKind::Stride,
@@ -276,19 +292,55 @@ impl PredictorKind {
             PredictorKind::Readahead => "readahead",
             PredictorKind::Stride => "stride",
             PredictorKind::Markov => "markov",
+            PredictorKind::Lstm => "lstm",
         }
     }
 
-    /// Build a fresh predictor of this kind.
+    /// Build a fresh predictor of this kind (the LSTM with default options:
+    /// the shipped default model if compatible, else fresh weights).
     pub fn build(self, cfg: &PrefetchConfig) -> Result<Box<dyn Predictor>, PrefetchError> {
+        self.build_with(cfg, &lstm::LstmOptions::default())
+    }
+
+    /// Build a predictor of this kind; `lstm` configures the LSTM (model
+    /// file, sizes, online training, threads) and is ignored by the others.
+    /// Call it in the thread that will own the predictor (the LSTM sets
+    /// libtorch's intra-op threads).
+    pub fn build_with(
+        self,
+        cfg: &PrefetchConfig,
+        lstm: &lstm::LstmOptions,
+    ) -> Result<Box<dyn Predictor>, PrefetchError> {
         cfg.validate()?;
         Ok(match self {
             PredictorKind::None => Box::new(NonePredictor),
             PredictorKind::Readahead => Box::new(readahead::Readahead::new(cfg)),
             PredictorKind::Stride => Box::new(stride::Stride::new(cfg)),
             PredictorKind::Markov => Box::new(markov::Markov::new(cfg)),
+            PredictorKind::Lstm => build_lstm(cfg, lstm)?,
         })
     }
+}
+
+#[cfg(feature = "lstm")]
+fn build_lstm(
+    cfg: &PrefetchConfig,
+    opts: &lstm::LstmOptions,
+) -> Result<Box<dyn Predictor>, PrefetchError> {
+    lstm::LstmPredictor::new(cfg, opts)
+        .map(|p| Box::new(p) as Box<dyn Predictor>)
+        .map_err(|e| PrefetchError::Lstm(e.to_string()))
+}
+
+#[cfg(not(feature = "lstm"))]
+fn build_lstm(
+    _cfg: &PrefetchConfig,
+    opts: &lstm::LstmOptions,
+) -> Result<Box<dyn Predictor>, PrefetchError> {
+    opts.validate().map_err(PrefetchError::Lstm)?;
+    Err(PrefetchError::Lstm(
+        "this build has no libtorch (built without the `lstm` feature)".into(),
+    ))
 }
 
 impl std::str::FromStr for PredictorKind {
@@ -379,6 +431,10 @@ mod tests {
             "markov".parse::<PredictorKind>().unwrap(),
             PredictorKind::Markov
         );
-        assert!("lstm".parse::<PredictorKind>().is_err());
+        assert_eq!(
+            "lstm".parse::<PredictorKind>().unwrap(),
+            PredictorKind::Lstm
+        );
+        assert!("lstn".parse::<PredictorKind>().is_err());
     }
 }

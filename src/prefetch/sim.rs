@@ -20,6 +20,9 @@
 //! - A read of a staged shard before its first use is *useful*: *timely* if
 //!   the copy was ready (a hit), *late* otherwise (the read waits for the
 //!   copy, or reads the cold tier if that is faster).
+//! - After each predictor step the predictor gets `background_budget_ns`
+//!   of background time ([`Predictor::background`]: the LSTM trains online
+//!   there); simulated time does not advance for it.
 //! - Writes, discards and flushes are observed by the predictor but do not
 //!   change the hot tier nor count in the read metrics.
 //!
@@ -31,7 +34,8 @@
 use super::stream::LruMap;
 use super::{Prediction, Predictor, PrefetchConfig, PrefetchError};
 use crate::constants::{
-    SIM_COLD_ACCESS_DEFAULT_NS, SIM_COLD_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_ACCESS_DEFAULT_NS,
+    SIM_BACKGROUND_BUDGET_DEFAULT_NS, SIM_COLD_ACCESS_DEFAULT_NS,
+    SIM_COLD_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_ACCESS_DEFAULT_NS,
     SIM_HOT_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_SHARDS_DEFAULT, SIM_LATENCY_MAX_NS,
     SIM_STAGE_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_STAGE_QUEUE_MAX_SHARDS,
 };
@@ -56,6 +60,8 @@ pub struct SimConfig {
     pub demand_cache: bool,
     /// Events per predictor step.
     pub batch_events: usize,
+    /// Background budget granted after each step (0: none).
+    pub background_budget_ns: u64,
 }
 
 impl Default for SimConfig {
@@ -71,6 +77,7 @@ impl Default for SimConfig {
             stage_queue_max: SIM_STAGE_QUEUE_MAX_SHARDS,
             demand_cache: true,
             batch_events: 1,
+            background_budget_ns: SIM_BACKGROUND_BUDGET_DEFAULT_NS,
         }
     }
 }
@@ -222,6 +229,9 @@ pub fn simulate(
         preds.clear();
         predictor.step(&batch, &mut preds);
         batch.clear();
+        if cfg.background_budget_ns > 0 {
+            predictor.background(std::time::Duration::from_nanos(cfg.background_budget_ns));
+        }
         st.predicted += preds.len() as u64;
         while pending.front().is_some_and(|&r| r <= now) {
             pending.pop_front();
@@ -306,6 +316,7 @@ mod tests {
             stage_queue_max: 8,
             demand_cache: true,
             batch_events: 1,
+            background_budget_ns: 0,
         }
     }
 

@@ -1,0 +1,231 @@
+//! LSTM knobs: the model's shape (what a model file must match) and the
+//! online-training and runtime options, with their validation.
+//!
+//! Contract: [`LstmOptions::default`] uses the `LSTM_*` defaults of
+//! `constants.rs`; [`LstmOptions::validate`] checks every field against the
+//! limits there. Pure data (no tch): it exists without the `lstm` feature so
+//! the CLI and [`crate::prefetch::PredictorKind::build_with`] compile either way.
+
+use crate::constants::{
+    LSTM_AUX_EMBED_DEFAULT_DIMS, LSTM_DELTA_EMBED_DEFAULT_DIMS, LSTM_EMBED_MAX_DIMS,
+    LSTM_HIDDEN_DEFAULT_UNITS, LSTM_HIDDEN_MAX_UNITS, LSTM_LAYERS_DEFAULT, LSTM_LAYERS_MAX,
+    LSTM_LEARNING_RATE_DEFAULT, LSTM_LEARNING_RATE_MAX, LSTM_LOOKAHEAD_DEFAULT_STEPS,
+    LSTM_LOOKAHEAD_MAX_STEPS, LSTM_SWAP_INTERVAL_DEFAULT_STEPS, LSTM_SWAP_INTERVAL_MAX_STEPS,
+    LSTM_THREADS_DEFAULT, LSTM_THREADS_MAX, LSTM_TRAIN_BATCH_DEFAULT_WINDOWS,
+    LSTM_TRAIN_BATCH_MAX_WINDOWS, LSTM_TRAIN_BUFFER_DEFAULT_WINDOWS, LSTM_TRAIN_BUFFER_MAX_WINDOWS,
+    LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_TRAIN_INTERVAL_MAX_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
+    LSTM_VOCAB_MAX_CLASSES,
+};
+use std::path::PathBuf;
+
+/// The architecture: a model file holds weights for exactly one shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ModelShape {
+    /// Delta classes (OOV not counted).
+    pub vocab: u32,
+    /// Hidden units per layer.
+    pub hidden: u32,
+    /// Stacked LSTM layers.
+    pub layers: u32,
+    /// Embedding width of the delta class.
+    pub delta_embed: u32,
+    /// Embedding width of each of op, size and inter-arrival.
+    pub aux_embed: u32,
+}
+
+impl Default for ModelShape {
+    fn default() -> Self {
+        ModelShape {
+            vocab: LSTM_VOCAB_DEFAULT_CLASSES,
+            hidden: LSTM_HIDDEN_DEFAULT_UNITS,
+            layers: LSTM_LAYERS_DEFAULT,
+            delta_embed: LSTM_DELTA_EMBED_DEFAULT_DIMS,
+            aux_embed: LSTM_AUX_EMBED_DEFAULT_DIMS,
+        }
+    }
+}
+
+impl ModelShape {
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |name: &str, v: u32, max: u32| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("lstm {name} {v} must be in 1..={max}"))
+            }
+        };
+        check("vocabulary size", self.vocab, LSTM_VOCAB_MAX_CLASSES)?;
+        check("hidden size", self.hidden, LSTM_HIDDEN_MAX_UNITS)?;
+        check("layers", self.layers, LSTM_LAYERS_MAX)?;
+        check("delta embedding", self.delta_embed, LSTM_EMBED_MAX_DIMS)?;
+        check("aux embedding", self.aux_embed, LSTM_EMBED_MAX_DIMS)
+    }
+
+    /// Floats of one stream's state (h and c, every layer).
+    pub fn state_floats(&self) -> usize {
+        2 * self.layers as usize * self.hidden as usize
+    }
+}
+
+/// Where the starting weights and vocabulary come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub enum ModelSource {
+    /// The shipped default model (`LSTM_DEFAULT_MODEL_PATH` under the crate
+    /// root, or `$SHARDBLK_LSTM_MODEL`) when it exists and has the requested
+    /// shape; else fresh weights.
+    #[default]
+    Default,
+    /// Fresh weights (seeded) and an empty vocabulary that grows online.
+    Fresh,
+    /// This model file; its shape wins over the options' shape. An unreadable,
+    /// corrupt or inconsistent file is an error.
+    File(PathBuf),
+}
+
+/// Every LSTM knob beyond [`crate::prefetch::PrefetchConfig`] (which gives
+/// depth, confidence threshold, `SEQUENCE_LENGTH` = training window, streams).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LstmOptions {
+    pub shape: ModelShape,
+    pub model: ModelSource,
+    /// Adam learning rate of online training.
+    pub learning_rate: f64,
+    /// Train online (continuous learning) in `background`.
+    pub online: bool,
+    /// One training step per this many observed events.
+    pub train_interval_events: u32,
+    /// Windows per training step.
+    pub train_batch: u32,
+    /// Recent windows kept for training.
+    pub buffer_windows: u32,
+    /// Training steps between weight swaps into the inference model.
+    pub swap_interval_steps: u32,
+    /// Extra model steps along the most likely path (predicting further ahead).
+    pub lookahead: u32,
+    /// Grow the delta vocabulary online.
+    pub grow_vocab: bool,
+    /// Intra-op threads of the thread that owns the model.
+    pub threads: u32,
+    /// Seed of fresh weights and of training batch sampling.
+    pub seed: u64,
+}
+
+impl Default for LstmOptions {
+    fn default() -> Self {
+        LstmOptions {
+            shape: ModelShape::default(),
+            model: ModelSource::Default,
+            learning_rate: LSTM_LEARNING_RATE_DEFAULT,
+            online: true,
+            train_interval_events: LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS,
+            train_batch: LSTM_TRAIN_BATCH_DEFAULT_WINDOWS,
+            buffer_windows: LSTM_TRAIN_BUFFER_DEFAULT_WINDOWS,
+            swap_interval_steps: LSTM_SWAP_INTERVAL_DEFAULT_STEPS,
+            lookahead: LSTM_LOOKAHEAD_DEFAULT_STEPS,
+            grow_vocab: true,
+            threads: LSTM_THREADS_DEFAULT,
+            seed: 1,
+        }
+    }
+}
+
+impl LstmOptions {
+    /// Check every field against its limits.
+    pub fn validate(&self) -> Result<(), String> {
+        self.shape.validate()?;
+        if !(self.learning_rate > 0.0 && self.learning_rate <= LSTM_LEARNING_RATE_MAX) {
+            return Err(format!(
+                "lstm learning rate {} must be in (0, {LSTM_LEARNING_RATE_MAX}]",
+                self.learning_rate
+            ));
+        }
+        let check = |name: &str, v: u32, lo: u32, max: u32| {
+            if (lo..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("lstm {name} {v} must be in {lo}..={max}"))
+            }
+        };
+        check(
+            "train interval (events)",
+            self.train_interval_events,
+            1,
+            LSTM_TRAIN_INTERVAL_MAX_EVENTS,
+        )?;
+        check(
+            "train batch (windows)",
+            self.train_batch,
+            1,
+            LSTM_TRAIN_BATCH_MAX_WINDOWS,
+        )?;
+        check(
+            "training buffer (windows)",
+            self.buffer_windows,
+            self.train_batch,
+            LSTM_TRAIN_BUFFER_MAX_WINDOWS,
+        )?;
+        check(
+            "swap interval (steps)",
+            self.swap_interval_steps,
+            1,
+            LSTM_SWAP_INTERVAL_MAX_STEPS,
+        )?;
+        check(
+            "lookahead (steps)",
+            self.lookahead,
+            0,
+            LSTM_LOOKAHEAD_MAX_STEPS,
+        )?;
+        check("threads", self.threads, 1, LSTM_THREADS_MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_valid_and_bounds_enforced() {
+        let ok = LstmOptions::default();
+        assert!(ok.validate().is_ok());
+        let bad = [
+            LstmOptions {
+                learning_rate: 0.0,
+                ..ok.clone()
+            },
+            LstmOptions {
+                threads: 0,
+                ..ok.clone()
+            },
+            LstmOptions {
+                buffer_windows: ok.train_batch - 1,
+                ..ok.clone()
+            },
+            LstmOptions {
+                shape: ModelShape {
+                    vocab: LSTM_VOCAB_MAX_CLASSES + 1,
+                    ..ok.shape
+                },
+                ..ok.clone()
+            },
+            LstmOptions {
+                shape: ModelShape {
+                    layers: 0,
+                    ..ok.shape
+                },
+                ..ok.clone()
+            },
+            LstmOptions {
+                lookahead: LSTM_LOOKAHEAD_MAX_STEPS + 1,
+                ..ok.clone()
+            },
+        ];
+        for b in bad {
+            assert!(b.validate().is_err(), "{b:?}");
+        }
+        assert_eq!(
+            ok.shape.state_floats(),
+            (2 * LSTM_LAYERS_DEFAULT * LSTM_HIDDEN_DEFAULT_UNITS) as usize
+        );
+    }
+}

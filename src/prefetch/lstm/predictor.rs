@@ -1,0 +1,653 @@
+//! The LSTM predictor: per-stream state carried between batched steps,
+//! top-k delta classes turned into shard predictions, online training in
+//! `background` on a separate copy of the weights.
+//!
+//! Contract (on top of the [`Predictor`] contract):
+//! - Per stream ([`StreamKey`], bounded [`LruMap`]): the featurizer's
+//!   memory, the LSTM state (h, c), the pending
+//!   training window and recently predicted shards.
+//! - [`Predictor::step`]: events become features (reads and writes; other
+//!   ops are ignored). Events are grouped by stream; round `r` runs one
+//!   batched LSTM step over every stream with an `r`-th event in the batch
+//!   (states gathered, stepped, scattered back): one round per batch when
+//!   each stream has one new event. Outputs are computed for the last
+//!   position of each stream only; nothing is predicted after a stream's
+//!   first event (no delta seen yet). The top classes with probability at or
+//!   above `confidence_min` become shards `first shard + delta` (as wide as
+//!   the last request, OOV skipped); then up to `lookahead` further steps
+//!   follow the most likely path (confidence = product of probabilities)
+//!   while it stays above the threshold, until `depth` shards. A shard
+//!   already predicted for the stream among its last `2 * depth`
+//!   predictions is not predicted again unless its confidence has risen.
+//! - A vocabulary slot given a new delta online has its output row reset in
+//!   both copies of the weights (it starts unlikely and is learned anew).
+//! - [`Predictor::background`]: one training step is due per
+//!   `train_interval_events` events fed; due steps run within `budget`
+//!   (at least one when any is due and the budget is not zero); steps beyond
+//!   [`LSTM_TRAIN_BACKLOG_MAX_STEPS`] or past the budget are skipped and
+//!   counted in `figures().skipped`. Every `swap_interval_steps` steps the
+//!   trained weights are copied into the inference model under no_grad:
+//!   inference never waits for an optimizer step in progress.
+
+use super::config::{LstmOptions, ModelShape, ModelSource};
+use super::features::{EventFeatures, FeatureState, Featurizer};
+use super::file::{ModelFile, TrainInfo};
+use super::model::{pick_device, Inputs, Model};
+use super::train::{gather_state, scatter_state, OnlineTrainer, Window};
+use super::vocab::{DeltaVocab, OOV};
+use super::LstmError;
+use crate::constants::{
+    LSTM_DEFAULT_MODEL_PATH, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
+    LSTM_VOCAB_WINDOW_EVENTS,
+};
+use crate::prefetch::stream::LruMap;
+use crate::prefetch::{
+    push_unique, Prediction, Predictor, PredictorFigures, PrefetchConfig, ShardEvent, StreamKey,
+};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Default)]
+struct Stream {
+    fs: FeatureState,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    pending: Vec<EventFeatures>,
+    h0: Vec<f32>,
+    c0: Vec<f32>,
+    recent: VecDeque<(u64, f32)>,
+}
+
+/// Where the starting model came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Fresh,
+    File(PathBuf),
+}
+
+/// The shipped default model's path: `$SHARDBLK_LSTM_MODEL`, else
+/// `LSTM_DEFAULT_MODEL_PATH` under the crate root.
+pub fn default_model_path() -> PathBuf {
+    std::env::var_os("SHARDBLK_LSTM_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(LSTM_DEFAULT_MODEL_PATH))
+}
+
+/// The LSTM predictor.
+pub struct LstmPredictor {
+    cfg: PrefetchConfig,
+    opts: LstmOptions,
+    model: Model,
+    trainer: Option<OnlineTrainer>,
+    feat: Featurizer,
+    streams: LruMap<StreamKey, Stream>,
+    fig: PredictorFigures,
+    batch_ns_total: u128,
+    due_events: u64,
+    since_swap: u32,
+    origin: Origin,
+    info: TrainInfo,
+}
+
+impl LstmPredictor {
+    /// Build from the options (see [`ModelSource`]); sets the intra-op
+    /// threads of libtorch (call it in the thread that owns the model).
+    pub fn new(cfg: &PrefetchConfig, opts: &LstmOptions) -> Result<Self, LstmError> {
+        cfg.validate()
+            .map_err(|e| LstmError::Config(e.to_string()))?;
+        opts.validate().map_err(LstmError::Config)?;
+        tch::set_num_threads(opts.threads as i32);
+        let device = pick_device();
+        let loaded = match &opts.model {
+            ModelSource::Fresh => None,
+            ModelSource::File(p) => Some((ModelFile::read(p)?, p.clone())),
+            ModelSource::Default => {
+                let p = default_model_path();
+                match ModelFile::read(&p) {
+                    Ok(f) if f.shape == opts.shape => Some((f, p)),
+                    Ok(_) | Err(_) => None,
+                }
+            }
+        };
+        let (model, vocab, origin, info) = match loaded {
+            Some((f, p)) => (
+                Model::from_file(&f, device)?,
+                f.delta_vocab()?,
+                Origin::File(p),
+                f.info,
+            ),
+            None => (
+                Model::new(opts.shape, device, opts.seed),
+                DeltaVocab::new(
+                    opts.shape.vocab as usize,
+                    LSTM_VOCAB_WINDOW_EVENTS,
+                    LSTM_VOCAB_MIN_COUNT,
+                ),
+                Origin::Fresh,
+                TrainInfo::default(),
+            ),
+        };
+        let trainer = if opts.online {
+            let mut copy = Model::new(model.net.shape, device, opts.seed);
+            copy.copy_from(&model)?;
+            Some(OnlineTrainer::new(
+                copy,
+                opts.learning_rate,
+                opts.train_batch as usize,
+                opts.buffer_windows as usize,
+                opts.seed,
+            )?)
+        } else {
+            None
+        };
+        Ok(LstmPredictor {
+            cfg: *cfg,
+            opts: opts.clone(),
+            model,
+            trainer,
+            feat: Featurizer::new(vocab, opts.grow_vocab),
+            streams: LruMap::new(cfg.streams_max),
+            fig: PredictorFigures::default(),
+            batch_ns_total: 0,
+            due_events: 0,
+            since_swap: 0,
+            origin,
+            info,
+        })
+    }
+
+    /// Where the starting weights came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The model's shape (the file's when loaded from one).
+    pub fn shape(&self) -> ModelShape {
+        self.model.net.shape
+    }
+
+    pub fn vocab(&self) -> &DeltaVocab {
+        &self.feat.vocab
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.net.device()
+    }
+
+    /// The inference weights, vocabulary and training info as a model file.
+    pub fn to_file(&self) -> ModelFile {
+        let steps = self.trainer.as_ref().map_or(0, |t| t.steps);
+        self.model.to_file(
+            &self.feat.vocab,
+            TrainInfo {
+                shard_bytes: self.cfg.shard_bytes,
+                sequence_length: self.cfg.sequence_length,
+                train_steps: self.info.train_steps + steps,
+                loss: self.fig.train_loss.unwrap_or(self.info.loss),
+            },
+        )
+    }
+
+    /// Output probabilities `[n][vocab + 1]` from top-layer hidden vectors.
+    fn probs(&self, tops: &[&[f32]]) -> Vec<Vec<f32>> {
+        let hidden = self.model.net.shape.hidden as usize;
+        let flat: Vec<f32> = tops.iter().flat_map(|t| t.iter().copied()).collect();
+        let h = Tensor::from_slice(&flat)
+            .view([tops.len() as i64, hidden as i64])
+            .to_device(self.device());
+        let p = self
+            .model
+            .net
+            .logits(&h)
+            .softmax(-1, Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous();
+        let classes = p.size()[1] as usize;
+        let mut all = vec![0f32; tops.len() * classes];
+        let n = all.len();
+        p.view(-1).copy_data(&mut all, n);
+        all.chunks(classes).map(<[f32]>::to_vec).collect()
+    }
+
+    /// One batched step of `feats[i]` for streams with state `h[i]`, `c[i]`.
+    fn step_states(
+        &self,
+        feats: &[EventFeatures],
+        h: &mut [&mut Vec<f32>],
+        c: &mut [&mut Vec<f32>],
+    ) {
+        let shape = self.model.net.shape;
+        let (layers, hidden) = (i64::from(shape.layers), i64::from(shape.hidden));
+        let device = self.device();
+        let rows: Vec<&[EventFeatures]> = feats.iter().map(std::slice::from_ref).collect();
+        let x = Inputs::from_rows(&rows, device);
+        let hs: Vec<&[f32]> = h.iter().map(|v| v.as_slice()).collect();
+        let cs: Vec<&[f32]> = c.iter().map(|v| v.as_slice()).collect();
+        let h0 = gather_state(&hs, layers, hidden, device);
+        let c0 = gather_state(&cs, layers, hidden, device);
+        let (h1, c1) = self.model.net.step(&x, &h0, &c0);
+        scatter_state(&h1, h);
+        scatter_state(&c1, c);
+    }
+
+    fn top<'a>(&self, state_h: &'a [f32]) -> &'a [f32] {
+        let hidden = self.model.net.shape.hidden as usize;
+        &state_h[state_h.len() - hidden..]
+    }
+
+    fn swap(&mut self) {
+        if let Some(t) = &self.trainer {
+            // VarStore::copy runs under no_grad.
+            if self.model.copy_from(&t.model).is_err() {
+                self.fig.skipped += 1;
+            }
+        }
+        self.since_swap = 0;
+    }
+}
+
+/// Classes by decreasing probability (OOV and unassigned classes left out).
+fn ranked(p: &[f32], vocab: &DeltaVocab) -> Vec<(u32, i64, f32)> {
+    let mut v: Vec<(u32, i64, f32)> = p
+        .iter()
+        .enumerate()
+        .filter_map(|(c, &pr)| {
+            let c = c as u32;
+            (c != OOV)
+                .then(|| vocab.delta_of(c))
+                .flatten()
+                .map(|d| (c, d, pr))
+        })
+        .collect();
+    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    v
+}
+
+impl Predictor for LstmPredictor {
+    fn name(&self) -> &'static str {
+        "lstm"
+    }
+
+    fn step(&mut self, batch: &[ShardEvent], out: &mut Vec<Prediction>) {
+        let t0 = Instant::now();
+        let _guard = tch::no_grad_guard();
+        let state_len = self.model.net.shape.state_floats() / 2;
+        // 1. Features, grouped by stream in order of first appearance.
+        let mut keys: Vec<StreamKey> = Vec::new();
+        let mut per: Vec<Vec<(EventFeatures, ShardEvent)>> = Vec::new();
+        let mut slot: HashMap<StreamKey, usize> = HashMap::new();
+        for ev in batch {
+            let key = self.cfg.stream_of(ev);
+            let st = self.streams.get_or_insert_with(&key, Stream::default);
+            let Some(f) = self.feat.features(&mut st.fs, ev) else {
+                continue;
+            };
+            let i = *slot.entry(key).or_insert_with(|| {
+                keys.push(key);
+                per.push(Vec::new());
+                keys.len() - 1
+            });
+            per[i].push((f, *ev));
+        }
+        for c in self.feat.vocab.take_assigned() {
+            self.model.net.reset_output_class(i64::from(c));
+            if let Some(t) = &self.trainer {
+                t.model.net.reset_output_class(i64::from(c));
+            }
+        }
+        if keys.is_empty() {
+            return;
+        }
+        let fed: usize = per.iter().map(Vec::len).sum();
+        // 2. Rounds of batched steps over the streams' states.
+        let mut hs: Vec<Vec<f32>> = Vec::with_capacity(keys.len());
+        let mut cs: Vec<Vec<f32>> = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let st = self.streams.get_or_insert_with(k, Stream::default);
+            let fresh = vec![0f32; state_len];
+            hs.push(if st.h.len() == state_len {
+                st.h.clone()
+            } else {
+                fresh.clone()
+            });
+            cs.push(if st.c.len() == state_len {
+                st.c.clone()
+            } else {
+                fresh
+            });
+        }
+        let window = self.cfg.sequence_length as usize + 1;
+        let rounds = per.iter().map(Vec::len).max().unwrap_or(0);
+        for r in 0..rounds {
+            let active: Vec<usize> = (0..keys.len()).filter(|&i| per[i].len() > r).collect();
+            if self.trainer.is_some() {
+                for &i in &active {
+                    let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
+                    if st.pending.is_empty() {
+                        st.h0 = hs[i].clone();
+                        st.c0 = cs[i].clone();
+                    }
+                    st.pending.push(per[i][r].0);
+                }
+            }
+            let feats: Vec<EventFeatures> = active.iter().map(|&i| per[i][r].0).collect();
+            {
+                let mut hm: Vec<&mut Vec<f32>> = hs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| per[*i].len() > r)
+                    .map(|(_, v)| v)
+                    .collect();
+                let mut cm: Vec<&mut Vec<f32>> = cs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| per[*i].len() > r)
+                    .map(|(_, v)| v)
+                    .collect();
+                self.step_states(&feats, &mut hm, &mut cm);
+            }
+            if let Some(tr) = self.trainer.as_mut() {
+                for &i in &active {
+                    let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
+                    if st.pending.len() >= window {
+                        tr.push(Window {
+                            events: std::mem::take(&mut st.pending),
+                            h0: std::mem::take(&mut st.h0),
+                            c0: std::mem::take(&mut st.c0),
+                        });
+                    }
+                }
+            }
+        }
+        // 3. Output distributions at each stream's last position.
+        let probs = {
+            let tops: Vec<&[f32]> = hs.iter().map(|h| self.top(h)).collect();
+            self.probs(&tops)
+        };
+        // 4. Predictions: top classes, then the most likely path.
+        let depth = self.cfg.depth as usize;
+        let conf_min = self.cfg.confidence_min;
+        let mut preds: Vec<Vec<(u64, f32)>> = vec![Vec::new(); keys.len()];
+        // Rollout streams: (stream, position, confidence, input).
+        let mut paths: Vec<(usize, u64, f32, EventFeatures)> = Vec::new();
+        let mut ph: Vec<Vec<f32>> = Vec::new();
+        let mut pc: Vec<Vec<f32>> = Vec::new();
+        let start = self.feat.start();
+        for i in 0..keys.len() {
+            let (last_f, last_ev) = *per[i].last().expect("non-empty");
+            if last_f.delta == start {
+                // A stream's first event says nothing about where it goes.
+                continue;
+            }
+            let width = last_ev.shards.max(1);
+            let ranked = ranked(&probs[i], &self.feat.vocab);
+            for &(_, d, p) in ranked.iter().take(depth) {
+                if p < conf_min || preds[i].len() >= depth {
+                    break;
+                }
+                if let Some(pos) = last_ev.shard.checked_add_signed(d) {
+                    for s in pos..pos.saturating_add(u64::from(width)) {
+                        if preds[i].len() < depth && !preds[i].iter().any(|q| q.0 == s) {
+                            preds[i].push((s, p));
+                        }
+                    }
+                }
+            }
+            if let Some(&(c, d, p)) = ranked.first() {
+                if p >= conf_min && self.opts.lookahead > 0 && preds[i].len() < depth {
+                    if let Some(pos) = last_ev.shard.checked_add_signed(d) {
+                        paths.push((i, pos, p, EventFeatures { delta: c, ..last_f }));
+                        ph.push(hs[i].clone());
+                        pc.push(cs[i].clone());
+                    }
+                }
+            }
+        }
+        for _ in 0..self.opts.lookahead {
+            if paths.is_empty() {
+                break;
+            }
+            let feats: Vec<EventFeatures> = paths.iter().map(|p| p.3).collect();
+            {
+                let mut hm: Vec<&mut Vec<f32>> = ph.iter_mut().collect();
+                let mut cm: Vec<&mut Vec<f32>> = pc.iter_mut().collect();
+                self.step_states(&feats, &mut hm, &mut cm);
+            }
+            let pr = {
+                let tops: Vec<&[f32]> = ph.iter().map(|h| self.top(h)).collect();
+                self.probs(&tops)
+            };
+            let mut keep = vec![false; paths.len()];
+            for (j, path) in paths.iter_mut().enumerate() {
+                let (i, pos, conf, _) = *path;
+                let width = per[i].last().map_or(1, |e| e.1.shards.max(1));
+                let Some(&(c, d, p)) = ranked(&pr[j], &self.feat.vocab).first() else {
+                    continue;
+                };
+                let conf = conf * p;
+                let Some(next) = pos.checked_add_signed(d) else {
+                    continue;
+                };
+                if conf < conf_min {
+                    continue;
+                }
+                for s in next..next.saturating_add(u64::from(width)) {
+                    if preds[i].len() < depth && !preds[i].iter().any(|q| q.0 == s) {
+                        preds[i].push((s, conf));
+                    }
+                }
+                path.1 = next;
+                path.2 = conf;
+                path.3.delta = c;
+                keep[j] = preds[i].len() < depth;
+            }
+            let mut j = 0;
+            paths.retain(|_| {
+                j += 1;
+                keep[j - 1]
+            });
+            let mut j = 0;
+            ph.retain(|_| {
+                j += 1;
+                keep[j - 1]
+            });
+            let mut j = 0;
+            pc.retain(|_| {
+                j += 1;
+                keep[j - 1]
+            });
+        }
+        // 5. Store the states and emit, de-duplicated per stream.
+        for (i, key) in keys.iter().enumerate() {
+            let st = self.streams.get_or_insert_with(key, Stream::default);
+            st.h = std::mem::take(&mut hs[i]);
+            st.c = std::mem::take(&mut cs[i]);
+            let start = out.len();
+            for &(shard, confidence) in &preds[i] {
+                if st
+                    .recent
+                    .iter()
+                    .any(|&(r, c)| r == shard && c >= confidence)
+                {
+                    continue;
+                }
+                if push_unique(
+                    out,
+                    start,
+                    Prediction {
+                        volume: key.volume,
+                        shard,
+                        confidence,
+                    },
+                ) {
+                    st.recent.push_back((shard, confidence));
+                    if st.recent.len() > 2 * depth {
+                        st.recent.pop_front();
+                    }
+                }
+            }
+        }
+        self.due_events += fed as u64;
+        let ns = t0.elapsed().as_nanos();
+        self.fig.batches += 1;
+        self.fig.events += fed as u64;
+        self.fig.batch_ns_last = ns.min(u128::from(u64::MAX)) as u64;
+        self.batch_ns_total += ns;
+        self.fig.batch_ns_mean = (self.batch_ns_total / u128::from(self.fig.batches)) as u64;
+    }
+
+    fn background(&mut self, budget: Duration) -> bool {
+        if self.trainer.is_none() || budget.is_zero() {
+            return false;
+        }
+        let interval = u64::from(self.opts.train_interval_events);
+        let mut due = self.due_events / interval;
+        self.due_events %= interval;
+        if due == 0 {
+            return false;
+        }
+        if due > LSTM_TRAIN_BACKLOG_MAX_STEPS {
+            self.fig.skipped += due - LSTM_TRAIN_BACKLOG_MAX_STEPS;
+            due = LSTM_TRAIN_BACKLOG_MAX_STEPS;
+        }
+        let t0 = Instant::now();
+        let mut did = false;
+        for k in 0..due {
+            if k > 0 && t0.elapsed() >= budget {
+                self.fig.skipped += due - k;
+                break;
+            }
+            let Some(loss) = self.trainer.as_mut().and_then(OnlineTrainer::step) else {
+                break;
+            };
+            did = true;
+            self.fig.train_steps += 1;
+            self.fig.train_loss = Some(loss);
+            self.since_swap += 1;
+            if self.since_swap >= self.opts.swap_interval_steps {
+                self.swap();
+            }
+        }
+        did
+    }
+
+    fn figures(&self) -> PredictorFigures {
+        self.fig.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prefetch::readahead::Readahead;
+    use crate::prefetch::stride::Stride;
+    use crate::trace::Op;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    const SHARD: u64 = 1 << 16;
+
+    fn cfg() -> PrefetchConfig {
+        PrefetchConfig {
+            shard_bytes: SHARD,
+            depth: 4,
+            confidence_min: 0.05,
+            sequence_length: 16,
+            ..Default::default()
+        }
+    }
+
+    fn small() -> LstmOptions {
+        LstmOptions {
+            shape: ModelShape {
+                vocab: 128,
+                hidden: 48,
+                layers: 1,
+                delta_embed: 16,
+                aux_embed: 2,
+            },
+            model: ModelSource::Fresh,
+            learning_rate: 1e-2,
+            train_interval_events: 4,
+            train_batch: 16,
+            buffer_windows: 256,
+            swap_interval_steps: 2,
+            lookahead: 0,
+            seed: 5,
+            ..Default::default()
+        }
+    }
+
+    /// A random permutation of `n` shards in one region, replayed `times` times.
+    fn replayed_permutation(seed: u64, n: u64, times: usize) -> Vec<ShardEvent> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut perm: Vec<u64> = (1000..1000 + n).collect();
+        perm.shuffle(&mut rng);
+        let mut t = 0;
+        (0..times)
+            .flat_map(|_| perm.clone())
+            .map(|shard| {
+                t += 1_000_000;
+                ShardEvent {
+                    ts_ns: t,
+                    volume: 0,
+                    op: Op::Read,
+                    shard,
+                    shards: 1,
+                }
+            })
+            .collect()
+    }
+
+    /// Top-1 and top-k accuracy over the events from `from` on: was event
+    /// `i` the best (any) prediction made right after event `i - 1`?
+    fn accuracy(p: &mut dyn Predictor, ev: &[ShardEvent], from: usize) -> (f64, f64) {
+        let (mut top1, mut topk, mut n) = (0, 0, 0);
+        let mut prev: Vec<Prediction> = Vec::new();
+        for (i, e) in ev.iter().enumerate() {
+            if i >= from {
+                n += 1;
+                let best = prev
+                    .iter()
+                    .max_by(|a, b| a.confidence.total_cmp(&b.confidence));
+                top1 += usize::from(best.is_some_and(|b| b.shard == e.shard));
+                topk += usize::from(prev.iter().any(|q| q.shard == e.shard));
+            }
+            prev.clear();
+            p.step(std::slice::from_ref(e), &mut prev);
+            p.background(Duration::from_secs(1));
+        }
+        (top1 as f64 / n as f64, topk as f64 / n as f64)
+    }
+
+    #[test]
+    fn learns_a_repeated_permutation_that_baselines_cannot() {
+        let seed = 21;
+        let n = 40;
+        let ev = replayed_permutation(seed, n, 30);
+        let from = ev.len() - 5 * n as usize;
+        let mut lstm = LstmPredictor::new(&cfg(), &small()).unwrap();
+        let (l1, lk) = accuracy(&mut lstm, &ev, from);
+        let (r1, rk) = accuracy(&mut Readahead::new(&cfg()), &ev, from);
+        let (s1, sk) = accuracy(&mut Stride::new(&cfg()), &ev, from);
+        let chance = 1.0 / n as f64;
+        let fig = lstm.figures();
+        eprintln!(
+            "seed {seed}: lstm top1 {l1:.3} top{} {lk:.3}; readahead {r1:.3}/{rk:.3}; stride {s1:.3}/{sk:.3}; chance {chance:.3}; {fig:?}",
+            cfg().depth
+        );
+        assert!(
+            l1 > 10.0 * chance && l1 > 0.5,
+            "seed {seed}: lstm top-1 {l1}"
+        );
+        assert!(lk >= l1);
+        for (name, b) in [("readahead", rk), ("stride", sk)] {
+            assert!(l1 > b + 0.4, "seed {seed}: lstm {l1} vs {name} {b}");
+        }
+        assert!(fig.train_steps > 100 && fig.train_loss.is_some_and(|l| l < 2.0));
+        assert_eq!(lstm.vocab().len() as u64, lstm.vocab().grown());
+    }
+}

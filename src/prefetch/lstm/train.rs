@@ -1,0 +1,308 @@
+//! Training: the loss of a batch of windows, the online trainer (a bounded
+//! buffer of recent per-stream windows, truncated-BPTT steps with Adam on
+//! its own copy of the weights), and the offline trainer over whole traces.
+//!
+//! Contract:
+//! - A [`Window`] is `SEQUENCE_LENGTH + 1` consecutive events of one stream
+//!   and the inference state before its first event: inputs are the first
+//!   `T` events, targets the delta classes of the events that follow each
+//!   one. Training starts from that (detached) state: truncated BPTT, the
+//!   same state the inference model carried.
+//! - [`OnlineTrainer::step`] samples a batch from the buffer (seeded) and
+//!   does one Adam step; the buffer keeps the most recent
+//!   `buffer_windows` windows. The caller swaps weights into the inference
+//!   model (`Model::copy_from`, under no_grad) every few steps.
+//! - [`OfflineTrainer`] lays the streams of the training traces end to end
+//!   in `lanes` parallel lanes and walks them in chunks of `T` events,
+//!   carrying each lane's state between chunks (truncated BPTT); a stream's
+//!   first event has the start class as input (the model learns to reset),
+//!   and no target crosses from one stream into the next.
+
+use super::features::{EventFeatures, FeatureState, Featurizer};
+use super::model::{Inputs, Model};
+use crate::constants::LSTM_GRAD_CLIP_NORM;
+use crate::prefetch::stream::LruMap;
+use crate::prefetch::{PrefetchConfig, StreamKey};
+use crate::trace::TraceEvent;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// Target index ignored by the loss.
+pub const IGNORE: i64 = -100;
+
+/// One training window of a stream.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// `T + 1` events.
+    pub events: Vec<EventFeatures>,
+    /// State before the first event, `[layers * hidden]` each.
+    pub h0: Vec<f32>,
+    pub c0: Vec<f32>,
+}
+
+/// State tensors `[layers, B, hidden]` from per-stream `[layers * hidden]` vectors.
+pub fn gather_state(states: &[&[f32]], layers: i64, hidden: i64, device: Device) -> Tensor {
+    let b = states.len() as i64;
+    let mut flat = Vec::with_capacity(states.len() * (layers * hidden) as usize);
+    for l in 0..layers as usize {
+        for s in states {
+            flat.extend_from_slice(&s[l * hidden as usize..(l + 1) * hidden as usize]);
+        }
+    }
+    Tensor::from_slice(&flat)
+        .view([layers, b, hidden])
+        .to_device(device)
+}
+
+/// Per-stream `[layers * hidden]` vectors from a state tensor `[layers, B, hidden]`.
+pub fn scatter_state(t: &Tensor, out: &mut [&mut Vec<f32>]) {
+    let t = t.to_device(Device::Cpu).contiguous();
+    let dims = t.size();
+    let (layers, b, hidden) = (dims[0] as usize, dims[1] as usize, dims[2] as usize);
+    let mut flat = vec![0f32; layers * b * hidden];
+    let n = flat.len();
+    t.view(-1).copy_data(&mut flat, n);
+    for (i, o) in out.iter_mut().enumerate() {
+        o.resize(layers * hidden, 0.0);
+        for l in 0..layers {
+            let src = &flat[(l * b + i) * hidden..(l * b + i + 1) * hidden];
+            o[l * hidden..(l + 1) * hidden].copy_from_slice(src);
+        }
+    }
+}
+
+/// Mean cross-entropy of the windows' targets (positions with target
+/// [`IGNORE`] excluded), and the final state.
+pub fn loss_of(
+    model: &Model,
+    inputs: &Inputs,
+    targets: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let (out, h, c) = model.net.seq(inputs, h0, c0);
+    let logits = model.net.logits(&out);
+    let classes = logits.size()[2];
+    let loss = logits.view([-1, classes]).cross_entropy_loss::<Tensor>(
+        &targets.view([-1]),
+        None,
+        Reduction::Mean,
+        IGNORE,
+        0.0,
+    );
+    (loss, h, c)
+}
+
+/// The online trainer.
+pub struct OnlineTrainer {
+    pub model: Model,
+    opt: nn::Optimizer,
+    buffer: VecDeque<Window>,
+    capacity: usize,
+    batch: usize,
+    rng: ChaCha8Rng,
+    pub steps: u64,
+}
+
+impl OnlineTrainer {
+    /// A trainer on `model` (its own copy of the weights).
+    pub fn new(
+        model: Model,
+        lr: f64,
+        batch: usize,
+        capacity: usize,
+        seed: u64,
+    ) -> Result<Self, tch::TchError> {
+        let opt = nn::Adam::default().build(&model.vs, lr)?;
+        Ok(OnlineTrainer {
+            model,
+            opt,
+            buffer: VecDeque::with_capacity(capacity.min(1 << 16)),
+            capacity: capacity.max(1),
+            batch: batch.max(1),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            steps: 0,
+        })
+    }
+
+    /// Keep a window (the oldest is dropped when full).
+    pub fn push(&mut self, w: Window) {
+        if self.buffer.len() == self.capacity {
+            self.buffer.pop_front();
+        }
+        self.buffer.push_back(w);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// One truncated-BPTT Adam step on a sampled batch; None while the
+    /// buffer is empty.
+    pub fn step(&mut self) -> Option<f32> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let n = self.batch.min(self.buffer.len());
+        // Half the batch from the newest windows, half sampled from all.
+        let mut idx: Vec<usize> = (0..n / 2).map(|i| self.buffer.len() - 1 - i).collect();
+        while idx.len() < n {
+            idx.push(self.rng.random_range(0..self.buffer.len()));
+        }
+        let wins: Vec<&Window> = idx.iter().map(|&i| &self.buffer[i]).collect();
+        let device = self.model.net.device();
+        let shape = self.model.net.shape;
+        let (layers, hidden) = (i64::from(shape.layers), i64::from(shape.hidden));
+        let rows: Vec<&[EventFeatures]> = wins
+            .iter()
+            .map(|w| &w.events[..w.events.len() - 1])
+            .collect();
+        let inputs = Inputs::from_rows(&rows, device);
+        let t = rows[0].len() as i64;
+        let targets: Vec<i64> = wins
+            .iter()
+            .flat_map(|w| w.events[1..].iter().map(|e| i64::from(e.delta)))
+            .collect();
+        let targets = Tensor::from_slice(&targets)
+            .view([n as i64, t])
+            .to_device(device);
+        let h0: Vec<&[f32]> = wins.iter().map(|w| w.h0.as_slice()).collect();
+        let c0: Vec<&[f32]> = wins.iter().map(|w| w.c0.as_slice()).collect();
+        let h0 = gather_state(&h0, layers, hidden, device);
+        let c0 = gather_state(&c0, layers, hidden, device);
+        let (loss, _, _) = loss_of(&self.model, &inputs, &targets, &h0, &c0);
+        self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
+        self.steps += 1;
+        Some(loss.double_value(&[]) as f32)
+    }
+}
+
+/// Per-stream feature sequences of a trace with their targets (the next
+/// event's delta class in the stream).
+pub fn stream_sequences(
+    trace: &[TraceEvent],
+    cfg: &PrefetchConfig,
+    feat: &mut Featurizer,
+) -> Vec<Vec<(EventFeatures, i64)>> {
+    let mut index: LruMap<StreamKey, (FeatureState, usize)> = LruMap::new(cfg.streams_max);
+    let mut seqs: Vec<Vec<(EventFeatures, i64)>> = Vec::new();
+    for ev in trace {
+        let sev = cfg.shard_event(0, ev);
+        let key = cfg.stream_of(&sev);
+        let (st, i) = index.get_or_insert_with(&key, || {
+            seqs.push(Vec::new());
+            (FeatureState::default(), seqs.len() - 1)
+        });
+        let i = *i;
+        if let Some(f) = feat.features(st, &sev) {
+            if let Some(prev) = seqs[i].last_mut() {
+                prev.1 = i64::from(f.delta);
+            }
+            seqs[i].push((f, IGNORE));
+        }
+    }
+    seqs.retain(|s| s.len() >= 2);
+    seqs
+}
+
+/// Offline truncated-BPTT trainer over lanes of stream sequences.
+pub struct OfflineTrainer {
+    pub model: Model,
+    opt: nn::Optimizer,
+    lanes: Vec<Vec<(EventFeatures, i64)>>,
+    chunk: usize,
+    at: usize,
+    h: Tensor,
+    c: Tensor,
+    pub steps: u64,
+}
+
+impl OfflineTrainer {
+    /// Lay `seqs` into `lanes` lanes (longest first onto the shortest lane).
+    pub fn new(
+        model: Model,
+        seqs: Vec<Vec<(EventFeatures, i64)>>,
+        lanes: usize,
+        chunk: usize,
+        lr: f64,
+    ) -> Result<Self, tch::TchError> {
+        let lanes_n = lanes.max(1).min(seqs.len().max(1));
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
+        let mut out: Vec<Vec<(EventFeatures, i64)>> = vec![Vec::new(); lanes_n];
+        for i in order {
+            let shortest = (0..lanes_n).min_by_key(|&l| out[l].len()).unwrap_or(0);
+            out[shortest].extend_from_slice(&seqs[i]);
+        }
+        let opt = nn::Adam::default().build(&model.vs, lr)?;
+        let (h, c) = model.net.zero_state(lanes_n as i64);
+        Ok(OfflineTrainer {
+            model,
+            opt,
+            lanes: out,
+            chunk: chunk.max(1),
+            at: 0,
+            h,
+            c,
+            steps: 0,
+        })
+    }
+
+    /// Steps in one pass over the lanes.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .div_ceil(self.chunk)
+    }
+
+    /// One step on the next chunk of every lane (lanes that ended are
+    /// padded and ignored); wraps to a new epoch with zero states.
+    pub fn step(&mut self) -> f32 {
+        if self.at >= self.steps_per_epoch() * self.chunk {
+            self.at = 0;
+            (self.h, self.c) = self.model.net.zero_state(self.lanes.len() as i64);
+        }
+        let (from, to) = (self.at, self.at + self.chunk);
+        let pad = (EventFeatures::default(), IGNORE);
+        let rows: Vec<Vec<(EventFeatures, i64)>> = self
+            .lanes
+            .iter()
+            .map(|l| {
+                (from..to)
+                    .map(|i| l.get(i).copied().unwrap_or(pad))
+                    .collect()
+            })
+            .collect();
+        let feats: Vec<Vec<EventFeatures>> = rows
+            .iter()
+            .map(|r| r.iter().map(|e| e.0).collect())
+            .collect();
+        let refs: Vec<&[EventFeatures]> = feats.iter().map(Vec::as_slice).collect();
+        let device = self.model.net.device();
+        let inputs = Inputs::from_rows(&refs, device);
+        let targets: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|e| e.1)).collect();
+        let any_target = targets.iter().any(|&t| t != IGNORE);
+        let targets = Tensor::from_slice(&targets)
+            .view([rows.len() as i64, self.chunk as i64])
+            .to_device(device);
+        self.at = to;
+        self.steps += 1;
+        if !any_target {
+            // Nothing to learn (the mean would be NaN): only advance the state.
+            let (_, h, c) = tch::no_grad(|| self.model.net.seq(&inputs, &self.h, &self.c));
+            (self.h, self.c) = (h, c);
+            return 0.0;
+        }
+        let (loss, h, c) = loss_of(&self.model, &inputs, &targets, &self.h, &self.c);
+        self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
+        self.h = h.detach();
+        self.c = c.detach();
+        loss.to_kind(Kind::Float).double_value(&[]) as f32
+    }
+}
