@@ -257,3 +257,14 @@ const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MA
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES >> 9 <= u32::MAX as u64);
 const _: () = assert!(DEVICE_TRACE_RING_EVENTS.is_power_of_two());
+
+// --- devq: device queue loop, stats watch and HDR export ---
+/// Most bytes a control-socket reply may carry (a `hist` dump of every
+/// queue's histograms is the largest).
+pub const DEVICE_CONTROL_REPLY_MAX_BYTES: usize = 64 << 20;
+/// Default refresh period of `shardblk stats --watch` (seconds).
+pub const STATS_WATCH_INTERVAL_DEFAULT_S: f64 = 1.0;
+/// Shortest `--interval` accepted: one publish period of the queue threads (seconds).
+pub const STATS_WATCH_INTERVAL_MIN_S: f64 = DEVICE_STATS_PUBLISH_MS as f64 / 1000.0;
+const _: () = assert!(DEVICE_CONTROL_REPLY_MAX_BYTES >= DEVICE_CONTROL_MSG_MAX_BYTES);
+const _: () = assert!(STATS_WATCH_INTERVAL_DEFAULT_S >= STATS_WATCH_INTERVAL_MIN_S);
