@@ -19,5 +19,5 @@ if [ ! -x .vm/bin/rublk ]; then
 fi
 cargo build --release --quiet
 SHARDBLK_BIN="$PWD/target/release/shardblk" SHARDBLK_RUBLK="$PWD/.vm/bin/rublk" \
-    SHARDBLK_BASELINE_BIN="${SHARDBLK_BASELINE_BIN:-}" \
-    tools/vm/run.sh --mem 4096 --timeout 900 bench/device_compare_guest.sh
+    SHARDBLK_BASELINE_BIN="${SHARDBLK_BASELINE_BIN:-}" SHARDBLK_CMP_ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}" \
+    tools/vm/run.sh --mem 4096 --timeout 1500 bench/device_compare_guest.sh

@@ -4,7 +4,8 @@
 # own 384 MiB file written in full first: shardblk (one queue pinned to CPU 1,
 # a fully mapped volume on the hot tier), the kernel loop driver with direct
 # I/O, and rublk's loop target (one queue, direct I/O). fio runs pinned to
-# CPU 0, io_uring, direct, 4 s per job; jobs interleave the targets.
+# CPU 0, io_uring, direct, 4 s per job; jobs interleave the targets
+# (several rounds, see below).
 # SHARDBLK_BASELINE_BIN (optional): another shardblk build, served the same
 # way from its own pool, as a fourth target `before` (before/after a change).
 . "$(dirname "$0")/../tests/vm/lib.sh"
@@ -61,18 +62,32 @@ print(f"{r['iops']:.0f} {r['bw_bytes']/1e6:.1f} {p['50.000000']/1000:.1f} {p['99
 PY
 }
 
+# Each job runs SHARDBLK_CMP_ROUNDS times per target (default 3), the order
+# of the targets reversed every other round; the table shows the median of
+# each column over the rounds (the host is shared: single runs swing 2x).
+ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}"
 printf '%-20s %-8s %9s %8s %9s %9s %8s %8s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru
 for job in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 4"; do
     set -- $job
     declare -A res=()
-    for t in $targets; do
-        case $t in rublk) dev=$ru ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;; esac
-        res[$t]="$(run_fio "$dev" "$1" "$2" "$3")"
+    order="$targets"
+    for r in $(seq "$ROUNDS"); do
+        for t in $order; do
+            case $t in rublk) dev=$ru ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;; esac
+            res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3");"
+        done
+        order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
     done
-    read -r ri rb rp50 rp99 <<<"${res[rublk]}"
+    med() { # "a b c d;a b c d;..." -> medians of the four columns
+        python3 -c '
+import statistics, sys
+rows = [r.split() for r in sys.argv[1].split(";") if r.strip()]
+print(" ".join(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in range(4)))' "$1"
+    }
+    read -r ri rb rp50 rp99 <<<"$(med "${res[rublk]}")"
     for t in $(echo "$targets" | tr ' ' '\n' | tac); do
-        read -r i b p50 p99 <<<"${res[$t]}"
-        printf '%-20s %-8s %9s %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
+        read -r i b p50 p99 <<<"$(med "${res[$t]}")"
+        printf '%-20s %-8s %9.0f %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
             "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")"
     done
     unset res

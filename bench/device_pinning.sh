@@ -7,7 +7,8 @@
 #
 # Builds shardblk in release mode, then runs bench/device_pinning_guest.sh
 # in the test VM (natively when this host has /dev/ublk-control and we are
-# root). SHARDBLK_PIN_SECS sets the seconds per point (default 3; 24 points).
+# root). SHARDBLK_PIN_SECS sets the seconds per point (default 3; 24 points),
+# SHARDBLK_PIN_SEED the seed of the (random) layout order.
 # Under TCG the figures rank layouts roughly at best: see kernel-notes/ublk.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,4 @@ export SHARDBLK_BIN="$PWD/target/release/shardblk"
 if [ -c /dev/ublk-control ] && [ "$(id -u)" = 0 ]; then
     exec bash bench/device_pinning_guest.sh
 fi
-SHARDBLK_PIN_SECS="${SHARDBLK_PIN_SECS:-3}" tools/vm/run.sh --timeout 900 bench/device_pinning_guest.sh
+SHARDBLK_PIN_SECS="${SHARDBLK_PIN_SECS:-3}" SHARDBLK_PIN_SEED="${SHARDBLK_PIN_SEED:-1}" tools/vm/run.sh --timeout 900 bench/device_pinning_guest.sh

@@ -31,24 +31,32 @@ ticks() { # pid -> utime+stime in clock ticks
 hz="$(getconf CLK_TCK)"
 out="$W/pinning.tsv"
 : >"$out"
-for queues in 1 2; do
-    for set in same spread; do
-        case $set in same) cpus="$last" ;; spread) cpus="0-$last" ;; esac
-        for poll in busy adaptive interrupt; do
-            dev="$("$B" add --volume pin --number 6 --queues "$queues" --cpus "$cpus" --poll "$poll" 2>/dev/null)" ||
-                die "add --queues $queues --cpus $cpus --poll $poll"
-            wait_dev "$dev"
-            pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' \
-                "$SHARDBLK_RUN_DIR/ublkb6.json")"
-            for qd in 1 32; do
-                t0="$(ticks "$pid")"
-                s0="$(date +%s.%N)"
-                (cd "$W" && fio --name=p --filename="$dev" --direct=1 --ioengine=io_uring --rw=randread \
-                    --bs=4k --iodepth="$qd" --time_based --runtime="$SECS" --cpus_allowed=0 \
-                    --output-format=json >"$W/p.json") || die "fio"
-                t1="$(ticks "$pid")"
-                s1="$(date +%s.%N)"
-                python3 - "$queues" "$set" "$poll" "$qd" "$W/p.json" "$t0" "$t1" "$s0" "$s1" "$hz" >>"$out" <<'PY'
+# The layouts run in a seeded random order (SHARDBLK_PIN_SEED, default 1):
+# on a shared host the load drifts, and a fixed order would hand the drift to
+# the same layouts every time.
+seed="${SHARDBLK_PIN_SEED:-1}"
+echo "layout order seed $seed"
+layouts="$(python3 -c '
+import random, sys
+ls = [f"{q} {s} {p}" for q in (1, 2) for s in ("same", "spread") for p in ("busy", "adaptive", "interrupt")]
+random.Random(int(sys.argv[1])).shuffle(ls)
+print("\n".join(ls))' "$seed")"
+while read -r queues set poll <&3; do
+    case $set in same) cpus="$last" ;; spread) cpus="0-$last" ;; esac
+    dev="$("$B" add --volume pin --number 6 --queues "$queues" --cpus "$cpus" --poll "$poll" 2>/dev/null)" ||
+        die "add --queues $queues --cpus $cpus --poll $poll"
+    wait_dev "$dev"
+    pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' \
+        "$SHARDBLK_RUN_DIR/ublkb6.json")"
+    for qd in 1 32; do
+        t0="$(ticks "$pid")"
+        s0="$(date +%s.%N)"
+        (cd "$W" && fio --name=p --filename="$dev" --direct=1 --ioengine=io_uring --rw=randread \
+            --bs=4k --iodepth="$qd" --time_based --runtime="$SECS" --cpus_allowed=0 \
+            --output-format=json >"$W/p.json") || die "fio"
+        t1="$(ticks "$pid")"
+        s1="$(date +%s.%N)"
+        python3 - "$queues" "$set" "$poll" "$qd" "$W/p.json" "$t0" "$t1" "$s0" "$s1" "$hz" >>"$out" <<'PY'
 import json, sys
 q, cset, poll, qd, path, t0, t1, s0, s1, hz = sys.argv[1:]
 r = json.load(open(path))["jobs"][0]["read"]
@@ -56,15 +64,14 @@ p = r["clat_ns"]["percentile"]
 cpu = (int(t1) - int(t0)) / int(hz) / (float(s1) - float(s0)) * 100
 print(f"{q}\t{cset}\t{poll}\t{qd}\t{r['iops']:.0f}\t{p['50.000000']/1000:.1f}\t{p['99.000000']/1000:.1f}\t{cpu:.0f}")
 PY
-            done
-            "$B" del -n 6
-        done
     done
-done
+    "$B" del -n 6
+done 3<<<"$layouts"
 
 python3 - "$out" "$ncpu" <<'PY'
 import sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+rows = sorted((l.rstrip("\n").split("\t") for l in open(sys.argv[1])),
+              key=lambda r: (r[0], r[1], ["busy", "adaptive", "interrupt"].index(r[2]), int(r[3])))
 ncpu = sys.argv[2]
 print(f"{'QUEUES':>6} {'CPUS':<7} {'POLL':<10} {'QD':>3} {'IOPS':>8} {'p50us':>9} {'p99us':>9} {'CPU%':>5}")
 for q, s, poll, qd, iops, p50, p99, cpu in rows:
