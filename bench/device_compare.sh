@@ -8,6 +8,8 @@
 # release mode, then runs bench/device_compare_guest.sh in the VM, which
 # prints one table of IOPS, bandwidth and p50/p99 latency with the ratios to
 # rublk. Under TCG absolute numbers are low and noisy: read the ratios.
+# SHARDBLK_BASELINE_BIN=path/to/older/shardblk adds that build as a fourth
+# target (`before`), for before/after comparisons within one guest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh >/dev/null
@@ -17,4 +19,5 @@ if [ ! -x .vm/bin/rublk ]; then
 fi
 cargo build --release --quiet
 SHARDBLK_BIN="$PWD/target/release/shardblk" SHARDBLK_RUBLK="$PWD/.vm/bin/rublk" \
-    tools/vm/run.sh --mem 4096 --timeout 900 bench/device_compare_guest.sh
+    SHARDBLK_BASELINE_BIN="${SHARDBLK_BASELINE_BIN:-}" SHARDBLK_CMP_ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}" \
+    tools/vm/run.sh --mem 4096 --timeout 1500 bench/device_compare_guest.sh

@@ -4,7 +4,10 @@
 # own 384 MiB file written in full first: shardblk (one queue pinned to CPU 1,
 # a fully mapped volume on the hot tier), the kernel loop driver with direct
 # I/O, and rublk's loop target (one queue, direct I/O). fio runs pinned to
-# CPU 0, io_uring, direct, 4 s per job; jobs interleave the targets.
+# CPU 0, io_uring, direct, 4 s per job; jobs interleave the targets
+# (several rounds, see below).
+# SHARDBLK_BASELINE_BIN (optional): another shardblk build, served the same
+# way from its own pool, as a fourth target `before` (before/after a change).
 . "$(dirname "$0")/../tests/vm/lib.sh"
 R="${SHARDBLK_RUBLK:?set SHARDBLK_RUBLK}"
 [ -x "$R" ] || die "no rublk at $R"
@@ -16,6 +19,20 @@ sb="$("$B" add --volume cmp --number 3 --cpus 1)" || die "shardblk add"
 wait_dev "$sb"
 dd if=/dev/urandom of="$sb" bs=1M count=$SIZE_MB oflag=direct status=none
 
+targets="rublk loop shardblk"
+BB="${SHARDBLK_BASELINE_BIN:-}"
+if [ -n "$BB" ]; then
+    [ -x "$BB" ] || die "no baseline binary at $BB"
+    truncate -s 512M "$W/bhot.img"
+    truncate -s 256M "$W/bcold.img"
+    SHARDBLK_POOL="$W/bhot.img" "$BB" pool init --tier hot="$W/bhot.img" --tier cold="$W/bcold.img" >/dev/null
+    SHARDBLK_POOL="$W/bhot.img" "$BB" volume create cmp --size ${SIZE_MB}M --shard-size 1M >/dev/null
+    bb="$(SHARDBLK_POOL="$W/bhot.img" "$BB" add --volume cmp --number 5 --cpus 1)" || die "baseline add"
+    wait_dev "$bb"
+    dd if=/dev/urandom of="$bb" bs=1M count=$SIZE_MB oflag=direct status=none
+    targets="rublk loop before shardblk"
+fi
+
 dd if=/dev/urandom of="$W/loop.img" bs=1M count=$SIZE_MB status=none
 lo="$(losetup --direct-io=on -f --show "$W/loop.img")" || die "losetup"
 
@@ -23,7 +40,12 @@ dd if=/dev/urandom of="$W/rublk.img" bs=1M count=$SIZE_MB status=none
 "$R" add loop --quiet -n 4 -q 1 -f "$W/rublk.img" >/dev/null 2>&1 || die "rublk add"
 wait_dev /dev/ublkb4
 ru=/dev/ublkb4
-cleanup_all() { "$R" del -n 4 >/dev/null 2>&1 || true; losetup -d "$lo" 2>/dev/null || true; cleanup; }
+cleanup_all() {
+    "$R" del -n 4 >/dev/null 2>&1 || true
+    losetup -d "$lo" 2>/dev/null || true
+    [ -z "$BB" ] || "$BB" del -n 5 >/dev/null 2>&1 || true
+    cleanup
+}
 trap cleanup_all EXIT
 
 run_fio() { # target rw bs qd -> "iops bw_MBps p50_us p99_us"
@@ -40,18 +62,32 @@ print(f"{r['iops']:.0f} {r['bw_bytes']/1e6:.1f} {p['50.000000']/1000:.1f} {p['99
 PY
 }
 
+# Each job runs SHARDBLK_CMP_ROUNDS times per target (default 3), the order
+# of the targets reversed every other round; the table shows the median of
+# each column over the rounds (the host is shared: single runs swing 2x).
+ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}"
 printf '%-20s %-8s %9s %8s %9s %9s %8s %8s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru
 for job in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 4"; do
     set -- $job
     declare -A res=()
-    for t in rublk loop shardblk; do
-        case $t in rublk) dev=$ru ;; loop) dev=$lo ;; shardblk) dev=$sb ;; esac
-        res[$t]="$(run_fio "$dev" "$1" "$2" "$3")"
+    order="$targets"
+    for r in $(seq "$ROUNDS"); do
+        for t in $order; do
+            case $t in rublk) dev=$ru ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;; esac
+            res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3");"
+        done
+        order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
     done
-    read -r ri rb rp50 rp99 <<<"${res[rublk]}"
-    for t in shardblk loop rublk; do
-        read -r i b p50 p99 <<<"${res[$t]}"
-        printf '%-20s %-8s %9s %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
+    med() { # "a b c d;a b c d;..." -> medians of the four columns
+        python3 -c '
+import statistics, sys
+rows = [r.split() for r in sys.argv[1].split(";") if r.strip()]
+print(" ".join(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in range(4)))' "$1"
+    }
+    read -r ri rb rp50 rp99 <<<"$(med "${res[rublk]}")"
+    for t in $(echo "$targets" | tr ' ' '\n' | tac); do
+        read -r i b p50 p99 <<<"$(med "${res[$t]}")"
+        printf '%-20s %-8s %9.0f %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
             "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")"
     done
     unset res

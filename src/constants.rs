@@ -331,3 +331,13 @@ const _: () = assert!(LSTM_THREADS_DEFAULT >= 1 && LSTM_THREADS_DEFAULT <= LSTM_
 /// Background time the simulator grants a predictor after each step: large,
 /// so the LSTM's own per-call step bound governs and evaluations are reproducible.
 pub const SIM_BACKGROUND_BUDGET_DEFAULT_NS: u64 = 1_000_000_000;
+// --- devq: device queue loop, stats watch and HDR export ---
+/// Most bytes a control-socket reply may carry (a `hist` dump of every
+/// queue's histograms is the largest).
+pub const DEVICE_CONTROL_REPLY_MAX_BYTES: usize = 64 << 20;
+/// Default refresh period of `shardblk stats --watch` (seconds).
+pub const STATS_WATCH_INTERVAL_DEFAULT_S: f64 = 1.0;
+/// Shortest `--interval` accepted: one publish period of the queue threads (seconds).
+pub const STATS_WATCH_INTERVAL_MIN_S: f64 = DEVICE_STATS_PUBLISH_MS as f64 / 1000.0;
+const _: () = assert!(DEVICE_CONTROL_REPLY_MAX_BYTES >= DEVICE_CONTROL_MSG_MAX_BYTES);
+const _: () = assert!(STATS_WATCH_INTERVAL_DEFAULT_S >= STATS_WATCH_INTERVAL_MIN_S);

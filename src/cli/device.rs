@@ -11,10 +11,8 @@ use shardblk::constants::{DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S}
 use shardblk::device::config::{
     format_cpu_list, online_cpus, parse_cpu_list, DeviceConfig, PollMode, ZeroCopyMode,
 };
-use shardblk::device::control::fetch_stats;
 use shardblk::device::features::{driver_present, probe};
-use shardblk::device::metrics::DeviceStats;
-use shardblk::device::registry::{run_dir, socket_path, thread_cpus, DeviceRecord};
+use shardblk::device::registry::{run_dir, thread_cpus, DeviceRecord};
 use shardblk::device::serve::{delete, device_state, serve, Ready, ServeOptions};
 use shardblk::device::DeviceError;
 use std::io::{Read, Write};
@@ -55,13 +53,8 @@ pub enum DeviceCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Latency percentiles, IOPS and bandwidth of a device, per queue.
-    Stats {
-        #[arg(short = 'n', long = "number")]
-        number: u32,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Latency percentiles by op and tier hit, IOPS and bandwidth of a device, per queue.
+    Stats(super::stats::StatsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -141,16 +134,7 @@ pub fn run(c: DeviceCmd) -> Result<()> {
             }
             Ok(())
         }
-        DeviceCmd::Stats { number, json } => {
-            let st = fetch_stats(&socket_path(number))
-                .with_context(|| format!("reading statistics of /dev/ublkb{number}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                print_stats(&st);
-            }
-            Ok(())
-        }
+        DeviceCmd::Stats(a) => super::stats::run(a),
     }
 }
 
@@ -355,53 +339,4 @@ fn list(json: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn print_stats(st: &DeviceStats) {
-    println!(
-        "/dev/ublkb{} volume {} up {:.1} s",
-        st.number, st.volume, st.uptime_s
-    );
-    println!(
-        "{:<8} {:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "QUEUE",
-        "OP",
-        "COUNT",
-        "IOPS",
-        "MiB/s",
-        "p50us",
-        "p90us",
-        "p99us",
-        "p99.9us",
-        "p99.99us",
-        "maxus"
-    );
-    for q in std::iter::once(&st.total).chain(&st.queues) {
-        let name = q.queue.map_or_else(
-            || "all".to_string(),
-            |i| format!("q{i}@{}", q.cpu.unwrap_or(0)),
-        );
-        for o in &q.ops {
-            println!(
-                "{:<8} {:<12} {:>10} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                name,
-                o.op.name(),
-                o.count,
-                o.iops,
-                o.mib_per_s,
-                o.p50_us,
-                o.p90_us,
-                o.p99_us,
-                o.p99_9_us,
-                o.p99_99_us,
-                o.max_us
-            );
-        }
-        if q.errors > 0 || q.trace_dropped > 0 {
-            println!(
-                "{name:<8} errors {} trace events dropped {}",
-                q.errors, q.trace_dropped
-            );
-        }
-    }
 }

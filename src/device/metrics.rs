@@ -1,25 +1,36 @@
 //! Per-queue observability of the ublk device: the trace ring feeding the
-//! prefetcher, latency histograms by op, and the snapshots `shardblk stats`
-//! reads.
+//! prefetcher, latency histograms by op and by tier hit, the snapshots
+//! `shardblk stats` reads, and their export (JSON summary, raw histogram
+//! dump, HDR interval log).
 //!
 //! Contract:
 //! - [`trace_ring`]: single producer (the queue thread), single consumer (the
 //!   prefetcher). [`TraceProducer::push`] never waits: when the ring is full
 //!   the event is dropped and counted.
 //! - [`QueueMetrics`] belongs to one queue thread; recording is a histogram
-//!   increment and two counter adds (no lock, no allocation). The thread calls
+//!   increment and two counter adds (no lock, no allocation). One histogram
+//!   per [`Key`]: reads and writes by [`Hit`] (which tiers the request's
+//!   data touched), flush, discard and write-zeroes alone; per-op figures
+//!   are the merge of an op's keys. The thread calls
 //!   [`QueueMetrics::maybe_publish`] from its loop; it copies its state into
 //!   the shared snapshot at most every `DEVICE_STATS_PUBLISH_MS`, with
 //!   `try_lock` so a reader holding the snapshot never stalls I/O (the copy is
 //!   then simply skipped until the next period). Readers see data at most one
-//!   period old (plus the idle wake interval when the queue is idle).
+//!   period old.
+//! - [`HistDump`] carries snapshots between processes exactly (every
+//!   recorded bucket as `(value, count)`), so a client can subtract two of
+//!   them ([`QueueSnapshot::delta`]) for interval figures and write them as
+//!   an HDR interval log ([`write_hdr_interval`], V2 deflate, values in ns).
 //! - Times are nanoseconds of a clock passed in by the caller.
 
 use crate::constants::{DEVICE_LATENCY_MAX_NS, DEVICE_LATENCY_SIGFIG, DEVICE_STATS_PUBLISH_MS};
+use hdrhistogram::serialization::interval_log::{IntervalLogWriter, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A block request's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +50,102 @@ pub const OPS: [Op; 5] = [Op::Read, Op::Write, Op::Flush, Op::Discard, Op::Write
 impl Op {
     pub fn name(self) -> &'static str {
         ["read", "write", "flush", "discard", "write_zeroes"][self as usize]
+    }
+}
+
+/// Which tiers a read or write touched: only the hot tier (tier 0), only
+/// colder tiers, only unmapped space (holes read as zeros; a write that
+/// took the first-write path, which maps new space), or more than one of
+/// these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Hit {
+    Hot = 0,
+    Cold = 1,
+    Unmapped = 2,
+    Mixed = 3,
+}
+
+/// Every hit class, in index order.
+pub const HITS: [Hit; 4] = [Hit::Hot, Hit::Cold, Hit::Unmapped, Hit::Mixed];
+
+impl Hit {
+    pub fn name(self) -> &'static str {
+        ["hot", "cold", "unmapped", "mixed"][self as usize]
+    }
+}
+
+/// Accumulates the pieces of one request into its [`Hit`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HitSet(u8);
+
+impl HitSet {
+    const HOT: u8 = 1;
+    const COLD: u8 = 2;
+    const UNMAPPED: u8 = 4;
+    /// A piece on tier `tier` (0 = hot).
+    pub fn add_tier(&mut self, tier: usize) {
+        self.0 |= if tier == 0 { Self::HOT } else { Self::COLD };
+    }
+    /// A piece in unmapped space.
+    pub fn add_unmapped(&mut self) {
+        self.0 |= Self::UNMAPPED;
+    }
+    /// The class; a request that touched nothing counts as unmapped.
+    pub fn hit(self) -> Hit {
+        match self.0 {
+            Self::HOT => Hit::Hot,
+            Self::COLD => Hit::Cold,
+            0 | Self::UNMAPPED => Hit::Unmapped,
+            _ => Hit::Mixed,
+        }
+    }
+}
+
+/// What one histogram of a queue counts: an op, and for reads and writes
+/// the tier hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hit: Option<Hit>,
+}
+
+/// Number of histograms per queue.
+pub const NKEYS: usize = 2 * HITS.len() + 3;
+
+/// Every key, in index order ([`key_index`]).
+pub const KEYS: [Key; NKEYS] = {
+    let mut k = [Key {
+        op: Op::Flush,
+        hit: None,
+    }; NKEYS];
+    let mut i = 0;
+    while i < HITS.len() {
+        k[i] = Key {
+            op: Op::Read,
+            hit: Some(HITS[i]),
+        };
+        k[HITS.len() + i] = Key {
+            op: Op::Write,
+            hit: Some(HITS[i]),
+        };
+        i += 1;
+    }
+    k[2 * HITS.len() + 1].op = Op::Discard;
+    k[2 * HITS.len() + 2].op = Op::WriteZeroes;
+    k
+};
+
+/// Index of `(op, hit)` in [`KEYS`]; `hit` matters for reads and writes only.
+pub fn key_index(op: Op, hit: Hit) -> usize {
+    match op {
+        Op::Read => hit as usize,
+        Op::Write => HITS.len() + hit as usize,
+        Op::Flush => 2 * HITS.len(),
+        Op::Discard => 2 * HITS.len() + 1,
+        Op::WriteZeroes => 2 * HITS.len() + 2,
     }
 }
 
@@ -111,14 +218,14 @@ fn new_hist() -> Histogram<u64> {
         .expect("valid histogram bounds")
 }
 
-/// Counters and histograms of one queue.
+/// Counters and histograms of one queue (by [`KEYS`] index).
 #[derive(Clone)]
 pub struct QueueSnapshot {
     pub queue: u16,
     pub cpu: usize,
-    pub hist: [Histogram<u64>; 5],
-    pub ops: [u64; 5],
-    pub bytes: [u64; 5],
+    pub hist: [Histogram<u64>; NKEYS],
+    pub count: [u64; NKEYS],
+    pub bytes: [u64; NKEYS],
     pub errors: u64,
     pub trace_dropped: u64,
     /// Clock reading of the copy (ns).
@@ -131,8 +238,8 @@ impl QueueSnapshot {
             queue,
             cpu,
             hist: std::array::from_fn(|_| new_hist()),
-            ops: [0; 5],
-            bytes: [0; 5],
+            count: [0; NKEYS],
+            bytes: [0; NKEYS],
             errors: 0,
             trace_dropped: 0,
             taken_ns: 0,
@@ -143,11 +250,104 @@ impl QueueSnapshot {
             d.reset();
             d.add(s).expect("same histogram bounds");
         }
-        self.ops = o.ops;
+        self.count = o.count;
         self.bytes = o.bytes;
         self.errors = o.errors;
         self.trace_dropped = o.trace_dropped;
         self.taken_ns = o.taken_ns;
+    }
+    /// Add `o`'s counts into this one.
+    pub fn merge(&mut self, o: &QueueSnapshot) {
+        for (d, s) in self.hist.iter_mut().zip(&o.hist) {
+            d.add(s).expect("same histogram bounds");
+        }
+        for i in 0..NKEYS {
+            self.count[i] += o.count[i];
+            self.bytes[i] += o.bytes[i];
+        }
+        self.errors += o.errors;
+        self.trace_dropped += o.trace_dropped;
+        self.taken_ns = self.taken_ns.max(o.taken_ns);
+    }
+    /// What happened between `prev` and this snapshot of the same queue.
+    /// A `prev` that is not an earlier state of this one (a restarted
+    /// daemon) counts as empty.
+    pub fn delta(&self, prev: &QueueSnapshot) -> QueueSnapshot {
+        let mut d = self.clone();
+        let earlier = (0..NKEYS).all(|i| prev.count[i] <= self.count[i])
+            && prev.errors <= self.errors
+            && prev.trace_dropped <= self.trace_dropped;
+        if !earlier {
+            return d;
+        }
+        for i in 0..NKEYS {
+            if d.hist[i].subtract(&prev.hist[i]).is_err() {
+                return self.clone();
+            }
+            d.count[i] -= prev.count[i];
+            d.bytes[i] -= prev.bytes[i];
+        }
+        d.errors -= prev.errors;
+        d.trace_dropped -= prev.trace_dropped;
+        d
+    }
+    /// The exact wire form (every recorded bucket).
+    pub fn dump(&self) -> QueueDump {
+        QueueDump {
+            queue: self.queue,
+            cpu: self.cpu,
+            errors: self.errors,
+            trace_dropped: self.trace_dropped,
+            taken_ns: self.taken_ns,
+            keys: KEYS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.count[*i] > 0 || !self.hist[*i].is_empty())
+                .map(|(i, &key)| KeyDump {
+                    key,
+                    count: self.count[i],
+                    bytes: self.bytes[i],
+                    buckets: self.hist[i]
+                        .iter_recorded()
+                        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+    /// Rebuild a snapshot from its wire form.
+    pub fn from_dump(d: &QueueDump) -> Result<QueueSnapshot, String> {
+        let mut s = QueueSnapshot::new(d.queue, d.cpu);
+        s.errors = d.errors;
+        s.trace_dropped = d.trace_dropped;
+        s.taken_ns = d.taken_ns;
+        for k in &d.keys {
+            let i = KEYS
+                .iter()
+                .position(|&x| x == k.key)
+                .ok_or_else(|| format!("unknown histogram key {:?}", k.key))?;
+            s.count[i] = k.count;
+            s.bytes[i] = k.bytes;
+            for &[v, n] in &k.buckets {
+                s.hist[i]
+                    .record_n(v, n)
+                    .map_err(|e| format!("bucket {v}: {e:?}"))?;
+            }
+        }
+        Ok(s)
+    }
+    /// The histogram and counts of `op`, all hits merged.
+    fn of_op(&self, op: Op) -> (Histogram<u64>, u64, u64) {
+        let mut h = new_hist();
+        let (mut n, mut b) = (0, 0);
+        for (i, k) in KEYS.iter().enumerate() {
+            if k.op == op {
+                h.add(&self.hist[i]).expect("same histogram bounds");
+                n += self.count[i];
+                b += self.bytes[i];
+            }
+        }
+        (h, n, b)
     }
 }
 
@@ -156,6 +356,7 @@ pub struct QueueMetrics {
     live: QueueSnapshot,
     shared: Arc<Mutex<QueueSnapshot>>,
     last_publish_ns: u64,
+    dirty: bool,
 }
 
 impl QueueMetrics {
@@ -164,6 +365,7 @@ impl QueueMetrics {
             live: QueueSnapshot::new(queue, cpu),
             shared: Arc::new(Mutex::new(QueueSnapshot::new(queue, cpu))),
             last_publish_ns: 0,
+            dirty: false,
         }
     }
     /// The snapshot readers lock.
@@ -171,35 +373,45 @@ impl QueueMetrics {
         self.shared.clone()
     }
     /// Record one completed request.
-    pub fn record(&mut self, op: Op, bytes: u64, latency_ns: u64, ok: bool) {
-        let i = op as usize;
+    pub fn record(&mut self, op: Op, hit: Hit, bytes: u64, latency_ns: u64, ok: bool) {
+        let i = key_index(op, hit);
         self.live.hist[i].saturating_record(latency_ns.clamp(1, DEVICE_LATENCY_MAX_NS));
-        self.live.ops[i] += 1;
+        self.live.count[i] += 1;
         self.live.bytes[i] += bytes;
         if !ok {
             self.live.errors += 1;
         }
+        self.dirty = true;
+    }
+    /// Whether something was recorded since the last publish.
+    pub fn dirty(&self) -> bool {
+        self.dirty
     }
     /// Publish when a period has passed since the last copy (or `force`).
-    pub fn maybe_publish(&mut self, now_ns: u64, trace_dropped: u64, force: bool) {
+    /// Returns whether the shared snapshot now holds everything recorded.
+    pub fn maybe_publish(&mut self, now_ns: u64, trace_dropped: u64, force: bool) -> bool {
         if !force
             && now_ns.saturating_sub(self.last_publish_ns) < DEVICE_STATS_PUBLISH_MS * 1_000_000
         {
-            return;
+            return !self.dirty;
         }
         self.live.trace_dropped = trace_dropped;
         self.live.taken_ns = now_ns;
         if let Ok(mut s) = self.shared.try_lock() {
             s.copy_from(&self.live);
             self.last_publish_ns = now_ns;
+            self.dirty = false;
         }
+        !self.dirty
     }
 }
 
-/// Latency summary of one op (microseconds).
+/// Latency summary of one op, or of one op and tier hit (microseconds).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OpStats {
     pub op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hit: Option<Hit>,
     pub count: u64,
     pub bytes: u64,
     pub iops: f64,
@@ -220,7 +432,11 @@ pub struct QueueStats {
     pub cpu: Option<usize>,
     pub errors: u64,
     pub trace_dropped: u64,
+    /// By op, all tier hits merged.
     pub ops: Vec<OpStats>,
+    /// Reads and writes by tier hit.
+    #[serde(default)]
+    pub hits: Vec<OpStats>,
 }
 
 /// What `shardblk stats` prints.
@@ -229,45 +445,52 @@ pub struct DeviceStats {
     pub number: u32,
     pub volume: String,
     pub uptime_s: f64,
+    /// Length of the interval the figures cover when they are not since
+    /// the start (`stats --watch`); rates are per this interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<f64>,
     pub total: QueueStats,
     pub queues: Vec<QueueStats>,
 }
 
-fn summarize(
-    s: &QueueSnapshot,
-    uptime_s: f64,
-    queue: Option<u16>,
-    cpu: Option<usize>,
-) -> QueueStats {
+fn op_stats(
+    op: Op,
+    hit: Option<Hit>,
+    h: &Histogram<u64>,
+    count: u64,
+    bytes: u64,
+    span_s: f64,
+) -> OpStats {
     let us = |ns: u64| ns as f64 / 1000.0;
+    let rate = |x: u64| if span_s > 0.0 { x as f64 / span_s } else { 0.0 };
+    OpStats {
+        op,
+        hit,
+        count,
+        bytes,
+        iops: rate(count),
+        mib_per_s: rate(bytes) / (1u64 << 20) as f64,
+        p50_us: us(h.value_at_quantile(0.5)),
+        p90_us: us(h.value_at_quantile(0.9)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p99_9_us: us(h.value_at_quantile(0.999)),
+        p99_99_us: us(h.value_at_quantile(0.9999)),
+        max_us: us(h.max()),
+    }
+}
+
+fn summarize(s: &QueueSnapshot, span_s: f64, queue: Option<u16>, cpu: Option<usize>) -> QueueStats {
     let ops = OPS
         .iter()
-        .filter(|&&op| s.ops[op as usize] > 0)
-        .map(|&op| {
-            let h = &s.hist[op as usize];
-            let i = op as usize;
-            OpStats {
-                op,
-                count: s.ops[i],
-                bytes: s.bytes[i],
-                iops: if uptime_s > 0.0 {
-                    s.ops[i] as f64 / uptime_s
-                } else {
-                    0.0
-                },
-                mib_per_s: if uptime_s > 0.0 {
-                    s.bytes[i] as f64 / uptime_s / (1u64 << 20) as f64
-                } else {
-                    0.0
-                },
-                p50_us: us(h.value_at_quantile(0.5)),
-                p90_us: us(h.value_at_quantile(0.9)),
-                p99_us: us(h.value_at_quantile(0.99)),
-                p99_9_us: us(h.value_at_quantile(0.999)),
-                p99_99_us: us(h.value_at_quantile(0.9999)),
-                max_us: us(h.max()),
-            }
-        })
+        .map(|&op| (op, s.of_op(op)))
+        .filter(|(_, (_, n, _))| *n > 0)
+        .map(|(op, (h, n, b))| op_stats(op, None, &h, n, b, span_s))
+        .collect();
+    let hits = KEYS
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| k.hit.is_some() && s.count[*i] > 0)
+        .map(|(i, k)| op_stats(k.op, k.hit, &s.hist[i], s.count[i], s.bytes[i], span_s))
         .collect();
     QueueStats {
         queue,
@@ -275,43 +498,119 @@ fn summarize(
         errors: s.errors,
         trace_dropped: s.trace_dropped,
         ops,
+        hits,
     }
 }
 
-/// Summarise per-queue snapshots and their sum.
+/// Summarise per-queue snapshots and their sum. Rates are per `interval_s`
+/// when given (snapshots that are deltas), else per `uptime_s`.
 pub fn device_stats(
     number: u32,
     volume: &str,
     uptime_s: f64,
+    interval_s: Option<f64>,
     snaps: &[QueueSnapshot],
 ) -> DeviceStats {
     let mut total = QueueSnapshot::new(0, 0);
     for s in snaps {
-        for (d, h) in total.hist.iter_mut().zip(&s.hist) {
-            d.add(h).expect("same histogram bounds");
-        }
-        for i in 0..OPS.len() {
-            total.ops[i] += s.ops[i];
-            total.bytes[i] += s.bytes[i];
-        }
-        total.errors += s.errors;
-        total.trace_dropped += s.trace_dropped;
+        total.merge(s);
     }
+    let span = interval_s.unwrap_or(uptime_s);
     DeviceStats {
         number,
         volume: volume.to_string(),
         uptime_s,
-        total: summarize(&total, uptime_s, None, None),
+        interval_s,
+        total: summarize(&total, span, None, None),
         queues: snaps
             .iter()
-            .map(|s| summarize(s, uptime_s, Some(s.queue), Some(s.cpu)))
+            .map(|s| summarize(s, span, Some(s.queue), Some(s.cpu)))
             .collect(),
     }
+}
+
+/// One histogram on the wire: its key, counters and recorded buckets
+/// `[highest equivalent value (ns), count]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyDump {
+    #[serde(flatten)]
+    pub key: Key,
+    pub count: u64,
+    pub bytes: u64,
+    pub buckets: Vec<[u64; 2]>,
+}
+
+/// One queue on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueDump {
+    pub queue: u16,
+    pub cpu: usize,
+    pub errors: u64,
+    pub trace_dropped: u64,
+    pub taken_ns: u64,
+    pub keys: Vec<KeyDump>,
+}
+
+/// Every queue's raw histograms (the control socket's `hist` answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistDump {
+    pub number: u32,
+    pub volume: String,
+    pub uptime_s: f64,
+    pub queues: Vec<QueueDump>,
+}
+
+impl HistDump {
+    /// The snapshots, by queue.
+    pub fn snapshots(&self) -> Result<Vec<QueueSnapshot>, String> {
+        self.queues.iter().map(QueueSnapshot::from_dump).collect()
+    }
+}
+
+/// Tag of one histogram in an HDR log: `q<N>/<op>[/<hit>]`, `all/...` for
+/// the device total.
+pub fn hdr_tag(queue: Option<u16>, key: Key) -> String {
+    let q = queue.map_or_else(|| "all".to_string(), |q| format!("q{q}"));
+    match key.hit {
+        Some(h) => format!("{q}/{}/{}", key.op.name(), h.name()),
+        None => format!("{q}/{}", key.op.name()),
+    }
+}
+
+/// Append one interval to an HDR log: every non-empty histogram of every
+/// queue and of the device total, values in nanoseconds, tagged with
+/// [`hdr_tag`]. `start` is the interval's start relative to the log's
+/// start time.
+pub fn write_hdr_interval<W: std::io::Write>(
+    log: &mut IntervalLogWriter<'_, '_, W, V2DeflateSerializer>,
+    start: Duration,
+    duration: Duration,
+    snaps: &[QueueSnapshot],
+) -> std::io::Result<()> {
+    let mut total = QueueSnapshot::new(0, 0);
+    for s in snaps {
+        total.merge(s);
+    }
+    let all = std::iter::once((None, &total)).chain(snaps.iter().map(|s| (Some(s.queue), s)));
+    for (q, s) in all {
+        for (i, &key) in KEYS.iter().enumerate() {
+            if s.hist[i].is_empty() {
+                continue;
+            }
+            let tag = hdr_tag(q, key);
+            log.write_histogram(&s.hist[i], start, duration, Tag::new(&tag))
+                .map_err(|e| std::io::Error::other(format!("HDR log: {e:?}")))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::serialization::interval_log::{
+        IntervalLogIterator, IntervalLogWriterBuilder, LogEntry,
+    };
 
     #[test]
     fn full_trace_ring_drops_and_counts() {
@@ -332,34 +631,176 @@ mod tests {
     }
 
     #[test]
+    fn keys_index_and_hits_classify() {
+        for (i, k) in KEYS.iter().enumerate() {
+            assert_eq!(key_index(k.op, k.hit.unwrap_or(Hit::Mixed)), i, "{k:?}");
+        }
+        let mut h = HitSet::default();
+        assert_eq!(h.hit(), Hit::Unmapped);
+        h.add_tier(0);
+        assert_eq!(h.hit(), Hit::Hot);
+        h.add_tier(0);
+        assert_eq!(h.hit(), Hit::Hot);
+        let mut c = HitSet::default();
+        c.add_tier(2);
+        assert_eq!(c.hit(), Hit::Cold);
+        c.add_unmapped();
+        assert_eq!(c.hit(), Hit::Mixed);
+        let mut u = HitSet::default();
+        u.add_unmapped();
+        assert_eq!(u.hit(), Hit::Unmapped);
+    }
+
+    #[test]
     fn publish_is_periodic_and_summaries_add_up() {
         let mut m = QueueMetrics::new(0, 1);
         for i in 1..=100u64 {
-            m.record(Op::Read, 4096, i * 1000, true);
+            let hit = if i % 2 == 0 { Hit::Hot } else { Hit::Cold };
+            m.record(Op::Read, hit, 4096, i * 1000, true);
         }
-        m.record(Op::Write, 8192, 5_000, false);
+        m.record(Op::Write, Hit::Unmapped, 8192, 5_000, false);
+        assert!(m.dirty());
         let period = DEVICE_STATS_PUBLISH_MS * 1_000_000;
-        m.maybe_publish(period, 3, false);
+        assert!(m.maybe_publish(period, 3, false));
+        assert!(!m.dirty());
         let shared = m.shared();
-        assert_eq!(shared.lock().unwrap().ops[Op::Read as usize], 100);
-        m.record(Op::Read, 4096, 1000, true);
-        m.maybe_publish(period + 1, 3, false); // too soon: not copied
-        assert_eq!(shared.lock().unwrap().ops[Op::Read as usize], 100);
+        let reads = |s: &QueueSnapshot| s.of_op(Op::Read).1;
+        assert_eq!(reads(&shared.lock().unwrap()), 100);
+        m.record(Op::Read, Hit::Hot, 4096, 1000, true);
+        assert!(!m.maybe_publish(period + 1, 3, false)); // too soon: not copied
+        assert_eq!(reads(&shared.lock().unwrap()), 100);
         // A reader holding the lock makes the copy skip, never wait.
         let held = shared.lock().unwrap();
-        m.maybe_publish(3 * period, 3, false);
+        assert!(!m.maybe_publish(3 * period, 3, false));
         drop(held);
-        assert_eq!(shared.lock().unwrap().ops[Op::Read as usize], 100);
-        m.maybe_publish(3 * period, 3, true);
+        assert_eq!(reads(&shared.lock().unwrap()), 100);
+        assert!(m.maybe_publish(3 * period, 3, true));
         let snap = shared.lock().unwrap().clone();
-        let st = device_stats(0, "v", 2.0, &[snap.clone(), snap]);
+        let st = device_stats(0, "v", 2.0, None, &[snap.clone(), snap]);
         let r = st.total.ops.iter().find(|o| o.op == Op::Read).unwrap();
         assert_eq!(r.count, 202);
         assert_eq!(r.iops, 101.0);
         assert!((r.p50_us - 50.0).abs() < 1.0, "{}", r.p50_us);
         assert!((r.max_us - 100.0).abs() < 0.2, "{}", r.max_us);
+        let hot = st
+            .total
+            .hits
+            .iter()
+            .find(|o| o.op == Op::Read && o.hit == Some(Hit::Hot))
+            .unwrap();
+        assert_eq!(hot.count, 102);
+        assert!((hot.max_us - 100.0).abs() < 0.2, "{}", hot.max_us);
+        let cold = st
+            .total
+            .hits
+            .iter()
+            .find(|o| o.op == Op::Read && o.hit == Some(Hit::Cold))
+            .unwrap();
+        assert_eq!(cold.count, 100);
+        assert!((cold.max_us - 99.0).abs() < 0.2, "{}", cold.max_us);
+        assert!(st.total.hits.iter().all(|o| o.hit.is_some()));
         assert_eq!(st.total.errors, 2);
         assert_eq!(st.total.trace_dropped, 6);
         assert_eq!(st.queues.len(), 2);
+    }
+
+    fn sample(seed: u64, n: u64) -> QueueSnapshot {
+        let mut m = QueueMetrics::new(1, 3);
+        let mut x = seed;
+        for _ in 0..n {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let lat = (x >> 33) % 10_000_000 + 1;
+            let hit = HITS[(x >> 20) as usize % HITS.len()];
+            let op = OPS[(x >> 10) as usize % OPS.len()];
+            m.record(op, hit, 4096, lat, x % 97 != 0);
+        }
+        m.maybe_publish(u64::MAX / 2, 7, true);
+        let s = m.shared().lock().unwrap().clone();
+        s
+    }
+
+    #[test]
+    fn dump_round_trips_and_deltas_subtract() {
+        let seed = 0x5eed;
+        let a = sample(seed, 500);
+        let json = serde_json::to_string(&a.dump()).unwrap();
+        let back = QueueSnapshot::from_dump(&serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(back.count, a.count, "seed {seed}");
+        assert_eq!(back.bytes, a.bytes);
+        assert_eq!(back.errors, a.errors);
+        for (i, k) in KEYS.iter().enumerate() {
+            assert_eq!(back.hist[i], a.hist[i], "key {k:?} seed {seed}");
+        }
+        // A later state minus an earlier one is what happened in between.
+        let mut later = a.clone();
+        let extra = sample(seed + 1, 300);
+        later.merge(&extra);
+        let d = later.delta(&a);
+        assert_eq!(d.count, extra.count);
+        for (i, k) in KEYS.iter().enumerate() {
+            assert_eq!(d.hist[i], extra.hist[i], "key {k:?}");
+        }
+        // Not an earlier state (a restarted daemon): the whole snapshot.
+        let d2 = extra.delta(&later);
+        assert_eq!(d2.count, extra.count);
+        let st = device_stats(1, "v", 10.0, Some(2.0), &[d]);
+        let total: u64 = st.total.ops.iter().map(|o| o.count).sum();
+        assert_eq!(total, 300);
+        let iops: f64 = st.total.ops.iter().map(|o| o.iops).sum();
+        assert!((iops - 150.0).abs() < 1e-9, "{iops}");
+    }
+
+    #[test]
+    fn hdr_log_has_one_tagged_histogram_per_key() {
+        let s = sample(42, 400);
+        let mut out = Vec::new();
+        {
+            let mut ser = V2DeflateSerializer::new();
+            let mut log = IntervalLogWriterBuilder::new()
+                .with_max_value_divisor(1e6)
+                .begin_log_with(&mut out, &mut ser)
+                .unwrap();
+            write_hdr_interval(
+                &mut log,
+                Duration::from_secs(1),
+                Duration::from_millis(500),
+                std::slice::from_ref(&s),
+            )
+            .unwrap();
+        }
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("#[MaxValueDivisor: 1000000.000]"), "{text}");
+        let mut tags = Vec::new();
+        for e in IntervalLogIterator::new(&out) {
+            if let LogEntry::Interval(h) = e.unwrap() {
+                assert_eq!(h.start_timestamp(), Duration::from_secs(1));
+                assert_eq!(h.duration(), Duration::from_millis(500));
+                let tag = h.tag().unwrap().as_str().to_string();
+                let q = if tag.starts_with("all/") {
+                    None
+                } else {
+                    Some(1)
+                };
+                let i = KEYS
+                    .iter()
+                    .position(|&k| hdr_tag(q, k) == tag)
+                    .expect("known tag");
+                // The max column is the histogram's max in ms.
+                let want = s.hist[i].max() as f64 / 1e6;
+                assert!(
+                    (h.max() - want).abs() < 1e-3,
+                    "{tag}: {} vs {want}",
+                    h.max()
+                );
+                assert!(!h.encoded_histogram().is_empty());
+                tags.push(tag);
+            }
+        }
+        let keys = (0..NKEYS).filter(|&i| !s.hist[i].is_empty()).count();
+        assert_eq!(tags.len(), 2 * keys, "{tags:?}");
+        assert!(tags.contains(&"all/read/hot".to_string()));
+        assert!(tags.contains(&"q1/flush".to_string()));
     }
 }

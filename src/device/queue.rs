@@ -3,38 +3,48 @@
 //!
 //! Contract:
 //! - One thread per queue, pinned to its CPU ([`QueueCtx::cpu_of`]), runs a
-//!   single-threaded executor with one task per tag. The queue's io_uring
-//!   (owned by libublk, thread local) carries both the ublk commands and the
-//!   tier reads.
+//!   plain completion loop (libublk's non-async path: no executor, no task
+//!   per tag). The queue's io_uring carries the ublk commands and the tier
+//!   I/O; every tier SQE carries `(tag, kind, piece)` in its user data, and
+//!   each tag's state lives in a fixed slot ([`TagState`]), so serving a
+//!   request allocates nothing.
 //! - READ: [`Volume::map_read`] under an epoch guard held until every tier
 //!   read has completed; mapped pieces become io_uring reads on the tier
 //!   device's file descriptor straight into the tag's ublk buffer (no
-//!   user-space copy); unmapped pieces are zero-filled in place. A short or
-//!   failed tier read fails the request with its errno (EIO for short).
+//!   user-space copy; with zero copy, `READ_FIXED` into the request's own
+//!   pages); unmapped pieces are zero-filled in place (zero copy: read from
+//!   `/dev/zero`). A short or failed tier read fails the request with its
+//!   errno (EIO for short).
 //! - WRITE: [`Volume::map_write`] enters the writers of the mapped entries;
 //!   the tier writes go out on the queue ring straight from the ublk buffer
-//!   and the tickets are held until they complete. A write that touches an
-//!   unmapped entry (the first write of a shard: allocate, write, zero the
-//!   rest, publish, log `Map`) takes the synchronous [`Volume::write`] on this
-//!   thread's own tier engine (`Pool::engine`), blocking the queue thread for
-//!   that write only (also when an entry's writer count is saturated: the
-//!   depth limit keeps this queue's own tickets on one entry below the
-//!   count, so the wait is on other queues' writes). FUA = write then
-//!   [`Volume::flush`]. FLUSH = [`Volume::flush`].
-//!   DISCARD = [`Volume::discard`], WRITE_ZEROES = [`Volume::write_zeroes`].
-//!   Other ops fail with EOPNOTSUPP.
+//!   (zero copy: `WRITE_FIXED` from the request's pages) and the tickets are
+//!   held until they complete. A write that touches an unmapped entry (the
+//!   first write of a shard: allocate, write, zero the rest, publish, log
+//!   `Map`) takes the synchronous [`Volume::write`] on this thread's own
+//!   tier engine (`Pool::engine`), blocking the queue thread for that write
+//!   only; with zero copy its data is first bounced into user memory by an
+//!   asynchronous `WRITE_FIXED` into the tag's region of a per-queue memfd.
+//! - FLUSH, and FUA after its write: one `IORING_OP_FSYNC` (datasync) SQE
+//!   per tier, asynchronous, then the synchronous [`Volume::flush`] (the
+//!   pool commit: barrier, tier fdatasync, which then finds little left to
+//!   write, and the metadata log sync). DISCARD = [`Volume::discard`],
+//!   WRITE_ZEROES = [`Volume::write_zeroes`], both synchronous. Other ops
+//!   fail with EOPNOTSUPP.
 //! - Every request pushes one [`TraceEvent`] (dropped and counted when the
-//!   ring is full) and records its latency in the queue's own histograms.
-//! - Poll modes ([`PollMode`]): `interrupt` sleeps in `io_uring_enter` until a
-//!   completion (waking every `DEVICE_IDLE_WAKE_S` to notice a stop);
-//!   `busy` never sleeps; `adaptive` spins `DEVICE_ADAPTIVE_SPIN_US` after the
-//!   last completion, then sleeps.
+//!   ring is full) and records its latency in the queue's histograms by op
+//!   and tier hit.
+//! - Poll modes ([`PollMode`]): `interrupt` sleeps in `io_uring_enter` until
+//!   a completion; `busy` never sleeps (enters without waiting, so task work
+//!   still runs); `adaptive` spins `DEVICE_ADAPTIVE_SPIN_US` after the last
+//!   completion, then sleeps. While recorded metrics are unpublished a
+//!   `DEVICE_STATS_PUBLISH_MS` timeout SQE keeps the loop waking to publish.
 
 use crate::constants::{
-    DEVICE_ADAPTIVE_SPIN_US, DEVICE_IDLE_WAKE_S, DEVICE_IO_BUF_BYTES, TIERS_MAX, UNIT_SIZE_BYTES,
+    DEVICE_ADAPTIVE_SPIN_US, DEVICE_IO_BUF_BYTES, DEVICE_STATS_PUBLISH_MS, TIERS_MAX,
+    UNIT_SIZE_BYTES,
 };
 use crate::device::config::PollMode;
-use crate::device::metrics::{Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
+use crate::device::metrics::{HitSet, Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
 use crate::io::IoEngine;
 use crate::volume::handle::{Volume, WritePiece};
 use crate::volume::split::PieceKind;
@@ -42,19 +52,19 @@ use crate::volume::table::WriteTicket;
 use crossbeam_epoch as epoch;
 use io_uring::{opcode, squeue, types};
 use libublk::helpers::IoBuf;
-use libublk::io::{UblkDev, UblkQueue};
-use libublk::uring_async::UblkUringOpFuture;
-use libublk::{BufDesc, UblkError};
-use std::cell::RefCell;
+use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
+use libublk::{BufDesc, BufDescList, UblkError, UblkIORes};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Most tier reads one request can need: a piece never crosses a unit-sized
 /// split child, so a request of `DEVICE_IO_BUF_BYTES` touches at most this many.
 pub const READ_PIECES_MAX: usize = (DEVICE_IO_BUF_BYTES as u64 / UNIT_SIZE_BYTES) as usize + 1;
+const _: () = assert!(READ_PIECES_MAX >= TIERS_MAX);
+// Piece indices travel in the 8 target-data bits libublk's user data keeps.
+const _: () = assert!(READ_PIECES_MAX <= 1 << 8);
 
 /// What every queue thread of a device shares.
 pub struct QueueCtx {
@@ -81,23 +91,9 @@ impl QueueCtx {
     pub fn cpu_of(&self, q: u16) -> usize {
         self.cpus[q as usize % self.cpus.len()]
     }
-    fn zero_fd(&self) -> RawFd {
-        self.zero.as_raw_fd()
-    }
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
-}
-
-/// Per-thread state of one queue.
-struct QueueState {
-    ctx: Arc<QueueCtx>,
-    engine: RefCell<Box<dyn IoEngine>>,
-    metrics: RefCell<QueueMetrics>,
-    trace: RefCell<TraceProducer>,
-    /// Zero copy only: a memfd with one `DEVICE_IO_BUF_BYTES` region per tag,
-    /// through which first writes reach user memory.
-    bounce_fd: Option<std::fs::File>,
 }
 
 /// Pin the calling thread to `cpu`.
@@ -138,6 +134,109 @@ fn bounce_memfd(qid: u16, depth: u64) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// What a tier SQE of a tag was for (the op byte of its user data).
+mod kind {
+    /// One piece of a read or write (a tier read/write, or a hole read from
+    /// `/dev/zero`); the piece index is in the target-data bits.
+    pub const DATA: u32 = 1;
+    /// The datasync of one tier before a commit; the tier index is in the
+    /// target-data bits.
+    pub const FSYNC: u32 = 2;
+    /// Zero copy, first write: the request's pages into the tag's memfd region.
+    pub const BOUNCE: u32 = 3;
+    /// The stats publish timer (tag [`super::TICK_TAG`]).
+    pub const TICK: u32 = 4;
+}
+
+/// The tag number of the stats timer's SQE: above every real tag
+/// (`DEVICE_DEPTH_MAX_REQUESTS` < 255).
+const TICK_TAG: u16 = u16::MAX;
+
+/// Where a tag's request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting in the kernel for a request (FETCH / COMMIT_AND_FETCH issued).
+    Idle,
+    /// Tier reads or writes in flight.
+    Data,
+    /// Zero copy, first write: bounce SQE in flight.
+    Bounce,
+    /// Flush (or FUA): tier datasyncs in flight.
+    Sync,
+}
+
+/// The state of one tag between its SQEs' completions.
+struct TagState {
+    phase: Phase,
+    op: Op,
+    offset: u64,
+    len: u64,
+    fua: bool,
+    t0: u64,
+    hit: HitSet,
+    /// SQEs in flight.
+    pending: u16,
+    /// Expected result of each in-flight piece (bytes).
+    want: [u32; READ_PIECES_MAX],
+    /// First error seen.
+    err: Option<i32>,
+    /// Writer tickets of an overwrite, held until its tier writes complete.
+    /// Declared before `guard`, so a dropped `TagState` ends them first.
+    tickets: [Option<WriteTicket<'static>>; READ_PIECES_MAX],
+    /// Epoch guard of the request's table lookups.
+    guard: Option<epoch::Guard>,
+}
+
+impl TagState {
+    fn new() -> Self {
+        TagState {
+            phase: Phase::Idle,
+            op: Op::Read,
+            offset: 0,
+            len: 0,
+            fua: false,
+            t0: 0,
+            hit: HitSet::default(),
+            pending: 0,
+            want: [0; READ_PIECES_MAX],
+            err: None,
+            tickets: Default::default(),
+            guard: None,
+        }
+    }
+    fn fail(&mut self, errno: i32) {
+        self.err.get_or_insert(errno);
+    }
+    /// End the writes and unpin (tickets first: they live under the guard).
+    fn release(&mut self) {
+        self.tickets.iter_mut().for_each(|t| *t = None);
+        self.guard = None;
+    }
+}
+
+/// The user data of a tier SQE.
+fn tgt_data(tag: u16, kind: u32, index: usize) -> u64 {
+    UblkIOCtx::build_user_data(tag, kind, index as u32, true)
+}
+
+/// Everything one queue thread owns.
+struct Server<'a> {
+    ctx: &'a QueueCtx,
+    qid: u16,
+    /// The ublk buffers (copy mode) or first-write bounce buffers (zero copy), by tag.
+    bufs: Vec<IoBuf<u8>>,
+    tags: Vec<TagState>,
+    engine: Box<dyn IoEngine>,
+    metrics: QueueMetrics,
+    trace: TraceProducer,
+    /// Zero copy only: `depth` regions of `DEVICE_IO_BUF_BYTES` through
+    /// which first writes reach user memory.
+    bounce_fd: Option<std::fs::File>,
+    /// The stats timer's timespec (the kernel reads it at submission).
+    tick_ts: Box<types::Timespec>,
+    tick_armed: bool,
+}
+
 /// The body of queue thread `qid` (called by libublk on its queue thread).
 pub fn run_queue(qid: u16, dev: &UblkDev, ctx: &Arc<QueueCtx>) {
     let cpu = ctx.cpu_of(qid);
@@ -147,375 +246,522 @@ pub fn run_queue(qid: u16, dev: &UblkDev, ctx: &Arc<QueueCtx>) {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     ctx.tids.lock().expect("tids")[qid as usize] = Some(tid);
+    if let Err(e) = serve_queue(qid, cpu, dev, ctx) {
+        tracing::error!("queue {qid}: {e}");
+    }
+}
+
+fn serve_queue(qid: u16, cpu: usize, dev: &UblkDev, ctx: &Arc<QueueCtx>) -> Result<(), UblkError> {
+    let depth = dev.dev_info.queue_depth;
     let producer = ctx.producers.lock().expect("producers")[qid as usize]
         .take()
         .expect("one thread per queue");
     let metrics = QueueMetrics::new(qid, cpu);
     ctx.snapshots.lock().expect("snapshots")[qid as usize] = Some(metrics.shared());
-    let state = Rc::new(QueueState {
-        engine: RefCell::new(ctx.volume.pool().engine()),
-        ctx: ctx.clone(),
-        metrics: RefCell::new(metrics),
-        trace: RefCell::new(producer),
-        bounce_fd: if ctx.zero_copy {
-            match bounce_memfd(qid, u64::from(dev.dev_info.queue_depth)) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::error!("queue {qid}: {e}");
-                    return;
+    let bounce_fd = if ctx.zero_copy {
+        Some(bounce_memfd(qid, u64::from(depth)).map_err(UblkError::IOError)?)
+    } else {
+        None
+    };
+    // The ring: room for every tag's command plus a few tier SQEs each, and
+    // a completion queue twice that (libublk's default sizes both to the
+    // depth). Tier SQEs beyond the SQ size are flushed and retried.
+    let sq = (u32::from(depth) * 2).next_power_of_two().max(8);
+    libublk::ublk_init_task_ring(|cell| {
+        if cell.get().is_none() {
+            let ring = io_uring::IoUring::<squeue::Entry>::builder()
+                .setup_cqsize(sq * 2)
+                .setup_coop_taskrun()
+                .build(sq)
+                .map_err(UblkError::IOError)?;
+            cell.set(std::cell::RefCell::new(ring))
+                .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
+        }
+        Ok(())
+    })?;
+    let q = UblkQueue::new(qid, dev)?;
+    let mut s = Server {
+        ctx,
+        qid,
+        bufs: dev.alloc_queue_io_bufs(),
+        tags: (0..depth).map(|_| TagState::new()).collect(),
+        engine: ctx.volume.pool().engine(),
+        metrics,
+        trace: producer,
+        bounce_fd,
+        tick_ts: Box::new(
+            types::Timespec::new().nsec((DEVICE_STATS_PUBLISH_MS * 1_000_000) as u32),
+        ),
+        tick_armed: false,
+    };
+    let q = if ctx.zero_copy {
+        // The driver registers each request's pages at fixed-buffer index
+        // `tag` of this ring for the span of the request.
+        let regs: Vec<_> = (0..depth).map(auto_reg).collect();
+        q.submit_fetch_commands_unified(BufDescList::AutoRegs(&regs))?
+    } else {
+        q.submit_fetch_commands_unified(BufDescList::Slices(Some(&s.bufs)))?
+    };
+    let r = s.event_loop(&q);
+    for t in &mut s.tags {
+        t.release();
+    }
+    let dropped = s.trace.dropped();
+    s.metrics.maybe_publish(ctx.now_ns(), dropped, true);
+    match r {
+        Err(UblkError::QueueIsDown) | Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn auto_reg(tag: u16) -> libublk::sys::ublk_auto_buf_reg {
+    libublk::sys::ublk_auto_buf_reg {
+        index: tag,
+        flags: 0,
+        reserved0: 0,
+        reserved1: 0,
+    }
+}
+
+impl Server<'_> {
+    /// Reap and serve completions until the queue is stopped.
+    fn event_loop(&mut self, q: &UblkQueue<'_>) -> Result<(), UblkError> {
+        let poll = self.ctx.poll;
+        let mut last_cqe = Instant::now();
+        loop {
+            let to_wait = match poll {
+                PollMode::Interrupt => 1,
+                PollMode::Busy => 0,
+                PollMode::Adaptive => {
+                    if last_cqe.elapsed().as_micros() as u64 >= DEVICE_ADAPTIVE_SPIN_US {
+                        1
+                    } else {
+                        0
+                    }
                 }
+            };
+            let r = q.flush_and_wake_io_tasks(
+                |ud, cqe, _last| self.on_cqe(q, ud, cqe.result()),
+                to_wait,
+            );
+            match r {
+                Ok(0) => {
+                    if to_wait == 0 {
+                        std::hint::spin_loop();
+                    }
+                }
+                Ok(_) => {
+                    if poll == PollMode::Adaptive {
+                        last_cqe = Instant::now();
+                    }
+                    self.after_batch(q);
+                }
+                Err(UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-        } else {
-            None
-        },
-    });
-    let q = match UblkQueue::new(qid, dev) {
-        Ok(q) => Rc::new(q),
-        Err(e) => {
-            tracing::error!("queue {qid}: {e}");
+        }
+    }
+
+    /// Publish metrics when due; keep a timer armed while some are not.
+    fn after_batch(&mut self, q: &UblkQueue<'_>) {
+        if !self.metrics.dirty() {
             return;
         }
-    };
-    let exe = Rc::new(smol::LocalExecutor::new());
-    let mut tasks = Vec::new();
-    for tag in q.tags() {
-        let q = q.clone();
-        let st = state.clone();
-        tasks.push(exe.spawn(async move {
-            match tag_task(&q, tag, &st).await {
-                Err(UblkError::QueueIsDown) | Ok(()) => {}
-                Err(e) => tracing::error!("queue {qid} tag {tag}: {e}"),
-            }
-        }));
-    }
-    let exe2 = exe.clone();
-    let st = state.clone();
-    let run_ops = move || {
-        while exe2.try_tick() {}
-        let dropped = st.trace.borrow().dropped();
-        st.metrics
-            .borrow_mut()
-            .maybe_publish(st.ctx.now_ns(), dropped, false);
-    };
-    let done = || tasks.iter().all(|t| t.is_finished());
-    let poll = ctx.poll;
-    let qq = q.clone();
-    let poll_uring = move || {
-        let q = qq.clone();
-        async move { poll_ring(&q, poll) }
-    };
-    let reap = |timeout| {
-        libublk::uring_async::ublk_reap_io_events_with_update_queue(&q, timeout, None, |cqe| {
-            libublk::uring_async::ublk_wake_task(cqe.user_data(), cqe)
-        })
-    };
-    let r = smol::block_on(exe.run(libublk::uring_async::run_uring_tasks(
-        poll_uring, reap, run_ops, done,
-    )));
-    if let Err(e) = r {
-        tracing::error!("queue {qid}: event loop: {e}");
-    }
-    let dropped = state.trace.borrow().dropped();
-    state
-        .metrics
-        .borrow_mut()
-        .maybe_publish(ctx.now_ns(), dropped, true);
-}
-
-fn cq_ready() -> bool {
-    libublk::io::with_task_io_ring_mut(|r| !r.completion().is_empty())
-}
-
-/// Wait for completions as the poll mode says. `Ok(true)`: timed out idle.
-fn poll_ring(q: &UblkQueue<'_>, mode: PollMode) -> Result<bool, UblkError> {
-    let idle = Some(types::Timespec::new().sec(DEVICE_IDLE_WAKE_S));
-    match mode {
-        PollMode::Interrupt => libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, idle, 1),
-        PollMode::Busy => loop {
-            libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, None, 0)?;
-            if cq_ready() {
-                return Ok(false);
-            }
-            std::hint::spin_loop();
-        },
-        PollMode::Adaptive => {
-            let t0 = Instant::now();
-            loop {
-                libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, None, 0)?;
-                if cq_ready() {
-                    return Ok(false);
-                }
-                if t0.elapsed().as_micros() as u64 >= DEVICE_ADAPTIVE_SPIN_US {
-                    return libublk::uring_async::uring_poll_io_fn::<squeue::Entry>(q, idle, 1);
-                }
-                std::hint::spin_loop();
-            }
+        let dropped = self.trace.dropped();
+        if !self
+            .metrics
+            .maybe_publish(self.ctx.now_ns(), dropped, false)
+            && !self.tick_armed
+        {
+            let sqe = opcode::Timeout::new(&*self.tick_ts as *const types::Timespec)
+                .build()
+                .user_data(tgt_data(TICK_TAG, kind::TICK, 0));
+            self.tick_armed = q.ublk_submit_sqe_sync(sqe).is_ok();
         }
     }
-}
 
-async fn tag_task(q: &UblkQueue<'_>, tag: u16, st: &QueueState) -> Result<(), UblkError> {
-    let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
-    let mut pending: Vec<(UblkUringOpFuture, u32)> = Vec::with_capacity(READ_PIECES_MAX);
-    if st.ctx.zero_copy {
-        // The request's pages are registered at fixed-buffer index `tag` of
-        // this ring for the span of the request; `buf` only bounces first writes.
-        let reg = libublk::sys::ublk_auto_buf_reg {
-            index: tag,
-            flags: 0,
-            reserved0: 0,
-            reserved1: 0,
+    fn on_cqe(&mut self, q: &UblkQueue<'_>, ud: u64, res: i32) {
+        let tag = UblkIOCtx::user_data_to_tag(ud) as u16;
+        if ud & libublk::UblkUringData::Target as u64 == 0 {
+            // A ublk command: a new request for `tag` (anything else is the
+            // queue being aborted, which libublk accounts for).
+            if res == libublk::sys::UBLK_IO_RES_OK as i32 {
+                self.start(q, tag);
+            }
+            return;
+        }
+        let k = UblkIOCtx::user_data_to_op(ud);
+        if k == kind::TICK {
+            self.tick_armed = false;
+            return;
+        }
+        let index = (ud >> 24) as usize & 0xff;
+        let t = &mut self.tags[tag as usize];
+        t.pending -= 1;
+        if res < 0 {
+            t.fail(-res);
+        } else if k != kind::FSYNC && res as u32 != t.want[index.min(READ_PIECES_MAX - 1)] {
+            t.fail(libc::EIO);
+        }
+        if t.pending > 0 {
+            return;
+        }
+        match t.phase {
+            Phase::Data => {
+                t.release();
+                if t.op == Op::Write && t.fua && t.err.is_none() {
+                    self.start_sync(q, tag);
+                } else {
+                    self.finish(q, tag);
+                }
+            }
+            Phase::Bounce => {
+                if t.err.is_none() {
+                    let r = self.bounced_write(tag);
+                    self.after_write(q, tag, r);
+                } else {
+                    self.finish(q, tag);
+                }
+            }
+            Phase::Sync => {
+                if t.err.is_none() {
+                    if let Err(e) = self.ctx.volume.flush() {
+                        self.tags[tag as usize].fail(e.errno());
+                    }
+                }
+                self.finish(q, tag);
+            }
+            Phase::Idle => tracing::error!("queue {}: tag {tag}: completion while idle", self.qid),
+        }
+    }
+
+    /// A request arrived for `tag`.
+    fn start(&mut self, q: &UblkQueue<'_>, tag: u16) {
+        let iod = q.get_iod(tag);
+        let fua = iod.op_flags & libublk::sys::UBLK_IO_F_FUA != 0;
+        let offset = iod.start_sector << 9;
+        let len = u64::from(iod.nr_sectors) << 9;
+        let op = match iod.op_flags & 0xff {
+            libublk::sys::UBLK_IO_OP_READ => Op::Read,
+            libublk::sys::UBLK_IO_OP_WRITE => Op::Write,
+            libublk::sys::UBLK_IO_OP_FLUSH => Op::Flush,
+            libublk::sys::UBLK_IO_OP_DISCARD => Op::Discard,
+            libublk::sys::UBLK_IO_OP_WRITE_ZEROES => Op::WriteZeroes,
+            _ => return self.commit(q, tag, -libc::EOPNOTSUPP),
         };
-        q.submit_io_prep_cmd(tag, BufDesc::AutoReg(reg), 0, None)
-            .await?;
-        loop {
-            let mut rb = ReqBuf::Fixed {
-                index: tag,
-                bounce: buf.as_mut_slice(),
-            };
-            let res = serve(q, tag, &mut rb, &mut pending, st).await;
-            q.submit_io_commit_cmd(tag, BufDesc::AutoReg(reg), res)
-                .await?;
+        let t0 = self.ctx.now_ns();
+        self.trace.push(TraceEvent {
+            time_ns: t0,
+            volume: self.ctx.volume.id(),
+            offset,
+            len: len as u32,
+            op,
+        });
+        let t = &mut self.tags[tag as usize];
+        t.op = op;
+        t.offset = offset;
+        t.len = len;
+        t.fua = fua;
+        t.t0 = t0;
+        t.hit = HitSet::default();
+        t.pending = 0;
+        t.err = None;
+        t.phase = Phase::Data;
+        if matches!(op, Op::Read | Op::Write) && len > u64::from(DEVICE_IO_BUF_BYTES) {
+            t.fail(libc::EINVAL);
+            return self.finish(q, tag);
+        }
+        let ctx = self.ctx;
+        let vol = &ctx.volume;
+        match op {
+            Op::Read => self.start_read(q, tag),
+            Op::Write => self.start_write(q, tag),
+            Op::Flush => self.start_sync(q, tag),
+            Op::Discard => {
+                if let Err(e) = vol.discard(offset, len) {
+                    self.tags[tag as usize].fail(e.errno());
+                }
+                self.finish(q, tag)
+            }
+            Op::WriteZeroes => {
+                if let Err(e) = vol.write_zeroes(&mut *self.engine, offset, len) {
+                    self.tags[tag as usize].fail(e.errno());
+                }
+                self.finish(q, tag)
+            }
         }
     }
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
-        .await?;
-    loop {
-        let mut rb = ReqBuf::Copy(buf.as_mut_slice());
-        let res = serve(q, tag, &mut rb, &mut pending, st).await;
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
-            .await?;
-    }
-}
 
-/// Where a request's data lives.
-enum ReqBuf<'a> {
-    /// Copy mode: the tag's buffer, which the kernel fills (writes) or
-    /// drains (reads) around the request.
-    Copy(&'a mut [u8]),
-    /// Zero copy: the request's own pages, registered at fixed-buffer
-    /// `index` (addresses are offsets into the request); `bounce` receives
-    /// the data of a first write, which the synchronous map path needs in
-    /// user memory.
-    Fixed { index: u16, bounce: &'a mut [u8] },
-}
-
-impl ReqBuf<'_> {
-    fn capacity(&self) -> usize {
-        match self {
-            ReqBuf::Copy(b) => b.len(),
-            ReqBuf::Fixed { bounce, .. } => bounce.len(),
-        }
-    }
-}
-
-/// Serve one request; returns the ublk result (bytes, 0, or -errno).
-async fn serve(
-    q: &UblkQueue<'_>,
-    tag: u16,
-    buf: &mut ReqBuf<'_>,
-    pending: &mut Vec<(UblkUringOpFuture, u32)>,
-    st: &QueueState,
-) -> i32 {
-    let iod = q.get_iod(tag);
-    let raw_op = iod.op_flags & 0xff;
-    let fua = iod.op_flags & libublk::sys::UBLK_IO_F_FUA != 0;
-    let offset = iod.start_sector << 9;
-    let len = u64::from(iod.nr_sectors) << 9;
-    let op = match raw_op {
-        libublk::sys::UBLK_IO_OP_READ => Op::Read,
-        libublk::sys::UBLK_IO_OP_WRITE => Op::Write,
-        libublk::sys::UBLK_IO_OP_FLUSH => Op::Flush,
-        libublk::sys::UBLK_IO_OP_DISCARD => Op::Discard,
-        libublk::sys::UBLK_IO_OP_WRITE_ZEROES => Op::WriteZeroes,
-        _ => return -libc::EOPNOTSUPP,
-    };
-    let ctx = &st.ctx;
-    let t0 = ctx.now_ns();
-    st.trace.borrow_mut().push(TraceEvent {
-        time_ns: t0,
-        volume: ctx.volume.id(),
-        offset,
-        len: len as u32,
-        op,
-    });
-    let vol = &ctx.volume;
-    let r: Result<(), i32> = match op {
-        Op::Read | Op::Write if len as usize > buf.capacity() => Err(libc::EINVAL),
-        Op::Read => read(q, vol, ctx, offset, len, buf, pending).await,
-        Op::Write => match write(q, st, offset, len, buf, pending).await {
-            Ok(()) if fua => vol.flush().map_err(|e| e.errno()),
-            r => r,
-        },
-        Op::Flush => vol.flush().map_err(|e| e.errno()),
-        Op::Discard => vol.discard(offset, len).map_err(|e| e.errno()),
-        Op::WriteZeroes => {
-            let mut eng = st.engine.borrow_mut();
-            vol.write_zeroes(&mut **eng, offset, len)
-                .map_err(|e| e.errno())
-        }
-    };
-    let t1 = ctx.now_ns();
-    st.metrics
-        .borrow_mut()
-        .record(op, len, t1.saturating_sub(t0), r.is_ok());
-    match r {
-        Ok(()) if matches!(op, Op::Read | Op::Write) => len as i32,
-        Ok(()) => 0,
-        Err(errno) => {
-            tracing::debug!("{op:?} at {offset} len {len}: errno {errno}");
-            -errno
-        }
-    }
-}
-
-/// A write: overwrites of mapped entries go out on the queue ring straight
-/// from `buf`, holding the entries' writer tickets until they complete; a
-/// write touching an unmapped entry (a first write, which maps an extent)
-/// takes the synchronous volume path on this thread's engine.
-async fn write(
-    q: &UblkQueue<'_>,
-    st: &QueueState,
-    offset: u64,
-    len: u64,
-    buf: &mut ReqBuf<'_>,
-    pending: &mut Vec<(UblkUringOpFuture, u32)>,
-) -> Result<(), i32> {
-    let vol = &st.ctx.volume;
-    let guard = epoch::pin();
-    let mut slots: [Option<(WritePiece, WriteTicket<'_>)>; READ_PIECES_MAX] = Default::default();
-    let n = match vol.map_write(&guard, offset, len, &mut slots) {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            drop(slots);
-            let data: &[u8] = match buf {
-                ReqBuf::Copy(b) => &b[..len as usize],
-                ReqBuf::Fixed { index, bounce } => {
-                    bounce_in(q, st, *index, &mut bounce[..len as usize]).await?;
-                    &bounce[..len as usize]
+    /// Tier reads straight into the request's buffer, zeros for holes.
+    fn start_read(&mut self, q: &UblkQueue<'_>, tag: u16) {
+        let ctx = self.ctx;
+        let zc = ctx.zero_copy;
+        let t = &mut self.tags[tag as usize];
+        let buf = self.bufs[tag as usize].as_mut_slice();
+        let guard = epoch::pin();
+        let (mut n, mut hit, mut err) = (0usize, HitSet::default(), None);
+        let want = &mut t.want;
+        let mapped = ctx.volume.map_read(&guard, t.offset, t.len, |p| {
+            let at = p.buf_offset as usize;
+            let len = p.len as u32;
+            let sqe = match (zc, p.kind) {
+                (false, PieceKind::Unmapped) => {
+                    hit.add_unmapped();
+                    buf[at..at + len as usize].fill(0);
+                    return;
+                }
+                (
+                    false,
+                    PieceKind::Mapped {
+                        tier,
+                        device_byte_offset,
+                    },
+                ) => {
+                    hit.add_tier(tier);
+                    opcode::Read::new(types::Fd(ctx.fds[tier]), buf[at..].as_mut_ptr(), len)
+                        .offset(device_byte_offset)
+                        .build()
+                }
+                (true, PieceKind::Unmapped) => {
+                    hit.add_unmapped();
+                    let fd = types::Fd(ctx.zero.as_raw_fd());
+                    opcode::ReadFixed::new(fd, at as *mut u8, len, tag).build()
+                }
+                (
+                    true,
+                    PieceKind::Mapped {
+                        tier,
+                        device_byte_offset,
+                    },
+                ) => {
+                    hit.add_tier(tier);
+                    let fd = types::Fd(ctx.fds[tier]);
+                    opcode::ReadFixed::new(fd, at as *mut u8, len, tag)
+                        .offset(device_byte_offset)
+                        .build()
                 }
             };
-            let mut eng = st.engine.borrow_mut();
-            return vol.write(&mut **eng, offset, data).map_err(|e| e.errno());
+            if err.is_some() {
+                return;
+            }
+            if n == READ_PIECES_MAX {
+                err = Some(libc::EINVAL);
+                return;
+            }
+            match q.ublk_submit_sqe_sync(sqe.user_data(tgt_data(tag, kind::DATA, n))) {
+                Ok(()) => {
+                    want[n] = len;
+                    n += 1;
+                }
+                Err(_) => err = Some(libc::EIO),
+            }
+        });
+        t.hit = hit;
+        if let Err(e) = mapped {
+            t.fail(e.errno());
         }
-        Err(e) => return Err(e.errno()),
-    };
-    for (p, _) in slots[..n].iter().flatten() {
-        let fd = types::Fd(st.ctx.fds[p.tier]);
-        let sqe = match buf {
-            ReqBuf::Copy(b) => {
-                let src = &b[p.buf_offset as usize..(p.buf_offset + p.len) as usize];
+        if let Some(e) = err {
+            t.fail(e);
+        }
+        t.pending = n as u16;
+        if n == 0 {
+            drop(guard);
+            return self.finish(q, tag);
+        }
+        t.guard = Some(guard);
+    }
+
+    /// Overwrites go out as tier writes holding their tickets; a first
+    /// write takes the synchronous mapping path.
+    fn start_write(&mut self, q: &UblkQueue<'_>, tag: u16) {
+        let ctx = self.ctx;
+        let vol = &ctx.volume;
+        let zc = ctx.zero_copy;
+        let t = &mut self.tags[tag as usize];
+        let buf = self.bufs[tag as usize].as_slice();
+        let guard = epoch::pin();
+        let mut slots: [Option<(WritePiece, WriteTicket<'_>)>; READ_PIECES_MAX] =
+            Default::default();
+        let n = match vol.map_write(&guard, t.offset, t.len, &mut slots) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                drop(slots);
+                drop(guard);
+                t.hit.add_unmapped();
+                if zc {
+                    return self.start_bounce(q, tag);
+                }
+                let r = vol
+                    .write(&mut *self.engine, t.offset, &buf[..t.len as usize])
+                    .map_err(|e| e.errno());
+                return self.after_write(q, tag, r);
+            }
+            Err(e) => {
+                drop(slots);
+                drop(guard);
+                t.fail(e.errno());
+                return self.finish(q, tag);
+            }
+        };
+        let mut submitted = 0;
+        for (i, slot) in slots.iter_mut().enumerate().take(n) {
+            let Some((p, ticket)) = slot.take() else {
+                continue;
+            };
+            t.hit.add_tier(p.tier);
+            let fd = types::Fd(ctx.fds[p.tier]);
+            let sqe = if zc {
+                opcode::WriteFixed::new(fd, p.buf_offset as *const u8, p.len as u32, tag)
+                    .offset(p.device_byte_offset)
+                    .build()
+            } else {
+                let src = &buf[p.buf_offset as usize..(p.buf_offset + p.len) as usize];
                 opcode::Write::new(fd, src.as_ptr(), p.len as u32)
                     .offset(p.device_byte_offset)
                     .build()
+            };
+            // SAFETY: the ticket points into the volume's table, which the
+            // epoch guard pinned above keeps alive. That guard is stored in
+            // the same `TagState` below and is dropped only after the
+            // tickets (`TagState::release`, and field order on drop); the
+            // volume itself is owned by `ctx`, which outlives this thread's
+            // `Server`. So erasing the borrow's lifetime never lets the
+            // ticket outlive what it points to.
+            let ticket =
+                unsafe { std::mem::transmute::<WriteTicket<'_>, WriteTicket<'static>>(ticket) };
+            t.tickets[i] = Some(ticket);
+            if t.err.is_some() {
+                continue;
             }
-            ReqBuf::Fixed { index, .. } => {
-                opcode::WriteFixed::new(fd, p.buf_offset as *const u8, p.len as u32, *index)
-                    .offset(p.device_byte_offset)
-                    .build()
+            match q.ublk_submit_sqe_sync(sqe.user_data(tgt_data(tag, kind::DATA, i))) {
+                Ok(()) => {
+                    t.want[i] = p.len as u32;
+                    submitted += 1;
+                }
+                Err(_) => t.fail(libc::EIO),
             }
+        }
+        drop(slots);
+        t.guard = Some(guard);
+        t.pending = submitted;
+        if submitted == 0 {
+            t.release();
+            self.finish(q, tag);
+        }
+    }
+
+    /// Zero copy, first write: copy the request's pages into the tag's
+    /// memfd region (asynchronously), then [`Self::bounced_write`].
+    fn start_bounce(&mut self, q: &UblkQueue<'_>, tag: u16) {
+        let t = &mut self.tags[tag as usize];
+        let Some(fd) = self.bounce_fd.as_ref() else {
+            t.fail(libc::EINVAL);
+            return self.finish(q, tag);
         };
-        pending.push((q.ublk_submit_sqe(sqe), p.len as u32));
-    }
-    let r = await_all(pending, None).await;
-    drop(slots); // end the writes: their I/O has completed
-    drop(guard);
-    r
-}
-
-/// Zero copy, first write: copy the request's data into `bounce` (user
-/// memory) through this queue's memfd: a fixed-buffer write of the request
-/// pages into the tag's region of the memfd, then a read back.
-async fn bounce_in(
-    q: &UblkQueue<'_>,
-    st: &QueueState,
-    index: u16,
-    bounce: &mut [u8],
-) -> Result<(), i32> {
-    let fd = st.bounce_fd.as_ref().ok_or(libc::EINVAL)?;
-    let at = u64::from(index) * u64::from(DEVICE_IO_BUF_BYTES);
-    let len = bounce.len() as u32;
-    let sqe = opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), std::ptr::null(), len, index)
+        let at = u64::from(tag) * u64::from(DEVICE_IO_BUF_BYTES);
+        let sqe = opcode::WriteFixed::new(
+            types::Fd(fd.as_raw_fd()),
+            std::ptr::null(),
+            t.len as u32,
+            tag,
+        )
         .offset(at)
-        .build();
-    let res = q.ublk_submit_sqe(sqe).await;
-    if res < 0 {
-        return Err(-res);
-    }
-    if res as u32 != len {
-        return Err(libc::EIO);
-    }
-    fd.read_exact_at(bounce, at)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// Await every submitted tier op (all of them, even after a failure: the
-/// kernel still uses their buffers); the first error wins, a short transfer
-/// is EIO.
-async fn await_all(
-    pending: &mut Vec<(UblkUringOpFuture, u32)>,
-    mut err: Option<i32>,
-) -> Result<(), i32> {
-    for (f, want) in pending.drain(..) {
-        let res = f.await;
-        if err.is_none() {
-            if res < 0 {
-                err = Some(-res);
-            } else if res as u32 != want {
-                err = Some(libc::EIO);
+        .build()
+        .user_data(tgt_data(tag, kind::BOUNCE, 0));
+        t.phase = Phase::Bounce;
+        t.want[0] = t.len as u32;
+        match q.ublk_submit_sqe_sync(sqe) {
+            Ok(()) => t.pending = 1,
+            Err(_) => {
+                t.fail(libc::EIO);
+                self.finish(q, tag);
             }
         }
     }
-    err.map_or(Ok(()), Err)
-}
 
-/// A read: tier reads on the queue ring straight into `buf`, zeros for holes.
-async fn read(
-    q: &UblkQueue<'_>,
-    vol: &Volume,
-    ctx: &QueueCtx,
-    offset: u64,
-    len: u64,
-    buf: &mut ReqBuf<'_>,
-    pending: &mut Vec<(UblkUringOpFuture, u32)>,
-) -> Result<(), i32> {
-    let guard = epoch::pin();
-    let mapped = vol.map_read(&guard, offset, len, |p| {
-        let at = p.buf_offset as usize;
-        let n = p.len as u32;
-        let sqe = match (&mut *buf, p.kind) {
-            (ReqBuf::Copy(b), PieceKind::Unmapped) => {
-                b[at..at + n as usize].fill(0);
-                return;
+    /// Zero copy, first write, after the bounce: read the data back into
+    /// the tag's buffer and take the synchronous mapping path.
+    fn bounced_write(&mut self, tag: u16) -> Result<(), i32> {
+        let t = &self.tags[tag as usize];
+        let fd = self.bounce_fd.as_ref().ok_or(libc::EINVAL)?;
+        let at = u64::from(tag) * u64::from(DEVICE_IO_BUF_BYTES);
+        let data = &mut self.bufs[tag as usize].as_mut_slice()[..t.len as usize];
+        fd.read_exact_at(data, at)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        self.ctx
+            .volume
+            .write(&mut *self.engine, t.offset, data)
+            .map_err(|e| e.errno())
+    }
+
+    /// A synchronous write ended: FUA goes on to the flush.
+    fn after_write(&mut self, q: &UblkQueue<'_>, tag: u16, r: Result<(), i32>) {
+        let t = &mut self.tags[tag as usize];
+        match r {
+            Err(e) => {
+                t.fail(e);
+                self.finish(q, tag)
             }
-            (
-                ReqBuf::Copy(b),
-                PieceKind::Mapped {
-                    tier,
-                    device_byte_offset,
-                },
-            ) => opcode::Read::new(types::Fd(ctx.fds[tier]), b[at..].as_mut_ptr(), n)
-                .offset(device_byte_offset)
-                .build(),
-            // Zero copy: holes are read from /dev/zero into the request's pages.
-            (ReqBuf::Fixed { index, .. }, PieceKind::Unmapped) => {
-                opcode::ReadFixed::new(types::Fd(ctx.zero_fd()), at as *mut u8, n, *index).build()
+            Ok(()) if t.fua => self.start_sync(q, tag),
+            Ok(()) => self.finish(q, tag),
+        }
+    }
+
+    /// FLUSH (or FUA): datasync every tier asynchronously; the commit follows
+    /// when they complete.
+    fn start_sync(&mut self, q: &UblkQueue<'_>, tag: u16) {
+        let fds = self.ctx.fds;
+        let t = &mut self.tags[tag as usize];
+        t.phase = Phase::Sync;
+        let mut n = 0;
+        for (i, &fd) in fds.iter().enumerate().filter(|(_, &fd)| fd >= 0) {
+            let sqe = opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(tgt_data(tag, kind::FSYNC, i));
+            match q.ublk_submit_sqe_sync(sqe) {
+                Ok(()) => n += 1,
+                Err(_) => t.fail(libc::EIO),
             }
-            (
-                ReqBuf::Fixed { index, .. },
-                PieceKind::Mapped {
-                    tier,
-                    device_byte_offset,
-                },
-            ) => opcode::ReadFixed::new(types::Fd(ctx.fds[tier]), at as *mut u8, n, *index)
-                .offset(device_byte_offset)
-                .build(),
+        }
+        t.pending = n;
+        if n == 0 {
+            if t.err.is_none() {
+                if let Err(e) = self.ctx.volume.flush() {
+                    t.fail(e.errno());
+                }
+            }
+            self.finish(q, tag);
+        }
+    }
+
+    /// The request of `tag` is done: record it and commit its result.
+    fn finish(&mut self, q: &UblkQueue<'_>, tag: u16) {
+        let t = &mut self.tags[tag as usize];
+        t.phase = Phase::Idle;
+        let lat = self.ctx.now_ns().saturating_sub(t.t0);
+        let ok = t.err.is_none();
+        self.metrics.record(t.op, t.hit.hit(), t.len, lat, ok);
+        let res = match t.err {
+            None if matches!(t.op, Op::Read | Op::Write) => t.len as i32,
+            None => 0,
+            Some(errno) => {
+                tracing::debug!("{:?} at {} len {}: errno {errno}", t.op, t.offset, t.len);
+                -errno
+            }
         };
-        pending.push((q.ublk_submit_sqe(sqe), n));
-    });
-    // Every submitted read must complete before the buffer is reused or the
-    // guard released, error or not.
-    let r = await_all(pending, mapped.err().map(|e| e.errno())).await;
-    drop(guard);
-    r
+        self.commit(q, tag, res);
+    }
+
+    /// COMMIT_AND_FETCH for `tag` with `res`.
+    fn commit(&mut self, q: &UblkQueue<'_>, tag: u16, res: i32) {
+        let desc = if self.ctx.zero_copy {
+            BufDesc::AutoReg(auto_reg(tag))
+        } else {
+            BufDesc::Slice(self.bufs[tag as usize].as_slice())
+        };
+        if let Err(e) = q.complete_io_cmd_unified(tag, desc, Ok(UblkIORes::Result(res))) {
+            tracing::error!("queue {}: tag {tag}: commit: {e}", self.qid);
+        }
+    }
 }

@@ -34,7 +34,8 @@ suite() {
     dev="$("$B" add --volume fvol --queues 2 --depth 32 --cpus 0-1 --zero-copy "$zc" 2>/dev/null)"
     wait_dev "$dev"
     n="${dev#/dev/ublkb}"
-    "$B" list --json | grep -q "\"zero_copy\": $([ "$zc" = on ] && echo true || echo false)" ||
+    # (grep reads everything: `grep -q` could exit first and fail the writer with EPIPE)
+    "$B" list --json | grep "\"zero_copy\": $([ "$zc" = on ] && echo true || echo false)" >/dev/null ||
         die "list does not show zero_copy for --zero-copy $zc"
     step "random 4k writes then verify (QD 16)"
     fio_verify rand4k --rw=randwrite --bs=4k --iodepth=16 --size=64M --offset=0
@@ -49,17 +50,71 @@ suite() {
     cmp <(dd if="$dev" bs=1M skip=900 count=4 iflag=direct status=none) <(head -c 4M /dev/zero) ||
         die "unwritten range not zero"
 
-    step "stats"
+    step "stats (by op and by tier hit)"
+    sleep 0.5 # one publish period
     "$B" stats -n "$n"
     "$B" stats -n "$n" --json | python3 -c '
 if 1:
     import json, sys
     s = json.load(sys.stdin)
     assert len(s["queues"]) == 2, s["queues"]
-    ops = {o["op"]: o for o in s["total"]["ops"]}
+    t = s["total"]
+    ops = {o["op"]: o for o in t["ops"]}
     assert ops["write"]["count"] > 0 and ops["read"]["count"] > 0, ops
-    assert s["total"]["errors"] == 0, s["total"]
+    assert t["errors"] == 0, t
+    hits = {(o["op"], o["hit"]): o for o in t["hits"]}
+    # the holes read above, and the first writes of this thin volume
+    assert hits[("read", "unmapped")]["count"] >= 4, hits.keys()
+    assert hits[("write", "unmapped")]["count"] > 0, hits.keys()
+    assert any(h in hits for h in [("write", "hot"), ("write", "cold")]), hits.keys()
+    for op in ("read", "write"):
+        assert sum(o["count"] for (p, _), o in hits.items() if p == op) == ops[op]["count"], op
     ' || die "stats wrong"
+
+    step "stats --watch: per-interval figures while fio reads; HDR logs"
+    (cd "$W" && fio --name=w --filename="$dev" --direct=1 --ioengine=io_uring --rw=randread --bs=4k \
+        --iodepth=4 --size=64M --time_based --runtime=4 >/dev/null) &
+    local fpid=$!
+    sleep 0.5
+    "$B" stats -n "$n" --watch --interval 0.5 --count 3 --json --hdr-log "$W/watch.hlog" >"$W/watch.json" ||
+        die "stats --watch failed"
+    wait "$fpid" || die "fio under stats --watch failed"
+    "$B" stats -n "$n" --hdr-log "$W/all.hlog" >/dev/null || die "stats --hdr-log failed"
+    python3 - "$W/watch.json" "$W/watch.hlog" "$W/all.hlog" <<'PY' || die "stats --watch / --hdr-log wrong"
+import base64, json, struct, sys, zlib
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert len(rows) == 3, rows
+# Each interval runs from one publish of the queues' snapshots to the next; the
+# first starts at the last publish before the watch (longer when the device idled).
+for r in rows[1:]:
+    assert 0.2 <= r["interval_s"] <= 5.0, [r["interval_s"] for r in rows]
+assert all(r["interval_s"] < r["uptime_s"] for r in rows), rows
+reads = [sum(o["iops"] for o in r["total"]["ops"] if o["op"] == "read") for r in rows]
+assert max(reads) > 0, reads
+# interval figures, not totals: no interval holds more reads than fio could do in it
+for r in rows:
+    n = sum(o["count"] for o in r["total"]["ops"] if o["op"] == "read")
+    assert n < 1e6, n
+def hlog(path):
+    tags, n = set(), 0
+    for line in open(path):
+        if line.startswith("#") or line.startswith('"'):
+            continue
+        f = line.strip().split(",")
+        tag = f[0][4:] if f[0].startswith("Tag=") else None
+        raw = base64.b64decode(f[-1])
+        cookie, length = struct.unpack(">ii", raw[:8])
+        assert cookie & ~0xF0 == 0x1C849304 & ~0xF0, hex(cookie)  # V2 compressed
+        inner = zlib.decompress(raw[8:8 + length])
+        assert struct.unpack(">i", inner[:4])[0] & ~0xF0 == 0x1C849303 & ~0xF0
+        tags.add(tag); n += 1
+    return tags, n
+wt, wn = hlog(sys.argv[2])
+at, an = hlog(sys.argv[3])
+assert "all/read/hot" in wt or "all/read/cold" in wt, wt
+assert "all/write/unmapped" in at and ("q0/read/unmapped" in at or "q1/read/unmapped" in at), at
+print(f"   watch: read IOPS per interval {[round(x) for x in reads]}, HDR log {wn} + {an} histograms")
+PY
     "$B" del -n "$n"
 }
 
@@ -85,7 +140,7 @@ orderly_stop() {
 orderly_stop
 
 suite off
-if "$B" features | grep -qw AUTO_BUF_REG; then
+if "$B" features | grep -w AUTO_BUF_REG >/dev/null; then
     suite on
 else
     echo "== kernel without UBLK_F_AUTO_BUF_REG: zero-copy suite skipped"
