@@ -257,3 +257,44 @@ const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MA
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES >> 9 <= u32::MAX as u64);
 const _: () = assert!(DEVICE_TRACE_RING_EVENTS.is_power_of_two());
+
+// --- cluster ---
+/// Copies of every shard kept on distinct nodes (the `--replicas` default).
+pub const CLUSTER_REPLICAS_DEFAULT: usize = 2;
+/// Most copies one shard may have.
+pub const CLUSTER_REPLICAS_MAX: usize = 8;
+/// Placement weights are free capacity quantised to this many steps per
+/// doubling, so the small changes every write makes move no shard home.
+pub const CLUSTER_WEIGHT_STEPS_PER_DOUBLING: u32 = 4;
+/// Replication granule: every block of this size carries its own version.
+pub const CLUSTER_BLOCK_BYTES: u64 = BLOCK_SIZE_BYTES;
+/// Largest data payload of one protocol request or reply (bytes).
+pub const CLUSTER_IO_MAX_BYTES: usize = 1024 * 1024;
+/// Largest protocol frame (header, checksum and payload).
+pub const CLUSTER_FRAME_MAX_BYTES: usize = CLUSTER_IO_MAX_BYTES + 64 * 1024;
+/// Requests in flight on one connection; a caller beyond it waits (back-pressure).
+pub const CLUSTER_INFLIGHT_PER_CONN: usize = 32;
+/// A request unanswered for this long fails with a timeout (milliseconds).
+pub const CLUSTER_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Connecting to a peer gives up after this long (milliseconds).
+pub const CLUSTER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Gossip round interval (milliseconds).
+pub const CLUSTER_GOSSIP_INTERVAL_MS: u64 = 100;
+/// A node whose heartbeat has not advanced for this long is dead to the
+/// observer (the simulated membership; chitchat uses its phi detector).
+pub const CLUSTER_FAIL_AFTER_MS: u64 = 1_000;
+/// An attacher retransmits an unanswered request after this long (milliseconds).
+pub const CLUSTER_RETRY_MS: u64 = 150;
+/// Re-replication throttle: one shard copy at a time, at most one started per
+/// this interval (milliseconds).
+pub const CLUSTER_REPAIR_INTERVAL_MS: u64 = 200;
+/// Times an attach retries above a newer holder before giving up.
+pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
+const _: () =
+    assert!(CLUSTER_REPLICAS_DEFAULT >= 1 && CLUSTER_REPLICAS_DEFAULT <= CLUSTER_REPLICAS_MAX);
+const _: () = assert!(CLUSTER_BLOCK_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(CLUSTER_IO_MAX_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);
+const _: () = assert!(CLUSTER_FRAME_MAX_BYTES > CLUSTER_IO_MAX_BYTES);
+const _: () = assert!(CLUSTER_FAIL_AFTER_MS > 2 * CLUSTER_GOSSIP_INTERVAL_MS);
+const _: () = assert!(CLUSTER_RETRY_MS < CLUSTER_FAIL_AFTER_MS);
+const _: () = assert!(CLUSTER_INFLIGHT_PER_CONN >= 1);
