@@ -288,6 +288,10 @@ pub const CLUSTER_RETRY_MS: u64 = 150;
 /// Re-replication throttle: one shard copy at a time, at most one started per
 /// this interval (milliseconds).
 pub const CLUSTER_REPAIR_INTERVAL_MS: u64 = 200;
+/// Logical size of the local volume that holds a node's copies of one
+/// cluster volume (thin: costs only what is written); also the largest
+/// cluster volume.
+pub const CLUSTER_LOCAL_VOLUME_BYTES: u64 = 64 << 30;
 /// Times an attach retries above a newer holder before giving up.
 pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
 const _: () =
@@ -298,3 +302,5 @@ const _: () = assert!(CLUSTER_FRAME_MAX_BYTES > CLUSTER_IO_MAX_BYTES);
 const _: () = assert!(CLUSTER_FAIL_AFTER_MS > 2 * CLUSTER_GOSSIP_INTERVAL_MS);
 const _: () = assert!(CLUSTER_RETRY_MS < CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_INFLIGHT_PER_CONN >= 1);
+const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES <= VOLUME_SIZE_MAX_BYTES);
+const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES % SHARD_SIZE_DEFAULT_BYTES == 0);

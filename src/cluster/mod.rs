@@ -13,6 +13,7 @@
 //! as output; the simulator and the real node drive the same code.
 
 pub mod attacher;
+pub mod conn;
 pub mod epoch;
 pub mod hash;
 pub mod membership;
@@ -20,4 +21,7 @@ pub mod overrides;
 pub mod placement;
 pub mod proto;
 pub mod replica;
+pub mod server;
 pub mod sim;
+pub mod store;
+pub mod wire;

@@ -64,10 +64,31 @@ impl OverrideRecord {
     }
 }
 
-/// The override map of the whole cluster (or of one volume).
+/// The override map of the whole cluster (or of one volume). Serialised as
+/// a list of `(key, record)` pairs (JSON maps need string keys).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    into = "Vec<(ShardKey, OverrideRecord)>",
+    from = "Vec<(ShardKey, OverrideRecord)>"
+)]
 pub struct OverrideMap {
     map: BTreeMap<ShardKey, OverrideRecord>,
+}
+
+impl From<OverrideMap> for Vec<(ShardKey, OverrideRecord)> {
+    fn from(m: OverrideMap) -> Self {
+        m.map.into_iter().collect()
+    }
+}
+
+impl From<Vec<(ShardKey, OverrideRecord)>> for OverrideMap {
+    fn from(v: Vec<(ShardKey, OverrideRecord)>) -> Self {
+        let mut m = OverrideMap::new();
+        for (k, r) in v {
+            m.merge(&k, &r);
+        }
+        m
+    }
 }
 
 impl OverrideMap {

@@ -112,3 +112,87 @@ pub enum Response<D> {
     /// The replica could not do it (storage error, bad range).
     Failed { reason: String },
 }
+
+impl<D> Request<D> {
+    /// The same request with every block mapped through `f` (in order).
+    pub fn map_blocks<E>(self, mut f: impl FnMut(D) -> E) -> Request<E> {
+        match self {
+            Request::Fence { volume, epoch } => Request::Fence { volume, epoch },
+            Request::Write {
+                volume,
+                epoch,
+                first_block,
+                version,
+                blocks,
+            } => Request::Write {
+                volume,
+                epoch,
+                first_block,
+                version,
+                blocks: blocks.into_iter().map(f).collect(),
+            },
+            Request::Read {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            } => Request::Read {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            },
+            Request::Fetch {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            } => Request::Fetch {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            },
+            Request::Install {
+                volume,
+                epoch,
+                entries,
+            } => Request::Install {
+                volume,
+                epoch,
+                entries: entries.into_iter().map(|(b, v, d)| (b, v, f(d))).collect(),
+            },
+            Request::Commit {
+                volume,
+                epoch,
+                key,
+                record,
+            } => Request::Commit {
+                volume,
+                epoch,
+                key,
+                record,
+            },
+            Request::Flush { volume, epoch } => Request::Flush { volume, epoch },
+        }
+    }
+}
+
+impl<D> Response<D> {
+    /// The same response with every block mapped through `f` (in order).
+    pub fn map_blocks<E>(self, mut f: impl FnMut(D) -> E) -> Response<E> {
+        match self {
+            Response::FenceOk { overrides } => Response::FenceOk { overrides },
+            Response::Ok => Response::Ok,
+            Response::Data { versions, blocks } => Response::Data {
+                versions,
+                blocks: blocks.into_iter().map(f).collect(),
+            },
+            Response::Blocks { entries } => Response::Blocks {
+                entries: entries.into_iter().map(|(b, v, d)| (b, v, f(d))).collect(),
+            },
+            Response::Fenced { current } => Response::Fenced { current },
+            Response::Failed { reason } => Response::Failed { reason },
+        }
+    }
+}
