@@ -292,6 +292,20 @@ pub const CLUSTER_REPAIR_INTERVAL_MS: u64 = 200;
 /// cluster volume (thin: costs only what is written); also the largest
 /// cluster volume.
 pub const CLUSTER_LOCAL_VOLUME_BYTES: u64 = 64 << 30;
+/// The placement unit of cluster volumes (a cluster shard).
+pub const CLUSTER_SHARD_BYTES: u64 = SHARD_SIZE_DEFAULT_BYTES;
+/// A real client retransmits an unanswered request after this long (TCP is
+/// reliable; this covers a peer that restarted) (milliseconds).
+pub const CLUSTER_CLIENT_RETRY_MS: u64 = 1_000;
+/// A real client's operation fails after this long (longer than failure
+/// detection, so a dead replica is dropped rather than failing the write).
+pub const CLUSTER_OP_TIMEOUT_MS: u64 = 20_000;
+/// How often a real client's attacher ticks (retransmits, repair) (milliseconds).
+pub const CLUSTER_CLIENT_TICK_MS: u64 = 20;
+/// How often a node republishes its gossip keys (milliseconds).
+pub const CLUSTER_PUBLISH_MS: u64 = 500;
+/// Shards one re-replication scan looks at per tick.
+pub const CLUSTER_REPAIR_SCAN_SHARDS: u64 = 4096;
 /// Times an attach retries above a newer holder before giving up.
 pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
 const _: () =
@@ -303,4 +317,7 @@ const _: () = assert!(CLUSTER_FAIL_AFTER_MS > 2 * CLUSTER_GOSSIP_INTERVAL_MS);
 const _: () = assert!(CLUSTER_RETRY_MS < CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_INFLIGHT_PER_CONN >= 1);
 const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES <= VOLUME_SIZE_MAX_BYTES);
+const _: () = assert!(CLUSTER_SHARD_BYTES % CLUSTER_BLOCK_BYTES == 0);
+const _: () = assert!(CLUSTER_SHARD_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
+const _: () = assert!(CLUSTER_OP_TIMEOUT_MS > 4 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES % SHARD_SIZE_DEFAULT_BYTES == 0);

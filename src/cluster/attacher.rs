@@ -40,7 +40,7 @@ use super::epoch::{Epoch, Version};
 use super::overrides::{OverrideMap, OverrideRecord};
 use super::placement::{next_home, place, Member, NodeId, ShardKey};
 use super::proto::{BlockEntry, Request, Response};
-use crate::constants::CLUSTER_ATTACH_ATTEMPTS;
+use crate::constants::{CLUSTER_ATTACH_ATTEMPTS, CLUSTER_REPAIR_SCAN_SHARDS};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -718,7 +718,10 @@ impl<D: Clone> Attacher<D> {
             } => {
                 let src = round.sent.keys().next().expect("one source").clone();
                 match round.replies.get(&src) {
-                    Some(Response::Blocks { entries }) if entries.is_empty() => {} // never written
+                    Some(Response::Blocks { entries }) if entries.is_empty() => {
+                        // never written: nothing to copy, and no copy to throttle
+                        self.last_repair_ms = None;
+                    }
                     Some(Response::Blocks { entries }) => {
                         let entries: Vec<BlockEntry<D>> = entries.clone();
                         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
@@ -804,7 +807,7 @@ impl<D: Clone> Attacher<D> {
             .filter(|m| live(&m.id))
             .cloned()
             .collect();
-        for _ in 0..self.cfg.shards {
+        for _ in 0..self.cfg.shards.min(CLUSTER_REPAIR_SCAN_SHARDS) {
             let shard = self.repair_cursor;
             self.repair_cursor = (self.repair_cursor + 1) % self.cfg.shards.max(1);
             let key = self.key(shard);

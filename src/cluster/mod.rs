@@ -13,10 +13,13 @@
 //! as output; the simulator and the real node drive the same code.
 
 pub mod attacher;
+pub mod client;
 pub mod conn;
 pub mod epoch;
+pub mod gossip;
 pub mod hash;
 pub mod membership;
+pub mod node;
 pub mod overrides;
 pub mod placement;
 pub mod proto;

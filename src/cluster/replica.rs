@@ -75,6 +75,28 @@ pub struct ReplicaMeta {
     pub versions: BTreeMap<String, BTreeMap<u64, Version>>,
     /// This node's copy of the override map.
     pub overrides: OverrideMap,
+    /// The node's placement weight, fixed at its first start (a real node;
+    /// changing it would move homes without moving data).
+    #[serde(default)]
+    pub weight: Option<f64>,
+}
+
+impl ReplicaMeta {
+    /// Distinct shards (of `blocks_per_shard` blocks) holding written blocks.
+    pub fn shard_count(&self, blocks_per_shard: u64) -> u64 {
+        let mut n = 0;
+        for m in self.versions.values() {
+            let mut last = None;
+            for b in m.keys() {
+                let s = b / blocks_per_shard;
+                if last != Some(s) {
+                    n += 1;
+                    last = Some(s);
+                }
+            }
+        }
+        n
+    }
 }
 
 /// One node's replica of every volume it holds blocks of.

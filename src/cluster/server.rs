@@ -12,31 +12,49 @@
 //!   stops beyond that: TCP back-pressure reaches the sender). A bad frame
 //!   closes that connection only.
 
+use super::overrides::OverrideMap;
 use super::proto::{Request, Response};
 use super::replica::{BlockStore, ReplicaCore, ReplicaMeta};
 use super::wire::{Frame, FrameCodec};
 use crate::constants::CLUSTER_INFLIGHT_PER_CONN;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-/// A request for the replica thread and where its answer goes.
-pub type ReplicaJob = (Request<Bytes>, oneshot::Sender<Response<Bytes>>);
+/// Work for the replica thread.
+pub enum ReplicaJob {
+    /// A request and where its answer goes.
+    Request(Request<Bytes>, oneshot::Sender<Response<Bytes>>),
+    /// Override records learnt through gossip.
+    MergeOverrides(OverrideMap),
+}
 
 /// The replica thread's inbox.
 #[derive(Clone)]
 pub struct ReplicaHandle {
     tx: std::sync::mpsc::Sender<ReplicaJob>,
+    served: Arc<AtomicU64>,
 }
 
 impl ReplicaHandle {
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Merge gossiped override records into the replica's map.
+    pub fn merge_overrides(&self, m: OverrideMap) {
+        let _ = self.tx.send(ReplicaJob::MergeOverrides(m));
+    }
+
     /// Apply `req` on the replica thread.
     pub async fn call(&self, req: Request<Bytes>) -> Response<Bytes> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send((req, tx)).is_err() {
+        if self.tx.send(ReplicaJob::Request(req, tx)).is_err() {
             return Response::Failed {
                 reason: "replica stopped".into(),
             };
@@ -56,11 +74,25 @@ where
     P: FnMut(&ReplicaMeta) -> Result<(), String> + Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::channel::<ReplicaJob>();
+    let served = Arc::new(AtomicU64::new(0));
+    let served2 = served.clone();
     std::thread::Builder::new()
         .name("replica".into())
         .spawn(move || {
             let mut core = make();
-            while let Ok((req, reply)) = rx.recv() {
+            while let Ok(job) = rx.recv() {
+                let (req, reply) = match job {
+                    ReplicaJob::Request(req, reply) => (req, reply),
+                    ReplicaJob::MergeOverrides(m) => {
+                        if core.meta.overrides.merge_all(&m) > 0 {
+                            if let Err(e) = persist(&core.meta) {
+                                tracing::warn!("persisting gossiped overrides: {e}");
+                            }
+                        }
+                        continue;
+                    }
+                };
+                served2.fetch_add(1, Ordering::Relaxed);
                 let mutates = ReplicaCore::<S>::mutates_meta(&req);
                 let mut resp = core.handle(req);
                 if mutates && !matches!(resp, Response::Fenced { .. }) {
@@ -74,7 +106,7 @@ where
             }
         })
         .expect("spawn the replica thread");
-    ReplicaHandle { tx }
+    ReplicaHandle { tx, served }
 }
 
 /// Serve peers on `listener` from `replica` until the listener fails.
