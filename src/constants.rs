@@ -306,6 +306,9 @@ pub const CLUSTER_CLIENT_TICK_MS: u64 = 20;
 pub const CLUSTER_PUBLISH_MS: u64 = 500;
 /// Shards one re-replication scan looks at per tick.
 pub const CLUSTER_REPAIR_SCAN_SHARDS: u64 = 4096;
+/// A node's replica metadata journal is folded into a fresh snapshot when
+/// it grows past this (bytes).
+pub const CLUSTER_META_JOURNAL_MAX_BYTES: u64 = 16 << 20;
 /// Times an attach retries above a newer holder before giving up.
 pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
 const _: () =

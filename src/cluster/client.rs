@@ -273,6 +273,12 @@ impl ClusterClient {
             .count() as u64;
     }
 
+    /// Handle replies (re-replication goes on) for `d`, then refresh the
+    /// membership view and tick once. For callers between operations.
+    pub async fn idle(&mut self, d: Duration) {
+        self.pump(d).await
+    }
+
     /// Handle replies for `d`, then tick once (no operation of the caller's).
     async fn pump(&mut self, d: Duration) {
         let end = tokio::time::Instant::now() + d;

@@ -10,13 +10,13 @@
 //!   count and override records, and merges the records other nodes publish
 //!   into its own. It returns when `stop` completes.
 //! - Every answered write, fence or override commit is durable first (data
-//!   through the pool's commit, metadata through the atomic metadata file).
+//!   through the pool's commit, metadata through the metadata journal).
 
 use super::gossip::{self, ClusterView, ROLE_STORAGE};
 use super::placement::weight_for_free_bytes;
-use super::replica::{ReplicaCore, ReplicaMeta};
+use super::replica::{Delta, ReplicaCore, ReplicaMeta};
 use super::server::{serve, spawn_replica};
-use super::store::{load_meta, save_meta, PoolStore};
+use super::store::{MetaJournal, PoolStore};
 use crate::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_PUBLISH_MS, CLUSTER_SHARD_BYTES};
 use crate::shard::pool::{Pool, PoolError};
 use std::net::SocketAddr;
@@ -62,6 +62,8 @@ pub enum NodeError {
 #[derive(Default)]
 struct Published {
     meta: ReplicaMeta,
+    /// `(volume, shard)` holding written blocks.
+    shards: std::collections::BTreeSet<(String, u64)>,
 }
 
 /// Run a node until `stop` completes.
@@ -83,7 +85,7 @@ pub async fn run(
         path: state.display().to_string(),
         source,
     };
-    let mut meta = load_meta(&state).map_err(state_err)?;
+    let (mut journal, mut meta) = MetaJournal::open(&state).map_err(state_err)?;
     if meta.weight.is_none() {
         let free: u64 = pool
             .status()
@@ -91,17 +93,47 @@ pub async fn run(
             .iter()
             .map(|t| t.capacity_bytes - t.used_bytes)
             .sum();
-        meta.weight = Some(weight_for_free_bytes(free).max(f64::MIN_POSITIVE));
-        save_meta(&state, &meta).map_err(state_err)?;
+        let d = Delta::Weight(weight_for_free_bytes(free).max(f64::MIN_POSITIVE));
+        meta.apply(&d);
+        journal.append(&meta, &[d]).map_err(state_err)?;
     }
     let weight = meta.weight.expect("set above");
-    let published = Arc::new(Mutex::new(Published { meta: meta.clone() }));
-    let (pool2, pub2, path) = (pool.clone(), published.clone(), state.clone());
+    let bps = CLUSTER_SHARD_BYTES / CLUSTER_BLOCK_BYTES;
+    let published = Arc::new(Mutex::new(Published {
+        meta: ReplicaMeta {
+            overrides: meta.overrides.clone(),
+            ..ReplicaMeta::default()
+        },
+        shards: meta
+            .versions
+            .iter()
+            .flat_map(|(v, m)| m.keys().map(move |b| (v.clone(), b / bps)))
+            .collect(),
+    }));
+    let (pool2, pub2) = (pool.clone(), published.clone());
     let replica = spawn_replica(
-        move || ReplicaCore::new(PoolStore::new(pool2), meta),
-        move |m: &ReplicaMeta| {
-            save_meta(&path, m).map_err(|e| e.to_string())?;
-            pub2.lock().expect("published").meta = m.clone();
+        move || {
+            let mut core = ReplicaCore::new(PoolStore::new(pool2), meta);
+            core.journal = Some(Vec::new());
+            core
+        },
+        move |m: &ReplicaMeta, deltas: Vec<Delta>| {
+            journal.append(m, &deltas).map_err(|e| e.to_string())?;
+            let mut p = pub2.lock().expect("published");
+            // what gossip needs: overrides (small) and the shard count
+            if deltas.iter().any(|d| matches!(d, Delta::Override { .. })) {
+                p.meta.overrides = m.overrides.clone();
+            }
+            for d in &deltas {
+                if let Delta::Versions {
+                    volume, first, n, ..
+                } = d
+                {
+                    for s in first / bps..=(first + n - 1) / bps {
+                        p.shards.insert((volume.clone(), s));
+                    }
+                }
+            }
             Ok(())
         },
     );
@@ -128,12 +160,11 @@ pub async fn run(
     tracing::info!(id = %id, %listen, gossip = %cfg.gossip, "node up");
     let publisher = async {
         let mut last_served = 0;
-        let bps = CLUSTER_SHARD_BYTES / CLUSTER_BLOCK_BYTES;
         loop {
             let served = replica.served();
             let (overrides, shards) = {
                 let p = published.lock().expect("published");
-                (p.meta.overrides.clone(), p.meta.shard_count(bps))
+                (p.meta.overrides.clone(), p.shards.len() as u64)
             };
             {
                 let cc = handle.chitchat();

@@ -15,7 +15,8 @@
 //!   answers a write, fence or commit).
 
 use super::epoch::{Epoch, Version};
-use super::overrides::OverrideMap;
+use super::overrides::{OverrideMap, OverrideRecord};
+use super::placement::ShardKey;
 use super::proto::{BlockEntry, Request, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -81,21 +82,52 @@ pub struct ReplicaMeta {
     pub weight: Option<f64>,
 }
 
+/// One change to [`ReplicaMeta`], as journaled by a real node (appending
+/// these is O(change), unlike rewriting the whole metadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Delta {
+    Fence {
+        volume: String,
+        epoch: Epoch,
+    },
+    /// Blocks `first..first + n` now carry `version`.
+    Versions {
+        volume: String,
+        first: u64,
+        n: u64,
+        version: Version,
+    },
+    Override {
+        key: ShardKey,
+        record: OverrideRecord,
+    },
+    Weight(f64),
+}
+
 impl ReplicaMeta {
-    /// Distinct shards (of `blocks_per_shard` blocks) holding written blocks.
-    pub fn shard_count(&self, blocks_per_shard: u64) -> u64 {
-        let mut n = 0;
-        for m in self.versions.values() {
-            let mut last = None;
-            for b in m.keys() {
-                let s = b / blocks_per_shard;
-                if last != Some(s) {
-                    n += 1;
-                    last = Some(s);
+    /// Apply one journaled change.
+    pub fn apply(&mut self, d: &Delta) {
+        match d {
+            Delta::Fence { volume, epoch } => {
+                let f = self.fences.entry(volume.clone()).or_default();
+                *f = (*f).max(*epoch);
+            }
+            Delta::Versions {
+                volume,
+                first,
+                n,
+                version,
+            } => {
+                let m = self.versions.entry(volume.clone()).or_default();
+                for b in *first..first + n {
+                    m.insert(b, *version);
                 }
             }
+            Delta::Override { key, record } => {
+                self.overrides.merge(key, record);
+            }
+            Delta::Weight(w) => self.weight = Some(*w),
         }
-        n
     }
 }
 
@@ -105,6 +137,9 @@ pub struct ReplicaCore<S: BlockStore> {
     pub store: S,
     /// Requests refused because of an older epoch (for tests and status).
     pub fenced_refusals: u64,
+    /// When `Some`, every change to `meta` is also appended here (a real
+    /// node drains it into its metadata journal after each request).
+    pub journal: Option<Vec<Delta>>,
 }
 
 impl<S: BlockStore> ReplicaCore<S> {
@@ -113,6 +148,7 @@ impl<S: BlockStore> ReplicaCore<S> {
             meta,
             store,
             fenced_refusals: 0,
+            journal: None,
         }
     }
 
@@ -127,6 +163,27 @@ impl<S: BlockStore> ReplicaCore<S> {
             .and_then(|m| m.get(&block))
             .copied()
             .unwrap_or_default()
+    }
+
+    fn note(&mut self, d: Delta) {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(d);
+        }
+    }
+
+    /// Merge override records learnt through gossip; returns how many changed.
+    pub fn merge_overrides(&mut self, m: &OverrideMap) -> usize {
+        let mut n = 0;
+        for (k, r) in m.iter() {
+            if self.meta.overrides.merge(k, r) {
+                n += 1;
+                self.note(Delta::Override {
+                    key: k.clone(),
+                    record: r.clone(),
+                });
+            }
+        }
+        n
     }
 
     /// Whether `req` changes metadata that must be durable before answering.
@@ -145,6 +202,10 @@ impl<S: BlockStore> ReplicaCore<S> {
         }
         if epoch > current {
             self.meta.fences.insert(volume.clone(), epoch);
+            self.note(Delta::Fence {
+                volume: volume.clone(),
+                epoch,
+            });
         }
         match self.apply(&volume, req) {
             Ok(r) => r,
@@ -220,7 +281,9 @@ impl<S: BlockStore> ReplicaCore<S> {
                 Response::Blocks { entries }
             }
             Request::Commit { key, record, .. } => {
-                self.meta.overrides.merge(&key, &record);
+                if self.meta.overrides.merge(&key, &record) {
+                    self.note(Delta::Override { key, record });
+                }
                 Response::Ok
             }
             Request::Flush { .. } => {
@@ -254,6 +317,25 @@ impl<S: BlockStore> ReplicaCore<S> {
         for (b, v, _) in &newer {
             vm.insert(*b, *v);
         }
+        if self.journal.is_some() {
+            let mut i = 0;
+            while i < newer.len() {
+                let mut j = i + 1;
+                while j < newer.len()
+                    && newer[j].0 == newer[j - 1].0 + 1
+                    && newer[j].1 == newer[i].1
+                {
+                    j += 1;
+                }
+                self.note(Delta::Versions {
+                    volume: volume.to_string(),
+                    first: newer[i].0,
+                    n: (j - i) as u64,
+                    version: newer[i].1,
+                });
+                i = j;
+            }
+        }
         Ok(())
     }
 }
@@ -261,8 +343,6 @@ impl<S: BlockStore> ReplicaCore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::overrides::OverrideRecord;
-    use crate::cluster::placement::ShardKey;
 
     fn ep(term: u64) -> Epoch {
         Epoch { term, owner: 1 }
@@ -360,6 +440,38 @@ mod tests {
         });
         assert_eq!(b.store.read("v", 0, 2).unwrap(), vec![10, 21]);
         assert_eq!(b.version("v", 0), ver(1, 1));
+    }
+
+    #[test]
+    fn journal_replays_to_the_same_meta() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        r.journal = Some(Vec::new());
+        r.handle(write(1, 1, 0, 10));
+        let mut w = write(1, 2, 1, 0);
+        if let Request::Write { blocks, .. } = &mut w {
+            *blocks = vec![1, 2, 3];
+        }
+        r.handle(w);
+        r.handle(write(2, 1, 2, 20));
+        r.handle(write(1, 9, 5, 20)); // refused: changes nothing
+        r.handle(Request::Install {
+            volume: "v".into(),
+            epoch: ep(2),
+            entries: vec![(7, ver(2, 5), 1), (8, ver(2, 6), 2), (0, ver(1, 1), 9)],
+        });
+        let mut m = OverrideMap::new();
+        let rec = OverrideRecord {
+            version: ver(2, 1),
+            replicas: vec!["x".into()],
+        };
+        m.merge(&ShardKey::new("v", 0), &rec);
+        assert_eq!(r.merge_overrides(&m), 1);
+        assert_eq!(r.merge_overrides(&m), 0);
+        let mut replay = ReplicaMeta::default();
+        for d in r.journal.as_ref().unwrap() {
+            replay.apply(d);
+        }
+        assert_eq!(replay, r.meta);
     }
 
     #[test]

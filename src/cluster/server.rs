@@ -14,7 +14,7 @@
 
 use super::overrides::OverrideMap;
 use super::proto::{Request, Response};
-use super::replica::{BlockStore, ReplicaCore, ReplicaMeta};
+use super::replica::{BlockStore, Delta, ReplicaCore, ReplicaMeta};
 use super::wire::{Frame, FrameCodec};
 use crate::constants::CLUSTER_INFLIGHT_PER_CONN;
 use bytes::Bytes;
@@ -66,12 +66,14 @@ impl ReplicaHandle {
 }
 
 /// Start the replica thread. `make` builds the replica on that thread;
-/// `persist` makes its metadata durable (an error fails the request).
+/// `persist` makes its metadata changes durable (an error fails the
+/// request): it gets the whole metadata and, when the replica journals, the
+/// changes the request made.
 pub fn spawn_replica<S, M, P>(make: M, mut persist: P) -> ReplicaHandle
 where
     S: BlockStore<Data = Bytes>,
     M: FnOnce() -> ReplicaCore<S> + Send + 'static,
-    P: FnMut(&ReplicaMeta) -> Result<(), String> + Send + 'static,
+    P: FnMut(&ReplicaMeta, Vec<Delta>) -> Result<(), String> + Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::channel::<ReplicaJob>();
     let served = Arc::new(AtomicU64::new(0));
@@ -84,8 +86,13 @@ where
                 let (req, reply) = match job {
                     ReplicaJob::Request(req, reply) => (req, reply),
                     ReplicaJob::MergeOverrides(m) => {
-                        if core.meta.overrides.merge_all(&m) > 0 {
-                            if let Err(e) = persist(&core.meta) {
+                        if core.merge_overrides(&m) > 0 {
+                            let deltas = core
+                                .journal
+                                .as_mut()
+                                .map(std::mem::take)
+                                .unwrap_or_default();
+                            if let Err(e) = persist(&core.meta, deltas) {
                                 tracing::warn!("persisting gossiped overrides: {e}");
                             }
                         }
@@ -95,8 +102,13 @@ where
                 served2.fetch_add(1, Ordering::Relaxed);
                 let mutates = ReplicaCore::<S>::mutates_meta(&req);
                 let mut resp = core.handle(req);
+                let deltas = core
+                    .journal
+                    .as_mut()
+                    .map(std::mem::take)
+                    .unwrap_or_default();
                 if mutates && !matches!(resp, Response::Fenced { .. }) {
-                    if let Err(e) = persist(&core.meta) {
+                    if let Err(e) = persist(&core.meta, deltas) {
                         resp = Response::Failed {
                             reason: format!("persisting replica state: {e}"),
                         };
@@ -181,7 +193,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let h = spawn_replica(
             || ReplicaCore::new(MemBytesStore::default(), ReplicaMeta::default()),
-            |_| Ok(()),
+            |_, _| Ok(()),
         );
         tokio::spawn(serve(l, h));
         addr

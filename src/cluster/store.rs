@@ -13,9 +13,19 @@
 //! - [`save_meta`] replaces the metadata file atomically (temporary file,
 //!   fsync, rename, fsync of the directory); [`load_meta`] of a missing file
 //!   is an empty replica.
+//! - [`MetaJournal`] keeps the metadata as that snapshot plus a journal
+//!   (`PATH.journal`, one JSON [`Delta`] per line, fdatasync'd before the
+//!   answer leaves): O(change) per request. Opening replays the journal over
+//!   the snapshot; a torn last line (a crash mid-append, never answered) is
+//!   dropped, a bad line before the end is an error. Past
+//!   `CLUSTER_META_JOURNAL_MAX_BYTES` the state is folded into a new
+//!   snapshot and the journal emptied.
 
-use super::replica::{BlockStore, ReplicaMeta, StoreError};
-use crate::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_LOCAL_VOLUME_BYTES, SHARD_SIZE_DEFAULT_BYTES};
+use super::replica::{BlockStore, Delta, ReplicaMeta, StoreError};
+use crate::constants::{
+    CLUSTER_BLOCK_BYTES, CLUSTER_LOCAL_VOLUME_BYTES, CLUSTER_META_JOURNAL_MAX_BYTES,
+    SHARD_SIZE_DEFAULT_BYTES,
+};
 use crate::io::{AlignedBuf, IoEngine};
 use crate::shard::policy::TierPolicy;
 use crate::shard::pool::{Pool, PoolError};
@@ -159,6 +169,87 @@ pub fn load_meta(path: &Path) -> std::io::Result<ReplicaMeta> {
     }
 }
 
+/// Snapshot plus append-only journal of a replica's metadata.
+pub struct MetaJournal {
+    snapshot: std::path::PathBuf,
+    journal: std::path::PathBuf,
+    file: std::fs::File,
+    bytes: u64,
+}
+
+fn journal_path(snapshot: &Path) -> std::path::PathBuf {
+    let mut s = snapshot.as_os_str().to_os_string();
+    s.push(".journal");
+    std::path::PathBuf::from(s)
+}
+
+fn bad(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl MetaJournal {
+    /// Load snapshot and journal, fold them, and start a fresh journal.
+    pub fn open(snapshot: &Path) -> std::io::Result<(MetaJournal, ReplicaMeta)> {
+        let mut meta = load_meta(snapshot)?;
+        let journal = journal_path(snapshot);
+        match std::fs::read(&journal) {
+            Ok(b) => {
+                let lines: Vec<&[u8]> = b.split(|&c| c == b'\n').collect();
+                let last = lines.len() - 1; // after the final newline: "" or a torn line
+                for (i, line) in lines.iter().enumerate() {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_slice::<Delta>(line) {
+                        Ok(d) => meta.apply(&d),
+                        Err(_) if i == last => {} // torn tail: never answered
+                        Err(e) => {
+                            return Err(bad(format!("{}: line {}: {e}", journal.display(), i + 1)))
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        save_meta(snapshot, &meta)?;
+        let file = std::fs::File::create(&journal)?;
+        file.sync_all()?;
+        Ok((
+            MetaJournal {
+                snapshot: snapshot.to_path_buf(),
+                journal,
+                file,
+                bytes: 0,
+            },
+            meta,
+        ))
+    }
+
+    /// Append `deltas` durably; fold into a snapshot of `meta` (which
+    /// already includes them) when the journal is large.
+    pub fn append(&mut self, meta: &ReplicaMeta, deltas: &[Delta]) -> std::io::Result<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for d in deltas {
+            serde_json::to_writer(&mut buf, d).map_err(bad)?;
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        self.bytes += buf.len() as u64;
+        if self.bytes > CLUSTER_META_JOURNAL_MAX_BYTES {
+            save_meta(&self.snapshot, meta)?;
+            self.file = std::fs::File::create(&self.journal)?;
+            self.file.sync_all()?;
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +280,36 @@ mod tests {
         assert_eq!(load_meta(&p).unwrap(), m);
         std::fs::write(&p, b"{garbage").unwrap();
         assert!(load_meta(&p).is_err());
+    }
+
+    #[test]
+    fn journal_survives_reopen_and_a_torn_tail_but_not_a_bad_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.json");
+        let (mut j, mut meta) = MetaJournal::open(&p).unwrap();
+        let ds = vec![
+            Delta::Fence {
+                volume: "v".into(),
+                epoch: Epoch { term: 2, owner: 1 },
+            },
+            Delta::Weight(1.5),
+        ];
+        for d in &ds {
+            meta.apply(d);
+        }
+        j.append(&meta, &ds).unwrap();
+        drop(j);
+        // a torn append after the last answered one
+        let jp = journal_path(&p);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&jp).unwrap();
+        f.write_all(b"{\"Weight\":7").unwrap();
+        drop(f);
+        let (j, got) = MetaJournal::open(&p).unwrap();
+        assert_eq!(got, meta);
+        drop(j);
+        // reopening folded everything into the snapshot
+        assert_eq!(load_meta(&p).unwrap(), meta);
+        std::fs::write(&jp, b"garbage\n{\"Weight\":2.0}\n").unwrap();
+        assert!(MetaJournal::open(&p).is_err());
     }
 }
