@@ -195,6 +195,13 @@ fn client_config(join: &JoinArgs, vol: &VolumeArgs) -> Result<ClientConfig> {
     })
 }
 
+fn check_offset(offset: u64) -> Result<()> {
+    if offset % CLUSTER_BLOCK_BYTES != 0 {
+        bail!("--offset must be a multiple of {CLUSTER_BLOCK_BYTES}");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: ClusterCmd) -> Result<()> {
     let rt = runtime()?;
     match cmd {
@@ -226,6 +233,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
             input,
             offset,
         } => {
+            check_offset(offset)?;
             let mut data = Vec::new();
             if input.as_os_str() == "-" {
                 std::io::stdin().read_to_end(&mut data)?;
@@ -253,6 +261,7 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
             offset,
             length,
         } => {
+            check_offset(offset)?;
             let cfg = client_config(&join, &vol)?;
             let padded = length.next_multiple_of(CLUSTER_BLOCK_BYTES);
             let data = rt.block_on(async {
