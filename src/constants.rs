@@ -341,3 +341,69 @@ pub const STATS_WATCH_INTERVAL_DEFAULT_S: f64 = 1.0;
 pub const STATS_WATCH_INTERVAL_MIN_S: f64 = DEVICE_STATS_PUBLISH_MS as f64 / 1000.0;
 const _: () = assert!(DEVICE_CONTROL_REPLY_MAX_BYTES >= DEVICE_CONTROL_MSG_MAX_BYTES);
 const _: () = assert!(STATS_WATCH_INTERVAL_DEFAULT_S >= STATS_WATCH_INTERVAL_MIN_S);
+// --- cluster ---
+/// Copies of every shard kept on distinct nodes (the `--replicas` default).
+pub const CLUSTER_REPLICAS_DEFAULT: usize = 2;
+/// Most copies one shard may have.
+pub const CLUSTER_REPLICAS_MAX: usize = 8;
+/// Placement weights are free capacity quantised to this many steps per
+/// doubling, so the small changes every write makes move no shard home.
+pub const CLUSTER_WEIGHT_STEPS_PER_DOUBLING: u32 = 4;
+/// Replication granule: every block of this size carries its own version.
+pub const CLUSTER_BLOCK_BYTES: u64 = BLOCK_SIZE_BYTES;
+/// Largest data payload of one protocol request or reply (bytes).
+pub const CLUSTER_IO_MAX_BYTES: usize = 1024 * 1024;
+/// Largest protocol frame (header, checksum and payload).
+pub const CLUSTER_FRAME_MAX_BYTES: usize = CLUSTER_IO_MAX_BYTES + 64 * 1024;
+/// Requests in flight on one connection; a caller beyond it waits (back-pressure).
+pub const CLUSTER_INFLIGHT_PER_CONN: usize = 32;
+/// A request unanswered for this long fails with a timeout (milliseconds).
+pub const CLUSTER_REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Connecting to a peer gives up after this long (milliseconds).
+pub const CLUSTER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Gossip round interval (milliseconds).
+pub const CLUSTER_GOSSIP_INTERVAL_MS: u64 = 100;
+/// A node whose heartbeat has not advanced for this long is dead to the
+/// observer (the simulated membership; chitchat uses its phi detector).
+pub const CLUSTER_FAIL_AFTER_MS: u64 = 1_000;
+/// An attacher retransmits an unanswered request after this long (milliseconds).
+pub const CLUSTER_RETRY_MS: u64 = 150;
+/// Re-replication throttle: one shard copy at a time, at most one started per
+/// this interval (milliseconds).
+pub const CLUSTER_REPAIR_INTERVAL_MS: u64 = 200;
+/// Logical size of the local volume that holds a node's copies of one
+/// cluster volume (thin: costs only what is written); also the largest
+/// cluster volume.
+pub const CLUSTER_LOCAL_VOLUME_BYTES: u64 = 64 << 30;
+/// The placement unit of cluster volumes (a cluster shard).
+pub const CLUSTER_SHARD_BYTES: u64 = SHARD_SIZE_DEFAULT_BYTES;
+/// A real client retransmits an unanswered request after this long (TCP is
+/// reliable; this covers a peer that restarted) (milliseconds).
+pub const CLUSTER_CLIENT_RETRY_MS: u64 = 1_000;
+/// A real client's operation fails after this long (longer than failure
+/// detection, so a dead replica is dropped rather than failing the write).
+pub const CLUSTER_OP_TIMEOUT_MS: u64 = 20_000;
+/// How often a real client's attacher ticks (retransmits, repair) (milliseconds).
+pub const CLUSTER_CLIENT_TICK_MS: u64 = 20;
+/// How often a node republishes its gossip keys (milliseconds).
+pub const CLUSTER_PUBLISH_MS: u64 = 500;
+/// Shards one re-replication scan looks at per tick.
+pub const CLUSTER_REPAIR_SCAN_SHARDS: u64 = 4096;
+/// A node's replica metadata journal is folded into a fresh snapshot when
+/// it grows past this (bytes).
+pub const CLUSTER_META_JOURNAL_MAX_BYTES: u64 = 16 << 20;
+/// Times an attach retries above a newer holder before giving up.
+pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
+const _: () =
+    assert!(CLUSTER_REPLICAS_DEFAULT >= 1 && CLUSTER_REPLICAS_DEFAULT <= CLUSTER_REPLICAS_MAX);
+const _: () = assert!(CLUSTER_BLOCK_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(CLUSTER_IO_MAX_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);
+const _: () = assert!(CLUSTER_FRAME_MAX_BYTES > CLUSTER_IO_MAX_BYTES);
+const _: () = assert!(CLUSTER_FAIL_AFTER_MS > 2 * CLUSTER_GOSSIP_INTERVAL_MS);
+const _: () = assert!(CLUSTER_RETRY_MS < CLUSTER_FAIL_AFTER_MS);
+const _: () = assert!(CLUSTER_INFLIGHT_PER_CONN >= 1);
+const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES <= VOLUME_SIZE_MAX_BYTES);
+const _: () = assert!(CLUSTER_SHARD_BYTES % CLUSTER_BLOCK_BYTES == 0);
+const _: () = assert!(CLUSTER_SHARD_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
+const _: () = assert!(CLUSTER_OP_TIMEOUT_MS > 4 * CLUSTER_FAIL_AFTER_MS);
+const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES % SHARD_SIZE_DEFAULT_BYTES == 0);

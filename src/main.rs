@@ -28,6 +28,12 @@ enum Cmd {
     /// Convert, synthesise and evaluate block traces for the prefetcher.
     #[command(subcommand)]
     Trace(cli::trace::TraceCmd),
+    /// Run a cluster storage node.
+    #[command(subcommand)]
+    Node(cli::cluster::NodeCmd),
+    /// Cluster status, and reading and writing cluster volumes.
+    #[command(subcommand)]
+    Cluster(cli::cluster::ClusterCmd),
     #[command(flatten)]
     Device(cli::device::DeviceCmd),
 }
@@ -51,6 +57,8 @@ fn main() {
         Cmd::Pool(c) => cli::pool::run(c),
         Cmd::Volume(c) => cli::volume::run(c),
         Cmd::Trace(c) => cli::trace::run(c),
+        Cmd::Node(c) => cli::cluster::run_node(c),
+        Cmd::Cluster(c) => cli::cluster::run(c),
         Cmd::Device(c) => cli::device::run(c),
     };
     if let Err(e) = r {

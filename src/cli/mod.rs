@@ -1,4 +1,5 @@
 //! Command-line front end: one file per command group, `anyhow` at this edge.
+pub mod cluster;
 pub mod device;
 pub mod pool;
 pub mod stats;

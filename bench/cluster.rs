@@ -1,0 +1,319 @@
+//! Cluster figures on loopback (`cargo bench --bench cluster`): node
+//! processes (`shardblk node run`) on file-backed pools, a client in this
+//! process.
+//!
+//! - Read latency and throughput, local vs remote: 4 KiB random reads and
+//!   1 MiB sequential reads of a 64 MiB written range, straight from a local
+//!   pool volume (the engine's `Volume::read`) and through the cluster client
+//!   from a node process over TCP (R = 1, one node).
+//! - Durable write latency for comparison: local `write` + `flush` vs the
+//!   client at R = 1 and R = 2 (every replica commits before it answers).
+//! - Time to restore R after a node loss versus data size: three nodes,
+//!   R = 2, write N MiB, SIGKILL one node, measure the time until gossip
+//!   declares it dead and until every written shard has two live copies.
+//!
+//! Prints a markdown table; `SHARDBLK_BENCH_QUICK=1` shrinks the sizes.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shardblk::cluster::client::{ClientConfig, ClusterClient};
+use shardblk::constants::CLUSTER_SHARD_BYTES;
+use shardblk::io::AlignedBuf;
+use shardblk::shard::policy::TierPolicy;
+use shardblk::shard::pool::{Pool, TierSpec};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn make_pool_file(path: &Path, bytes: u64) {
+    std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
+}
+
+struct Node {
+    child: Option<Child>,
+    gossip: SocketAddr,
+}
+
+impl Node {
+    fn start(dir: &Path, i: usize, seeds: &[SocketAddr], gossip: SocketAddr) -> Node {
+        let pool = dir.join(format!("pool{i}.img"));
+        if !pool.exists() {
+            make_pool_file(&pool, 1 << 30);
+            let st = Command::new(env!("CARGO_BIN_EXE_shardblk"))
+                .args(["pool", "init", "--tier"])
+                .arg(format!("hot={}", pool.display()))
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardblk"));
+        cmd.args(["node", "run", "--id", &format!("node{i}")])
+            .arg("--pool")
+            .arg(&pool)
+            .arg("--listen")
+            .arg(free_tcp().to_string())
+            .arg("--gossip")
+            .arg(gossip.to_string());
+        for s in seeds {
+            cmd.arg("--seed").arg(s.to_string());
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        Node {
+            child: Some(cmd.spawn().unwrap()),
+            gossip,
+        }
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cluster(dir: &Path, n: usize) -> Vec<Node> {
+    let gossips: Vec<SocketAddr> = (0..n).map(|_| free_udp()).collect();
+    (0..n)
+        .map(|i| Node::start(dir, i, &gossips, gossips[i]))
+        .collect()
+}
+
+async fn client(nodes: &[Node], replicas: usize, size: u64) -> ClusterClient {
+    ClusterClient::connect(ClientConfig {
+        id: format!("bench-{}", std::process::id()),
+        gossip: free_udp(),
+        seeds: nodes.iter().map(|n| n.gossip).collect(),
+        volume: "bench".into(),
+        size_bytes: size,
+        replicas,
+        expect_nodes: nodes.len(),
+        wait_ms: 30_000,
+    })
+    .await
+    .expect("attach")
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6
+}
+
+struct Lat {
+    p50_us: f64,
+    p99_us: f64,
+    mb_s: f64,
+}
+
+fn lat(mut v: Vec<Duration>, bytes_each: u64) -> Lat {
+    let total: f64 = v.iter().map(|d| d.as_secs_f64()).sum();
+    Lat {
+        p50_us: pct(&mut v, 0.5),
+        p99_us: pct(&mut v, 0.99),
+        mb_s: (v.len() as u64 * bytes_each) as f64 / total / 1e6,
+    }
+}
+
+fn row(what: &str, l: &Lat) {
+    println!(
+        "| {what} | {:.0} | {:.0} | {:.1} |",
+        l.p50_us, l.p99_us, l.mb_s
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is accepted.
+    let quick = std::env::var("SHARDBLK_BENCH_QUICK").is_ok();
+    let span = if quick { 16 * MIB } else { 64 * MIB };
+    let reads = if quick { 200 } else { 2000 };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut data = vec![0u8; span as usize];
+    rng.fill(&mut data[..]);
+
+    // local: the engine's Volume API on a file-backed pool
+    let lpath = dir.path().join("local.img");
+    make_pool_file(&lpath, 1 << 30);
+    let pool = Pool::init(
+        &[TierSpec {
+            name: "hot".into(),
+            path: lpath.clone(),
+        }],
+        true,
+    )
+    .unwrap();
+    let vol = pool
+        .create_volume("bench", span, MIB, TierPolicy::default())
+        .unwrap();
+    let mut eng = pool.engine();
+    let mut buf = AlignedBuf::new(MIB as usize);
+    for (i, c) in data.chunks(MIB as usize).enumerate() {
+        buf.copy_from_slice(c);
+        vol.write(eng.as_mut(), i as u64 * MIB, &buf).unwrap();
+    }
+    vol.flush().unwrap();
+    let offs: Vec<u64> = (0..reads)
+        .map(|_| rng.random_range(0..span / 4096) * 4096)
+        .collect();
+    let mut small = AlignedBuf::new(4096);
+    let l4 = lat(
+        offs.iter()
+            .map(|&o| {
+                let t = Instant::now();
+                vol.read(eng.as_mut(), o, &mut small).unwrap();
+                t.elapsed()
+            })
+            .collect(),
+        4096,
+    );
+    let l1m = lat(
+        (0..span / MIB)
+            .map(|i| {
+                let t = Instant::now();
+                vol.read(eng.as_mut(), i * MIB, &mut buf).unwrap();
+                t.elapsed()
+            })
+            .collect(),
+        MIB,
+    );
+    let w4 = lat(
+        offs.iter()
+            .take(200)
+            .map(|&o| {
+                let t = Instant::now();
+                vol.write(eng.as_mut(), o, &small).unwrap();
+                vol.flush().unwrap();
+                t.elapsed()
+            })
+            .collect(),
+        4096,
+    );
+    drop((vol, eng, pool));
+
+    let (r4, r1m, rw1, rw2) = rt.block_on(async {
+        let d1 = dir.path().join("one");
+        std::fs::create_dir(&d1).unwrap();
+        let nodes = cluster(&d1, 1);
+        let mut c = client(&nodes, 1, span).await;
+        for (i, ch) in data.chunks(MIB as usize).enumerate() {
+            c.write(i as u64 * MIB, ch).await.unwrap();
+        }
+        let mut v = Vec::new();
+        for &o in &offs {
+            let t = Instant::now();
+            let got = c.read(o, 4096).await.unwrap();
+            v.push(t.elapsed());
+            assert_eq!(got[..], data[o as usize..o as usize + 4096]);
+        }
+        let r4 = lat(v, 4096);
+        let mut v = Vec::new();
+        for i in 0..span / MIB {
+            let t = Instant::now();
+            c.read(i * MIB, MIB).await.unwrap();
+            v.push(t.elapsed());
+        }
+        let r1m = lat(v, MIB);
+        let mut v = Vec::new();
+        for &o in offs.iter().take(200) {
+            let t = Instant::now();
+            c.write(o, &[7u8; 4096]).await.unwrap();
+            v.push(t.elapsed());
+        }
+        let rw1 = lat(v, 4096);
+        c.shutdown().await;
+        drop(nodes);
+        let d3 = dir.path().join("three");
+        std::fs::create_dir(&d3).unwrap();
+        let nodes = cluster(&d3, 3);
+        let mut c = client(&nodes, 2, span).await;
+        let mut v = Vec::new();
+        for &o in offs.iter().take(200) {
+            let t = Instant::now();
+            c.write(o, &[9u8; 4096]).await.unwrap();
+            v.push(t.elapsed());
+        }
+        c.shutdown().await;
+        (r4, r1m, rw1, lat(v, 4096))
+    });
+    println!("| path | p50 µs | p99 µs | MB/s (serial) |");
+    println!("| --- | --- | --- | --- |");
+    row("local read 4 KiB random", &l4);
+    row("remote read 4 KiB random (R=1)", &r4);
+    row("local read 1 MiB sequential", &l1m);
+    row("remote read 1 MiB sequential (R=1)", &r1m);
+    row("local write 4 KiB + flush", &w4);
+    row("remote write 4 KiB, R=1", &rw1);
+    row("remote write 4 KiB, R=2 (3 nodes)", &rw2);
+
+    println!();
+    println!("| data written (R=2) | dead after | R restored after | shards copied | copy MB/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    let sizes: &[u64] = if quick { &[4, 16] } else { &[16, 64, 256] };
+    for &mib in sizes {
+        let d = dir.path().join(format!("restore{mib}"));
+        std::fs::create_dir(&d).unwrap();
+        let size = mib * MIB;
+        rt.block_on(async {
+            let mut nodes = cluster(&d, 3);
+            let mut c = client(&nodes, 2, size).await;
+            let chunk = vec![0x5au8; MIB as usize];
+            for i in 0..mib {
+                c.write(i * MIB, &chunk).await.unwrap();
+            }
+            let shards: Vec<u64> = (0..size / CLUSTER_SHARD_BYTES).collect();
+            let victim = 2;
+            let lost = shards
+                .iter()
+                .filter(|&&s| c.replicas_of(s).contains(&format!("node{victim}")))
+                .count();
+            nodes[victim].kill();
+            let t0 = Instant::now();
+            while c.view().is_live(&format!("node{victim}")) {
+                c.idle(Duration::from_millis(50)).await;
+            }
+            let dead = t0.elapsed();
+            let before = c.repairs;
+            assert!(
+                c.settle(&shards, Duration::from_secs(600)).await,
+                "R not restored"
+            );
+            let restored = t0.elapsed();
+            let copied = c.repairs - before;
+            let mb_s =
+                (copied * CLUSTER_SHARD_BYTES) as f64 / (restored - dead).as_secs_f64() / 1e6;
+            println!(
+                "| {mib} MiB | {:.2} s | {:.2} s | {copied} of {lost} lost | {mb_s:.1} |",
+                dead.as_secs_f64(),
+                restored.as_secs_f64()
+            );
+            c.shutdown().await;
+        });
+    }
+}

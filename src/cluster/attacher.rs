@@ -1,0 +1,870 @@
+//! The attacher: the one node at a time that holds a volume, as a state
+//! machine. It takes the attachment (fencing), writes to every replica,
+//! reads from a live one, drops dead replicas and re-replicates. Time,
+//! liveness and replies come in as arguments; requests go out through
+//! [`Attacher::drain`]. The simulator and the real client drive this same code.
+//!
+//! Contract (the safety argument, checked by the simulator over many seeds):
+//! - **Attach** takes epoch `next(highest seen)` and sends `Fence` to every
+//!   member; it is attached once a majority answered. Their answers carry
+//!   their override records, merged into the attacher's map. Any majority
+//!   intersects the majority that accepted an older attacher's last override
+//!   commit, so the new attacher knows every committed record.
+//! - **Write** goes to every current replica of the shard (its override
+//!   record, else its computed home). It is acknowledged when every replica
+//!   answered, except replicas that membership declares dead meanwhile: those
+//!   are dropped by committing a new override record (the remaining replicas)
+//!   to a majority *before* the acknowledgement. So every replica in the
+//!   committed set of a shard has every acknowledged write of it, and any
+//!   live member of that set can serve reads.
+//! - A replica that has seen a newer epoch refuses ([`OpError::Fenced`]); the
+//!   attacher then stops for good. Fences rise with every request a replica
+//!   accepts, and override commits need a majority, so an old attacher cut off
+//!   by a partition can neither change a shard's set nor complete a write to a
+//!   replica the new attacher has touched.
+//! - **Re-replication** (throttled, one shard at a time, only while no other
+//!   operation runs, so no write races the copy): for a written shard with
+//!   fewer than `R` live replicas, fetch it from a live replica, install it on
+//!   the best live member outside the set (rendezvous order, distinct domain
+//!   if possible), then commit the set `live replicas + new` to a majority.
+//! - One operation at a time (a caller gets [`OpError::Busy`]). Requests are
+//!   retransmitted every `retry_ms` until answered (they are idempotent); an
+//!   operation not done in `op_timeout_ms` fails with [`OpError::Timeout`],
+//!   unacknowledged (its writes may or may not be visible later).
+//! - Not handled here (see the module doc of `cluster`): rebalancing to new
+//!   homes after membership grows, divergent unacknowledged writes between
+//!   replicas (a read may see one replica's unacknowledged newer block and a
+//!   later read another's older, acknowledged one).
+
+use super::epoch::{Epoch, Version};
+use super::overrides::{OverrideMap, OverrideRecord};
+use super::placement::{next_home, place, Member, NodeId, ShardKey};
+use super::proto::{BlockEntry, Request, Response};
+use crate::constants::{CLUSTER_ATTACH_ATTEMPTS, CLUSTER_REPAIR_SCAN_SHARDS};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("fenced: a newer attacher holds the volume (epoch term {})", .0.term)]
+    Fenced(Epoch),
+    #[error("the volume is not attached")]
+    NotAttached,
+    #[error("another operation is in progress")]
+    Busy,
+    #[error("no live replica of shard {0}")]
+    Unavailable(u64),
+    #[error("timed out")]
+    Timeout,
+    #[error("empty range, or a range crossing a shard boundary or the volume end")]
+    BadRange,
+}
+
+/// What the attacher reports back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<D> {
+    Attached(Epoch),
+    /// A newer attacher holds the volume; this one stopped for good.
+    Fenced(Epoch),
+    AttachFailed(OpError),
+    Wrote {
+        op: u64,
+        version: Version,
+    },
+    Read {
+        op: u64,
+        versions: Vec<Version>,
+        blocks: Vec<D>,
+    },
+    Failed {
+        op: u64,
+        error: OpError,
+    },
+    Repaired {
+        key: ShardKey,
+        replicas: Vec<NodeId>,
+    },
+}
+
+/// A request to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing<D> {
+    pub to: NodeId,
+    pub id: u64,
+    pub req: Request<D>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttacherConfig {
+    pub me: NodeId,
+    pub volume: String,
+    /// Placement candidates: every member of the cluster, live or not.
+    pub members: Vec<Member>,
+    pub replicas: usize,
+    pub blocks_per_shard: u64,
+    pub shards: u64,
+    pub retry_ms: u64,
+    pub op_timeout_ms: u64,
+    pub repair_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Detached,
+    Attaching,
+    Attached,
+    Fenced(Epoch),
+}
+
+/// Requests to a set of nodes, retransmitted until answered.
+#[derive(Debug)]
+struct Round<D> {
+    sent: BTreeMap<NodeId, (u64, u64, Request<D>)>,
+    replies: BTreeMap<NodeId, Response<D>>,
+    given_up: BTreeSet<NodeId>,
+}
+
+impl<D: Clone> Round<D> {
+    fn pending(&self) -> impl Iterator<Item = &NodeId> {
+        self.sent
+            .keys()
+            .filter(|n| !self.replies.contains_key(*n) && !self.given_up.contains(*n))
+    }
+    fn count(&self, f: impl Fn(&Response<D>) -> bool) -> usize {
+        self.replies.values().filter(|r| f(r)).count()
+    }
+    fn fenced(&self) -> Option<Epoch> {
+        self.replies.values().find_map(|r| match r {
+            Response::Fenced { current } => Some(*current),
+            _ => None,
+        })
+    }
+}
+
+enum After<D> {
+    Wrote {
+        op: u64,
+        version: Version,
+    },
+    Repaired {
+        key: ShardKey,
+        replicas: Vec<NodeId>,
+    },
+    _Phantom(std::marker::PhantomData<D>),
+}
+
+enum Op<D> {
+    Attach {
+        round: Round<D>,
+    },
+    Write {
+        op: u64,
+        version: Version,
+        round: Round<D>,
+    },
+    Commit {
+        after: After<D>,
+        key: ShardKey,
+        record: OverrideRecord,
+        round: Round<D>,
+    },
+    Read {
+        op: u64,
+        shard: u64,
+        candidates: Vec<NodeId>,
+        next: usize,
+        req: Request<D>,
+        round: Round<D>,
+    },
+    RepairFetch {
+        key: ShardKey,
+        keep: Vec<NodeId>,
+        target: NodeId,
+        round: Round<D>,
+    },
+    RepairInstall {
+        key: ShardKey,
+        keep: Vec<NodeId>,
+        target: NodeId,
+        round: Round<D>,
+    },
+}
+
+pub struct Attacher<D> {
+    cfg: AttacherConfig,
+    mode: Mode,
+    epoch: Epoch,
+    seen: Epoch,
+    seq: u64,
+    override_seq: u64,
+    overrides: OverrideMap,
+    op: Option<(u64, Op<D>)>,
+    next_id: u64,
+    last_repair_ms: Option<u64>,
+    repair_cursor: u64,
+    attach_attempts: u32,
+    out: Vec<Outgoing<D>>,
+    events: Vec<Event<D>>,
+}
+
+impl<D: Clone> Attacher<D> {
+    /// A detached attacher; request ids start at `id_base` (distinct per
+    /// incarnation so late replies to an earlier one are ignored).
+    pub fn new(cfg: AttacherConfig, id_base: u64) -> Attacher<D> {
+        Attacher {
+            cfg,
+            mode: Mode::Detached,
+            epoch: Epoch::ZERO,
+            seen: Epoch::ZERO,
+            seq: 0,
+            override_seq: 0,
+            overrides: OverrideMap::new(),
+            op: None,
+            next_id: id_base,
+            last_repair_ms: None,
+            repair_cursor: 0,
+            attach_attempts: 0,
+            out: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &AttacherConfig {
+        &self.cfg
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+    pub fn is_attached(&self) -> bool {
+        self.mode == Mode::Attached
+    }
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.mode, Mode::Fenced(_))
+    }
+    pub fn is_busy(&self) -> bool {
+        self.op.is_some()
+    }
+    pub fn overrides(&self) -> &OverrideMap {
+        &self.overrides
+    }
+    fn majority(&self) -> usize {
+        self.cfg.members.len() / 2 + 1
+    }
+    fn key(&self, shard: u64) -> ShardKey {
+        ShardKey::new(&self.cfg.volume, shard)
+    }
+
+    /// The current copies of `key`: its override record, else its home.
+    pub fn replicas_of(&self, key: &ShardKey) -> Vec<NodeId> {
+        self.overrides
+            .replicas_or(key, || place(key, &self.cfg.members, self.cfg.replicas))
+    }
+
+    /// Requests to send and events to report since the last call.
+    pub fn drain(&mut self) -> (Vec<Outgoing<D>>, Vec<Event<D>>) {
+        (
+            std::mem::take(&mut self.out),
+            std::mem::take(&mut self.events),
+        )
+    }
+
+    fn send(&mut self, round: &mut Round<D>, to: &NodeId, req: Request<D>, now: u64) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.out.push(Outgoing {
+            to: to.clone(),
+            id,
+            req: req.clone(),
+        });
+        round.sent.insert(to.clone(), (id, now, req));
+    }
+
+    fn round(&mut self, to: &[NodeId], req: impl Fn() -> Request<D>, now: u64) -> Round<D> {
+        let mut r = Round {
+            sent: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            given_up: BTreeSet::new(),
+        };
+        for n in to {
+            self.send(&mut r, n, req(), now);
+        }
+        r
+    }
+
+    fn member_ids(&self) -> Vec<NodeId> {
+        self.cfg.members.iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// Start taking the attachment, above every epoch seen so far and `seen`
+    /// (retrying above a newer holder up to `CLUSTER_ATTACH_ATTEMPTS` times).
+    pub fn attach(&mut self, now: u64, seen: Epoch) {
+        if self.mode != Mode::Attaching {
+            self.attach_attempts = 0;
+        }
+        self.attach_attempts += 1;
+        self.seen = self.seen.max(seen).max(self.epoch);
+        if let Mode::Fenced(e) = self.mode {
+            self.seen = self.seen.max(e);
+        }
+        self.epoch = Epoch::next(self.seen, &self.cfg.me);
+        self.seq = 0;
+        self.override_seq = 0;
+        self.mode = Mode::Attaching;
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let ids = self.member_ids();
+        let round = self.round(
+            &ids,
+            || Request::Fence {
+                volume: volume.clone(),
+                epoch,
+            },
+            now,
+        );
+        self.op = Some((now, Op::Attach { round }));
+    }
+
+    fn check_ready(&self) -> Result<(), OpError> {
+        match self.mode {
+            Mode::Attached => {}
+            Mode::Fenced(e) => return Err(OpError::Fenced(e)),
+            _ => return Err(OpError::NotAttached),
+        }
+        if self.op.is_some() {
+            return Err(OpError::Busy);
+        }
+        Ok(())
+    }
+
+    fn shard_range(&self, first: u64, n: u64) -> Result<u64, OpError> {
+        let bps = self.cfg.blocks_per_shard;
+        if n == 0 || first / bps != (first + n - 1) / bps || first / bps >= self.cfg.shards {
+            return Err(OpError::BadRange);
+        }
+        Ok(first / bps)
+    }
+
+    /// Write `blocks` at `first_block` (within one shard) as operation `op`;
+    /// returns the version the blocks will carry.
+    pub fn write(
+        &mut self,
+        op: u64,
+        first_block: u64,
+        blocks: Vec<D>,
+        now: u64,
+    ) -> Result<Version, OpError> {
+        self.check_ready()?;
+        let shard = self.shard_range(first_block, blocks.len() as u64)?;
+        let targets = self.replicas_of(&self.key(shard));
+        if targets.is_empty() {
+            return Err(OpError::Unavailable(shard));
+        }
+        self.seq += 1;
+        let version = Version {
+            epoch: self.epoch,
+            seq: self.seq,
+        };
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let round = self.round(
+            &targets,
+            || Request::Write {
+                volume: volume.clone(),
+                epoch,
+                first_block,
+                version,
+                blocks: blocks.clone(),
+            },
+            now,
+        );
+        self.op = Some((now, Op::Write { op, version, round }));
+        Ok(version)
+    }
+
+    /// Read `n_blocks` at `first_block` (within one shard) as operation `op`.
+    pub fn read(
+        &mut self,
+        op: u64,
+        first_block: u64,
+        n_blocks: u64,
+        now: u64,
+        live: &dyn Fn(&str) -> bool,
+    ) -> Result<(), OpError> {
+        self.check_ready()?;
+        let shard = self.shard_range(first_block, n_blocks)?;
+        let mut candidates: Vec<NodeId> = self
+            .replicas_of(&self.key(shard))
+            .into_iter()
+            .filter(|n| live(n))
+            .collect();
+        if let Some(i) = candidates.iter().position(|n| *n == self.cfg.me) {
+            candidates.swap(0, i); // a local copy first
+        }
+        if candidates.is_empty() {
+            return Err(OpError::Unavailable(shard));
+        }
+        let req = Request::Read {
+            volume: self.cfg.volume.clone(),
+            epoch: self.epoch,
+            first_block,
+            n_blocks,
+        };
+        let r2 = req.clone();
+        let round = self.round(&candidates[..1], || r2.clone(), now);
+        self.op = Some((
+            now,
+            Op::Read {
+                op,
+                shard,
+                candidates,
+                next: 1,
+                req,
+                round,
+            },
+        ));
+        Ok(())
+    }
+
+    /// A reply to request `id` from `from`.
+    pub fn on_response(
+        &mut self,
+        from: &str,
+        id: u64,
+        resp: Response<D>,
+        now: u64,
+        live: &dyn Fn(&str) -> bool,
+    ) {
+        if let Some((_, op)) = self.op.as_mut() {
+            let round = op_round(op);
+            if round.sent.get(from).is_some_and(|s| s.0 == id) {
+                round.replies.insert(from.to_string(), resp);
+            }
+        }
+        self.advance(now, live);
+    }
+
+    /// Time passes: retransmit, notice dead replicas, time out, re-replicate.
+    pub fn tick(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        let retry = self.cfg.retry_ms;
+        let out = &mut self.out;
+        if let Some((_, op)) = self.op.as_mut() {
+            let round = op_round(op);
+            let due: Vec<NodeId> = round
+                .pending()
+                .filter(|n| now >= round.sent[*n].1 + retry)
+                .cloned()
+                .collect();
+            for n in due {
+                let s = round.sent.get_mut(&n).expect("pending");
+                s.1 = now;
+                out.push(Outgoing {
+                    to: n.clone(),
+                    id: s.0,
+                    req: s.2.clone(),
+                });
+            }
+        }
+        self.advance(now, live);
+        if self.op.is_none() && self.mode == Mode::Attached {
+            self.maybe_repair(now, live);
+        }
+    }
+
+    fn fence_seen(&mut self, e: Epoch) {
+        self.seen = self.seen.max(e);
+        if self.mode == Mode::Attaching && self.attach_attempts < CLUSTER_ATTACH_ATTEMPTS {
+            return; // attach() tries again above it
+        }
+        if !matches!(self.mode, Mode::Fenced(_)) {
+            self.events.push(Event::Fenced(e));
+        }
+        self.mode = Mode::Fenced(e);
+    }
+
+    fn next_override_version(&mut self) -> Version {
+        self.override_seq += 1;
+        Version {
+            epoch: self.epoch,
+            seq: self.override_seq,
+        }
+    }
+
+    fn start_commit(
+        &mut self,
+        after: After<D>,
+        key: ShardKey,
+        replicas: Vec<NodeId>,
+        started: u64,
+        now: u64,
+    ) {
+        let record = OverrideRecord {
+            version: self.next_override_version(),
+            replicas,
+        };
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let ids = self.member_ids();
+        let (k2, r2) = (key.clone(), record.clone());
+        let round = self.round(
+            &ids,
+            || Request::Commit {
+                volume: volume.clone(),
+                epoch,
+                key: k2.clone(),
+                record: r2.clone(),
+            },
+            now,
+        );
+        self.op = Some((
+            started,
+            Op::Commit {
+                after,
+                key,
+                record,
+                round,
+            },
+        ));
+    }
+
+    /// Move the current operation on as far as its replies allow.
+    fn advance(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        let Some((started, mut op)) = self.op.take() else {
+            return;
+        };
+        let timed_out = now >= started + self.cfg.op_timeout_ms;
+        let round = op_round(&mut op);
+        if let Some(e) = round.fenced() {
+            self.fence_seen(e);
+            if let Some(id) = op_id(&op) {
+                self.events.push(Event::Failed {
+                    op: id,
+                    error: OpError::Fenced(e),
+                });
+            } else if matches!(op, Op::Attach { .. }) {
+                if self.attach_attempts < CLUSTER_ATTACH_ATTEMPTS {
+                    // take over above the holder, a bounded number of times
+                    // (two attachers taking over at once must not duel forever)
+                    self.attach(now, e);
+                    return;
+                }
+                self.events.push(Event::AttachFailed(OpError::Fenced(e)));
+            }
+            return;
+        }
+        let majority = self.majority();
+        match op {
+            Op::Attach { round } => {
+                if round.count(|r| matches!(r, Response::FenceOk { .. })) >= majority {
+                    for r in round.replies.values() {
+                        if let Response::FenceOk { overrides } = r {
+                            for (k, rec) in overrides {
+                                self.overrides.merge(k, rec);
+                            }
+                        }
+                    }
+                    self.mode = Mode::Attached;
+                    self.events.push(Event::Attached(self.epoch));
+                } else if timed_out {
+                    self.mode = Mode::Detached;
+                    self.events.push(Event::AttachFailed(OpError::Timeout));
+                } else {
+                    self.op = Some((started, Op::Attach { round }));
+                }
+            }
+            Op::Write {
+                op,
+                version,
+                mut round,
+            } => {
+                let dead: Vec<NodeId> = round.pending().filter(|n| !live(n)).cloned().collect();
+                round.given_up.extend(dead);
+                let failed: Vec<NodeId> = round
+                    .replies
+                    .iter()
+                    .filter(|(_, r)| !matches!(r, Response::Ok))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                round.given_up.extend(failed);
+                if round.pending().next().is_some() {
+                    if timed_out {
+                        self.events.push(Event::Failed {
+                            op,
+                            error: OpError::Timeout,
+                        });
+                    } else {
+                        self.op = Some((started, Op::Write { op, version, round }));
+                    }
+                    return;
+                }
+                let acked: Vec<NodeId> = round
+                    .sent
+                    .keys()
+                    .filter(|n| !round.given_up.contains(*n))
+                    .cloned()
+                    .collect();
+                let Some(Request::Write { first_block, .. }) =
+                    round.sent.values().next().map(|s| &s.2)
+                else {
+                    unreachable!("a write round holds writes")
+                };
+                let shard = first_block / self.cfg.blocks_per_shard;
+                if acked.is_empty() {
+                    self.events.push(Event::Failed {
+                        op,
+                        error: OpError::Unavailable(shard),
+                    });
+                } else if round.given_up.is_empty() {
+                    self.events.push(Event::Wrote { op, version });
+                } else {
+                    // degraded: commit the smaller set before acknowledging
+                    let key = self.key(shard);
+                    self.start_commit(After::Wrote { op, version }, key, acked, started, now);
+                }
+            }
+            Op::Commit {
+                after,
+                key,
+                record,
+                round,
+            } => {
+                if round.count(|r| matches!(r, Response::Ok)) >= majority {
+                    self.overrides.merge(&key, &record);
+                    match after {
+                        After::Wrote { op, version } => {
+                            self.events.push(Event::Wrote { op, version })
+                        }
+                        After::Repaired { key, replicas } => {
+                            self.events.push(Event::Repaired { key, replicas })
+                        }
+                        After::_Phantom(_) => {}
+                    }
+                } else if timed_out {
+                    if let After::Wrote { op, .. } = after {
+                        self.events.push(Event::Failed {
+                            op,
+                            error: OpError::Timeout,
+                        });
+                    }
+                } else {
+                    self.op = Some((
+                        started,
+                        Op::Commit {
+                            after,
+                            key,
+                            record,
+                            round,
+                        },
+                    ));
+                }
+            }
+            Op::Read {
+                op,
+                shard,
+                candidates,
+                mut next,
+                req,
+                mut round,
+            } => {
+                let got = round.replies.values().find_map(|r| match r {
+                    Response::Data { versions, blocks } => Some((versions.clone(), blocks.clone())),
+                    _ => None,
+                });
+                if let Some((versions, blocks)) = got {
+                    self.events.push(Event::Read {
+                        op,
+                        versions,
+                        blocks,
+                    });
+                    return;
+                }
+                if timed_out {
+                    self.events.push(Event::Failed {
+                        op,
+                        error: OpError::Timeout,
+                    });
+                    return;
+                }
+                // the asked replica failed, died, or is slow: ask the next one
+                let stuck = round.sent.iter().all(|(n, s)| {
+                    round.replies.contains_key(n) || !live(n) || now >= s.1 + self.cfg.retry_ms
+                });
+                if stuck {
+                    let live_cands: Vec<&NodeId> = candidates.iter().filter(|n| live(n)).collect();
+                    if live_cands.is_empty() {
+                        self.events.push(Event::Failed {
+                            op,
+                            error: OpError::Unavailable(shard),
+                        });
+                        return;
+                    }
+                    let to = live_cands[next % live_cands.len()].clone();
+                    next += 1;
+                    round.replies.remove(&to);
+                    self.send(&mut round, &to, req.clone(), now);
+                }
+                self.op = Some((
+                    started,
+                    Op::Read {
+                        op,
+                        shard,
+                        candidates,
+                        next,
+                        req,
+                        round,
+                    },
+                ));
+            }
+            Op::RepairFetch {
+                key,
+                keep,
+                target,
+                round,
+            } => {
+                let src = round.sent.keys().next().expect("one source").clone();
+                match round.replies.get(&src) {
+                    Some(Response::Blocks { entries }) if entries.is_empty() => {
+                        // never written: nothing to copy, and no copy to throttle
+                        self.last_repair_ms = None;
+                    }
+                    Some(Response::Blocks { entries }) => {
+                        let entries: Vec<BlockEntry<D>> = entries.clone();
+                        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+                        let round = self.round(
+                            std::slice::from_ref(&target),
+                            || Request::Install {
+                                volume: volume.clone(),
+                                epoch,
+                                entries: entries.clone(),
+                            },
+                            now,
+                        );
+                        self.op = Some((
+                            started,
+                            Op::RepairInstall {
+                                key,
+                                keep,
+                                target,
+                                round,
+                            },
+                        ));
+                    }
+                    Some(_) => {}
+                    None if timed_out || !live(&src) || !live(&target) => {}
+                    None => {
+                        self.op = Some((
+                            started,
+                            Op::RepairFetch {
+                                key,
+                                keep,
+                                target,
+                                round,
+                            },
+                        ))
+                    }
+                }
+            }
+            Op::RepairInstall {
+                key,
+                keep,
+                target,
+                round,
+            } => match round.replies.get(&target) {
+                Some(Response::Ok) => {
+                    let mut replicas = keep;
+                    replicas.push(target);
+                    let after = After::Repaired {
+                        key: key.clone(),
+                        replicas: replicas.clone(),
+                    };
+                    self.start_commit(after, key, replicas, started, now);
+                }
+                Some(_) => {}
+                None if timed_out || !live(&target) => {}
+                None => {
+                    self.op = Some((
+                        started,
+                        Op::RepairInstall {
+                            key,
+                            keep,
+                            target,
+                            round,
+                        },
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Start re-replicating the next shard short of live copies, if the
+    /// throttle allows.
+    fn maybe_repair(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        if self
+            .last_repair_ms
+            .is_some_and(|t| now < t + self.cfg.repair_interval_ms)
+        {
+            return;
+        }
+        let live_members: Vec<Member> = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| live(&m.id))
+            .cloned()
+            .collect();
+        for _ in 0..self.cfg.shards.min(CLUSTER_REPAIR_SCAN_SHARDS) {
+            let shard = self.repair_cursor;
+            self.repair_cursor = (self.repair_cursor + 1) % self.cfg.shards.max(1);
+            let key = self.key(shard);
+            let set = self.replicas_of(&key);
+            let keep: Vec<NodeId> = set.iter().filter(|n| live(n)).cloned().collect();
+            if keep.len() >= self.cfg.replicas || keep.is_empty() {
+                continue;
+            }
+            let Some(target) = next_home(&key, &live_members, &keep, &set) else {
+                continue;
+            };
+            self.last_repair_ms = Some(now);
+            let bps = self.cfg.blocks_per_shard;
+            let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+            let round = self.round(
+                &keep[..1],
+                || Request::Fetch {
+                    volume: volume.clone(),
+                    epoch,
+                    first_block: shard * bps,
+                    n_blocks: bps,
+                },
+                now,
+            );
+            self.op = Some((
+                now,
+                Op::RepairFetch {
+                    key,
+                    keep,
+                    target,
+                    round,
+                },
+            ));
+            return;
+        }
+    }
+}
+
+fn op_round<D>(op: &mut Op<D>) -> &mut Round<D> {
+    match op {
+        Op::Attach { round }
+        | Op::Write { round, .. }
+        | Op::Commit { round, .. }
+        | Op::Read { round, .. }
+        | Op::RepairFetch { round, .. }
+        | Op::RepairInstall { round, .. } => round,
+    }
+}
+
+/// The caller's operation id, for operations a caller started.
+fn op_id<D>(op: &Op<D>) -> Option<u64> {
+    match op {
+        Op::Write { op, .. } | Op::Read { op, .. } => Some(*op),
+        Op::Commit {
+            after: After::Wrote { op, .. },
+            ..
+        } => Some(*op),
+        _ => None,
+    }
+}

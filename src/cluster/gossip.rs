@@ -1,0 +1,168 @@
+//! Membership on a real node: chitchat (scuttlebutt gossip over UDP with a
+//! phi-accrual failure detector) and the keys each node publishes in its
+//! node state.
+//!
+//! Contract:
+//! - Keys: `role` (`storage` or `client`), `listen` (shard protocol
+//!   address), `domain` (failure-domain label, may be empty), `weight`
+//!   (placement weight, fixed at the node's first start), `cap.T` / `free.T`
+//!   (bytes per tier name `T`), `load` (requests served in the last
+//!   publishing interval), `shards` (shards with blocks here), and one
+//!   `ovr:VOLUME:SHARD` key per override record the node holds
+//!   (`OverrideRecord::encode`).
+//! - A restarted node joins with a new generation (its start time), so its
+//!   state supersedes the old one; [`ClusterView`] merges generations of one
+//!   node id: live if any is live, keys from the newest.
+//! - Placement members are the storage nodes known, live or not (a dead
+//!   node keeps its homes; its shards are served by overrides until it
+//!   returns), sorted by id.
+
+use super::overrides::{OverrideMap, OverrideRecord};
+use super::placement::{Member, NodeId, ShardKey};
+use crate::constants::{CLUSTER_FAIL_AFTER_MS, CLUSTER_GOSSIP_INTERVAL_MS};
+use chitchat::transport::UdpTransport;
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The cluster name every node and client gossips under.
+pub const CLUSTER_ID: &str = "shardblk";
+
+pub const ROLE_STORAGE: &str = "storage";
+pub const ROLE_CLIENT: &str = "client";
+
+/// Start gossiping as `id` on `gossip` (UDP), joining through `seeds`.
+pub async fn start(
+    id: &str,
+    gossip: SocketAddr,
+    seeds: &[SocketAddr],
+    keys: Vec<(String, String)>,
+) -> anyhow::Result<ChitchatHandle> {
+    let generation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let interval = Duration::from_millis(CLUSTER_GOSSIP_INTERVAL_MS);
+    let config = ChitchatConfig {
+        chitchat_id: ChitchatId::new(id.to_string(), generation, gossip),
+        cluster_id: CLUSTER_ID.to_string(),
+        gossip_interval: interval,
+        listen_addr: gossip,
+        seed_nodes: seeds.iter().map(|s| s.to_string()).collect(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 1_000,
+            max_interval: Duration::from_millis(CLUSTER_FAIL_AFTER_MS),
+            initial_interval: interval,
+            dead_node_grace_period: Duration::from_secs(24 * 3600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    };
+    spawn_chitchat(config, keys, &UdpTransport).await
+}
+
+/// One node as gossip shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub live: bool,
+    pub role: String,
+    pub listen: Option<SocketAddr>,
+    pub domain: Option<String>,
+    pub weight: f64,
+    /// `(tier, capacity bytes, free bytes)`.
+    pub tiers: Vec<(String, u64, u64)>,
+    pub load: u64,
+    pub shards: u64,
+}
+
+/// The cluster as one observer sees it now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeView>,
+    pub overrides: OverrideMap,
+}
+
+impl ClusterView {
+    /// Read the view out of a chitchat instance.
+    pub async fn of(handle: &ChitchatHandle) -> ClusterView {
+        let cc = handle.chitchat();
+        let cc = cc.lock().await;
+        let live: BTreeSet<&ChitchatId> = cc.live_nodes().collect();
+        let mut newest: BTreeMap<&str, (&ChitchatId, bool)> = BTreeMap::new();
+        for id in cc.node_states().keys() {
+            let is_live = live.contains(id);
+            let e = newest.entry(id.node_id.as_str()).or_insert((id, is_live));
+            e.1 |= is_live;
+            if id.generation_id > e.0.generation_id {
+                e.0 = id;
+            }
+        }
+        let mut view = ClusterView::default();
+        for (name, (cid, is_live)) in newest {
+            let Some(st) = cc.node_state(cid) else {
+                continue;
+            };
+            let get = |k: &str| st.get(k).map(str::to_string);
+            let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let mut tiers = Vec::new();
+            for (k, v) in st.iter_prefix("cap.") {
+                let t = &k[4..];
+                let cap = v.value.parse().unwrap_or(0);
+                tiers.push((t.to_string(), cap, num(&format!("free.{t}"))));
+            }
+            for (k, v) in st.iter_prefix("ovr:") {
+                let mut it = k[4..].rsplitn(2, ':');
+                let (Some(shard), Some(vol)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                if let (Ok(shard), Ok(rec)) = (shard.parse(), OverrideRecord::decode(&v.value)) {
+                    view.overrides.merge(&ShardKey::new(vol, shard), &rec);
+                }
+            }
+            view.nodes.push(NodeView {
+                id: name.to_string(),
+                live: is_live,
+                role: get("role").unwrap_or_default(),
+                listen: get("listen").and_then(|a| a.parse().ok()),
+                domain: get("domain").filter(|d| !d.is_empty()),
+                weight: get("weight").and_then(|w| w.parse().ok()).unwrap_or(0.0),
+                tiers,
+                load: num("load"),
+                shards: num("shards"),
+            });
+        }
+        view
+    }
+
+    pub fn storage(&self) -> impl Iterator<Item = &NodeView> {
+        self.nodes.iter().filter(|n| n.role == ROLE_STORAGE)
+    }
+
+    /// Placement members: every storage node known, sorted by id.
+    pub fn members(&self) -> Vec<Member> {
+        self.storage()
+            .map(|n| Member::new(&n.id, n.weight, n.domain.as_deref()))
+            .collect()
+    }
+
+    pub fn is_live(&self, id: &str) -> bool {
+        self.nodes.iter().any(|n| n.id == id && n.live)
+    }
+
+    pub fn listen_of(&self, id: &str) -> Option<SocketAddr> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.listen)
+    }
+}
+
+/// The key under which a node publishes one override record.
+pub fn override_key(key: &ShardKey) -> String {
+    format!("ovr:{}:{}", key.volume, key.shard)
+}

@@ -1,0 +1,198 @@
+//! The shard protocol's messages, independent of transport: what an attacher
+//! asks a replica and what the replica answers. The simulator carries them
+//! as values; the wire codec (`wire`) frames them over TCP.
+//!
+//! Contract:
+//! - Every request names the volume and carries the sender's attach epoch.
+//!   A replica that has seen a newer epoch for that volume answers
+//!   [`Response::Fenced`] and changes nothing; otherwise it raises its fence
+//!   to the request's epoch (so one request from a new attacher is enough to
+//!   shut the old one out of that replica).
+//! - Data moves in whole replication blocks (`CLUSTER_BLOCK_BYTES`), each
+//!   block with its own [`Version`]; `D` is one block's content.
+//! - Requests are idempotent: a retransmitted or duplicated request changes
+//!   nothing more than the first copy (writes apply only over older versions,
+//!   fences and override records only move forward).
+
+use super::epoch::{Epoch, Version};
+use super::overrides::OverrideRecord;
+use super::placement::ShardKey;
+use serde::{Deserialize, Serialize};
+
+/// A written block as moved by fetch and install: `(block, version, data)`.
+pub type BlockEntry<D> = (u64, Version, D);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request<D> {
+    /// Take the attachment of `volume` at `epoch`; answered with the
+    /// replica's override records of the volume.
+    Fence { volume: String, epoch: Epoch },
+    /// Write consecutive blocks from `first_block`, all stamped `version`.
+    Write {
+        volume: String,
+        epoch: Epoch,
+        first_block: u64,
+        version: Version,
+        blocks: Vec<D>,
+    },
+    /// Read `n_blocks` blocks from `first_block`.
+    Read {
+        volume: String,
+        epoch: Epoch,
+        first_block: u64,
+        n_blocks: u64,
+    },
+    /// Every written block in `[first_block, first_block + n_blocks)` (a
+    /// shard), for re-replication or staging.
+    Fetch {
+        volume: String,
+        epoch: Epoch,
+        first_block: u64,
+        n_blocks: u64,
+    },
+    /// Merge fetched blocks (each kept only over an older version).
+    Install {
+        volume: String,
+        epoch: Epoch,
+        entries: Vec<BlockEntry<D>>,
+    },
+    /// Record where a shard's current copies are.
+    Commit {
+        volume: String,
+        epoch: Epoch,
+        key: ShardKey,
+        record: OverrideRecord,
+    },
+    /// Make every applied write durable.
+    Flush { volume: String, epoch: Epoch },
+}
+
+impl<D> Request<D> {
+    pub fn volume(&self) -> &str {
+        match self {
+            Request::Fence { volume, .. }
+            | Request::Write { volume, .. }
+            | Request::Read { volume, .. }
+            | Request::Fetch { volume, .. }
+            | Request::Install { volume, .. }
+            | Request::Commit { volume, .. }
+            | Request::Flush { volume, .. } => volume,
+        }
+    }
+    pub fn epoch(&self) -> Epoch {
+        match self {
+            Request::Fence { epoch, .. }
+            | Request::Write { epoch, .. }
+            | Request::Read { epoch, .. }
+            | Request::Fetch { epoch, .. }
+            | Request::Install { epoch, .. }
+            | Request::Commit { epoch, .. }
+            | Request::Flush { epoch, .. } => *epoch,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response<D> {
+    /// Fence taken; the replica's override records of the volume.
+    FenceOk {
+        overrides: Vec<(ShardKey, OverrideRecord)>,
+    },
+    /// Write, install, commit or flush applied.
+    Ok,
+    /// Read result: one version and one block per block asked.
+    Data {
+        versions: Vec<Version>,
+        blocks: Vec<D>,
+    },
+    /// Fetch result: the written blocks of the range.
+    Blocks { entries: Vec<BlockEntry<D>> },
+    /// Refused: the replica has seen `current`, newer than the request's epoch.
+    Fenced { current: Epoch },
+    /// The replica could not do it (storage error, bad range).
+    Failed { reason: String },
+}
+
+impl<D> Request<D> {
+    /// The same request with every block mapped through `f` (in order).
+    pub fn map_blocks<E>(self, mut f: impl FnMut(D) -> E) -> Request<E> {
+        match self {
+            Request::Fence { volume, epoch } => Request::Fence { volume, epoch },
+            Request::Write {
+                volume,
+                epoch,
+                first_block,
+                version,
+                blocks,
+            } => Request::Write {
+                volume,
+                epoch,
+                first_block,
+                version,
+                blocks: blocks.into_iter().map(f).collect(),
+            },
+            Request::Read {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            } => Request::Read {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            },
+            Request::Fetch {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            } => Request::Fetch {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            },
+            Request::Install {
+                volume,
+                epoch,
+                entries,
+            } => Request::Install {
+                volume,
+                epoch,
+                entries: entries.into_iter().map(|(b, v, d)| (b, v, f(d))).collect(),
+            },
+            Request::Commit {
+                volume,
+                epoch,
+                key,
+                record,
+            } => Request::Commit {
+                volume,
+                epoch,
+                key,
+                record,
+            },
+            Request::Flush { volume, epoch } => Request::Flush { volume, epoch },
+        }
+    }
+}
+
+impl<D> Response<D> {
+    /// The same response with every block mapped through `f` (in order).
+    pub fn map_blocks<E>(self, mut f: impl FnMut(D) -> E) -> Response<E> {
+        match self {
+            Response::FenceOk { overrides } => Response::FenceOk { overrides },
+            Response::Ok => Response::Ok,
+            Response::Data { versions, blocks } => Response::Data {
+                versions,
+                blocks: blocks.into_iter().map(f).collect(),
+            },
+            Response::Blocks { entries } => Response::Blocks {
+                entries: entries.into_iter().map(|(b, v, d)| (b, v, f(d))).collect(),
+            },
+            Response::Fenced { current } => Response::Fenced { current },
+            Response::Failed { reason } => Response::Failed { reason },
+        }
+    }
+}

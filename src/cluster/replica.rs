@@ -1,0 +1,508 @@
+//! The replica side of the shard protocol as a state machine over a block
+//! store: fencing epochs per volume, a version per written block, the node's
+//! copy of the override map. No I/O of its own: storage is the
+//! [`BlockStore`] it is given (in memory for the simulator, a local pool
+//! volume for a real node).
+//!
+//! Contract (see `proto` for the request semantics):
+//! - `handle` checks the request's epoch against the volume's fence before
+//!   touching anything, and raises the fence to it.
+//! - A block is written only when the incoming version is newer than the
+//!   stored one; blocks never written read as `Version::ZERO` with the
+//!   store's zero content.
+//! - [`ReplicaMeta`] (fences, versions, overrides) is plain data: the owner
+//!   persists it where its durability contract needs (a real node before it
+//!   answers a write, fence or commit).
+
+use super::epoch::{Epoch, Version};
+use super::overrides::{OverrideMap, OverrideRecord};
+use super::placement::ShardKey;
+use super::proto::{BlockEntry, Request, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+#[error("block store: {0}")]
+pub struct StoreError(pub String);
+
+/// Where a replica keeps block contents.
+pub trait BlockStore {
+    type Data: Clone;
+    /// Contents of `n` blocks from `first` (unwritten blocks read as zeros).
+    fn read(&mut self, volume: &str, first: u64, n: u64) -> Result<Vec<Self::Data>, StoreError>;
+    /// Write consecutive blocks from `first`.
+    fn write(&mut self, volume: &str, first: u64, blocks: &[Self::Data]) -> Result<(), StoreError>;
+    /// Make every write so far durable.
+    fn flush(&mut self, volume: &str) -> Result<(), StoreError>;
+}
+
+/// A block store in memory (the simulator's; data survives a simulated
+/// crash, as a flushed disk would).
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    blocks: BTreeMap<(String, u64), u64>,
+}
+
+impl BlockStore for MemStore {
+    type Data = u64;
+    fn read(&mut self, volume: &str, first: u64, n: u64) -> Result<Vec<u64>, StoreError> {
+        Ok((first..first + n)
+            .map(|b| {
+                self.blocks
+                    .get(&(volume.to_string(), b))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+    fn write(&mut self, volume: &str, first: u64, blocks: &[u64]) -> Result<(), StoreError> {
+        for (i, d) in blocks.iter().enumerate() {
+            self.blocks
+                .insert((volume.to_string(), first + i as u64), *d);
+        }
+        Ok(())
+    }
+    fn flush(&mut self, _volume: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A replica's metadata: everything but block contents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaMeta {
+    /// Highest epoch seen per volume.
+    pub fences: BTreeMap<String, Epoch>,
+    /// Version of every written block, per volume.
+    pub versions: BTreeMap<String, BTreeMap<u64, Version>>,
+    /// This node's copy of the override map.
+    pub overrides: OverrideMap,
+    /// The node's placement weight, fixed at its first start (a real node;
+    /// changing it would move homes without moving data).
+    #[serde(default)]
+    pub weight: Option<f64>,
+}
+
+/// One change to [`ReplicaMeta`], as journaled by a real node (appending
+/// these is O(change), unlike rewriting the whole metadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Delta {
+    Fence {
+        volume: String,
+        epoch: Epoch,
+    },
+    /// Blocks `first..first + n` now carry `version`.
+    Versions {
+        volume: String,
+        first: u64,
+        n: u64,
+        version: Version,
+    },
+    Override {
+        key: ShardKey,
+        record: OverrideRecord,
+    },
+    Weight(f64),
+}
+
+impl ReplicaMeta {
+    /// Apply one journaled change.
+    pub fn apply(&mut self, d: &Delta) {
+        match d {
+            Delta::Fence { volume, epoch } => {
+                let f = self.fences.entry(volume.clone()).or_default();
+                *f = (*f).max(*epoch);
+            }
+            Delta::Versions {
+                volume,
+                first,
+                n,
+                version,
+            } => {
+                let m = self.versions.entry(volume.clone()).or_default();
+                for b in *first..first + n {
+                    m.insert(b, *version);
+                }
+            }
+            Delta::Override { key, record } => {
+                self.overrides.merge(key, record);
+            }
+            Delta::Weight(w) => self.weight = Some(*w),
+        }
+    }
+}
+
+/// One node's replica of every volume it holds blocks of.
+pub struct ReplicaCore<S: BlockStore> {
+    pub meta: ReplicaMeta,
+    pub store: S,
+    /// Requests refused because of an older epoch (for tests and status).
+    pub fenced_refusals: u64,
+    /// When `Some`, every change to `meta` is also appended here (a real
+    /// node drains it into its metadata journal after each request).
+    pub journal: Option<Vec<Delta>>,
+}
+
+impl<S: BlockStore> ReplicaCore<S> {
+    pub fn new(store: S, meta: ReplicaMeta) -> ReplicaCore<S> {
+        ReplicaCore {
+            meta,
+            store,
+            fenced_refusals: 0,
+            journal: None,
+        }
+    }
+
+    pub fn fence(&self, volume: &str) -> Epoch {
+        self.meta.fences.get(volume).copied().unwrap_or_default()
+    }
+
+    pub fn version(&self, volume: &str, block: u64) -> Version {
+        self.meta
+            .versions
+            .get(volume)
+            .and_then(|m| m.get(&block))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn note(&mut self, d: Delta) {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(d);
+        }
+    }
+
+    /// Merge override records learnt through gossip; returns how many changed.
+    pub fn merge_overrides(&mut self, m: &OverrideMap) -> usize {
+        let mut n = 0;
+        for (k, r) in m.iter() {
+            if self.meta.overrides.merge(k, r) {
+                n += 1;
+                self.note(Delta::Override {
+                    key: k.clone(),
+                    record: r.clone(),
+                });
+            }
+        }
+        n
+    }
+
+    /// Whether `req` changes metadata that must be durable before answering.
+    pub fn mutates_meta(req: &Request<S::Data>) -> bool {
+        !matches!(req, Request::Read { .. } | Request::Fetch { .. })
+    }
+
+    /// Apply one request and answer it.
+    pub fn handle(&mut self, req: Request<S::Data>) -> Response<S::Data> {
+        let volume = req.volume().to_string();
+        let epoch = req.epoch();
+        let current = self.fence(&volume);
+        if epoch < current {
+            self.fenced_refusals += 1;
+            return Response::Fenced { current };
+        }
+        if epoch > current {
+            self.meta.fences.insert(volume.clone(), epoch);
+            self.note(Delta::Fence {
+                volume: volume.clone(),
+                epoch,
+            });
+        }
+        match self.apply(&volume, req) {
+            Ok(r) => r,
+            Err(e) => Response::Failed {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn apply(
+        &mut self,
+        volume: &str,
+        req: Request<S::Data>,
+    ) -> Result<Response<S::Data>, StoreError> {
+        Ok(match req {
+            Request::Fence { .. } => Response::FenceOk {
+                overrides: self
+                    .meta
+                    .overrides
+                    .of_volume(volume)
+                    .map(|(k, r)| (k.clone(), r.clone()))
+                    .collect(),
+            },
+            Request::Write {
+                first_block,
+                version,
+                blocks,
+                ..
+            } => {
+                let entries = blocks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| (first_block + i as u64, version, d))
+                    .collect();
+                self.merge_blocks(volume, entries)?;
+                Response::Ok
+            }
+            Request::Install { entries, .. } => {
+                self.merge_blocks(volume, entries)?;
+                Response::Ok
+            }
+            Request::Read {
+                first_block,
+                n_blocks,
+                ..
+            } => {
+                let blocks = self.store.read(volume, first_block, n_blocks)?;
+                let versions = (first_block..first_block + n_blocks)
+                    .map(|b| self.version(volume, b))
+                    .collect();
+                Response::Data { versions, blocks }
+            }
+            Request::Fetch {
+                first_block,
+                n_blocks,
+                ..
+            } => {
+                let written: Vec<(u64, Version)> = self
+                    .meta
+                    .versions
+                    .get(volume)
+                    .map(|m| {
+                        m.range(first_block..first_block + n_blocks)
+                            .map(|(b, v)| (*b, *v))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut entries = Vec::with_capacity(written.len());
+                for (b, v) in written {
+                    let d = self.store.read(volume, b, 1)?.pop().expect("one block");
+                    entries.push((b, v, d));
+                }
+                Response::Blocks { entries }
+            }
+            Request::Commit { key, record, .. } => {
+                if self.meta.overrides.merge(&key, &record) {
+                    self.note(Delta::Override { key, record });
+                }
+                Response::Ok
+            }
+            Request::Flush { .. } => {
+                self.store.flush(volume)?;
+                Response::Ok
+            }
+        })
+    }
+
+    /// Write every entry newer than what is held, in runs of consecutive blocks.
+    fn merge_blocks(
+        &mut self,
+        volume: &str,
+        entries: Vec<BlockEntry<S::Data>>,
+    ) -> Result<(), StoreError> {
+        let newer: Vec<BlockEntry<S::Data>> = entries
+            .into_iter()
+            .filter(|(b, v, _)| *v > self.version(volume, *b))
+            .collect();
+        let mut i = 0;
+        while i < newer.len() {
+            let mut j = i + 1;
+            while j < newer.len() && newer[j].0 == newer[j - 1].0 + 1 {
+                j += 1;
+            }
+            let run: Vec<S::Data> = newer[i..j].iter().map(|e| e.2.clone()).collect();
+            self.store.write(volume, newer[i].0, &run)?;
+            i = j;
+        }
+        let vm = self.meta.versions.entry(volume.to_string()).or_default();
+        for (b, v, _) in &newer {
+            vm.insert(*b, *v);
+        }
+        if self.journal.is_some() {
+            let mut i = 0;
+            while i < newer.len() {
+                let mut j = i + 1;
+                while j < newer.len()
+                    && newer[j].0 == newer[j - 1].0 + 1
+                    && newer[j].1 == newer[i].1
+                {
+                    j += 1;
+                }
+                self.note(Delta::Versions {
+                    volume: volume.to_string(),
+                    first: newer[i].0,
+                    n: (j - i) as u64,
+                    version: newer[i].1,
+                });
+                i = j;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(term: u64) -> Epoch {
+        Epoch { term, owner: 1 }
+    }
+    fn ver(term: u64, seq: u64) -> Version {
+        Version {
+            epoch: ep(term),
+            seq,
+        }
+    }
+    fn write(term: u64, seq: u64, block: u64, d: u64) -> Request<u64> {
+        Request::Write {
+            volume: "v".into(),
+            epoch: ep(term),
+            first_block: block,
+            version: ver(term, seq),
+            blocks: vec![d],
+        }
+    }
+    #[test]
+    fn older_epoch_is_refused_and_changes_nothing() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        assert_eq!(r.handle(write(1, 1, 0, 11)), Response::Ok);
+        assert_eq!(
+            r.handle(Request::Fence {
+                volume: "v".into(),
+                epoch: ep(2)
+            }),
+            Response::FenceOk { overrides: vec![] }
+        );
+        assert_eq!(
+            r.handle(write(1, 2, 0, 12)),
+            Response::Fenced { current: ep(2) }
+        );
+        assert_eq!(r.fenced_refusals, 1);
+        let got = r.handle(Request::Read {
+            volume: "v".into(),
+            epoch: ep(2),
+            first_block: 0,
+            n_blocks: 2,
+        });
+        assert_eq!(
+            got,
+            Response::Data {
+                versions: vec![ver(1, 1), Version::ZERO],
+                blocks: vec![11, 0]
+            }
+        );
+        // other volumes are not fenced
+        let mut w = write(1, 3, 0, 13);
+        if let Request::Write { volume, .. } = &mut w {
+            *volume = "other".into();
+        }
+        assert_eq!(r.handle(w), Response::Ok);
+    }
+
+    #[test]
+    fn duplicates_and_reordered_writes_keep_the_newest() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        r.handle(write(1, 5, 3, 50));
+        r.handle(write(1, 4, 3, 40)); // late older copy
+        r.handle(write(1, 5, 3, 50)); // duplicate
+        assert_eq!(r.version("v", 3), ver(1, 5));
+        assert_eq!(r.store.read("v", 3, 1).unwrap(), vec![50]);
+        // a newer epoch's write raises the fence
+        r.handle(write(2, 1, 3, 60));
+        assert_eq!(r.fence("v"), ep(2));
+        assert_eq!(
+            r.handle(write(1, 6, 4, 70)),
+            Response::Fenced { current: ep(2) }
+        );
+    }
+
+    #[test]
+    fn fetch_install_copies_only_newer_blocks() {
+        let mut a = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        let mut b = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        a.handle(write(1, 1, 0, 10));
+        a.handle(write(1, 2, 1, 20));
+        a.handle(write(1, 3, 9, 90)); // outside the shard
+        b.handle(write(1, 4, 1, 21)); // newer than a's block 1
+        let Response::Blocks { entries } = a.handle(Request::Fetch {
+            volume: "v".into(),
+            epoch: ep(1),
+            first_block: 0,
+            n_blocks: 4,
+        }) else {
+            panic!("fetch")
+        };
+        assert_eq!(entries.len(), 2);
+        b.handle(Request::Install {
+            volume: "v".into(),
+            epoch: ep(1),
+            entries,
+        });
+        assert_eq!(b.store.read("v", 0, 2).unwrap(), vec![10, 21]);
+        assert_eq!(b.version("v", 0), ver(1, 1));
+    }
+
+    #[test]
+    fn journal_replays_to_the_same_meta() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        r.journal = Some(Vec::new());
+        r.handle(write(1, 1, 0, 10));
+        let mut w = write(1, 2, 1, 0);
+        if let Request::Write { blocks, .. } = &mut w {
+            *blocks = vec![1, 2, 3];
+        }
+        r.handle(w);
+        r.handle(write(2, 1, 2, 20));
+        r.handle(write(1, 9, 5, 20)); // refused: changes nothing
+        r.handle(Request::Install {
+            volume: "v".into(),
+            epoch: ep(2),
+            entries: vec![(7, ver(2, 5), 1), (8, ver(2, 6), 2), (0, ver(1, 1), 9)],
+        });
+        let mut m = OverrideMap::new();
+        let rec = OverrideRecord {
+            version: ver(2, 1),
+            replicas: vec!["x".into()],
+        };
+        m.merge(&ShardKey::new("v", 0), &rec);
+        assert_eq!(r.merge_overrides(&m), 1);
+        assert_eq!(r.merge_overrides(&m), 0);
+        let mut replay = ReplicaMeta::default();
+        for d in r.journal.as_ref().unwrap() {
+            replay.apply(d);
+        }
+        assert_eq!(replay, r.meta);
+    }
+
+    #[test]
+    fn commit_merges_and_fence_returns_the_volume_records() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        let rec = OverrideRecord {
+            version: ver(1, 1),
+            replicas: vec!["a".into()],
+        };
+        let key = ShardKey::new("v", 2);
+        r.handle(Request::Commit {
+            volume: "v".into(),
+            epoch: ep(1),
+            key: key.clone(),
+            record: rec.clone(),
+        });
+        let other = ShardKey::new("w", 2);
+        r.handle(Request::Commit {
+            volume: "w".into(),
+            epoch: ep(1),
+            key: other,
+            record: rec.clone(),
+        });
+        assert_eq!(
+            r.handle(Request::Fence {
+                volume: "v".into(),
+                epoch: ep(3)
+            }),
+            Response::FenceOk {
+                overrides: vec![(key, rec)]
+            }
+        );
+    }
+}
