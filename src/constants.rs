@@ -257,3 +257,65 @@ const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MA
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES >> 9 <= u32::MAX as u64);
 const _: () = assert!(DEVICE_TRACE_RING_EVENTS.is_power_of_two());
+
+// --- stager ---
+/// Predictions buffered between the inference thread and the stager (the
+/// prefetch ring); more are dropped and counted.
+pub const PREFETCH_RING_PREDICTIONS: usize = 1024;
+/// De-duplication of the prefetch ring: slots of the direct-mapped table of
+/// recently queued shards, and how long a queued shard is not queued again.
+pub const PREFETCH_DEDUP_SLOTS: usize = 4096;
+pub const PREFETCH_DEDUP_WINDOW_MS: u64 = 2_000;
+/// Read notices (inference thread -> stager, for hit accounting) buffered;
+/// more are dropped and counted.
+pub const PREFETCH_READ_NOTICES: usize = 1 << 16;
+/// Most trace events the inference thread feeds the predictor in one batch.
+pub const PREFETCH_BATCH_EVENTS_MAX: usize = 4096;
+/// Overload: when more than this many events wait in the trace rings, the
+/// excess is skipped (not fed to the predictor) and counted.
+pub const PREFETCH_BACKLOG_EVENTS_MAX: usize = 16_384;
+/// The inference thread sleeps this long when no event arrived and the
+/// predictor had no background work (microseconds).
+pub const PREFETCH_IDLE_SLEEP_US: u64 = 1_000;
+/// Background (online training) budget per idle turn (milliseconds).
+pub const PREFETCH_BACKGROUND_BUDGET_MS: u64 = 20;
+/// Default hot-tier budget of staged shards: this percent of the hot tier.
+pub const STAGER_BUDGET_DEFAULT_PERCENT: u64 = 25;
+/// A staged shard not read within this time counts as a miss in the
+/// precision window (it may stay resident until evicted).
+pub const STAGER_USEFUL_WITHIN_MS: u64 = 10_000;
+/// Recent staging outcomes (read / not read) the throttle looks at.
+pub const STAGER_PRECISION_WINDOW: usize = 64;
+/// Outcomes needed in the window before the throttle acts.
+pub const STAGER_PRECISION_WINDOW_MIN: usize = 16;
+/// Below this window precision the stager halves its rate; at or above
+/// the recover threshold it doubles it again (dimensionless, 0..=1).
+pub const STAGER_PRECISION_MIN: f32 = 0.3;
+pub const STAGER_PRECISION_RECOVER: f32 = 0.6;
+/// Stager rate bounds (shards staged per second) and token bucket burst.
+pub const STAGER_RATE_MAX_SHARDS_PER_S: u32 = 1024;
+pub const STAGER_RATE_MIN_SHARDS_PER_S: u32 = 2;
+pub const STAGER_BURST_SHARDS: u32 = 32;
+/// Smallest interval between two throttle decisions (milliseconds).
+pub const STAGER_THROTTLE_PERIOD_MS: u64 = 500;
+/// Trace recording over the control socket: most events per recording, and
+/// events buffered between the inference thread and the recording client.
+pub const TRACE_RECORD_EVENTS_MAX: u64 = 10_000_000;
+pub const TRACE_RECORD_BUFFER_EVENTS: usize = 1 << 16;
+/// Longest recording (seconds).
+pub const TRACE_RECORD_SECONDS_MAX: u64 = 86_400;
+const _: () = assert!(PREFETCH_DEDUP_SLOTS.is_power_of_two());
+const _: () = assert!(PREFETCH_BATCH_EVENTS_MAX <= PREFETCH_BACKLOG_EVENTS_MAX);
+const _: () = assert!(PREFETCH_BACKLOG_EVENTS_MAX <= DEVICE_TRACE_RING_EVENTS);
+const _: () = assert!(STAGER_BUDGET_DEFAULT_PERCENT > 0 && STAGER_BUDGET_DEFAULT_PERCENT <= 100);
+const _: () = assert!(STAGER_PRECISION_WINDOW_MIN <= STAGER_PRECISION_WINDOW);
+const _: () = assert!(STAGER_PRECISION_MIN < STAGER_PRECISION_RECOVER);
+const _: () = assert!(STAGER_PRECISION_RECOVER <= 1.0);
+const _: () = assert!(STAGER_RATE_MIN_SHARDS_PER_S >= 1);
+const _: () = assert!(STAGER_RATE_MIN_SHARDS_PER_S <= STAGER_RATE_MAX_SHARDS_PER_S);
+const _: () = assert!(STAGER_BURST_SHARDS >= 1);
+/// The stager commits (making its `Map` records durable, so the extents it
+/// released return to the allocators) at most this often after moving data.
+pub const STAGER_COMMIT_INTERVAL_MS: u64 = 2_000;
+/// The stager sleeps this long when it has no prediction (microseconds).
+pub const STAGER_IDLE_SLEEP_US: u64 = 1_000;

@@ -4,11 +4,19 @@
 //! and closes. `stats` → [`DeviceStats`]. Unknown commands get
 //! `{"error": "..."}`. The server thread only reads the snapshots the queue
 //! threads publish (see `metrics`), so a stats call never pauses I/O.
+//! `record COUNT MILLIS` is the exception to one document: the daemon tees
+//! the device's trace (see `prefetch::live`) and streams it as lines
+//! `time_ns,op,offset,length` (the trace format's fields, device clock),
+//! then one line `end EVENTS DROPPED`, until COUNT events or MILLIS passed;
+//! a refusal is one `{"error": ...}` line. Each connection is served on its
+//! own thread, so a recording does not hold up `stats`.
 
 use crate::constants::DEVICE_CONTROL_MSG_MAX_BYTES;
 use crate::device::metrics::{device_stats, DeviceStats, QueueSnapshot};
 use crate::device::DeviceError;
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::prefetch::live::LiveShared;
+use crate::trace::{Op as TraceOp, TraceEvent};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +28,8 @@ pub struct ControlState {
     pub volume: String,
     pub start: Instant,
     pub snapshots: Vec<Arc<Mutex<QueueSnapshot>>>,
+    /// The live prefetch engine (statistics, recordings).
+    pub live: Option<Arc<LiveShared>>,
 }
 
 impl ControlState {
@@ -29,12 +39,14 @@ impl ControlState {
             .iter()
             .map(|s| s.lock().expect("snapshot").clone())
             .collect();
-        device_stats(
+        let mut st = device_stats(
             self.number,
             &self.volume,
             self.start.elapsed().as_secs_f64(),
             &snaps,
-        )
+        );
+        st.prefetch = self.live.as_ref().and_then(|l| l.stats());
+        st
     }
 }
 
@@ -45,9 +57,18 @@ pub fn spawn_server(path: &Path, state: ControlState) -> Result<(), DeviceError>
     std::thread::Builder::new()
         .name("shardblk-control".into())
         .spawn(move || {
+            let state = Arc::new(state);
             for conn in l.incoming().flatten() {
-                if let Err(e) = answer(conn, &state) {
-                    tracing::debug!("control socket: {e}");
+                let state = state.clone();
+                let r = std::thread::Builder::new()
+                    .name("shardblk-control-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = answer(conn, &state) {
+                            tracing::debug!("control socket: {e}");
+                        }
+                    });
+                if let Err(e) = r {
+                    tracing::warn!("control socket: spawning a connection thread: {e}");
                 }
             }
         })
@@ -58,7 +79,11 @@ pub fn spawn_server(path: &Path, state: ControlState) -> Result<(), DeviceError>
 fn answer(conn: UnixStream, state: &ControlState) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new((&conn).take(DEVICE_CONTROL_MSG_MAX_BYTES as u64)).read_line(&mut line)?;
-    let reply = match line.trim() {
+    let cmd = line.trim();
+    if let Some(args) = cmd.strip_prefix("record ") {
+        return stream_recording(&conn, state, args);
+    }
+    let reply = match cmd {
         "stats" => serde_json::to_vec(&state.stats()).expect("stats serialise"),
         other => serde_json::to_vec(
             &serde_json::json!({ "error": format!("unknown command {other:?}") }),
@@ -66,6 +91,115 @@ fn answer(conn: UnixStream, state: &ControlState) -> std::io::Result<()> {
         .expect("json"),
     };
     (&conn).write_all(&reply)
+}
+
+fn error_line(msg: &str) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&serde_json::json!({ "error": msg })).expect("json");
+    v.push(b'\n');
+    v
+}
+
+/// Serve `record COUNT MILLIS`.
+fn stream_recording(conn: &UnixStream, state: &ControlState, args: &str) -> std::io::Result<()> {
+    use crate::constants::{TRACE_RECORD_EVENTS_MAX, TRACE_RECORD_SECONDS_MAX};
+    let mut it = args.split_whitespace().map(str::parse::<u64>);
+    let (count, ms) = match (it.next(), it.next(), it.next()) {
+        (Some(Ok(c)), Some(Ok(m)), None)
+            if (1..=TRACE_RECORD_EVENTS_MAX).contains(&c)
+                && (1..=TRACE_RECORD_SECONDS_MAX * 1000).contains(&m) =>
+        {
+            (c, m)
+        }
+        _ => {
+            return (&*conn).write_all(&error_line(&format!(
+                "record needs COUNT in 1..={TRACE_RECORD_EVENTS_MAX} and MILLIS in 1..={}",
+                TRACE_RECORD_SECONDS_MAX * 1000
+            )))
+        }
+    };
+    let Some(live) = &state.live else {
+        return (&*conn).write_all(&error_line("this daemon has no trace tap"));
+    };
+    let rec = match live.start_recording() {
+        Ok(r) => r,
+        Err(e) => return (&*conn).write_all(&error_line(&e)),
+    };
+    let deadline = Instant::now() + std::time::Duration::from_millis(ms);
+    let mut w = BufWriter::new(conn);
+    let mut n = 0u64;
+    while n < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match rec.rx.recv_timeout(left) {
+            Ok(e) => {
+                writeln!(w, "{},{},{},{}", e.ts_ns, e.op.letter(), e.offset, e.len)?;
+                n += 1;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    writeln!(w, "end {n} {}", rec.dropped())?;
+    w.flush()
+}
+
+/// What a recording brought back: events (device clock, in arrival order)
+/// and how many the daemon dropped because the client was too slow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub events: Vec<TraceEvent>,
+    pub dropped: u64,
+}
+
+/// Record up to `count` events of the device at `path`, for at most `ms`.
+pub fn record(path: &PathBuf, count: u64, ms: u64) -> Result<Recorded, DeviceError> {
+    let err = |e: std::io::Error| DeviceError::Control(format!("{}: {e}", path.display()));
+    let mut s = UnixStream::connect(path).map_err(err)?;
+    s.write_all(format!("record {count} {ms}\n").as_bytes())
+        .map_err(err)?;
+    s.shutdown(std::net::Shutdown::Write).map_err(err)?;
+    let bad = |l: &str| DeviceError::Control(format!("bad recording line {l:?}"));
+    let mut events = Vec::new();
+    for line in BufReader::new(s).lines() {
+        let line = line.map_err(err)?;
+        if line.starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|_| bad(&line))?;
+            return Err(DeviceError::Control(
+                v.get("error").map_or(line.clone(), |e| e.to_string()),
+            ));
+        }
+        if let Some(rest) = line.strip_prefix("end ") {
+            let dropped = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| bad(&line))?;
+            return Ok(Recorded { events, dropped });
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+        match (
+            num(0),
+            f.get(1).and_then(|o| TraceOp::from_letter(o)),
+            num(2),
+            num(3),
+        ) {
+            (Some(ts_ns), Some(op), Some(offset), Some(len)) if f.len() == 4 => {
+                events.push(TraceEvent {
+                    ts_ns,
+                    op,
+                    offset,
+                    len,
+                })
+            }
+            _ => return Err(bad(&line)),
+        }
+    }
+    Err(DeviceError::Control(
+        "the daemon closed the recording without its end line".into(),
+    ))
 }
 
 /// Send `cmd` to the daemon at `path` and return its JSON answer.
@@ -111,6 +245,7 @@ mod tests {
                 volume: "vol".into(),
                 start: Instant::now(),
                 snapshots: vec![m.shared()],
+                live: None,
             },
         )
         .unwrap();

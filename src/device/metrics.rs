@@ -231,6 +231,9 @@ pub struct DeviceStats {
     pub uptime_s: f64,
     pub total: QueueStats,
     pub queues: Vec<QueueStats>,
+    /// Prefetching (predictor, stager), when the device has it on.
+    #[serde(default)]
+    pub prefetch: Option<crate::prefetch::live::PrefetchStats>,
 }
 
 fn summarize(
@@ -306,6 +309,7 @@ pub fn device_stats(
             .iter()
             .map(|s| summarize(s, uptime_s, Some(s.queue), Some(s.cpu)))
             .collect(),
+        prefetch: None,
     }
 }
 
