@@ -274,8 +274,8 @@ pub const PREFETCH_BATCH_EVENTS_MAX: usize = 4096;
 /// Overload: when more than this many events wait in the trace rings, the
 /// excess is skipped (not fed to the predictor) and counted.
 pub const PREFETCH_BACKLOG_EVENTS_MAX: usize = 16_384;
-/// The inference thread sleeps this long when no event arrived and the
-/// predictor had no background work (microseconds).
+/// The inference thread sleeps this long after a turn that found less than
+/// a full batch (or nothing, with no background work) (microseconds).
 pub const PREFETCH_IDLE_SLEEP_US: u64 = 1_000;
 /// Background (online training) budget per idle turn (milliseconds).
 pub const PREFETCH_BACKGROUND_BUDGET_MS: u64 = 20;
@@ -307,6 +307,9 @@ pub const TRACE_RECORD_SECONDS_MAX: u64 = 86_400;
 const _: () = assert!(PREFETCH_DEDUP_SLOTS.is_power_of_two());
 const _: () = assert!(PREFETCH_BATCH_EVENTS_MAX <= PREFETCH_BACKLOG_EVENTS_MAX);
 const _: () = assert!(PREFETCH_BACKLOG_EVENTS_MAX <= DEVICE_TRACE_RING_EVENTS);
+// One sleep's worth of events at a million requests per second (one per
+// microsecond) fits a queue's trace ring.
+const _: () = assert!(PREFETCH_IDLE_SLEEP_US <= DEVICE_TRACE_RING_EVENTS as u64);
 const _: () = assert!(STAGER_BUDGET_DEFAULT_PERCENT > 0 && STAGER_BUDGET_DEFAULT_PERCENT <= 100);
 const _: () = assert!(STAGER_PRECISION_WINDOW_MIN <= STAGER_PRECISION_WINDOW);
 const _: () = assert!(STAGER_PRECISION_MIN < STAGER_PRECISION_RECOVER);

@@ -20,8 +20,10 @@
 //!   or for shards that are unmapped, split or already on the hot tier (one
 //!   table load each), and pushes the rest into the prefetch ring
 //!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
-//!   gives the predictor [`Predictor::background`] time. It never blocks the
-//!   queue threads: the trace rings drop when full.
+//!   gives the predictor [`Predictor::background`] time. After a turn that
+//!   found less than a full batch it sleeps `PREFETCH_IDLE_SLEEP_US`, so it
+//!   wakes at most that often unless the rings fill faster. It never blocks
+//!   the queue threads: the trace rings drop when full.
 //! - Hits: the inference thread forwards every read (volume, shards, start
 //!   time) to the stager through a second bounded ring (dropped and counted
 //!   when full); the stager matches them against what it staged. The queue
@@ -496,13 +498,18 @@ impl Inference {
                 }
             }
             drop(recording);
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                if self.consumers.len() > 1 {
+                    batch.sort_by_key(|e| e.ts_ns);
+                }
+                self.step(&batch, &mut out);
             }
-            if self.consumers.len() > 1 {
-                batch.sort_by_key(|e| e.ts_ns);
+            // Less than a full batch waiting: let events gather rather than
+            // waking per request (bounds the thread's CPU share at low and
+            // moderate rates; a prediction is at most a sleep late).
+            if total < PREFETCH_BATCH_EVENTS_MAX {
+                std::thread::sleep(Duration::from_micros(PREFETCH_IDLE_SLEEP_US));
             }
-            self.step(&batch, &mut out);
         }
         self.publish();
     }
