@@ -256,4 +256,88 @@ mod tests {
         assert_eq!(st.total.ops[0].count, 1);
         assert!(request(&path, "bogus").is_err());
     }
+
+    #[test]
+    fn recording_streams_the_requested_count_and_refuses_a_second() {
+        use crate::device::metrics::{trace_ring, TraceEvent as DevEvent};
+        use crate::io::mem::MemDev;
+        use crate::io::BlockDev;
+        use crate::prefetch::live::Live;
+        use crate::shard::policy::TierPolicy;
+        use crate::shard::pool::Pool;
+        let pool = Pool::format_on(vec![(
+            "hot".into(),
+            "m".into(),
+            Arc::new(MemDev::new("m", 64 << 20)) as Arc<dyn BlockDev>,
+        )])
+        .unwrap();
+        let vol = pool
+            .create_volume("v", 1 << 30, 1 << 20, TierPolicy::default())
+            .unwrap();
+        let (mut p, c) = trace_ring(64);
+        let start = Instant::now();
+        let live = Live::start(None, vol, vec![c], start).unwrap();
+        assert!(live.shared().stats().is_none(), "prefetch off: no stats");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sock");
+        spawn_server(
+            &path,
+            ControlState {
+                number: 1,
+                volume: "v".into(),
+                start,
+                snapshots: vec![],
+                live: Some(live.shared()),
+            },
+        )
+        .unwrap();
+        assert!(record(&path, 0, 100).is_err(), "count 0 refused");
+        let client = {
+            let path = path.clone();
+            std::thread::spawn(move || record(&path, 5, 20_000))
+        };
+        // Wait until the daemon has started the recording, then feed it.
+        let t0 = Instant::now();
+        while !live.shared().is_recording() {
+            assert!(t0.elapsed().as_secs() < 10, "recording never started");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let second = record(&path, 1, 100).unwrap_err().to_string();
+        assert!(second.contains("already"), "{second}");
+        let ops = [
+            Op::Read,
+            Op::Write,
+            Op::Flush,
+            Op::Discard,
+            Op::WriteZeroes,
+            Op::Read,
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            p.push(DevEvent {
+                time_ns: 100 + i as u64,
+                volume: 1,
+                offset: 4096 * i as u64,
+                len: 4096,
+                op,
+            });
+        }
+        let got = client.join().unwrap().unwrap();
+        let t0 = Instant::now();
+        while live.shared().start_recording().is_err() {
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "the finished recording kept its slot"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got.dropped, 0);
+        let letters: String = got.events.iter().map(|e| e.op.letter()).collect();
+        assert_eq!(
+            letters, "RWFDW",
+            "write-zeroes is a write; the sixth is past the count"
+        );
+        assert_eq!(got.events[2].len, 0, "a flush has no length");
+        assert_eq!(got.events[4].offset, 4 * 4096);
+        assert_eq!(got.events[0].ts_ns, 100);
+    }
 }

@@ -193,6 +193,11 @@ impl LiveShared {
         Some(s)
     }
 
+    /// Whether a recording is running.
+    pub fn is_recording(&self) -> bool {
+        self.recording_on.load(Ordering::Relaxed)
+    }
+
     /// Start teeing drained events into a recording. One at a time.
     pub fn start_recording(self: &Arc<Self>) -> Result<RecordingRx, String> {
         let mut r = self.recording.lock().expect("recording");
