@@ -5,8 +5,9 @@
 # (and lstm when the build has it), and measures what prefetching costs a
 # purely random workload. Run from the repository root:
 #     bench/prefetch_replay.sh
-# Env: PF_COLD_MS (cold tier delay, default 8), PF_TRACES (real traces,
-# default /work/shared/traces), PF_LSTM_MODEL (--prefetch-model for lstm).
+# Env: SHARDBLK_PF_COLD_MS (cold tier delay, default 8), SHARDBLK_PF_SHARD (shard size,
+# default 1M), SHARDBLK_PF_TRACES (real traces,
+# default /work/shared/traces), SHARDBLK_PF_LSTM_MODEL (--prefetch-model for lstm).
 # The table is printed and left in $SHARDBLK_VM_OUT/prefetch_replay.txt.
 # Under TCG absolute latencies of the hot tier are emulation-bound; compare
 # the predictors with each other.

@@ -20,10 +20,13 @@
 //!   or for shards that are unmapped, split or already on the hot tier (one
 //!   table load each), and pushes the rest into the prefetch ring
 //!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
-//!   gives the predictor [`Predictor::background`] time. After a turn that
-//!   found less than a full batch it sleeps `PREFETCH_IDLE_SLEEP_US`, so it
-//!   wakes at most that often unless the rings fill faster. It never blocks
-//!   the queue threads: the trace rings drop when full.
+//!   gives the predictor [`Predictor::background`] time. The queue threads
+//!   never signal it: after a turn that found less than a full batch it
+//!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
+//!   empty one), so it wakes at most that often unless the rings fill
+//!   faster. It never blocks the queue threads: the trace rings drop when
+//!   full. When it queued a prediction it unparks the stager, which
+//!   otherwise wakes every `STAGER_IDLE_PARK_MS`.
 //! - Hits: the inference thread forwards every read (volume, shards, start
 //!   time) to the stager through a second bounded ring (dropped and counted
 //!   when full); the stager matches them against what it staged. The queue
@@ -37,9 +40,9 @@
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_IDLE_SLEEP_US, PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS,
-    STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_SLEEP_US,
-    TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_READ_NOTICES,
+    PREFETCH_RING_PREDICTIONS, STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS,
+    STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
@@ -155,6 +158,8 @@ pub struct LiveShared {
     recording_on: AtomicBool,
     recording: Mutex<Option<Recording>>,
     recording_dropped: AtomicU64,
+    /// The stager's thread, unparked when predictions are queued.
+    stager_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// The receiving end of a recording; dropping it ends the recording.
@@ -271,6 +276,7 @@ impl Live {
                     recording_on: AtomicBool::new(false),
                     recording: Mutex::new(None),
                     recording_dropped: AtomicU64::new(0),
+                    stager_thread: std::sync::OnceLock::new(),
                 });
                 (
                     Some((tx, c.kind, pcfg)),
@@ -289,6 +295,7 @@ impl Live {
                     recording_on: AtomicBool::new(false),
                     recording: Mutex::new(None),
                     recording_dropped: AtomicU64::new(0),
+                    stager_thread: std::sync::OnceLock::new(),
                 }),
             ),
         };
@@ -374,6 +381,9 @@ impl Live {
 impl Drop for Live {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for t in &self.threads {
+            t.thread().unpark();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -513,7 +523,7 @@ impl Inference {
             // waking per request (bounds the thread's CPU share at low and
             // moderate rates; a prediction is at most a sleep late).
             if total < PREFETCH_BATCH_EVENTS_MAX {
-                std::thread::sleep(Duration::from_micros(PREFETCH_IDLE_SLEEP_US));
+                std::thread::sleep(Duration::from_micros(PREFETCH_POLL_INTERVAL_US));
             }
         }
         self.publish();
@@ -531,6 +541,7 @@ impl Inference {
         let now = ns_since(self.start);
         let table = &self.volume.shared().table;
         let guard = crossbeam_epoch::pin();
+        let mut queued = false;
         for p in out.iter() {
             self.st.predictions += 1;
             if p.confidence < pcfg.confidence_min {
@@ -544,12 +555,17 @@ impl Inference {
             match table.load(p.shard, &guard) {
                 Ok(SlotView::Mapped(e)) if e.tier() == 0 => self.st.already_hot += 1,
                 Ok(SlotView::Mapped(_)) => {
-                    tx.push(*p, now);
+                    queued |= tx.push(*p, now) == crate::prefetch::ring::Push::Queued;
                 }
                 Ok(SlotView::Split(_)) | Ok(SlotView::Unmapped) | Err(_) => self.st.unmapped += 1,
             }
         }
         drop(guard);
+        if queued {
+            if let Some(t) = self.shared.stager_thread.get() {
+                t.unpark();
+            }
+        }
         self.st.batches += 1;
         let _ = self
             .hist
@@ -581,6 +597,7 @@ fn run_stager(
     start: Instant,
     stop: &AtomicBool,
 ) {
+    let _ = shared.stager_thread.set(std::thread::current());
     let mut eng = vol.pool().engine();
     let shard_units = (vol.shard_size() / UNIT_SIZE_BYTES).max(1);
     let mut last_publish = Instant::now();
@@ -608,7 +625,7 @@ fn run_stager(
             last_commit = Instant::now();
         }
         let Some(p) = rx.pop() else {
-            std::thread::sleep(Duration::from_micros(STAGER_IDLE_SLEEP_US));
+            std::thread::park_timeout(Duration::from_millis(STAGER_IDLE_PARK_MS));
             continue;
         };
         moved |= stage_one(&vol, eng.as_mut(), &mut core, p, shard_units, start);
