@@ -35,7 +35,8 @@
 //!   (all queues, skipped ones included) into a bounded channel; events that
 //!   do not fit are dropped and counted; one recording at a time.
 //! - Stopping: dropping [`Live`] stops both threads and joins them (a
-//!   staging in progress finishes first).
+//!   staging in progress finishes first). Both threads block SIGINT and
+//!   SIGTERM, which belong to the daemon's signal thread.
 
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
@@ -315,6 +316,7 @@ impl Live {
             std::thread::Builder::new()
                 .name("shardblk-infer".into())
                 .spawn(move || {
+                    block_stop_signals();
                     let pred = match &ring_tx {
                         Some((_, kind, pcfg)) => match kind.build(pcfg) {
                             Ok(p) => Some(p),
@@ -364,6 +366,7 @@ impl Live {
             let t = std::thread::Builder::new()
                 .name("shardblk-stager".into())
                 .spawn(move || {
+                    block_stop_signals();
                     let core = StagerCore::new(StagerParams::new(budget_units), ns_since(start));
                     run_stager(volume, rx, notices, core, shared, start, &stop);
                 })
@@ -387,6 +390,19 @@ impl Drop for Live {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// SIGINT and SIGTERM are for the daemon's signal thread (an orderly stop):
+/// the live threads block them, whenever they are spawned, so the kernel
+/// never delivers one to them (its default action would kill the daemon).
+fn block_stop_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if let Err(e) = set.thread_block() {
+        tracing::warn!("live thread: blocking SIGINT/SIGTERM: {e}");
     }
 }
 
