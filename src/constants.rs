@@ -407,3 +407,75 @@ const _: () = assert!(CLUSTER_SHARD_BYTES % CLUSTER_BLOCK_BYTES == 0);
 const _: () = assert!(CLUSTER_SHARD_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
 const _: () = assert!(CLUSTER_OP_TIMEOUT_MS > 4 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES % SHARD_SIZE_DEFAULT_BYTES == 0);
+// --- stager ---
+/// Predictions buffered between the inference thread and the stager (the
+/// prefetch ring); more are dropped and counted.
+pub const PREFETCH_RING_PREDICTIONS: usize = 1024;
+/// De-duplication of the prefetch ring: slots of the direct-mapped table of
+/// recently queued shards, and how long a queued shard is not queued again.
+pub const PREFETCH_DEDUP_SLOTS: usize = 4096;
+pub const PREFETCH_DEDUP_WINDOW_MS: u64 = 2_000;
+/// Read notices (inference thread -> stager, for hit accounting) buffered;
+/// more are dropped and counted.
+pub const PREFETCH_READ_NOTICES: usize = 1 << 16;
+/// Most trace events the inference thread feeds the predictor in one batch.
+pub const PREFETCH_BATCH_EVENTS_MAX: usize = 4096;
+/// Overload: when more than this many events wait in the trace rings, the
+/// excess is skipped (not fed to the predictor) and counted.
+pub const PREFETCH_BACKLOG_EVENTS_MAX: usize = 16_384;
+/// The inference thread polls the trace rings (the queue threads never
+/// signal it): after a turn that found less than a full batch it sleeps
+/// this long, and after a turn that found nothing (and the predictor had no
+/// background work) the longer idle sleep (microseconds). Wakeups, not
+/// work, dominate its CPU share at moderate rates (measured in the VM:
+/// about 10 % of a vCPU at one wakeup per millisecond under TCG).
+pub const PREFETCH_POLL_INTERVAL_US: u64 = 4_000;
+pub const PREFETCH_IDLE_SLEEP_US: u64 = 10_000;
+/// Background (online training) budget per idle turn (milliseconds).
+pub const PREFETCH_BACKGROUND_BUDGET_MS: u64 = 20;
+/// Default hot-tier budget of staged shards: this percent of the hot tier.
+pub const STAGER_BUDGET_DEFAULT_PERCENT: u64 = 25;
+/// A staged shard not read within this time counts as a miss in the
+/// precision window (it may stay resident until evicted).
+pub const STAGER_USEFUL_WITHIN_MS: u64 = 10_000;
+/// Recent staging outcomes (read / not read) the throttle looks at.
+pub const STAGER_PRECISION_WINDOW: usize = 64;
+/// Outcomes needed in the window before the throttle acts.
+pub const STAGER_PRECISION_WINDOW_MIN: usize = 16;
+/// Below this window precision the stager halves its rate; at or above
+/// the recover threshold it doubles it again (dimensionless, 0..=1).
+pub const STAGER_PRECISION_MIN: f32 = 0.3;
+pub const STAGER_PRECISION_RECOVER: f32 = 0.6;
+/// Stager rate bounds (shards staged per second) and token bucket burst.
+pub const STAGER_RATE_MAX_SHARDS_PER_S: u32 = 1024;
+pub const STAGER_RATE_MIN_SHARDS_PER_S: u32 = 2;
+pub const STAGER_BURST_SHARDS: u32 = 32;
+/// Smallest interval between two throttle decisions (milliseconds).
+pub const STAGER_THROTTLE_PERIOD_MS: u64 = 500;
+/// Trace recording over the control socket: most events per recording, and
+/// events buffered between the inference thread and the recording client.
+pub const TRACE_RECORD_EVENTS_MAX: u64 = 10_000_000;
+pub const TRACE_RECORD_BUFFER_EVENTS: usize = 1 << 16;
+/// Longest recording (seconds).
+pub const TRACE_RECORD_SECONDS_MAX: u64 = 86_400;
+const _: () = assert!(PREFETCH_DEDUP_SLOTS.is_power_of_two());
+const _: () = assert!(PREFETCH_BATCH_EVENTS_MAX <= PREFETCH_BACKLOG_EVENTS_MAX);
+const _: () = assert!(PREFETCH_BACKLOG_EVENTS_MAX <= DEVICE_TRACE_RING_EVENTS);
+// One sleep's worth of events at a million requests per second (one per
+// microsecond) fits a queue's trace ring.
+const _: () = assert!(PREFETCH_POLL_INTERVAL_US <= PREFETCH_IDLE_SLEEP_US);
+const _: () = assert!(PREFETCH_IDLE_SLEEP_US <= DEVICE_TRACE_RING_EVENTS as u64);
+const _: () = assert!(STAGER_BUDGET_DEFAULT_PERCENT > 0 && STAGER_BUDGET_DEFAULT_PERCENT <= 100);
+const _: () = assert!(STAGER_PRECISION_WINDOW_MIN <= STAGER_PRECISION_WINDOW);
+const _: () = assert!(STAGER_PRECISION_MIN < STAGER_PRECISION_RECOVER);
+const _: () = assert!(STAGER_PRECISION_RECOVER <= 1.0);
+const _: () = assert!(STAGER_RATE_MIN_SHARDS_PER_S >= 1);
+const _: () = assert!(STAGER_RATE_MIN_SHARDS_PER_S <= STAGER_RATE_MAX_SHARDS_PER_S);
+const _: () = assert!(STAGER_BURST_SHARDS >= 1);
+/// The stager commits (making its `Map` records durable, so the extents it
+/// released return to the allocators) at most this often after moving data.
+pub const STAGER_COMMIT_INTERVAL_MS: u64 = 2_000;
+/// The stager parks when it has no prediction; the inference thread wakes it
+/// when it queues one, else it wakes after this long to account reads,
+/// age its shards and publish statistics (milliseconds).
+pub const STAGER_IDLE_PARK_MS: u64 = 50;

@@ -76,3 +76,8 @@ fn kill_daemon_mid_verify_then_recover() {
 fn thin_volume_fills_with_enospc_and_loses_nothing() {
     run_script("enospc.sh");
 }
+
+#[test]
+fn prefetch_stages_hits_verifies_and_records_traces() {
+    run_script("prefetch.sh");
+}

@@ -7,7 +7,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use shardblk::constants::{DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S};
+use shardblk::constants::{
+    DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S, PREFETCH_CONFIDENCE_MIN_DEFAULT,
+    PREFETCH_DEPTH_DEFAULT_SHARDS,
+};
 use shardblk::device::config::{
     format_cpu_list, online_cpus, parse_cpu_list, DeviceConfig, PollMode, ZeroCopyMode,
 };
@@ -15,6 +18,9 @@ use shardblk::device::features::{driver_present, probe};
 use shardblk::device::registry::{run_dir, thread_cpus, DeviceRecord};
 use shardblk::device::serve::{delete, device_state, serve, Ready, ServeOptions};
 use shardblk::device::DeviceError;
+use shardblk::prefetch::live::LiveConfig;
+use shardblk::prefetch::{PredictorKind, PrefetchConfig};
+use shardblk::units::parse_size;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -83,6 +89,23 @@ pub struct AddArgs {
     /// Stay in the foreground (default: run as a daemon once the device is live).
     #[arg(long)]
     foreground: bool,
+    /// Prefetcher staging predicted shards onto the hot tier: off, readahead,
+    /// stride, markov or lstm.
+    #[arg(long, default_value = "off")]
+    prefetch: String,
+    /// PREFETCH_DEPTH: most shards predicted per stream per step.
+    #[arg(long = "prefetch-depth", default_value_t = PREFETCH_DEPTH_DEFAULT_SHARDS)]
+    prefetch_depth: u32,
+    /// Predictions below this confidence (0..1) are not staged.
+    #[arg(long = "prefetch-confidence", default_value_t = PREFETCH_CONFIDENCE_MIN_DEFAULT)]
+    prefetch_confidence: f32,
+    /// Hot-tier space the stager may fill with staged shards (suffixes K, M, G;
+    /// default: a quarter of the hot tier).
+    #[arg(long = "prefetch-budget", value_parser = parse_size)]
+    prefetch_budget: Option<u64>,
+    /// Model file of the lstm predictor.
+    #[arg(long = "prefetch-model")]
+    prefetch_model: Option<PathBuf>,
 }
 
 pub fn run(c: DeviceCmd) -> Result<()> {
@@ -119,6 +142,11 @@ pub fn run(c: DeviceCmd) -> Result<()> {
                 poll: r.poll,
                 zero_copy: r.zero_copy_requested,
                 foreground,
+                prefetch: "off".into(),
+                prefetch_depth: PREFETCH_DEPTH_DEFAULT_SHARDS,
+                prefetch_confidence: PREFETCH_CONFIDENCE_MIN_DEFAULT,
+                prefetch_budget: None,
+                prefetch_model: None,
             };
             start(args, true)
         }
@@ -164,8 +192,38 @@ fn config_of(a: &AddArgs) -> Result<DeviceConfig> {
     })
 }
 
+/// The prefetch settings of `add` (`None`: off). Checks what can be checked
+/// without the pool, so bad flags fail before a daemon starts.
+fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
+    if a.prefetch == "off" || a.prefetch == "none" {
+        if a.prefetch_model.is_some() || a.prefetch_budget.is_some() {
+            bail!("--prefetch-model and --prefetch-budget need --prefetch other than off");
+        }
+        return Ok(None);
+    }
+    let kind: PredictorKind = a.prefetch.parse()?;
+    let prefetch = PrefetchConfig {
+        depth: a.prefetch_depth,
+        confidence_min: a.prefetch_confidence,
+        ..Default::default()
+    };
+    prefetch.validate()?;
+    if let Some(m) = &a.prefetch_model {
+        if !m.is_file() {
+            bail!("--prefetch-model {}: no such file", m.display());
+        }
+    }
+    Ok(Some(LiveConfig {
+        kind,
+        prefetch,
+        budget_bytes: a.prefetch_budget,
+        model: a.prefetch_model.clone(),
+    }))
+}
+
 fn start(a: AddArgs, recover: bool) -> Result<()> {
     let config = config_of(&a)?;
+    live_config_of(&a)?;
     if a.foreground || std::env::var_os(READY_FD_ENV).is_some() {
         return serve_here(a, config, recover);
     }
@@ -238,6 +296,7 @@ fn report(msg: &str, log: &std::path::Path) -> Result<()> {
 }
 
 fn serve_here(a: AddArgs, config: DeviceConfig, recover: bool) -> Result<()> {
+    let prefetch = live_config_of(&a)?;
     let ready_fd: Option<i32> = std::env::var(READY_FD_ENV)
         .ok()
         .and_then(|s| s.parse().ok());
@@ -273,6 +332,7 @@ fn serve_here(a: AddArgs, config: DeviceConfig, recover: bool) -> Result<()> {
         volume: a.volume,
         config,
         recover,
+        prefetch,
     };
     serve(opts, Box::new(notify)).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())

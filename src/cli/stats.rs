@@ -15,11 +15,13 @@ use clap::Args;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use shardblk::constants::{STATS_WATCH_INTERVAL_DEFAULT_S, STATS_WATCH_INTERVAL_MIN_S};
-use shardblk::device::control::fetch_hist;
+use shardblk::device::control::{fetch_hist, fetch_stats};
 use shardblk::device::metrics::{
     device_stats, write_hdr_interval, DeviceStats, HistDump, OpStats, QueueSnapshot,
 };
 use shardblk::device::registry::socket_path;
+use shardblk::prefetch::live::PrefetchStats;
+use shardblk::units::format_size;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -42,6 +44,13 @@ pub struct StatsArgs {
     /// Write every histogram to FILE as an HDR interval log (V2 deflate, ns).
     #[arg(long = "hdr-log")]
     hdr_log: Option<PathBuf>,
+}
+
+/// The prefetch engine's figures (`stats`; absent with prefetch off).
+fn prefetch_of(n: u32) -> Result<Option<PrefetchStats>> {
+    Ok(fetch_stats(&socket_path(n))
+        .with_context(|| format!("reading prefetch statistics of /dev/ublkb{n}"))?
+        .prefetch)
 }
 
 fn fetch(n: u32) -> Result<(HistDump, Vec<QueueSnapshot>)> {
@@ -90,7 +99,8 @@ pub fn run(a: StatsArgs) -> Result<()> {
         None => None,
     };
     if !a.watch {
-        let st = device_stats(d0.number, &d0.volume, d0.uptime_s, None, &s0);
+        let mut st = device_stats(d0.number, &d0.volume, d0.uptime_s, None, &s0);
+        st.prefetch = prefetch_of(a.number)?;
         if let Some(log) = log.as_mut() {
             write_hdr_interval(
                 log,
@@ -124,7 +134,8 @@ pub fn run(a: StatsArgs) -> Result<()> {
         if dt <= 0.0 {
             dt = (d.uptime_s - prev_d.uptime_s).max(a.interval);
         }
-        let st = device_stats(d.number, &d.volume, d.uptime_s, Some(dt), &deltas);
+        let mut st = device_stats(d.number, &d.volume, d.uptime_s, Some(dt), &deltas);
+        st.prefetch = prefetch_of(a.number)?;
         if let Some(log) = log.as_mut() {
             let from = Duration::from_secs_f64(taken_s(&prev).max(0.0));
             write_hdr_interval(log, from, Duration::from_secs_f64(dt), &deltas)
@@ -209,4 +220,46 @@ pub fn print_stats(st: &DeviceStats) {
             );
         }
     }
+    if let Some(p) = &st.prefetch {
+        print_prefetch(p);
+    }
+}
+
+/// The prefetch engine's lines (counters since the device started).
+fn print_prefetch(p: &PrefetchStats) {
+    let s = &p.stager;
+    let pct = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    println!(
+        "prefetch {}: {} events ({} skipped under overload), {} batches, batch latency mean {:.1} us p99 {:.1} us",
+        p.predictor, p.events, p.skipped_events, p.batches, p.batch_us_mean, p.batch_us_p99
+    );
+    println!(
+        "  predictions {} (below confidence {}, already hot {}, unmapped {}), queued {}, duplicates {}, dropped {}",
+        p.predictions, p.below_confidence, p.already_hot, p.unmapped, p.queued, p.duplicates, p.dropped
+    );
+    println!(
+        "  staged {} (skipped {}, failed {}, throttled {}, over budget {}), evicted {}, resident {} of {} budget",
+        s.staged,
+        s.stage_skipped,
+        s.stage_failed,
+        s.throttled,
+        s.no_budget,
+        s.evicted,
+        format_size(s.resident_units * shardblk::constants::UNIT_SIZE_BYTES),
+        format_size(s.budget_units * shardblk::constants::UNIT_SIZE_BYTES),
+    );
+    println!(
+        "  reads {}, hits {}, precision {}, coverage {}, recent precision {}, rate limit {}/s",
+        s.reads,
+        s.hits,
+        pct(s.precision),
+        pct(s.coverage),
+        pct(s.window_precision),
+        s.rate_per_s
+    );
+    println!(
+        "  training steps {}, loss {}",
+        p.train_steps,
+        p.train_loss.map_or("-".to_string(), |l| format!("{l:.4}"))
+    );
 }

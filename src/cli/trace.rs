@@ -11,6 +11,9 @@
 //!   [--steps N] [--loss-chart PNG]`: offline LSTM training (progress bar,
 //!   loss curve PNG beside the model unless `--loss-chart` names another).
 //! - `trace synth --kind sequential|strided|btree|repeated|random -o OUT`.
+//! - `trace record -n N -o OUT [--count N] [--seconds S]`: a live device's
+//!   requests, teed by its daemon (see `device::control`), rebased to start
+//!   at 0 and in time order.
 //!
 //! Files are read and written here; everything else is library code.
 
@@ -24,6 +27,7 @@ use shardblk::constants::{
 use shardblk::constants::{
     PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
     PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, TRACE_INTERARRIVAL_DEFAULT_NS,
+    TRACE_RECORD_EVENTS_MAX, TRACE_RECORD_SECONDS_MAX,
 };
 use shardblk::prefetch::eval::{eval_trace_with, EvalTable};
 use shardblk::prefetch::lstm::{LstmOptions, ModelShape, ModelSource};
@@ -245,6 +249,21 @@ pub enum TraceCmd {
         quiet: bool,
         #[command(flatten)]
         lstm: LstmArgs,
+    },
+    /// Record a live device's requests into a trace file.
+    Record {
+        /// Device number N of /dev/ublkbN.
+        #[arg(short = 'n', long = "number")]
+        number: u32,
+        /// Output file (compressed if it ends in .gz).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds (default: 10 without --count).
+        #[arg(long)]
+        seconds: Option<f64>,
     },
     /// Generate a synthetic trace.
     Synth {
@@ -532,6 +551,44 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             quiet,
             lstm,
         }),
+        TraceCmd::Record {
+            number,
+            output,
+            count,
+            seconds,
+        } => {
+            let count = count.unwrap_or(TRACE_RECORD_EVENTS_MAX);
+            if count == 0 || count > TRACE_RECORD_EVENTS_MAX {
+                bail!("--count must be in 1..={TRACE_RECORD_EVENTS_MAX}");
+            }
+            let secs = seconds.unwrap_or(if count == TRACE_RECORD_EVENTS_MAX {
+                10.0
+            } else {
+                TRACE_RECORD_SECONDS_MAX as f64
+            });
+            if !(secs > 0.0 && secs <= TRACE_RECORD_SECONDS_MAX as f64) {
+                bail!("--seconds must be in (0, {TRACE_RECORD_SECONDS_MAX}]");
+            }
+            let ms = ((secs * 1000.0).ceil() as u64).max(1);
+            let path = shardblk::device::registry::socket_path(number);
+            let rec = shardblk::device::control::record(&path, count, ms)
+                .with_context(|| format!("recording /dev/ublkb{number}"))?;
+            let mut events = rec.events;
+            // Queues are drained in turn: put the events in time order, from 0.
+            events.sort_by_key(|e| e.ts_ns);
+            let t0 = events.first().map_or(0, |e| e.ts_ns);
+            for e in &mut events {
+                e.ts_ns -= t0;
+            }
+            write_out(&output, |w| trace::csv::write_csv(w, &events))?;
+            eprintln!(
+                "{}: {} events ({} dropped by the daemon)",
+                output.display(),
+                events.len(),
+                rec.dropped
+            );
+            Ok(())
+        }
         TraceCmd::Synth {
             kind,
             output,

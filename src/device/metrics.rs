@@ -451,6 +451,9 @@ pub struct DeviceStats {
     pub interval_s: Option<f64>,
     pub total: QueueStats,
     pub queues: Vec<QueueStats>,
+    /// Prefetching (predictor, stager), when the device has it on.
+    #[serde(default)]
+    pub prefetch: Option<crate::prefetch::live::PrefetchStats>,
 }
 
 fn op_stats(
@@ -526,6 +529,7 @@ pub fn device_stats(
             .iter()
             .map(|s| summarize(s, span, Some(s.queue), Some(s.cpu)))
             .collect(),
+        prefetch: None,
     }
 }
 

@@ -47,6 +47,8 @@ pub enum DeviceError {
     Os(String, #[source] std::io::Error),
     #[error("control socket: {0}")]
     Control(String),
+    #[error("prefetch: {0}")]
+    Prefetch(#[from] crate::prefetch::live::LiveError),
 }
 
 impl From<libublk::UblkError> for DeviceError {

@@ -26,10 +26,11 @@ use crate::device::control::{spawn_server, ControlState};
 use crate::device::features::{
     probe, Features, UBLK_F_AUTO_BUF_REG, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
 };
-use crate::device::metrics::{trace_ring, TraceConsumer};
+use crate::device::metrics::trace_ring;
 use crate::device::queue::{pin_thread, run_queue, QueueCtx};
 use crate::device::registry::{socket_path, DeviceRecord};
 use crate::device::DeviceError;
+use crate::prefetch::live::{Live, LiveConfig};
 use crate::shard::manager::Manager;
 use crate::shard::pool::Pool;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
@@ -47,6 +48,8 @@ pub struct ServeOptions {
     pub config: DeviceConfig,
     /// Recover device `config.number` whose daemon died, instead of adding one.
     pub recover: bool,
+    /// Prefetching (inference thread and stager); `None`: off.
+    pub prefetch: Option<LiveConfig>,
 }
 
 /// What `notify` is told once: the live device's number and an optional
@@ -150,7 +153,10 @@ struct Prepared {
     message: Option<String>,
     pool: Pool,
     ctx: Arc<QueueCtx>,
-    consumers: Vec<TraceConsumer>,
+    /// Drains the trace rings: inference and stager threads, recordings.
+    live: Live,
+    /// The tier-policy thread, alive as long as the device is served.
+    _manager: Manager,
 }
 
 fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
@@ -169,7 +175,7 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
     // split and merge every window, each window ending with a commit (which
     // also bounds how long a first write's mapping waits for durability
     // when the user never flushes).
-    let _manager = Manager::start(
+    let manager = Manager::start(
         pool.clone(),
         std::time::Duration::from_millis(POLICY_WINDOW_MS),
     );
@@ -197,13 +203,20 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         zero: std::fs::File::open("/dev/zero")
             .map_err(|e| DeviceError::Os("/dev/zero".into(), e))?,
     });
+    let live = Live::start(
+        opts.prefetch.as_ref(),
+        ctx.volume.clone(),
+        consumers,
+        ctx.start,
+    )?;
     Ok(Prepared {
         features,
         zero_copy,
         message,
         pool,
         ctx,
-        consumers,
+        live,
+        _manager: manager,
     })
 }
 
@@ -284,15 +297,18 @@ fn run(
     let pool_path = opts.pool.clone();
     let volume_name = opts.volume.clone();
     let tell2 = tell.clone();
+    let live = p.live.shared();
     let device_fn = move |c: &UblkCtrl| {
         let n = c.dev_info().dev_id;
         *number_out.lock().expect("number") = Some(n);
-        let r = publish(n, &ctx, &cfg, zero_copy, &pool_path, &volume_name);
+        let r = publish(n, &ctx, &cfg, zero_copy, &pool_path, &volume_name, &live);
         tell2(r.map(|()| (n, message)));
     };
     stop_on_signal(number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);
-    drop(p.consumers);
+    // Stop the inference thread and the stager (a staging in progress
+    // completes) before the final commit.
+    drop(p.live);
     // An orderly stop makes everything acknowledged durable, mappings
     // included: the kernel sends no FLUSH when a device is stopped, and a
     // disk flushes its cache on shutdown too.
@@ -349,6 +365,7 @@ fn publish(
     zero_copy: bool,
     pool: &std::path::Path,
     volume: &str,
+    live: &Arc<crate::prefetch::live::LiveShared>,
 ) -> Result<(), DeviceError> {
     let tids: Vec<i32> = ctx
         .tids
@@ -381,6 +398,7 @@ fn publish(
             volume: volume.to_string(),
             start: ctx.start,
             snapshots,
+            live: Some(live.clone()),
         },
     )?;
     DeviceRecord {

@@ -30,6 +30,10 @@ pub mod sim;
 pub mod stream;
 pub mod stride;
 pub mod synth;
+// The live engine of a device: prediction ring, stager, inference thread.
+pub mod live;
+pub mod ring;
+pub mod stager;
 
 use crate::constants::{
     PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS, PREFETCH_DEPTH_MAX_SHARDS,

@@ -54,8 +54,15 @@ fn sys_name(rdev: u64) -> Option<String> {
     Some(link.file_name()?.to_string_lossy().into_owned())
 }
 
+/// Size in bytes of block device `major:minor` from sysfs (512-byte sectors).
+fn sys_size(rdev: u64) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/sys/dev/block/{}/size", dev_string(rdev))).ok()?;
+    s.trim().parse::<u64>().ok()?.checked_mul(512)
+}
+
 /// Check `path` as a tier device candidate of `size` bytes (the size the
-/// opened device reports; pass `None` to use `stat`'s size for files).
+/// opened device reports; pass `None` to use `stat`'s size for files and
+/// sysfs's for block devices, whose `stat` size is 0).
 pub fn check_candidate(path: &Path, size: Option<u64>) -> Result<(), DevCheckError> {
     let p = path.display().to_string();
     let md = std::fs::metadata(path).map_err(|_| DevCheckError::Missing { path: p.clone() })?;
@@ -120,7 +127,11 @@ pub fn check_candidate(path: &Path, size: Option<u64>) -> Result<(), DevCheckErr
             return Err(DevCheckError::Swap { path: p });
         }
     }
-    let size = size.unwrap_or(md.len());
+    let size = match size {
+        Some(s) => s,
+        None if ft.is_block_device() => sys_size(md.rdev()).unwrap_or(0),
+        None => md.len(),
+    };
     if size < DEVICE_SIZE_MIN_BYTES {
         return Err(DevCheckError::TooSmall {
             path: p,

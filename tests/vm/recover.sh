@@ -53,7 +53,11 @@ step "SIGTERM to the recovered daemon stops and deletes the device"
 pid2="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 [ "$pid2" != "$pid" ] || die "recover did not start a new daemon"
 kill -TERM "$pid2"
-for _ in $(seq 100); do [ -e /sys/class/ublk-char/ublkc3 ] || break; sleep 0.2; done
+# The daemon deletes the device, then its record: wait for both.
+for _ in $(seq 100); do
+    [ -e /sys/class/ublk-char/ublkc3 ] || [ -e "$SHARDBLK_RUN_DIR/ublkb3.json" ] || break
+    sleep 0.2
+done
 [ ! -e /sys/class/ublk-char/ublkc3 ] || die "SIGTERM left the device"
 [ ! -e "$SHARDBLK_RUN_DIR/ublkb3.json" ] || die "SIGTERM left the record"
 echo "PASS recover"

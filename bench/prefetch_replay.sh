@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# bench/prefetch_replay.sh: end-to-end prefetch benchmark in the test VM.
+# Replays traces with fio read_iolog against /dev/ublkbN whose cold tier is a
+# dm-delay device (HDD-like latency), with prefetch off, readahead, markov
+# (and lstm when the build has it), and measures what prefetching costs a
+# purely random workload. Run from the repository root:
+#     bench/prefetch_replay.sh
+# Env: SHARDBLK_PF_COLD_MS (cold tier delay, default 8), SHARDBLK_PF_SHARD (shard size,
+# default 1M), SHARDBLK_PF_TRACES (real traces,
+# default /work/shared/traces), SHARDBLK_PF_LSTM_MODEL (--prefetch-model for lstm).
+# The table is printed and left in $SHARDBLK_VM_OUT/prefetch_replay.txt.
+# Under TCG absolute latencies of the hot tier are emulation-bound; compare
+# the predictors with each other.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+SHARDBLK_BIN="$PWD/target/release/shardblk" \
+    tools/vm/run.sh --mem 4096 --timeout 1200 bench/prefetch_replay_guest.sh

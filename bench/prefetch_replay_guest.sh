@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The guest half of bench/prefetch_replay.sh (runs in the test VM as root).
+#
+# Cold tier: a loop device over a tmpfs file behind dm-delay (SHARDBLK_PF_COLD_MS ms
+# per read and write, default 8: HDD-like). Hot tier: a tmpfs file. A 256 MiB
+# volume with SHARDBLK_PF_SHARD shards (default 1M) is written on the cold tier
+# (promotion off, so only the stager moves data), fresh for every run.
+# 1. Replays (fio read_iolog, QD1) of: the first 2000 requests of the FIU
+#    homes trace (../shared/traces, 85 % sequential) and a synthetic
+#    `repeated` trace (a random sequence of 375 64 KiB reads run 4 times),
+#    offsets folded into the volume; with prefetch off, readahead, markov and
+#    lstm when this build has it. One table: mean and p99 read latency, what
+#    the stager did.
+# 2. A purely random workload (fio randread 4 KiB QD16, 8 s) with prefetch
+#    off and on, interleaved: IOPS and the ratio to off.
+# SHARDBLK_PF_ONLY=random runs part 2 alone.
+. "$(dirname "$0")/../tests/vm/lib.sh"
+COLD_MS="${SHARDBLK_PF_COLD_MS:-8}"
+TRACES="${SHARDBLK_PF_TRACES:-/work/shared/traces}"
+VOL=256M
+SHARD="${SHARDBLK_PF_SHARD:-1M}"
+OUT="${SHARDBLK_VM_OUT:-$W}"
+
+truncate -s 512M "$W/cold.img"
+loop="$(losetup -f --show "$W/cold.img")" || die "losetup"
+sectors="$(blockdev --getsz "$loop")"
+dmsetup create pfcold --table "0 $sectors delay $loop 0 $COLD_MS $loop 0 $COLD_MS" || die "dmsetup"
+dmsetup mknodes
+cold=/dev/mapper/pfcold
+[ -b "$cold" ] || die "no $cold"
+cleanup_all() { cleanup; dmsetup remove pfcold 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; }
+trap cleanup_all EXIT
+rm -f "$W/hot.img"
+truncate -s 256M "$W/hot.img"
+"$B" pool init --tier hot="$W/hot.img" --tier cold="$cold" >/dev/null || die "pool init"
+export SHARDBLK_POOL="$W/hot.img"
+
+# Traces, as fio v2 iologs against /dev/ublkb0.
+"$B" trace synth --kind repeated --events 1500 --io-size 64K --volume-size $VOL --seed 1 \
+    -o "$W/repeated.csv" 2>/dev/null || die "synth"
+traces=(repeated)
+if [ -r "$TRACES/fiu_homes_cheetah_10k.csv.gz" ]; then
+    (zcat "$TRACES/fiu_homes_cheetah_10k.csv.gz" || true) | head -n 2001 >"$W/fiu-homes.csv"
+    traces=(fiu-homes repeated)
+fi
+for t in "${traces[@]}"; do
+    "$B" trace convert --from csv "$W/$t.csv" --to fio --fio-filename /dev/ublkb0 \
+        --fio-wrap $VOL -o "$W/$t.iolog" 2>/dev/null || die "convert $t"
+done
+
+predictors=(off readahead markov)
+if out="$("$B" add --volume nosuch -n 9 --prefetch lstm 2>&1)" || ! grep -q 'unknown predictor' <<<"$out"; then
+    predictors+=(lstm)
+else
+    echo "lstm: not in this build ($out)"
+fi
+prefetch_args() { # predictor
+    [ "$1" = off ] && return 0
+    printf '%s\n' --prefetch "$1"
+    [ "$1" = lstm ] && [ -n "${SHARDBLK_PF_LSTM_MODEL:-}" ] && printf '%s\n' --prefetch-model "$SHARDBLK_PF_LSTM_MODEL"
+    return 0
+}
+
+fresh_volume() { # a volume written in full on the cold tier
+    "$B" volume delete pvol >/dev/null 2>&1 || true
+    "$B" volume create pvol --size $VOL --shard-size "$SHARD" --policy write=cold,promote=0 >/dev/null ||
+        die "volume create"
+    local dev
+    dev="$("$B" add --volume pvol -n 0)" || die "add (fill)"
+    wait_dev "$dev"
+    (cd "$W" && fio --name=fill --filename="$dev" --rw=write --bs=1M --size=$VOL --direct=1 \
+        --ioengine=io_uring --iodepth=8 --end_fsync=1 >/dev/null) || die "fill"
+    "$B" del -n 0
+}
+
+start_dev() { # predictor -> /dev/ublkb0
+    local dev
+    mapfile -t args < <(prefetch_args "$1")
+    dev="$("$B" add --volume pvol -n 0 "${args[@]}")" || die "add --prefetch $1"
+    wait_dev "$dev"
+}
+
+stats_cols() { # -> "staged hits precision coverage predictions"
+    "$B" stats -n 0 --json | python3 -c '
+if 1:
+    import json, sys
+    p = json.load(sys.stdin).get("prefetch")
+    if not p:
+        print("- - - - -")
+    else:
+        s = p["stager"]
+        f = lambda x: "-" if x is None else "%.2f" % x
+        print(s["staged"], s["hits"], f(s["precision"]), f(s["coverage"]), p["predictions"])
+    '
+}
+
+{
+    echo "cold tier: dm-delay ${COLD_MS} ms over loop (tmpfs); hot tier: tmpfs file; 256 MiB volume, $SHARD shards"
+    printf '%-10s %-10s %6s %9s %9s %7s %7s %9s %9s\n' TRACE PREFETCH READS MEAN_ms P99_ms STAGED HITS PRECISION COVERAGE
+} | tee "$OUT/prefetch_replay.txt"
+[ "${SHARDBLK_PF_ONLY:-}" = random ] && traces=()
+for t in "${traces[@]}"; do
+    for p in "${predictors[@]}"; do
+        fresh_volume
+        start_dev "$p"
+        (cd "$W" && fio --name=replay --read_iolog="$W/$t.iolog" --ioengine=io_uring --direct=1 \
+            --iodepth=1 --output-format=json >"$W/r.json") || die "replay $t $p"
+        sleep 0.5
+        cols="$(stats_cols)"
+        "$B" del -n 0
+        lat="$(python3 - "$W/r.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["jobs"][0]["read"]
+c = r["clat_ns"]
+print(r["total_ios"], "%.2f" % (c["mean"] / 1e6), "%.2f" % (c["percentile"]["99.000000"] / 1e6))
+PY
+)"
+        read -r n mean p99 <<<"$lat"
+        read -r staged hits prec cov _ <<<"$cols"
+        printf '%-10s %-10s %6s %9s %9s %7s %7s %9s %9s\n' "$t" "$p" "$n" "$mean" "$p99" \
+            "$staged" "$hits" "$prec" "$cov" | tee -a "$OUT/prefetch_replay.txt"
+    done
+done
+
+echo | tee -a "$OUT/prefetch_replay.txt"
+printf '%-28s %-10s %9s %9s %7s %7s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT | tee -a "$OUT/prefetch_replay.txt"
+declare -A sum=() runs=()
+for round in 1 2; do
+    for p in off markov readahead; do
+        fresh_volume
+        start_dev "$p"
+        (cd "$W" && fio --name=rand --filename=/dev/ublkb0 --rw=randread --bs=4k --direct=1 \
+            --ioengine=io_uring --iodepth=16 --time_based --runtime=8 --randseed=$round \
+            --output-format=json >"$W/rand.json") || die "randread $p"
+        cols="$(stats_cols)"
+        "$B" del -n 0
+        iops="$(python3 -c 'import json,sys; print("%.0f" % json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"])' "$W/rand.json")"
+        sum[$p]=$(( ${sum[$p]:-0} + iops ))
+        runs[$p]=$(( ${runs[$p]:-0} + 1 ))
+        read -r staged _ _ _ npred <<<"$cols"
+        printf '%-28s %-10s %9s %9s %7s %7s\n' "round $round" "$p" "$iops" "" "$staged" "$npred" | tee -a "$OUT/prefetch_replay.txt"
+    done
+done
+for p in off markov readahead; do
+    printf '%-28s %-10s %9s %9s\n' "mean of ${runs[$p]}" "$p" "$(( sum[$p] / runs[$p] ))" \
+        "$(python3 -c "print('%.3f' % (${sum[$p]} / ${sum[off]}))")" | tee -a "$OUT/prefetch_replay.txt"
+done
+echo "results in $OUT/prefetch_replay.txt"

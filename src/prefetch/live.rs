@@ -1,0 +1,733 @@
+//! The live prefetch engine of one device: the inference thread, the stager
+//! thread, their shared statistics, and trace recording.
+//!
+//! Contract:
+//! - [`Live::start`] takes the consumer ends of the device's trace rings
+//!   (one per queue) and the volume. It spawns the inference thread
+//!   (`shardblk-infer`), which builds the predictor itself (so a model that
+//!   runs on CUDA is created on the thread that uses it) and reports the
+//!   build before `start` returns: an unknown or unloadable predictor fails
+//!   `start`, before the device exists. With prefetching on it also spawns
+//!   the stager thread (`shardblk-stager`, its own io_uring engine). With
+//!   prefetching off, the inference thread only drains the rings (and feeds
+//!   recordings).
+//! - Inference thread: each turn drains the rings (at most
+//!   `PREFETCH_BATCH_EVENTS_MAX` events fed to the predictor; beyond a
+//!   backlog of `PREFETCH_BACKLOG_EVENTS_MAX` the excess is popped without
+//!   feeding the predictor and counted as skipped), turns every op into a
+//!   [`ShardEvent`] (time order across queues), calls
+//!   [`Predictor::step`], drops predictions below the confidence threshold
+//!   or for shards that are unmapped, split or already on the hot tier (one
+//!   table load each), and pushes the rest into the prefetch ring
+//!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
+//!   gives the predictor [`Predictor::background`] time. The queue threads
+//!   never signal it: after a turn that found less than a full batch it
+//!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
+//!   empty one), so it wakes at most that often unless the rings fill
+//!   faster. It never blocks the queue threads: the trace rings drop when
+//!   full. When it queued a prediction it unparks the stager, which
+//!   otherwise wakes every `STAGER_IDLE_PARK_MS`.
+//! - Hits: the inference thread forwards every read (volume, shards, start
+//!   time) to the stager through a second bounded ring (dropped and counted
+//!   when full); the stager matches them against what it staged. The queue
+//!   threads do no extra work.
+//! - Recording: [`LiveShared::start_recording`] tees every drained event
+//!   (all queues, skipped ones included) into a bounded channel; events that
+//!   do not fit are dropped and counted; one recording at a time.
+//! - Stopping: dropping [`Live`] stops both threads and joins them (a
+//!   staging in progress finishes first). Both threads block SIGINT and
+//!   SIGTERM, which belong to the daemon's signal thread.
+
+use crate::constants::{
+    DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
+    PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
+    PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_READ_NOTICES,
+    PREFETCH_RING_PREDICTIONS, STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS,
+    STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+};
+use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
+use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
+use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
+use crate::prefetch::{
+    Prediction, Predictor, PredictorKind, PrefetchConfig, PrefetchError, ShardEvent,
+};
+use crate::shard::lifecycle::{self, Outcome};
+use crate::trace::{Op as TraceOp, TraceEvent};
+use crate::volume::handle::Volume;
+use crate::volume::table::{Loc, SlotView};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Errors of starting the live engine; each is one clear line.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Prefetch(#[from] PrefetchError),
+    #[error("prefetching needs a pool with at least two tiers (a hot one to stage onto)")]
+    OneTier,
+    #[error("prefetch budget {budget} B is smaller than one shard ({shard} B)")]
+    Budget { budget: u64, shard: u64 },
+    #[error("prefetch budget {budget} B is larger than the hot tier ({hot} B)")]
+    BudgetTooLarge { budget: u64, hot: u64 },
+    #[error("--prefetch-model applies to the lstm predictor only, not {0}")]
+    ModelUnused(&'static str),
+    #[error("spawning the {0} thread: {1}")]
+    Spawn(&'static str, std::io::Error),
+    #[error("the inference thread ended before reporting its predictor")]
+    NoReport,
+}
+
+/// What to prefetch with (`shardblk add --prefetch ...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveConfig {
+    pub kind: PredictorKind,
+    /// Depth, confidence, streams; `shard_bytes` is replaced by the volume's.
+    pub prefetch: PrefetchConfig,
+    /// Hot-tier bytes the stager may hold (default
+    /// `STAGER_BUDGET_DEFAULT_PERCENT` of the hot tier).
+    pub budget_bytes: Option<u64>,
+    /// Model file (the LSTM).
+    pub model: Option<PathBuf>,
+}
+
+impl LiveConfig {
+    /// The predictor configuration for a volume of `shard_bytes` shards.
+    pub fn for_volume(&self, shard_bytes: u64) -> PrefetchConfig {
+        let mut c = self.prefetch;
+        c.shard_bytes = shard_bytes;
+        c.region_shift = c.region_shift.max(shard_bytes.trailing_zeros());
+        c
+    }
+}
+
+/// What `shardblk stats` shows about prefetching.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrefetchStats {
+    pub predictor: String,
+    /// Trace events drained from the rings, fed to the predictor, skipped
+    /// under overload.
+    pub events: u64,
+    pub events_fed: u64,
+    pub skipped_events: u64,
+    /// Predictions the predictor made, and why some were not queued.
+    pub predictions: u64,
+    pub below_confidence: u64,
+    pub already_hot: u64,
+    pub unmapped: u64,
+    /// Prefetch ring: queued, refused as duplicates, dropped when full.
+    pub queued: u64,
+    pub duplicates: u64,
+    pub dropped: u64,
+    /// Read notices lost because the stager's notice ring was full.
+    pub read_notices_dropped: u64,
+    /// Inference batches and their latency (predictor step plus filtering).
+    pub batches: u64,
+    pub batch_us_mean: f64,
+    pub batch_us_p99: f64,
+    /// From the predictor: online training steps, latest loss, skipped work.
+    pub train_steps: u64,
+    pub train_loss: Option<f32>,
+    pub predictor_skipped: u64,
+    pub stager: StagerStats,
+}
+
+/// A read forwarded to the stager.
+#[derive(Debug, Clone, Copy)]
+struct ReadNotice {
+    volume: u32,
+    shard: u64,
+    shards: u32,
+    time_ns: u64,
+}
+
+struct Recording {
+    tx: SyncSender<TraceEvent>,
+}
+
+/// State shared by the live threads and the control socket.
+pub struct LiveShared {
+    /// `None` when prefetching is off.
+    predictor: Option<&'static str>,
+    infer: Mutex<PrefetchStats>,
+    stager: Mutex<StagerStats>,
+    ring: Option<Arc<RingCounters>>,
+    recording_on: AtomicBool,
+    recording: Mutex<Option<Recording>>,
+    recording_dropped: AtomicU64,
+    /// The stager's thread, unparked when predictions are queued.
+    stager_thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// The receiving end of a recording; dropping it ends the recording.
+pub struct RecordingRx {
+    pub rx: Receiver<TraceEvent>,
+    shared: Arc<LiveShared>,
+}
+
+impl RecordingRx {
+    /// Events dropped so far because the recording buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.recording_dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RecordingRx {
+    fn drop(&mut self) {
+        self.shared.recording_on.store(false, Ordering::Relaxed);
+        *self.shared.recording.lock().expect("recording") = None;
+    }
+}
+
+impl LiveShared {
+    /// Prefetch statistics, `None` when prefetching is off.
+    pub fn stats(&self) -> Option<PrefetchStats> {
+        let name = self.predictor?;
+        let mut s = self.infer.lock().expect("infer stats").clone();
+        s.predictor = name.to_string();
+        if let Some(r) = &self.ring {
+            let (queued, duplicates, dropped, _) = r.get();
+            s.queued = queued;
+            s.duplicates = duplicates;
+            s.dropped = dropped;
+        }
+        s.stager = self.stager.lock().expect("stager stats").clone();
+        Some(s)
+    }
+
+    /// Whether a recording is running.
+    pub fn is_recording(&self) -> bool {
+        self.recording_on.load(Ordering::Relaxed)
+    }
+
+    /// Start teeing drained events into a recording. One at a time.
+    pub fn start_recording(self: &Arc<Self>) -> Result<RecordingRx, String> {
+        let mut r = self.recording.lock().expect("recording");
+        if r.is_some() {
+            return Err("a recording is already running on this device".into());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(TRACE_RECORD_BUFFER_EVENTS);
+        *r = Some(Recording { tx });
+        self.recording_dropped.store(0, Ordering::Relaxed);
+        self.recording_on.store(true, Ordering::Relaxed);
+        Ok(RecordingRx {
+            rx,
+            shared: self.clone(),
+        })
+    }
+}
+
+/// The running live engine of a device.
+pub struct Live {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<LiveShared>,
+}
+
+impl Live {
+    /// Start the inference thread (and the stager when `cfg` is set) over
+    /// the trace `consumers` of `volume`'s device. Times are nanoseconds
+    /// since `start` (the device clock of the trace events).
+    pub fn start(
+        cfg: Option<&LiveConfig>,
+        volume: Volume,
+        consumers: Vec<TraceConsumer>,
+        start: Instant,
+    ) -> Result<Live, LiveError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (ring_tx, ring_rx, shared) = match cfg {
+            Some(c) => {
+                let pcfg = c.for_volume(volume.shard_size());
+                pcfg.validate()?;
+                if c.model.is_some() && c.kind != PredictorKind::Lstm {
+                    return Err(LiveError::ModelUnused(c.kind.name()));
+                }
+                let pool = volume.pool();
+                if pool.tiers().len() < 2 {
+                    return Err(LiveError::OneTier);
+                }
+                let hot = pool.tiers()[0].n_units * UNIT_SIZE_BYTES;
+                let budget = c
+                    .budget_bytes
+                    .unwrap_or(hot * STAGER_BUDGET_DEFAULT_PERCENT / 100);
+                if budget < volume.shard_size() {
+                    return Err(LiveError::Budget {
+                        budget,
+                        shard: volume.shard_size(),
+                    });
+                }
+                if budget > hot {
+                    return Err(LiveError::BudgetTooLarge { budget, hot });
+                }
+                let (tx, rx) = prediction_ring(
+                    PREFETCH_RING_PREDICTIONS,
+                    PREFETCH_DEDUP_SLOTS,
+                    PREFETCH_DEDUP_WINDOW_MS * 1_000_000,
+                );
+                let shared = Arc::new(LiveShared {
+                    predictor: Some(c.kind.name()),
+                    infer: Mutex::default(),
+                    stager: Mutex::default(),
+                    ring: Some(tx.counters()),
+                    recording_on: AtomicBool::new(false),
+                    recording: Mutex::new(None),
+                    recording_dropped: AtomicU64::new(0),
+                    stager_thread: std::sync::OnceLock::new(),
+                });
+                (
+                    Some((tx, c.kind, pcfg)),
+                    Some((rx, budget / UNIT_SIZE_BYTES)),
+                    shared,
+                )
+            }
+            None => (
+                None,
+                None,
+                Arc::new(LiveShared {
+                    predictor: None,
+                    infer: Mutex::default(),
+                    stager: Mutex::default(),
+                    ring: None,
+                    recording_on: AtomicBool::new(false),
+                    recording: Mutex::new(None),
+                    recording_dropped: AtomicU64::new(0),
+                    stager_thread: std::sync::OnceLock::new(),
+                }),
+            ),
+        };
+        let (notice_tx, notice_rx) = match ring_rx.is_some() {
+            true => {
+                let (p, c) = rtrb::RingBuffer::new(PREFETCH_READ_NOTICES);
+                (Some(p), Some(c))
+            }
+            false => (None, None),
+        };
+        // The inference thread builds its predictor and reports.
+        // The LSTM's starting weights: the given model file, else the
+        // shipped default (see `prefetch::lstm`).
+        let lstm_opts = crate::prefetch::lstm::LstmOptions {
+            model: match cfg.and_then(|c| c.model.clone()) {
+                Some(p) => crate::prefetch::lstm::ModelSource::File(p),
+                None => crate::prefetch::lstm::ModelSource::Default,
+            },
+            ..Default::default()
+        };
+        let (report_tx, report_rx) = std::sync::mpsc::channel::<Result<(), PrefetchError>>();
+        let infer = {
+            let stop = stop.clone();
+            let shared = shared.clone();
+            let volume = volume.clone();
+            std::thread::Builder::new()
+                .name("shardblk-infer".into())
+                .spawn(move || {
+                    block_stop_signals();
+                    let pred = match &ring_tx {
+                        Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                let _ = report_tx.send(Err(e));
+                                return;
+                            }
+                        },
+                        None => None,
+                    };
+                    let _ = report_tx.send(Ok(()));
+                    let mut t = Inference {
+                        volume,
+                        consumers,
+                        pred,
+                        ring: ring_tx.map(|(tx, _, c)| (tx, c)),
+                        notices: notice_tx,
+                        shared,
+                        start,
+                        st: PrefetchStats::default(),
+                        hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
+                            .expect("histogram bounds"),
+                    };
+                    t.run(&stop);
+                })
+                .map_err(|e| LiveError::Spawn("inference", e))?
+        };
+        match report_rx.recv() {
+            Ok(Ok(())) => threads.push(infer),
+            Ok(Err(e)) => {
+                let _ = infer.join();
+                return Err(e.into());
+            }
+            Err(_) => {
+                let _ = infer.join();
+                return Err(LiveError::NoReport);
+            }
+        }
+        let mut live = Live {
+            stop,
+            threads,
+            shared,
+        };
+        if let (Some((rx, budget_units)), Some(notices)) = (ring_rx, notice_rx) {
+            let stop = live.stop.clone();
+            let shared = live.shared.clone();
+            let t = std::thread::Builder::new()
+                .name("shardblk-stager".into())
+                .spawn(move || {
+                    block_stop_signals();
+                    let core = StagerCore::new(StagerParams::new(budget_units), ns_since(start));
+                    run_stager(volume, rx, notices, core, shared, start, &stop);
+                })
+                .map_err(|e| LiveError::Spawn("stager", e))?;
+            live.threads.push(t);
+        }
+        Ok(live)
+    }
+
+    pub fn shared(&self) -> Arc<LiveShared> {
+        self.shared.clone()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in &self.threads {
+            t.thread().unpark();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// SIGINT and SIGTERM are for the daemon's signal thread (an orderly stop):
+/// the live threads block them, whenever they are spawned, so the kernel
+/// never delivers one to them (its default action would kill the daemon).
+fn block_stop_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if let Err(e) = set.thread_block() {
+        tracing::warn!("live thread: blocking SIGINT/SIGTERM: {e}");
+    }
+}
+
+fn ns_since(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+/// A device event as a trace event (write-zeroes is a write).
+pub fn trace_event_of(e: &DevEvent) -> TraceEvent {
+    let op = match e.op {
+        DevOp::Read => TraceOp::Read,
+        DevOp::Write | DevOp::WriteZeroes => TraceOp::Write,
+        DevOp::Flush => TraceOp::Flush,
+        DevOp::Discard => TraceOp::Discard,
+    };
+    TraceEvent {
+        ts_ns: e.time_ns,
+        op,
+        offset: e.offset,
+        len: if op == TraceOp::Flush {
+            0
+        } else {
+            u64::from(e.len)
+        },
+    }
+}
+
+struct Inference {
+    volume: Volume,
+    consumers: Vec<TraceConsumer>,
+    pred: Option<Box<dyn Predictor>>,
+    ring: Option<(PredictionTx, PrefetchConfig)>,
+    notices: Option<rtrb::Producer<ReadNotice>>,
+    shared: Arc<LiveShared>,
+    start: Instant,
+    st: PrefetchStats,
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+impl Inference {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut lens = vec![0usize; self.consumers.len()];
+        let mut batch: Vec<ShardEvent> =
+            Vec::with_capacity(PREFETCH_BATCH_EVENTS_MAX + self.consumers.len());
+        let mut out: Vec<Prediction> = Vec::new();
+        let mut last_publish = Instant::now();
+        let publish_every = Duration::from_millis(DEVICE_STATS_PUBLISH_MS);
+        while !stop.load(Ordering::Relaxed) {
+            for (l, c) in lens.iter_mut().zip(&self.consumers) {
+                *l = c.len();
+            }
+            let total: usize = lens.iter().sum();
+            if last_publish.elapsed() >= publish_every {
+                self.publish();
+                last_publish = Instant::now();
+            }
+            if total == 0 {
+                let worked = self.pred.as_mut().is_some_and(|p| {
+                    p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
+                });
+                if !worked {
+                    std::thread::sleep(Duration::from_micros(PREFETCH_IDLE_SLEEP_US));
+                }
+                continue;
+            }
+            let feed = total.min(PREFETCH_BATCH_EVENTS_MAX);
+            let overloaded = total > PREFETCH_BACKLOG_EVENTS_MAX;
+            batch.clear();
+            let mut recording = if self.shared.recording_on.load(Ordering::Relaxed) {
+                Some(self.shared.recording.lock().expect("recording"))
+            } else {
+                None
+            };
+            for (i, &n) in lens.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let feed_i = (n * feed).div_ceil(total).min(n);
+                let skip_i = if overloaded { n - feed_i } else { 0 };
+                for k in 0..feed_i + skip_i {
+                    let Some(ev) = self.consumers[i].pop() else {
+                        break;
+                    };
+                    self.st.events += 1;
+                    let te = trace_event_of(&ev);
+                    if let Some(rec) = recording.as_mut() {
+                        let gone = match rec.as_ref().map(|r| r.tx.try_send(te)) {
+                            Some(Err(TrySendError::Full(_))) => {
+                                self.shared
+                                    .recording_dropped
+                                    .fetch_add(1, Ordering::Relaxed);
+                                false
+                            }
+                            Some(Err(TrySendError::Disconnected(_))) => true,
+                            _ => false,
+                        };
+                        if gone {
+                            **rec = None;
+                            self.shared.recording_on.store(false, Ordering::Relaxed);
+                        }
+                    }
+                    let Some((_, pcfg)) = &self.ring else {
+                        continue;
+                    };
+                    let se = pcfg.shard_event(ev.volume, &te);
+                    if ev.op == DevOp::Read {
+                        if let Some(n) = self.notices.as_mut() {
+                            let notice = ReadNotice {
+                                volume: se.volume,
+                                shard: se.shard,
+                                shards: se.shards,
+                                time_ns: ev.time_ns,
+                            };
+                            if n.push(notice).is_err() {
+                                self.st.read_notices_dropped += 1;
+                            }
+                        }
+                    }
+                    if k < skip_i {
+                        self.st.skipped_events += 1;
+                    } else {
+                        batch.push(se);
+                    }
+                }
+            }
+            drop(recording);
+            if !batch.is_empty() {
+                if self.consumers.len() > 1 {
+                    batch.sort_by_key(|e| e.ts_ns);
+                }
+                self.step(&batch, &mut out);
+            }
+            // Less than a full batch waiting: let events gather rather than
+            // waking per request (bounds the thread's CPU share at low and
+            // moderate rates; a prediction is at most a sleep late).
+            if total < PREFETCH_BATCH_EVENTS_MAX {
+                std::thread::sleep(Duration::from_micros(PREFETCH_POLL_INTERVAL_US));
+            }
+        }
+        self.publish();
+    }
+
+    /// One predictor step over `batch`, then the filters and the ring.
+    fn step(&mut self, batch: &[ShardEvent], out: &mut Vec<Prediction>) {
+        let (Some(pred), Some((tx, pcfg))) = (self.pred.as_mut(), self.ring.as_mut()) else {
+            return;
+        };
+        let t0 = Instant::now();
+        out.clear();
+        pred.step(batch, out);
+        self.st.events_fed += batch.len() as u64;
+        let now = ns_since(self.start);
+        let table = &self.volume.shared().table;
+        let guard = crossbeam_epoch::pin();
+        let mut queued = false;
+        for p in out.iter() {
+            self.st.predictions += 1;
+            if p.confidence < pcfg.confidence_min {
+                self.st.below_confidence += 1;
+                continue;
+            }
+            if p.volume != self.volume.id() {
+                self.st.unmapped += 1;
+                continue;
+            }
+            match table.load(p.shard, &guard) {
+                Ok(SlotView::Mapped(e)) if e.tier() == 0 => self.st.already_hot += 1,
+                Ok(SlotView::Mapped(_)) => {
+                    queued |= tx.push(*p, now) == crate::prefetch::ring::Push::Queued;
+                }
+                Ok(SlotView::Split(_)) | Ok(SlotView::Unmapped) | Err(_) => self.st.unmapped += 1,
+            }
+        }
+        drop(guard);
+        if queued {
+            if let Some(t) = self.shared.stager_thread.get() {
+                t.unpark();
+            }
+        }
+        self.st.batches += 1;
+        let _ = self
+            .hist
+            .record((t0.elapsed().as_nanos() as u64).clamp(1, 60_000_000_000));
+    }
+
+    fn publish(&mut self) {
+        if let Some(p) = &self.pred {
+            let f = p.figures();
+            self.st.train_steps = f.train_steps;
+            self.st.train_loss = f.train_loss;
+            self.st.predictor_skipped = f.skipped;
+        }
+        if !self.hist.is_empty() {
+            self.st.batch_us_mean = self.hist.mean() / 1000.0;
+            self.st.batch_us_p99 = self.hist.value_at_quantile(0.99) as f64 / 1000.0;
+        }
+        *self.shared.infer.lock().expect("infer stats") = self.st.clone();
+    }
+}
+
+/// The stager thread: predictions in, migrations out (see `super::stager`).
+fn run_stager(
+    vol: Volume,
+    mut rx: PredictionRx,
+    mut notices: rtrb::Consumer<ReadNotice>,
+    mut core: StagerCore,
+    shared: Arc<LiveShared>,
+    start: Instant,
+    stop: &AtomicBool,
+) {
+    let _ = shared.stager_thread.set(std::thread::current());
+    let mut eng = vol.pool().engine();
+    let shard_units = (vol.shard_size() / UNIT_SIZE_BYTES).max(1);
+    let mut last_publish = Instant::now();
+    let mut last_commit = Instant::now();
+    let mut moved = false;
+    let publish_every = Duration::from_millis(DEVICE_STATS_PUBLISH_MS);
+    let commit_every = Duration::from_millis(STAGER_COMMIT_INTERVAL_MS);
+    let publish = |core: &StagerCore| {
+        *shared.stager.lock().expect("stager stats") = core.stats();
+    };
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok(n) = notices.pop() {
+            core.on_read(n.volume, n.shard, n.shards, n.time_ns);
+        }
+        core.tick(ns_since(start));
+        if last_publish.elapsed() >= publish_every {
+            publish(&core);
+            last_publish = Instant::now();
+        }
+        if moved && last_commit.elapsed() >= commit_every {
+            if let Err(e) = vol.pool().commit() {
+                tracing::warn!("stager commit: {e}");
+            }
+            moved = false;
+            last_commit = Instant::now();
+        }
+        let Some(p) = rx.pop() else {
+            std::thread::park_timeout(Duration::from_millis(STAGER_IDLE_PARK_MS));
+            continue;
+        };
+        moved |= stage_one(&vol, eng.as_mut(), &mut core, p, shard_units, start);
+    }
+    while let Ok(n) = notices.pop() {
+        core.on_read(n.volume, n.shard, n.shards, n.time_ns);
+    }
+    publish(&core);
+}
+
+/// Stage one predicted shard (demoting victims first). Returns whether any
+/// data moved.
+pub(crate) fn stage_one(
+    vol: &Volume,
+    eng: &mut dyn crate::io::IoEngine,
+    core: &mut StagerCore,
+    p: Prediction,
+    shard_units: u64,
+    start: Instant,
+) -> bool {
+    let key = (p.volume, p.shard);
+    if p.volume != vol.id() {
+        core.stage_missed(false);
+        return false;
+    }
+    if core.holds(key) {
+        core.plan(key, shard_units, ns_since(start)); // counted as already staged
+        return false;
+    }
+    // Only whole mapped slots on a colder tier are staged.
+    let from_tier = {
+        let guard = crossbeam_epoch::pin();
+        match vol.shared().table.load(p.shard, &guard) {
+            Ok(SlotView::Mapped(e)) if e.tier() != 0 => e.tier(),
+            _ => {
+                core.stage_missed(false);
+                return false;
+            }
+        }
+    };
+    let Plan::Stage { evict } = core.plan(key, shard_units, ns_since(start)) else {
+        return false;
+    };
+    let mut moved = false;
+    for v in evict {
+        match lifecycle::migrate(vol, eng, Loc::slot(v.key.1), v.tier) {
+            Ok(Outcome::Done) => {
+                core.evicted();
+                moved = true;
+            }
+            r => {
+                if let Err(e) = r {
+                    tracing::debug!("stager: demoting shard {}: {e}", v.key.1);
+                }
+                let guard = crossbeam_epoch::pin();
+                let still_hot = matches!(
+                    vol.shared().table.load(v.key.1, &guard),
+                    Ok(SlotView::Mapped(e)) if e.tier() == 0
+                );
+                core.evict_failed(v, still_hot, ns_since(start));
+            }
+        }
+    }
+    if !core.fits(shard_units) {
+        core.over_budget();
+        return moved;
+    }
+    match lifecycle::migrate(vol, eng, Loc::slot(p.shard), 0) {
+        Ok(Outcome::Done) => {
+            core.staged(key, from_tier, shard_units, ns_since(start));
+            moved = true;
+        }
+        Ok(Outcome::Skipped(_)) => core.stage_missed(false),
+        Err(e) => {
+            tracing::debug!("stager: staging shard {}: {e}", p.shard);
+            core.stage_missed(true);
+        }
+    }
+    moved
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# tests/vm/prefetch.sh: a device with --prefetch readahead over a volume
+# written on the cold tier: a sequential pass, then repeated reads of the
+# staged region; `stats --json` shows staged > 0 and hits > 0 and fio verifies
+# every byte afterwards. `trace record` (prefetch on and off) yields a trace
+# the parser reads with exactly the requested count. An unknown predictor or
+# an impossible budget fails with one line and creates nothing.
+. "$(dirname "$0")/lib.sh"
+
+step "pool; 128 MiB volume with 1 MiB shards, written on the cold tier"
+make_pool 256M 512M
+"$B" volume create pvol --size 128M --shard-size 1M --policy write=cold,promote=0 >/dev/null
+
+step "bad prefetch requests: one line, non-zero, nothing created"
+refuse() { # args...: must fail with one line and leave no device 5
+    local out
+    if out="$("$B" add --volume pvol -n 5 "$@" 2>&1)"; then
+        "$B" del -n 5 >/dev/null 2>&1 || true
+        return 1
+    fi
+    [ "$(printf '%s\n' "$out" | wc -l)" = 1 ] || die "$*: not one line: $out"
+    [ ! -e /sys/class/ublk-char/ublkc5 ] || die "$*: device created"
+    [ ! -e "$SHARDBLK_RUN_DIR/ublkb5.json" ] || die "$*: record left"
+    echo "   $*: $out"
+}
+refuse --prefetch bogus || die "--prefetch bogus accepted"
+refuse --prefetch readahead --prefetch-budget 1G || die "a budget above the hot tier accepted"
+refuse --prefetch markov --prefetch-depth 0 || die "depth 0 accepted"
+if refuse --prefetch lstm; then :; else echo "   --prefetch lstm: available"; fi
+
+step "device with --prefetch readahead, 32 MiB budget; write 64 MiB (fio, crc32c)"
+dev="$("$B" add --volume pvol -n 1 --prefetch readahead --prefetch-budget 32M)" || die "add"
+wait_dev "$dev"
+(cd "$W" && fio --name=pf --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
+    --size=64M --verify=crc32c --do_verify=0 --end_fsync=1 >/dev/null) || die "fio write"
+
+step "trace record --count 300 during a sequential 64 KiB read pass"
+"$B" trace record -n 1 -o "$W/rec.csv.gz" --count 300 2>"$W/rec.err" &
+rec=$!
+sleep 1
+dd if="$dev" of=/dev/null bs=64k count=1024 iflag=direct status=none || die "dd pass 1"
+wait "$rec" || die "trace record failed: $(cat "$W/rec.err")"
+cat "$W/rec.err"
+"$B" trace convert --from csv "$W/rec.csv.gz" -o "$W/rec.csv" 2>"$W/conv.err" || die "recorded trace does not parse"
+grep -q ": 300 events" "$W/conv.err" || die "expected 300 events: $(cat "$W/conv.err")"
+python3 - "$W/rec.csv" <<'PY' || die "recorded trace content"
+import sys
+rows = [l.split(",") for l in open(sys.argv[1]).read().split("\n")[1:] if l]
+assert all(r[1] == "R" and int(r[3]) == 65536 for r in rows), rows[:3]
+offs = [int(r[2]) for r in rows]
+assert offs == sorted(offs) and int(rows[0][0]) == 0, offs[:5]
+print(f"   300 reads from offset {offs[0]} to {offs[-1]}")
+PY
+
+step "repeated reads of the first 32 MiB"
+for _ in 1 2; do
+    dd if="$dev" of=/dev/null bs=64k count=512 iflag=direct status=none || die "dd repeat"
+done
+sleep 1
+"$B" stats -n 1 | sed -n '/^prefetch/,$p'
+"$B" stats -n 1 --json | python3 -c '
+if 1:
+    import json, sys
+    p = json.load(sys.stdin)["prefetch"]
+    s = p["stager"]
+    print("   staged %d hits %d of %d reads, precision %s, coverage %s"
+          % (s["staged"], s["hits"], s["reads"], s["precision"], s["coverage"]))
+    assert p["predictor"] == "readahead", p
+    assert s["staged"] > 0 and s["hits"] > 0, s
+    assert s["resident_units"] <= s["budget_units"], s
+    ' || die "prefetch stats"
+
+step "fio verifies all 64 MiB"
+(cd "$W" && fio --name=pf --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
+    --size=64M --verify=crc32c --verify_only --verify_fatal=1 >/dev/null) || die "verify"
+"$B" del -n 1
+
+step "prefetch off: trace record still works (the daemon's tap drains the rings)"
+dev="$("$B" add --volume pvol -n 2)" || die "add off"
+wait_dev "$dev"
+"$B" stats -n 2 --json | python3 -c 'import json,sys; assert json.load(sys.stdin)["prefetch"] is None' ||
+    die "prefetch stats shown while off"
+"$B" trace record -n 2 -o "$W/off.csv" --count 50 --seconds 60 2>/dev/null &
+rec=$!
+sleep 1
+dd if="$dev" of=/dev/null bs=4k count=100 iflag=direct status=none || die "dd off"
+wait "$rec" || die "trace record (off) failed"
+[ "$(tail -n +2 "$W/off.csv" | wc -l)" = 50 ] || die "expected 50 events with prefetch off"
+"$B" del -n 2
+echo "PASS prefetch"
