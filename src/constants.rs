@@ -331,3 +331,11 @@ const _: () = assert!(LSTM_THREADS_DEFAULT >= 1 && LSTM_THREADS_DEFAULT <= LSTM_
 /// Background time the simulator grants a predictor after each step: large,
 /// so the LSTM's own per-call step bound governs and evaluations are reproducible.
 pub const SIM_BACKGROUND_BUDGET_DEFAULT_NS: u64 = 1_000_000_000;
+
+// --- lstm2 ---
+/// Hot tier of the trace_eval bench, in percent of each trace's read working
+/// set (distinct shards read): small enough that demand caching alone cannot
+/// hold a loop over the working set.
+pub const BENCH_HOT_TIER_WORKING_SET_PERCENT: u64 = 10;
+const _: () =
+    assert!(BENCH_HOT_TIER_WORKING_SET_PERCENT >= 1 && BENCH_HOT_TIER_WORKING_SET_PERCENT < 100);
