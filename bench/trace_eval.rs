@@ -13,11 +13,14 @@
 //! 0.5 where it staged anything. Then an inference bench: predictions per
 //! second and batch latency at batch 1, 16 and 64 streams on this machine's
 //! device (CPU here). `SHARDBLK_BENCH_CHART=FILE` also writes the PNG chart;
-//! `SHARDBLK_BENCH_FILTER=TEXT` keeps only the traces whose name contains TEXT.
+//! `SHARDBLK_BENCH_FILTER=TEXT` keeps only the traces whose name contains TEXT;
+//! `SHARDBLK_BENCH_LIRS_INTERARRIVAL_US=N` sets the LIRS traces' time between references;
+//! `SHARDBLK_BENCH_LSTM_GATE=G` the LSTM's precision gate (0: off).
 //! Run: `cargo bench --bench trace_eval`.
 
 use shardblk::constants::BENCH_HOT_TIER_WORKING_SET_PERCENT;
-use shardblk::prefetch::eval::{eval_trace, EvalRow, EvalTable};
+use shardblk::prefetch::eval::{eval_trace_with, EvalRow, EvalTable};
+use shardblk::prefetch::lstm::LstmOptions;
 use shardblk::prefetch::sim::{hot_shards_for_working_set, read_working_set_shards, SimConfig};
 use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
@@ -44,10 +47,16 @@ impl Source {
             Source::Events(ev) => ev.clone(),
             Source::Lirs(path) => {
                 let r = BufReader::new(std::fs::File::open(path).expect("open trace"));
-                let opts = LirsOptions {
+                let mut opts = LirsOptions {
                     block_bytes: shard_bytes,
                     ..Default::default()
                 };
+                if let Some(us) = std::env::var("SHARDBLK_BENCH_LIRS_INTERARRIVAL_US")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    opts.interarrival_ns = us * 1000;
+                }
                 from_lirs(r, opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             }
         }
@@ -86,6 +95,13 @@ fn main() {
     }
     let mut table = EvalTable::default();
     let t0 = std::time::Instant::now();
+    let mut lstm_opts = LstmOptions::default();
+    if let Some(g) = std::env::var("SHARDBLK_BENCH_LSTM_GATE")
+        .ok()
+        .and_then(|v| v.parse::<f32>().ok())
+    {
+        lstm_opts.precision_gate = g;
+    }
     let mut events = 0usize;
     for (name, src) in &traces {
         for shard_bytes in SHARD_SIZES {
@@ -104,9 +120,9 @@ fn main() {
                 ..Default::default()
             };
             events += ev.len();
-            table
-                .rows
-                .extend(eval_trace(name, &ev, &cfg, &PredictorKind::ALL).expect("eval"));
+            table.rows.extend(
+                eval_trace_with(name, &ev, &cfg, &PredictorKind::ALL, &lstm_opts).expect("eval"),
+            );
         }
     }
     print!("{table}");
