@@ -1,7 +1,10 @@
 //! Every predictor (the LSTM starting from the shipped default model and
 //! training online) on every real trace in `../shared/traces` and on the
-//! synthetic set, at shard sizes 64 KiB and 1 MiB with a hot tier of
-//! 256 MiB either way (4096 or 256 shards), default simulator latencies.
+//! synthetic set, at shard sizes 64 KiB and 1 MiB, with a hot tier of
+//! `BENCH_HOT_TIER_WORKING_SET_PERCENT` % of each trace's read working set
+//! (distinct shards read at that shard size), default simulator latencies.
+//! A LIRS block-reference trace is converted with one block per shard (block
+//! size = shard size), as its SOURCES.md suggests for shard-level study.
 //! Prints one table (the winner of each group, lowest mean read latency,
 //! marked `*`), then the targets checked per row with PASS/FAIL:
 //! the LSTM's hit ratio is never more than 2 points below the best
@@ -9,34 +12,68 @@
 //! non-sequential patterns (`synth-repeated`); its precision is at least
 //! 0.5 where it staged anything. Then an inference bench: predictions per
 //! second and batch latency at batch 1, 16 and 64 streams on this machine's
-//! device (CPU here). `SHARDBLK_BENCH_CHART=FILE` also writes the PNG chart.
+//! device (CPU here). `SHARDBLK_BENCH_CHART=FILE` also writes the PNG chart;
+//! `SHARDBLK_BENCH_FILTER=TEXT` keeps only the traces whose name contains TEXT;
+//! `SHARDBLK_BENCH_LIRS_INTERARRIVAL_US=N` sets the LIRS traces' time between references;
+//! `SHARDBLK_BENCH_LSTM_GATE=G` the LSTM's precision gate (0: off).
 //! Run: `cargo bench --bench trace_eval`.
 
-use shardblk::prefetch::eval::{eval_trace, EvalRow, EvalTable};
-use shardblk::prefetch::sim::SimConfig;
+use shardblk::constants::BENCH_HOT_TIER_WORKING_SET_PERCENT;
+use shardblk::prefetch::eval::{eval_trace_with, EvalRow, EvalTable};
+use shardblk::prefetch::lstm::LstmOptions;
+use shardblk::prefetch::sim::{hot_shards_for_working_set, read_working_set_shards, SimConfig};
 use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
-use shardblk::trace::{csv::read_csv, lirs::from_lirs, TraceEvent};
+use shardblk::trace::{
+    csv::read_csv,
+    lirs::{from_lirs, LirsOptions},
+    TraceEvent,
+};
 use std::io::BufReader;
 use std::path::Path;
 
-const HOT_TIER_BYTES: u64 = 256 << 20;
 const SHARD_SIZES: [u64; 2] = [64 << 10, 1 << 20];
 const SYNTH_SEED: u64 = 7;
 
-fn load(path: &Path) -> Vec<TraceEvent> {
+/// A trace: events fixed in bytes, or a LIRS block list converted per shard size.
+enum Source {
+    Events(Vec<TraceEvent>),
+    Lirs(std::path::PathBuf),
+}
+
+impl Source {
+    fn events(&self, shard_bytes: u64) -> Vec<TraceEvent> {
+        match self {
+            Source::Events(ev) => ev.clone(),
+            Source::Lirs(path) => {
+                let r = BufReader::new(std::fs::File::open(path).expect("open trace"));
+                let mut opts = LirsOptions {
+                    block_bytes: shard_bytes,
+                    ..Default::default()
+                };
+                if let Some(us) = std::env::var("SHARDBLK_BENCH_LIRS_INTERARRIVAL_US")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    opts.interarrival_ns = us * 1000;
+                }
+                from_lirs(r, opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Source {
+    if path.extension().is_some_and(|e| e == "blocks") {
+        return Source::Lirs(path.to_path_buf());
+    }
     let r = BufReader::new(std::fs::File::open(path).expect("open trace"));
-    let ev = if path.extension().is_some_and(|e| e == "blocks") {
-        from_lirs(r, Default::default())
-    } else {
-        read_csv(r)
-    };
-    ev.unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    Source::Events(read_csv(r).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces");
-    let mut traces: Vec<(String, Vec<TraceEvent>)> = Vec::new();
+    let mut traces: Vec<(String, Source)> = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -50,30 +87,48 @@ fn main() {
     for kind in SynthKind::ALL {
         traces.push((
             format!("synth-{}", kind.name()),
-            generate(&SynthConfig::new(kind, SYNTH_SEED)),
+            Source::Events(generate(&SynthConfig::new(kind, SYNTH_SEED))),
         ));
+    }
+    if let Ok(f) = std::env::var("SHARDBLK_BENCH_FILTER") {
+        traces.retain(|(name, _)| name.contains(&f));
     }
     let mut table = EvalTable::default();
     let t0 = std::time::Instant::now();
-    for (name, ev) in &traces {
+    let mut lstm_opts = LstmOptions::default();
+    if let Some(g) = std::env::var("SHARDBLK_BENCH_LSTM_GATE")
+        .ok()
+        .and_then(|v| v.parse::<f32>().ok())
+    {
+        lstm_opts.precision_gate = g;
+    }
+    let mut events = 0usize;
+    for (name, src) in &traces {
         for shard_bytes in SHARD_SIZES {
-            let cfg = SimConfig {
-                prefetch: PrefetchConfig {
-                    shard_bytes,
-                    ..Default::default()
-                },
-                hot_shards: HOT_TIER_BYTES / shard_bytes,
+            let ev = src.events(shard_bytes);
+            let prefetch = PrefetchConfig {
+                shard_bytes,
                 ..Default::default()
             };
-            table
-                .rows
-                .extend(eval_trace(name, ev, &cfg, &PredictorKind::ALL).expect("eval"));
+            let working_set = read_working_set_shards(&ev, &prefetch);
+            let cfg = SimConfig {
+                prefetch,
+                hot_shards: hot_shards_for_working_set(
+                    working_set,
+                    BENCH_HOT_TIER_WORKING_SET_PERCENT,
+                ),
+                ..Default::default()
+            };
+            events += ev.len();
+            table.rows.extend(
+                eval_trace_with(name, &ev, &cfg, &PredictorKind::ALL, &lstm_opts).expect("eval"),
+            );
         }
     }
     print!("{table}");
-    let events: usize = traces.iter().map(|t| t.1.len()).sum();
+    eprintln!("hot tier: {BENCH_HOT_TIER_WORKING_SET_PERCENT} % of each trace's read working set");
     eprintln!(
-        "{} traces, {events} events, {} simulations in {:.1} s",
+        "{} traces, {events} events (summed over shard sizes), {} simulations in {:.1} s",
         traces.len(),
         table.rows.len(),
         t0.elapsed().as_secs_f64()

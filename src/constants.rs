@@ -479,3 +479,27 @@ pub const STAGER_COMMIT_INTERVAL_MS: u64 = 2_000;
 /// when it queues one, else it wakes after this long to account reads,
 /// age its shards and publish statistics (milliseconds).
 pub const STAGER_IDLE_PARK_MS: u64 = 50;
+
+// --- lstm2 ---
+/// Hot tier of the trace_eval bench, in percent of each trace's read working
+/// set (distinct shards read): small enough that demand caching alone cannot
+/// hold a loop over the working set.
+pub const BENCH_HOT_TIER_WORKING_SET_PERCENT: u64 = 10;
+const _: () =
+    assert!(BENCH_HOT_TIER_WORKING_SET_PERCENT >= 1 && BENCH_HOT_TIER_WORKING_SET_PERCENT < 100);
+/// LSTM precision gate: a stream's predictions are staged only while the
+/// estimated precision of its recent predictions is at least this (0: never gated).
+pub const LSTM_PRECISION_GATE_DEFAULT: f32 = 0.5;
+/// A prediction counts as correct when its stream reads the shard within this
+/// many of the stream's next events, per shard of depth.
+pub const LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH: u64 = 2;
+/// The precision estimate is a moving average over about this many resolved predictions.
+pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;
+/// Predictions tracked per stream, per shard of depth (older ones resolve as wrong).
+pub const LSTM_PRECISION_TRACKED_PER_DEPTH: usize = 8;
+const _: () = assert!(LSTM_PRECISION_GATE_DEFAULT >= 0.0 && LSTM_PRECISION_GATE_DEFAULT <= 1.0);
+const _: () = assert!(
+    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH >= 1 && LSTM_PRECISION_AVERAGE_PREDICTIONS >= 1
+);
+const _: () =
+    assert!(LSTM_PRECISION_TRACKED_PER_DEPTH as u64 >= LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH);

@@ -272,6 +272,21 @@ pub fn simulate(
     Ok(st)
 }
 
+/// Distinct shards read by `trace` at `pc`'s shard size (the read working set).
+pub fn read_working_set_shards(trace: &[TraceEvent], pc: &PrefetchConfig) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    for ev in trace.iter().filter(|e| e.op == Op::Read && e.len > 0) {
+        let sev = pc.shard_event(0, ev);
+        seen.extend(sev.shard..=sev.last_shard());
+    }
+    seen.len() as u64
+}
+
+/// A hot tier of `percent` % of `working_set_shards` (rounded up, at least one shard).
+pub fn hot_shards_for_working_set(working_set_shards: u64, percent: u64) -> u64 {
+    (working_set_shards.saturating_mul(percent).div_ceil(100)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +314,35 @@ mod tests {
             }
             self.at += 1;
         }
+    }
+
+    #[test]
+    fn working_set_counts_distinct_read_shards_and_sizes_the_tier() {
+        let pc = PrefetchConfig {
+            shard_bytes: SHARD,
+            ..Default::default()
+        };
+        let ev = |op, offset, len| TraceEvent {
+            ts_ns: 0,
+            op,
+            offset,
+            len,
+        };
+        let trace = [
+            ev(Op::Read, 0, 4096),
+            ev(Op::Read, 100, 4096),            // same shard 0
+            ev(Op::Read, SHARD - 10, 20),       // shards 0 and 1
+            ev(Op::Write, 10 * SHARD, 4096),    // writes do not count
+            ev(Op::Read, 5 * SHARD, 0),         // empty read does not count
+            ev(Op::Read, 7 * SHARD, 3 * SHARD), // shards 7, 8, 9
+        ];
+        assert_eq!(read_working_set_shards(&trace, &pc), 5);
+        assert_eq!(read_working_set_shards(&[], &pc), 0);
+        assert_eq!(hot_shards_for_working_set(5, 10), 1);
+        assert_eq!(hot_shards_for_working_set(0, 10), 1);
+        assert_eq!(hot_shards_for_working_set(2000, 10), 200);
+        assert_eq!(hot_shards_for_working_set(2001, 10), 201);
+        assert_eq!(hot_shards_for_working_set(400, 25), 100);
     }
 
     fn cfg(hot_shards: u64, cold_access_ns: u64) -> SimConfig {

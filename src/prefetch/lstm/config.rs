@@ -10,9 +10,10 @@ use crate::constants::{
     LSTM_AUX_EMBED_DEFAULT_DIMS, LSTM_DELTA_EMBED_DEFAULT_DIMS, LSTM_EMBED_MAX_DIMS,
     LSTM_HIDDEN_DEFAULT_UNITS, LSTM_HIDDEN_MAX_UNITS, LSTM_LAYERS_DEFAULT, LSTM_LAYERS_MAX,
     LSTM_LEARNING_RATE_DEFAULT, LSTM_LEARNING_RATE_MAX, LSTM_LOOKAHEAD_DEFAULT_STEPS,
-    LSTM_LOOKAHEAD_MAX_STEPS, LSTM_SWAP_INTERVAL_DEFAULT_STEPS, LSTM_SWAP_INTERVAL_MAX_STEPS,
-    LSTM_THREADS_DEFAULT, LSTM_THREADS_MAX, LSTM_TRAIN_BATCH_DEFAULT_WINDOWS,
-    LSTM_TRAIN_BATCH_MAX_WINDOWS, LSTM_TRAIN_BUFFER_DEFAULT_WINDOWS, LSTM_TRAIN_BUFFER_MAX_WINDOWS,
+    LSTM_LOOKAHEAD_MAX_STEPS, LSTM_PRECISION_GATE_DEFAULT, LSTM_SWAP_INTERVAL_DEFAULT_STEPS,
+    LSTM_SWAP_INTERVAL_MAX_STEPS, LSTM_THREADS_DEFAULT, LSTM_THREADS_MAX,
+    LSTM_TRAIN_BATCH_DEFAULT_WINDOWS, LSTM_TRAIN_BATCH_MAX_WINDOWS,
+    LSTM_TRAIN_BUFFER_DEFAULT_WINDOWS, LSTM_TRAIN_BUFFER_MAX_WINDOWS,
     LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_TRAIN_INTERVAL_MAX_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
     LSTM_VOCAB_MAX_CLASSES,
 };
@@ -108,6 +109,10 @@ pub struct LstmOptions {
     pub threads: u32,
     /// Seed of fresh weights and of training batch sampling.
     pub seed: u64,
+    /// Precision gate (0..=1; 0: off): a stream's predictions are emitted only
+    /// while the estimated precision of its recent predictions (emitted or
+    /// not) is at least this.
+    pub precision_gate: f32,
 }
 
 impl Default for LstmOptions {
@@ -125,6 +130,7 @@ impl Default for LstmOptions {
             grow_vocab: true,
             threads: LSTM_THREADS_DEFAULT,
             seed: 1,
+            precision_gate: LSTM_PRECISION_GATE_DEFAULT,
         }
     }
 }
@@ -133,6 +139,12 @@ impl LstmOptions {
     /// Check every field against its limits.
     pub fn validate(&self) -> Result<(), String> {
         self.shape.validate()?;
+        if !(0.0..=1.0).contains(&self.precision_gate) {
+            return Err(format!(
+                "lstm precision gate {} must be in 0..=1",
+                self.precision_gate
+            ));
+        }
         if !(self.learning_rate > 0.0 && self.learning_rate <= LSTM_LEARNING_RATE_MAX) {
             return Err(format!(
                 "lstm learning rate {} must be in (0, {LSTM_LEARNING_RATE_MAX}]",

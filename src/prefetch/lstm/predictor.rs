@@ -19,6 +19,15 @@
 //!   while it stays above the threshold, until `depth` shards. A shard
 //!   already predicted for the stream among its last `2 * depth`
 //!   predictions is not predicted again unless its confidence has risen.
+//! - Precision gate (`precision_gate`, 0: off): every new prediction of a
+//!   stream is tracked, emitted or not; it is correct when the stream reads
+//!   the shard within its next `LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH *
+//!   depth` events. A moving average of correctness per stream (a new stream
+//!   starts from the predictor-wide average, which starts at 1) decides: the
+//!   stream's predictions are emitted only while it is at least the gate,
+//!   and tracked in shadow otherwise, so a stream that becomes predictable is
+//!   let through again. This keeps staging precision near the gate on
+//!   traces the model cannot predict, at no model cost.
 //! - A vocabulary slot given a new delta online has its output row reset in
 //!   both copies of the weights (it starts unlikely and is learned anew).
 //! - [`Predictor::background`]: one training step is due per
@@ -37,13 +46,15 @@ use super::train::{gather_state, scatter_state, OnlineTrainer, Window};
 use super::vocab::{DeltaVocab, OOV};
 use super::LstmError;
 use crate::constants::{
-    LSTM_DEFAULT_MODEL_PATH, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
-    LSTM_VOCAB_WINDOW_EVENTS,
+    LSTM_DEFAULT_MODEL_PATH, LSTM_PRECISION_AVERAGE_PREDICTIONS,
+    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_PER_DEPTH,
+    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
 };
 use crate::prefetch::stream::LruMap;
 use crate::prefetch::{
     push_unique, Prediction, Predictor, PredictorFigures, PrefetchConfig, ShardEvent, StreamKey,
 };
+use crate::trace::Op;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -58,6 +69,58 @@ struct Stream {
     h0: Vec<f32>,
     c0: Vec<f32>,
     recent: VecDeque<(u64, f32)>,
+    /// Events of the stream seen so far.
+    events: u64,
+    /// Tracked predictions: (shard, expiry in stream events, read yet).
+    tracked: VecDeque<(u64, u64, bool)>,
+    /// Precision estimate (None: the predictor-wide one).
+    precision: Option<f32>,
+}
+
+/// Predictor-wide precision estimate and gate counters.
+#[derive(Debug, Clone, Copy)]
+struct Gate {
+    precision: f32,
+    resolved: u64,
+    gated: u64,
+}
+
+/// Fold one resolved prediction (`correct` or not) into both estimates.
+fn resolve(gate: &mut Gate, st: &mut Stream, correct: bool) {
+    let w = 1.0 / LSTM_PRECISION_AVERAGE_PREDICTIONS as f32;
+    let x = if correct { 1.0 } else { 0.0 };
+    let p = st.precision.unwrap_or(gate.precision);
+    st.precision = Some(p + w * (x - p));
+    gate.precision += w * (x - gate.precision);
+    gate.resolved += 1;
+}
+
+/// Account for one event of the stream: credit tracked predictions of the
+/// shards it reads, resolve expired (or too many) ones as wrong.
+fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, depth: usize) {
+    st.events += 1;
+    let mut hits = 0;
+    if ev.op == Op::Read {
+        for t in st.tracked.iter_mut() {
+            if !t.2 && (ev.shard..=ev.last_shard()).contains(&t.0) {
+                t.2 = true;
+                hits += 1;
+            }
+        }
+    }
+    for _ in 0..hits {
+        resolve(gate, st, true);
+    }
+    let max = LSTM_PRECISION_TRACKED_PER_DEPTH * depth.max(1);
+    while let Some(&(_, expiry, read)) = st.tracked.front() {
+        if expiry > st.events && st.tracked.len() <= max {
+            break;
+        }
+        st.tracked.pop_front();
+        if !read {
+            resolve(gate, st, false);
+        }
+    }
 }
 
 /// Where the starting model came from.
@@ -89,6 +152,7 @@ pub struct LstmPredictor {
     since_swap: u32,
     origin: Origin,
     info: TrainInfo,
+    gate: Gate,
 }
 
 impl LstmPredictor {
@@ -155,7 +219,18 @@ impl LstmPredictor {
             since_swap: 0,
             origin,
             info,
+            gate: Gate {
+                precision: 1.0,
+                resolved: 0,
+                gated: 0,
+            },
         })
+    }
+
+    /// The precision gate: predictor-wide estimate, predictions resolved,
+    /// predictions withheld.
+    pub fn gate_figures(&self) -> (f32, u64, u64) {
+        (self.gate.precision, self.gate.resolved, self.gate.gated)
     }
 
     /// Where the starting weights came from.
@@ -284,6 +359,7 @@ impl Predictor for LstmPredictor {
             let Some(f) = self.feat.features(&mut st.fs, ev) else {
                 continue;
             };
+            observe(&mut self.gate, st, ev, self.cfg.depth as usize);
             let i = *slot.entry(key).or_insert_with(|| {
                 keys.push(key);
                 per.push(Vec::new());
@@ -465,6 +541,9 @@ impl Predictor for LstmPredictor {
             st.h = std::mem::take(&mut hs[i]);
             st.c = std::mem::take(&mut cs[i]);
             let start = out.len();
+            let open = self.opts.precision_gate <= 0.0
+                || st.precision.unwrap_or(self.gate.precision) >= self.opts.precision_gate;
+            let horizon = LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH * depth as u64;
             for &(shard, confidence) in &preds[i] {
                 if st
                     .recent
@@ -473,19 +552,21 @@ impl Predictor for LstmPredictor {
                 {
                     continue;
                 }
-                if push_unique(
-                    out,
-                    start,
-                    Prediction {
-                        volume: key.volume,
-                        shard,
-                        confidence,
-                    },
-                ) {
-                    st.recent.push_back((shard, confidence));
-                    if st.recent.len() > 2 * depth {
-                        st.recent.pop_front();
-                    }
+                let p = Prediction {
+                    volume: key.volume,
+                    shard,
+                    confidence,
+                };
+                if open && !push_unique(out, start, p) {
+                    continue;
+                }
+                self.gate.gated += u64::from(!open);
+                st.recent.push_back((shard, confidence));
+                if st.recent.len() > 2 * depth {
+                    st.recent.pop_front();
+                }
+                if !st.tracked.iter().any(|t| t.0 == shard && !t.2) {
+                    st.tracked.push_back((shard, st.events + horizon, false));
                 }
             }
         }
@@ -623,6 +704,75 @@ mod tests {
         (top1 as f64 / n as f64, topk as f64 / n as f64)
     }
 
+    /// Emitted predictions and the fraction of them read within the next
+    /// `horizon` events.
+    fn emitted_precision(p: &mut dyn Predictor, ev: &[ShardEvent], horizon: usize) -> (usize, f64) {
+        let (mut emitted, mut correct) = (0, 0);
+        let mut out = Vec::new();
+        for (i, e) in ev.iter().enumerate() {
+            out.clear();
+            p.step(std::slice::from_ref(e), &mut out);
+            p.background(Duration::from_secs(1));
+            let next = &ev[(i + 1).min(ev.len())..(i + 1 + horizon).min(ev.len())];
+            emitted += out.len();
+            correct += out
+                .iter()
+                .filter(|q| next.iter().any(|n| n.shard == q.shard))
+                .count();
+        }
+        (emitted, correct as f64 / emitted.max(1) as f64)
+    }
+
+    #[test]
+    fn precision_gate_withholds_predictions_of_an_unpredictable_stream() {
+        let seed = 33;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ev: Vec<ShardEvent> = (0..600u64)
+            .map(|i| ShardEvent {
+                ts_ns: i * 1_000_000,
+                volume: 0,
+                op: Op::Read,
+                shard: 2000 + rand::Rng::random_range(&mut rng, 0..64u64),
+                shards: 1,
+            })
+            .collect();
+        let cfg = PrefetchConfig {
+            confidence_min: 0.0,
+            ..cfg()
+        };
+        let horizon = (LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH * u64::from(cfg.depth)) as usize;
+        let run = |gate: f32| {
+            let opts = LstmOptions {
+                online: false,
+                precision_gate: gate,
+                ..small()
+            };
+            let mut p = LstmPredictor::new(&cfg, &opts).unwrap();
+            let (n, prec) = emitted_precision(&mut p, &ev, horizon);
+            (n, prec, p.gate_figures())
+        };
+        let (n_off, prec_off, _) = run(0.0);
+        let (n_on, prec_on, (estimate, resolved, gated)) = run(0.5);
+        eprintln!(
+            "seed {seed}: ungated {n_off} predictions at {prec_off:.3}; gated {n_on} at {prec_on:.3}, estimate {estimate:.3}, {resolved} resolved, {gated} withheld"
+        );
+        assert!(n_off > 1000 && prec_off < 0.3, "seed {seed}");
+        assert!(n_on * 4 < n_off, "seed {seed}: {n_on} vs {n_off}");
+        assert!(
+            gated > 0 && resolved > 1000 && estimate < 0.5,
+            "seed {seed}"
+        );
+        assert!(LstmPredictor::new(
+            &cfg,
+            &LstmOptions {
+                precision_gate: 1.5,
+                ..small()
+            }
+        )
+        .is_err());
+    }
+
+    /// Runs with the default precision gate on: a learned stream is let through.
     #[test]
     fn learns_a_repeated_permutation_that_baselines_cannot() {
         let seed = 21;
