@@ -16,7 +16,7 @@
 //! `SHARDBLK_BENCH_FILTER=TEXT` keeps only the traces whose name contains TEXT;
 //! `SHARDBLK_BENCH_LIRS_INTERARRIVAL_US=N` sets the LIRS traces' time between references;
 //! `SHARDBLK_BENCH_LSTM_GATE=G` the LSTM's precision gate (0: off).
-//! Run: `cargo bench --bench trace_eval`.
+//! Run: `cargo bench -p shardblk-lstm --bench trace_eval`.
 
 use shardblk::constants::BENCH_HOT_TIER_WORKING_SET_PERCENT;
 use shardblk::prefetch::eval::{eval_trace_with, EvalRow, EvalTable};
@@ -72,7 +72,9 @@ fn load(path: &Path) -> Source {
 }
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces");
+    shardblk_lstm::register();
+    // This bench belongs to crates/shardblk-lstm; the traces are beside the repository.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces");
     let mut traces: Vec<(String, Source)> = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -137,7 +139,6 @@ fn main() {
         shardblk::prefetch::chart::eval_chart_png(Path::new(&p), &table).expect("chart");
     }
     checks(&table);
-    #[cfg(feature = "lstm")]
     inference_bench();
 }
 
@@ -206,11 +207,11 @@ fn checks(table: &EvalTable) {
 
 /// Predictions per second and batch latency of the LSTM (inference only,
 /// shipped model) with 1, 16 and 64 streams per batch, one event each.
-#[cfg(feature = "lstm")]
 fn inference_bench() {
-    use shardblk::prefetch::lstm::{LstmOptions, LstmPredictor};
+    use shardblk::prefetch::lstm::LstmOptions;
     use shardblk::prefetch::{Predictor, ShardEvent};
     use shardblk::trace::Op;
+    use shardblk_lstm::LstmPredictor;
     let cfg = PrefetchConfig {
         shard_bytes: 1 << 20,
         region_shift: 30,

@@ -4,6 +4,7 @@
 //! See `../shared/DESIGN.md` for the parts and invariants and
 //! `kernel-notes/engine.md` for the on-disk layout and the table protocols.
 
+pub mod cli;
 pub mod cluster;
 pub mod constants;
 pub mod device;

@@ -9,12 +9,20 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
+
+/// One VM at a time: a TCG guest keeps both host cores busy, and two guests
+/// at once make each so slow that the scripts' waits stop meaning anything.
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run_script(name: &str) {
     if std::env::var("SHARDBLK_SKIP_VM").as_deref() == Ok("1") {
         eprintln!("SHARDBLK_SKIP_VM=1: skipping the VM test {name}");
         return;
     }
+    // A test that failed while holding the lock poisons it; the next VM is
+    // still fine to run.
+    let _vm = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("tests/vm").join(name);
     let bin = env!("CARGO_BIN_EXE_shardblk");

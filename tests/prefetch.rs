@@ -2,9 +2,7 @@
 //! on random input it must not chase; every shared trace parses; the CLI
 //! converts, generates and evaluates through files.
 
-#[path = "../src/cli/trace.rs"]
-#[allow(dead_code)]
-mod cli_trace;
+use shardblk::cli::trace as cli_trace;
 
 use shardblk::prefetch::sim::{simulate, SimConfig, SimStats};
 use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
@@ -193,6 +191,9 @@ fn cli_synth_convert_eval() {
         "64K,1M",
         "--hot-shards",
         "64",
+        // The LSTM needs its backend (shardblk-lstm; tests/lstm_handoff.rs).
+        "--predictors",
+        "none,readahead,stride,markov",
     ])
     .unwrap();
     go(&[

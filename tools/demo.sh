@@ -46,7 +46,7 @@ if [ -c /dev/ublk-control ]; then
 else
   SHARDBLK_BIN="$PWD/$B" SHARDBLK_VM_EXTRA_MODULES=ext4 tools/vm/run.sh --timeout 600 tools/demo-vm.sh
 fi
-step "prefetch baselines on real traces (offline tier simulator; the LSTM joins with issue 4)"
+step "prefetch on real traces: the baselines and the LSTM (offline tier simulator)"
 target/release/shardblk trace eval ../shared/traces/lirs-multi1.blocks ../shared/traces/umass_websearch_mqsim.csv.gz --shard-size 64K,1M
 step "engine vs fio on one file (4 KiB random QD1/QD32, 1 MiB sequential QD4; ${SHARDBLK_BENCH_SECS:=2} s each)"
 SHARDBLK_BENCH_DIR="$D" SHARDBLK_BENCH_SECS="$SHARDBLK_BENCH_SECS" cargo bench --quiet --bench io_vs_fio 2>/dev/null

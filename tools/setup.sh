@@ -15,5 +15,5 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found (Rust toolchain required)" >&2; exit 1; }
 echo "setup: host packages ready"
-# libtorch for the LSTM prefetcher (the default `lstm` feature).
+# libtorch for the LSTM prefetcher (crates/shardblk-lstm, the shardblk-lstm executable).
 "$(dirname "$0")/torch-setup.sh"

@@ -1,13 +1,13 @@
 //! `shardblk node run` (a storage node) and `shardblk cluster ...` (status,
 //! and a client's write and read of a cluster volume).
 
+use crate::cluster::client::{ClientConfig, ClusterClient};
+use crate::cluster::gossip::{self, ClusterView};
+use crate::cluster::node::{self, NodeConfig};
+use crate::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_REPLICAS_DEFAULT};
+use crate::units::{format_size, parse_size};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use shardblk::cluster::client::{ClientConfig, ClusterClient};
-use shardblk::cluster::gossip::{self, ClusterView};
-use shardblk::cluster::node::{self, NodeConfig};
-use shardblk::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_REPLICAS_DEFAULT};
-use shardblk::units::{format_size, parse_size};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -5,22 +5,22 @@
 //! or failed through a pipe, prints `/dev/ublkbN` or the error, and exits.
 //! The daemon's stderr goes to `shardblk.log` in the run directory.
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use shardblk::constants::{
+use crate::constants::{
     DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S, PREFETCH_CONFIDENCE_MIN_DEFAULT,
     PREFETCH_DEPTH_DEFAULT_SHARDS,
 };
-use shardblk::device::config::{
+use crate::device::config::{
     format_cpu_list, online_cpus, parse_cpu_list, DeviceConfig, PollMode, ZeroCopyMode,
 };
-use shardblk::device::features::{driver_present, probe};
-use shardblk::device::registry::{run_dir, thread_cpus, DeviceRecord};
-use shardblk::device::serve::{delete, device_state, serve, Ready, ServeOptions};
-use shardblk::device::DeviceError;
-use shardblk::prefetch::live::LiveConfig;
-use shardblk::prefetch::{PredictorKind, PrefetchConfig};
-use shardblk::units::parse_size;
+use crate::device::features::{driver_present, probe};
+use crate::device::registry::{run_dir, thread_cpus, DeviceRecord};
+use crate::device::serve::{delete, device_state, serve, Ready, ServeOptions};
+use crate::device::DeviceError;
+use crate::prefetch::live::LiveConfig;
+use crate::prefetch::{PredictorKind, PrefetchConfig};
+use crate::units::parse_size;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -106,6 +106,16 @@ pub struct AddArgs {
     /// Model file of the lstm predictor.
     #[arg(long = "prefetch-model")]
     prefetch_model: Option<PathBuf>,
+}
+
+impl DeviceCmd {
+    /// Whether this command runs the LSTM (and so needs its backend).
+    pub fn needs_lstm(&self) -> bool {
+        match self {
+            DeviceCmd::Add(a) => a.prefetch.parse::<PredictorKind>() == Ok(PredictorKind::Lstm),
+            _ => false,
+        }
+    }
 }
 
 pub fn run(c: DeviceCmd) -> Result<()> {

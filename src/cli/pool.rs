@@ -1,11 +1,11 @@
 //! `shardblk pool ...`: create a pool on tier devices, show its state, and
 //! run policy windows by hand.
 
+use crate::shard::manager::run_window;
+use crate::shard::pool::{Pool, TierSpec};
+use crate::units::format_size;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use shardblk::shard::manager::run_window;
-use shardblk::shard::pool::{Pool, TierSpec};
-use shardblk::units::format_size;
 use std::path::PathBuf;
 
 /// How commands find their pool: any member device.
@@ -94,7 +94,7 @@ pub fn run(cmd: PoolCmd) -> Result<()> {
         } => {
             let pool = pool.open()?;
             let mut eng = pool.engine();
-            let mut total = shardblk::shard::manager::WindowReport::default();
+            let mut total = crate::shard::manager::WindowReport::default();
             for _ in 0..windows {
                 let r = run_window(&pool, eng.as_mut())?;
                 total.promoted += r.promoted;

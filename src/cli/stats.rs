@@ -10,18 +10,18 @@
 //! interval log (V2 deflate, values in ns, tags `q<N>/<op>[/<hit>]` and
 //! `all/...`), one interval since the start, or one per refresh.
 
+use crate::constants::{STATS_WATCH_INTERVAL_DEFAULT_S, STATS_WATCH_INTERVAL_MIN_S};
+use crate::device::control::{fetch_hist, fetch_stats};
+use crate::device::metrics::{
+    device_stats, write_hdr_interval, DeviceStats, HistDump, OpStats, QueueSnapshot,
+};
+use crate::device::registry::socket_path;
+use crate::prefetch::live::PrefetchStats;
+use crate::units::format_size;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
-use shardblk::constants::{STATS_WATCH_INTERVAL_DEFAULT_S, STATS_WATCH_INTERVAL_MIN_S};
-use shardblk::device::control::{fetch_hist, fetch_stats};
-use shardblk::device::metrics::{
-    device_stats, write_hdr_interval, DeviceStats, HistDump, OpStats, QueueSnapshot,
-};
-use shardblk::device::registry::socket_path;
-use shardblk::prefetch::live::PrefetchStats;
-use shardblk::units::format_size;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -245,8 +245,8 @@ fn print_prefetch(p: &PrefetchStats) {
         s.throttled,
         s.no_budget,
         s.evicted,
-        format_size(s.resident_units * shardblk::constants::UNIT_SIZE_BYTES),
-        format_size(s.budget_units * shardblk::constants::UNIT_SIZE_BYTES),
+        format_size(s.resident_units * crate::constants::UNIT_SIZE_BYTES),
+        format_size(s.budget_units * crate::constants::UNIT_SIZE_BYTES),
     );
     println!(
         "  reads {}, hits {}, precision {}, coverage {}, recent precision {}, rate limit {}/s",

@@ -17,25 +17,25 @@
 //!
 //! Files are read and written here; everything else is library code.
 
-use anyhow::{bail, Context, Result};
-use shardblk::constants::{
+use crate::constants::{
     LSTM_AUX_EMBED_DEFAULT_DIMS, LSTM_DELTA_EMBED_DEFAULT_DIMS, LSTM_HIDDEN_DEFAULT_UNITS,
     LSTM_LAYERS_DEFAULT, LSTM_LEARNING_RATE_DEFAULT, LSTM_LOOKAHEAD_DEFAULT_STEPS,
     LSTM_THREADS_DEFAULT, LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
     SEQUENCE_LENGTH_DEFAULT_EVENTS,
 };
-use shardblk::constants::{
+use crate::constants::{
     PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
     PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, TRACE_INTERARRIVAL_DEFAULT_NS,
     TRACE_RECORD_EVENTS_MAX, TRACE_RECORD_SECONDS_MAX,
 };
-use shardblk::prefetch::eval::{eval_trace_with, EvalTable};
-use shardblk::prefetch::lstm::{LstmOptions, ModelShape, ModelSource};
-use shardblk::prefetch::sim::SimConfig;
-use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
-use shardblk::prefetch::{PredictorKind, PrefetchConfig};
-use shardblk::trace::{self, TraceEvent};
-use shardblk::units::parse_size;
+use crate::prefetch::eval::{eval_trace_with, EvalTable};
+use crate::prefetch::lstm::{LstmOptions, ModelShape, ModelSource};
+use crate::prefetch::sim::SimConfig;
+use crate::prefetch::synth::{generate, SynthConfig, SynthKind};
+use crate::prefetch::{PredictorKind, PrefetchConfig};
+use crate::trace::{self, TraceEvent};
+use crate::units::parse_size;
+use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -326,7 +326,6 @@ fn write_out(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<(
 }
 
 /// Arguments of `trace train`.
-#[cfg_attr(not(feature = "lstm"), allow(dead_code))]
 struct TrainArgs {
     traces: Vec<PathBuf>,
     shard_size: u64,
@@ -341,14 +340,11 @@ struct TrainArgs {
     lstm: LstmArgs,
 }
 
-#[cfg(not(feature = "lstm"))]
-fn train(_a: TrainArgs) -> Result<()> {
-    bail!("this build has no libtorch (built without the `lstm` feature)")
-}
-
-#[cfg(feature = "lstm")]
 fn train(a: TrainArgs) -> Result<()> {
-    use shardblk::prefetch::lstm::offline::{train_offline, OfflineJob};
+    use crate::prefetch::lstm::{backend, LstmError, OfflineJob};
+    let Some(backend) = backend() else {
+        bail!("{}", LstmError::NoBackend)
+    };
     let mut all = Vec::new();
     for p in &a.traces {
         all.push(read_trace_file(p)?);
@@ -378,7 +374,7 @@ fn train(a: TrainArgs) -> Result<()> {
         .map_err(anyhow::Error::msg)?,
     );
     let t0 = std::time::Instant::now();
-    let res = train_offline(&refs, &job, |step, total, loss| {
+    let res = backend.train_offline(&refs, &job, &mut |step, total, loss| {
         bar.set_length(total);
         bar.set_position(step);
         bar.set_message(format!("{loss:.3}"));
@@ -392,7 +388,7 @@ fn train(a: TrainArgs) -> Result<()> {
         s.push(".loss.png");
         PathBuf::from(s)
     });
-    shardblk::prefetch::chart::loss_curve_png(&chart, &res.losses, "LSTM training loss")
+    crate::prefetch::chart::loss_curve_png(&chart, &res.losses, "LSTM training loss")
         .map_err(anyhow::Error::msg)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     eprintln!(
@@ -408,6 +404,17 @@ fn train(a: TrainArgs) -> Result<()> {
         chart.display()
     );
     Ok(())
+}
+
+impl TraceCmd {
+    /// Whether this command runs the LSTM (and so needs its backend).
+    pub fn needs_lstm(&self) -> bool {
+        match self {
+            TraceCmd::Train { .. } => true,
+            TraceCmd::Eval { predictors, .. } => predictors.contains(&PredictorKind::Lstm),
+            _ => false,
+        }
+    }
 }
 
 /// Run one `trace` subcommand.
@@ -520,8 +527,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
                 print!("{table}");
             }
             if let Some(c) = chart {
-                shardblk::prefetch::chart::eval_chart_png(&c, &table)
-                    .map_err(anyhow::Error::msg)?;
+                crate::prefetch::chart::eval_chart_png(&c, &table).map_err(anyhow::Error::msg)?;
                 eprintln!("{}: chart written", c.display());
             }
             Ok(())
@@ -570,8 +576,8 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
                 bail!("--seconds must be in (0, {TRACE_RECORD_SECONDS_MAX}]");
             }
             let ms = ((secs * 1000.0).ceil() as u64).max(1);
-            let path = shardblk::device::registry::socket_path(number);
-            let rec = shardblk::device::control::record(&path, count, ms)
+            let path = crate::device::registry::socket_path(number);
+            let rec = crate::device::control::record(&path, count, ms)
                 .with_context(|| format!("recording /dev/ublkb{number}"))?;
             let mut events = rec.events;
             // Queues are drained in turn: put the events in time order, from 0.

@@ -2,13 +2,13 @@
 //! between files and volumes without a block device.
 
 use super::pool::PoolArg;
+use crate::constants::{BLOCK_SIZE_BYTES, SHARD_SIZE_DEFAULT_BYTES};
+use crate::io::AlignedBuf;
+use crate::shard::policy::TierPolicy;
+use crate::shard::pool::VolumeInfo;
+use crate::units::{format_size, parse_size};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use shardblk::constants::{BLOCK_SIZE_BYTES, SHARD_SIZE_DEFAULT_BYTES};
-use shardblk::io::AlignedBuf;
-use shardblk::shard::policy::TierPolicy;
-use shardblk::shard::pool::VolumeInfo;
-use shardblk::units::{format_size, parse_size};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 

@@ -122,6 +122,10 @@ pub fn serve(
     opts: ServeOptions,
     notify: Box<dyn FnOnce(Ready) + Send + Sync>,
 ) -> Result<(), DeviceError> {
+    // SIGINT/SIGTERM are taken by the signal thread (`stop_on_signal`):
+    // block them before any thread is spawned (manager, prefetch, queues),
+    // so every thread inherits the mask and none is killed by them.
+    block_stop_signals()?;
     let notify = Arc::new(Mutex::new(Some(notify)));
     let tell = {
         let notify = notify.clone();
@@ -155,6 +159,9 @@ struct Prepared {
     ctx: Arc<QueueCtx>,
     /// Drains the trace rings: inference and stager threads, recordings.
     live: Live,
+    /// The tier policy (promotion, demotion, split, merge, a commit per
+    /// window) for as long as the device is served.
+    manager: Manager,
 }
 
 fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
@@ -173,13 +180,7 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
     // split and merge every window, each window ending with a commit (which
     // also bounds how long a first write's mapping waits for durability
     // when the user never flushes).
-    // FIXME(known): this handle is dropped when `prepare` returns, so the
-    // manager runs one window and stops. Keeping it alive for the device's
-    // life (a field of `Prepared`) made three VM tests fail in a loaded run
-    // (a SIGTERM delivered to the manager thread, spawned before the signal
-    // thread, kills the daemon; and migrations under the new queue loop were
-    // not yet exercised): to be fixed with signal masking and a VM soak.
-    let _manager = Manager::start(
+    let manager = Manager::start(
         pool.clone(),
         std::time::Duration::from_millis(POLICY_WINDOW_MS),
     );
@@ -220,6 +221,7 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         pool,
         ctx,
         live,
+        manager,
     })
 }
 
@@ -312,6 +314,8 @@ fn run(
     // Stop the inference thread and the stager (a staging in progress
     // completes) before the final commit.
     drop(p.live);
+    // The manager finishes its window in progress, then stops.
+    drop(p.manager);
     // An orderly stop makes everything acknowledged durable, mappings
     // included: the kernel sends no FLUSH when a device is stopped, and a
     // disk flushes its cache on shutdown too.
@@ -335,12 +339,7 @@ fn run(
 /// Blocks both signals in the calling thread, so every thread spawned
 /// afterwards (queues, control) inherits the mask and one thread waits.
 fn stop_on_signal(number: Arc<Mutex<Option<u32>>>) -> Result<(), DeviceError> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()
-        .map_err(|e| DeviceError::Os("blocking SIGINT/SIGTERM".into(), e.into()))?;
+    let set = block_stop_signals()?;
     std::thread::Builder::new()
         .name("shardblk-signals".into())
         .spawn(move || {
@@ -358,6 +357,18 @@ fn stop_on_signal(number: Arc<Mutex<Option<u32>>>) -> Result<(), DeviceError> {
         })
         .map_err(|e| DeviceError::Os("spawning the signal thread".into(), e))?;
     Ok(())
+}
+
+/// Block SIGINT and SIGTERM in the calling thread (inherited by the threads
+/// it spawns afterwards); returns the set, for `sigwait`.
+fn block_stop_signals() -> Result<nix::sys::signal::SigSet, DeviceError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| DeviceError::Os("blocking SIGINT/SIGTERM".into(), e.into()))?;
+    Ok(set)
 }
 
 /// Pin the queue threads, write the record, open the control socket.

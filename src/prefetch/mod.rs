@@ -51,8 +51,8 @@ pub enum PrefetchError {
     Config(String),
     #[error("unknown predictor {0:?} (known: none, readahead, stride, markov, lstm)")]
     UnknownPredictor(String),
-    /// The LSTM could not be built (model file, libtorch, or a build without
-    /// the `lstm` feature); the message says which.
+    /// The LSTM could not be built (model file, libtorch, or no LSTM
+    /// backend in this process); the message says which.
     #[error("lstm predictor: {0}")]
     Lstm(String),
 }
@@ -326,25 +326,16 @@ impl PredictorKind {
     }
 }
 
-#[cfg(feature = "lstm")]
+/// The LSTM from the registered backend ([`lstm::backend`]).
 fn build_lstm(
     cfg: &PrefetchConfig,
     opts: &lstm::LstmOptions,
 ) -> Result<Box<dyn Predictor>, PrefetchError> {
-    lstm::LstmPredictor::new(cfg, opts)
-        .map(|p| Box::new(p) as Box<dyn Predictor>)
-        .map_err(|e| PrefetchError::Lstm(e.to_string()))
-}
-
-#[cfg(not(feature = "lstm"))]
-fn build_lstm(
-    _cfg: &PrefetchConfig,
-    opts: &lstm::LstmOptions,
-) -> Result<Box<dyn Predictor>, PrefetchError> {
     opts.validate().map_err(PrefetchError::Lstm)?;
-    Err(PrefetchError::Lstm(
-        "this build has no libtorch (built without the `lstm` feature)".into(),
-    ))
+    let b = lstm::backend()
+        .ok_or_else(|| PrefetchError::Lstm(lstm::LstmError::NoBackend.to_string()))?;
+    b.predictor(cfg, opts)
+        .map_err(|e| PrefetchError::Lstm(e.to_string()))
 }
 
 impl std::str::FromStr for PredictorKind {
@@ -359,7 +350,7 @@ impl std::str::FromStr for PredictorKind {
 
 /// Push a prediction unless the same shard is already in `out` for this
 /// step's stream (`from` = index where this stream's predictions start).
-pub(crate) fn push_unique(out: &mut Vec<Prediction>, from: usize, p: Prediction) -> bool {
+pub fn push_unique(out: &mut Vec<Prediction>, from: usize, p: Prediction) -> bool {
     if out[from..]
         .iter()
         .any(|q| q.shard == p.shard && q.volume == p.volume)

@@ -184,6 +184,9 @@ impl Manager {
                         std::thread::sleep(step);
                         slept += step;
                     }
+                    if s.load(Ordering::Relaxed) {
+                        break;
+                    }
                     if let Err(e) = run_window(&pool, eng.as_mut()) {
                         tracing::warn!("manager window failed: {e}");
                     }

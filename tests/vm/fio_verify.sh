@@ -100,8 +100,12 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 assert len(rows) == 3, rows
 # Each interval runs from one publish of the queues' snapshots to the next; the
 # first starts at the last publish before the watch (longer when the device idled).
-for r in rows[1:]:
-    assert 0.2 <= r["interval_s"] <= 5.0, [r["interval_s"] for r in rows]
+# Under a loaded TCG guest a 0.5 s watch can take seconds per turn, so check the
+# interval against the daemon's own clock between two answers, not the wall.
+for a, b in zip(rows, rows[1:]):
+    gap = b["uptime_s"] - a["uptime_s"]
+    ok = b["interval_s"] >= 0.2 and abs(b["interval_s"] - gap) <= 0.5 + 0.25 * gap
+    assert ok, [(r["interval_s"], r["uptime_s"]) for r in rows]
 assert all(r["interval_s"] < r["uptime_s"] for r in rows), rows
 reads = [sum(o["iops"] for o in r["total"]["ops"] if o["op"] == "read") for r in rows]
 assert max(reads) > 0, reads

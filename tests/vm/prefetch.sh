@@ -2,7 +2,8 @@
 # tests/vm/prefetch.sh: a device with --prefetch readahead over a volume
 # written on the cold tier: a sequential pass, then repeated reads of the
 # staged region; `stats --json` shows staged > 0 and hits > 0 and fio verifies
-# every byte afterwards. `trace record` (prefetch on and off) yields a trace
+# every byte afterwards. The same volume with --prefetch lstm: the daemon is
+# `shardblk-lstm`, its inference thread steps the LSTM, data verifies. `trace record` (prefetch on and off) yields a trace
 # the parser reads with exactly the requested count. An unknown predictor or
 # an impossible budget fails with one line and creates nothing.
 . "$(dirname "$0")/lib.sh"
@@ -26,7 +27,7 @@ refuse() { # args...: must fail with one line and leave no device 5
 refuse --prefetch bogus || die "--prefetch bogus accepted"
 refuse --prefetch readahead --prefetch-budget 1G || die "a budget above the hot tier accepted"
 refuse --prefetch markov --prefetch-depth 0 || die "depth 0 accepted"
-if refuse --prefetch lstm; then :; else echo "   --prefetch lstm: available"; fi
+refuse --prefetch lstm --prefetch-model "$W/no-such-model.sbm" || die "a missing model file accepted"
 
 step "device with --prefetch readahead, 32 MiB budget; write 64 MiB (fio, crc32c)"
 dev="$("$B" add --volume pvol -n 1 --prefetch readahead --prefetch-budget 32M)" || die "add"
@@ -81,6 +82,37 @@ step "fio verifies all 64 MiB"
 (cd "$W" && fio --name=pf --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
     --size=64M --verify=crc32c --verify_only --verify_fatal=1 >/dev/null) || die "verify"
 "$B" del -n 1
+
+step "device with --prefetch lstm (shardblk hands it to shardblk-lstm): sequential passes"
+dev="$("$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M)" || die "add lstm"
+wait_dev "$dev"
+[ "$(cat "/proc/$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' \
+    "$SHARDBLK_RUN_DIR/ublkb3.json")/comm")" = shardblk-lstm ] || die "the lstm daemon is not shardblk-lstm"
+lstm_batches() {
+    "$B" stats -n 3 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefetch"]["batches"])'
+}
+# The inference thread runs the LSTM on every batch of reads: passes go on
+# until it has stepped (libtorch is slow to start under TCG).
+passes=0
+while [ "$(lstm_batches)" -lt 20 ] && [ "$passes" -lt 60 ]; do
+    dd if="$dev" of=/dev/null bs=64k count=1024 iflag=direct status=none || die "dd lstm pass"
+    passes=$((passes + 1))
+done
+"$B" stats -n 3 --json | python3 -c '
+if 1:
+    import json, sys
+    p = json.load(sys.stdin)["prefetch"]
+    s = p["stager"]
+    print("   lstm: %d events, %d batches (mean %.0f us), %d predictions, %d train steps, loss %s; staged %d hits %d"
+          % (p["events"], p["batches"], p["batch_us_mean"], p["predictions"], p["train_steps"],
+             p["train_loss"], s["staged"], s["hits"]))
+    assert p["predictor"] == "lstm", p
+    assert p["batches"] >= 20 and p["events_fed"] > 0, p
+    assert s["resident_units"] <= s["budget_units"], s
+    ' || die "lstm prefetch stats"
+(cd "$W" && fio --name=pf --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
+    --size=64M --verify=crc32c --verify_only --verify_fatal=1 >/dev/null) || die "verify (lstm)"
+"$B" del -n 3
 
 step "prefetch off: trace record still works (the daemon's tap drains the rings)"
 dev="$("$B" add --volume pvol -n 2)" || die "add off"

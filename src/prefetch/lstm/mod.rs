@@ -3,34 +3,22 @@
 //! online training on a separate copy of the weights, and a checksummed
 //! model file.
 //!
-//! Files, one concern each: [`vocab`] (the learned delta vocabulary),
-//! [`features`] (event → inputs), [`config`] (knobs and limits), [`file`]
-//! (the model file container) are pure and exist without the `lstm`
-//! feature; [`model`] (the network), [`train`] (online and offline
-//! training), [`predictor`] (the [`crate::prefetch::Predictor`]) and
-//! [`offline`] (`trace train`) need tch and are behind the `lstm` feature.
-//!
-//! The model runs on CUDA when built with the `cuda` feature and a GPU is
-//! present, else on the CPU, with `LstmOptions::threads` intra-op threads.
+//! Files, one concern each, all pure (no libtorch): [`vocab`] (the learned
+//! delta vocabulary), [`features`] (event → inputs), [`config`] (knobs and
+//! limits), [`file`] (the model file container), [`backend`] (the seam to
+//! the network). The network, its training and the predictor need tch and
+//! live in `crates/shardblk-lstm`, which registers itself as the
+//! [`backend::LstmBackend`].
 
+pub mod backend;
 pub mod config;
 pub mod features;
 pub mod file;
 pub mod vocab;
 
-#[cfg(feature = "lstm")]
-pub mod model;
-#[cfg(feature = "lstm")]
-pub mod offline;
-#[cfg(feature = "lstm")]
-pub mod predictor;
-#[cfg(feature = "lstm")]
-pub mod train;
-
-pub use config::{LstmOptions, ModelShape, ModelSource};
+pub use backend::{backend, register, vocab_of, LstmBackend, OfflineJob, OfflineResult};
+pub use config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 pub use file::{FileError, ModelFile};
-#[cfg(feature = "lstm")]
-pub use predictor::LstmPredictor;
 
 /// Errors of the LSTM predictor and its training.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +27,10 @@ pub enum LstmError {
     Config(String),
     #[error(transparent)]
     File(#[from] FileError),
-    #[cfg(feature = "lstm")]
+    /// libtorch failed (its message).
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(String),
+    /// No backend in this process ([`backend::NO_BACKEND`]).
+    #[error("{}", backend::NO_BACKEND)]
+    NoBackend,
 }

@@ -38,23 +38,23 @@
 //!   trained weights are copied into the inference model under no_grad:
 //!   inference never waits for an optimizer step in progress.
 
-use super::config::{LstmOptions, ModelShape, ModelSource};
-use super::features::{EventFeatures, FeatureState, Featurizer};
-use super::file::{ModelFile, TrainInfo};
-use super::model::{pick_device, Inputs, Model};
-use super::train::{gather_state, scatter_state, OnlineTrainer, Window};
-use super::vocab::{DeltaVocab, OOV};
-use super::LstmError;
-use crate::constants::{
-    LSTM_DEFAULT_MODEL_PATH, LSTM_PRECISION_AVERAGE_PREDICTIONS,
-    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_PER_DEPTH,
-    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
+use crate::model::{pick_device, Inputs, Model};
+use crate::train::{gather_state, scatter_state, OnlineTrainer, Window};
+use shardblk::constants::{
+    LSTM_PRECISION_AVERAGE_PREDICTIONS, LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH,
+    LSTM_PRECISION_TRACKED_PER_DEPTH, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
+    LSTM_VOCAB_WINDOW_EVENTS,
 };
-use crate::prefetch::stream::LruMap;
-use crate::prefetch::{
+use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
+use shardblk::prefetch::lstm::features::{EventFeatures, FeatureState, Featurizer};
+use shardblk::prefetch::lstm::file::{ModelFile, TrainInfo};
+use shardblk::prefetch::lstm::vocab::{DeltaVocab, OOV};
+use shardblk::prefetch::lstm::LstmError;
+use shardblk::prefetch::stream::LruMap;
+use shardblk::prefetch::{
     push_unique, Prediction, Predictor, PredictorFigures, PrefetchConfig, ShardEvent, StreamKey,
 };
-use crate::trace::Op;
+use shardblk::trace::Op;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -130,14 +130,6 @@ pub enum Origin {
     File(PathBuf),
 }
 
-/// The shipped default model's path: `$SHARDBLK_LSTM_MODEL`, else
-/// `LSTM_DEFAULT_MODEL_PATH` under the crate root.
-pub fn default_model_path() -> PathBuf {
-    std::env::var_os("SHARDBLK_LSTM_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(LSTM_DEFAULT_MODEL_PATH))
-}
-
 /// The LSTM predictor.
 pub struct LstmPredictor {
     cfg: PrefetchConfig,
@@ -195,14 +187,17 @@ impl LstmPredictor {
         };
         let trainer = if opts.online {
             let mut copy = Model::new(model.net.shape, device, opts.seed);
-            copy.copy_from(&model)?;
-            Some(OnlineTrainer::new(
-                copy,
-                opts.learning_rate,
-                opts.train_batch as usize,
-                opts.buffer_windows as usize,
-                opts.seed,
-            )?)
+            copy.copy_from(&model).map_err(crate::torch)?;
+            Some(
+                OnlineTrainer::new(
+                    copy,
+                    opts.learning_rate,
+                    opts.train_batch as usize,
+                    opts.buffer_windows as usize,
+                    opts.seed,
+                )
+                .map_err(crate::torch)?,
+            )
         } else {
             None
         };
@@ -622,12 +617,12 @@ impl Predictor for LstmPredictor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::readahead::Readahead;
-    use crate::prefetch::stride::Stride;
-    use crate::trace::Op;
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+    use shardblk::prefetch::readahead::Readahead;
+    use shardblk::prefetch::stride::Stride;
+    use shardblk::trace::Op;
 
     const SHARD: u64 = 1 << 16;
 

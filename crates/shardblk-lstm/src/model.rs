@@ -4,7 +4,7 @@
 //!
 //! Contract:
 //! - Inputs per event: delta class in `0..=vocab+1` (OOV, the classes, the
-//!   start class), op, size bucket, gap bucket ([`super::features`]).
+//!   start class), op, size bucket, gap bucket ([`shardblk::prefetch::lstm::features`]).
 //!   Output: logits over `vocab + 1` classes (OOV and the delta classes).
 //! - [`Net::step`] advances the state of a batch by one event (state shape
 //!   `[layers, batch, hidden]`); [`Net::seq`] runs a whole window from a
@@ -16,13 +16,13 @@
 //! - [`Model::load_file`] accepts only a file whose tensors have exactly the
 //!   model's names and shapes ([`FileError::Mismatch`] otherwise).
 
-use super::config::ModelShape;
-use super::features::EventFeatures;
-use super::file::{FileError, ModelFile, NamedTensor, TrainInfo};
-use super::vocab::DeltaVocab;
-use crate::constants::{LSTM_GAP_BUCKETS, LSTM_OP_CLASSES, LSTM_SIZE_BUCKETS};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use shardblk::constants::{LSTM_GAP_BUCKETS, LSTM_OP_CLASSES, LSTM_SIZE_BUCKETS};
+use shardblk::prefetch::lstm::config::ModelShape;
+use shardblk::prefetch::lstm::features::EventFeatures;
+use shardblk::prefetch::lstm::file::{FileError, ModelFile, NamedTensor, TrainInfo};
+use shardblk::prefetch::lstm::vocab::DeltaVocab;
 use tch::nn::{self, Module, RNN};
 use tch::{Device, Kind, Tensor};
 

@@ -1,6 +1,6 @@
 //! Build script: links the libtorch that `tools/torch-setup.sh` installs.
 //!
-//! With the `lstm` feature, torch-sys links libtorch from `$LIBTORCH`
+//! torch-sys links libtorch from `$LIBTORCH`
 //! (`.venv/torch`, set in `.cargo/config.toml`). tch sets no rpath, so this
 //! script adds one for libtorch's `lib/` and for the CUDA runtime libraries
 //! that `libtorch_cpu.so` needs (`$SHARDBLK_NVIDIA_LIB`): binaries, tests and
@@ -18,9 +18,6 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=SHARDBLK_NVIDIA_LIB");
-    if env::var_os("CARGO_FEATURE_LSTM").is_none() {
-        return;
-    }
     let Some(libtorch) = env::var_os("LIBTORCH").map(PathBuf::from) else {
         println!("cargo:warning=LIBTORCH is not set: run tools/torch-setup.sh");
         return;

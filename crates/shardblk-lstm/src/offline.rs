@@ -6,69 +6,18 @@
 //! through a callback (step, total steps, loss) and returns the model file
 //! to write and the loss of every step. No file I/O here.
 
-use super::config::LstmOptions;
-use super::features::{shard_delta, FeatureState, Featurizer};
-use super::file::{ModelFile, TrainInfo};
-use super::model::{pick_device, Model};
-use super::train::{stream_sequences, OfflineTrainer};
-use super::vocab::DeltaVocab;
-use super::LstmError;
-use crate::constants::{LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS};
-use crate::prefetch::stream::LruMap;
-use crate::prefetch::{PrefetchConfig, StreamKey};
-use crate::trace::TraceEvent;
-
-/// What to train.
-#[derive(Debug, Clone)]
-pub struct OfflineJob {
-    pub prefetch: PrefetchConfig,
-    pub lstm: LstmOptions,
-    /// Passes over the traces.
-    pub epochs: u32,
-    /// Stop after this many steps in all (None: `epochs` passes).
-    pub max_steps: Option<u64>,
-    /// Parallel lanes (batch size) of truncated BPTT.
-    pub lanes: usize,
-}
-
-/// Result of an offline training.
-pub struct OfflineResult {
-    pub file: ModelFile,
-    pub losses: Vec<f32>,
-    pub streams: usize,
-    pub events: usize,
-}
-
-/// The vocabulary of the traces' per-stream deltas (the most frequent).
-pub fn vocab_of(traces: &[&[TraceEvent]], cfg: &PrefetchConfig, capacity: usize) -> DeltaVocab {
-    let mut deltas = Vec::new();
-    for t in traces {
-        let mut last: LruMap<StreamKey, FeatureState> = LruMap::new(cfg.streams_max);
-        let mut f = Featurizer::new(DeltaVocab::new(0, 1, 1), false);
-        for ev in t.iter() {
-            let sev = cfg.shard_event(0, ev);
-            let st = last.get_or_insert_with(&cfg.stream_of(&sev), FeatureState::default);
-            let prev = st.last_shard();
-            if f.features(st, &sev).is_some() {
-                if let Some(d) = prev.and_then(|p| shard_delta(p, sev.shard)) {
-                    deltas.push(d);
-                }
-            }
-        }
-    }
-    DeltaVocab::build(
-        deltas,
-        capacity,
-        LSTM_VOCAB_WINDOW_EVENTS,
-        LSTM_VOCAB_MIN_COUNT,
-    )
-}
+use crate::model::{pick_device, Model};
+use crate::train::{stream_sequences, OfflineTrainer};
+use shardblk::prefetch::lstm::features::Featurizer;
+use shardblk::prefetch::lstm::file::TrainInfo;
+use shardblk::prefetch::lstm::{vocab_of, LstmError, OfflineJob, OfflineResult};
+use shardblk::trace::TraceEvent;
 
 /// Train a model on `traces`; `progress(step, total, loss)` after each step.
 pub fn train_offline(
     traces: &[&[TraceEvent]],
     job: &OfflineJob,
-    mut progress: impl FnMut(u64, u64, f32),
+    progress: &mut dyn FnMut(u64, u64, f32),
 ) -> Result<OfflineResult, LstmError> {
     job.prefetch
         .validate()
@@ -101,7 +50,8 @@ pub fn train_offline(
         job.lanes,
         job.prefetch.sequence_length as usize,
         job.lstm.learning_rate,
-    )?;
+    )
+    .map_err(crate::torch)?;
     let per_epoch = tr.steps_per_epoch() as u64;
     let total = (per_epoch * u64::from(job.epochs)).min(job.max_steps.unwrap_or(u64::MAX));
     let mut losses = Vec::with_capacity(total as usize);

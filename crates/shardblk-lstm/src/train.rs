@@ -18,14 +18,14 @@
 //!   first event has the start class as input (the model learns to reset),
 //!   and no target crosses from one stream into the next.
 
-use super::features::{EventFeatures, FeatureState, Featurizer};
-use super::model::{Inputs, Model};
-use crate::constants::LSTM_GRAD_CLIP_NORM;
-use crate::prefetch::stream::LruMap;
-use crate::prefetch::{PrefetchConfig, StreamKey};
-use crate::trace::TraceEvent;
+use crate::model::{Inputs, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use shardblk::constants::LSTM_GRAD_CLIP_NORM;
+use shardblk::prefetch::lstm::features::{EventFeatures, FeatureState, Featurizer};
+use shardblk::prefetch::stream::LruMap;
+use shardblk::prefetch::{PrefetchConfig, StreamKey};
+use shardblk::trace::TraceEvent;
 use std::collections::VecDeque;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};

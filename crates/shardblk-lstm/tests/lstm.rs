@@ -1,15 +1,12 @@
 //! The LSTM through the CLI: `trace train` writes a model and its loss
 //! curve, `trace eval --model` uses it and draws the chart, and a corrupt,
 //! truncated or mismatched model file is a clean error, never a panic.
-#![cfg(feature = "lstm")]
-
-#[path = "../src/cli/trace.rs"]
-#[allow(dead_code)]
-mod cli_trace;
 
 use clap::Parser;
-use shardblk::prefetch::lstm::{LstmOptions, LstmPredictor, ModelFile, ModelShape, ModelSource};
+use shardblk::cli::trace as cli_trace;
+use shardblk::prefetch::lstm::{LstmOptions, ModelFile, ModelShape, ModelSource};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
+use shardblk_lstm::LstmPredictor;
 
 #[derive(clap::Parser)]
 struct Cli {
@@ -18,6 +15,7 @@ struct Cli {
 }
 
 fn go(args: &[&str]) -> anyhow::Result<()> {
+    shardblk_lstm::register();
     let argv = std::iter::once("trace").chain(args.iter().copied());
     cli_trace::run(Cli::try_parse_from(argv).unwrap().cmd)
 }
@@ -122,10 +120,7 @@ fn train_eval_and_bad_model_files() {
         ..Default::default()
     };
     let p = LstmPredictor::new(&cfg, &other).unwrap();
-    assert_eq!(
-        *p.origin(),
-        shardblk::prefetch::lstm::predictor::Origin::Fresh
-    );
+    assert_eq!(*p.origin(), shardblk_lstm::predictor::Origin::Fresh);
     let same = LstmOptions {
         shape: f.shape,
         ..Default::default()
@@ -133,6 +128,6 @@ fn train_eval_and_bad_model_files() {
     let p = LstmPredictor::new(&cfg, &same).unwrap();
     assert!(matches!(
         p.origin(),
-        shardblk::prefetch::lstm::predictor::Origin::File(_)
+        shardblk_lstm::predictor::Origin::File(_)
     ));
 }
