@@ -21,7 +21,11 @@ fn needed(bin: &Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
-        .filter_map(|l| l.split('[').nth(1).map(|s| s.trim_end_matches(']').to_string()))
+        .filter_map(|l| {
+            l.split('[')
+                .nth(1)
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
         .collect()
 }
 
@@ -29,7 +33,10 @@ fn needed(bin: &Path) -> Vec<String> {
 fn shardblk_links_no_libtorch_and_shardblk_lstm_does() {
     let n = needed(&lean());
     assert!(n.iter().any(|l| l.starts_with("libc.so")), "{n:?}");
-    assert!(!n.iter().any(|l| l.contains("torch") || l.contains("c10")), "{n:?}");
+    assert!(
+        !n.iter().any(|l| l.contains("torch") || l.contains("c10")),
+        "{n:?}"
+    );
     let heavy = lean().with_file_name("shardblk-lstm");
     assert!(
         heavy.exists(),
@@ -43,7 +50,9 @@ fn shardblk_links_no_libtorch_and_shardblk_lstm_does() {
 fn synth(dir: &Path) -> PathBuf {
     let t = dir.join("t.csv");
     let st = Command::new(lean())
-        .args(["trace", "synth", "--kind", "strided", "--events", "600", "-o"])
+        .args([
+            "trace", "synth", "--kind", "strided", "--events", "600", "-o",
+        ])
         .arg(&t)
         .status()
         .unwrap();
@@ -87,7 +96,10 @@ fn missing_shardblk_lstm_is_a_clear_error_and_others_need_none() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("needs the LSTM") && err.contains("nowhere"), "{err}");
+    assert!(
+        err.contains("needs the LSTM") && err.contains("nowhere"),
+        "{err}"
+    );
     // Without the LSTM, nothing is handed over.
     let out = Command::new(lean())
         .args(["trace", "eval", "--predictors", "none,markov"])
@@ -95,6 +107,10 @@ fn missing_shardblk_lstm_is_a_clear_error_and_others_need_none() {
         .env("SHARDBLK_LSTM_BIN", dir.path().join("nowhere"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("markov"));
 }
