@@ -243,8 +243,6 @@ pub const DEVICE_LATENCY_MAX_NS: u64 = 60_000_000_000;
 pub const DEVICE_LATENCY_SIGFIG: u8 = 3;
 /// `--poll adaptive`: spin this long after the last completion before sleeping (microseconds).
 pub const DEVICE_ADAPTIVE_SPIN_US: u64 = 50;
-/// An idle queue thread wakes up this often to notice a stopping device (seconds).
-pub const DEVICE_IDLE_WAKE_S: u64 = 1;
 /// How long `shardblk add` waits for the daemon to report the device live (seconds).
 pub const DEVICE_START_TIMEOUT_S: u64 = 60;
 /// How long `shardblk del` waits for the daemon to exit (seconds).
