@@ -17,7 +17,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::cluster::client::{ClientConfig, ClusterClient};
-use shardblk::constants::CLUSTER_SHARD_BYTES;
+use shardblk::cluster::rebalance::Limits;
+use shardblk::constants::{CLUSTER_OUT_AFTER_MS, CLUSTER_SHARD_BYTES};
 use shardblk::io::AlignedBuf;
 use shardblk::shard::policy::TierPolicy;
 use shardblk::shard::pool::{Pool, TierSpec};
@@ -111,6 +112,8 @@ async fn client(nodes: &[Node], replicas: usize, size: u64) -> ClusterClient {
         replicas,
         expect_nodes: nodes.len(),
         wait_ms: 30_000,
+        out_after_ms: CLUSTER_OUT_AFTER_MS,
+        rebalance: Limits::default(),
     })
     .await
     .expect("attach")
