@@ -271,6 +271,26 @@ async fn status_json(c: &mut ClusterClient, seeds: &[SocketAddr]) -> serde_json:
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `shardblk cluster status` (the table) through `seeds`, while `c` runs.
+async fn status_text(c: &mut ClusterClient, seeds: &[SocketAddr]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardblk"));
+    cmd.args(["cluster", "status"]);
+    for s in seeds {
+        cmd.arg("--seed").arg(s.to_string());
+    }
+    let h = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    while !h.is_finished() {
+        c.idle(Duration::from_millis(50)).await;
+    }
+    let out = h.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The rebalancing entry `node` published for volume `vol`.
 fn rebalancing_of<'a>(st: &'a serde_json::Value, node: &str) -> Option<&'a serde_json::Value> {
     st["rebalancing"]
@@ -395,6 +415,23 @@ async fn a_joining_node_takes_its_share_and_a_leaving_one_is_replaced() {
         .find(|n| n["id"] == "node3")
         .unwrap();
     assert!(node3["shards"].as_u64().unwrap() > 0, "{node3}");
+    // old copies were dropped: the nodes hold exactly two copies per shard
+    let held: u64 = after["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["shards"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 2 * shards, "{after}");
+    // and the table form shows it too
+    let text = status_text(&mut c, &seeds).await;
+    eprintln!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("client-rebal"))
+        .expect("a rebalancing line");
+    assert!(line.contains(" done "), "{line}");
+    assert!(line.contains("node0,node1,node2,node3"), "{line}");
     assert_eq!(verify_copies(&mut c, &model, shards).await, 0);
 
     // node1 leaves (for good): once it is out, its shards move to new homes

@@ -10,7 +10,11 @@
 //! - A block is written only when the incoming version is newer than the
 //!   stored one; blocks never written read as `Version::ZERO` with the
 //!   store's zero content.
-//! - [`ReplicaMeta`] (fences, versions, overrides) is plain data: the owner
+//! - A drop (rebalancing moved the shard away) forgets the shard's blocks
+//!   and versions, unless an install guarded by an override record at least
+//!   as new came first (the shard moved back here meanwhile): a late or
+//!   duplicated drop never removes a copy a newer set relies on.
+//! - [`ReplicaMeta`] (fences, versions, overrides, guards) is plain data: the owner
 //!   persists it where its durability contract needs (a real node before it
 //!   answers a write, fence or commit).
 
