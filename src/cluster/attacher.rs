@@ -23,10 +23,13 @@
 //!   by a partition can neither change a shard's set nor complete a write to a
 //!   replica the new attacher has touched.
 //! - **Re-replication** (throttled, one shard at a time, only while no other
-//!   operation runs, so no write races the copy): for a written shard with
-//!   fewer than `R` live replicas, fetch it from a live replica, install it on
-//!   the best live member outside the set (rendezvous order, distinct domain
-//!   if possible), then commit the set `live replicas + new` to a majority.
+//!   operation runs, so no write races the copy): for a shard with fewer
+//!   than `R` live replicas, fetch it from a live replica, install it on the
+//!   best live member outside the set (rendezvous order, distinct domain if
+//!   possible; the install is guarded like a move's), then commit the set
+//!   `live replicas + new` to a majority. A never-written shard copies
+//!   nothing and does not count against the throttle, but is committed too
+//!   (else it would stay short of copies and be picked again forever).
 //! - One operation at a time (a caller gets [`OpError::Busy`]). Requests are
 //!   retransmitted every `retry_ms` until answered (they are idempotent); an
 //!   operation not done in `op_timeout_ms` fails with [`OpError::Timeout`],
@@ -959,6 +962,10 @@ impl<D: Clone> Attacher<D> {
                 let src = round.sent.keys().next().expect("one source").clone();
                 match round.replies.get(&src) {
                     Some(Response::Blocks { entries }) => {
+                        if entries.is_empty() {
+                            // never written: nothing copied, nothing to throttle
+                            self.last_repair_ms = None;
+                        }
                         let entries: Vec<BlockEntry<D>> = entries.clone();
                         let version = self.next_override_version();
                         let guard = Some((key.shard * self.cfg.blocks_per_shard, version));

@@ -17,7 +17,8 @@
 //!   node id: live if any is live, keys from the newest.
 //! - Placement members are the storage nodes known, live or not (a dead
 //!   node keeps its homes; its shards are served by overrides until it
-//!   returns), sorted by id.
+//!   returns, or until the attacher counts it out and rebalances), sorted
+//!   by id.
 
 use super::attacher::RebalanceStatus;
 use super::overrides::{OverrideMap, OverrideRecord};
