@@ -11,13 +11,23 @@
 //! - Time to restore R after a node loss versus data size: three nodes,
 //!   R = 2, write N MiB, SIGKILL one node, measure the time until gossip
 //!   declares it dead and until every written shard has two live copies.
+//! - Rebalancing when a node joins versus data size: three nodes, R = 2,
+//!   write N MiB, start a fourth node, measure the shards (and copies) moved
+//!   against the total and the theoretical share, and the time from the
+//!   fourth node's start until the rebalancing is done (default throttle,
+//!   `CLUSTER_REBALANCE_BYTES_PER_SEC`).
 //!
-//! Prints a markdown table; `SHARDBLK_BENCH_QUICK=1` shrinks the sizes.
+//! Prints markdown tables; `SHARDBLK_BENCH_QUICK=1` shrinks the sizes,
+//! `SHARDBLK_BENCH_ONLY=rebalance` runs the rebalancing table alone.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::cluster::client::{ClientConfig, ClusterClient};
-use shardblk::constants::CLUSTER_SHARD_BYTES;
+use shardblk::cluster::rebalance::Limits;
+use shardblk::constants::{
+    CLUSTER_OUT_AFTER_MS, CLUSTER_REBALANCE_BYTES_PER_SEC, CLUSTER_REBALANCE_MAX_MOVES,
+    CLUSTER_SHARD_BYTES,
+};
 use shardblk::io::AlignedBuf;
 use shardblk::shard::policy::TierPolicy;
 use shardblk::shard::pool::{Pool, TierSpec};
@@ -111,6 +121,8 @@ async fn client(nodes: &[Node], replicas: usize, size: u64) -> ClusterClient {
         replicas,
         expect_nodes: nodes.len(),
         wait_ms: 30_000,
+        out_after_ms: CLUSTER_OUT_AFTER_MS,
+        rebalance: Limits::default(),
     })
     .await
     .expect("attach")
@@ -143,9 +155,76 @@ fn row(what: &str, l: &Lat) {
     );
 }
 
+/// Three nodes with `mib` MiB at R = 2, then a fourth joins: one table row.
+fn rebalance_row(dir: &Path, rt: &tokio::runtime::Runtime, mib: u64) {
+    let size = mib * MIB;
+    rt.block_on(async {
+        let mut nodes = cluster(dir, 3);
+        let mut c = client(&nodes, 2, size).await;
+        let chunk = vec![0xa5u8; MIB as usize];
+        for i in 0..mib {
+            c.write(i * MIB, &chunk).await.unwrap();
+        }
+        let shards = size / CLUSTER_SHARD_BYTES;
+        let before: Vec<Vec<String>> = (0..shards).map(|s| c.replicas_of(s)).collect();
+        let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.gossip).collect();
+        let t0 = Instant::now();
+        nodes.push(Node::start(dir, 3, &seeds, free_udp()));
+        let st = c
+            .rebalanced(Duration::from_secs(600))
+            .await
+            .expect("rebalanced");
+        let took = t0.elapsed();
+        let moved = (0..shards)
+            .filter(|&s| c.replicas_of(s) != before[s as usize])
+            .count() as u64;
+        assert_eq!(moved, st.progress.moved);
+        let mb_s = st.progress.bytes as f64 / took.as_secs_f64() / 1e6;
+        println!(
+            "| {mib} MiB | {moved} of {shards} ({:.0} %) | 50 % | {:.1} % | 25 % | {:.1} MiB | {:.2} s | {mb_s:.1} |",
+            100.0 * moved as f64 / shards as f64,
+            100.0 * moved as f64 / (2 * shards) as f64,
+            st.progress.bytes as f64 / MIB as f64,
+            took.as_secs_f64(),
+        );
+        c.shutdown().await;
+    });
+}
+
+fn rebalance_table(dir: &Path, rt: &tokio::runtime::Runtime, quick: bool) {
+    println!();
+    println!(
+        "Rebalancing after a 4th node joins 3 (R = 2, throttle {} MiB/s, {} moves at once); \
+         time from the node's start, gossip discovery included.",
+        CLUSTER_REBALANCE_BYTES_PER_SEC / MIB,
+        CLUSTER_REBALANCE_MAX_MOVES
+    );
+    println!();
+    println!(
+        "| data (R=2) | shards moved | theory R/(N+1) | copies moved | theory 1/(N+1) | copied | rebalanced after | copy MB/s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let sizes: &[u64] = if quick { &[8, 32] } else { &[16, 64, 256] };
+    for &mib in sizes {
+        let d = dir.join(format!("rebal{mib}"));
+        std::fs::create_dir(&d).unwrap();
+        rebalance_row(&d, rt, mib);
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let quick = std::env::var("SHARDBLK_BENCH_QUICK").is_ok();
+    if std::env::var("SHARDBLK_BENCH_ONLY").is_ok_and(|v| v == "rebalance") {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rebalance_table(dir.path(), &rt, quick);
+        return;
+    }
     let span = if quick { 16 * MIB } else { 64 * MIB };
     let reads = if quick { 200 } else { 2000 };
     let dir = tempfile::tempdir().unwrap();
@@ -316,4 +395,5 @@ fn main() {
             c.shutdown().await;
         });
     }
+    rebalance_table(dir.path(), &rt, quick);
 }

@@ -501,3 +501,20 @@ const _: () = assert!(
 );
 const _: () =
     assert!(LSTM_PRECISION_TRACKED_PER_DEPTH as u64 >= LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH);
+
+// --- rebal ---
+/// Long-run rate at which rebalancing copies shards to new homes (bytes per second).
+pub const CLUSTER_REBALANCE_BYTES_PER_SEC: u64 = 64 << 20;
+/// Shard moves in flight at once while rebalancing.
+pub const CLUSTER_REBALANCE_MAX_MOVES: usize = 4;
+/// A storage node dead this long is out: placement stops counting it and
+/// rebalancing moves its homes elsewhere (milliseconds; until then its
+/// shards are served by the other copies and re-replication).
+pub const CLUSTER_OUT_AFTER_MS: u64 = 60_000;
+/// The override-map key (shard number) of a volume's placement basis: the
+/// member ids homes are computed over.
+pub const CLUSTER_BASIS_SHARD: u64 = u64::MAX;
+const _: () = assert!(CLUSTER_REBALANCE_BYTES_PER_SEC >= CLUSTER_SHARD_BYTES);
+const _: () = assert!(CLUSTER_REBALANCE_MAX_MOVES >= 1);
+const _: () = assert!(CLUSTER_OUT_AFTER_MS > CLUSTER_FAIL_AFTER_MS);
+const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES / CLUSTER_SHARD_BYTES < CLUSTER_BASIS_SHARD);

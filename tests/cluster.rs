@@ -1,12 +1,14 @@
 //! Cluster end to end on loopback: three `shardblk node run` processes, a
 //! cluster volume with R = 2, random verified writes while one node is
-//! killed (SIGKILL) and restarted; and a stale attacher fenced out.
+//! killed (SIGKILL) and restarted; a stale attacher fenced out; and
+//! rebalancing when a fourth node joins and when a node leaves.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::cluster::attacher::OpError;
 use shardblk::cluster::client::{ClientConfig, ClientError, ClusterClient};
-use shardblk::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_SHARD_BYTES};
+use shardblk::cluster::rebalance::Limits;
+use shardblk::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_OUT_AFTER_MS, CLUSTER_SHARD_BYTES};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +118,8 @@ fn client_cfg(id: &str, nodes: &[Node], size: u64) -> ClientConfig {
         replicas: 2,
         expect_nodes: nodes.len(),
         wait_ms: 20_000,
+        out_after_ms: CLUSTER_OUT_AFTER_MS,
+        rebalance: Limits::default(),
     }
 }
 
@@ -244,4 +248,215 @@ async fn a_cut_off_attacher_is_fenced_by_the_next() {
     );
     old.shutdown().await;
     new.shutdown().await;
+}
+
+/// `shardblk cluster status --json` through `seeds`, while `c` keeps
+/// running (its gossip state carries the rebalancing progress).
+async fn status_json(c: &mut ClusterClient, seeds: &[SocketAddr]) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardblk"));
+    cmd.args(["cluster", "status", "--json"]);
+    for s in seeds {
+        cmd.arg("--seed").arg(s.to_string());
+    }
+    let h = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    while !h.is_finished() {
+        c.idle(Duration::from_millis(50)).await;
+    }
+    let out = h.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `shardblk cluster status` (the table) through `seeds`, while `c` runs.
+async fn status_text(c: &mut ClusterClient, seeds: &[SocketAddr]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardblk"));
+    cmd.args(["cluster", "status"]);
+    for s in seeds {
+        cmd.arg("--seed").arg(s.to_string());
+    }
+    let h = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    while !h.is_finished() {
+        c.idle(Duration::from_millis(50)).await;
+    }
+    let out = h.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The rebalancing entry `node` published for volume `vol`.
+fn rebalancing_of<'a>(st: &'a serde_json::Value, node: &str) -> Option<&'a serde_json::Value> {
+    st["rebalancing"]
+        .as_array()?
+        .iter()
+        .find(|r| r["node"] == node && r["volume"] == "vol")
+}
+
+/// Every copy of every shard holds the model's bytes, and a whole read
+/// through the attacher returns the model.
+async fn verify_copies(c: &mut ClusterClient, model: &[u8], shards: u64) -> u64 {
+    let mut errors = 0;
+    for s in 0..shards {
+        let set = c.replicas_of(s);
+        assert_eq!(set.len(), 2, "shard {s}: {set:?}");
+        for node in &set {
+            let got = c.fetch_from(node, s).await.expect("fetch");
+            assert_eq!(
+                got.len() as u64,
+                CLUSTER_SHARD_BYTES / BS,
+                "shard {s} on {node}"
+            );
+            for (b, data) in got {
+                let at = (b * BS) as usize;
+                if data[..] != model[at..at + BS as usize] {
+                    errors += 1;
+                    eprintln!("copy on {node} of block {b} differs");
+                }
+            }
+        }
+    }
+    if c.read(0, model.len() as u64).await.unwrap() != model {
+        errors += 1;
+    }
+    errors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_its_share_and_a_leaving_one_is_replaced() {
+    let seed: u64 = std::env::var("SHARDBLK_CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    eprintln!("seed {seed} (SHARDBLK_CLUSTER_SEED)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3);
+    let shards = 24u64;
+    let size = shards * CLUSTER_SHARD_BYTES;
+    let mut cfg = client_cfg("client-rebal", &nodes, size);
+    cfg.out_after_ms = 3_000;
+    // slow enough to watch: about a shard every half second
+    let limits = Limits {
+        bytes_per_sec: 2 << 20,
+        max_moves: 2,
+    };
+    cfg.rebalance = limits;
+    let mut c = ClusterClient::connect(cfg).await.expect("attach");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut model = vec![0u8; size as usize];
+    rng.fill(&mut model[..]);
+    c.write(0, &model).await.expect("write");
+    let before: Vec<Vec<String>> = (0..shards).map(|s| c.replicas_of(s)).collect();
+    assert!(before.iter().all(|s| !s.contains(&"node3".to_string())));
+
+    // a fourth node joins
+    nodes.push(Node::new(dir.path(), 3));
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|x| x.gossip).collect();
+    nodes[3].start(&seeds);
+    let t = std::time::Instant::now();
+    while c.rebalance_status().is_none_or(|s| s.progress.planned == 0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no rebalancing planned"
+        );
+        c.idle(Duration::from_millis(50)).await;
+    }
+    let during = status_json(&mut c, &seeds).await;
+    let r = rebalancing_of(&during, "client-rebal").expect("progress in cluster status");
+    eprintln!("during: {r}");
+    let planned = r["status"]["progress"]["planned"].as_u64().unwrap();
+    assert!(planned > 0 && planned < shards, "{r}");
+    assert!(r["status"]["progress"]["moved"].as_u64().unwrap() <= planned);
+    let st = c
+        .rebalanced(Duration::from_secs(40))
+        .await
+        .expect("rebalanced after the join");
+    let took = t.elapsed();
+    eprintln!("join: {st:?} in {took:?}");
+    assert_eq!(st.basis, vec!["node0", "node1", "node2", "node3"]);
+    assert_eq!(st.progress.moved, st.progress.planned);
+    assert_eq!(c.moves, st.progress.planned);
+    // only shards that now live on node3 moved, one copy each
+    let mut moved = 0;
+    for s in 0..shards {
+        let now = c.replicas_of(s);
+        if now != before[s as usize] {
+            moved += 1;
+            assert!(now.contains(&"node3".to_string()), "shard {s}: {now:?}");
+            let kept: Vec<_> = now.iter().filter(|n| *n != "node3").collect();
+            assert_eq!(kept.len(), 1);
+            assert!(
+                before[s as usize].contains(kept[0]),
+                "shard {s}: {before:?} -> {now:?}"
+            );
+        }
+    }
+    assert_eq!(moved, st.progress.planned);
+    // throttled: the copy took at least its bytes over the rate, less the
+    // burst and the moves a nearly spent budget may still start
+    let burst = 2 * CLUSTER_SHARD_BYTES * limits.max_moves as u64;
+    let floor = st.progress.bytes.saturating_sub(burst) as f64 / limits.bytes_per_sec as f64;
+    assert!(took.as_secs_f64() >= floor, "{took:?} < {floor} s");
+    let after = status_json(&mut c, &seeds).await;
+    let r = rebalancing_of(&after, "client-rebal").expect("progress in cluster status");
+    eprintln!("after: {r}");
+    assert_eq!(r["status"]["done"], true, "{r}");
+    assert_eq!(r["status"]["progress"]["moved"].as_u64().unwrap(), moved);
+    let node3 = after["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "node3")
+        .unwrap();
+    assert!(node3["shards"].as_u64().unwrap() > 0, "{node3}");
+    // old copies were dropped: the nodes hold exactly two copies per shard
+    let held: u64 = after["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["shards"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 2 * shards, "{after}");
+    // and the table form shows it too
+    let text = status_text(&mut c, &seeds).await;
+    eprintln!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("client-rebal"))
+        .expect("a rebalancing line");
+    assert!(line.contains(" done "), "{line}");
+    assert!(line.contains("node0,node1,node2,node3"), "{line}");
+    assert_eq!(verify_copies(&mut c, &model, shards).await, 0);
+
+    // node1 leaves (for good): once it is out, its shards move to new homes
+    nodes[1].kill();
+    let t = std::time::Instant::now();
+    while c.view().is_live("node1") {
+        assert!(t.elapsed() < Duration::from_secs(20), "node1 still live");
+        c.idle(Duration::from_millis(50)).await;
+    }
+    let st = c
+        .rebalanced(Duration::from_secs(40))
+        .await
+        .expect("rebalanced after the leave");
+    eprintln!("leave: {st:?}");
+    assert_eq!(st.basis, vec!["node0", "node2", "node3"]);
+    assert_eq!(st.finished, 2);
+    let all: Vec<u64> = (0..shards).collect();
+    assert!(
+        c.settle(&all, Duration::from_secs(20)).await,
+        "R=2 restored"
+    );
+    for s in 0..shards {
+        assert!(!c.replicas_of(s).contains(&"node1".to_string()));
+    }
+    assert_eq!(verify_copies(&mut c, &model, shards).await, 0);
+    eprintln!("repairs {} moves {}", c.repairs, c.moves);
+    c.shutdown().await;
 }

@@ -4,7 +4,10 @@
 use crate::cluster::client::{ClientConfig, ClusterClient};
 use crate::cluster::gossip::{self, ClusterView};
 use crate::cluster::node::{self, NodeConfig};
-use crate::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_REPLICAS_DEFAULT};
+use crate::cluster::rebalance::Limits;
+use crate::constants::{
+    CLUSTER_BASIS_SHARD, CLUSTER_BLOCK_BYTES, CLUSTER_OUT_AFTER_MS, CLUSTER_REPLICAS_DEFAULT,
+};
 use crate::units::{format_size, parse_size};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -179,7 +182,56 @@ fn print_status(v: &ClusterView) {
             n.shards
         );
     }
-    println!("shards away from home: {}", v.overrides.len());
+    println!("shard records (away from home or moved): {}", records(v));
+    if v.rebalancing.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<20} {:<10} {:<8} {:>7} {:>6} {:>9} {:>8} {:>10} {:>6} {:>7}  target",
+        "rebalancing by",
+        "volume",
+        "state",
+        "planned",
+        "moved",
+        "remaining",
+        "in-flight",
+        "copied",
+        "drops",
+        "retries"
+    );
+    for r in &v.rebalancing {
+        let p = &r.status.progress;
+        let state = if r.status.done {
+            "done"
+        } else if !r.live {
+            "stopped"
+        } else {
+            "moving"
+        };
+        println!(
+            "{:<20} {:<10} {:<8} {:>7} {:>6} {:>9} {:>8} {:>10} {:>6} {:>7}  {}",
+            r.node,
+            r.volume,
+            state,
+            p.planned,
+            p.moved,
+            p.remaining(),
+            p.in_flight,
+            format_size(p.bytes),
+            p.drops_pending,
+            p.retries,
+            r.status.target.join(",")
+        );
+    }
+}
+
+/// Override records of shards (a volume's placement-basis record aside).
+fn records(v: &ClusterView) -> usize {
+    v.overrides
+        .iter()
+        .filter(|(k, _)| k.shard != CLUSTER_BASIS_SHARD)
+        .count()
 }
 
 fn client_config(join: &JoinArgs, vol: &VolumeArgs) -> Result<ClientConfig> {
@@ -192,6 +244,8 @@ fn client_config(join: &JoinArgs, vol: &VolumeArgs) -> Result<ClientConfig> {
         replicas: vol.replicas,
         expect_nodes: vol.nodes,
         wait_ms: CLIENT_WAIT_MS,
+        out_after_ms: CLUSTER_OUT_AFTER_MS,
+        rebalance: Limits::default(),
     })
 }
 
@@ -219,7 +273,8 @@ pub fn run(cmd: ClusterCmd) -> Result<()> {
                 let nodes: Vec<_> = v.storage().collect();
                 let out = serde_json::json!({
                     "nodes": nodes,
-                    "overrides": v.overrides.len(),
+                    "overrides": records(&v),
+                    "rebalancing": v.rebalancing,
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

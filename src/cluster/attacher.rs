@@ -23,24 +23,49 @@
 //!   by a partition can neither change a shard's set nor complete a write to a
 //!   replica the new attacher has touched.
 //! - **Re-replication** (throttled, one shard at a time, only while no other
-//!   operation runs, so no write races the copy): for a written shard with
-//!   fewer than `R` live replicas, fetch it from a live replica, install it on
-//!   the best live member outside the set (rendezvous order, distinct domain
-//!   if possible), then commit the set `live replicas + new` to a majority.
+//!   operation runs, so no write races the copy): for a shard with fewer
+//!   than `R` live replicas, fetch it from a live replica, install it on the
+//!   best live member outside the set (rendezvous order, distinct domain if
+//!   possible; the install is guarded like a move's), then commit the set
+//!   `live replicas + new` to a majority. A never-written shard copies
+//!   nothing and does not count against the throttle, but is committed too
+//!   (else it would stay short of copies and be picked again forever).
 //! - One operation at a time (a caller gets [`OpError::Busy`]). Requests are
 //!   retransmitted every `retry_ms` until answered (they are idempotent); an
 //!   operation not done in `op_timeout_ms` fails with [`OpError::Timeout`],
 //!   unacknowledged (its writes may or may not be visible later).
-//! - Not handled here (see the module doc of `cluster`): rebalancing to new
-//!   homes after membership grows, divergent unacknowledged writes between
-//!   replicas (a read may see one replica's unacknowledged newer block and a
-//!   later read another's older, acknowledged one).
+//! - **Placement basis**: homes are computed over the volume's *basis*, the
+//!   member ids recorded under the override key `CLUSTER_BASIS_SHARD`. The
+//!   first attacher of a volume commits the members it knows before it
+//!   reports `Attached`; later ones learn the record with the others. So
+//!   every attacher computes the same home for a shard without a record.
+//! - **Rebalancing** (see `rebalance`): the target membership is every
+//!   member with weight, less those dead for `out_after_ms` ("out"). When it
+//!   differs from the basis, the shards whose home set changes are moved,
+//!   throttled, up to `max_moves` per operation, each only while its whole
+//!   new home is live: fetch from a live copy, install on the new home
+//!   members lacking one (guarded by the record version to come), commit
+//!   the new home as the shard's record to a majority, then (in the
+//!   background) ask the nodes that left the set to drop their copies. Moves
+//!   are operations like any other, so no write races a copy. When every
+//!   move is done the target is committed as the new basis. A membership
+//!   change during a rebalancing restarts the plan from the basis (shards
+//!   already moved have records, so they are not moved again).
+//! - Not handled here: divergent unacknowledged writes between replicas (a
+//!   read may see one replica's unacknowledged newer block and a later read
+//!   another's older, acknowledged one); a commit that times out may still
+//!   reach a majority later (as for re-replication); a member of the basis
+//!   that gossip no longer knows is placed with weight 1 and no domain.
 
 use super::epoch::{Epoch, Version};
 use super::overrides::{OverrideMap, OverrideRecord};
 use super::placement::{next_home, place, Member, NodeId, ShardKey};
 use super::proto::{BlockEntry, Request, Response};
-use crate::constants::{CLUSTER_ATTACH_ATTEMPTS, CLUSTER_REPAIR_SCAN_SHARDS};
+use super::rebalance::{self, Limits, Move, Progress, Rebalancer};
+use crate::constants::{
+    CLUSTER_ATTACH_ATTEMPTS, CLUSTER_BASIS_SHARD, CLUSTER_BLOCK_BYTES, CLUSTER_REPAIR_SCAN_SHARDS,
+};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +108,27 @@ pub enum Event<D> {
         key: ShardKey,
         replicas: Vec<NodeId>,
     },
+    /// Rebalancing committed `key`'s new home.
+    Moved {
+        key: ShardKey,
+        replicas: Vec<NodeId>,
+    },
+    /// Every move of a rebalancing is done and its target is the new basis.
+    Rebalanced(Progress),
+}
+
+/// Where the volume's rebalancing stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceStatus {
+    /// Members homes are computed over now.
+    pub basis: Vec<NodeId>,
+    /// Members it is moving to (equal to `basis` when done).
+    pub target: Vec<NodeId>,
+    pub progress: Progress,
+    /// Every move committed, every old copy dropped, target committed as basis.
+    pub done: bool,
+    /// Rebalancings finished by this attacher.
+    pub finished: u64,
 }
 
 /// A request to send.
@@ -105,6 +151,9 @@ pub struct AttacherConfig {
     pub retry_ms: u64,
     pub op_timeout_ms: u64,
     pub repair_interval_ms: u64,
+    /// A member dead this long is out of the rebalancing target.
+    pub out_after_ms: u64,
+    pub rebalance: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +198,44 @@ enum After<D> {
         key: ShardKey,
         replicas: Vec<NodeId>,
     },
+    /// The first attacher's basis record: attached once it is committed.
+    Attached,
+    /// A rebalancing's target became the basis.
+    Basis(Vec<Member>),
     _Phantom(std::marker::PhantomData<D>),
+}
+
+/// One shard's move inside a move operation.
+enum MoveStage<D> {
+    Fetch(Round<D>),
+    Install(Round<D>),
+    Commit(Round<D>, OverrideRecord),
+    Done,
+    Failed,
+}
+
+struct MoveItem<D> {
+    mv: Move,
+    /// No copy left to move: only pin the record where the shard was.
+    pin: bool,
+    /// The version its record will carry (named by the install's guard).
+    version: Version,
+    source: NodeId,
+    bytes: u64,
+    stage: MoveStage<D>,
+}
+
+/// A running rebalancing.
+struct Rebal {
+    target: Vec<Member>,
+    rb: Rebalancer,
+}
+
+/// A drop request in the background, retransmitted until answered.
+struct DropJob<D> {
+    key: ShardKey,
+    node: NodeId,
+    round: Round<D>,
 }
 
 enum Op<D> {
@@ -185,7 +271,11 @@ enum Op<D> {
         key: ShardKey,
         keep: Vec<NodeId>,
         target: NodeId,
+        version: Version,
         round: Round<D>,
+    },
+    Move {
+        items: Vec<MoveItem<D>>,
     },
 }
 
@@ -204,6 +294,14 @@ pub struct Attacher<D> {
     attach_attempts: u32,
     out: Vec<Outgoing<D>>,
     events: Vec<Event<D>>,
+    /// Members homes are computed over (see the module doc).
+    basis: Vec<Member>,
+    /// When each member was first seen dead (cleared when seen live).
+    dead_since: BTreeMap<NodeId, u64>,
+    rebal: Option<Rebal>,
+    drops: Vec<DropJob<D>>,
+    rebalances: u64,
+    rebalance_first: bool,
 }
 
 impl<D: Clone> Attacher<D> {
@@ -211,7 +309,6 @@ impl<D: Clone> Attacher<D> {
     /// incarnation so late replies to an earlier one are ignored).
     pub fn new(cfg: AttacherConfig, id_base: u64) -> Attacher<D> {
         Attacher {
-            cfg,
             mode: Mode::Detached,
             epoch: Epoch::ZERO,
             seen: Epoch::ZERO,
@@ -225,7 +322,61 @@ impl<D: Clone> Attacher<D> {
             attach_attempts: 0,
             out: Vec::new(),
             events: Vec::new(),
+            basis: cfg_members_sorted(&cfg.members),
+            dead_since: BTreeMap::new(),
+            rebal: None,
+            drops: Vec::new(),
+            rebalances: 0,
+            rebalance_first: false,
+            cfg,
         }
+    }
+
+    /// Placement candidates as gossip knows them now (every member, live or
+    /// not; ones that joined included). Homes stay computed over the basis.
+    pub fn set_members(&mut self, members: Vec<Member>) {
+        self.cfg.members = members;
+    }
+
+    /// A one-line summary of the running operation, the members seen dead
+    /// and the rebalancer (for failure messages).
+    pub fn debug_state(&self) -> String {
+        let op = match self.op.as_ref().map(|o| &o.1) {
+            None => "none",
+            Some(Op::Attach { .. }) => "attach",
+            Some(Op::Write { .. }) => "write",
+            Some(Op::Commit { .. }) => "commit",
+            Some(Op::Read { .. }) => "read",
+            Some(Op::RepairFetch { .. }) => "repair fetch",
+            Some(Op::RepairInstall { .. }) => "repair install",
+            Some(Op::Move { .. }) => "move",
+        };
+        let rb = self.rebal.as_ref().map(|r| &r.rb);
+        format!(
+            "op {op}, dead since {:?}, members {:?}, rebalancer {rb:?}",
+            self.dead_since,
+            ids_of(&self.cfg.members)
+        )
+    }
+
+    /// Members homes are computed over now.
+    pub fn basis(&self) -> &[Member] {
+        &self.basis
+    }
+
+    /// The rebalancing state, once one was planned.
+    pub fn rebalance_status(&self) -> Option<RebalanceStatus> {
+        let r = self.rebal.as_ref()?;
+        let basis = ids_of(&self.basis);
+        let target = ids_of(&r.target);
+        let progress = r.rb.progress().clone();
+        Some(RebalanceStatus {
+            done: basis == target && r.rb.moves_done() && progress.done(),
+            basis,
+            target,
+            progress,
+            finished: self.rebalances,
+        })
     }
 
     pub fn config(&self) -> &AttacherConfig {
@@ -256,7 +407,7 @@ impl<D: Clone> Attacher<D> {
     /// The current copies of `key`: its override record, else its home.
     pub fn replicas_of(&self, key: &ShardKey) -> Vec<NodeId> {
         self.overrides
-            .replicas_or(key, || place(key, &self.cfg.members, self.cfg.replicas))
+            .replicas_or(key, || place(key, &self.basis, self.cfg.replicas))
     }
 
     /// Requests to send and events to report since the last call.
@@ -431,11 +582,26 @@ impl<D: Clone> Attacher<D> {
         now: u64,
         live: &dyn Fn(&str) -> bool,
     ) {
+        let mut resp = Some(resp);
         if let Some((_, op)) = self.op.as_mut() {
-            let round = op_round(op);
-            if round.sent.get(from).is_some_and(|s| s.0 == id) {
-                round.replies.insert(from.to_string(), resp);
+            for round in op_rounds(op) {
+                if round.sent.get(from).is_some_and(|s| s.0 == id) {
+                    round
+                        .replies
+                        .insert(from.to_string(), resp.take().expect("one reply"));
+                    break;
+                }
             }
+        }
+        if let Some(resp) = resp {
+            if let Some(d) = self
+                .drops
+                .iter_mut()
+                .find(|d| d.round.sent.get(from).is_some_and(|s| s.0 == id))
+            {
+                d.round.replies.insert(from.to_string(), resp);
+            }
+            self.advance_drops(live);
         }
         self.advance(now, live);
     }
@@ -444,8 +610,11 @@ impl<D: Clone> Attacher<D> {
     pub fn tick(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
         let retry = self.cfg.retry_ms;
         let out = &mut self.out;
+        let mut rounds: Vec<&mut Round<D>> = self.drops.iter_mut().map(|d| &mut d.round).collect();
         if let Some((_, op)) = self.op.as_mut() {
-            let round = op_round(op);
+            rounds.extend(op_rounds(op));
+        }
+        for round in rounds {
             let due: Vec<NodeId> = round
                 .pending()
                 .filter(|n| now >= round.sent[*n].1 + retry)
@@ -461,9 +630,23 @@ impl<D: Clone> Attacher<D> {
                 });
             }
         }
+        self.advance_drops(live);
         self.advance(now, live);
-        if self.op.is_none() && self.mode == Mode::Attached {
-            self.maybe_repair(now, live);
+        if self.mode == Mode::Attached {
+            self.note_liveness(now, live);
+            // repair and rebalancing take turns at starting first, so
+            // neither starves the other
+            self.rebalance_first = !self.rebalance_first;
+            for rebalance_turn in [self.rebalance_first, !self.rebalance_first] {
+                if self.op.is_some() {
+                    break;
+                }
+                if rebalance_turn {
+                    self.maybe_rebalance(now, live);
+                } else {
+                    self.maybe_repair(now, live);
+                }
+            }
         }
     }
 
@@ -494,10 +677,35 @@ impl<D: Clone> Attacher<D> {
         started: u64,
         now: u64,
     ) {
-        let record = OverrideRecord {
-            version: self.next_override_version(),
-            replicas,
-        };
+        let version = self.next_override_version();
+        self.start_commit_at(after, key, replicas, version, started, now)
+    }
+
+    fn commit_round(&mut self, key: &ShardKey, record: &OverrideRecord, now: u64) -> Round<D> {
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let ids = self.member_ids();
+        self.round(
+            &ids,
+            || Request::Commit {
+                volume: volume.clone(),
+                epoch,
+                key: key.clone(),
+                record: record.clone(),
+            },
+            now,
+        )
+    }
+
+    fn start_commit_at(
+        &mut self,
+        after: After<D>,
+        key: ShardKey,
+        replicas: Vec<NodeId>,
+        version: Version,
+        started: u64,
+        now: u64,
+    ) {
+        let record = OverrideRecord { version, replicas };
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
         let ids = self.member_ids();
         let (k2, r2) = (key.clone(), record.clone());
@@ -528,15 +736,22 @@ impl<D: Clone> Attacher<D> {
             return;
         };
         let timed_out = now >= started + self.cfg.op_timeout_ms;
-        let round = op_round(&mut op);
-        if let Some(e) = round.fenced() {
+        let fenced = op_rounds(&mut op).into_iter().find_map(|r| r.fenced());
+        if let Some(e) = fenced {
             self.fence_seen(e);
             if let Some(id) = op_id(&op) {
                 self.events.push(Event::Failed {
                     op: id,
                     error: OpError::Fenced(e),
                 });
-            } else if matches!(op, Op::Attach { .. }) {
+            } else if matches!(
+                op,
+                Op::Attach { .. }
+                    | Op::Commit {
+                        after: After::Attached,
+                        ..
+                    }
+            ) {
                 if self.attach_attempts < CLUSTER_ATTACH_ATTEMPTS {
                     // take over above the holder, a bounded number of times
                     // (two attachers taking over at once must not duel forever)
@@ -558,8 +773,20 @@ impl<D: Clone> Attacher<D> {
                             }
                         }
                     }
-                    self.mode = Mode::Attached;
-                    self.events.push(Event::Attached(self.epoch));
+                    let bkey = self.key(CLUSTER_BASIS_SHARD);
+                    match self.overrides.get(&bkey) {
+                        Some(rec) => {
+                            self.basis = basis_from(&rec.replicas, &self.cfg.members);
+                            self.mode = Mode::Attached;
+                            self.events.push(Event::Attached(self.epoch));
+                        }
+                        None => {
+                            // the volume's first attacher: fix the basis first
+                            self.basis = cfg_members_sorted(&self.cfg.members);
+                            let ids = ids_of(&self.basis);
+                            self.start_commit(After::Attached, bkey, ids, started, now);
+                        }
+                    }
                 } else if timed_out {
                     self.mode = Mode::Detached;
                     self.events.push(Event::AttachFailed(OpError::Timeout));
@@ -632,14 +859,30 @@ impl<D: Clone> Attacher<D> {
                         After::Repaired { key, replicas } => {
                             self.events.push(Event::Repaired { key, replicas })
                         }
+                        After::Attached => {
+                            self.mode = Mode::Attached;
+                            self.events.push(Event::Attached(self.epoch));
+                        }
+                        After::Basis(members) => {
+                            self.basis = members;
+                            self.rebalances += 1;
+                            if let Some(r) = &self.rebal {
+                                self.events.push(Event::Rebalanced(r.rb.progress().clone()));
+                            }
+                        }
                         After::_Phantom(_) => {}
                     }
                 } else if timed_out {
-                    if let After::Wrote { op, .. } = after {
-                        self.events.push(Event::Failed {
+                    match after {
+                        After::Wrote { op, .. } => self.events.push(Event::Failed {
                             op,
                             error: OpError::Timeout,
-                        });
+                        }),
+                        After::Attached => {
+                            self.mode = Mode::Detached;
+                            self.events.push(Event::AttachFailed(OpError::Timeout));
+                        }
+                        _ => {}
                     }
                 } else {
                     self.op = Some((
@@ -718,12 +961,14 @@ impl<D: Clone> Attacher<D> {
             } => {
                 let src = round.sent.keys().next().expect("one source").clone();
                 match round.replies.get(&src) {
-                    Some(Response::Blocks { entries }) if entries.is_empty() => {
-                        // never written: nothing to copy, and no copy to throttle
-                        self.last_repair_ms = None;
-                    }
                     Some(Response::Blocks { entries }) => {
+                        if entries.is_empty() {
+                            // never written: nothing copied, nothing to throttle
+                            self.last_repair_ms = None;
+                        }
                         let entries: Vec<BlockEntry<D>> = entries.clone();
+                        let version = self.next_override_version();
+                        let guard = Some((key.shard * self.cfg.blocks_per_shard, version));
                         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
                         let round = self.round(
                             std::slice::from_ref(&target),
@@ -731,6 +976,7 @@ impl<D: Clone> Attacher<D> {
                                 volume: volume.clone(),
                                 epoch,
                                 entries: entries.clone(),
+                                guard,
                             },
                             now,
                         );
@@ -740,6 +986,7 @@ impl<D: Clone> Attacher<D> {
                                 key,
                                 keep,
                                 target,
+                                version,
                                 round,
                             },
                         ));
@@ -763,6 +1010,7 @@ impl<D: Clone> Attacher<D> {
                 key,
                 keep,
                 target,
+                version,
                 round,
             } => match round.replies.get(&target) {
                 Some(Response::Ok) => {
@@ -772,7 +1020,7 @@ impl<D: Clone> Attacher<D> {
                         key: key.clone(),
                         replicas: replicas.clone(),
                     };
-                    self.start_commit(after, key, replicas, started, now);
+                    self.start_commit_at(after, key, replicas, version, started, now);
                 }
                 Some(_) => {}
                 None if timed_out || !live(&target) => {}
@@ -783,11 +1031,287 @@ impl<D: Clone> Attacher<D> {
                             key,
                             keep,
                             target,
+                            version,
                             round,
                         },
                     ))
                 }
             },
+            Op::Move { mut items } => {
+                for it in items.iter_mut() {
+                    self.advance_move(it, now, timed_out, live);
+                }
+                if items
+                    .iter()
+                    .any(|it| !matches!(it.stage, MoveStage::Done | MoveStage::Failed))
+                {
+                    self.op = Some((started, Op::Move { items }));
+                }
+            }
+        }
+    }
+
+    /// Move one shard of a move operation on as far as its replies allow.
+    fn advance_move(
+        &mut self,
+        it: &mut MoveItem<D>,
+        now: u64,
+        timed_out: bool,
+        live: &dyn Fn(&str) -> bool,
+    ) {
+        if matches!(it.stage, MoveStage::Done | MoveStage::Failed) {
+            return;
+        }
+        let stage = std::mem::replace(&mut it.stage, MoveStage::Failed);
+        it.stage = match stage {
+            MoveStage::Fetch(round) => match round.replies.get(&it.source) {
+                Some(Response::Blocks { entries }) => {
+                    let entries: Vec<BlockEntry<D>> = entries.clone();
+                    it.bytes = entries.len() as u64 * CLUSTER_BLOCK_BYTES;
+                    let guard = Some((it.mv.key.shard * self.cfg.blocks_per_shard, it.version));
+                    let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+                    let round = self.round(
+                        &it.mv.add(),
+                        || Request::Install {
+                            volume: volume.clone(),
+                            epoch,
+                            entries: entries.clone(),
+                            guard,
+                        },
+                        now,
+                    );
+                    MoveStage::Install(round)
+                }
+                Some(_) => MoveStage::Failed,
+                None if timed_out || !live(&it.source) => MoveStage::Failed,
+                None => MoveStage::Fetch(round),
+            },
+            MoveStage::Install(round) => {
+                let bad = round.sent.keys().any(|n| {
+                    !live(n)
+                        || round
+                            .replies
+                            .get(n)
+                            .is_some_and(|r| !matches!(r, Response::Ok))
+                });
+                if bad || (timed_out && round.pending().next().is_some()) {
+                    MoveStage::Failed
+                } else if round.pending().next().is_some() {
+                    MoveStage::Install(round)
+                } else {
+                    if let Some(r) = self.rebal.as_mut() {
+                        let _ = r.rb.copied(&it.mv.key, it.bytes, now);
+                    }
+                    let record = OverrideRecord {
+                        version: it.version,
+                        replicas: it.mv.to.clone(),
+                    };
+                    let round = self.commit_round(&it.mv.key, &record, now);
+                    MoveStage::Commit(round, record)
+                }
+            }
+            MoveStage::Commit(round, record) => {
+                if round.count(|r| matches!(r, Response::Ok)) >= self.majority() && it.pin {
+                    self.overrides.merge(&it.mv.key, &record);
+                    if let Some(r) = self.rebal.as_mut() {
+                        r.rb.abandoned(&it.mv.key);
+                    }
+                    MoveStage::Done
+                } else if round.count(|r| matches!(r, Response::Ok)) >= self.majority() {
+                    self.overrides.merge(&it.mv.key, &record);
+                    let drop = it.mv.remove();
+                    if let Some(r) = self.rebal.as_mut() {
+                        let _ = r.rb.committed(&it.mv.key, &drop);
+                    }
+                    for node in drop {
+                        self.start_drop(&it.mv.key, &node, record.version, now);
+                    }
+                    self.events.push(Event::Moved {
+                        key: it.mv.key.clone(),
+                        replicas: record.replicas,
+                    });
+                    MoveStage::Done
+                } else if timed_out {
+                    MoveStage::Failed
+                } else {
+                    MoveStage::Commit(round, record)
+                }
+            }
+            s @ (MoveStage::Done | MoveStage::Failed) => s,
+        };
+        if matches!(it.stage, MoveStage::Failed) {
+            if let Some(r) = self.rebal.as_mut() {
+                r.rb.failed(it.mv.clone());
+            }
+        }
+    }
+
+    fn start_drop(&mut self, key: &ShardKey, node: &NodeId, record: Version, now: u64) {
+        let bps = self.cfg.blocks_per_shard;
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let round = self.round(
+            std::slice::from_ref(node),
+            || Request::Drop {
+                volume: volume.clone(),
+                epoch,
+                first_block: key.shard * bps,
+                n_blocks: bps,
+                record,
+            },
+            now,
+        );
+        self.drops.push(DropJob {
+            key: key.clone(),
+            node: node.clone(),
+            round,
+        });
+    }
+
+    /// Finish drops that were answered or whose node is down (its copy then
+    /// stays, unused: it is in no set).
+    fn advance_drops(&mut self, live: &dyn Fn(&str) -> bool) {
+        let mut i = 0;
+        while i < self.drops.len() {
+            let d = &self.drops[i];
+            if d.round.replies.contains_key(&d.node) || !live(&d.node) {
+                let d = self.drops.swap_remove(i);
+                if let Some(r) = self.rebal.as_mut() {
+                    r.rb.dropped(&d.key, &d.node);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn note_liveness(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        for m in &self.cfg.members {
+            if live(&m.id) {
+                self.dead_since.remove(&m.id);
+            } else {
+                self.dead_since.entry(m.id.clone()).or_insert(now);
+            }
+        }
+    }
+
+    /// The rebalancing target: every member with weight that is not out.
+    fn target(&self, now: u64) -> Vec<Member> {
+        let mut t: Vec<Member> = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| m.weight > 0.0)
+            .filter(|m| {
+                self.dead_since
+                    .get(&m.id)
+                    .is_none_or(|t| now < t + self.cfg.out_after_ms)
+            })
+            .cloned()
+            .collect();
+        t.sort_by(|a, b| a.id.cmp(&b.id));
+        t.dedup_by(|a, b| a.id == b.id);
+        t
+    }
+
+    /// Plan a rebalancing when the target moved away from the basis (or
+    /// from the running plan's target), start the next moves the throttle
+    /// allows, and commit the target as basis once every move is done.
+    fn maybe_rebalance(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        let target = self.target(now);
+        if target.is_empty() {
+            return;
+        }
+        let tids = ids_of(&target);
+        if self.rebal.as_ref().map(|r| ids_of(&r.target)) != Some(tids.clone()) {
+            if self.rebal.is_none() && ids_of(&self.basis) == tids {
+                return;
+            }
+            let keys = (0..self.cfg.shards).map(|s| self.key(s));
+            let moves = rebalance::plan(keys, &self.basis, &target, self.cfg.replicas, |k| {
+                self.overrides.get(k).map(|r| r.replicas.as_slice())
+            });
+            self.rebal = Some(Rebal {
+                target,
+                rb: Rebalancer::new(moves, self.cfg.rebalance, now),
+            });
+        }
+        let mut r = self.rebal.take().expect("planned above");
+        if r.rb.moves_done() {
+            if ids_of(&self.basis) != tids {
+                let after = After::Basis(r.target.clone());
+                let bkey = self.key(CLUSTER_BASIS_SHARD);
+                self.rebal = Some(r);
+                self.start_commit(after, bkey, tids, now, now);
+            } else {
+                self.rebal = Some(r);
+            }
+            return;
+        }
+        let mut items = Vec::new();
+        for _ in 0..r.rb.queued() + r.rb.in_flight() {
+            let Some(planned) = r.rb.next(now) else {
+                break;
+            };
+            let from = self.replicas_of(&planned.key);
+            let mv = Move { from, ..planned };
+            if mv.add().is_empty() && mv.remove().is_empty() {
+                r.rb.skip(&mv.key);
+                continue;
+            }
+            let source = mv
+                .from
+                .iter()
+                .filter(|n| live(n))
+                .min_by_key(|n| **n != self.cfg.me)
+                .cloned();
+            let gone = |n: &NodeId| !r.target.iter().any(|m| m.id == *n);
+            if source.is_none() && mv.from.iter().all(gone) {
+                // nothing left to copy: pin the shard where it was
+                let record = OverrideRecord {
+                    version: self.next_override_version(),
+                    replicas: mv.from.clone(),
+                };
+                let round = self.commit_round(&mv.key, &record, now);
+                items.push(MoveItem {
+                    version: record.version,
+                    mv,
+                    pin: true,
+                    source: NodeId::new(),
+                    bytes: 0,
+                    stage: MoveStage::Commit(round, record),
+                });
+                continue;
+            }
+            let (Some(source), true) = (source, mv.to.iter().all(|n| live(n))) else {
+                r.rb.defer(mv);
+                continue;
+            };
+            let bps = self.cfg.blocks_per_shard;
+            let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+            let first_block = mv.key.shard * bps;
+            let round = self.round(
+                std::slice::from_ref(&source),
+                || Request::Fetch {
+                    volume: volume.clone(),
+                    epoch,
+                    first_block,
+                    n_blocks: bps,
+                },
+                now,
+            );
+            let version = self.next_override_version();
+            items.push(MoveItem {
+                mv,
+                pin: false,
+                version,
+                source,
+                bytes: 0,
+                stage: MoveStage::Fetch(round),
+            });
+        }
+        self.rebal = Some(r);
+        if !items.is_empty() {
+            self.op = Some((now, Op::Move { items }));
         }
     }
 
@@ -846,15 +1370,50 @@ impl<D: Clone> Attacher<D> {
     }
 }
 
-fn op_round<D>(op: &mut Op<D>) -> &mut Round<D> {
+/// Every round of `op` waiting on replies.
+fn op_rounds<D>(op: &mut Op<D>) -> Vec<&mut Round<D>> {
     match op {
         Op::Attach { round }
         | Op::Write { round, .. }
         | Op::Commit { round, .. }
         | Op::Read { round, .. }
         | Op::RepairFetch { round, .. }
-        | Op::RepairInstall { round, .. } => round,
+        | Op::RepairInstall { round, .. } => vec![round],
+        Op::Move { items } => items
+            .iter_mut()
+            .filter_map(|it| match &mut it.stage {
+                MoveStage::Fetch(r) | MoveStage::Install(r) | MoveStage::Commit(r, _) => Some(r),
+                MoveStage::Done | MoveStage::Failed => None,
+            })
+            .collect(),
     }
+}
+
+fn ids_of(members: &[Member]) -> Vec<NodeId> {
+    let mut v: Vec<NodeId> = members.iter().map(|m| m.id.clone()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn cfg_members_sorted(members: &[Member]) -> Vec<Member> {
+    let mut m = members.to_vec();
+    m.sort_by(|a, b| a.id.cmp(&b.id));
+    m.dedup_by(|a, b| a.id == b.id);
+    m
+}
+
+/// The basis members named by `ids`, as `members` describes them.
+fn basis_from(ids: &[NodeId], members: &[Member]) -> Vec<Member> {
+    ids.iter()
+        .map(|id| {
+            members
+                .iter()
+                .find(|m| m.id == *id)
+                .cloned()
+                .unwrap_or_else(|| Member::new(id, 1.0, None))
+        })
+        .collect()
 }
 
 /// The caller's operation id, for operations a caller started.

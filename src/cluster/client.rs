@@ -5,22 +5,27 @@
 //! Contract:
 //! - [`ClusterClient::connect`] waits until `expect_nodes` storage nodes are
 //!   live (placement is over the members known then; a member joining later
-//!   is not placed on until the next attach — rebalancing is not done), then
-//!   attaches, fencing any earlier attacher of the volume.
+//!   is placed on by rebalancing), then attaches, fencing any earlier
+//!   attacher of the volume.
 //! - `write`/`read` take block-aligned byte ranges, cut them at cluster shard
 //!   boundaries and run one attacher operation per piece, in order. A write
 //!   returns once every live replica of each piece has it (see `attacher`).
-//! - Re-replication runs while the client is idle inside its calls and in
-//!   [`ClusterClient::settle`].
+//! - Re-replication and rebalancing run while the client is idle inside its
+//!   calls, in [`ClusterClient::idle`], [`ClusterClient::settle`] and
+//!   [`ClusterClient::rebalanced`]. Every tick the attacher learns the
+//!   storage members gossip knows (a node joining, a node out), and the
+//!   rebalancing status is published in this client's gossip state under
+//!   `rebal:VOLUME` (JSON [`RebalanceStatus`]) for `cluster status`.
 //! - Requests go out on one connection per peer (reconnected when closed);
 //!   a failed call is simply retransmitted by the attacher.
 
-use super::attacher::{Attacher, AttacherConfig, Event, OpError};
+use super::attacher::{Attacher, AttacherConfig, Event, OpError, RebalanceStatus};
 use super::conn::Connection;
 use super::epoch::Epoch;
 use super::gossip::{self, ClusterView, ROLE_CLIENT};
 use super::placement::{NodeId, ShardKey};
 use super::proto::{Request, Response};
+use super::rebalance::Limits;
 use crate::constants::{
     CLUSTER_BLOCK_BYTES, CLUSTER_CLIENT_RETRY_MS, CLUSTER_CLIENT_TICK_MS, CLUSTER_FAIL_AFTER_MS,
     CLUSTER_LOCAL_VOLUME_BYTES, CLUSTER_OP_TIMEOUT_MS, CLUSTER_REPAIR_INTERVAL_MS,
@@ -66,6 +71,10 @@ pub struct ClientConfig {
     pub replicas: usize,
     pub expect_nodes: usize,
     pub wait_ms: u64,
+    /// A storage node dead this long is out of placement (rebalancing
+    /// moves its homes); `CLUSTER_OUT_AFTER_MS` by default.
+    pub out_after_ms: u64,
+    pub rebalance: Limits,
 }
 
 type Reply = (NodeId, u64, Response<Bytes>);
@@ -80,6 +89,9 @@ pub struct ClusterClient {
     t0: Instant,
     next_op: u64,
     pub repairs: u64,
+    /// Shards moved by rebalancing.
+    pub moves: u64,
+    published: String,
 }
 
 impl ClusterClient {
@@ -127,6 +139,8 @@ impl ClusterClient {
             retry_ms: CLUSTER_CLIENT_RETRY_MS,
             op_timeout_ms: CLUSTER_OP_TIMEOUT_MS,
             repair_interval_ms: CLUSTER_REPAIR_INTERVAL_MS,
+            out_after_ms: cfg.out_after_ms,
+            rebalance: cfg.rebalance,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut c = ClusterClient {
@@ -139,6 +153,8 @@ impl ClusterClient {
             t0,
             next_op: 1,
             repairs: 0,
+            moves: 0,
+            published: String::new(),
         };
         c.att.attach(c.now(), Epoch::ZERO);
         match c.drive(None).await? {
@@ -210,6 +226,7 @@ impl ClusterClient {
             for ev in events {
                 match &ev {
                     Event::Repaired { .. } => self.repairs += 1,
+                    Event::Moved { .. } => self.moves += 1,
                     Event::Fenced(e) => return Err(ClientError::Op(OpError::Fenced(*e))),
                     Event::Attached(_) | Event::AttachFailed(_) if op.is_none() => {
                         return Ok(Some(ev))
@@ -229,11 +246,7 @@ impl ClusterClient {
                     let view = &self.view;
                     self.att.on_response(&from, id, resp, now, &|n: &str| view.is_live(n));
                 }
-                _ = tokio::time::sleep(tick) => {
-                    self.view = ClusterView::of(&self.gossip).await;
-                    let view = &self.view;
-                    self.att.tick(now, &|n: &str| view.is_live(n));
-                }
+                _ = tokio::time::sleep(tick) => self.tick().await,
             }
         }
     }
@@ -261,16 +274,67 @@ impl ClusterClient {
         }
     }
 
-    /// Send what the attacher queued; count repairs.
+    /// Refresh the membership view, tick the attacher, publish progress.
+    async fn tick(&mut self) {
+        self.view = ClusterView::of(&self.gossip).await;
+        self.att.set_members(self.view.members());
+        let view = &self.view;
+        self.att.tick(self.now(), &|n: &str| view.is_live(n));
+        if let Some(st) = self.att.rebalance_status() {
+            let text = serde_json::to_string(&st).unwrap_or_default();
+            if text != self.published {
+                let key = gossip::rebalance_key(&self.att.config().volume);
+                let cc = self.gossip.chitchat();
+                cc.lock().await.self_node_state().set(key, text.clone());
+                self.published = text;
+            }
+        }
+    }
+
+    /// Send what the attacher queued; count repairs and moves.
     fn flush_out(&mut self) {
         let (out, events) = self.att.drain();
         for o in out {
             self.dispatch(o.to, o.id, o.req);
         }
-        self.repairs += events
-            .iter()
-            .filter(|e| matches!(e, Event::Repaired { .. }))
-            .count() as u64;
+        for e in events {
+            match e {
+                Event::Repaired { .. } => self.repairs += 1,
+                Event::Moved { .. } => self.moves += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// The volume's rebalancing, once one was planned.
+    pub fn rebalance_status(&self) -> Option<RebalanceStatus> {
+        self.att.rebalance_status()
+    }
+
+    /// Let rebalancing run for up to `max` until it is done and its basis
+    /// is exactly the live storage nodes; returns the final status when it
+    /// got there.
+    pub async fn rebalanced(&mut self, max: Duration) -> Option<RebalanceStatus> {
+        let end = Instant::now() + max;
+        loop {
+            if let Some(st) = self.att.rebalance_status().filter(|s| s.done) {
+                let mut live: Vec<&str> = self
+                    .view
+                    .storage()
+                    .filter(|n| n.live)
+                    .map(|n| n.id.as_str())
+                    .collect();
+                live.sort();
+                if live == st.basis {
+                    return Some(st);
+                }
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            self.pump(Duration::from_millis(CLUSTER_CLIENT_TICK_MS * 5))
+                .await;
+        }
     }
 
     /// Handle replies (re-replication goes on) for `d`, then refresh the
@@ -293,9 +357,7 @@ impl ClusterClient {
                 _ = tokio::time::sleep_until(end) => break,
             }
         }
-        self.view = ClusterView::of(&self.gossip).await;
-        let view = &self.view;
-        self.att.tick(self.now(), &|n: &str| view.is_live(n));
+        self.tick().await;
         self.flush_out();
     }
 

@@ -9,14 +9,18 @@
 //!   (bytes per tier name `T`), `load` (requests served in the last
 //!   publishing interval), `shards` (shards with blocks here), and one
 //!   `ovr:VOLUME:SHARD` key per override record the node holds
-//!   (`OverrideRecord::encode`).
+//!   (`OverrideRecord::encode`). An attaching client publishes
+//!   `rebal:VOLUME`: its rebalancing status of that volume as JSON
+//!   (`attacher::RebalanceStatus`).
 //! - A restarted node joins with a new generation (its start time), so its
 //!   state supersedes the old one; [`ClusterView`] merges generations of one
 //!   node id: live if any is live, keys from the newest.
 //! - Placement members are the storage nodes known, live or not (a dead
 //!   node keeps its homes; its shards are served by overrides until it
-//!   returns), sorted by id.
+//!   returns, or until the attacher counts it out and rebalances), sorted
+//!   by id.
 
+use super::attacher::RebalanceStatus;
 use super::overrides::{OverrideMap, OverrideRecord};
 use super::placement::{Member, NodeId, ShardKey};
 use crate::constants::{CLUSTER_FAIL_AFTER_MS, CLUSTER_GOSSIP_INTERVAL_MS};
@@ -80,11 +84,22 @@ pub struct NodeView {
     pub shards: u64,
 }
 
+/// One attacher's rebalancing of one volume, as gossip shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebalanceView {
+    /// The publishing (attaching) node.
+    pub node: NodeId,
+    pub live: bool,
+    pub volume: String,
+    pub status: RebalanceStatus,
+}
+
 /// The cluster as one observer sees it now.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     pub overrides: OverrideMap,
+    pub rebalancing: Vec<RebalanceView>,
 }
 
 impl ClusterView {
@@ -124,6 +139,16 @@ impl ClusterView {
                     view.overrides.merge(&ShardKey::new(vol, shard), &rec);
                 }
             }
+            for (k, v) in st.iter_prefix("rebal:") {
+                if let Ok(status) = serde_json::from_str::<RebalanceStatus>(&v.value) {
+                    view.rebalancing.push(RebalanceView {
+                        node: name.to_string(),
+                        live: is_live,
+                        volume: k["rebal:".len()..].to_string(),
+                        status,
+                    });
+                }
+            }
             view.nodes.push(NodeView {
                 id: name.to_string(),
                 live: is_live,
@@ -160,6 +185,11 @@ impl ClusterView {
             .find(|n| n.id == id)
             .and_then(|n| n.listen)
     }
+}
+
+/// The key under which an attacher publishes its rebalancing of `volume`.
+pub fn rebalance_key(volume: &str) -> String {
+    format!("rebal:{volume}")
 }
 
 /// The key under which a node publishes one override record.

@@ -8,6 +8,7 @@
 //! - [`placement`]: weighted HRW placement with failure domains (pure).
 //! - [`epoch`]: fencing epochs and data versions.
 //! - [`overrides`]: the versioned override map (LWW CRDT).
+//! - [`rebalance`]: which shards move on a membership change, throttled (pure).
 //!
 //! Core state machines take time and messages as input and return messages
 //! as output; the simulator and the real node drive the same code.
@@ -23,6 +24,7 @@ pub mod node;
 pub mod overrides;
 pub mod placement;
 pub mod proto;
+pub mod rebalance;
 pub mod replica;
 pub mod server;
 pub mod sim;

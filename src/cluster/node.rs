@@ -125,13 +125,27 @@ pub async fn run(
                 p.meta.overrides = m.overrides.clone();
             }
             for d in &deltas {
-                if let Delta::Versions {
-                    volume, first, n, ..
-                } = d
-                {
-                    for s in first / bps..=(first + n - 1) / bps {
-                        p.shards.insert((volume.clone(), s));
+                match d {
+                    Delta::Versions {
+                        volume, first, n, ..
+                    } => {
+                        for s in first / bps..=(first + n - 1) / bps {
+                            p.shards.insert((volume.clone(), s));
+                        }
                     }
+                    Delta::Dropped { volume, first, n } => {
+                        // a shard is gone once none of its blocks is held
+                        for s in first / bps..=(first + n - 1) / bps {
+                            let held = m
+                                .versions
+                                .get(volume)
+                                .is_some_and(|v| v.range(s * bps..(s + 1) * bps).next().is_some());
+                            if !held {
+                                p.shards.remove(&(volume.clone(), s));
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
             Ok(())

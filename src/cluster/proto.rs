@@ -51,10 +51,26 @@ pub enum Request<D> {
         n_blocks: u64,
     },
     /// Merge fetched blocks (each kept only over an older version).
+    /// `guard`: `(first block of the shard, version of the override record
+    /// the installer will commit)`; a later-arriving [`Request::Drop`] of
+    /// that shard with an older record version then drops nothing.
     Install {
         volume: String,
         epoch: Epoch,
         entries: Vec<BlockEntry<D>>,
+        #[serde(default)]
+        guard: Option<(u64, Version)>,
+    },
+    /// Drop this node's copy of the shard `[first_block, first_block +
+    /// n_blocks)`: it left the shard's set with the override record of
+    /// version `record`. Ignored (answered `Ok`) when an install guarded by a
+    /// record at least as new came first.
+    Drop {
+        volume: String,
+        epoch: Epoch,
+        first_block: u64,
+        n_blocks: u64,
+        record: Version,
     },
     /// Record where a shard's current copies are.
     Commit {
@@ -76,6 +92,7 @@ impl<D> Request<D> {
             | Request::Fetch { volume, .. }
             | Request::Install { volume, .. }
             | Request::Commit { volume, .. }
+            | Request::Drop { volume, .. }
             | Request::Flush { volume, .. } => volume,
         }
     }
@@ -87,6 +104,7 @@ impl<D> Request<D> {
             | Request::Fetch { epoch, .. }
             | Request::Install { epoch, .. }
             | Request::Commit { epoch, .. }
+            | Request::Drop { epoch, .. }
             | Request::Flush { epoch, .. } => *epoch,
         }
     }
@@ -98,7 +116,7 @@ pub enum Response<D> {
     FenceOk {
         overrides: Vec<(ShardKey, OverrideRecord)>,
     },
-    /// Write, install, commit or flush applied.
+    /// Write, install, commit, drop or flush applied.
     Ok,
     /// Read result: one version and one block per block asked.
     Data {
@@ -157,10 +175,25 @@ impl<D> Request<D> {
                 volume,
                 epoch,
                 entries,
+                guard,
             } => Request::Install {
                 volume,
                 epoch,
                 entries: entries.into_iter().map(|(b, v, d)| (b, v, f(d))).collect(),
+                guard,
+            },
+            Request::Drop {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+                record,
+            } => Request::Drop {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+                record,
             },
             Request::Commit {
                 volume,

@@ -10,7 +10,11 @@
 //! - A block is written only when the incoming version is newer than the
 //!   stored one; blocks never written read as `Version::ZERO` with the
 //!   store's zero content.
-//! - [`ReplicaMeta`] (fences, versions, overrides) is plain data: the owner
+//! - A drop (rebalancing moved the shard away) forgets the shard's blocks
+//!   and versions, unless an install guarded by an override record at least
+//!   as new came first (the shard moved back here meanwhile): a late or
+//!   duplicated drop never removes a copy a newer set relies on.
+//! - [`ReplicaMeta`] (fences, versions, overrides, guards) is plain data: the owner
 //!   persists it where its durability contract needs (a real node before it
 //!   answers a write, fence or commit).
 
@@ -34,6 +38,9 @@ pub trait BlockStore {
     fn write(&mut self, volume: &str, first: u64, blocks: &[Self::Data]) -> Result<(), StoreError>;
     /// Make every write so far durable.
     fn flush(&mut self, volume: &str) -> Result<(), StoreError>;
+    /// Forget `n` blocks from `first` (they read as zeros again) and free
+    /// their space where the store can; durable on return.
+    fn discard(&mut self, volume: &str, first: u64, n: u64) -> Result<(), StoreError>;
 }
 
 /// A block store in memory (the simulator's; data survives a simulated
@@ -65,6 +72,12 @@ impl BlockStore for MemStore {
     fn flush(&mut self, _volume: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    fn discard(&mut self, volume: &str, first: u64, n: u64) -> Result<(), StoreError> {
+        let v = volume.to_string();
+        self.blocks
+            .retain(|(vol, b), _| *vol != v || *b < first || *b >= first + n);
+        Ok(())
+    }
 }
 
 /// A replica's metadata: everything but block contents.
@@ -80,6 +93,11 @@ pub struct ReplicaMeta {
     /// changing it would move homes without moving data).
     #[serde(default)]
     pub weight: Option<f64>,
+    /// Per volume, per shard (its first block): the newest override-record
+    /// version an install or a drop of that shard named. A drop older than
+    /// the guard drops nothing (see `Request::Drop`).
+    #[serde(default)]
+    pub guards: BTreeMap<String, BTreeMap<u64, Version>>,
 }
 
 /// One change to [`ReplicaMeta`], as journaled by a real node (appending
@@ -102,6 +120,18 @@ pub enum Delta {
         record: OverrideRecord,
     },
     Weight(f64),
+    /// The guard of the shard starting at `first` rose to `version`.
+    Guard {
+        volume: String,
+        first: u64,
+        version: Version,
+    },
+    /// Blocks `first..first + n` were dropped (rebalancing moved them away).
+    Dropped {
+        volume: String,
+        first: u64,
+        n: u64,
+    },
 }
 
 impl ReplicaMeta {
@@ -127,7 +157,33 @@ impl ReplicaMeta {
                 self.overrides.merge(key, record);
             }
             Delta::Weight(w) => self.weight = Some(*w),
+            Delta::Guard {
+                volume,
+                first,
+                version,
+            } => {
+                let g = self.guards.entry(volume.clone()).or_default();
+                let e = g.entry(*first).or_default();
+                *e = (*e).max(*version);
+            }
+            Delta::Dropped { volume, first, n } => {
+                if let Some(m) = self.versions.get_mut(volume) {
+                    let doomed: Vec<u64> = m.range(first..&(first + n)).map(|(b, _)| *b).collect();
+                    for b in doomed {
+                        m.remove(&b);
+                    }
+                }
+            }
         }
+    }
+
+    /// The guard of the shard starting at block `first` of `volume`.
+    pub fn guard(&self, volume: &str, first: u64) -> Version {
+        self.guards
+            .get(volume)
+            .and_then(|g| g.get(&first))
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -243,8 +299,30 @@ impl<S: BlockStore> ReplicaCore<S> {
                 self.merge_blocks(volume, entries)?;
                 Response::Ok
             }
-            Request::Install { entries, .. } => {
+            Request::Install { entries, guard, .. } => {
+                if let Some((first, version)) = guard {
+                    self.raise_guard(volume, first, version);
+                }
                 self.merge_blocks(volume, entries)?;
+                Response::Ok
+            }
+            Request::Drop {
+                first_block,
+                n_blocks,
+                record,
+                ..
+            } => {
+                if record > self.meta.guard(volume, first_block) {
+                    self.raise_guard(volume, first_block, record);
+                    self.store.discard(volume, first_block, n_blocks)?;
+                    let d = Delta::Dropped {
+                        volume: volume.to_string(),
+                        first: first_block,
+                        n: n_blocks,
+                    };
+                    self.meta.apply(&d);
+                    self.note(d);
+                }
                 Response::Ok
             }
             Request::Read {
@@ -291,6 +369,18 @@ impl<S: BlockStore> ReplicaCore<S> {
                 Response::Ok
             }
         })
+    }
+
+    fn raise_guard(&mut self, volume: &str, first: u64, version: Version) {
+        if version > self.meta.guard(volume, first) {
+            let d = Delta::Guard {
+                volume: volume.to_string(),
+                first,
+                version,
+            };
+            self.meta.apply(&d);
+            self.note(d);
+        }
     }
 
     /// Write every entry newer than what is held, in runs of consecutive blocks.
@@ -437,9 +527,49 @@ mod tests {
             volume: "v".into(),
             epoch: ep(1),
             entries,
+            guard: None,
         });
         assert_eq!(b.store.read("v", 0, 2).unwrap(), vec![10, 21]);
         assert_eq!(b.version("v", 0), ver(1, 1));
+    }
+
+    #[test]
+    fn drop_forgets_the_shard_unless_a_newer_install_guards_it() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        let fill = |r: &mut ReplicaCore<MemStore>, seq| {
+            let mut w = write(1, seq, 4, 0);
+            if let Request::Write { blocks, .. } = &mut w {
+                *blocks = vec![41, 42, 43, 44];
+            }
+            assert_eq!(r.handle(w), Response::Ok);
+        };
+        let drop = |record| Request::Drop {
+            volume: "v".into(),
+            epoch: ep(1),
+            first_block: 4,
+            n_blocks: 4,
+            record,
+        };
+        fill(&mut r, 1);
+        r.handle(write(1, 2, 8, 80)); // the next shard stays
+        assert_eq!(r.handle(drop(ver(1, 5))), Response::Ok);
+        assert_eq!(r.version("v", 5), Version::ZERO);
+        assert_eq!(r.store.read("v", 4, 1).unwrap(), vec![0]);
+        assert_eq!(r.version("v", 8), ver(1, 2));
+        // moved back here (install guarded by record 7), then the first
+        // drop's late duplicate arrives: nothing is lost
+        r.handle(Request::Install {
+            volume: "v".into(),
+            epoch: ep(1),
+            entries: vec![(4, ver(1, 3), 9)],
+            guard: Some((4, ver(1, 7))),
+        });
+        assert_eq!(r.handle(drop(ver(1, 5))), Response::Ok);
+        assert_eq!(r.version("v", 4), ver(1, 3));
+        assert_eq!(r.store.read("v", 4, 1).unwrap(), vec![9]);
+        // a newer drop does drop it
+        r.handle(drop(ver(1, 8)));
+        assert_eq!(r.version("v", 4), Version::ZERO);
     }
 
     #[test]
@@ -458,6 +588,14 @@ mod tests {
             volume: "v".into(),
             epoch: ep(2),
             entries: vec![(7, ver(2, 5), 1), (8, ver(2, 6), 2), (0, ver(1, 1), 9)],
+            guard: Some((4, ver(2, 1))),
+        });
+        r.handle(Request::Drop {
+            volume: "v".into(),
+            epoch: ep(2),
+            first_block: 7,
+            n_blocks: 2,
+            record: ver(2, 3),
         });
         let mut m = OverrideMap::new();
         let rec = OverrideRecord {

@@ -69,6 +69,12 @@ impl BlockStore for MemBytesStore {
     fn flush(&mut self, _volume: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    fn discard(&mut self, volume: &str, first: u64, n: u64) -> Result<(), StoreError> {
+        let v = volume.to_string();
+        self.blocks
+            .retain(|(vol, b), _| *vol != v || *b < first || *b >= first + n);
+        Ok(())
+    }
 }
 
 /// Copies held in a local shardblk pool. Lives on one thread (its engine).
@@ -141,6 +147,16 @@ impl BlockStore for PoolStore {
             Some(v) => v.flush().map_err(err),
             None => Ok(()),
         }
+    }
+    /// Discards the range (whole local shards are unmapped and their
+    /// extents freed; partial ones keep their bytes, which no version
+    /// names any more) and commits.
+    fn discard(&mut self, volume: &str, first: u64, n: u64) -> Result<(), StoreError> {
+        let Some(v) = self.volume(volume, false)? else {
+            return Ok(());
+        };
+        v.discard(first * BS as u64, n * BS as u64).map_err(err)?;
+        v.flush().map_err(err)
     }
 }
 

@@ -332,6 +332,38 @@ mod tests {
         assert_eq!(f.clone().into_response().unwrap(), resp);
         // a response is not a request
         assert!(matches!(f.into_request(), Err(WireError::Kind(1))));
+        // rebalancing's guarded install and drop
+        let v = Version {
+            epoch: Epoch { term: 2, owner: 5 },
+            seq: 8,
+        };
+        let install = Request::Install {
+            volume: "vol".into(),
+            epoch: v.epoch,
+            entries: vec![(4, v, block(3)), (6, v, block(4))],
+            guard: Some((4, v)),
+        };
+        let f = roundtrip(Frame::request(7, install.clone()).unwrap());
+        assert_eq!(f.data.len(), 2 * CLUSTER_BLOCK_BYTES as usize);
+        assert_eq!(f.into_request().unwrap(), install);
+        let drop = Request::<Bytes>::Drop {
+            volume: "vol".into(),
+            epoch: v.epoch,
+            first_block: 4,
+            n_blocks: 256,
+            record: v,
+        };
+        let f = roundtrip(Frame::request(8, drop.clone()).unwrap());
+        assert!(f.data.is_empty());
+        assert_eq!(f.into_request().unwrap(), drop);
+    }
+
+    #[test]
+    fn an_install_without_a_guard_field_decodes_as_unguarded() {
+        // what a sender from before `guard` existed puts in the control part
+        let ctl = br#"{"Install":{"volume":"v","epoch":{"term":1,"owner":2},"entries":[]}}"#;
+        let req: Request<()> = serde_json::from_slice(ctl).unwrap();
+        assert!(matches!(req, Request::Install { guard: None, .. }));
     }
 
     #[test]

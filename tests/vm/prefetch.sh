@@ -86,8 +86,9 @@ step "fio verifies all 64 MiB"
 step "device with --prefetch lstm (shardblk hands it to shardblk-lstm): sequential passes"
 dev="$("$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M)" || die "add lstm"
 wait_dev "$dev"
-[ "$(cat "/proc/$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' \
-    "$SHARDBLK_RUN_DIR/ublkb3.json")/comm")" = shardblk-lstm ] || die "the lstm daemon is not shardblk-lstm"
+pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
+exe="$(readlink "/proc/$pid/exe")"
+[ "${exe##*/}" = shardblk-lstm ] || die "the lstm daemon (pid $pid) runs $exe, comm $(cat "/proc/$pid/comm")"
 lstm_batches() {
     "$B" stats -n 3 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefetch"]["batches"])'
 }

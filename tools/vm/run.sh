@@ -94,6 +94,10 @@ echo "$((mem / 2))m" >"$ctl/tmpsize"
     echo "export SHARDBLK_VM=1 SHARDBLK_VM_SCRATCH=/tmp SHARDBLK_VM_OUT=$(printf %q "$out")"
     echo "export SHARDBLK_VM_KVER=$(printf %q "$SHARDBLK_VM_KVER")"
     echo "export SHARDBLK_VM_MODULES=/run/shardblk-vm/modules SHARDBLK_VM_DIR=$(printf %q "$SHARDBLK_VM_DIR")"
+    # libtorch's AVX2 kernels use VGATHERDPS, which this qemu's TCG gets wrong
+    # (the LSTM's inference thread segfaulted on it in the guest): the guest's
+    # processes run libtorch's portable kernels and SSE4 BLAS instead.
+    echo "export ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41"
     while IFS='=' read -r name _; do
         case "$name" in
             SHARDBLK_VM | SHARDBLK_VM_OUT | SHARDBLK_VM_SCRATCH | SHARDBLK_VM_KVER | SHARDBLK_VM_MODULES | SHARDBLK_VM_DIR) ;;

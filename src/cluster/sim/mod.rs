@@ -17,6 +17,11 @@
 //!   containers only).
 //! - Replica data survive a crash (a replica answers only after its write
 //!   is durable); membership views and attachers do not.
+//! - Membership changes: `joins` new nodes join and `leaves` nodes leave for
+//!   good at seeded times of the chaos phase. After healing, the attacher
+//!   must have rebalanced: its basis is exactly the nodes that did not
+//!   leave, no shard's set names a node that left, every old copy it moved
+//!   is dropped.
 
 pub mod oracle;
 
@@ -26,6 +31,7 @@ use super::membership::{Heartbeat, Membership};
 use super::overrides::OverrideMap;
 use super::placement::{Member, NodeId, ShardKey};
 use super::proto::{Request, Response};
+use super::rebalance::Limits;
 use super::replica::{MemStore, ReplicaCore, ReplicaMeta};
 use crate::constants::{
     CLUSTER_FAIL_AFTER_MS, CLUSTER_GOSSIP_INTERVAL_MS, CLUSTER_REPAIR_INTERVAL_MS, CLUSTER_RETRY_MS,
@@ -58,6 +64,13 @@ pub struct SimConfig {
     pub partition_per_mille: u32,
     pub handover_per_mille: u32,
     pub op_timeout_ms: u64,
+    /// Nodes that join during the chaos phase.
+    pub joins: usize,
+    /// Nodes that leave for good during the chaos phase.
+    pub leaves: usize,
+    /// A node dead this long is out of placement (the attacher's knob).
+    pub out_after_ms: u64,
+    pub rebalance: Limits,
     /// Checker self-test only: a replica answers this many writes per
     /// thousand with Ok without applying them (a broken replica the checks
     /// must catch). 0 in every real run.
@@ -91,6 +104,13 @@ impl SimConfig {
             partition_per_mille: r.random_range(0..=5),
             handover_per_mille: r.random_range(0..=3),
             op_timeout_ms: 3_000,
+            joins: r.random_range(0..=2),
+            leaves: if nodes >= 4 { r.random_range(0..=1) } else { 0 },
+            out_after_ms: 1_500,
+            rebalance: Limits {
+                bytes_per_sec: 2 << 20,
+                max_moves: r.random_range(1..=4),
+            },
             bug_lying_replica_per_mille: 0,
         }
     }
@@ -106,6 +126,12 @@ pub struct SimReport {
     pub partitions: u64,
     pub handovers: u64,
     pub repairs: u64,
+    pub joins: u64,
+    pub leaves: u64,
+    /// Shards moved to a new home by rebalancing.
+    pub moves: u64,
+    /// Rebalancings finished (target committed as basis).
+    pub rebalances: u64,
     /// Operations of an attacher refused because a newer one holds the volume.
     pub fenced_ops: u64,
     pub messages: u64,
@@ -151,6 +177,8 @@ struct Node {
     membership: Membership,
     replica: ReplicaCore<MemStore>,
     group: u8,
+    /// Left the cluster for good (down, never restarted).
+    left: bool,
 }
 
 enum Pending {
@@ -186,6 +214,9 @@ pub struct Sim {
     next_incarnation: u64,
     drop_per_mille: u32,
     partition_until: Option<u64>,
+    /// Times of the seeded joins and leaves still to come.
+    join_at: Vec<u64>,
+    leave_at: Vec<u64>,
     /// Issue client operations (off in the quiet tail).
     pub workload: bool,
 }
@@ -211,9 +242,20 @@ impl Sim {
                 membership: Membership::new(id, 0, &ids, CLUSTER_FAIL_AFTER_MS, 0),
                 replica: ReplicaCore::new(MemStore::default(), ReplicaMeta::default()),
                 group: 0,
+                left: false,
             })
             .collect();
+        let mut ev = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x10_1e);
+        let span = (cfg.chaos_ms / 6).max(1)..=(cfg.chaos_ms * 5 / 6).max(1);
+        let join_at = (0..cfg.joins)
+            .map(|_| ev.random_range(span.clone()))
+            .collect();
+        let leave_at = (0..cfg.leaves)
+            .map(|_| ev.random_range(span.clone()))
+            .collect();
         Sim {
+            join_at,
+            leave_at,
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             drop_per_mille: cfg.drop_per_mille,
             cfg,
@@ -273,6 +315,8 @@ impl Sim {
             retry_ms: CLUSTER_RETRY_MS,
             op_timeout_ms: self.cfg.op_timeout_ms,
             repair_interval_ms: CLUSTER_REPAIR_INTERVAL_MS,
+            out_after_ms: self.cfg.out_after_ms,
+            rebalance: self.cfg.rebalance,
         };
         let inc = self.next_incarnation;
         self.next_incarnation += 1;
@@ -307,6 +351,97 @@ impl Sim {
             n.group = 0;
         }
         self.partition_until = None;
+    }
+
+    /// A new node joins (it gossips with everyone; attachers learn it as a
+    /// member at once, as chitchat tells the real client); returns its index.
+    pub fn join(&mut self) -> usize {
+        let i = self.nodes.len();
+        let id = format!("n{i}");
+        let dom = (self.cfg.domains > 0).then(|| format!("d{}", i % self.cfg.domains));
+        self.members
+            .push(Member::new(&id, 1.0 + (i % 3) as f64, dom.as_deref()));
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id.clone()).collect();
+        self.nodes.push(Node {
+            membership: Membership::new(&id, 0, &ids, CLUSTER_FAIL_AFTER_MS, self.now),
+            id,
+            up: true,
+            generation: 0,
+            restart_at: None,
+            replica: ReplicaCore::new(MemStore::default(), ReplicaMeta::default()),
+            group: 0,
+            left: false,
+        });
+        self.report.joins += 1;
+        i
+    }
+
+    /// Node `node` leaves for good (stops and never comes back).
+    pub fn leave(&mut self, node: usize) {
+        self.crash(node, None);
+        self.report.crashes -= 1;
+        self.nodes[node].left = true;
+        self.report.leaves += 1;
+    }
+
+    /// Nodes that did not leave.
+    fn staying(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| !n.left)
+    }
+
+    fn membership_events(&mut self) {
+        if let Some(i) = self.join_at.iter().position(|t| *t <= self.now) {
+            self.join_at.swap_remove(i);
+            self.join();
+        }
+        if let Some(i) = self.leave_at.iter().position(|t| *t <= self.now) {
+            // a node leaves for good only while the cluster is whole (no
+            // node down, no partition, every written shard with R copies
+            // up): losing the last copy is data loss, not a rebalancing bug
+            if !self.whole() {
+                return;
+            }
+            self.leave_at.swap_remove(i);
+            // keep R nodes and a majority of the members
+            let staying = self.staying().count();
+            if staying > self.cfg.replicas && staying - 1 > self.nodes.len() / 2 {
+                let cands: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&i| !self.nodes[i].left)
+                    .collect();
+                let victim = cands[self.rng.random_range(0..cands.len())];
+                self.leave(victim);
+            }
+        }
+    }
+
+    fn whole(&self) -> bool {
+        if self.partition_until.is_some() || self.staying().any(|n| !n.up) {
+            return false;
+        }
+        let attached: Vec<&Client> = self
+            .clients
+            .iter()
+            .filter(|c| c.att.is_attached())
+            .collect();
+        if attached.len() != 1 || self.clients.len() != 1 {
+            return false; // no attacher, or a handover under way
+        }
+        let c = attached[0];
+        // the attacher sees every node live and has no write (nor its
+        // degraded commit) in flight
+        let m = &self.nodes[c.node].membership;
+        if c.att.is_busy() || self.staying().any(|n| !m.is_live(&n.id, self.now)) {
+            return false;
+        }
+        let bps = self.cfg.blocks_per_shard;
+        self.oracle.written_blocks().all(|b| {
+            let set = c.att.replicas_of(&ShardKey::new("vol", b / bps));
+            let up = set
+                .iter()
+                .filter(|id| self.index_of(id).is_some_and(|i| self.nodes[i].up))
+                .count();
+            up >= self.cfg.replicas.min(self.staying().count())
+        })
     }
 
     pub fn crash(&mut self, node: usize, restart_at: Option<u64>) {
@@ -390,6 +525,8 @@ impl Sim {
                     }
                 }
                 Event::Repaired { .. } => self.report.repairs += 1,
+                Event::Moved { .. } => self.report.moves += 1,
+                Event::Rebalanced(_) => self.report.rebalances += 1,
             }
         }
         Ok(())
@@ -557,6 +694,7 @@ impl Sim {
             }
         }
         if chaos {
+            self.membership_events();
             self.faults();
         }
         if self.now % CLUSTER_GOSSIP_INTERVAL_MS == 0 {
@@ -583,6 +721,7 @@ impl Sim {
         for ci in 0..self.clients.len() {
             let node = self.clients[ci].node;
             let mut att = std::mem::replace(&mut self.clients[ci].att, placeholder());
+            att.set_members(self.members.clone());
             {
                 let live = self.live_fn(node);
                 att.tick(self.now, &live);
@@ -615,7 +754,7 @@ impl Sim {
         self.heal_partition();
         self.drop_per_mille = 0;
         for i in 0..self.nodes.len() {
-            if !self.nodes[i].up {
+            if !self.nodes[i].up && !self.nodes[i].left {
                 self.restart(i);
             }
         }
@@ -625,19 +764,17 @@ impl Sim {
     /// live copies of every written shard holding its newest acknowledged
     /// version.
     pub fn check_converged(&self) -> Result<(), SimFailure> {
-        for a in &self.nodes {
-            for b in &self.nodes {
+        let first = self.staying().next().expect("a node stays");
+        for a in self.staying() {
+            for b in self.staying() {
                 if !a.membership.is_live(&b.id, self.now) {
                     return Err(self.fail(format!("{} still sees {} dead", a.id, b.id)));
                 }
             }
-            if a.replica.meta.overrides != self.nodes[0].replica.meta.overrides {
+            if a.replica.meta.overrides != first.replica.meta.overrides {
                 return Err(self.fail(format!(
                     "override maps differ: {} {:?} vs {} {:?}",
-                    a.id,
-                    a.replica.meta.overrides,
-                    self.nodes[0].id,
-                    self.nodes[0].replica.meta.overrides
+                    a.id, a.replica.meta.overrides, first.id, first.replica.meta.overrides
                 )));
             }
         }
@@ -647,7 +784,21 @@ impl Sim {
                 self.describe_clients()
             )));
         };
-        let want = self.cfg.replicas.min(self.nodes.len());
+        let staying: Vec<NodeId> = self.staying().map(|n| n.id.clone()).collect();
+        let basis: Vec<NodeId> = c.att.basis().iter().map(|m| m.id.clone()).collect();
+        if basis != staying {
+            return Err(self.fail(
+                format!(
+                    "not rebalanced: basis {basis:?}, nodes {staying:?}, {:?} live {:?}",
+                    c.att.rebalance_status(),
+                    self.nodes[c.node].membership.live(self.now)
+                ) + &c.att.debug_state(),
+            ));
+        }
+        if let Some(st) = c.att.rebalance_status().filter(|s| !s.done) {
+            return Err(self.fail(format!("rebalancing not done: {st:?}")));
+        }
+        let want = self.cfg.replicas.min(staying.len());
         for block in self.oracle.written_blocks() {
             let key = ShardKey::new("vol", block / self.cfg.blocks_per_shard);
             let set = c.att.replicas_of(&key);
@@ -656,7 +807,15 @@ impl Sim {
             uniq.dedup();
             if uniq.len() != want {
                 return Err(self.fail(format!(
-                    "shard {} has copies {set:?}, want {want}",
+                    "shard {} has copies {set:?}, want {want} {} {:?}",
+                    key.shard,
+                    c.att.debug_state(),
+                    self.report
+                )));
+            }
+            if let Some(gone) = set.iter().find(|id| !staying.contains(id)) {
+                return Err(self.fail(format!(
+                    "shard {} still has a copy on {gone}, which left",
                     key.shard
                 )));
             }
@@ -691,8 +850,10 @@ impl Sim {
             }
         }
         Err(self.fail(format!(
-            "verification did not finish: {} blocks left",
-            self.clients[ci].verify.len()
+            "verification did not finish: {:?} blocks left {:?} {}",
+            self.clients[ci].verify,
+            self.clients[ci].pending.as_ref().map(|p| p.0),
+            self.clients[ci].att.debug_state()
         )))
     }
 }
@@ -710,6 +871,8 @@ fn placeholder() -> Attacher<u64> {
             retry_ms: 0,
             op_timeout_ms: 0,
             repair_interval_ms: 0,
+            out_after_ms: 0,
+            rebalance: Limits::default(),
         },
         0,
     )
@@ -741,6 +904,8 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, SimFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::epoch::Version;
+    use crate::cluster::placement::place;
 
     /// Seeds to play: `SHARDBLK_SIM_SEED` replays one, `SHARDBLK_SIM_SEEDS`
     /// sets how many (default 40).
@@ -768,10 +933,18 @@ mod tests {
             totals.repairs += r.repairs;
             totals.handovers += r.handovers;
             totals.fenced_ops += r.fenced_ops;
+            totals.joins += r.joins;
+            totals.leaves += r.leaves;
+            totals.moves += r.moves;
+            totals.rebalances += r.rebalances;
         }
         eprintln!("{totals:?}");
         // the seeds did exercise the faults they are meant to survive
         assert!(totals.crashes > 0 && totals.partitions > 0 && totals.repairs > 0);
+        if seeds().len() >= 20 {
+            assert!(totals.joins > 0 && totals.leaves > 0 && totals.moves > 0);
+            assert!(totals.rebalances > 0);
+        }
     }
 
     /// The checks can fail: a replica that acknowledges writes it dropped
@@ -806,6 +979,10 @@ mod tests {
             partition_per_mille: 0,
             handover_per_mille: 0,
             op_timeout_ms: 3_000,
+            joins: 0,
+            leaves: 0,
+            out_after_ms: 1_500,
+            rebalance: Limits::default(),
             bug_lying_replica_per_mille: 0,
         }
     }
@@ -883,6 +1060,68 @@ mod tests {
         run_for(&mut sim, 4_000);
         sim.check_converged().unwrap();
         sim.verify_all(10_000).unwrap();
+    }
+
+    /// A node joins a loaded 3-node cluster: only shards whose home changed
+    /// move, each to the new node, and old copies are dropped; then a node
+    /// leaves for good: after it is out, its shards move to their new homes.
+    /// Acknowledged writes read back throughout.
+    #[test]
+    fn join_then_leave_rebalances_only_changed_homes() {
+        let mut cfg = quiet(3, 2);
+        cfg.shards = 32;
+        let mut sim = Sim::new(cfg);
+        sim.spawn_client(0);
+        run_for(&mut sim, 3_000);
+        let old = sim.members.clone();
+        let before: Vec<Vec<NodeId>> = (0..32)
+            .map(|s| sim.clients[0].att.replicas_of(&ShardKey::new("vol", s)))
+            .collect();
+        let n3 = sim.join();
+        run_for(&mut sim, 4_000);
+        let st = sim.clients[0].att.rebalance_status().expect("planned");
+        assert!(st.done, "{st:?}");
+        assert_eq!(st.basis, vec!["n0", "n1", "n2", "n3"]);
+        let mut changed = 0;
+        for s in 0..32u64 {
+            let k = ShardKey::new("vol", s);
+            let now = sim.clients[0].att.replicas_of(&k);
+            let home_changed = place(&k, &old, 2) != place(&k, &sim.members, 2);
+            if home_changed {
+                changed += 1;
+                assert!(now.contains(&"n3".to_string()), "shard {s}: {now:?}");
+            } else {
+                assert_eq!(now, before[s as usize], "shard {s} moved without cause");
+            }
+        }
+        assert_eq!(st.progress.planned, changed);
+        assert_eq!(sim.report.moves, changed);
+        assert!(changed > 0 && changed < 32, "{changed} of 32 moved");
+        // old copies are dropped: n3's shards are gone from the node they left
+        for s in 0..32u64 {
+            let set = sim.clients[0].att.replicas_of(&ShardKey::new("vol", s));
+            for n in &sim.nodes {
+                let has = (0..2).any(|b| n.replica.version("vol", s * 2 + b) != Version::ZERO);
+                if has {
+                    assert!(
+                        set.contains(&n.id),
+                        "{} still holds shard {s} ({set:?})",
+                        n.id
+                    );
+                }
+            }
+        }
+        assert_eq!(n3, 3);
+        sim.leave(1);
+        run_for(&mut sim, 6_000);
+        sim.workload = false;
+        run_for(&mut sim, 2_000);
+        let st = sim.clients[0].att.rebalance_status().unwrap();
+        assert!(st.done && st.finished == 2, "{st:?}");
+        assert_eq!(st.basis, vec!["n0", "n2", "n3"]);
+        sim.check_converged().unwrap();
+        sim.verify_all(10_000).unwrap();
+        assert!(sim.oracle.reads_checked > 0 && sim.oracle.writes_acked > 0);
     }
 
     #[test]
