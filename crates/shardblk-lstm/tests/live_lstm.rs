@@ -5,7 +5,6 @@
 //! must stay within budget while every block keeps its data.
 
 #[path = "../../../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::*;
