@@ -15,4 +15,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 SHARDBLK_BIN="$PWD/target/release/shardblk" \
-    tools/vm/run.sh --mem 4096 --timeout 1200 bench/prefetch_replay_guest.sh
+    tools/vm/run.sh --mem 4096 --timeout 2400 bench/prefetch_replay_guest.sh

@@ -12,7 +12,7 @@
 #    lstm when this build has it. One table: mean and p99 read latency, what
 #    the stager did.
 # 2. A purely random workload (fio randread 4 KiB QD16, 8 s) with prefetch
-#    off and on, interleaved: IOPS and the ratio to off.
+#    off and each predictor, interleaved, two rounds: IOPS and the ratio to off.
 # SHARDBLK_PF_ONLY=random runs part 2 alone.
 . "$(dirname "$0")/../tests/vm/lib.sh"
 COLD_MS="${SHARDBLK_PF_COLD_MS:-8}"
@@ -126,7 +126,7 @@ echo | tee -a "$OUT/prefetch_replay.txt"
 printf '%-28s %-10s %9s %9s %7s %7s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT | tee -a "$OUT/prefetch_replay.txt"
 declare -A sum=() runs=()
 for round in 1 2; do
-    for p in off markov readahead; do
+    for p in "${predictors[@]}"; do
         fresh_volume
         start_dev "$p"
         (cd "$W" && fio --name=rand --filename=/dev/ublkb0 --rw=randread --bs=4k --direct=1 \
@@ -141,7 +141,7 @@ for round in 1 2; do
         printf '%-28s %-10s %9s %9s %7s %7s\n' "round $round" "$p" "$iops" "" "$staged" "$npred" | tee -a "$OUT/prefetch_replay.txt"
     done
 done
-for p in off markov readahead; do
+for p in "${predictors[@]}"; do
     printf '%-28s %-10s %9s %9s\n' "mean of ${runs[$p]}" "$p" "$(( sum[$p] / runs[$p] ))" \
         "$(python3 -c "print('%.3f' % (${sum[$p]} / ${sum[off]}))")" | tee -a "$OUT/prefetch_replay.txt"
 done
