@@ -518,3 +518,22 @@ const _: () = assert!(CLUSTER_REBALANCE_BYTES_PER_SEC >= CLUSTER_SHARD_BYTES);
 const _: () = assert!(CLUSTER_REBALANCE_MAX_MOVES >= 1);
 const _: () = assert!(CLUSTER_OUT_AFTER_MS > CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES / CLUSTER_SHARD_BYTES < CLUSTER_BASIS_SHARD);
+
+// --- prefetch CPU pacing ---
+/// Share of one core the prefetch inference thread (predictor steps and
+/// background training) may use while its predictions are being queued
+/// (percent).
+pub const PREFETCH_CPU_SHARE_PERCENT: u32 = 25;
+/// Its share while it queued nothing for `PREFETCH_PRODUCTIVE_WINDOW_MS`
+/// (an unpredictable workload): it keeps learning, slowly (percent).
+pub const PREFETCH_CPU_SHARE_IDLE_PERCENT: u32 = 3;
+/// How long one queued prediction keeps the thread at the full share (milliseconds).
+pub const PREFETCH_PRODUCTIVE_WINDOW_MS: u64 = 2_000;
+/// Longest pacing sleep, so the thread stays responsive to a changed
+/// workload and to stopping (milliseconds).
+pub const PREFETCH_PACE_SLEEP_MAX_MS: u64 = 100;
+const _: () = assert!(
+    0 < PREFETCH_CPU_SHARE_IDLE_PERCENT
+        && PREFETCH_CPU_SHARE_IDLE_PERCENT <= PREFETCH_CPU_SHARE_PERCENT
+        && PREFETCH_CPU_SHARE_PERCENT <= 100
+);

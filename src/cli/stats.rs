@@ -230,8 +230,14 @@ fn print_prefetch(p: &PrefetchStats) {
     let s = &p.stager;
     let pct = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
     println!(
-        "prefetch {}: {} events ({} skipped under overload), {} batches, batch latency mean {:.1} us p99 {:.1} us",
-        p.predictor, p.events, p.skipped_events, p.batches, p.batch_us_mean, p.batch_us_p99
+        "prefetch {}: {} events ({} skipped under overload), {} batches, batch latency mean {:.1} us p99 {:.1} us, paced {:.1} s",
+        p.predictor,
+        p.events,
+        p.skipped_events,
+        p.batches,
+        p.batch_us_mean,
+        p.batch_us_p99,
+        p.paced_ms as f64 / 1000.0
     );
     println!(
         "  predictions {} (below confidence {}, already hot {}, unmapped {}), queued {}, duplicates {}, dropped {}",

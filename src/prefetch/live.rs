@@ -20,7 +20,10 @@
 //!   or for shards that are unmapped, split or already on the hot tier (one
 //!   table load each), and pushes the rest into the prefetch ring
 //!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
-//!   gives the predictor [`Predictor::background`] time. The queue threads
+//!   gives the predictor [`Predictor::background`] time. After each step
+//!   and each background stretch it sleeps to stay within its share of one
+//!   core ([`super::pace`]: 25 % while its predictions are queued, 3 % while
+//!   they are not). The queue threads
 //!   never signal it: after a turn that found less than a full batch it
 //!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
 //!   empty one), so it wakes at most that often unless the rings fill
@@ -46,6 +49,7 @@ use crate::constants::{
     STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
+use crate::prefetch::pace::Pacer;
 use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
 use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
 use crate::prefetch::{
@@ -133,6 +137,10 @@ pub struct PrefetchStats {
     pub train_steps: u64,
     pub train_loss: Option<f32>,
     pub predictor_skipped: u64,
+    /// Time the inference thread slept to stay within its CPU share
+    /// (`PREFETCH_CPU_SHARE_PERCENT`, `..._IDLE_PERCENT` while it queues
+    /// nothing), milliseconds.
+    pub paced_ms: u64,
     pub stager: StagerStats,
 }
 
@@ -348,6 +356,7 @@ impl Live {
                         st: PrefetchStats::default(),
                         hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
                             .expect("histogram bounds"),
+                        pacer: Pacer::new(ns_since(start)),
                     };
                     t.run(&stop);
                 })
@@ -449,6 +458,8 @@ struct Inference {
     start: Instant,
     st: PrefetchStats,
     hist: hdrhistogram::Histogram<u64>,
+    /// Keeps the thread within its CPU share ([`super::pace`]).
+    pacer: Pacer,
 }
 
 impl Inference {
@@ -469,10 +480,13 @@ impl Inference {
                 last_publish = Instant::now();
             }
             if total == 0 {
+                let t0 = Instant::now();
                 let worked = self.pred.as_mut().is_some_and(|p| {
                     p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
                 });
-                if !worked {
+                if worked {
+                    self.pace(t0.elapsed());
+                } else {
                     std::thread::sleep(Duration::from_micros(PREFETCH_IDLE_SLEEP_US));
                 }
                 continue;
@@ -542,7 +556,9 @@ impl Inference {
                 if self.consumers.len() > 1 {
                     batch.sort_by_key(|e| e.ts_ns);
                 }
+                let t0 = Instant::now();
                 self.step(&batch, &mut out);
+                self.pace(t0.elapsed());
             }
             // Less than a full batch waiting: let events gather rather than
             // waking per request (bounds the thread's CPU share at low and
@@ -552,6 +568,15 @@ impl Inference {
             }
         }
         self.publish();
+    }
+
+    /// Sleep off `busy` of work beyond the thread's CPU share.
+    fn pace(&mut self, busy: Duration) {
+        let d = self.pacer.sleep_after(busy, ns_since(self.start));
+        self.st.paced_ms = self.pacer.paced.as_millis() as u64;
+        if !d.is_zero() {
+            std::thread::sleep(d);
+        }
     }
 
     /// One predictor step over `batch`, then the filters and the ring.
@@ -587,6 +612,7 @@ impl Inference {
         }
         drop(guard);
         if queued {
+            self.pacer.queued(now);
             if let Some(t) = self.shared.stager_thread.get() {
                 t.unpark();
             }

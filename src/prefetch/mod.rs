@@ -32,6 +32,7 @@ pub mod stride;
 pub mod synth;
 // The live engine of a device: prediction ring, stager, inference thread.
 pub mod live;
+pub mod pace;
 pub mod ring;
 pub mod stager;
 
