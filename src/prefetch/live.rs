@@ -485,7 +485,7 @@ impl Inference {
                     p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
                 });
                 if worked {
-                    self.pace(t0.elapsed());
+                    self.pace(t0.elapsed(), stop);
                 } else {
                     std::thread::sleep(Duration::from_micros(PREFETCH_IDLE_SLEEP_US));
                 }
@@ -558,7 +558,7 @@ impl Inference {
                 }
                 let t0 = Instant::now();
                 self.step(&batch, &mut out);
-                self.pace(t0.elapsed());
+                self.pace(t0.elapsed(), stop);
             }
             // Less than a full batch waiting: let events gather rather than
             // waking per request (bounds the thread's CPU share at low and
@@ -570,13 +570,18 @@ impl Inference {
         self.publish();
     }
 
-    /// Sleep off `busy` of work beyond the thread's CPU share.
-    fn pace(&mut self, busy: Duration) {
-        let d = self.pacer.sleep_after(busy, ns_since(self.start));
-        self.st.paced_ms = self.pacer.paced.as_millis() as u64;
-        if !d.is_zero() {
+    /// Account for `busy` of work and sleep off what the thread owes for
+    /// it beyond its CPU share (in bounded sleeps, so a stop is noticed).
+    fn pace(&mut self, busy: Duration, stop: &AtomicBool) {
+        self.pacer.worked(busy, ns_since(self.start));
+        while !stop.load(Ordering::Relaxed) {
+            let d = self.pacer.next_sleep();
+            if d.is_zero() {
+                break;
+            }
             std::thread::sleep(d);
         }
+        self.st.paced_ms = self.pacer.paced.as_millis() as u64;
     }
 
     /// One predictor step over `batch`, then the filters and the ring.

@@ -119,6 +119,10 @@ struct Staged {
     staged_ns: u64,
     last_read_ns: u64,
     state: State,
+    /// Its outcome is already counted: held again after a failed demotion
+    /// (it was counted read or wasted before it was chosen as a victim).
+    /// Reads of it are hits but change neither `staged_read` nor `wasted`.
+    settled: bool,
 }
 
 /// What the stager did (counters since start, and current state).
@@ -289,6 +293,7 @@ impl StagerCore {
                 staged_ns: now_ns,
                 last_read_ns: 0,
                 state: State::Fresh,
+                settled: false,
             },
         );
         self.fresh.insert((now_ns, key));
@@ -324,6 +329,7 @@ impl StagerCore {
                     staged_ns: now_ns,
                     last_read_ns: 0,
                     state: State::Stale,
+                    settled: true,
                 },
             );
             self.stale.insert((now_ns, v.key));
@@ -365,7 +371,8 @@ impl StagerCore {
                         self.stale.remove(&(e.staged_ns, key));
                     }
                     let fresh = e.state == State::Fresh;
-                    if !fresh {
+                    let settled = e.settled;
+                    if !fresh && !settled {
                         // Read after its window: not wasted after all (the
                         // window keeps its miss: it was late).
                         self.st.wasted -= 1;
@@ -373,7 +380,9 @@ impl StagerCore {
                     e.state = State::Read;
                     e.last_read_ns = time_ns;
                     self.read.insert((time_ns, key));
-                    self.st.staged_read += 1;
+                    if !settled {
+                        self.st.staged_read += 1;
+                    }
                     if fresh {
                         self.outcome(true);
                     }
@@ -567,6 +576,30 @@ mod tests {
         assert!(c.fits(1));
         let st = c.stats();
         assert_eq!((st.evict_failed, st.no_budget, st.wasted), (2, 1, 2));
+    }
+
+    #[test]
+    fn a_shard_held_again_after_a_failed_demotion_reads_without_underflow() {
+        // Read, evicted (planned), the demotion fails: held again as stale,
+        // never counted wasted; a later read must not take a waste back.
+        let mut c = StagerCore::new(params(1), 0);
+        stage(&mut c, 0, 0);
+        assert!(c.on_read(0, 0, 1, MS));
+        let Plan::Stage { evict } = c.plan((0, 9), 1, 2 * MS) else {
+            panic!("a read shard is evictable");
+        };
+        c.evict_failed(evict[0], true, 2 * MS);
+        assert!(c.on_read(0, 0, 1, 3 * MS));
+        let st = c.stats();
+        assert_eq!(
+            (st.wasted, st.staged_read, st.evict_failed),
+            (0, 1, 1),
+            "{st:?}"
+        );
+        // Read shards do not age into waste.
+        c.tick(10_000 * MS);
+        assert!(c.on_read(0, 0, 1, 10_001 * MS));
+        assert_eq!(c.stats().wasted, 0);
     }
 
     #[test]
