@@ -16,7 +16,6 @@
 //!   a daemon that dies leaves the disk in place (I/O waits) until
 //!   [`ServeOptions::recover`] starts a new daemon for it.
 
-use crate::constants::POLICY_WINDOW_MS;
 use crate::constants::{
     DEVICE_DISCARD_MAX_BYTES, DEVICE_IO_BUF_BYTES, DEVICE_STOP_TIMEOUT_S, DEVICE_TRACE_RING_EVENTS,
     TIERS_MAX,
@@ -31,7 +30,7 @@ use crate::device::queue::{pin_thread, run_queue, QueueCtx};
 use crate::device::registry::{socket_path, DeviceRecord};
 use crate::device::DeviceError;
 use crate::prefetch::live::{Live, LiveConfig};
-use crate::shard::manager::Manager;
+use crate::shard::manager::run_window;
 use crate::shard::pool::Pool;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
@@ -159,9 +158,6 @@ struct Prepared {
     ctx: Arc<QueueCtx>,
     /// Drains the trace rings: inference and stager threads, recordings.
     live: Live,
-    /// The tier policy (promotion, demotion, split, merge, a commit per
-    /// window) for as long as the device is served.
-    manager: Manager,
 }
 
 fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
@@ -180,10 +176,22 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
     // split and merge every window, each window ending with a commit (which
     // also bounds how long a first write's mapping waits for durability
     // when the user never flushes).
-    let manager = Manager::start(
-        pool.clone(),
-        std::time::Duration::from_millis(POLICY_WINDOW_MS),
-    );
+    // FIXME(known): the tier-policy manager should run for the device's
+    // life (`Manager::start`, dropped after the queues stop). With it
+    // alive, the signal races are gone (signals are blocked before any
+    // thread starts), but one CI run of `tests/vm/enospc.sh` read EIO from
+    // an unwritten range of a volume whose tiers were full while manager
+    // windows ran (another run passed). Until that is understood, one
+    // policy window runs at start, as before, and none while serving.
+    {
+        let mut eng = pool.engine();
+        if let Err(e) = run_window(&pool, eng.as_mut()) {
+            tracing::warn!("policy window at start failed: {e}");
+        }
+        if let Err(e) = pool.commit() {
+            tracing::warn!("commit after the policy window failed: {e}");
+        }
+    }
     let volume = pool.volume(&opts.volume)?;
     let mut fds = [-1; TIERS_MAX];
     for (i, d) in pool.devices().iter().enumerate() {
@@ -221,7 +229,6 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         pool,
         ctx,
         live,
-        manager,
     })
 }
 
@@ -314,8 +321,6 @@ fn run(
     // Stop the inference thread and the stager (a staging in progress
     // completes) before the final commit.
     drop(p.live);
-    // The manager finishes its window in progress, then stops.
-    drop(p.manager);
     // An orderly stop makes everything acknowledged durable, mappings
     // included: the kernel sends no FLUSH when a device is stopped, and a
     // disk flushes its cache on shutdown too.
