@@ -74,6 +74,8 @@ mount -t 9p -o "$opts" vmout "$R$out" || fail "cannot mount the output share at 
 
 # shellcheck disable=SC3045 # busybox sh has ulimit -n
 ulimit -n 65536
+# Tell run.sh the command starts (a failure before this is a boot failure).
+: >/ctl/started
 chroot "$R" /usr/bin/env -i \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp TERM=dumb LANG=C.UTF-8 DM_DISABLE_UDEV=1 \
