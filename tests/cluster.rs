@@ -253,28 +253,19 @@ async fn a_cut_off_attacher_is_fenced_by_the_next() {
 /// `shardblk cluster status --json` through `seeds`, while `c` keeps
 /// running (its gossip state carries the rebalancing progress).
 async fn status_json(c: &mut ClusterClient, seeds: &[SocketAddr]) -> serde_json::Value {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardblk"));
-    cmd.args(["cluster", "status", "--json"]);
-    for s in seeds {
-        cmd.arg("--seed").arg(s.to_string());
-    }
-    let h = tokio::task::spawn_blocking(move || cmd.output().unwrap());
-    while !h.is_finished() {
-        c.idle(Duration::from_millis(50)).await;
-    }
-    let out = h.await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&status(c, seeds, &["--json"]).await).unwrap()
 }
 
 /// `shardblk cluster status` (the table) through `seeds`, while `c` runs.
 async fn status_text(c: &mut ClusterClient, seeds: &[SocketAddr]) -> String {
+    String::from_utf8(status(c, seeds, &[]).await).unwrap()
+}
+
+/// The stdout of a successful `shardblk cluster status ARGS` through
+/// `seeds`; `c` keeps running (its pump) while the command runs.
+async fn status(c: &mut ClusterClient, seeds: &[SocketAddr], args: &[&str]) -> Vec<u8> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardblk"));
-    cmd.args(["cluster", "status"]);
+    cmd.args(["cluster", "status"]).args(args);
     for s in seeds {
         cmd.arg("--seed").arg(s.to_string());
     }
@@ -288,7 +279,7 @@ async fn status_text(c: &mut ClusterClient, seeds: &[SocketAddr]) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    out.stdout
 }
 
 /// The rebalancing entry `node` published for volume `vol`.

@@ -19,7 +19,6 @@ use shardblk::io::{AlignedBuf, BlockDev, IoEngine};
 use shardblk::prefetch::live::{Live, LiveConfig, PrefetchStats};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
 use shardblk::shard::lifecycle::entries;
-use shardblk::shard::policy::TierPolicy;
 use shardblk::shard::pool::Pool;
 use shardblk::volume::handle::Volume;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,32 +170,10 @@ fn run(pool: &Pool, vol: &Volume, seed: u64, budget: u64) -> PrefetchStats {
     st
 }
 
-/// A volume of `SHARDS` shards written on the cold tier (promotion off, so
-/// only the stager moves data).
-fn cold_volume(pool: &Pool) -> Volume {
-    let vol = pool
-        .create_volume(
-            "pf",
-            SHARDS * MIB,
-            MIB,
-            TierPolicy::parse("write=cold,promote=0").unwrap(),
-        )
-        .unwrap();
-    let mut eng = pool.engine();
-    let mut b = AlignedBuf::new(MIB as usize);
-    for s in 0..SHARDS {
-        fill(&mut b, TAG, s * 256, 1);
-        vol.write(eng.as_mut(), s * MIB, &b).unwrap();
-    }
-    vol.flush().unwrap();
-    assert!(entries(&vol).iter().all(|(_, e)| e.tier() == 1));
-    vol
-}
-
 #[test]
 fn stager_stages_ahead_of_sequential_reads_and_data_stays_right() {
     let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
-    let vol = cold_volume(&pool);
+    let vol = cold_volume(&pool, "pf", SHARDS, TAG);
     let st = run(&pool, &vol, 1, 8 * MIB);
     eprintln!("{st:?}");
     let s = &st.stager;
@@ -236,7 +213,7 @@ fn stager_over_a_failing_cold_tier_loses_nothing() {
                 ),
             ])
             .unwrap();
-            cold_volume(&pool);
+            cold_volume(&pool, "pf", SHARDS, TAG);
         }
         // The cold tier now fails reads and writes at random; metadata lives
         // on the hot tier, which is sound.

@@ -216,40 +216,7 @@ pub enum TraceCmd {
         json: bool,
     },
     /// Train an LSTM model offline from traces.
-    Train {
-        /// Training traces (shardblk format, or LIRS .blocks).
-        #[arg(long = "trace", required = true, num_args = 1..)]
-        traces: Vec<PathBuf>,
-        /// Shard size of the model (suffixes K, M, G).
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
-        shard_size: u64,
-        /// Output model file.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Passes over the traces.
-        #[arg(long, default_value_t = 3)]
-        epochs: u32,
-        /// Stop after this many training steps in all.
-        #[arg(long)]
-        steps: Option<u64>,
-        /// Parallel lanes (batch) of truncated BPTT.
-        #[arg(long, default_value_t = 32)]
-        lanes: usize,
-        /// SEQUENCE_LENGTH: events per truncated-BPTT chunk.
-        #[arg(long, default_value_t = SEQUENCE_LENGTH_DEFAULT_EVENTS)]
-        sequence_length: u32,
-        /// Streams are (volume, offset >> region_shift).
-        #[arg(long, default_value_t = PREFETCH_REGION_SHIFT_DEFAULT_BITS)]
-        region_shift: u32,
-        /// Loss curve PNG (default: the model path with `.loss.png`).
-        #[arg(long)]
-        loss_chart: Option<PathBuf>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-        #[command(flatten)]
-        lstm: LstmArgs,
-    },
+    Train(TrainArgs),
     /// Record a live device's requests into a trace file.
     Record {
         /// Device number N of /dev/ublkbN.
@@ -326,18 +293,40 @@ fn write_out(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<(
 }
 
 /// Arguments of `trace train`.
-struct TrainArgs {
-    traces: Vec<PathBuf>,
-    shard_size: u64,
-    output: PathBuf,
-    epochs: u32,
-    steps: Option<u64>,
-    lanes: usize,
-    sequence_length: u32,
-    region_shift: u32,
-    loss_chart: Option<PathBuf>,
-    quiet: bool,
-    lstm: LstmArgs,
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Training traces (shardblk format, or LIRS .blocks).
+    #[arg(long = "trace", required = true, num_args = 1..)]
+    pub traces: Vec<PathBuf>,
+    /// Shard size of the model (suffixes K, M, G).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Output model file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Passes over the traces.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: u32,
+    /// Stop after this many training steps in all.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Parallel lanes (batch) of truncated BPTT.
+    #[arg(long, default_value_t = 32)]
+    pub lanes: usize,
+    /// SEQUENCE_LENGTH: events per truncated-BPTT chunk.
+    #[arg(long, default_value_t = SEQUENCE_LENGTH_DEFAULT_EVENTS)]
+    pub sequence_length: u32,
+    /// Streams are (volume, offset >> region_shift).
+    #[arg(long, default_value_t = PREFETCH_REGION_SHIFT_DEFAULT_BITS)]
+    pub region_shift: u32,
+    /// Loss curve PNG (default: the model path with `.loss.png`).
+    #[arg(long)]
+    pub loss_chart: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub lstm: LstmArgs,
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -410,7 +399,7 @@ impl TraceCmd {
     /// Whether this command runs the LSTM (and so needs its backend).
     pub fn needs_lstm(&self) -> bool {
         match self {
-            TraceCmd::Train { .. } => true,
+            TraceCmd::Train(_) => true,
             TraceCmd::Eval { predictors, .. } => predictors.contains(&PredictorKind::Lstm),
             _ => false,
         }
@@ -532,31 +521,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             }
             Ok(())
         }
-        TraceCmd::Train {
-            traces,
-            shard_size,
-            output,
-            epochs,
-            steps,
-            lanes,
-            sequence_length,
-            region_shift,
-            loss_chart,
-            quiet,
-            lstm,
-        } => train(TrainArgs {
-            traces,
-            shard_size,
-            output,
-            epochs,
-            steps,
-            lanes,
-            sequence_length,
-            region_shift,
-            loss_chart,
-            quiet,
-            lstm,
-        }),
+        TraceCmd::Train(a) => train(a),
         TraceCmd::Record {
             number,
             output,

@@ -441,6 +441,31 @@ impl<D: Clone> Attacher<D> {
         r
     }
 
+    /// A guarded install of a copied shard's `entries` on `to` (repair and
+    /// rebalancing): the guard (the shard's first block, `version`) keeps a
+    /// later drop of an older copy from deleting it.
+    fn install_round(
+        &mut self,
+        to: &[NodeId],
+        shard: u64,
+        version: Version,
+        entries: &[BlockEntry<D>],
+        now: u64,
+    ) -> Round<D> {
+        let guard = Some((shard * self.cfg.blocks_per_shard, version));
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        self.round(
+            to,
+            || Request::Install {
+                volume: volume.clone(),
+                epoch,
+                entries: entries.to_vec(),
+                guard,
+            },
+            now,
+        )
+    }
+
     fn member_ids(&self) -> Vec<NodeId> {
         self.cfg.members.iter().map(|m| m.id.clone()).collect()
     }
@@ -968,16 +993,11 @@ impl<D: Clone> Attacher<D> {
                         }
                         let entries: Vec<BlockEntry<D>> = entries.clone();
                         let version = self.next_override_version();
-                        let guard = Some((key.shard * self.cfg.blocks_per_shard, version));
-                        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-                        let round = self.round(
+                        let round = self.install_round(
                             std::slice::from_ref(&target),
-                            || Request::Install {
-                                volume: volume.clone(),
-                                epoch,
-                                entries: entries.clone(),
-                                guard,
-                            },
+                            key.shard,
+                            version,
+                            &entries,
                             now,
                         );
                         self.op = Some((
@@ -1068,16 +1088,11 @@ impl<D: Clone> Attacher<D> {
                 Some(Response::Blocks { entries }) => {
                     let entries: Vec<BlockEntry<D>> = entries.clone();
                     it.bytes = entries.len() as u64 * CLUSTER_BLOCK_BYTES;
-                    let guard = Some((it.mv.key.shard * self.cfg.blocks_per_shard, it.version));
-                    let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-                    let round = self.round(
+                    let round = self.install_round(
                         &it.mv.add(),
-                        || Request::Install {
-                            volume: volume.clone(),
-                            epoch,
-                            entries: entries.clone(),
-                            guard,
-                        },
+                        it.mv.key.shard,
+                        it.version,
+                        &entries,
                         now,
                     );
                     MoveStage::Install(round)

@@ -30,7 +30,7 @@ use crate::device::queue::{pin_thread, run_queue, QueueCtx};
 use crate::device::registry::{socket_path, DeviceRecord};
 use crate::device::DeviceError;
 use crate::prefetch::live::{Live, LiveConfig};
-use crate::shard::manager::run_window;
+use crate::shard::manager::window_and_commit;
 use crate::shard::pool::Pool;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
@@ -124,7 +124,7 @@ pub fn serve(
     // SIGINT/SIGTERM are taken by the signal thread (`stop_on_signal`):
     // block them before any thread is spawned (manager, prefetch, queues),
     // so every thread inherits the mask and none is killed by them.
-    block_stop_signals()?;
+    let signals = block_stop_signals()?;
     let notify = Arc::new(Mutex::new(Some(notify)));
     let tell = {
         let notify = notify.clone();
@@ -136,7 +136,7 @@ pub fn serve(
     };
     match prepare(&opts) {
         Ok(p) => {
-            let r = run(opts, p, tell.clone());
+            let r = run(opts, p, signals, tell.clone());
             if let Err(e) = &r {
                 tell(Err(DeviceError::Ublk(e.to_string())));
             }
@@ -183,15 +183,7 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
     // an unwritten range of a volume whose tiers were full while manager
     // windows ran (another run passed). Until that is understood, one
     // policy window runs at start, as before, and none while serving.
-    {
-        let mut eng = pool.engine();
-        if let Err(e) = run_window(&pool, eng.as_mut()) {
-            tracing::warn!("policy window at start failed: {e}");
-        }
-        if let Err(e) = pool.commit() {
-            tracing::warn!("commit after the policy window failed: {e}");
-        }
-    }
+    window_and_commit(&pool, pool.engine().as_mut());
     let volume = pool.volume(&opts.volume)?;
     let mut fds = [-1; TIERS_MAX];
     for (i, d) in pool.devices().iter().enumerate() {
@@ -235,6 +227,7 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
 fn run(
     opts: ServeOptions,
     p: Prepared,
+    signals: nix::sys::signal::SigSet,
     tell: impl Fn(Ready) + Send + Sync + Clone + 'static,
 ) -> Result<(), DeviceError> {
     let cfg = opts.config.clone();
@@ -316,7 +309,7 @@ fn run(
         let r = publish(n, &ctx, &cfg, zero_copy, &pool_path, &volume_name, &live);
         tell2(r.map(|()| (n, message)));
     };
-    stop_on_signal(number_cell.clone())?;
+    stop_on_signal(signals, number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);
     // Stop the inference thread and the stager (a staging in progress
     // completes) before the final commit.
@@ -341,10 +334,12 @@ fn run(
 /// SIGINT and SIGTERM stop the device (`STOP_DEV`; the daemon then deletes it
 /// and exits) instead of killing the daemon, which would leave the disk
 /// quiesced for recovery. Before the device is live they exit at once.
-/// Blocks both signals in the calling thread, so every thread spawned
-/// afterwards (queues, control) inherits the mask and one thread waits.
-fn stop_on_signal(number: Arc<Mutex<Option<u32>>>) -> Result<(), DeviceError> {
-    let set = block_stop_signals()?;
+/// `set` was blocked by [`block_stop_signals`] before any thread started,
+/// so every thread inherits the mask and only this one waits for them.
+fn stop_on_signal(
+    set: nix::sys::signal::SigSet,
+    number: Arc<Mutex<Option<u32>>>,
+) -> Result<(), DeviceError> {
     std::thread::Builder::new()
         .name("shardblk-signals".into())
         .spawn(move || {

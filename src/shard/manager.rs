@@ -168,6 +168,17 @@ pub struct Manager {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// One policy window, then a commit; failures are logged (the next window
+/// retries), as the manager thread does every interval.
+pub fn window_and_commit(pool: &Pool, eng: &mut dyn IoEngine) {
+    if let Err(e) = run_window(pool, eng) {
+        tracing::warn!("manager window failed: {e}");
+    }
+    if let Err(e) = pool.commit() {
+        tracing::warn!("manager commit failed: {e}");
+    }
+}
+
 impl Manager {
     /// Run a policy window every `interval` on a thread of its own.
     pub fn start(pool: Pool, interval: Duration) -> Manager {
@@ -187,12 +198,7 @@ impl Manager {
                     if s.load(Ordering::Relaxed) {
                         break;
                     }
-                    if let Err(e) = run_window(&pool, eng.as_mut()) {
-                        tracing::warn!("manager window failed: {e}");
-                    }
-                    if let Err(e) = pool.commit() {
-                        tracing::warn!("manager commit failed: {e}");
-                    }
+                    window_and_commit(&pool, eng.as_mut());
                 }
             })
             .expect("spawn manager thread");

@@ -8,14 +8,40 @@
 
 use shardblk::io::fault::{FaultConfig, FaultDev};
 use shardblk::io::mem::MemDev;
-use shardblk::io::BlockDev;
+use shardblk::io::{AlignedBuf, BlockDev};
+use shardblk::shard::lifecycle::entries;
+use shardblk::shard::policy::TierPolicy;
 use shardblk::shard::pool::{Pool, TierSpec};
+use shardblk::volume::handle::Volume;
 use std::path::Path;
 use std::sync::Arc;
 
 pub const BLOCK: usize = 4096;
 pub const SECTOR: usize = 512;
 pub const MIB: u64 = 1 << 20;
+
+/// Volume `name` of `shards` 1 MiB shards written in full (version 1 of
+/// every block, tagged `tag`) on the cold tier, promotion off, so that only
+/// a stager moves data.
+pub fn cold_volume(pool: &Pool, name: &str, shards: u64, tag: u32) -> Volume {
+    let vol = pool
+        .create_volume(
+            name,
+            shards * MIB,
+            MIB,
+            TierPolicy::parse("write=cold,promote=0").unwrap(),
+        )
+        .unwrap();
+    let mut eng = pool.engine();
+    let mut b = AlignedBuf::new(MIB as usize);
+    for s in 0..shards {
+        fill(&mut b, tag, s * 256, 1);
+        vol.write(eng.as_mut(), s * MIB, &b).unwrap();
+    }
+    vol.flush().unwrap();
+    assert!(entries(&vol).iter().all(|(_, e)| e.tier() == 1));
+    vol
+}
 
 /// A pool over in-memory devices.
 pub fn mem_pool(hot: u64, cold: u64) -> (Pool, Vec<Arc<MemDev>>) {

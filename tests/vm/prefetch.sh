@@ -12,6 +12,12 @@ step "pool; 128 MiB volume with 1 MiB shards, written on the cold tier"
 make_pool 256M 512M
 "$B" volume create pvol --size 128M --shard-size 1M --policy write=cold,promote=0 >/dev/null
 
+# verify_64m DEV: fio checks the 64 MiB its crc32c write pass left on DEV.
+verify_64m() {
+    (cd "$W" && fio --name=pf --filename="$1" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
+        --size=64M --verify=crc32c --verify_only --verify_fatal=1 >/dev/null)
+}
+
 step "bad prefetch requests: one line, non-zero, nothing created"
 refuse() { # args...: must fail with one line and leave no device 5
     local out
@@ -79,8 +85,7 @@ if 1:
     ' || die "prefetch stats"
 
 step "fio verifies all 64 MiB"
-(cd "$W" && fio --name=pf --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
-    --size=64M --verify=crc32c --verify_only --verify_fatal=1 >/dev/null) || die "verify"
+verify_64m "$dev" || die "verify"
 "$B" del -n 1
 
 step "device with --prefetch lstm (shardblk hands it to shardblk-lstm): sequential passes"
@@ -113,8 +118,7 @@ if 1:
     assert p["batches"] >= 3 and p["events_fed"] > 0 and p["events"] >= p["events_fed"], p
     assert s["resident_units"] <= s["budget_units"], s
     ' || die "lstm prefetch stats"
-(cd "$W" && fio --name=pf --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
-    --size=64M --verify=crc32c --verify_only --verify_fatal=1 >/dev/null) || die "verify (lstm)"
+verify_64m "$dev" || die "verify (lstm)"
 "$B" del -n 3
 
 step "prefetch off: trace record still works (the daemon's tap drains the rings)"

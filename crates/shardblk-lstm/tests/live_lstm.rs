@@ -12,7 +12,6 @@ use shardblk::device::metrics::{trace_ring, Op, TraceEvent};
 use shardblk::io::AlignedBuf;
 use shardblk::prefetch::live::{Live, LiveConfig};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
-use shardblk::shard::policy::TierPolicy;
 use std::time::{Duration, Instant};
 
 const TAG: u32 = 11;
@@ -22,21 +21,8 @@ const SHARDS: u64 = 32;
 fn live_lstm_steps_on_batches_and_keeps_data() {
     shardblk_lstm::register();
     let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
-    let vol = pool
-        .create_volume(
-            "pf",
-            SHARDS * MIB,
-            MIB,
-            TierPolicy::parse("write=cold,promote=0").unwrap(),
-        )
-        .unwrap();
+    let vol = cold_volume(&pool, "pf", SHARDS, TAG);
     let mut eng = pool.engine();
-    let mut b = AlignedBuf::new(MIB as usize);
-    for s in 0..SHARDS {
-        fill(&mut b, TAG, s * 256, 1);
-        vol.write(eng.as_mut(), s * MIB, &b).unwrap();
-    }
-    vol.flush().unwrap();
     let start = Instant::now();
     let (mut tp, c) = trace_ring(1 << 16);
     let cfg = LiveConfig {
