@@ -1,7 +1,11 @@
 //! Benchmark: the volume engine and its io_uring device layer against fio on
 //! the same file.
 //!
-//! Creates a 1 GiB file in `SHARDBLK_BENCH_DIR` (default `/var/tmp`), makes
+//! Creates a 1 GiB file in each directory of `SHARDBLK_BENCH_DIR` (a comma
+//! list, default `/var/tmp,/dev/shm`: a disk file, then a tmpfs file whose
+//! `O_DIRECT` reads are bound by the CPU, not a device, so that table shows
+//! the engines' own cost; skipped with a message where tmpfs lacks
+//! `O_DIRECT`, before Linux 6.6), makes
 //! it a one-tier pool and fills a volume (1 MiB shards) spanning it through
 //! the engine with random data, then runs each workload (4 KiB random read
 //! at QD 1 and QD 32, 1 MiB sequential read at QD 4) with
@@ -11,7 +15,8 @@
 //! engine). Each runner runs each workload twice in the order A B C C B A;
 //! the mean is reported in one table of IOPS, MB/s and the ratio to fio.
 //! `SHARDBLK_BENCH_SECS` sets the time per run (default 5),
-//! `SHARDBLK_BENCH_ROUNDS` the number of such rounds (default 1).
+//! `SHARDBLK_BENCH_ROUNDS` the number of such rounds (default 2). The bench
+//! and fio run pinned to one CPU (`SHARDBLK_BENCH_CPU`, default the last).
 //!
 //! Every column is a [`Runner`]; the first is the baseline of the ratios.
 //!
@@ -276,17 +281,54 @@ impl Runner for ThroughVolume {
 
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let dir = std::env::var("SHARDBLK_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
-    let secs: u64 = std::env::var("SHARDBLK_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let dirs = std::env::var("SHARDBLK_BENCH_DIR").unwrap_or_else(|_| "/var/tmp,/dev/shm".into());
+    let secs: u64 = env_or("SHARDBLK_BENCH_SECS", 5);
     // Rounds of the A B C .. C B A order; more rounds average out a noisy host.
-    let rounds: usize = std::env::var("SHARDBLK_BENCH_ROUNDS")
+    let rounds: usize = env_or("SHARDBLK_BENCH_ROUNDS", 2);
+    // Every runner (and fio, a child inheriting the mask) runs on one CPU:
+    // otherwise the scheduler's placement of the submitter against the
+    // device's completion interrupts decides more than the engine does.
+    let cpus = core_affinity::get_core_ids().context("listing CPUs")?;
+    let last = cpus.last().map(|c| c.id).unwrap_or(0);
+    let cpu: usize = env_or("SHARDBLK_BENCH_CPU", last);
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        bail!("cannot pin the bench to CPU {cpu} (SHARDBLK_BENCH_CPU)");
+    }
+    println!("pinned to CPU {cpu}; {secs} s per run, {rounds} round(s) of A B C C B A");
+    for dir in dirs.split(',').filter(|d| !d.is_empty()) {
+        match bench_dir(Path::new(dir), Duration::from_secs(secs), rounds) {
+            Ok(()) => {}
+            Err(e) if e.downcast_ref::<NoDirectIo>().is_some() => {
+                println!("\n{dir}: skipped ({e})");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let path = Path::new(&dir).join(format!("shardblk-bench-{}.img", std::process::id()));
+        .unwrap_or(default)
+}
+
+/// The directory's file system refuses `O_DIRECT` (tmpfs before Linux 6.6).
+#[derive(Debug)]
+struct NoDirectIo(std::io::Error);
+
+impl std::fmt::Display for NoDirectIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no O_DIRECT on this file system: {}", self.0)
+    }
+}
+
+impl std::error::Error for NoDirectIo {}
+
+/// The whole comparison on a file in `dir`; prints one table.
+fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
+    let path = dir.join(format!("shardblk-bench-{}.img", std::process::id()));
     struct Remove(PathBuf);
     impl Drop for Remove {
         fn drop(&mut self) {
@@ -294,7 +336,19 @@ fn main() -> Result<()> {
         }
     }
     let _cleanup = Remove(path.clone());
-    std::fs::File::create(&path)?.set_len(FILE_BYTES)?;
+    std::fs::File::create(&path)
+        .with_context(|| format!("creating {}", path.display()))?
+        .set_len(FILE_BYTES)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        {
+            return Err(NoDirectIo(e).into());
+        }
+    }
     // The file is a one-tier pool; its volume is filled through the engine,
     // so every shard is mapped and the raw runners read the same bytes.
     let pool = Pool::init(
@@ -318,8 +372,8 @@ fn main() -> Result<()> {
         }
         vol.flush()?;
     }
-    eprintln!(
-        "filled volume of {} MiB on {} through the engine in {:.1} s",
+    println!(
+        "\nfilled volume of {} MiB on {} through the engine in {:.1} s",
         vol_bytes >> 20,
         path.display(),
         t.elapsed().as_secs_f64()
@@ -327,7 +381,6 @@ fn main() -> Result<()> {
     let through = ThroughVolume::new(&pool, vol)?;
     let ours = Ours::new(&path)?;
 
-    let duration = Duration::from_secs(secs);
     let workloads = [
         Workload {
             name: "4k randread QD1",
@@ -357,9 +410,9 @@ fn main() -> Result<()> {
         Box::new(through),
     ];
 
-    // Each runner runs each workload twice, in the order A B .. B A, and the
-    // mean is reported, so neither side gains from going first (warm caches
-    // on the host, other load on a shared machine).
+    // Each runner runs each workload twice per round, in the order
+    // A B .. B A, and the mean is reported, so neither side gains from going
+    // first (warm caches on the host, other load on a shared machine).
     let mut rows = Vec::new();
     for w in &workloads {
         let n = runners.len();
