@@ -9,7 +9,10 @@
 //! any: over time it is busy at most its share, however long one stretch
 //! of work (a training step) was. The share is `PREFETCH_CPU_SHARE_PERCENT`
 //! for `PREFETCH_PRODUCTIVE_WINDOW_MS` after the thread last queued a
-//! prediction (and at start), `PREFETCH_CPU_SHARE_IDLE_PERCENT` otherwise: a
+//! prediction, `PREFETCH_CPU_SHARE_IDLE_PERCENT` otherwise, from the start
+//! on (a step that queues predictions is charged at the full share, since
+//! it is accounted after it queued, so a predictable workload loses
+//! nothing by the idle start, and a random one never pays the full share): a
 //! predictor that finds nothing to stage on a random workload costs the
 //! I/O path almost nothing, while it keeps stepping (with bigger batches and
 //! skipped events, counted) so it notices when the workload turns
@@ -32,10 +35,10 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// A pacer at the full share until the productive window first lapses.
+    /// A pacer at the idle share until its first queued prediction.
     pub fn new(now_ns: u64) -> Pacer {
         Pacer {
-            productive_until_ns: now_ns + PREFETCH_PRODUCTIVE_WINDOW_MS * 1_000_000,
+            productive_until_ns: now_ns,
             owed: Duration::ZERO,
             paced: Duration::ZERO,
         }
@@ -96,15 +99,20 @@ mod tests {
     }
 
     #[test]
-    fn full_share_while_productive_idle_share_after() {
+    fn idle_share_at_start_full_while_productive_idle_after() {
         let mut p = Pacer::new(0);
         let busy = Duration::from_millis(4);
         let full = busy * (100 - PREFETCH_CPU_SHARE_PERCENT) / PREFETCH_CPU_SHARE_PERCENT;
+        // Nothing queued yet: the idle share from the start.
+        assert_eq!(p.share_percent(0), PREFETCH_CPU_SHARE_IDLE_PERCENT);
+        assert_eq!(p.share_percent(MS), PREFETCH_CPU_SHARE_IDLE_PERCENT);
+        // A step that queued a prediction is charged at the full share.
+        p.queued(MS / 2);
         p.worked(busy, MS);
         assert_eq!(p.owed(), full);
         assert_eq!(pay_all(&mut p), full);
         // The window lapses without a queued prediction: the idle share.
-        let late = PREFETCH_PRODUCTIVE_WINDOW_MS * MS + 1;
+        let late = (PREFETCH_PRODUCTIVE_WINDOW_MS + 1) * MS;
         assert_eq!(p.share_percent(late), PREFETCH_CPU_SHARE_IDLE_PERCENT);
         let idle = busy * (100 - PREFETCH_CPU_SHARE_IDLE_PERCENT) / PREFETCH_CPU_SHARE_IDLE_PERCENT;
         p.worked(busy, late);
@@ -115,6 +123,10 @@ mod tests {
         p.worked(busy, late + MS);
         assert_eq!(pay_all(&mut p), full);
         assert_eq!(p.paced, full + idle + full);
+        // A fresh pacer that never queued pays the idle share at once.
+        let mut q = Pacer::new(0);
+        q.worked(busy, MS);
+        assert_eq!(pay_all(&mut q), idle);
         assert_eq!(p.owed(), Duration::ZERO);
     }
 
