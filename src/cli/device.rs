@@ -113,6 +113,13 @@ impl DeviceCmd {
     pub fn needs_lstm(&self) -> bool {
         match self {
             DeviceCmd::Add(a) => a.prefetch.parse::<PredictorKind>() == Ok(PredictorKind::Lstm),
+            // `recover` restarts the daemon with the prefetch settings of
+            // its record (an unreadable record fails later, clearly).
+            DeviceCmd::Recover { number, .. } => DeviceRecord::read(*number).is_ok_and(|r| {
+                r.prefetch.is_some_and(|p| {
+                    p.predictor.parse::<PredictorKind>() == Ok(PredictorKind::Lstm)
+                })
+            }),
             _ => false,
         }
     }
@@ -137,6 +144,7 @@ pub fn run(c: DeviceCmd) -> Result<()> {
         DeviceCmd::Recover { number, foreground } => {
             let r = DeviceRecord::read(number)
                 .with_context(|| format!("no record of /dev/ublkb{number} to recover"))?;
+            let p = r.prefetch.clone();
             let args = AddArgs {
                 volume: r.volume,
                 pool: r.pool,
@@ -152,11 +160,17 @@ pub fn run(c: DeviceCmd) -> Result<()> {
                 poll: r.poll,
                 zero_copy: r.zero_copy_requested,
                 foreground,
-                prefetch: "off".into(),
-                prefetch_depth: PREFETCH_DEPTH_DEFAULT_SHARDS,
-                prefetch_confidence: PREFETCH_CONFIDENCE_MIN_DEFAULT,
-                prefetch_budget: None,
-                prefetch_model: None,
+                prefetch: p
+                    .as_ref()
+                    .map_or_else(|| "off".into(), |p| p.predictor.clone()),
+                prefetch_depth: p
+                    .as_ref()
+                    .map_or(PREFETCH_DEPTH_DEFAULT_SHARDS, |p| p.depth),
+                prefetch_confidence: p
+                    .as_ref()
+                    .map_or(PREFETCH_CONFIDENCE_MIN_DEFAULT, |p| p.confidence_min),
+                prefetch_budget: p.as_ref().and_then(|p| p.budget_bytes),
+                prefetch_model: p.and_then(|p| p.model),
             };
             start(args, true)
         }
@@ -370,6 +384,7 @@ fn list(json: bool) -> Result<()> {
                 "pinned": pinned,
                 "poll": r.poll,
                 "zero_copy": r.zero_copy,
+                "prefetch": r.prefetch.as_ref().map_or("off", |p| p.predictor.as_str()),
                 "state": state,
                 "daemon": if alive { serde_json::json!(r.pid) } else { serde_json::json!(null) },
             })

@@ -26,7 +26,7 @@ pub fn socket_path(n: u32) -> PathBuf {
 }
 
 /// What a running device is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
     pub number: u32,
     pub volume: String,
@@ -41,6 +41,22 @@ pub struct DeviceRecord {
     pub zero_copy_requested: ZeroCopyMode,
     pub zero_copy: bool,
     pub pid: u32,
+    /// The prefetch settings `add` was given (`None`: off), so `recover`
+    /// restarts the daemon with them. Absent in records written before
+    /// they were kept: read as off.
+    #[serde(default)]
+    pub prefetch: Option<PrefetchRecord>,
+}
+
+/// The prefetch flags of a device, as `add` took them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefetchRecord {
+    /// Predictor name (`--prefetch`).
+    pub predictor: String,
+    pub depth: u32,
+    pub confidence_min: f32,
+    pub budget_bytes: Option<u64>,
+    pub model: Option<PathBuf>,
 }
 
 impl DeviceRecord {
@@ -126,14 +142,29 @@ mod tests {
             zero_copy_requested: ZeroCopyMode::Auto,
             zero_copy: false,
             pid: std::process::id(),
+            prefetch: Some(PrefetchRecord {
+                predictor: "markov".into(),
+                depth: 3,
+                confidence_min: 0.25,
+                budget_bytes: Some(32 << 20),
+                model: None,
+            }),
         };
         r.write().unwrap();
         assert_eq!(DeviceRecord::read(3).unwrap(), r);
         assert!(r.daemon_alive());
         std::fs::write(dir.path().join("other.json"), b"{}").unwrap();
-        assert_eq!(DeviceRecord::all(), vec![r]);
+        assert_eq!(DeviceRecord::all(), vec![r.clone()]);
         DeviceRecord::remove(3);
         assert!(DeviceRecord::all().is_empty());
+        // A record written before prefetch settings were kept reads as off.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().remove("prefetch");
+        std::fs::write(record_path(3), serde_json::to_vec(&old).unwrap()).unwrap();
+        let back = DeviceRecord::read(3).unwrap();
+        assert_eq!(back.prefetch, None);
+        assert_eq!(back.volume, r.volume);
+        DeviceRecord::remove(3);
         unsafe { std::env::remove_var("SHARDBLK_RUN_DIR") };
     }
 }

@@ -27,7 +27,7 @@ use crate::device::features::{
 };
 use crate::device::metrics::trace_ring;
 use crate::device::queue::{pin_thread, run_queue, QueueCtx};
-use crate::device::registry::{socket_path, DeviceRecord};
+use crate::device::registry::{socket_path, DeviceRecord, PrefetchRecord};
 use crate::device::DeviceError;
 use crate::prefetch::live::{Live, LiveConfig};
 use crate::shard::manager::window_and_commit;
@@ -303,10 +303,25 @@ fn run(
     let volume_name = opts.volume.clone();
     let tell2 = tell.clone();
     let live = p.live.shared();
+    let prefetch = opts.prefetch.as_ref().map(|l| PrefetchRecord {
+        predictor: l.kind.name().to_string(),
+        depth: l.prefetch.depth,
+        confidence_min: l.prefetch.confidence_min,
+        budget_bytes: l.budget_bytes,
+        model: l.model.clone(),
+    });
     let device_fn = move |c: &UblkCtrl| {
         let n = c.dev_info().dev_id;
         *number_out.lock().expect("number") = Some(n);
-        let r = publish(n, &ctx, &cfg, zero_copy, &pool_path, &volume_name, &live);
+        let r = publish(
+            n,
+            &ctx,
+            &cfg,
+            zero_copy,
+            (&pool_path, &volume_name),
+            &live,
+            prefetch.clone(),
+        );
         tell2(r.map(|()| (n, message)));
     };
     stop_on_signal(signals, number_cell.clone())?;
@@ -377,9 +392,9 @@ fn publish(
     ctx: &Arc<QueueCtx>,
     cfg: &DeviceConfig,
     zero_copy: bool,
-    pool: &std::path::Path,
-    volume: &str,
+    (pool, volume): (&std::path::Path, &str),
     live: &Arc<crate::prefetch::live::LiveShared>,
+    prefetch: Option<PrefetchRecord>,
 ) -> Result<(), DeviceError> {
     let tids: Vec<i32> = ctx
         .tids
@@ -427,6 +442,7 @@ fn publish(
         zero_copy_requested: cfg.zero_copy,
         zero_copy,
         pid: std::process::id(),
+        prefetch,
     }
     .write()
 }

@@ -13,7 +13,8 @@
 step "pool, volume, device with 2 queues"
 make_pool 128M 512M
 "$B" volume create rvol --size 256M --shard-size 256K >/dev/null
-dev="$("$B" add --volume rvol --number 3 --queues 2 --cpus 0-1 2>/dev/null)"
+dev="$("$B" add --volume rvol --number 3 --queues 2 --cpus 0-1 --prefetch readahead \
+    --prefetch-depth 3 --prefetch-budget 16M 2>/dev/null)"
 wait_dev "$dev"
 dd if=/dev/zero of="$dev" bs=1M count=64 oflag=direct status=none
 sync "$dev" 2>/dev/null || blockdev --flushbufs "$dev"
@@ -40,6 +41,13 @@ sleep 1
 kill -0 "$fio_pid" 2>/dev/null || die "fio ended while the device had no daemon"
 "$B" recover -n 3 || die "recover failed"
 "$B" list
+# The recovered daemon runs with the prefetch settings `add` was given.
+"$B" list --json | python3 -c 'import json,sys; d=json.load(sys.stdin)[0]; assert d["prefetch"] == "readahead", d' ||
+    die "recover dropped --prefetch readahead"
+"$B" stats -n 3 --json | python3 -c 'import json,sys; p=json.load(sys.stdin)["prefetch"]; assert p["predictor"] == "readahead", p' ||
+    die "the recovered daemon does not run readahead"
+python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["prefetch"]; assert p["depth"] == 3 and p["budget_bytes"] == 16 << 20, p' \
+    "$SHARDBLK_RUN_DIR/ublkb3.json" || die "recover dropped the prefetch depth or budget"
 wait "$fio_pid" || die "fio failed after recovery: $(tail -c 2000 "$W/crash.json")"
 python3 - "$W/crash.json" <<'PY' || die "fio reported errors"
 import json, sys
