@@ -13,10 +13,15 @@
 //! [`UringEngine`] streaming interface on the file, and through the volume
 //! engine (composer translation per request, then the same streaming
 //! engine). Each runner runs each workload twice in the order A B C C B A;
-//! the mean is reported in one table of IOPS, MB/s and the ratio to fio.
+//! the mean is reported in one table of IOPS, MB/s, CPU time per I/O (`us/IO`:
+//! user + system of the whole process, fio's as its finished child) and the IOPS ratio
+//! to fio.
 //! `SHARDBLK_BENCH_SECS` sets the time per run (default 5),
 //! `SHARDBLK_BENCH_ROUNDS` the number of such rounds (default 2). The bench
 //! and fio run pinned to one CPU (`SHARDBLK_BENCH_CPU`, default the last).
+//! For profiling, `SHARDBLK_BENCH_RUNNERS` (e.g. `fio,shardblk,volume`) and
+//! `SHARDBLK_BENCH_WORKLOADS` (e.g. `4k randread QD32`) keep only the named
+//! ones (the ratio column is then against the first runner kept).
 //!
 //! Every column is a [`Runner`]; the first is the baseline of the ratios.
 //!
@@ -58,16 +63,38 @@ struct Workload {
 struct Figures {
     iops: f64,
     mb_per_s: f64,
+    /// CPU time (user + system, every thread of the process doing the
+    /// I/O, io_uring workers included) per operation, microseconds.
+    cpu_us_per_op: f64,
 }
 
 impl Figures {
-    fn from_counts(ops: u64, bytes: u64, elapsed: Duration) -> Figures {
+    fn from_counts(ops: u64, bytes: u64, elapsed: Duration, cpu: Duration) -> Figures {
         let s = elapsed.as_secs_f64();
         Figures {
             iops: ops as f64 / s,
             mb_per_s: bytes as f64 / 1e6 / s,
+            cpu_us_per_op: cpu.as_secs_f64() * 1e6 / ops.max(1) as f64,
         }
     }
+}
+
+/// CPU time this process has used so far (user + system, all threads).
+fn process_cpu() -> Duration {
+    cpu_of(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of `who` (`RUSAGE_SELF`, or `RUSAGE_CHILDREN`:
+/// every waited-for child, all its threads).
+fn cpu_of(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// One column group of the table: something that can run a workload on the
@@ -87,6 +114,7 @@ impl Runner for Fio {
         "fio"
     }
     fn run(&mut self, w: &Workload) -> Result<Figures> {
+        let cpu0 = cpu_of(libc::RUSAGE_CHILDREN);
         let out = Command::new("fio")
             .arg("--name=bench")
             .arg(format!("--filename={}", self.path.display()))
@@ -116,9 +144,14 @@ impl Runner for Fio {
         let bw = read["bw_bytes"]
             .as_f64()
             .context("fio JSON lacks jobs[0].read.bw_bytes")?;
+        // fio's CPU as the kernel counted it for the finished child (all its
+        // processes and threads; its start-up is a few ms of a run).
+        let cpu = cpu_of(libc::RUSAGE_CHILDREN) - cpu0;
+        let ios = read["total_ios"].as_f64().unwrap_or(0.0).max(1.0);
         Ok(Figures {
             iops,
             mb_per_s: bw / 1e6,
+            cpu_us_per_op: cpu.as_secs_f64() * 1e6 / ios,
         })
     }
 }
@@ -175,6 +208,8 @@ fn stream_reads(
         pos * w.block_bytes as u64
     };
     let mut out: Vec<Completion> = Vec::with_capacity(w.qd);
+    let cpu0 = process_cpu();
+    let mut cpu = Duration::ZERO;
     let start = Instant::now();
     let deadline = start + w.duration;
     for _ in 0..w.qd {
@@ -200,12 +235,14 @@ fn stream_reads(
         if !stopping && Instant::now() >= deadline {
             stopping = true;
             elapsed = start.elapsed();
+            cpu = process_cpu() - cpu0;
         }
     }
     Ok(Figures::from_counts(
         ops,
         ops * w.block_bytes as u64,
         elapsed,
+        cpu,
     ))
 }
 
@@ -409,6 +446,23 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
         Box::new(ours),
         Box::new(through),
     ];
+    // Optional filters (for profiling one runner or one workload): comma
+    // lists of runner names' first words and of workload names.
+    if let Ok(keep) = std::env::var("SHARDBLK_BENCH_RUNNERS") {
+        runners.retain(|r| keep.split(',').any(|k| k == short(r.name())));
+    }
+    let wanted = std::env::var("SHARDBLK_BENCH_WORKLOADS").ok();
+    let workloads: Vec<Workload> = workloads
+        .into_iter()
+        .filter(|w| {
+            wanted
+                .as_ref()
+                .is_none_or(|k| k.split(',').any(|k| k == w.name))
+        })
+        .collect();
+    if runners.is_empty() || workloads.is_empty() {
+        bail!("SHARDBLK_BENCH_RUNNERS / SHARDBLK_BENCH_WORKLOADS left nothing to run");
+    }
 
     // Each runner runs each workload twice per round, in the order
     // A B .. B A, and the mean is reported, so neither side gains from going
@@ -416,7 +470,7 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
     let mut rows = Vec::new();
     for w in &workloads {
         let n = runners.len();
-        let mut sums = vec![(0.0f64, 0.0f64); n];
+        let mut sums = vec![(0.0f64, 0.0f64, 0.0f64); n];
         let order: Vec<usize> = (0..rounds)
             .flat_map(|_| (0..n).chain((0..n).rev()))
             .collect();
@@ -426,18 +480,24 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
                 .run(w)
                 .with_context(|| format!("{} on {}", r.name(), w.name))?;
             eprintln!(
-                "{:<18} {:<16} {:>10.0} IOPS {:>8.1} MB/s",
+                "{:<18} {:<16} {:>10.0} IOPS {:>8.1} MB/s {:>6.2} CPU us/IO",
                 w.name,
                 r.name(),
                 f.iops,
-                f.mb_per_s
+                f.mb_per_s,
+                f.cpu_us_per_op
             );
             sums[i].0 += f.iops / (2 * rounds) as f64;
             sums[i].1 += f.mb_per_s / (2 * rounds) as f64;
+            sums[i].2 += f.cpu_us_per_op / (2 * rounds) as f64;
         }
         let figs: Vec<Figures> = sums
             .into_iter()
-            .map(|(iops, mb_per_s)| Figures { iops, mb_per_s })
+            .map(|(iops, mb_per_s, cpu_us_per_op)| Figures {
+                iops,
+                mb_per_s,
+                cpu_us_per_op,
+            })
             .collect();
         rows.push((w.name, figs));
     }
@@ -445,9 +505,10 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
     let mut header = format!("{:<18}", "workload");
     for (i, r) in runners.iter().enumerate() {
         header += &format!(
-            " | {:>14} {:>9}",
+            " | {:>14} {:>9} {:>6}",
             format!("{} IOPS", short(r.name())),
-            "MB/s"
+            "MB/s",
+            "us/IO"
         );
         if i > 0 {
             header += &format!(" {:>7}", "ratio");
@@ -458,7 +519,10 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
     for (name, figs) in rows {
         let mut line = format!("{name:<18}");
         for (i, f) in figs.iter().enumerate() {
-            line += &format!(" | {:>14.0} {:>9.1}", f.iops, f.mb_per_s);
+            line += &format!(
+                " | {:>14.0} {:>9.1} {:>6.2}",
+                f.iops, f.mb_per_s, f.cpu_us_per_op
+            );
             if i > 0 {
                 line += &format!(" {:>6.1}%", 100.0 * f.iops / figs[0].iops);
             }
