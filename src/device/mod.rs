@@ -8,7 +8,8 @@
 //! Files: [`config`] (validated request, pinning, zero-copy decision),
 //! [`features`] (kernel ublk features), [`queue`] (the queue threads),
 //! [`metrics`] (trace ring, histograms, snapshots), [`registry`] (records),
-//! [`control`] (the stats socket), [`serve`] (the daemon's life cycle).
+//! [`control`] (the stats socket), [`serve`] (the daemon's life cycle),
+//! [`xfer`] (one data transfer of a request, continued when short).
 
 pub mod config;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod queue;
 pub mod registry;
 pub mod serve;
+pub mod xfer;
 
 /// Errors of the device layer; each prints as one clear line.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,10 @@
 //!   device's file descriptor straight into the tag's ublk buffer (no
 //!   user-space copy; with zero copy, `READ_FIXED` into the request's own
 //!   pages); unmapped pieces are zero-filled in place (zero copy: read from
-//!   `/dev/zero`). A short or failed tier read fails the request with its
-//!   errno (EIO for short).
+//!   `/dev/zero`). A short transfer (`/dev/zero` completes reads short
+//!   under CPU contention) is continued where it stopped ([`Xfer`]); a
+//!   failed one, or one that moves no byte, fails the request with its
+//!   errno (EIO for no progress).
 //! - WRITE: [`Volume::map_write`] enters the writers of the mapped entries;
 //!   the tier writes go out on the queue ring straight from the ublk buffer
 //!   (zero copy: `WRITE_FIXED` from the request's pages) and the tickets are
@@ -45,6 +47,7 @@ use crate::constants::{
 };
 use crate::device::config::PollMode;
 use crate::device::metrics::{HitSet, Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
+use crate::device::xfer::{Dir, Progress, Xfer};
 use crate::io::IoEngine;
 use crate::volume::handle::{Volume, WritePiece};
 use crate::volume::split::PieceKind;
@@ -176,8 +179,8 @@ struct TagState {
     hit: HitSet,
     /// SQEs in flight.
     pending: u16,
-    /// Expected result of each in-flight piece (bytes).
-    want: [u32; READ_PIECES_MAX],
+    /// Each in-flight data transfer, by piece index (what is left of it).
+    xfers: [Xfer; READ_PIECES_MAX],
     /// First error seen.
     err: Option<i32>,
     /// Writer tickets of an overwrite, held until its tier writes complete.
@@ -198,7 +201,7 @@ impl TagState {
             t0: 0,
             hit: HitSet::default(),
             pending: 0,
-            want: [0; READ_PIECES_MAX],
+            xfers: [Xfer::default(); READ_PIECES_MAX],
             err: None,
             tickets: Default::default(),
             guard: None,
@@ -397,12 +400,27 @@ impl Server<'_> {
         }
         let index = (ud >> 24) as usize & 0xff;
         let t = &mut self.tags[tag as usize];
-        t.pending -= 1;
-        if res < 0 {
-            t.fail(-res);
-        } else if k != kind::FSYNC && res as u32 != t.want[index.min(READ_PIECES_MAX - 1)] {
-            t.fail(libc::EIO);
+        if k == kind::FSYNC {
+            if res < 0 {
+                t.fail(-res);
+            }
+        } else {
+            let x = &mut t.xfers[index.min(READ_PIECES_MAX - 1)];
+            match x.advance(res) {
+                Progress::Done => {}
+                Progress::Failed(e) => t.fail(e),
+                // The rest of a short transfer goes out again (unless the
+                // request already failed): still pending.
+                Progress::Short if t.err.is_none() => {
+                    match q.ublk_submit_sqe_sync(x.sqe().user_data(tgt_data(tag, k, index))) {
+                        Ok(()) => return,
+                        Err(_) => t.fail(libc::EIO),
+                    }
+                }
+                Progress::Short => {}
+            }
         }
+        t.pending -= 1;
         if t.pending > 0 {
             return;
         }
@@ -500,46 +518,41 @@ impl Server<'_> {
         let buf = self.bufs[tag as usize].as_mut_slice();
         let guard = epoch::pin();
         let (mut n, mut hit, mut err) = (0usize, HitSet::default(), None);
-        let want = &mut t.want;
+        let xfers = &mut t.xfers;
         let mapped = ctx.volume.map_read(&guard, t.offset, t.len, |p| {
             let at = p.buf_offset as usize;
             let len = p.len as u32;
-            let sqe = match (zc, p.kind) {
-                (false, PieceKind::Unmapped) => {
+            let (fd, offset) = match p.kind {
+                PieceKind::Unmapped if !zc => {
                     hit.add_unmapped();
                     buf[at..at + len as usize].fill(0);
                     return;
                 }
-                (
-                    false,
-                    PieceKind::Mapped {
-                        tier,
-                        device_byte_offset,
-                    },
-                ) => {
-                    hit.add_tier(tier);
-                    opcode::Read::new(types::Fd(ctx.fds[tier]), buf[at..].as_mut_ptr(), len)
-                        .offset(device_byte_offset)
-                        .build()
-                }
-                (true, PieceKind::Unmapped) => {
+                // Zero copy: the request's pages are reachable only by
+                // fixed-buffer ops, so holes are read from `/dev/zero`.
+                PieceKind::Unmapped => {
                     hit.add_unmapped();
-                    let fd = types::Fd(ctx.zero.as_raw_fd());
-                    opcode::ReadFixed::new(fd, at as *mut u8, len, tag).build()
+                    (ctx.zero.as_raw_fd(), 0)
                 }
-                (
-                    true,
-                    PieceKind::Mapped {
-                        tier,
-                        device_byte_offset,
-                    },
-                ) => {
+                PieceKind::Mapped {
+                    tier,
+                    device_byte_offset,
+                } => {
                     hit.add_tier(tier);
-                    let fd = types::Fd(ctx.fds[tier]);
-                    opcode::ReadFixed::new(fd, at as *mut u8, len, tag)
-                        .offset(device_byte_offset)
-                        .build()
+                    (ctx.fds[tier], device_byte_offset)
                 }
+            };
+            let x = Xfer {
+                fd,
+                dir: Dir::Read,
+                fixed: zc.then_some(tag),
+                addr: if zc {
+                    at as u64
+                } else {
+                    buf[at..].as_mut_ptr() as u64
+                },
+                offset,
+                len,
             };
             if err.is_some() {
                 return;
@@ -548,9 +561,9 @@ impl Server<'_> {
                 err = Some(libc::EINVAL);
                 return;
             }
-            match q.ublk_submit_sqe_sync(sqe.user_data(tgt_data(tag, kind::DATA, n))) {
+            match q.ublk_submit_sqe_sync(x.sqe().user_data(tgt_data(tag, kind::DATA, n))) {
                 Ok(()) => {
-                    want[n] = len;
+                    xfers[n] = x;
                     n += 1;
                 }
                 Err(_) => err = Some(libc::EIO),
@@ -609,16 +622,17 @@ impl Server<'_> {
                 continue;
             };
             t.hit.add_tier(p.tier);
-            let fd = types::Fd(ctx.fds[p.tier]);
-            let sqe = if zc {
-                opcode::WriteFixed::new(fd, p.buf_offset as *const u8, p.len as u32, tag)
-                    .offset(p.device_byte_offset)
-                    .build()
-            } else {
-                let src = &buf[p.buf_offset as usize..(p.buf_offset + p.len) as usize];
-                opcode::Write::new(fd, src.as_ptr(), p.len as u32)
-                    .offset(p.device_byte_offset)
-                    .build()
+            let x = Xfer {
+                fd: ctx.fds[p.tier],
+                dir: Dir::Write,
+                fixed: zc.then_some(tag),
+                addr: if zc {
+                    p.buf_offset
+                } else {
+                    buf[p.buf_offset as usize..(p.buf_offset + p.len) as usize].as_ptr() as u64
+                },
+                offset: p.device_byte_offset,
+                len: p.len as u32,
             };
             // SAFETY: the ticket points into the volume's table, which the
             // epoch guard pinned above keeps alive. That guard is stored in
@@ -633,9 +647,9 @@ impl Server<'_> {
             if t.err.is_some() {
                 continue;
             }
-            match q.ublk_submit_sqe_sync(sqe.user_data(tgt_data(tag, kind::DATA, i))) {
+            match q.ublk_submit_sqe_sync(x.sqe().user_data(tgt_data(tag, kind::DATA, i))) {
                 Ok(()) => {
-                    t.want[i] = p.len as u32;
+                    t.xfers[i] = x;
                     submitted += 1;
                 }
                 Err(_) => t.fail(libc::EIO),
@@ -658,19 +672,17 @@ impl Server<'_> {
             t.fail(libc::EINVAL);
             return self.finish(q, tag);
         };
-        let at = u64::from(tag) * u64::from(DEVICE_IO_BUF_BYTES);
-        let sqe = opcode::WriteFixed::new(
-            types::Fd(fd.as_raw_fd()),
-            std::ptr::null(),
-            t.len as u32,
-            tag,
-        )
-        .offset(at)
-        .build()
-        .user_data(tgt_data(tag, kind::BOUNCE, 0));
+        let x = Xfer {
+            fd: fd.as_raw_fd(),
+            dir: Dir::Write,
+            fixed: Some(tag),
+            addr: 0,
+            offset: u64::from(tag) * u64::from(DEVICE_IO_BUF_BYTES),
+            len: t.len as u32,
+        };
         t.phase = Phase::Bounce;
-        t.want[0] = t.len as u32;
-        match q.ublk_submit_sqe_sync(sqe) {
+        t.xfers[0] = x;
+        match q.ublk_submit_sqe_sync(x.sqe().user_data(tgt_data(tag, kind::BOUNCE, 0))) {
             Ok(()) => t.pending = 1,
             Err(_) => {
                 t.fail(libc::EIO);

@@ -18,7 +18,7 @@
 
 use crate::constants::{
     DEVICE_DISCARD_MAX_BYTES, DEVICE_IO_BUF_BYTES, DEVICE_STOP_TIMEOUT_S, DEVICE_TRACE_RING_EVENTS,
-    TIERS_MAX,
+    POLICY_WINDOW_MS, TIERS_MAX,
 };
 use crate::device::config::{online_cpus, DeviceConfig};
 use crate::device::control::{spawn_server, ControlState};
@@ -30,7 +30,7 @@ use crate::device::queue::{pin_thread, run_queue, QueueCtx};
 use crate::device::registry::{socket_path, DeviceRecord, PrefetchRecord};
 use crate::device::DeviceError;
 use crate::prefetch::live::{Live, LiveConfig};
-use crate::shard::manager::window_and_commit;
+use crate::shard::manager::Manager;
 use crate::shard::pool::Pool;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
@@ -158,6 +158,9 @@ struct Prepared {
     ctx: Arc<QueueCtx>,
     /// Drains the trace rings: inference and stager threads, recordings.
     live: Live,
+    /// The tier policy (promotion, demotion, split, merge, a commit per
+    /// window) for as long as the device is served.
+    manager: Manager,
 }
 
 fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
@@ -172,18 +175,6 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         _ => {}
     }
     let pool = Pool::open(&opts.pool)?;
-    // The tier policy runs while the device lives: promotion, demotion,
-    // split and merge every window, each window ending with a commit (which
-    // also bounds how long a first write's mapping waits for durability
-    // when the user never flushes).
-    // FIXME(known): the tier-policy manager should run for the device's
-    // life (`Manager::start`, dropped after the queues stop). With it
-    // alive, the signal races are gone (signals are blocked before any
-    // thread starts), but one CI run of `tests/vm/enospc.sh` read EIO from
-    // an unwritten range of a volume whose tiers were full while manager
-    // windows ran (another run passed). Until that is understood, one
-    // policy window runs at start, as before, and none while serving.
-    window_and_commit(&pool, pool.engine().as_mut());
     let volume = pool.volume(&opts.volume)?;
     let mut fds = [-1; TIERS_MAX];
     for (i, d) in pool.devices().iter().enumerate() {
@@ -214,6 +205,12 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         consumers,
         ctx.start,
     )?;
+    // The tier policy runs while the device lives: promotion, demotion,
+    // split and merge every window, each window ending with a commit (which
+    // also bounds how long a first write's mapping waits for durability
+    // when the user never flushes). SIGINT/SIGTERM are blocked in this
+    // thread already, so the manager's thread never takes them.
+    let manager = Manager::start(pool.clone(), Duration::from_millis(POLICY_WINDOW_MS));
     Ok(Prepared {
         features,
         zero_copy,
@@ -221,6 +218,7 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
         pool,
         ctx,
         live,
+        manager,
     })
 }
 
@@ -329,6 +327,8 @@ fn run(
     // Stop the inference thread and the stager (a staging in progress
     // completes) before the final commit.
     drop(p.live);
+    // The manager finishes its window in progress, then stops.
+    drop(p.manager);
     // An orderly stop makes everything acknowledged durable, mappings
     // included: the kernel sends no FLUSH when a device is stopped, and a
     // disk flushes its cache on shutdown too.
