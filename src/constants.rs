@@ -537,3 +537,22 @@ const _: () = assert!(
         && PREFETCH_CPU_SHARE_IDLE_PERCENT <= PREFETCH_CPU_SHARE_PERCENT
         && PREFETCH_CPU_SHARE_PERCENT <= 100
 );
+
+// --- part ---
+/// How often an attacher scans its volume's members for orphan copies
+/// (copies outside their shard's set) even when nothing triggered a scan
+/// (milliseconds).
+pub const CLUSTER_ORPHAN_SCAN_INTERVAL_MS: u64 = 60_000;
+/// After a scan that kept a copy outside its set (its set short, down or
+/// older), the next scan comes this soon, the wait doubling while copies
+/// are kept (milliseconds).
+pub const CLUSTER_ORPHAN_RESCAN_MIN_MS: u64 = 1_000;
+/// Longest a node announcing it leaves (SIGTERM) waits for its copies to be
+/// moved off before it exits anyway, reporting what it still holds
+/// (milliseconds).
+pub const CLUSTER_LEAVE_MAX_MS: u64 = 600_000;
+/// How often a leaving node checks whether it is still needed (milliseconds).
+pub const CLUSTER_LEAVE_CHECK_MS: u64 = 200;
+const _: () = assert!(CLUSTER_ORPHAN_SCAN_INTERVAL_MS > CLUSTER_FAIL_AFTER_MS);
+const _: () = assert!(CLUSTER_ORPHAN_RESCAN_MIN_MS <= CLUSTER_ORPHAN_SCAN_INTERVAL_MS);
+const _: () = assert!(CLUSTER_LEAVE_CHECK_MS < CLUSTER_LEAVE_MAX_MS);

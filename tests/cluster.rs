@@ -1,7 +1,10 @@
 //! Cluster end to end on loopback: three `shardblk node run` processes, a
 //! cluster volume with R = 2, random verified writes while one node is
 //! killed (SIGKILL) and restarted; a stale attacher fenced out; and
-//! rebalancing when a fourth node joins and when a node leaves.
+//! rebalancing when a fourth node joins and when a node leaves; a graceful
+//! leave (SIGTERM) drained with R live copies throughout; a returning
+//! node's stale copies dropped; and a real partition: the old attacher in
+//! its own network namespace, cut off by taking its link down.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -10,25 +13,31 @@ use shardblk::cluster::client::{ClientConfig, ClientError, ClusterClient};
 use shardblk::cluster::rebalance::Limits;
 use shardblk::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_OUT_AFTER_MS, CLUSTER_SHARD_BYTES};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const BS: u64 = CLUSTER_BLOCK_BYTES;
 
-fn free_tcp() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn free_tcp_at(ip: IpAddr) -> SocketAddr {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_udp_at(ip: IpAddr) -> SocketAddr {
+    std::net::UdpSocket::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
 }
 
 fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    free_udp_at(LOOPBACK)
 }
 
 struct Node {
@@ -42,6 +51,11 @@ struct Node {
 
 impl Node {
     fn new(dir: &Path, i: usize) -> Node {
+        Node::new_at(dir, i, LOOPBACK)
+    }
+
+    /// A node whose shard protocol and gossip listen on `ip`.
+    fn new_at(dir: &Path, i: usize, ip: IpAddr) -> Node {
         let pool = dir.join(format!("pool{i}.img"));
         std::fs::File::create(&pool)
             .unwrap()
@@ -58,8 +72,8 @@ impl Node {
             id: format!("node{i}"),
             log: dir.join(format!("node{i}.log")),
             pool,
-            listen: free_tcp(),
-            gossip: free_udp(),
+            listen: free_tcp_at(ip),
+            gossip: free_udp_at(ip),
             child: None,
         }
     }
@@ -83,6 +97,23 @@ impl Node {
             .unwrap();
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// SIGTERM: a graceful leave.
+    fn terminate(&self) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    /// The exit status once the process ended.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(st)
     }
 
     fn kill(&mut self) {
@@ -450,4 +481,507 @@ async fn a_joining_node_takes_its_share_and_a_leaving_one_is_replaced() {
     assert_eq!(verify_copies(&mut c, &model, shards).await, 0);
     eprintln!("repairs {} moves {}", c.repairs, c.moves);
     c.shutdown().await;
+}
+
+/// A number from the environment, else `default`.
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The node holding the most copies of the volume's shards.
+fn busiest(c: &ClusterClient, nodes: &[Node], shards: u64) -> usize {
+    (0..nodes.len())
+        .max_by_key(|&i| {
+            (0..shards)
+                .filter(|&s| c.replicas_of(s).contains(&nodes[i].id))
+                .count()
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaving_gracefully_is_drained_without_a_shard_below_r() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 4);
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|x| x.gossip).collect();
+    let shards = env_u64("SHARDBLK_LEAVE_SHARDS", 16);
+    let size = shards * CLUSTER_SHARD_BYTES;
+    let mut cfg = client_cfg("client-leave", &nodes, size);
+    // slow enough to watch the drain (a figure run raises it)
+    let limits = Limits {
+        bytes_per_sec: env_u64("SHARDBLK_LEAVE_BPS", 2 << 20),
+        max_moves: 2,
+    };
+    cfg.rebalance = limits;
+    let mut c = ClusterClient::connect(cfg).await.expect("attach");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut model = vec![0u8; size as usize];
+    rng.fill(&mut model[..]);
+    for (i, chunk) in model.chunks(4 << 20).enumerate() {
+        c.write(i as u64 * (4 << 20), chunk).await.expect("write");
+    }
+    let l = busiest(&c, &nodes, shards);
+    let leaver = nodes[l].id.clone();
+    let held = (0..shards)
+        .filter(|&s| c.replicas_of(s).contains(&leaver))
+        .count();
+    eprintln!("{leaver} holds {held} of {shards} shards; SIGTERM");
+    let t = std::time::Instant::now();
+    nodes[l].terminate();
+    let mut status_during = None;
+    let mut min_live = usize::MAX;
+    let exit = loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "{leaver} did not leave: {:?}",
+            c.rebalance_status()
+        );
+        c.idle(Duration::from_millis(50)).await;
+        // R live copies of every shard at every moment of the drain
+        for s in 0..shards {
+            let set = c.replicas_of(s);
+            let live = set.iter().filter(|n| c.view().is_live(n)).count();
+            min_live = min_live.min(live);
+            assert!(live >= 2, "shard {s}: {set:?} during the drain");
+        }
+        if status_during.is_none()
+            && c.view().leaving().contains(&leaver)
+            && c.rebalance_status().is_some_and(|s| s.progress.planned > 0)
+        {
+            status_during = Some(status_json(&mut c, &seeds).await);
+        }
+        if let Some(st) = nodes[l].exited() {
+            break st;
+        }
+    };
+    let took = t.elapsed();
+    let log = std::fs::read_to_string(&nodes[l].log).unwrap();
+    assert!(exit.success(), "{leaver} exited {exit}: {log}");
+    assert!(
+        log.contains(&format!("node {leaver} left: drained")),
+        "{log}"
+    );
+    eprintln!(
+        "drained {held} shards of {} MiB in {took:?} at {} MiB/s",
+        CLUSTER_SHARD_BYTES >> 20,
+        limits.bytes_per_sec >> 20
+    );
+    let during = status_during.expect("status seen during the drain");
+    let me = during["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == leaver.as_str())
+        .unwrap();
+    assert_eq!(me["leaving"], true, "{me}");
+    let r = rebalancing_of(&during, "client-leave").expect("progress in cluster status");
+    eprintln!("during: {r}");
+    assert!(r["status"]["progress"]["planned"].as_u64().unwrap() >= held as u64);
+    assert!(!r["status"]["target"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == leaver.as_str()));
+    // when it exited it was in no set and out of the basis: done
+    let st = c.rebalance_status().unwrap();
+    assert!(st.done, "{st:?}");
+    assert!(!st.basis.contains(&leaver), "{st:?}");
+    assert_eq!(st.progress.abandoned, 0);
+    for s in 0..shards {
+        assert!(!c.replicas_of(s).contains(&leaver), "shard {s}");
+    }
+    let after = status_json(&mut c, &seeds).await;
+    let r = rebalancing_of(&after, "client-leave").unwrap();
+    assert_eq!(r["status"]["done"], true, "{r}");
+    assert_eq!(verify_copies(&mut c, &model, shards).await, 0);
+    eprintln!("fewest live copies of a shard during the drain: {min_live}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_node_drops_its_stale_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3);
+    let shards = 8u64;
+    let size = shards * CLUSTER_SHARD_BYTES;
+    // the default out-after (a minute): copies are repaired elsewhere,
+    // never rebalanced back
+    let mut c = ClusterClient::connect(client_cfg("client-orphan", &nodes, size))
+        .await
+        .expect("attach");
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut model = vec![0u8; size as usize];
+    rng.fill(&mut model[..]);
+    c.write(0, &model).await.expect("write");
+    let v = busiest(&c, &nodes, shards);
+    let victim = nodes[v].id.clone();
+    let stale: Vec<u64> = (0..shards)
+        .filter(|&s| c.replicas_of(s).contains(&victim))
+        .collect();
+    assert!(!stale.is_empty());
+    nodes[v].kill();
+    let t = std::time::Instant::now();
+    while c.view().is_live(&victim) {
+        assert!(t.elapsed() < Duration::from_secs(20), "{victim} still live");
+        c.idle(Duration::from_millis(50)).await;
+    }
+    let all: Vec<u64> = (0..shards).collect();
+    assert!(c.settle(&all, Duration::from_secs(60)).await, "R restored");
+    for &s in &stale {
+        assert!(!c.replicas_of(s).contains(&victim), "shard {s}");
+    }
+    assert_eq!(c.orphans_dropped(), 0);
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|x| x.gossip).collect();
+    nodes[v].start(&seeds);
+    let t = std::time::Instant::now();
+    let mut left = stale.clone();
+    while !left.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{victim} still holds shards {left:?} ({} orphans dropped)",
+            c.orphans_dropped()
+        );
+        c.idle(Duration::from_millis(200)).await;
+        if !c.view().is_live(&victim) {
+            continue;
+        }
+        let mut still = Vec::new();
+        for &s in &left {
+            match c.fetch_from(&victim, s).await {
+                Ok(blocks) if blocks.is_empty() => {}
+                _ => still.push(s),
+            }
+        }
+        left = still;
+    }
+    eprintln!(
+        "{victim}'s {} stale copies dropped {:?} after its restart",
+        stale.len(),
+        t.elapsed()
+    );
+    assert!(c.orphans_dropped() >= stale.len() as u64);
+    for s in 0..shards {
+        assert!(!c.replicas_of(s).contains(&victim), "shard {s}");
+    }
+    assert_eq!(verify_copies(&mut c, &model, shards).await, 0);
+    c.shutdown().await;
+}
+
+/// A network namespace joined to the root one by a veth pair, and an
+/// address in the root namespace (on a second veth pair, which stays up)
+/// for the storage nodes. Removed on drop, whatever happened.
+struct Netns {
+    ns: String,
+    /// Root-namespace end of the namespace's link: taken down to cut it off.
+    host_if: String,
+    addr_if: String,
+    node_ip: IpAddr,
+    child_ip: IpAddr,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e} (is iproute2 installed?)", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+impl Netns {
+    fn setup() -> Netns {
+        let pid = std::process::id();
+        let base = pid & 0x1fff;
+        let net = |host: u32| {
+            Ipv4Addr::new(
+                10,
+                (100 + (pid >> 13) % 100) as u8,
+                (base >> 5) as u8,
+                ((base & 31) * 8 + host) as u8,
+            )
+        };
+        let n = Netns {
+            ns: format!("sbp{pid}"),
+            host_if: format!("sbp{pid}h"),
+            addr_if: format!("sbp{pid}a"),
+            node_ip: IpAddr::V4(net(5)),
+            child_ip: IpAddr::V4(net(2)),
+        };
+        let (ns, h, a) = (n.ns.as_str(), n.host_if.as_str(), n.addr_if.as_str());
+        let (na, ba) = (format!("sbp{pid}n"), format!("sbp{pid}b"));
+        let host = format!("{}/30", net(1));
+        let child = format!("{}/30", net(2));
+        let node = format!("{}/32", net(5));
+        let gw = net(1).to_string();
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", ns],
+            vec!["link", "add", a, "type", "veth", "peer", "name", &ba],
+            vec!["addr", "add", &node, "dev", a],
+            vec!["link", "set", a, "up"],
+            vec!["link", "set", &ba, "up"],
+            vec!["link", "add", h, "type", "veth", "peer", "name", &na],
+            vec!["link", "set", &na, "netns", ns],
+            vec!["addr", "add", &host, "dev", h],
+            vec!["link", "set", h, "up"],
+            vec!["-n", ns, "addr", "add", &child, "dev", &na],
+            vec!["-n", ns, "link", "set", &na, "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+            vec!["-n", ns, "route", "add", "default", "via", &gw],
+        ];
+        for st in steps {
+            if let Err(e) = ip(&st) {
+                panic!(
+                    "this test needs network namespaces and veth links (root and \
+                     iproute2; tools/setup.sh installs iproute2): {e}"
+                );
+            }
+        }
+        n
+    }
+
+    fn set_link(&self, up: bool) {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.ns]);
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["link", "del", &self.addr_if]);
+    }
+}
+
+/// What the parent tells the old attacher (in the environment).
+const PART_CHILD_ENV: &str = "SHARDBLK_PARTITION_CHILD";
+
+/// A child process killed on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The old attacher of `a_partitioned_attacher_is_fenced_by_the_next`, run
+/// by it inside the network namespace. Writes A (acknowledged), then on
+/// "write" from stdin retries writing B until refused as fenced, then one
+/// more write elsewhere; reports each outcome as a `PART` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the old attacher of a_partitioned_attacher_is_fenced_by_the_next, run in its namespace"]
+async fn partition_old_attacher() {
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::env::var(PART_CHILD_ENV)
+            .expect("run by a_partitioned_attacher_is_fenced_by_the_next"),
+    )
+    .unwrap();
+    let seeds: Vec<SocketAddr> = spec["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().parse().unwrap())
+        .collect();
+    let cfg = ClientConfig {
+        id: "client-old".into(),
+        gossip: spec["gossip"].as_str().unwrap().parse().unwrap(),
+        seeds,
+        volume: "vol".into(),
+        size_bytes: spec["size"].as_u64().unwrap(),
+        replicas: 2,
+        expect_nodes: 3,
+        wait_ms: 30_000,
+        out_after_ms: CLUSTER_OUT_AFTER_MS,
+        rebalance: Limits::default(),
+    };
+    let mut c = ClusterClient::connect(cfg).await.expect("old attach");
+    c.write(0, &vec![1u8; 8 * BS as usize])
+        .await
+        .expect("write A");
+    c.write(CLUSTER_SHARD_BYTES, &vec![1u8; 4 * BS as usize])
+        .await
+        .expect("write A'");
+    println!("PART ready epoch {}", c.epoch().term);
+    let line = tokio::task::spawn_blocking(|| {
+        let mut l = String::new();
+        std::io::stdin().read_line(&mut l).unwrap();
+        l
+    });
+    let mut line = std::pin::pin!(line);
+    loop {
+        tokio::select! {
+            l = &mut line => { assert_eq!(l.unwrap().trim(), "write"); break; }
+            _ = c.idle(Duration::from_millis(100)) => {}
+        }
+    }
+    let outcome = |r: &Result<(), ClientError>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(ClientError::Op(OpError::Fenced(_))) => "fenced".to_string(),
+        Err(e) => format!("error {e}"),
+    };
+    let t0 = std::time::Instant::now();
+    for n in 1.. {
+        let r = c.write(0, &vec![3u8; 8 * BS as usize]).await;
+        println!(
+            "PART attempt {n} at {} ms: {}",
+            t0.elapsed().as_millis(),
+            outcome(&r)
+        );
+        if r.is_ok() || matches!(r, Err(ClientError::Op(OpError::Fenced(_)))) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(150) {
+            break;
+        }
+        c.idle(Duration::from_millis(300)).await;
+    }
+    let r = c
+        .write(2 * CLUSTER_SHARD_BYTES, &vec![4u8; 4 * BS as usize])
+        .await;
+    println!("PART after: {}", outcome(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_attacher_is_fenced_by_the_next() {
+    use std::io::{BufRead, Write as _};
+    let net = Netns::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::new_at(dir.path(), i, net.node_ip))
+        .collect();
+    let seeds: Vec<SocketAddr> = nodes.iter().map(|x| x.gossip).collect();
+    for n in &mut nodes {
+        n.start(&seeds);
+    }
+    let size = 4 * CLUSTER_SHARD_BYTES;
+    let spec = serde_json::json!({
+        "seeds": seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "gossip": SocketAddr::new(net.child_ip, 7946).to_string(),
+        "size": size,
+    });
+    let child_log = dir.path().join("old-attacher.log");
+    let mut child = ChildGuard(
+        Command::new("ip")
+            .args(["netns", "exec", &net.ns])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "partition_old_attacher",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(PART_CHILD_ENV, spec.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&child_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(p) = l.strip_prefix("PART ") {
+                eprintln!("old attacher: {p}");
+                if tx.send(p.to_string()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let log = || std::fs::read_to_string(&child_log).unwrap_or_default();
+    let ready = rx
+        .recv_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|_| panic!("old attacher not ready: {}", log()));
+    assert!(ready.starts_with("ready"), "{ready}");
+
+    // cut it off (shard protocol and gossip alike), then let it write
+    net.set_link(false);
+    let mut stdin = child.0.stdin.take().unwrap();
+    writeln!(stdin, "write").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut cfg = client_cfg("client-new", &nodes, size);
+    cfg.gossip = free_udp_at(net.node_ip);
+    let mut new = ClusterClient::connect(cfg).await.expect("attach new");
+    new.write(0, &vec![2u8; 4 * BS as usize]).await.unwrap();
+    eprintln!(
+        "new attacher at term {} wrote; link back up",
+        new.epoch().term
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    net.set_link(true);
+
+    let mut lines = Vec::new();
+    let t = std::time::Instant::now();
+    while !lines
+        .last()
+        .is_some_and(|l: &String| l.starts_with("after"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(200),
+            "old attacher did not finish: {lines:?} {}",
+            log()
+        );
+        while let Ok(l) = rx.try_recv() {
+            lines.push(l);
+        }
+        new.idle(Duration::from_millis(100)).await;
+    }
+    let attempts: Vec<&String> = lines.iter().filter(|l| l.starts_with("attempt")).collect();
+    assert!(
+        attempts.len() >= 2,
+        "it retried during the cut: {attempts:?}"
+    );
+    assert!(
+        !attempts.iter().any(|l| l.ends_with(": ok")),
+        "an old write was acknowledged: {attempts:?}"
+    );
+    assert!(
+        attempts.last().unwrap().ends_with(": fenced"),
+        "{attempts:?}"
+    );
+    assert_eq!(lines.last().unwrap(), "after: fenced");
+    // nothing it wrote after the new attach is anywhere; both attachers'
+    // acknowledged data is intact
+    let got = new.read(0, 8 * BS).await.unwrap();
+    assert!(got[..4 * BS as usize].iter().all(|&b| b == 2), "new write");
+    assert!(
+        got[4 * BS as usize..].iter().all(|&b| b == 1),
+        "old write A"
+    );
+    let got = new.read(CLUSTER_SHARD_BYTES, 4 * BS).await.unwrap();
+    assert!(got.iter().all(|&b| b == 1), "old write A'");
+    for s in 0..3 {
+        for node in new.replicas_of(s) {
+            let mut got = new.fetch_from(&node, s).await;
+            for _ in 0..20 {
+                if got.is_ok() {
+                    break;
+                }
+                new.idle(Duration::from_millis(250)).await;
+                got = new.fetch_from(&node, s).await;
+            }
+            let got = got.unwrap_or_else(|e| panic!("shard {s} from {node}: {e}"));
+            for (b, data) in got {
+                assert!(
+                    data.iter().all(|&x| x != 3 && x != 4),
+                    "block {b} on {node} holds a write of the fenced attacher"
+                );
+                assert!(s != 2, "shard 2 on {node} was written (block {b})");
+            }
+        }
+    }
+    let st = child.0.wait().unwrap();
+    assert!(st.success(), "old attacher: {st} {}", log());
+    new.shutdown().await;
 }

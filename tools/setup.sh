@@ -2,7 +2,7 @@
 # Install everything shardblk needs on a fresh Debian machine (idempotent, quiet).
 # Host packages only; the test VM's kernel is fetched by tools/vm/setup.sh.
 set -euo pipefail
-need=(fio e2fsprogs util-linux libclang-dev clang pkg-config python3-venv)
+need=(fio e2fsprogs util-linux libclang-dev clang pkg-config python3-venv iproute2)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,11 @@
 //! `shardblk node run` (a storage node) and `shardblk cluster ...` (status,
 //! and a client's write and read of a cluster volume).
+//!
+//! A node stops at once on SIGINT. SIGTERM is a graceful leave: the node
+//! announces it through gossip, attachers move its copies off, and it exits
+//! once nothing it holds is needed (status 0), or after
+//! `CLUSTER_LEAVE_MAX_MS` with an error naming what it still holds; a
+//! second SIGTERM stops it at once.
 
 use crate::cluster::client::{ClientConfig, ClusterClient};
 use crate::cluster::gossip::{self, ClusterView};
@@ -11,6 +17,7 @@ use crate::constants::{
 use crate::units::{format_size, parse_size};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +31,7 @@ const CLIENT_WAIT_MS: u64 = 15_000;
 #[derive(Subcommand)]
 pub enum NodeCmd {
     /// Run a storage node: serve this pool's shard copies and join the cluster.
+    /// SIGTERM leaves gracefully (copies moved off first); SIGINT stops at once.
     Run {
         /// Any device (or file) of the node's local pool.
         #[arg(long)]
@@ -129,13 +137,38 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn stop_signal() {
+/// Signals of a node: the first SIGTERM completes `leave`; SIGINT or a
+/// second SIGTERM completes `stop`.
+fn node_signals() -> Result<(impl Future<Output = ()>, impl Future<Output = ()>)> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+        .context("SIGTERM handler")?;
+    let (leave_tx, leave_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut leave_tx = Some(leave_tx);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => match leave_tx.take() {
+                    Some(tx) => {
+                        tracing::info!("SIGTERM: leaving gracefully (SIGTERM again to stop now)");
+                        let _ = tx.send(());
+                    }
+                    None => break,
+                },
+            }
+        }
+        let _ = stop_tx.send(());
+    });
+    let leave = async {
+        if leave_rx.await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    Ok((leave, stop))
 }
 
 pub fn run_node(cmd: NodeCmd) -> Result<()> {
@@ -157,8 +190,23 @@ pub fn run_node(cmd: NodeCmd) -> Result<()> {
         seeds,
         domain,
     };
-    runtime()?.block_on(node::run(cfg, stop_signal()))?;
-    Ok(())
+    runtime()?.block_on(async {
+        let (leave, stop) = node_signals()?;
+        match node::run_with_leave(cfg, leave, stop).await? {
+            Some(r) if r.drained => {
+                eprintln!("node {} left: drained in {} ms", r.id, r.waited_ms);
+                Ok(())
+            }
+            Some(r) => bail!(
+                "node {} left undrained after {} ms: {} shards still held, still placed in {:?}",
+                r.id,
+                r.waited_ms,
+                r.shards_held,
+                r.placed_in
+            ),
+            None => Ok(()),
+        }
+    })
 }
 
 fn print_status(v: &ClusterView) {
@@ -172,7 +220,11 @@ fn print_status(v: &ClusterView) {
         println!(
             "{:<16} {:<5} {:<22} {:<8} {:>6.2} {:>10} {:>10} {:>6} {:>7}",
             n.id,
-            if n.live { "up" } else { "down" },
+            match (n.live, n.leaving) {
+                (true, false) => "up",
+                (true, true) => "leave",
+                (false, _) => "down",
+            },
             n.listen.map(|a| a.to_string()).unwrap_or_default(),
             n.domain.as_deref().unwrap_or("-"),
             n.weight,

@@ -51,6 +51,29 @@
 //!   move is done the target is committed as the new basis. A membership
 //!   change during a rebalancing restarts the plan from the basis (shards
 //!   already moved have records, so they are not moved again).
+//! - **Leaving** members (announced through gossip, [`Attacher::set_leaving`])
+//!   are out of the rebalancing target at once, and never picked as a
+//!   re-replication target; their shards move like an out member's, but
+//!   from their own live copies, which stay in the shard's set (and are
+//!   written and read) until the new home is committed. So a drain never
+//!   leaves a shard with fewer live copies than before it.
+//! - **Orphan copies** (a copy held by a node outside the shard's set: a
+//!   drop the node missed while down, an install whose commit failed): a
+//!   scan asks every live member which shards it holds (`Request::Held`)
+//!   after attaching, when a member seen dead is live again, after a
+//!   failed move or repair, when a rebalancing finishes, and every
+//!   `CLUSTER_ORPHAN_SCAN_INTERVAL_MS`. A copy outside the set is dropped
+//!   (a guarded drop, so a later install on
+//!   that node survives it; see below) only when the set has `R` members, all live,
+//!   and every one of them holds the shard with a newest block version at
+//!   least the orphan's: never the last live copy, never a newer one.
+//!   The drop carries a fresh record version (above the guard of any
+//!   install this attacher sent, such as one whose commit failed), and no
+//!   shard the running operation is copying is dropped, so an install
+//!   sent later is guarded by a newer version and survives a late drop.
+//!   While a scan keeps such a copy, the next scan comes after
+//!   `CLUSTER_ORPHAN_RESCAN_MIN_MS`, the wait doubling over scans the timer
+//!   started, up to the interval.
 //! - Not handled here: divergent unacknowledged writes between replicas (a
 //!   read may see one replica's unacknowledged newer block and a later read
 //!   another's older, acknowledged one); a commit that times out may still
@@ -63,7 +86,8 @@ use super::placement::{next_home, place, Member, NodeId, ShardKey};
 use super::proto::{BlockEntry, Request, Response};
 use super::rebalance::{self, Limits, Move, Progress, Rebalancer};
 use crate::constants::{
-    CLUSTER_ATTACH_ATTEMPTS, CLUSTER_BASIS_SHARD, CLUSTER_BLOCK_BYTES, CLUSTER_REPAIR_SCAN_SHARDS,
+    CLUSTER_ATTACH_ATTEMPTS, CLUSTER_BASIS_SHARD, CLUSTER_BLOCK_BYTES,
+    CLUSTER_ORPHAN_RESCAN_MIN_MS, CLUSTER_ORPHAN_SCAN_INTERVAL_MS, CLUSTER_REPAIR_SCAN_SHARDS,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -302,6 +326,16 @@ pub struct Attacher<D> {
     drops: Vec<DropJob<D>>,
     rebalances: u64,
     rebalance_first: bool,
+    /// Members announcing they leave (see the module doc).
+    leaving: BTreeSet<NodeId>,
+    /// The running orphan scan, whether another is due, when one last started.
+    scan: Option<(u64, Round<D>, bool)>,
+    scan_wanted: bool,
+    last_scan_ms: Option<u64>,
+    /// While a scan kept copies outside their set (not yet provably
+    /// unneeded), the next one comes after this (doubling) interval.
+    rescan_ms: Option<u64>,
+    orphans_dropped: u64,
 }
 
 impl<D: Clone> Attacher<D> {
@@ -328,6 +362,12 @@ impl<D: Clone> Attacher<D> {
             drops: Vec::new(),
             rebalances: 0,
             rebalance_first: false,
+            leaving: BTreeSet::new(),
+            scan: None,
+            scan_wanted: false,
+            last_scan_ms: None,
+            rescan_ms: None,
+            orphans_dropped: 0,
             cfg,
         }
     }
@@ -336,6 +376,18 @@ impl<D: Clone> Attacher<D> {
     /// not; ones that joined included). Homes stay computed over the basis.
     pub fn set_members(&mut self, members: Vec<Member>) {
         self.cfg.members = members;
+    }
+
+    /// Members that announced they leave: out of the rebalancing target
+    /// and of re-replication targets (their copies move off, see the
+    /// module doc). Gossip tells the real client; the simulator its own.
+    pub fn set_leaving(&mut self, ids: impl IntoIterator<Item = NodeId>) {
+        self.leaving = ids.into_iter().collect();
+    }
+
+    /// Orphan copies this attacher asked their nodes to drop.
+    pub fn orphans_dropped(&self) -> u64 {
+        self.orphans_dropped
     }
 
     /// A one-line summary of the running operation, the members seen dead
@@ -353,9 +405,13 @@ impl<D: Clone> Attacher<D> {
         };
         let rb = self.rebal.as_ref().map(|r| &r.rb);
         format!(
-            "op {op}, dead since {:?}, members {:?}, rebalancer {rb:?}",
+            "op {op}, dead since {:?}, members {:?}, leaving {:?}, orphan scan {} (last {:?}, dropped {}), rebalancer {rb:?}",
             self.dead_since,
-            ids_of(&self.cfg.members)
+            ids_of(&self.cfg.members),
+            self.leaving,
+            if self.scan.is_some() { "running" } else if self.scan_wanted { "wanted" } else { "idle" },
+            self.last_scan_ms,
+            self.orphans_dropped,
         )
     }
 
@@ -618,6 +674,16 @@ impl<D: Clone> Attacher<D> {
                 }
             }
         }
+        if let Some(resp) = resp.take_if(|_| {
+            self.scan
+                .as_ref()
+                .is_some_and(|(_, r, _)| r.sent.get(from).is_some_and(|s| s.0 == id))
+        }) {
+            if let Some((_, r, _)) = self.scan.as_mut() {
+                r.replies.insert(from.to_string(), resp);
+            }
+            self.advance_scan(now, live);
+        }
         if let Some(resp) = resp {
             if let Some(d) = self
                 .drops
@@ -636,6 +702,7 @@ impl<D: Clone> Attacher<D> {
         let retry = self.cfg.retry_ms;
         let out = &mut self.out;
         let mut rounds: Vec<&mut Round<D>> = self.drops.iter_mut().map(|d| &mut d.round).collect();
+        rounds.extend(self.scan.as_mut().map(|(_, r, _)| r));
         if let Some((_, op)) = self.op.as_mut() {
             rounds.extend(op_rounds(op));
         }
@@ -657,8 +724,10 @@ impl<D: Clone> Attacher<D> {
         }
         self.advance_drops(live);
         self.advance(now, live);
+        self.advance_scan(now, live);
         if self.mode == Mode::Attached {
             self.note_liveness(now, live);
+            self.maybe_scan(now, live);
             // repair and rebalancing take turns at starting first, so
             // neither starves the other
             self.rebalance_first = !self.rebalance_first;
@@ -803,6 +872,7 @@ impl<D: Clone> Attacher<D> {
                         Some(rec) => {
                             self.basis = basis_from(&rec.replicas, &self.cfg.members);
                             self.mode = Mode::Attached;
+                            self.scan_wanted = true;
                             self.events.push(Event::Attached(self.epoch));
                         }
                         None => {
@@ -877,6 +947,8 @@ impl<D: Clone> Attacher<D> {
             } => {
                 if round.count(|r| matches!(r, Response::Ok)) >= majority {
                     self.overrides.merge(&key, &record);
+                    // a node left out of the new set may be back already
+                    self.scan_wanted = true;
                     match after {
                         After::Wrote { op, version } => {
                             self.events.push(Event::Wrote { op, version })
@@ -886,11 +958,13 @@ impl<D: Clone> Attacher<D> {
                         }
                         After::Attached => {
                             self.mode = Mode::Attached;
+                            self.scan_wanted = true;
                             self.events.push(Event::Attached(self.epoch));
                         }
                         After::Basis(members) => {
                             self.basis = members;
                             self.rebalances += 1;
+                            self.scan_wanted = true;
                             if let Some(r) = &self.rebal {
                                 self.events.push(Event::Rebalanced(r.rb.progress().clone()));
                             }
@@ -903,6 +977,7 @@ impl<D: Clone> Attacher<D> {
                             op,
                             error: OpError::Timeout,
                         }),
+                        After::Repaired { .. } => self.scan_wanted = true,
                         After::Attached => {
                             self.mode = Mode::Detached;
                             self.events.push(Event::AttachFailed(OpError::Timeout));
@@ -1011,8 +1086,8 @@ impl<D: Clone> Attacher<D> {
                             },
                         ));
                     }
-                    Some(_) => {}
-                    None if timed_out || !live(&src) || !live(&target) => {}
+                    Some(_) => self.scan_wanted = true,
+                    None if timed_out || !live(&src) || !live(&target) => self.scan_wanted = true,
                     None => {
                         self.op = Some((
                             started,
@@ -1042,8 +1117,8 @@ impl<D: Clone> Attacher<D> {
                     };
                     self.start_commit_at(after, key, replicas, version, started, now);
                 }
-                Some(_) => {}
-                None if timed_out || !live(&target) => {}
+                Some(_) => self.scan_wanted = true,
+                None if timed_out || !live(&target) => self.scan_wanted = true,
                 None => {
                     self.op = Some((
                         started,
@@ -1155,6 +1230,7 @@ impl<D: Clone> Attacher<D> {
             s @ (MoveStage::Done | MoveStage::Failed) => s,
         };
         if matches!(it.stage, MoveStage::Failed) {
+            self.scan_wanted = true;
             if let Some(r) = self.rebal.as_mut() {
                 r.rb.failed(it.mv.clone());
             }
@@ -1202,7 +1278,10 @@ impl<D: Clone> Attacher<D> {
     fn note_liveness(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
         for m in &self.cfg.members {
             if live(&m.id) {
-                self.dead_since.remove(&m.id);
+                if self.dead_since.remove(&m.id).is_some() {
+                    // back: it may hold copies that moved away meanwhile
+                    self.scan_wanted = true;
+                }
             } else {
                 self.dead_since.entry(m.id.clone()).or_insert(now);
             }
@@ -1215,7 +1294,7 @@ impl<D: Clone> Attacher<D> {
             .cfg
             .members
             .iter()
-            .filter(|m| m.weight > 0.0)
+            .filter(|m| m.weight > 0.0 && !self.leaving.contains(&m.id))
             .filter(|m| {
                 self.dead_since
                     .get(&m.id)
@@ -1330,6 +1409,116 @@ impl<D: Clone> Attacher<D> {
         }
     }
 
+    /// Start an orphan scan when one is wanted or due: `Held` to every
+    /// live member.
+    fn maybe_scan(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        if self.scan.is_some() {
+            return;
+        }
+        let every = self.rescan_ms.unwrap_or(CLUSTER_ORPHAN_SCAN_INTERVAL_MS);
+        let due = self.last_scan_ms.is_none_or(|t| now >= t + every);
+        if !self.scan_wanted && !due {
+            return;
+        }
+        let by_timer = !self.scan_wanted;
+        self.scan_wanted = false;
+        self.last_scan_ms = Some(now);
+        let to: Vec<NodeId> = self.member_ids().into_iter().filter(|n| live(n)).collect();
+        let (volume, epoch, bps) = (
+            self.cfg.volume.clone(),
+            self.epoch,
+            self.cfg.blocks_per_shard,
+        );
+        let round = self.round(
+            &to,
+            || Request::Held {
+                volume: volume.clone(),
+                epoch,
+                blocks_per_shard: bps,
+            },
+            now,
+        );
+        self.scan = Some((now, round, by_timer));
+    }
+
+    /// Finish the orphan scan once every asked member answered, died or
+    /// the scan timed out: drop the orphans it proves unneeded.
+    fn advance_scan(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        let Some((started, round, _)) = self.scan.as_ref() else {
+            return;
+        };
+        if let Some(e) = round.fenced() {
+            self.scan = None;
+            self.fence_seen(e);
+            return;
+        }
+        let waiting = round.pending().any(|n| live(n));
+        if waiting && now < started + self.cfg.op_timeout_ms {
+            return;
+        }
+        let (_, round, by_timer) = self.scan.take().expect("checked above");
+        if self.mode != Mode::Attached {
+            return;
+        }
+        let held: BTreeMap<NodeId, BTreeMap<u64, Version>> = round
+            .replies
+            .into_iter()
+            .filter_map(|(n, r)| match r {
+                Response::Held { shards } => Some((n, shards.into_iter().collect())),
+                _ => None,
+            })
+            .collect();
+        // shards the running operation copies: not dropped under it
+        let busy: BTreeSet<u64> = match self.op.as_ref().map(|o| &o.1) {
+            Some(Op::Move { items }) => items.iter().map(|it| it.mv.key.shard).collect(),
+            Some(
+                Op::RepairFetch { key, .. }
+                | Op::RepairInstall { key, .. }
+                | Op::Commit { key, .. },
+            ) => BTreeSet::from([key.shard]),
+            _ => BTreeSet::new(),
+        };
+        let mut kept = false;
+        for (node, shards) in &held {
+            for (&shard, &newest) in shards {
+                if shard >= self.cfg.shards {
+                    continue;
+                }
+                let key = self.key(shard);
+                let set = self.replicas_of(&key);
+                if set.contains(node) {
+                    continue;
+                }
+                let covered = set.len() >= self.cfg.replicas
+                    && set.iter().all(|n| {
+                        live(n)
+                            && held
+                                .get(n)
+                                .and_then(|m| m.get(&shard))
+                                .is_some_and(|v| *v >= newest)
+                    });
+                if !covered || busy.contains(&shard) {
+                    kept = true;
+                    continue;
+                }
+                if self.drops.iter().any(|d| d.key == key && d.node == *node) {
+                    continue;
+                }
+                // newer than any guard this attacher gave an install so far
+                // (an install whose commit failed made the orphan); any
+                // later install is guarded by a newer version still
+                let record = self.next_override_version();
+                self.orphans_dropped += 1;
+                self.start_drop(&key, node, record, now);
+            }
+        }
+        // the wait doubles only over scans the timer started
+        self.rescan_ms = kept.then(|| match (by_timer, self.rescan_ms) {
+            (true, Some(t)) => (2 * t).min(CLUSTER_ORPHAN_SCAN_INTERVAL_MS),
+            _ => CLUSTER_ORPHAN_RESCAN_MIN_MS,
+        });
+    }
+
     /// Start re-replicating the next shard short of live copies, if the
     /// throttle allows.
     fn maybe_repair(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
@@ -1343,7 +1532,7 @@ impl<D: Clone> Attacher<D> {
             .cfg
             .members
             .iter()
-            .filter(|m| live(&m.id))
+            .filter(|m| live(&m.id) && !self.leaving.contains(&m.id))
             .cloned()
             .collect();
         for _ in 0..self.cfg.shards.min(CLUSTER_REPAIR_SCAN_SHARDS) {

@@ -16,6 +16,8 @@
 //!   storage members gossip knows (a node joining, a node out), and the
 //!   rebalancing status is published in this client's gossip state under
 //!   `rebal:VOLUME` (JSON [`RebalanceStatus`]) for `cluster status`.
+//!   Nodes gossip announces as leaving are passed on to the attacher
+//!   (`Attacher::set_leaving`), which moves their copies off.
 //! - Requests go out on one connection per peer (reconnected when closed);
 //!   a failed call is simply retransmitted by the attacher.
 
@@ -278,6 +280,7 @@ impl ClusterClient {
     async fn tick(&mut self) {
         self.view = ClusterView::of(&self.gossip).await;
         self.att.set_members(self.view.members());
+        self.att.set_leaving(self.view.leaving());
         let view = &self.view;
         self.att.tick(self.now(), &|n: &str| view.is_live(n));
         if let Some(st) = self.att.rebalance_status() {
@@ -304,6 +307,11 @@ impl ClusterClient {
                 _ => {}
             }
         }
+    }
+
+    /// Orphan copies the attacher asked their nodes to drop so far.
+    pub fn orphans_dropped(&self) -> u64 {
+        self.att.orphans_dropped()
     }
 
     /// The volume's rebalancing, once one was planned.

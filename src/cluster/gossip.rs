@@ -9,7 +9,8 @@
 //!   (bytes per tier name `T`), `load` (requests served in the last
 //!   publishing interval), `shards` (shards with blocks here), and one
 //!   `ovr:VOLUME:SHARD` key per override record the node holds
-//!   (`OverrideRecord::encode`). An attaching client publishes
+//!   (`OverrideRecord::encode`), and `leaving` (`1` once the node announced
+//!   a graceful leave: attachers move its copies off, see `node`). An attaching client publishes
 //!   `rebal:VOLUME`: its rebalancing status of that volume as JSON
 //!   (`attacher::RebalanceStatus`).
 //! - A restarted node joins with a new generation (its start time), so its
@@ -36,6 +37,8 @@ pub const CLUSTER_ID: &str = "shardblk";
 
 pub const ROLE_STORAGE: &str = "storage";
 pub const ROLE_CLIENT: &str = "client";
+/// The key a node sets to `1` when it announces a graceful leave.
+pub const LEAVING_KEY: &str = "leaving";
 
 /// Start gossiping as `id` on `gossip` (UDP), joining through `seeds`.
 pub async fn start(
@@ -82,6 +85,8 @@ pub struct NodeView {
     pub tiers: Vec<(String, u64, u64)>,
     pub load: u64,
     pub shards: u64,
+    /// Announced a graceful leave (still serving until drained).
+    pub leaving: bool,
 }
 
 /// One attacher's rebalancing of one volume, as gossip shows it.
@@ -159,6 +164,7 @@ impl ClusterView {
                 tiers,
                 load: num("load"),
                 shards: num("shards"),
+                leaving: get(LEAVING_KEY).is_some_and(|v| v == "1"),
             });
         }
         view
@@ -172,6 +178,14 @@ impl ClusterView {
     pub fn members(&self) -> Vec<Member> {
         self.storage()
             .map(|n| Member::new(&n.id, n.weight, n.domain.as_deref()))
+            .collect()
+    }
+
+    /// Storage nodes that announced a graceful leave.
+    pub fn leaving(&self) -> Vec<NodeId> {
+        self.storage()
+            .filter(|n| n.leaving)
+            .map(|n| n.id.clone())
             .collect()
     }
 

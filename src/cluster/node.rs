@@ -11,13 +11,26 @@
 //!   into its own. It returns when `stop` completes.
 //! - Every answered write, fence or override commit is durable first (data
 //!   through the pool's commit, metadata through the metadata journal).
+//! - **Graceful leave** ([`run_with_leave`]): when `leave` completes the
+//!   node publishes `leaving = 1` and keeps serving. Attachers then move
+//!   its copies off (rebalancing, throttled; its copies stay in their sets
+//!   until the new ones are committed) and drop them. The node returns a
+//!   [`LeaveReport`] once it is no longer needed: it holds no written shard,
+//!   no override record names it, and no volume's placement basis names it
+//!   (so no attacher places a shard on it); or after `CLUSTER_LEAVE_MAX_MS`
+//!   (undrained, reporting what it still holds and which volumes still
+//!   place on it: those with no attacher running to move them).
 
 use super::gossip::{self, ClusterView, ROLE_STORAGE};
+use super::overrides::OverrideMap;
 use super::placement::weight_for_free_bytes;
 use super::replica::{Delta, ReplicaCore, ReplicaMeta};
 use super::server::{serve, spawn_replica};
 use super::store::{MetaJournal, PoolStore};
-use crate::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_PUBLISH_MS, CLUSTER_SHARD_BYTES};
+use crate::constants::{
+    CLUSTER_BLOCK_BYTES, CLUSTER_LEAVE_CHECK_MS, CLUSTER_LEAVE_MAX_MS, CLUSTER_PUBLISH_MS,
+    CLUSTER_SHARD_BYTES,
+};
 use crate::shard::pool::{Pool, PoolError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,11 +79,47 @@ struct Published {
     shards: std::collections::BTreeSet<(String, u64)>,
 }
 
+/// How a graceful leave ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaveReport {
+    pub id: String,
+    /// Nothing held or placed here any more (else the time bound ran out).
+    pub drained: bool,
+    pub waited_ms: u64,
+    /// Shards with written blocks still held.
+    pub shards_held: u64,
+    /// Volumes whose basis or override records still name this node.
+    pub placed_in: Vec<String>,
+}
+
+/// Volumes whose placement basis or a shard's override record names `id`.
+fn volumes_placing(overrides: &OverrideMap, id: &str) -> Vec<String> {
+    let mut v: Vec<String> = overrides
+        .iter()
+        .filter(|(_, r)| r.replicas.iter().any(|n| n == id))
+        .map(|(k, _)| k.volume.clone())
+        .collect();
+    v.dedup();
+    v
+}
+
 /// Run a node until `stop` completes.
 pub async fn run(
     cfg: NodeConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    run_with_leave(cfg, std::future::pending(), stop)
+        .await
+        .map(|_| ())
+}
+
+/// Run a node until `stop` completes (`None`), or until a graceful leave
+/// started by `leave` ends (see the module doc).
+pub async fn run_with_leave(
+    cfg: NodeConfig,
+    leave: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Option<LeaveReport>, NodeError> {
     let pool = Pool::open(&cfg.pool)?;
     let id = cfg
         .id
@@ -210,13 +259,50 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(CLUSTER_PUBLISH_MS)).await;
         }
     };
+    let leaver = async {
+        leave.await;
+        {
+            let cc = handle.chitchat();
+            cc.lock()
+                .await
+                .self_node_state()
+                .set(gossip::LEAVING_KEY, "1");
+        }
+        tracing::info!(id = %id, "leaving: announced; waiting for copies to move off");
+        let t0 = std::time::Instant::now();
+        loop {
+            let (held, placed_in) = {
+                let p = published.lock().expect("published");
+                (
+                    p.shards.len() as u64,
+                    volumes_placing(&p.meta.overrides, &id),
+                )
+            };
+            let waited_ms = t0.elapsed().as_millis() as u64;
+            let drained = held == 0 && placed_in.is_empty();
+            if drained || waited_ms >= CLUSTER_LEAVE_MAX_MS {
+                return LeaveReport {
+                    id: id.clone(),
+                    drained,
+                    waited_ms,
+                    shards_held: held,
+                    placed_in,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(CLUSTER_LEAVE_CHECK_MS)).await;
+        }
+    };
     let abort = server.abort_handle();
-    tokio::select! {
-        _ = stop => {}
-        _ = publisher => {}
-        r = server => tracing::error!("shard server ended: {r:?}"),
-    }
+    let report = tokio::select! {
+        _ = stop => None,
+        _ = publisher => None,
+        r = leaver => Some(r),
+        r = server => {
+            tracing::error!("shard server ended: {r:?}");
+            None
+        }
+    };
     abort.abort();
     let _ = handle.shutdown().await;
-    Ok(())
+    Ok(report)
 }

@@ -81,6 +81,14 @@ pub enum Request<D> {
     },
     /// Make every applied write durable.
     Flush { volume: String, epoch: Epoch },
+    /// Which shards (of `blocks_per_shard` blocks) of `volume` this replica
+    /// holds written blocks of, each with its newest block version: the
+    /// attacher's orphan scan. Answered with [`Response::Held`].
+    Held {
+        volume: String,
+        epoch: Epoch,
+        blocks_per_shard: u64,
+    },
 }
 
 impl<D> Request<D> {
@@ -93,7 +101,8 @@ impl<D> Request<D> {
             | Request::Install { volume, .. }
             | Request::Commit { volume, .. }
             | Request::Drop { volume, .. }
-            | Request::Flush { volume, .. } => volume,
+            | Request::Flush { volume, .. }
+            | Request::Held { volume, .. } => volume,
         }
     }
     pub fn epoch(&self) -> Epoch {
@@ -105,7 +114,8 @@ impl<D> Request<D> {
             | Request::Install { epoch, .. }
             | Request::Commit { epoch, .. }
             | Request::Drop { epoch, .. }
-            | Request::Flush { epoch, .. } => *epoch,
+            | Request::Flush { epoch, .. }
+            | Request::Held { epoch, .. } => *epoch,
         }
     }
 }
@@ -129,6 +139,8 @@ pub enum Response<D> {
     Fenced { current: Epoch },
     /// The replica could not do it (storage error, bad range).
     Failed { reason: String },
+    /// Held result: `(shard, newest version of its blocks here)`, by shard.
+    Held { shards: Vec<(u64, Version)> },
 }
 
 impl<D> Request<D> {
@@ -207,6 +219,15 @@ impl<D> Request<D> {
                 record,
             },
             Request::Flush { volume, epoch } => Request::Flush { volume, epoch },
+            Request::Held {
+                volume,
+                epoch,
+                blocks_per_shard,
+            } => Request::Held {
+                volume,
+                epoch,
+                blocks_per_shard,
+            },
         }
     }
 }
@@ -226,6 +247,7 @@ impl<D> Response<D> {
             },
             Response::Fenced { current } => Response::Fenced { current },
             Response::Failed { reason } => Response::Failed { reason },
+            Response::Held { shards } => Response::Held { shards },
         }
     }
 }

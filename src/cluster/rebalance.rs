@@ -6,8 +6,10 @@
 //!
 //! Contract:
 //! - [`plan`] lists exactly the shards whose rendezvous home *set* differs
-//!   between the old and the new membership and whose current copies (their
-//!   override record, else the old home) are not already the new home. A
+//!   between the old and the new membership, or whose override record
+//!   names a node outside the new membership (a leaving node holding a
+//!   re-replicated copy), and whose current copies (their override record,
+//!   else the old home) are not already the new home. A
 //!   node joining moves about `R / (N + 1)` of the shards, one copy each.
 //! - A move goes: copy to every new home member that lacks one (the caller
 //!   installs and reports [`Rebalancer::copied`]), then publish the new set
@@ -100,10 +102,13 @@ pub fn plan<'a>(
     for key in keys {
         let old_home = place(&key, old, replicas);
         let new_home = place(&key, new, replicas);
-        if same_set(&old_home, &new_home) {
+        let rec = current(&key);
+        // a record naming a node outside `new` (one leaving) moves too
+        let stranded = rec.is_some_and(|r| r.iter().any(|n| !new.iter().any(|m| m.id == *n)));
+        if same_set(&old_home, &new_home) && !stranded {
             continue;
         }
-        let from = current(&key).map(<[NodeId]>::to_vec).unwrap_or(old_home);
+        let from = rec.map(<[NodeId]>::to_vec).unwrap_or(old_home);
         if same_set(&from, &new_home) {
             continue;
         }
@@ -388,6 +393,27 @@ mod tests {
             assert_eq!(m.remove(), vec!["n4".to_string()]);
             assert_eq!(m.add().len(), 1);
         }
+    }
+
+    #[test]
+    fn a_record_on_a_leaving_node_moves_even_when_its_home_stays() {
+        let (old, new) = (members(5), members(4)); // n4 leaves
+        let ks = keys(400);
+        let k = ks
+            .iter()
+            .find(|k| same_set(&place(k, &old, 2), &place(k, &new, 2)))
+            .unwrap()
+            .clone();
+        let home = place(&k, &new, 2);
+        let rec = vec![home[0].clone(), "n4".to_string()];
+        let p = plan(ks.clone(), &old, &new, 2, |x| {
+            (*x == k).then_some(rec.as_slice())
+        });
+        let m = p.iter().find(|m| m.key == k).expect("planned");
+        assert_eq!(m.remove(), vec!["n4".to_string()]);
+        assert_eq!(m.to, home);
+        // without the record it stays
+        assert!(plan(ks, &old, &new, 2, |_| None).iter().all(|m| m.key != k));
     }
 
     #[test]

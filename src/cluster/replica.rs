@@ -368,7 +368,26 @@ impl<S: BlockStore> ReplicaCore<S> {
                 self.store.flush(volume)?;
                 Response::Ok
             }
+            Request::Held {
+                blocks_per_shard, ..
+            } => Response::Held {
+                shards: self.held(volume, blocks_per_shard),
+            },
         })
+    }
+
+    /// `(shard, newest block version)` of every shard of `volume` (cut at
+    /// `bps` blocks) holding a written block here, by shard.
+    pub fn held(&self, volume: &str, bps: u64) -> Vec<(u64, Version)> {
+        let mut out: Vec<(u64, Version)> = Vec::new();
+        for (b, v) in self.meta.versions.get(volume).into_iter().flatten() {
+            let s = b / bps.max(1);
+            match out.last_mut() {
+                Some((last, newest)) if *last == s => *newest = (*newest).max(*v),
+                _ => out.push((s, *v)),
+            }
+        }
+        out
     }
 
     fn raise_guard(&mut self, volume: &str, first: u64, version: Version) {
@@ -570,6 +589,42 @@ mod tests {
         // a newer drop does drop it
         r.handle(drop(ver(1, 8)));
         assert_eq!(r.version("v", 4), Version::ZERO);
+    }
+
+    #[test]
+    fn held_lists_shards_with_their_newest_block_version() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        r.handle(write(1, 1, 0, 5)); // shard 0
+        r.handle(write(1, 3, 1, 6)); // shard 0, newer
+        r.handle(write(1, 2, 9, 7)); // shard 2
+        let held = |r: &mut ReplicaCore<MemStore>| match r.handle(Request::Held {
+            volume: "v".into(),
+            epoch: ep(1),
+            blocks_per_shard: 4,
+        }) {
+            Response::Held { shards } => shards,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(held(&mut r), vec![(0, ver(1, 3)), (2, ver(1, 2))]);
+        r.handle(Request::Drop {
+            volume: "v".into(),
+            epoch: ep(1),
+            first_block: 8,
+            n_blocks: 4,
+            record: ver(1, 9),
+        });
+        assert_eq!(held(&mut r), vec![(0, ver(1, 3))]);
+        // an older attacher is refused
+        r.handle(Request::Fence {
+            volume: "v".into(),
+            epoch: ep(2),
+        });
+        let old = r.handle(Request::Held {
+            volume: "v".into(),
+            epoch: ep(1),
+            blocks_per_shard: 4,
+        });
+        assert!(matches!(old, Response::Fenced { .. }), "{old:?}");
     }
 
     #[test]

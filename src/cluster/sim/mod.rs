@@ -22,11 +22,14 @@
 //!   must have rebalanced: its basis is exactly the nodes that did not
 //!   leave, no shard's set names a node that left, every old copy it moved
 //!   is dropped.
+//! - No orphans after healing: no staying node holds a copy of a shard
+//!   outside the shard's set, unless that copy is newer than a copy in the
+//!   set (an unacknowledged write the attacher must not throw away).
 
 pub mod oracle;
 
 use super::attacher::{Attacher, AttacherConfig, Event, OpError};
-use super::epoch::Epoch;
+use super::epoch::{Epoch, Version};
 use super::membership::{Heartbeat, Membership};
 use super::overrides::OverrideMap;
 use super::placement::{Member, NodeId, ShardKey};
@@ -798,6 +801,14 @@ impl Sim {
         if let Some(st) = c.att.rebalance_status().filter(|s| !s.done) {
             return Err(self.fail(format!("rebalancing not done: {st:?}")));
         }
+        // the newest attacher: an older one may not know yet it is fenced
+        let newest = self
+            .clients
+            .iter()
+            .filter(|c| c.att.is_attached())
+            .max_by_key(|c| c.att.epoch())
+            .unwrap_or(c);
+        self.check_orphans(newest)?;
         let want = self.cfg.replicas.min(staying.len());
         for block in self.oracle.written_blocks() {
             let key = ShardKey::new("vol", block / self.cfg.blocks_per_shard);
@@ -826,6 +837,42 @@ impl Sim {
                 if have < need {
                     return Err(self.fail(format!(
                         "block {block} on {id} is at {have:?}, acknowledged {need:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No staying node holds a copy outside its shard's set that is not
+    /// newer than some copy in the set.
+    fn check_orphans(&self, c: &Client) -> Result<(), SimFailure> {
+        let bps = self.cfg.blocks_per_shard;
+        let held: BTreeMap<&str, BTreeMap<u64, Version>> = self
+            .staying()
+            .map(|n| {
+                (
+                    n.id.as_str(),
+                    n.replica.held("vol", bps).into_iter().collect(),
+                )
+            })
+            .collect();
+        for (id, shards) in &held {
+            for (&shard, &newest) in shards {
+                let set = c.att.replicas_of(&ShardKey::new("vol", shard));
+                if set.iter().any(|n| n == id) {
+                    continue;
+                }
+                let newer = set.iter().any(|n| {
+                    held.get(n.as_str())
+                        .and_then(|m| m.get(&shard))
+                        .is_none_or(|v| *v < newest)
+                });
+                if !newer {
+                    return Err(self.fail(format!(
+                        "{id} holds an orphan copy of shard {shard} (set {set:?}) {} clients {}",
+                        c.att.debug_state(),
+                        self.describe_clients()
                     )));
                 }
             }
@@ -904,7 +951,6 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, SimFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::epoch::Version;
     use crate::cluster::placement::place;
 
     /// Seeds to play: `SHARDBLK_SIM_SEED` replays one, `SHARDBLK_SIM_SEEDS`
@@ -1122,6 +1168,85 @@ mod tests {
         sim.check_converged().unwrap();
         sim.verify_all(10_000).unwrap();
         assert!(sim.oracle.reads_checked > 0 && sim.oracle.writes_acked > 0);
+    }
+
+    /// A node down while its shards are re-replicated elsewhere comes back
+    /// holding stale copies: the attacher finds them and drops them.
+    #[test]
+    fn a_returning_node_loses_its_orphan_copies() {
+        let mut cfg = quiet(4, 2);
+        cfg.out_after_ms = 60_000; // repaired elsewhere, never rebalanced back
+        let mut sim = Sim::new(cfg);
+        sim.spawn_client(0);
+        run_for(&mut sim, 1_000);
+        sim.crash(2, None);
+        run_for(&mut sim, 4_000);
+        let stale = sim.nodes[2].replica.held("vol", 2);
+        assert!(!stale.is_empty(), "n2 held copies");
+        for (s, _) in &stale {
+            let set = sim.clients[0].att.replicas_of(&ShardKey::new("vol", *s));
+            assert!(!set.contains(&"n2".to_string()), "shard {s}: {set:?}");
+        }
+        assert_eq!(sim.clients[0].att.orphans_dropped(), 0);
+        sim.heal();
+        sim.workload = false;
+        run_for(&mut sim, 3_000);
+        assert_eq!(sim.nodes[2].replica.held("vol", 2), vec![]);
+        assert_eq!(
+            sim.clients[0].att.orphans_dropped(),
+            stale.len() as u64,
+            "each stale copy dropped once"
+        );
+        sim.check_converged().unwrap();
+        sim.verify_all(10_000).unwrap();
+    }
+
+    /// A node announces it leaves: its copies move off while it stays up,
+    /// no written shard ever has fewer than R live copies, and at the end
+    /// it is in no set, holds nothing and is out of the basis.
+    #[test]
+    fn a_leaving_node_is_drained_without_a_shard_below_r() {
+        let mut cfg = quiet(4, 2);
+        cfg.shards = 16;
+        let mut sim = Sim::new(cfg);
+        sim.spawn_client(0);
+        run_for(&mut sim, 2_000);
+        let key = |s: u64| ShardKey::new("vol", s);
+        let on_n2 = |sim: &Sim| {
+            (0..16u64)
+                .filter(|s| {
+                    sim.clients[0]
+                        .att
+                        .replicas_of(&key(*s))
+                        .contains(&"n2".to_string())
+                })
+                .count()
+        };
+        assert!(on_n2(&sim) > 0);
+        sim.clients[0].att.set_leaving(["n2".to_string()]);
+        let end = sim.now + 8_000;
+        while sim.now < end {
+            sim.step(false).unwrap_or_else(|e| panic!("{e}"));
+            let c = &sim.clients[0];
+            for b in sim.oracle.written_blocks() {
+                let set = c.att.replicas_of(&key(b / 2));
+                let up = set
+                    .iter()
+                    .filter(|id| sim.index_of(id).is_some_and(|i| sim.nodes[i].up))
+                    .count();
+                assert!(up >= 2, "block {b}: {set:?} at {} ms", sim.now);
+            }
+        }
+        let st = sim.clients[0].att.rebalance_status().expect("planned");
+        assert!(st.done, "{st:?}");
+        assert_eq!(st.basis, vec!["n0", "n1", "n3"]);
+        assert_eq!(on_n2(&sim), 0);
+        assert_eq!(sim.nodes[2].replica.held("vol", 2), vec![]);
+        sim.leave(2);
+        sim.workload = false;
+        run_for(&mut sim, 3_000);
+        sim.check_converged().unwrap();
+        sim.verify_all(10_000).unwrap();
     }
 
     #[test]
