@@ -553,7 +553,14 @@ pub const DEVICE_CLUSTER_WAIT_MS: u64 = 15_000;
 /// Largest zero write the network thread sends for one WRITE_ZEROES or
 /// DISCARD piece (bytes); longer ranges go in several.
 pub const DEVICE_CLUSTER_ZERO_CHUNK_BYTES: u64 = CLUSTER_SHARD_BYTES;
+/// How long the network thread keeps retrying a request that finds no live
+/// replica before failing it with EIO (milliseconds), and the pause between
+/// tries, during which the cluster client ticks (milliseconds).
+pub const DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS: u64 = 30_000;
+pub const DEVICE_CLUSTER_RETRY_MS: u64 = 200;
 const _: () = assert!(DEVICE_CLUSTER_RING_REQUESTS >= 1);
+const _: () = assert!(DEVICE_CLUSTER_RETRY_MS < DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS);
+const _: () = assert!(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS > 2 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(DEVICE_CLUSTER_IDLE_MS >= CLUSTER_CLIENT_TICK_MS);
 const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES % CLUSTER_BLOCK_BYTES == 0);
 const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize <= CLUSTER_IO_MAX_BYTES);

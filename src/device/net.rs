@@ -10,7 +10,9 @@
 //! - It then serves the queues' [`NetEnd`]s: one request per queue per
 //!   pass (round robin), each run to its end through the client (the
 //!   attacher runs one operation at a time), its result posted back to the
-//!   queue. Reads and writes use the tag's buffer in place; WRITE_ZEROES
+//!   queue. Reads and writes use the tag's buffer in place; a request that
+//!   finds no live replica is retried for `DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS`
+//!   (gossip liveness flaps under load); WRITE_ZEROES
 //!   (and DISCARD) write zero blocks in `DEVICE_CLUSTER_ZERO_CHUNK_BYTES`
 //!   pieces. A client error completes the request with EIO (EINVAL for a
 //!   range the volume does not have); once fenced by a newer attacher every
@@ -25,8 +27,8 @@ use crate::cluster::attacher::OpError;
 use crate::cluster::client::{ClientConfig, ClientError, ClusterClient};
 use crate::cluster::rebalance::Limits;
 use crate::constants::{
-    CLUSTER_OUT_AFTER_MS, DEVICE_CLUSTER_IDLE_MS, DEVICE_CLUSTER_WAIT_MS,
-    DEVICE_CLUSTER_ZERO_CHUNK_BYTES,
+    CLUSTER_OUT_AFTER_MS, DEVICE_CLUSTER_IDLE_MS, DEVICE_CLUSTER_RETRY_MS,
+    DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS, DEVICE_CLUSTER_WAIT_MS, DEVICE_CLUSTER_ZERO_CHUNK_BYTES,
 };
 use crate::device::handoff::{NetDone, NetEnd, NetOp, NetRequest};
 use crate::device::DeviceError;
@@ -189,41 +191,27 @@ fn errno_of(e: &ClientError) -> i32 {
     }
 }
 
-/// Run one request to its end; the tag's result.
+/// Run one request to its end; the tag's result. A request that finds no
+/// live replica is retried (the client ticking in between, so its view of
+/// the members refreshes) for up to `DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS`:
+/// liveness comes from gossip and flaps on a loaded host, and a block
+/// device waits out a path that comes back rather than failing the I/O.
 async fn serve_one(client: &mut ClusterClient, req: &NetRequest, zeros: &mut Vec<u8>) -> i32 {
-    let len = req.len as usize;
-    let r = match req.op {
-        NetOp::Read => match client.read(req.offset, req.len).await {
-            Ok(data) => {
-                // SAFETY: `buf` is the tag's ublk buffer of at least `len`
-                // bytes (the queue checked the length against the buffer
-                // size), which the queue thread leaves alone until this
-                // request's result is posted (`handoff` contract).
-                let dst = unsafe { std::slice::from_raw_parts_mut(req.buf.0, len) };
-                dst.copy_from_slice(&data[..len]);
-                Ok(())
+    let t0 = Instant::now();
+    let wait = Duration::from_millis(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS);
+    let mut tries = 0u32;
+    let r = loop {
+        match attempt(client, req, zeros).await {
+            Err(ClientError::Op(OpError::Unavailable(s))) if t0.elapsed() < wait => {
+                if tries == 0 {
+                    tracing::warn!("no live replica of shard {s} (for now): retrying");
+                }
+                tries += 1;
+                client
+                    .idle(Duration::from_millis(DEVICE_CLUSTER_RETRY_MS))
+                    .await;
             }
-            Err(e) => Err(e),
-        },
-        NetOp::Write => {
-            // SAFETY: as for reads: the tag's buffer, `len` bytes, ours
-            // until the result is posted.
-            let src = unsafe { std::slice::from_raw_parts(req.buf.0, len) };
-            client.write(req.offset, src).await
-        }
-        NetOp::WriteZeroes => {
-            if zeros.is_empty() {
-                zeros.resize(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize, 0);
-            }
-            let mut at = req.offset;
-            let end = req.offset + req.len;
-            let mut r = Ok(());
-            while at < end && r.is_ok() {
-                let n = (end - at).min(DEVICE_CLUSTER_ZERO_CHUNK_BYTES);
-                r = client.write(at, &zeros[..n as usize]).await;
-                at += n;
-            }
-            r
+            r => break r,
         }
     };
     match r {
@@ -237,6 +225,46 @@ async fn serve_one(client: &mut ClusterClient, req: &NetRequest, zeros: &mut Vec
                 req.len
             );
             -errno_of(&e)
+        }
+    }
+}
+
+/// One try of a request.
+async fn attempt(
+    client: &mut ClusterClient,
+    req: &NetRequest,
+    zeros: &mut Vec<u8>,
+) -> Result<(), ClientError> {
+    let len = req.len as usize;
+    match req.op {
+        NetOp::Read => {
+            let data = client.read(req.offset, req.len).await?;
+            // SAFETY: `buf` is the tag's ublk buffer of at least `len`
+            // bytes (the queue checked the length against the buffer
+            // size), which the queue thread leaves alone until this
+            // request's result is posted (`handoff` contract).
+            let dst = unsafe { std::slice::from_raw_parts_mut(req.buf.0, len) };
+            dst.copy_from_slice(&data[..len]);
+            Ok(())
+        }
+        NetOp::Write => {
+            // SAFETY: as for reads: the tag's buffer, `len` bytes, ours
+            // until the result is posted.
+            let src = unsafe { std::slice::from_raw_parts(req.buf.0, len) };
+            client.write(req.offset, src).await
+        }
+        NetOp::WriteZeroes => {
+            if zeros.is_empty() {
+                zeros.resize(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize, 0);
+            }
+            let mut at = req.offset;
+            let end = req.offset + req.len;
+            while at < end {
+                let n = (end - at).min(DEVICE_CLUSTER_ZERO_CHUNK_BYTES);
+                client.write(at, &zeros[..n as usize]).await?;
+                at += n;
+            }
+            Ok(())
         }
     }
 }
