@@ -86,11 +86,15 @@ pub struct NetEnd {
     wake: Arc<OwnedFd>,
 }
 
-/// A new eventfd (non-blocking, close-on-exec).
+/// A new eventfd (close-on-exec). Blocking on purpose: io_uring answers a
+/// read of an `O_NONBLOCK` file that has nothing with `-EAGAIN` at once
+/// instead of waiting for it, which would make the queue's wake-up read
+/// spin. Posting never blocks in practice (only a counter at `u64::MAX - 1`
+/// would).
 fn eventfd() -> std::io::Result<OwnedFd> {
     // SAFETY: eventfd takes plain integers; a non-negative result is a new
     // descriptor owned by nobody else.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -234,15 +238,22 @@ mod tests {
         }
     }
 
+    /// The eventfd's counter (reset), 0 when it is not readable.
     fn eventfd_count(fd: i32) -> u64 {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from a descriptor we own.
-        let r = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-        if r == 8 {
-            v
-        } else {
-            0
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, no wait.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 {
+            return 0;
         }
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from a readable eventfd.
+        let r = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+        assert_eq!(r, 8);
+        v
     }
 
     #[test]

@@ -261,7 +261,6 @@ impl Server<'_> {
         }
         match UblkIOCtx::user_data_to_op(ud) {
             kind::WAKE => {
-                // (EAGAIN: a busy-mode turn emptied the counter first.)
                 self.wake_armed = false;
                 self.take_results(q);
             }
