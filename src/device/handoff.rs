@@ -86,15 +86,14 @@ pub struct NetEnd {
     wake: Arc<OwnedFd>,
 }
 
-/// A new eventfd (close-on-exec). Blocking on purpose: io_uring answers a
-/// read of an `O_NONBLOCK` file that has nothing with `-EAGAIN` at once
-/// instead of waiting for it, which would make the queue's wake-up read
-/// spin. Posting never blocks in practice (only a counter at `u64::MAX - 1`
-/// would).
+/// A new eventfd (non-blocking, close-on-exec). The queue waits for it
+/// with a `POLL_ADD` SQE, then resets it with [`QueueEnd::reset_wake`]
+/// (an io_uring `READ` of a non-blocking eventfd answers `-EAGAIN` at once
+/// instead of waiting).
 fn eventfd() -> std::io::Result<OwnedFd> {
     // SAFETY: eventfd takes plain integers; a non-negative result is a new
     // descriptor owned by nobody else.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -187,6 +186,26 @@ impl QueueEnd {
     pub fn wake_fd(&self) -> i32 {
         self.wake.as_raw_fd()
     }
+
+    /// Reset the eventfd (after its poll fired); returns the wake-ups it
+    /// counted (0 when none were pending). Never blocks.
+    pub fn reset_wake(&self) -> u64 {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from the non-blocking
+        // eventfd we own.
+        let r = unsafe {
+            libc::read(
+                self.wake.as_raw_fd(),
+                (&mut v as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if r == 8 {
+            v
+        } else {
+            0
+        }
+    }
 }
 
 impl NetEnd {
@@ -238,24 +257,6 @@ mod tests {
         }
     }
 
-    /// The eventfd's counter (reset), 0 when it is not readable.
-    fn eventfd_count(fd: i32) -> u64 {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd, no wait.
-        if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 {
-            return 0;
-        }
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from a readable eventfd.
-        let r = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-        assert_eq!(r, 8);
-        v
-    }
-
     #[test]
     fn a_full_ring_parks_in_order_and_retry_drains_it() {
         let notify = Arc::new(Notify::new());
@@ -287,14 +288,15 @@ mod tests {
         for t in 0..4 {
             assert!(q.submit(req(t)));
         }
-        assert_eq!(eventfd_count(q.wake_fd()), 0, "no result, no wake-up");
+        assert_eq!(q.reset_wake(), 0, "no result, no wake-up");
         while let Some(r) = n.pop() {
             n.post(NetDone {
                 tag: r.tag,
                 res: (r.len as i32) + i32::from(r.tag),
             });
         }
-        assert_eq!(eventfd_count(q.wake_fd()), 4, "one wake-up per result");
+        assert_eq!(q.reset_wake(), 4, "one wake-up per result");
+        assert_eq!(q.reset_wake(), 0, "reset");
         let got: Vec<(u16, i32)> =
             std::iter::from_fn(|| q.pop_done().map(|d| (d.tag, d.res))).collect();
         assert_eq!(got, vec![(0, 4096), (1, 4097), (2, 4098), (3, 4099)]);

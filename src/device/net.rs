@@ -203,8 +203,16 @@ async fn serve_one(client: &mut ClusterClient, req: &NetRequest, zeros: &mut Vec
     let r = loop {
         match attempt(client, req, zeros).await {
             Err(ClientError::Op(OpError::Unavailable(s))) if t0.elapsed() < wait => {
-                if tries == 0 {
-                    tracing::warn!("no live replica of shard {s} (for now): retrying");
+                if tries % 25 == 0 {
+                    let members: Vec<String> = client
+                        .view()
+                        .storage()
+                        .map(|n| format!("{}{}", n.id, if n.live { "" } else { "(down)" }))
+                        .collect();
+                    tracing::warn!(
+                        "no live replica of shard {s} (copies {:?}; members {members:?}): retrying",
+                        client.replicas_of(s)
+                    );
                 }
                 tries += 1;
                 client

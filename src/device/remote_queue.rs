@@ -13,8 +13,9 @@
 //!   [`QueueEnd`]; a request that finds the ring full stays parked and is
 //!   pushed again on a later loop turn. The tag is completed when its
 //!   result comes back: the network thread writes the queue's eventfd, on
-//!   which the ring always has a read SQE, so `interrupt` mode sleeps in
-//!   `io_uring_enter` until then.
+//!   which the ring always has a `POLL_ADD` SQE, so `interrupt` mode sleeps
+//!   in `io_uring_enter` until then; every loop turn also takes the results
+//!   that are there.
 //! - FLUSH completes at once: a storage node acknowledges a write only once
 //!   it is durable (`cluster::store`), so every write completed before the
 //!   flush is durable already. FUA needs nothing more for the same reason.
@@ -88,8 +89,6 @@ struct Server<'a> {
     end: QueueEnd,
     metrics: QueueMetrics,
     trace: TraceProducer,
-    /// Where the eventfd read lands (the kernel writes it).
-    wake_buf: Box<u64>,
     wake_armed: bool,
     tick_ts: Box<types::Timespec>,
     tick_armed: bool,
@@ -149,7 +148,6 @@ fn serve_queue(qid: u16, cpu: usize, dev: &UblkDev, ctx: &Arc<RemoteCtx>) -> Res
         end,
         metrics,
         trace,
-        wake_buf: Box::new(0),
         wake_armed: false,
         tick_ts: Box::new(
             types::Timespec::new().nsec((DEVICE_STATS_PUBLISH_MS * 1_000_000) as u32),
@@ -204,12 +202,10 @@ impl Server<'_> {
                 Err(UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            // Busy and adaptive modes poll the result ring on every turn
-            // too, so a result posted meanwhile does not wait for the wake
-            // SQE's task work.
-            if poll != PollMode::Interrupt {
-                self.take_results(q);
-            }
+            // Results are taken on every turn too (one atomic load when
+            // there are none): a turn woken by something else completes
+            // what came back meanwhile.
+            self.take_results(q);
             if self.end.parked() > 0 {
                 self.end.retry();
             }
@@ -219,15 +215,11 @@ impl Server<'_> {
         }
     }
 
-    /// Keep a read SQE on the queue's eventfd.
+    /// Keep a poll SQE on the queue's eventfd.
     fn arm_wake(&mut self, q: &UblkQueue<'_>) {
-        let sqe = opcode::Read::new(
-            types::Fd(self.end.wake_fd()),
-            (&mut *self.wake_buf as *mut u64).cast(),
-            8,
-        )
-        .build()
-        .user_data(user_data(WAKE_TAG, kind::WAKE));
+        let sqe = opcode::PollAdd::new(types::Fd(self.end.wake_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data(WAKE_TAG, kind::WAKE));
         self.wake_armed = q.ublk_submit_sqe_sync(sqe).is_ok();
         if !self.wake_armed {
             tracing::error!("queue {}: cannot arm the wake-up read", self.qid);
@@ -262,6 +254,7 @@ impl Server<'_> {
         match UblkIOCtx::user_data_to_op(ud) {
             kind::WAKE => {
                 self.wake_armed = false;
+                self.end.reset_wake();
                 self.take_results(q);
             }
             kind::TICK => self.tick_armed = false,

@@ -34,6 +34,19 @@ start_node() {
     NODE_PID[$i]=$!
 }
 
+# progress while a job runs: request counts and the daemon's warnings
+progress() {
+    while sleep 15; do
+        "$B" stats -n "$n" --json 2>/dev/null | python3 -c '
+if 1:
+    import json, sys
+    t = json.load(sys.stdin)["total"]
+    print("   .. " + ", ".join("%s %d" % (o["op"], o["count"]) for o in t["ops"]) + ", errors %d" % t["errors"])
+' 2>/dev/null || true
+        grep -h WARN "$SHARDBLK_RUN_DIR/shardblk.log" 2>/dev/null | tail -n 2 | cut -c1-200
+    done
+}
+
 fio_json_ok() { # NAME JSON: zero errors and some verify reads
     python3 - "$1" "$2" <<'PY'
 import json, sys
@@ -60,7 +73,7 @@ fi
 grep -q "user memory" "$W/zc.err" || die "no clear zero-copy refusal: $(cat "$W/zc.err")"
 
 step "add the cluster volume (64 MiB, R=2, 3 nodes) with 2 queues"
-dev="$("$B" add --volume cvol "${SEEDS[@]}" --size 64M --replicas 2 --nodes 3 \
+dev="$(SHARDBLK_LOG=shardblk=info "$B" add --volume cvol "${SEEDS[@]}" --size 64M --replicas 2 --nodes 3 \
     --queues 2 --cpus 0-1 --depth 32 2>"$W/add.err")" || die "add failed: $(cat "$W/add.err")"
 grep -q "zero copy not used" "$W/add.err" || die "no zero-copy fallback message: $(cat "$W/add.err")"
 wait_dev "$dev"
@@ -68,17 +81,24 @@ n="${dev#/dev/ublkb}"
 "$B" list
 [ "$(blockdev --getsize64 "$dev")" = $((64 << 20)) ] || die "device size is not 64 MiB"
 
+# Small jobs: every request is a replicated round trip through debug-built
+# node processes in a TCG guest.
 SEQ=(--name=seq --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=128k --iodepth=4
-    --size=32M --offset=32M --verify=crc32c --verify_fatal=1 --verify_state_save=0)
+    --size=8M --offset=56M --verify=crc32c --verify_fatal=1 --verify_state_save=0)
 CRASH=(--name=crash --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k
-    --iodepth=16 --size=24M --offset=0 --verify=crc32c --verify_fatal=1 --verify_state_save=0)
-step "sequential 128k writes then verify (QD 4), upper half, crossing shards"
-(cd "$W" && fio "${SEQ[@]}" --do_verify=1 --output-format=json >"$W/seq.json") || die "fio seq failed"
+    --iodepth=16 --size=4M --offset=0 --verify=crc32c --verify_fatal=1 --verify_state_save=0)
+step "sequential 128k writes then verify (QD 4), 8 MiB crossing shards"
+progress &
+prog=$!
+t0=$SECONDS
+(cd "$W" && timeout 300 fio "${SEQ[@]}" --do_verify=1 --output-format=json >"$W/seq.json") || die "fio seq failed"
+echo "   took $((SECONDS - t0)) s"
 fio_json_ok seq "$W/seq.json" || die "fio seq reported errors"
 
 step "random 4k writes then verify (QD 16); kill -9 node1 mid-job, restart it"
-(cd "$W" && fio "${CRASH[@]}" --do_verify=1 --output-format=json >"$W/crash.json") &
+(cd "$W" && timeout 400 fio "${CRASH[@]}" --do_verify=1 --output-format=json >"$W/crash.json") &
 fio_pid=$!
+t0=$SECONDS
 sleep 4
 kill -0 "$fio_pid" 2>/dev/null || die "fio ended before the kill; make the job longer"
 kill -9 "${NODE_PID[1]}"
@@ -89,13 +109,15 @@ kill -0 "$fio_pid" 2>/dev/null && echo "   fio still running: restarting node1" 
 start_node 1
 wait "$fio_pid" || die "fio failed with a node killed: $(tail -c 2000 "$W/crash.json")"
 fio_json_ok crash "$W/crash.json" || die "fio crash job reported errors"
+echo "   took $((SECONDS - t0)) s"
 
 step "verify-only pass over the whole volume with node1 back"
 sleep 2
-(cd "$W" && fio "${SEQ[@]}" --verify_only >/dev/null) || die "verify-only of the seq job's region failed"
-(cd "$W" && fio "${CRASH[@]}" --verify_only >/dev/null) || die "verify-only of the crash job's region failed"
+(cd "$W" && timeout 300 fio "${SEQ[@]}" --verify_only >/dev/null) || die "verify-only of the seq job's region failed"
+(cd "$W" && timeout 300 fio "${CRASH[@]}" --verify_only >/dev/null) || die "verify-only of the crash job's region failed"
 dmesg | grep -i "I/O error" | grep ublkb && die "the kernel logged I/O errors on the device"
 
+kill "$prog" 2>/dev/null || true
 step "stats: reads and writes under the hit class remote, no errors"
 sleep 0.5
 "$B" stats -n "$n" --json | python3 -c '
@@ -108,15 +130,23 @@ if 1:
     print("   stats:", {f"{k[0]}/{k[1]}": v for k, v in hits.items()})
 ' || die "stats wrong"
 
+step "idle queue threads sleep (interrupt mode): CPU time over 3 s"
+pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb$n.json")"
+tids="$(python3 -c 'import json,sys; print(" ".join(map(str, json.load(open(sys.argv[1]))["queue_tids"])))' "$SHARDBLK_RUN_DIR/ublkb$n.json")"
+ticks() { local t s=0; for t in $tids; do s=$((s + $(awk '{print $14 + $15}' "/proc/$pid/task/$t/stat"))); done; echo "$s"; }
+a="$(ticks)"; sleep 3; b="$(ticks)"
+echo "   queue threads used $((b - a)) ticks in 3 s"
+[ $((b - a)) -le 30 ] || die "idle queue threads use CPU ($((b - a)) ticks in 3 s): the wake-up read spins"
+
 step "randread 4k on the cluster device vs a local volume (TCG: information only)"
 make_pool 128M 128M
 "$B" volume create lvol --size 64M >/dev/null
 ldev="$("$B" add --volume lvol --queues 2 --cpus 0-1 --depth 32 --zero-copy off 2>/dev/null)"
 wait_dev "$ldev"
-dd if=/dev/urandom of="$ldev" bs=1M count=64 oflag=direct status=none
+dd if=/dev/urandom of="$ldev" bs=1M count=8 seek=56 oflag=direct status=none
 randread() { # DEV QD -> "IOPS p50_us p99_us"
     (cd "$W" && fio --name=rr --filename="$1" --direct=1 --ioengine=io_uring --rw=randread --bs=4k \
-        --iodepth="$2" --size=64M --time_based --runtime=8 --output-format=json) |
+        --iodepth="$2" --size=8M --offset=56M --time_based --runtime=6 --output-format=json) |
         python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; p=r["clat_ns"]["percentile"]; print("%.0f %.0f %.0f" % (r["iops"], p["50.000000"]/1e3, p["99.000000"]/1e3))'
 }
 for qd in 1 16; do
