@@ -84,10 +84,10 @@ n="${dev#/dev/ublkb}"
 # Small jobs: every request is a replicated round trip through debug-built
 # node processes in a TCG guest.
 SEQ=(--name=seq --filename="$dev" --direct=1 --ioengine=io_uring --rw=write --bs=128k --iodepth=4
-    --size=8M --offset=56M --verify=crc32c --verify_fatal=1 --verify_state_save=0)
+    --size=2M --offset=56M --verify=crc32c --verify_fatal=1 --verify_state_save=0)
 CRASH=(--name=crash --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k
-    --iodepth=16 --size=4M --offset=0 --verify=crc32c --verify_fatal=1 --verify_state_save=0)
-step "sequential 128k writes then verify (QD 4), 8 MiB crossing shards"
+    --iodepth=16 --size=1M --offset=0 --verify=crc32c --verify_fatal=1 --verify_state_save=0)
+step "sequential 128k writes then verify (QD 4), 2 MiB crossing a shard boundary"
 progress &
 prog=$!
 t0=$SECONDS
@@ -113,8 +113,14 @@ echo "   took $((SECONDS - t0)) s"
 
 step "verify-only pass over the whole volume with node1 back"
 sleep 2
-(cd "$W" && timeout 300 fio "${SEQ[@]}" --verify_only >/dev/null) || die "verify-only of the seq job's region failed"
-(cd "$W" && timeout 300 fio "${CRASH[@]}" --verify_only >/dev/null) || die "verify-only of the crash job's region failed"
+t0=$SECONDS
+(cd "$W" && timeout 300 fio "${SEQ[@]}" --verify_only >"$W/vseq.out" 2>&1) ||
+    die "verify-only of the seq job's region failed ($((SECONDS - t0)) s): $(tail -5 "$W/vseq.out")"
+echo "   seq region verified in $((SECONDS - t0)) s"
+t0=$SECONDS
+(cd "$W" && timeout 300 fio "${CRASH[@]}" --verify_only >"$W/vcrash.out" 2>&1) ||
+    die "verify-only of the crash job's region failed ($((SECONDS - t0)) s): $(grep -i "err\|verify" "$W/vcrash.out" | head -5)"
+echo "   crash region verified in $((SECONDS - t0)) s"
 dmesg | grep -i "I/O error" | grep ublkb && die "the kernel logged I/O errors on the device"
 
 kill "$prog" 2>/dev/null || true
@@ -143,10 +149,10 @@ make_pool 128M 128M
 "$B" volume create lvol --size 64M >/dev/null
 ldev="$("$B" add --volume lvol --queues 2 --cpus 0-1 --depth 32 --zero-copy off 2>/dev/null)"
 wait_dev "$ldev"
-dd if=/dev/urandom of="$ldev" bs=1M count=8 seek=56 oflag=direct status=none
+dd if=/dev/urandom of="$ldev" bs=1M count=2 seek=56 oflag=direct status=none
 randread() { # DEV QD -> "IOPS p50_us p99_us"
     (cd "$W" && fio --name=rr --filename="$1" --direct=1 --ioengine=io_uring --rw=randread --bs=4k \
-        --iodepth="$2" --size=8M --offset=56M --time_based --runtime=6 --output-format=json) |
+        --iodepth="$2" --size=2M --offset=56M --time_based --runtime=4 --output-format=json) |
         python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; p=r["clat_ns"]["percentile"]; print("%.0f %.0f %.0f" % (r["iops"], p["50.000000"]/1e3, p["99.000000"]/1e3))'
 }
 for qd in 1 16; do
