@@ -556,3 +556,30 @@ pub const CLUSTER_LEAVE_CHECK_MS: u64 = 200;
 const _: () = assert!(CLUSTER_ORPHAN_SCAN_INTERVAL_MS > CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_ORPHAN_RESCAN_MIN_MS <= CLUSTER_ORPHAN_SCAN_INTERVAL_MS);
 const _: () = assert!(CLUSTER_LEAVE_CHECK_MS < CLUSTER_LEAVE_MAX_MS);
+// --- cluster volumes served as ublk devices ---
+/// Requests one queue thread of a cluster device may have handed to the
+/// network thread and not yet taken back: the capacity of its request ring.
+/// A request that finds it full waits in its tag slot (see `device::handoff`).
+pub const DEVICE_CLUSTER_RING_REQUESTS: usize = 64;
+/// While no request waits, the network thread lets re-replication and
+/// rebalancing run this long between looks at the request rings; under load
+/// it still ticks the cluster client this often (milliseconds).
+pub const DEVICE_CLUSTER_IDLE_MS: u64 = 100;
+/// How long `add` of a cluster volume waits for the storage nodes it
+/// expects (milliseconds).
+pub const DEVICE_CLUSTER_WAIT_MS: u64 = 15_000;
+/// Largest zero write the network thread sends for one WRITE_ZEROES or
+/// DISCARD piece (bytes); longer ranges go in several.
+pub const DEVICE_CLUSTER_ZERO_CHUNK_BYTES: u64 = CLUSTER_SHARD_BYTES;
+/// How long the network thread keeps retrying a request that finds no live
+/// replica before failing it with EIO (milliseconds), and the pause between
+/// tries, during which the cluster client ticks (milliseconds).
+pub const DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS: u64 = 30_000;
+pub const DEVICE_CLUSTER_RETRY_MS: u64 = 200;
+const _: () = assert!(DEVICE_CLUSTER_RING_REQUESTS >= 1);
+const _: () = assert!(DEVICE_CLUSTER_RETRY_MS < DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS);
+const _: () = assert!(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS > 2 * CLUSTER_FAIL_AFTER_MS);
+const _: () = assert!(DEVICE_CLUSTER_IDLE_MS >= CLUSTER_CLIENT_TICK_MS);
+const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES % CLUSTER_BLOCK_BYTES == 0);
+const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
+const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);

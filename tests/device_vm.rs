@@ -89,3 +89,8 @@ fn thin_volume_fills_with_enospc_and_loses_nothing() {
 fn prefetch_stages_hits_verifies_and_records_traces() {
     run_script("prefetch.sh");
 }
+
+#[test]
+fn cluster_volume_device_survives_a_killed_node() {
+    run_script("cluster_dev.sh");
+}

@@ -6,13 +6,14 @@
 //! The daemon's stderr goes to `shardblk.log` in the run directory.
 
 use crate::constants::{
-    DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S, PREFETCH_CONFIDENCE_MIN_DEFAULT,
-    PREFETCH_DEPTH_DEFAULT_SHARDS,
+    CLUSTER_REPLICAS_DEFAULT, DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S,
+    PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
 };
 use crate::device::config::{
     format_cpu_list, online_cpus, parse_cpu_list, DeviceConfig, PollMode, ZeroCopyMode,
 };
 use crate::device::features::{driver_present, probe};
+use crate::device::net::ClusterSource;
 use crate::device::registry::{run_dir, thread_cpus, DeviceRecord};
 use crate::device::serve::{delete, device_state, serve, Ready, ServeOptions};
 use crate::device::DeviceError;
@@ -22,6 +23,7 @@ use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -65,10 +67,27 @@ pub enum DeviceCmd {
 
 #[derive(Args, Clone)]
 pub struct AddArgs {
+    /// The volume (of --pool, or with --seed the cluster volume).
     #[arg(long)]
     volume: String,
-    #[arg(long, env = "SHARDBLK_POOL")]
-    pool: PathBuf,
+    #[arg(long, env = "SHARDBLK_POOL", required_unless_present = "seeds")]
+    pool: Option<PathBuf>,
+    /// Serve a cluster volume instead of a pool's: gossip address of a
+    /// storage node to join through; repeat. --pool is then ignored.
+    #[arg(long = "seed")]
+    seeds: Vec<SocketAddr>,
+    /// Cluster volume: this daemon's own gossip address (UDP; default: a free loopback port).
+    #[arg(long, requires = "seeds")]
+    gossip: Option<SocketAddr>,
+    /// Cluster volume: its logical size (as every attacher of it uses).
+    #[arg(long, requires = "seeds", value_parser = parse_size, default_value = "1G")]
+    size: u64,
+    /// Cluster volume: copies of every shard.
+    #[arg(long, requires = "seeds", default_value_t = CLUSTER_REPLICAS_DEFAULT)]
+    replicas: usize,
+    /// Cluster volume: storage nodes to wait for before attaching.
+    #[arg(long, requires = "seeds", default_value_t = 1)]
+    nodes: usize,
     /// Device number N of /dev/ublkbN (default: the lowest free one).
     #[arg(short = 'n', long = "number")]
     number: Option<u32>,
@@ -145,9 +164,15 @@ pub fn run(c: DeviceCmd) -> Result<()> {
             let r = DeviceRecord::read(number)
                 .with_context(|| format!("no record of /dev/ublkb{number} to recover"))?;
             let p = r.prefetch.clone();
+            let c = r.cluster.clone();
             let args = AddArgs {
                 volume: r.volume,
-                pool: r.pool,
+                pool: c.is_none().then_some(r.pool),
+                seeds: c.as_ref().map(|c| c.seeds.clone()).unwrap_or_default(),
+                gossip: c.as_ref().map(|c| c.gossip),
+                size: c.as_ref().map_or(0, |c| c.size_bytes),
+                replicas: c.as_ref().map_or(CLUSTER_REPLICAS_DEFAULT, |c| c.replicas),
+                nodes: c.as_ref().map_or(1, |c| c.nodes),
                 number: Some(number),
                 queues: r.queues,
                 depth: r.depth,
@@ -245,9 +270,36 @@ fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
     }))
 }
 
+/// The cluster volume `add` serves (`None`: a pool's volume). The gossip
+/// address is fixed here, so a re-executed daemon and its record keep it.
+fn cluster_source_of(a: &AddArgs) -> Result<Option<ClusterSource>> {
+    if a.seeds.is_empty() {
+        return Ok(None);
+    }
+    let gossip = match a.gossip {
+        Some(g) => g,
+        None => std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .context("finding a free UDP port for gossip")?,
+    };
+    Ok(Some(ClusterSource {
+        seeds: a.seeds.clone(),
+        gossip,
+        volume: a.volume.clone(),
+        size_bytes: a.size,
+        replicas: a.replicas,
+        nodes: a.nodes,
+    }))
+}
+
 fn start(a: AddArgs, recover: bool) -> Result<()> {
     let config = config_of(&a)?;
     live_config_of(&a)?;
+    if !a.seeds.is_empty() && a.prefetch != "off" && a.prefetch != "none" {
+        bail!(
+            "--prefetch needs a local volume (--pool): a cluster volume has no tier to stage onto"
+        );
+    }
     if a.foreground || std::env::var_os(READY_FD_ENV).is_some() {
         return serve_here(a, config, recover);
     }
@@ -351,12 +403,19 @@ fn serve_here(a: AddArgs, config: DeviceConfig, recover: bool) -> Result<()> {
             },
         }
     };
+    let cluster = cluster_source_of(&a)?;
+    let pool = match (&cluster, a.pool) {
+        (Some(_), _) => PathBuf::new(),
+        (None, Some(p)) => std::fs::canonicalize(&p).unwrap_or(p),
+        (None, None) => bail!("--pool (or SHARDBLK_POOL) is required without --seed"),
+    };
     let opts = ServeOptions {
-        pool: std::fs::canonicalize(&a.pool).unwrap_or(a.pool),
+        pool,
         volume: a.volume,
         config,
         recover,
         prefetch,
+        cluster,
     };
     serve(opts, Box::new(notify)).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
@@ -378,6 +437,7 @@ fn list(json: bool) -> Result<()> {
                 "number": r.number,
                 "volume": r.volume,
                 "pool": r.pool,
+                "cluster": r.cluster,
                 "queues": r.queues,
                 "depth": r.depth,
                 "queue_cpus": r.queue_cpus,

@@ -56,7 +56,7 @@ impl Op {
 /// Which tiers a read or write touched: only the hot tier (tier 0), only
 /// colder tiers, only unmapped space (holes read as zeros; a write that
 /// took the first-write path, which maps new space), or more than one of
-/// these.
+/// these; `remote` for a device over a cluster volume (no local tier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
@@ -65,14 +65,15 @@ pub enum Hit {
     Cold = 1,
     Unmapped = 2,
     Mixed = 3,
+    Remote = 4,
 }
 
 /// Every hit class, in index order.
-pub const HITS: [Hit; 4] = [Hit::Hot, Hit::Cold, Hit::Unmapped, Hit::Mixed];
+pub const HITS: [Hit; 5] = [Hit::Hot, Hit::Cold, Hit::Unmapped, Hit::Mixed, Hit::Remote];
 
 impl Hit {
     pub fn name(self) -> &'static str {
-        ["hot", "cold", "unmapped", "mixed"][self as usize]
+        ["hot", "cold", "unmapped", "mixed", "remote"][self as usize]
     }
 }
 

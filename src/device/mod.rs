@@ -10,14 +10,21 @@
 //! [`metrics`] (trace ring, histograms, snapshots), [`registry`] (records),
 //! [`control`] (the stats socket), [`serve`] (the daemon's life cycle),
 //! [`xfer`] (one data transfer of a request, continued when short).
+//! A device over a cluster volume: [`serve_cluster`] (its life cycle),
+//! [`remote_queue`] (its queue threads), [`handoff`] (queue threads to the
+//! network thread and back), [`net`] (the network thread).
 
 pub mod config;
 pub mod control;
 pub mod features;
+pub mod handoff;
 pub mod metrics;
+pub mod net;
 pub mod queue;
 pub mod registry;
+pub mod remote_queue;
 pub mod serve;
+pub mod serve_cluster;
 pub mod xfer;
 
 /// Errors of the device layer; each prints as one clear line.
@@ -49,6 +56,8 @@ pub enum DeviceError {
     Os(String, #[source] std::io::Error),
     #[error("control socket: {0}")]
     Control(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("prefetch: {0}")]
     Prefetch(#[from] crate::prefetch::live::LiveError),
 }

@@ -46,6 +46,9 @@ pub struct DeviceRecord {
     /// they were kept: read as off.
     #[serde(default)]
     pub prefetch: Option<PrefetchRecord>,
+    /// The cluster volume served (then `pool` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::device::net::ClusterSource>,
 }
 
 /// The prefetch flags of a device, as `add` took them.
@@ -149,9 +152,27 @@ mod tests {
                 budget_bytes: Some(32 << 20),
                 model: None,
             }),
+            cluster: None,
         };
         r.write().unwrap();
         assert_eq!(DeviceRecord::read(3).unwrap(), r);
+        // a cluster device's record keeps where its volume lives
+        let c = DeviceRecord {
+            number: 4,
+            pool: "".into(),
+            cluster: Some(crate::device::net::ClusterSource {
+                seeds: vec!["127.0.0.1:7000".parse().unwrap()],
+                gossip: "127.0.0.1:7100".parse().unwrap(),
+                volume: "cv".into(),
+                size_bytes: 64 << 20,
+                replicas: 2,
+                nodes: 3,
+            }),
+            ..r.clone()
+        };
+        c.write().unwrap();
+        assert_eq!(DeviceRecord::read(4).unwrap(), c);
+        DeviceRecord::remove(4);
         assert!(r.daemon_alive());
         std::fs::write(dir.path().join("other.json"), b"{}").unwrap();
         assert_eq!(DeviceRecord::all(), vec![r.clone()]);

@@ -26,6 +26,7 @@ use crate::device::features::{
     probe, Features, UBLK_F_AUTO_BUF_REG, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
 };
 use crate::device::metrics::trace_ring;
+use crate::device::net::ClusterSource;
 use crate::device::queue::{pin_thread, run_queue, QueueCtx};
 use crate::device::registry::{socket_path, DeviceRecord, PrefetchRecord};
 use crate::device::DeviceError;
@@ -49,6 +50,9 @@ pub struct ServeOptions {
     pub recover: bool,
     /// Prefetching (inference thread and stager); `None`: off.
     pub prefetch: Option<LiveConfig>,
+    /// Serve this cluster volume instead of `pool`'s `volume`
+    /// (see `device::serve_cluster`).
+    pub cluster: Option<ClusterSource>,
 }
 
 /// What `notify` is told once: the live device's number and an optional
@@ -78,7 +82,7 @@ pub fn device_state(n: u32) -> Result<&'static str, DeviceError> {
 
 /// Wait until device `n` is quiesced (its daemon gone, I/O held), as
 /// recovery requires.
-fn wait_quiesced(n: u32) -> Result<(), DeviceError> {
+pub(crate) fn wait_quiesced(n: u32) -> Result<(), DeviceError> {
     let t0 = Instant::now();
     loop {
         let st = device_state(n)?;
@@ -134,6 +138,9 @@ pub fn serve(
             }
         }
     };
+    if let Some(src) = opts.cluster.clone() {
+        return crate::device::serve_cluster::serve_cluster(opts, src, signals, tell);
+    }
     match prepare(&opts) {
         Ok(p) => {
             let r = run(opts, p, signals, tell.clone());
@@ -351,7 +358,7 @@ fn run(
 /// quiesced for recovery. Before the device is live they exit at once.
 /// `set` was blocked by [`block_stop_signals`] before any thread started,
 /// so every thread inherits the mask and only this one waits for them.
-fn stop_on_signal(
+pub(crate) fn stop_on_signal(
     set: nix::sys::signal::SigSet,
     number: Arc<Mutex<Option<u32>>>,
 ) -> Result<(), DeviceError> {
@@ -443,6 +450,7 @@ fn publish(
         zero_copy,
         pid: std::process::id(),
         prefetch,
+        cluster: None,
     }
     .write()
 }

@@ -1,0 +1,275 @@
+//! The life cycle of a device over a cluster volume: the same contract as
+//! [`crate::device::serve::serve`] (checks first, `notify` once, serve until
+//! stopped, recovery), with a network thread instead of a pool.
+//!
+//! Contract (what differs from a local volume):
+//! - Copy mode only: `--zero-copy on` is refused, `auto` falls back with a
+//!   message (the network thread reads and fills the ublk buffers).
+//! - No prefetching (there is no local tier to stage onto).
+//! - The cluster is joined and the volume attached (fencing any earlier
+//!   attacher) before the device is added; a cluster that cannot be reached
+//!   fails `add` with the client's error and creates nothing.
+//! - The disk has no volatile cache (storage nodes acknowledge durable
+//!   writes), so the kernel sends no FLUSH; one that comes completes at once.
+//! - The device's record carries the [`ClusterSource`], so `recover` joins
+//!   the same cluster and attaches again (a new epoch fences the dead daemon).
+
+use crate::constants::{
+    CLUSTER_SHARD_BYTES, DEVICE_CLUSTER_RING_REQUESTS, DEVICE_DISCARD_MAX_BYTES,
+    DEVICE_IO_BUF_BYTES, DEVICE_TRACE_RING_EVENTS,
+};
+use crate::device::config::online_cpus;
+use crate::device::control::{spawn_server, ControlState};
+use crate::device::features::{
+    probe, UBLK_F_AUTO_BUF_REG, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
+};
+use crate::device::handoff::channel;
+use crate::device::metrics::trace_ring;
+use crate::device::net::{ClusterSource, NetThread};
+use crate::device::queue::pin_thread;
+use crate::device::registry::{socket_path, DeviceRecord};
+use crate::device::remote_queue::{run_remote_queue, RemoteCtx};
+use crate::device::serve::{device_exists, stop_on_signal, wait_quiesced, Ready, ServeOptions};
+use crate::device::DeviceError;
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::io::UblkDev;
+use libublk::UblkFlags;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Zero copy for a cluster volume: `(false, fallback message)` or the refusal.
+pub fn cluster_zero_copy(
+    mode: crate::device::config::ZeroCopyMode,
+) -> Result<Option<String>, DeviceError> {
+    use crate::device::config::ZeroCopyMode;
+    const WHY: &str = "a cluster volume's data passes through user memory \
+                       (the network thread reads and fills the ublk buffers)";
+    match mode {
+        ZeroCopyMode::Off => Ok(None),
+        ZeroCopyMode::On => Err(DeviceError::ZeroCopyUnavailable(WHY.into())),
+        ZeroCopyMode::Auto => Ok(Some(format!("zero copy not used: {WHY}"))),
+    }
+}
+
+/// Add (or recover) a device over the cluster volume `src`, serve it until
+/// it stops. `tell` reports readiness once.
+pub(crate) fn serve_cluster(
+    opts: ServeOptions,
+    src: ClusterSource,
+    signals: nix::sys::signal::SigSet,
+    tell: impl Fn(Ready) + Send + Sync + Clone + 'static,
+) -> Result<(), DeviceError> {
+    let r = run(opts, src, signals, tell.clone());
+    if let Err(e) = &r {
+        tell(Err(DeviceError::Ublk(e.to_string())));
+    }
+    r
+}
+
+fn run(
+    opts: ServeOptions,
+    src: ClusterSource,
+    signals: nix::sys::signal::SigSet,
+    tell: impl Fn(Ready) + Send + Sync + Clone + 'static,
+) -> Result<(), DeviceError> {
+    let features = probe()?;
+    let online = online_cpus()?;
+    let cfg = opts.config.clone();
+    // limits and CPUs (its zero-copy verdict is replaced below)
+    cfg.validate(&online, features)?;
+    let message = cluster_zero_copy(cfg.zero_copy)?;
+    if opts.prefetch.is_some() {
+        return Err(DeviceError::Ublk(
+            "prefetching needs a local volume (a cluster volume has no tier to stage onto)".into(),
+        ));
+    }
+    match (cfg.number, opts.recover) {
+        (Some(n), false) if device_exists(n) => return Err(DeviceError::Busy(n)),
+        (Some(n), true) if !device_exists(n) => return Err(DeviceError::NoSuchDevice(n)),
+        (None, true) => return Err(DeviceError::Ublk("recover needs a device number".into())),
+        _ => {}
+    }
+    let nq = cfg.queues as usize;
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let mut queue_ends = Vec::with_capacity(nq);
+    let mut net_ends = Vec::with_capacity(nq);
+    for _ in 0..nq {
+        let (q, n) = channel(cfg.depth, DEVICE_CLUSTER_RING_REQUESTS, notify.clone())
+            .map_err(|e| DeviceError::Os("creating an eventfd".into(), e))?;
+        queue_ends.push(Some(q));
+        net_ends.push(n);
+    }
+    // Join and attach before anything exists in the kernel.
+    let net = NetThread::start(&src, net_ends, notify)?;
+    let (producers, _consumers): (Vec<_>, Vec<_>) = (0..nq)
+        .map(|_| trace_ring(DEVICE_TRACE_RING_EVENTS))
+        .unzip();
+    let ctx = Arc::new(RemoteCtx {
+        volume_id: crc32c::crc32c(src.volume.as_bytes()),
+        poll: cfg.poll,
+        cpus: cfg.cpus.clone(),
+        start: Instant::now(),
+        producers: Mutex::new(producers.into_iter().map(Some).collect()),
+        snapshots: Mutex::new(vec![None; nq]),
+        tids: Mutex::new(vec![None; nq]),
+        ends: Mutex::new(queue_ends),
+    });
+    let ctrl_flags = [UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE]
+        .into_iter()
+        .filter(|&f| features.has(f))
+        .fold(0, |a, f| a | f);
+    debug_assert_eq!(ctrl_flags & UBLK_F_AUTO_BUF_REG, 0);
+    if opts.recover {
+        let n = cfg.number.expect("checked above");
+        wait_quiesced(n)?;
+        UblkCtrl::new_simple(n as i32)?.start_user_recover()?;
+    }
+    let dev_flags = if opts.recover {
+        UblkFlags::UBLK_DEV_F_RECOVER_DEV
+    } else {
+        UblkFlags::UBLK_DEV_F_ADD_DEV
+    };
+    let ctrl = UblkCtrlBuilder::default()
+        .name("shardblk")
+        .id(cfg.number.map_or(-1, |n| n as i32))
+        .nr_queues(cfg.queues)
+        .depth(cfg.depth)
+        .io_buf_bytes(DEVICE_IO_BUF_BYTES)
+        .ctrl_flags(ctrl_flags)
+        .dev_flags(dev_flags)
+        .build()
+        .map_err(|e| match (cfg.number, &e) {
+            (Some(n), libublk::UblkError::UringIOError(r)) if *r == -libc::EEXIST => {
+                DeviceError::Busy(n)
+            }
+            _ => DeviceError::from(e),
+        })?;
+    let size = src.size_bytes;
+    let tgt_init = move |dev: &mut UblkDev| {
+        dev.tgt.dev_size = size;
+        dev.tgt.params = libublk::sys::ublk_params {
+            types: libublk::sys::UBLK_PARAM_TYPE_BASIC | libublk::sys::UBLK_PARAM_TYPE_DISCARD,
+            basic: libublk::sys::ublk_param_basic {
+                // No volatile cache: a write is durable once acknowledged.
+                attrs: 0,
+                logical_bs_shift: 12,
+                physical_bs_shift: 12,
+                io_opt_shift: 12,
+                io_min_shift: 12,
+                max_sectors: dev.dev_info.max_io_buf_bytes >> 9,
+                dev_sectors: size >> 9,
+                ..Default::default()
+            },
+            discard: libublk::sys::ublk_param_discard {
+                discard_alignment: 0,
+                discard_granularity: CLUSTER_SHARD_BYTES as u32,
+                max_discard_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
+                max_write_zeroes_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
+                max_discard_segments: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Ok(())
+    };
+    let qctx = ctx.clone();
+    let q_fn = move |qid: u16, dev: &UblkDev| run_remote_queue(qid, dev, &qctx);
+    let number_cell = Arc::new(Mutex::new(None::<u32>));
+    let number_out = number_cell.clone();
+    let (cfg2, src2, tell2) = (cfg.clone(), src.clone(), tell.clone());
+    let device_fn = move |c: &UblkCtrl| {
+        let n = c.dev_info().dev_id;
+        *number_out.lock().expect("number") = Some(n);
+        let r = publish(n, &ctx, &cfg2, &src2);
+        tell2(r.map(|()| (n, message)));
+    };
+    stop_on_signal(signals, number_cell.clone())?;
+    let r = ctrl.run_target(tgt_init, q_fn, device_fn);
+    // The queue threads waited for their requests: nothing is out.
+    net.stop();
+    if opts.recover {
+        let _ = ctrl.del_dev();
+    }
+    if let Some(n) = *number_cell.lock().expect("number") {
+        DeviceRecord::remove(n);
+    }
+    r.map(|_| ()).map_err(DeviceError::from)
+}
+
+/// Pin the queue threads, write the record, open the control socket.
+fn publish(
+    n: u32,
+    ctx: &Arc<RemoteCtx>,
+    cfg: &crate::device::config::DeviceConfig,
+    src: &ClusterSource,
+) -> Result<(), DeviceError> {
+    let tids: Vec<i32> = ctx
+        .tids
+        .lock()
+        .expect("tids")
+        .iter()
+        .map(|t| t.unwrap_or(0))
+        .collect();
+    let cpus: Vec<usize> = (0..cfg.queues).map(|q| ctx.cpu_of(q)).collect();
+    for (q, (&tid, &cpu)) in tids.iter().zip(&cpus).enumerate() {
+        if tid != 0 {
+            pin_thread(tid, cpu)
+                .map_err(|e| DeviceError::Os(format!("pinning queue {q} to CPU {cpu}"), e))?;
+        }
+    }
+    let snapshots = ctx
+        .snapshots
+        .lock()
+        .expect("snapshots")
+        .iter()
+        .flatten()
+        .cloned()
+        .collect();
+    std::fs::create_dir_all(crate::device::registry::run_dir())
+        .map_err(|e| DeviceError::Os("creating the run directory".into(), e))?;
+    spawn_server(
+        &socket_path(n),
+        ControlState {
+            number: n,
+            volume: src.volume.clone(),
+            start: ctx.start,
+            snapshots,
+            live: None,
+        },
+    )?;
+    DeviceRecord {
+        number: n,
+        volume: src.volume.clone(),
+        pool: std::path::PathBuf::new(),
+        queues: cfg.queues,
+        depth: cfg.depth,
+        queue_cpus: cpus,
+        queue_tids: tids,
+        poll: cfg.poll,
+        zero_copy_requested: cfg.zero_copy,
+        zero_copy: false,
+        pid: std::process::id(),
+        prefetch: None,
+        cluster: Some(src.clone()),
+    }
+    .write()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::config::ZeroCopyMode;
+
+    #[test]
+    fn zero_copy_is_refused_or_falls_back() {
+        assert!(matches!(
+            cluster_zero_copy(ZeroCopyMode::On),
+            Err(DeviceError::ZeroCopyUnavailable(_))
+        ));
+        assert!(cluster_zero_copy(ZeroCopyMode::Auto)
+            .unwrap()
+            .unwrap()
+            .contains("user memory"));
+        assert_eq!(cluster_zero_copy(ZeroCopyMode::Off).unwrap(), None);
+    }
+}
