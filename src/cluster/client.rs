@@ -57,6 +57,12 @@ pub enum ClientError {
     Attach(OpError),
     #[error("{0}")]
     Op(#[from] OpError),
+    #[error("fetch of shard {shard} from {node}: {reason}")]
+    Fetch {
+        node: String,
+        shard: u64,
+        reason: String,
+    },
     #[error(
         "offset {offset} length {len}: must be multiples of {BS} inside the volume of {size} bytes"
     )]
@@ -454,13 +460,18 @@ impl ClusterClient {
         shard: u64,
     ) -> Result<Vec<(u64, Bytes)>, ClientError> {
         let bps = CLUSTER_SHARD_BYTES / BS;
+        let failed = |reason: String| ClientError::Fetch {
+            node: node.to_string(),
+            shard,
+            reason,
+        };
         let addr = self
             .view
             .listen_of(node)
-            .ok_or(OpError::Unavailable(shard))?;
+            .ok_or_else(|| failed("not in this client's membership view".into()))?;
         let conn = Connection::connect(addr)
             .await
-            .map_err(|_| OpError::Unavailable(shard))?;
+            .map_err(|e| failed(format!("connect {addr}: {e}")))?;
         let req = Request::Fetch {
             volume: self.att.config().volume.clone(),
             epoch: self.att.epoch(),
@@ -472,7 +483,9 @@ impl ClusterClient {
                 Ok(entries.into_iter().map(|(b, _, d)| (b, d)).collect())
             }
             Ok(Response::Fenced { current }) => Err(OpError::Fenced(current).into()),
-            _ => Err(OpError::Unavailable(shard).into()),
+            Ok(Response::Failed { reason }) => Err(failed(reason)),
+            Ok(other) => Err(failed(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(failed(e.to_string())),
         }
     }
 
