@@ -450,6 +450,20 @@ pub const STAGER_RATE_MIN_SHARDS_PER_S: u32 = 2;
 pub const STAGER_BURST_SHARDS: u32 = 32;
 /// Smallest interval between two throttle decisions (milliseconds).
 pub const STAGER_THROTTLE_PERIOD_MS: u64 = 500;
+/// Most events one live LSTM step takes: a backlog's newest are fed, the
+/// older counted as skipped ([`crate::prefetch::Predictor::step_events_max`]).
+/// A step costs one recurrent step per event of a stream, so this bounds a
+/// step to ~30 ms on one core (~0.1 ms per event) and to seconds under TCG.
+pub const LSTM_LIVE_STEP_EVENTS_MAX: usize = 256;
+/// Demand promotion ([`crate::prefetch::demand`]): a cold shard read this
+/// many times within `PREFETCH_PROMOTE_WINDOW_MS` is staged by the stager
+/// (`add --prefetch-promote`; 0 = off, 1 = on the first cold read).
+pub const PREFETCH_PROMOTE_READS_DEFAULT: u32 = 2;
+pub const PREFETCH_PROMOTE_READS_MAX: u32 = 64;
+pub const PREFETCH_PROMOTE_WINDOW_MS: u64 = 10_000;
+/// Cold shards whose reads the promoter counts at once (least recently read
+/// forgotten first).
+pub const PREFETCH_PROMOTE_TRACKED_SHARDS: usize = 1 << 16;
 /// Trace recording over the control socket: most events per recording, and
 /// events buffered between the inference thread and the recording client.
 pub const TRACE_RECORD_EVENTS_MAX: u64 = 10_000_000;
@@ -465,6 +479,8 @@ const _: () = assert!(PREFETCH_POLL_INTERVAL_US <= PREFETCH_IDLE_SLEEP_US);
 const _: () = assert!(PREFETCH_IDLE_SLEEP_US <= DEVICE_TRACE_RING_EVENTS as u64);
 const _: () = assert!(STAGER_BUDGET_DEFAULT_PERCENT > 0 && STAGER_BUDGET_DEFAULT_PERCENT <= 100);
 const _: () = assert!(STAGER_PRECISION_WINDOW_MIN <= STAGER_PRECISION_WINDOW);
+const _: () = assert!(PREFETCH_PROMOTE_READS_DEFAULT <= PREFETCH_PROMOTE_READS_MAX);
+const _: () = assert!(PREFETCH_PROMOTE_TRACKED_SHARDS >= 1);
 const _: () = assert!(STAGER_PRECISION_MIN < STAGER_PRECISION_RECOVER);
 const _: () = assert!(STAGER_PRECISION_RECOVER <= 1.0);
 const _: () = assert!(STAGER_RATE_MIN_SHARDS_PER_S >= 1);

@@ -14,7 +14,9 @@
 //! - Inference thread: each turn drains the rings (at most
 //!   `PREFETCH_BATCH_EVENTS_MAX` events fed to the predictor; beyond a
 //!   backlog of `PREFETCH_BACKLOG_EVENTS_MAX` the excess is popped without
-//!   feeding the predictor and counted as skipped), turns every op into a
+//!   feeding the predictor and counted as skipped; of a batch larger than
+//!   [`Predictor::step_events_max`] only the newest events are fed, the
+//!   older counted as skipped), turns every op into a
 //!   [`ShardEvent`] (time order across queues), calls
 //!   [`Predictor::step`], drops predictions below the confidence threshold
 //!   or for shards that are unmapped, split or already on the hot tier (one
@@ -30,6 +32,12 @@
 //!   faster. It never blocks the queue threads: the trace rings drop when
 //!   full. When it queued a prediction it unparks the stager, which
 //!   otherwise wakes every `STAGER_IDLE_PARK_MS`.
+//! - Demand promotion ([`super::demand`], `LiveConfig::promote_reads`):
+//!   every drained read, skipped or fed, is also looked up in the table
+//!   shard by shard; reads of shards on a colder tier count towards staging
+//!   them, and a shard the promoter names is pushed into the same prefetch
+//!   ring (confidence 1), so the stager's budget, throttle and precision
+//!   cover it too. It does not raise the inference thread's CPU share.
 //! - Hits: the inference thread forwards every read (volume, shards, start
 //!   time) to the stager through a second bounded ring (dropped and counted
 //!   when full); the stager matches them against what it staged. The queue
@@ -44,11 +52,13 @@
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_READ_NOTICES,
-    PREFETCH_RING_PREDICTIONS, STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS,
-    STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS,
+    PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS,
+    STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS,
+    TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
+use crate::prefetch::demand::DemandPromoter;
 use crate::prefetch::pace::Pacer;
 use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
 use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
@@ -97,6 +107,9 @@ pub struct LiveConfig {
     pub budget_bytes: Option<u64>,
     /// Model file (the LSTM).
     pub model: Option<PathBuf>,
+    /// Demand promotion ([`super::demand`]): a cold shard read this many
+    /// times within `PREFETCH_PROMOTE_WINDOW_MS` is staged (0 = off).
+    pub promote_reads: u32,
 }
 
 impl LiveConfig {
@@ -137,6 +150,13 @@ pub struct PrefetchStats {
     pub train_steps: u64,
     pub train_loss: Option<f32>,
     pub predictor_skipped: u64,
+    /// Demand promotion: its setting (cold reads within
+    /// `PREFETCH_PROMOTE_WINDOW_MS` that stage a shard, 0 = off) and the
+    /// shards it queued for the stager (also counted in `queued`).
+    #[serde(default)]
+    pub promote_reads: u32,
+    #[serde(default)]
+    pub demand_queued: u64,
     /// Time the inference thread slept to stay within its CPU share
     /// (`PREFETCH_CPU_SHARE_PERCENT`, `..._IDLE_PERCENT` while it queues
     /// nothing), milliseconds.
@@ -318,6 +338,7 @@ impl Live {
         // The inference thread builds its predictor and reports.
         // The LSTM's starting weights: the given model file, else the
         // shipped default (see `prefetch::lstm`).
+        let promote_reads = cfg.map_or(0, |c| c.promote_reads);
         let lstm_opts = crate::prefetch::lstm::LstmOptions {
             model: match cfg.and_then(|c| c.model.clone()) {
                 Some(p) => crate::prefetch::lstm::ModelSource::File(p),
@@ -346,6 +367,11 @@ impl Live {
                     };
                     let _ = report_tx.send(Ok(()));
                     let mut t = Inference {
+                        demand: DemandPromoter::new(
+                            promote_reads,
+                            PREFETCH_PROMOTE_WINDOW_MS * 1_000_000,
+                            PREFETCH_PROMOTE_TRACKED_SHARDS,
+                        ),
                         volume,
                         consumers,
                         pred,
@@ -353,7 +379,10 @@ impl Live {
                         notices: notice_tx,
                         shared,
                         start,
-                        st: PrefetchStats::default(),
+                        st: PrefetchStats {
+                            promote_reads,
+                            ..Default::default()
+                        },
                         hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
                             .expect("histogram bounds"),
                         pacer: Pacer::new(ns_since(start)),
@@ -460,6 +489,8 @@ struct Inference {
     hist: hdrhistogram::Histogram<u64>,
     /// Keeps the thread within its CPU share ([`super::pace`]).
     pacer: Pacer,
+    /// Stages cold shards read again soon ([`super::demand`]).
+    demand: DemandPromoter,
 }
 
 impl Inference {
@@ -531,6 +562,17 @@ impl Inference {
                         continue;
                     };
                     let se = pcfg.shard_event(ev.volume, &te);
+                    if ev.op == DevOp::Read && self.demand.enabled() {
+                        promote_on_demand(
+                            &mut self.demand,
+                            &self.volume,
+                            &mut self.ring,
+                            &mut self.st,
+                            self.shared.stager_thread.get(),
+                            &se,
+                            ns_since(self.start),
+                        );
+                    }
                     if ev.op == DevOp::Read {
                         if let Some(n) = self.notices.as_mut() {
                             let notice = ReadNotice {
@@ -555,6 +597,15 @@ impl Inference {
             if !batch.is_empty() {
                 if self.consumers.len() > 1 {
                     batch.sort_by_key(|e| e.ts_ns);
+                }
+                let cap = self
+                    .pred
+                    .as_ref()
+                    .map_or(usize::MAX, |p| p.step_events_max());
+                if batch.len() > cap {
+                    let older = batch.len() - cap;
+                    self.st.skipped_events += older as u64;
+                    batch.drain(..older);
                 }
                 let t0 = Instant::now();
                 self.step(&batch, &mut out);
@@ -640,6 +691,49 @@ impl Inference {
             self.st.batch_us_p99 = self.hist.value_at_quantile(0.99) as f64 / 1000.0;
         }
         *self.shared.infer.lock().expect("infer stats") = self.st.clone();
+    }
+}
+
+/// Feed a read to the demand promoter, one call per shard on a colder tier
+/// (one table load per shard touched), and queue the shards it names for
+/// the stager. Shards already hot, unmapped or split are not counted.
+fn promote_on_demand(
+    demand: &mut DemandPromoter,
+    volume: &Volume,
+    ring: &mut Option<(PredictionTx, PrefetchConfig)>,
+    st: &mut PrefetchStats,
+    stager: Option<&std::thread::Thread>,
+    se: &ShardEvent,
+    now_ns: u64,
+) {
+    let Some((tx, _)) = ring.as_mut() else {
+        return;
+    };
+    if se.volume != volume.id() {
+        return;
+    }
+    let table = &volume.shared().table;
+    let guard = crossbeam_epoch::pin();
+    let mut queued = false;
+    for shard in se.shard..se.shard + u64::from(se.shards) {
+        let cold = matches!(table.load(shard, &guard), Ok(SlotView::Mapped(e)) if e.tier() != 0);
+        if cold && demand.on_cold_read((se.volume, shard), now_ns) {
+            let p = Prediction {
+                volume: se.volume,
+                shard,
+                confidence: 1.0,
+            };
+            if tx.push(p, now_ns) == crate::prefetch::ring::Push::Queued {
+                st.demand_queued += 1;
+                queued = true;
+            }
+        }
+    }
+    drop(guard);
+    if queued {
+        if let Some(t) = stager {
+            t.unpark();
+        }
     }
 }
 

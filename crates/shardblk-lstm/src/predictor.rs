@@ -41,9 +41,9 @@
 use crate::model::{pick_device, Inputs, Model};
 use crate::train::{gather_state, scatter_state, OnlineTrainer, Window};
 use shardblk::constants::{
-    LSTM_PRECISION_AVERAGE_PREDICTIONS, LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH,
-    LSTM_PRECISION_TRACKED_PER_DEPTH, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
-    LSTM_VOCAB_WINDOW_EVENTS,
+    LSTM_LIVE_STEP_EVENTS_MAX, LSTM_PRECISION_AVERAGE_PREDICTIONS,
+    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_PER_DEPTH,
+    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{EventFeatures, FeatureState, Featurizer};
@@ -338,6 +338,10 @@ fn ranked(p: &[f32], vocab: &DeltaVocab) -> Vec<(u32, i64, f32)> {
 impl Predictor for LstmPredictor {
     fn name(&self) -> &'static str {
         "lstm"
+    }
+
+    fn step_events_max(&self) -> usize {
+        LSTM_LIVE_STEP_EVENTS_MAX
     }
 
     fn step(&mut self, batch: &[ShardEvent], out: &mut Vec<Prediction>) {
