@@ -455,6 +455,9 @@ pub const STAGER_THROTTLE_PERIOD_MS: u64 = 500;
 /// A step costs one recurrent step per event of a stream, so this bounds a
 /// step to ~30 ms on one core (~0.1 ms per event) and to seconds under TCG.
 pub const LSTM_LIVE_STEP_EVENTS_MAX: usize = 256;
+/// Nice value of the inference thread (and of libtorch's threads it starts):
+/// the lowest normal priority, below the queue threads and the application.
+pub const PREFETCH_THREAD_NICE: i32 = 19;
 /// Demand promotion ([`crate::prefetch::demand`]): a cold shard read this
 /// many times within `PREFETCH_PROMOTE_WINDOW_MS` is staged by the stager
 /// (`add --prefetch-promote`; 0 = off, 1 = on the first cold read).

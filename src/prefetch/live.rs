@@ -25,7 +25,8 @@
 //!   gives the predictor [`Predictor::background`] time. After each step
 //!   and each background stretch it sleeps to stay within its share of one
 //!   core ([`super::pace`]: 25 % while its predictions are queued, 3 % while
-//!   they are not). The queue threads
+//!   they are not). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
+//!   contention the queue threads and the application come first. The queue threads
 //!   never signal it: after a turn that found less than a full batch it
 //!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
 //!   empty one), so it wakes at most that often unless the rings fill
@@ -54,8 +55,8 @@ use crate::constants::{
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
     PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS,
     PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS,
-    STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS,
-    TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_THREAD_NICE, STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS,
+    STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
@@ -189,6 +190,8 @@ pub struct LiveShared {
     recording_dropped: AtomicU64,
     /// The stager's thread, unparked when predictions are queued.
     stager_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The inference thread's kernel thread id (set before `start` returns).
+    infer_tid: std::sync::OnceLock<i32>,
 }
 
 /// The receiving end of a recording; dropping it ends the recording.
@@ -225,6 +228,11 @@ impl LiveShared {
         }
         s.stager = self.stager.lock().expect("stager stats").clone();
         Some(s)
+    }
+
+    /// The inference thread's kernel thread id.
+    pub fn inference_tid(&self) -> Option<i32> {
+        self.infer_tid.get().copied()
     }
 
     /// Whether a recording is running.
@@ -306,6 +314,7 @@ impl Live {
                     recording: Mutex::new(None),
                     recording_dropped: AtomicU64::new(0),
                     stager_thread: std::sync::OnceLock::new(),
+                    infer_tid: std::sync::OnceLock::new(),
                 });
                 (
                     Some((tx, c.kind, pcfg)),
@@ -325,6 +334,7 @@ impl Live {
                     recording: Mutex::new(None),
                     recording_dropped: AtomicU64::new(0),
                     stager_thread: std::sync::OnceLock::new(),
+                    infer_tid: std::sync::OnceLock::new(),
                 }),
             ),
         };
@@ -355,6 +365,9 @@ impl Live {
                 .name("shardblk-infer".into())
                 .spawn(move || {
                     block_stop_signals();
+                    lower_priority();
+                    // SAFETY: gettid has no preconditions.
+                    let _ = shared.infer_tid.set(unsafe { libc::gettid() });
                     let pred = match &ring_tx {
                         Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
                             Ok(p) => Some(p),
@@ -450,6 +463,28 @@ fn block_stop_signals() {
     set.add(Signal::SIGTERM);
     if let Err(e) = set.thread_block() {
         tracing::warn!("live thread: blocking SIGINT/SIGTERM: {e}");
+    }
+}
+
+/// Give the calling thread the lowest normal priority (nice 19): under CPU
+/// contention it gets about 1/70 of what a queue thread or the application
+/// gets (CFS weights 15 against 1024), so a predictor's inference or
+/// training does not take their cores, yet it is never starved outright
+/// (the idle class, `SCHED_IDLE`, can starve it for as long as the machine
+/// is busy, and a learned prefetcher that never steps is worth nothing).
+/// Threads it spawns (libtorch's) inherit it. A refusal is a warning.
+fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id; on Linux setpriority
+    // on a tid changes that thread only; no memory is handed over.
+    let r = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, PREFETCH_THREAD_NICE)
+    };
+    if r != 0 {
+        tracing::warn!(
+            "inference thread: nice {PREFETCH_THREAD_NICE} refused: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
