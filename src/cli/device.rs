@@ -272,7 +272,12 @@ fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
             a.prefetch_promote
         );
     }
-    let kind: PredictorKind = a.prefetch.parse()?;
+    let kind: PredictorKind = a.prefetch.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "unknown predictor {:?} (known: off, none, readahead, stride, markov, lstm)",
+            a.prefetch
+        )
+    })?;
     let prefetch = PrefetchConfig {
         depth: a.prefetch_depth,
         confidence_min: a.prefetch_confidence,
