@@ -5,29 +5,59 @@
 //! [`Attacher::drain`]. The simulator and the real client drive this same code.
 //!
 //! Contract (the safety argument, checked by the simulator over many seeds):
+//! - **Member configuration.** Quorums are counted over the volume's
+//!   configuration, not over the members gossip happens to know (a set that
+//!   grows with joins: a majority of 7 need not meet a majority of the 5
+//!   an older commit reached). The configuration is the placement basis
+//!   record (override key `CLUSTER_BASIS_SHARD`): its `replicas`, and while
+//!   it changes, its `joint` part too. A *quorum* is a majority of
+//!   `replicas` and, when `joint` is not empty, a majority of `joint`
+//!   (joint consensus). Commits and fences go to every member gossip knows
+//!   and every node the configuration names.
+//! - **Configuration changes** (a rebalancing's target becoming the basis)
+//!   run alone and take two commits: the joint record (new `replicas`, old
+//!   `joint`), carrying every record of the volume the attacher knows, to a
+//!   quorum of old and new; then the new configuration alone. Once the
+//!   joint record is committed a majority of the new members holds every
+//!   committed record, so the stable record may drop the old members. A
+//!   stable record is never sent before its joint record is committed.
 //! - **Attach** takes epoch `next(highest seen)` and sends `Fence` to every
-//!   member; it is attached once a majority answered. Their answers carry
-//!   their override records, merged into the attacher's map. Any majority
-//!   intersects the majority that accepted an older attacher's last override
-//!   commit, so the new attacher knows every committed record.
+//!   target; answers carry the replica's override records, merged into
+//!   the attacher's map, and nodes a newly learnt configuration names are
+//!   fenced too. It holds a fence quorum once the nodes that answered make
+//!   a quorum of the newest configuration learnt (any later configuration
+//!   was committed with a majority of that one, which meets the answers, so
+//!   the newest learnt is the newest committed). A volume with no
+//!   configuration anywhere is new only when *every* node known answered
+//!   (its first attacher commits the members it knows as the first
+//!   configuration). Then it writes back what it learnt (the configuration
+//!   record carrying every other record) to a quorum before it reports
+//!   `Attached`: a record an older attacher failed to commit, seen on one
+//!   node, is committed before anything relies on it. So every record any
+//!   attacher relied on was on a quorum of the configuration of its time,
+//!   and every later fence quorum meets it: the new attacher knows every
+//!   committed record. A configuration found joint is finished (the joint
+//!   record again with the carry, then the stable one) before other work.
 //! - **Write** goes to every current replica of the shard (its override
 //!   record, else its computed home). It is acknowledged when every replica
 //!   answered, except replicas that membership declares dead meanwhile: those
 //!   are dropped by committing a new override record (the remaining replicas)
-//!   to a majority *before* the acknowledgement. So every replica in the
+//!   to a quorum *before* the acknowledgement. So every replica in the
 //!   committed set of a shard has every acknowledged write of it, and any
 //!   live member of that set can serve reads.
 //! - A replica that has seen a newer epoch refuses ([`OpError::Fenced`]); the
 //!   attacher then stops for good. Fences rise with every request a replica
-//!   accepts, and override commits need a majority, so an old attacher cut off
-//!   by a partition can neither change a shard's set nor complete a write to a
-//!   replica the new attacher has touched.
+//!   accepts, and override commits need a quorum of the configuration the old
+//!   attacher knows (the new one's, or one the new one's fence quorum
+//!   meets), so an old attacher cut off by a partition can neither change a
+//!   shard's set nor complete a write to a replica the new attacher has
+//!   touched.
 //! - **Re-replication** (throttled, one shard at a time, only while no other
 //!   operation runs, so no write races the copy): for a shard with fewer
 //!   than `R` live replicas, fetch it from a live replica, install it on the
 //!   best live member outside the set (rendezvous order, distinct domain if
 //!   possible; the install is guarded like a move's), then commit the set
-//!   `live replicas + new` to a majority. A never-written shard copies
+//!   `live replicas + new` to a quorum. A never-written shard copies
 //!   nothing and does not count against the throttle, but is committed too
 //!   (else it would stay short of copies and be picked again forever).
 //! - One operation at a time (a caller gets [`OpError::Busy`]). Requests are
@@ -45,10 +75,11 @@
 //!   throttled, up to `max_moves` per operation, each only while its whole
 //!   new home is live: fetch from a live copy, install on the new home
 //!   members lacking one (guarded by the record version to come), commit
-//!   the new home as the shard's record to a majority, then (in the
+//!   the new home as the shard's record to a quorum, then (in the
 //!   background) ask the nodes that left the set to drop their copies. Moves
 //!   are operations like any other, so no write races a copy. When every
-//!   move is done the target is committed as the new basis. A membership
+//!   move is done the target is committed as the new basis (a
+//!   configuration change, above). A membership
 //!   change during a rebalancing restarts the plan from the basis (shards
 //!   already moved have records, so they are not moved again).
 //! - **Leaving** members (announced through gossip, [`Attacher::set_leaving`])
@@ -77,8 +108,12 @@
 //! - Not handled here: divergent unacknowledged writes between replicas (a
 //!   read may see one replica's unacknowledged newer block and a later read
 //!   another's older, acknowledged one); a commit that times out may still
-//!   reach a majority later (as for re-replication); a member of the basis
-//!   that gossip no longer knows is placed with weight 1 and no domain.
+//!   reach a quorum later (as for re-replication; a later attacher that
+//!   sees it commits it again); a member of the basis
+//!   that gossip no longer knows is placed with weight 1 and no domain;
+//!   fence answers and configuration commits carry every record of the
+//!   volume in one frame (`CLUSTER_FRAME_MAX_BYTES` bounds the records a
+//!   volume can have, some thousands).
 
 use super::epoch::{Epoch, Version};
 use super::overrides::{OverrideMap, OverrideRecord};
@@ -202,8 +237,13 @@ impl<D: Clone> Round<D> {
             .keys()
             .filter(|n| !self.replies.contains_key(*n) && !self.given_up.contains(*n))
     }
-    fn count(&self, f: impl Fn(&Response<D>) -> bool) -> usize {
-        self.replies.values().filter(|r| f(r)).count()
+    /// Nodes whose answer satisfies `f`.
+    fn answered(&self, f: impl Fn(&Response<D>) -> bool) -> BTreeSet<&str> {
+        self.replies
+            .iter()
+            .filter(|(_, r)| f(r))
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
     fn fenced(&self) -> Option<Epoch> {
         self.replies.values().find_map(|r| match r {
@@ -224,6 +264,9 @@ enum After<D> {
     },
     /// The first attacher's basis record: attached once it is committed.
     Attached,
+    /// A rebalancing's target is the joint configuration (with the old
+    /// basis); the stable one comes next.
+    Joint(Vec<Member>),
     /// A rebalancing's target became the basis.
     Basis(Vec<Member>),
     _Phantom(std::marker::PhantomData<D>),
@@ -265,6 +308,8 @@ struct DropJob<D> {
 enum Op<D> {
     Attach {
         round: Round<D>,
+        /// Nodes whose answer's records are merged already.
+        merged: BTreeSet<NodeId>,
     },
     Write {
         op: u64,
@@ -427,7 +472,10 @@ impl<D: Clone> Attacher<D> {
         let target = ids_of(&r.target);
         let progress = r.rb.progress().clone();
         Some(RebalanceStatus {
-            done: basis == target && r.rb.moves_done() && progress.done(),
+            done: basis == target
+                && r.rb.moves_done()
+                && progress.done()
+                && !self.config_changing(),
             basis,
             target,
             progress,
@@ -453,8 +501,29 @@ impl<D: Clone> Attacher<D> {
     pub fn overrides(&self) -> &OverrideMap {
         &self.overrides
     }
-    fn majority(&self) -> usize {
-        self.cfg.members.len() / 2 + 1
+    /// The volume's basis record: its member configuration (see the
+    /// module doc), `None` before the volume's first attacher committed one.
+    pub fn basis_record(&self) -> Option<&OverrideRecord> {
+        self.overrides.get(&self.key(CLUSTER_BASIS_SHARD))
+    }
+
+    /// Whether the member configuration is changing (the basis record
+    /// has a joint part: quorums need a majority of old and new).
+    pub fn config_changing(&self) -> bool {
+        self.basis_record().is_some_and(|r| !r.joint.is_empty())
+    }
+
+    /// Whether the nodes that answered `Ok` to the commit of `record`
+    /// under `key` make a quorum: of the record itself for a basis record
+    /// (a configuration commits itself), else of the current configuration.
+    fn commit_quorum(&self, key: &ShardKey, record: &OverrideRecord, round: &Round<D>) -> bool {
+        let ok = round.answered(|r| matches!(r, Response::Ok));
+        if key.shard == CLUSTER_BASIS_SHARD {
+            return quorum_in(record, &ok);
+        }
+        let config = self.basis_record();
+        debug_assert!(config.is_some(), "an attached volume has a basis record");
+        config.is_some_and(|c| quorum_in(c, &ok))
     }
     fn key(&self, shard: u64) -> ShardKey {
         ShardKey::new(&self.cfg.volume, shard)
@@ -526,6 +595,18 @@ impl<D: Clone> Attacher<D> {
         self.cfg.members.iter().map(|m| m.id.clone()).collect()
     }
 
+    /// Where fences and commits go: every member gossip knows and every
+    /// node the member configuration names (one gossip may not know yet).
+    fn targets(&self) -> Vec<NodeId> {
+        let mut t = self.member_ids();
+        if let Some(rec) = self.basis_record() {
+            t.extend(rec.replicas.iter().chain(&rec.joint).cloned());
+        }
+        t.sort();
+        t.dedup();
+        t
+    }
+
     /// Start taking the attachment, above every epoch seen so far and `seen`
     /// (retrying above a newer holder up to `CLUSTER_ATTACH_ATTEMPTS` times).
     pub fn attach(&mut self, now: u64, seen: Epoch) {
@@ -542,7 +623,7 @@ impl<D: Clone> Attacher<D> {
         self.override_seq = 0;
         self.mode = Mode::Attaching;
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-        let ids = self.member_ids();
+        let ids = self.targets();
         let round = self.round(
             &ids,
             || Request::Fence {
@@ -551,7 +632,13 @@ impl<D: Clone> Attacher<D> {
             },
             now,
         );
-        self.op = Some((now, Op::Attach { round }));
+        self.op = Some((
+            now,
+            Op::Attach {
+                round,
+                merged: BTreeSet::new(),
+            },
+        ));
     }
 
     fn check_ready(&self) -> Result<(), OpError> {
@@ -730,6 +817,13 @@ impl<D: Clone> Attacher<D> {
             self.maybe_scan(now, live);
             // repair and rebalancing take turns at starting first, so
             // neither starves the other
+            if self.op.is_none() && self.config_changing() {
+                // finish the configuration change found at attach (or whose
+                // stable commit failed) before anything else
+                let rec = self.basis_record().expect("changing").clone();
+                let members = basis_from(&rec.replicas, &self.cfg.members);
+                self.start_config_change(After::Joint(members), rec.replicas, now);
+            }
             self.rebalance_first = !self.rebalance_first;
             for rebalance_turn in [self.rebalance_first, !self.rebalance_first] {
                 if self.op.is_some() {
@@ -776,8 +870,25 @@ impl<D: Clone> Attacher<D> {
     }
 
     fn commit_round(&mut self, key: &ShardKey, record: &OverrideRecord, now: u64) -> Round<D> {
+        self.commit_round_carrying(key, record, Vec::new(), now)
+    }
+
+    /// A commit of `record` under `key` to every target, merging `carry` too.
+    fn commit_round_carrying(
+        &mut self,
+        key: &ShardKey,
+        record: &OverrideRecord,
+        carry: Vec<(ShardKey, OverrideRecord)>,
+        now: u64,
+    ) -> Round<D> {
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-        let ids = self.member_ids();
+        let mut ids = self.targets();
+        if key.shard == CLUSTER_BASIS_SHARD {
+            // a configuration commit also reaches the nodes it names
+            ids.extend(record.replicas.iter().chain(&record.joint).cloned());
+            ids.sort();
+            ids.dedup();
+        }
         self.round(
             &ids,
             || Request::Commit {
@@ -785,6 +896,7 @@ impl<D: Clone> Attacher<D> {
                 epoch,
                 key: key.clone(),
                 record: record.clone(),
+                carry: carry.clone(),
             },
             now,
         )
@@ -799,20 +911,20 @@ impl<D: Clone> Attacher<D> {
         started: u64,
         now: u64,
     ) {
-        let record = OverrideRecord { version, replicas };
-        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-        let ids = self.member_ids();
-        let (k2, r2) = (key.clone(), record.clone());
-        let round = self.round(
-            &ids,
-            || Request::Commit {
-                volume: volume.clone(),
-                epoch,
-                key: k2.clone(),
-                record: r2.clone(),
-            },
-            now,
-        );
+        let record = OverrideRecord::new(version, replicas);
+        self.start_commit_record(after, key, record, Vec::new(), started, now)
+    }
+
+    fn start_commit_record(
+        &mut self,
+        after: After<D>,
+        key: ShardKey,
+        record: OverrideRecord,
+        carry: Vec<(ShardKey, OverrideRecord)>,
+        started: u64,
+        now: u64,
+    ) {
+        let round = self.commit_round_carrying(&key, &record, carry, now);
         self.op = Some((
             started,
             Op::Commit {
@@ -822,6 +934,38 @@ impl<D: Clone> Attacher<D> {
                 round,
             },
         ));
+    }
+
+    /// Every record of the volume this attacher knows but `key`'s.
+    fn records_but(&self, key: &ShardKey) -> Vec<(ShardKey, OverrideRecord)> {
+        self.overrides
+            .of_volume(&self.cfg.volume)
+            .filter(|(k, _)| *k != key)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Commit the joint configuration `new` + the current one, carrying
+    /// every record of the volume this attacher knows (so a majority of
+    /// `new` holds them all once it is committed); `after` (a
+    /// `After::Joint`) then commits `new` alone.
+    fn start_config_change(&mut self, after: After<D>, new: Vec<NodeId>, now: u64) {
+        let bkey = self.key(CLUSTER_BASIS_SHARD);
+        let current = self.basis_record().expect("an attached volume has a basis");
+        // a change left half done keeps its old part: quorums already
+        // counted on it
+        let old = if current.joint.is_empty() {
+            current.replicas.clone()
+        } else {
+            current.joint.clone()
+        };
+        let carry = self.records_but(&bkey);
+        let record = OverrideRecord {
+            version: self.next_override_version(),
+            replicas: new,
+            joint: old,
+        };
+        self.start_commit_record(after, bkey, record, carry, now, now);
     }
 
     /// Move the current operation on as far as its replies allow.
@@ -856,24 +1000,55 @@ impl<D: Clone> Attacher<D> {
             }
             return;
         }
-        let majority = self.majority();
         match op {
-            Op::Attach { round } => {
-                if round.count(|r| matches!(r, Response::FenceOk { .. })) >= majority {
-                    for r in round.replies.values() {
-                        if let Response::FenceOk { overrides } = r {
+            Op::Attach {
+                mut round,
+                mut merged,
+            } => {
+                for (n, r) in &round.replies {
+                    if let Response::FenceOk { overrides } = r {
+                        if merged.insert(n.clone()) {
                             for (k, rec) in overrides {
                                 self.overrides.merge(k, rec);
                             }
                         }
                     }
+                }
+                // nodes the configuration names that were not asked yet
+                let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+                for n in self.targets() {
+                    if !round.sent.contains_key(&n) {
+                        let req = Request::Fence {
+                            volume: volume.clone(),
+                            epoch,
+                        };
+                        self.send(&mut round, &n, req, now);
+                    }
+                }
+                let ok = round.answered(|r| matches!(r, Response::FenceOk { .. }));
+                let done = match self.basis_record() {
+                    Some(config) => quorum_in(config, &ok),
+                    // no configuration seen: the volume is new only if
+                    // every node known says so
+                    None => round.sent.keys().all(|n| ok.contains(n.as_str())),
+                };
+                if done {
                     let bkey = self.key(CLUSTER_BASIS_SHARD);
-                    match self.overrides.get(&bkey) {
+                    match self.overrides.get(&bkey).cloned() {
                         Some(rec) => {
+                            // write back what was learnt: a record seen on
+                            // one node only (an older attacher's commit that
+                            // failed) is committed before anything relies on it
                             self.basis = basis_from(&rec.replicas, &self.cfg.members);
-                            self.mode = Mode::Attached;
-                            self.scan_wanted = true;
-                            self.events.push(Event::Attached(self.epoch));
+                            let carry = self.records_but(&bkey);
+                            self.start_commit_record(
+                                After::Attached,
+                                bkey,
+                                rec,
+                                carry,
+                                started,
+                                now,
+                            );
                         }
                         None => {
                             // the volume's first attacher: fix the basis first
@@ -886,7 +1061,7 @@ impl<D: Clone> Attacher<D> {
                     self.mode = Mode::Detached;
                     self.events.push(Event::AttachFailed(OpError::Timeout));
                 } else {
-                    self.op = Some((started, Op::Attach { round }));
+                    self.op = Some((started, Op::Attach { round, merged }));
                 }
             }
             Op::Write {
@@ -945,7 +1120,7 @@ impl<D: Clone> Attacher<D> {
                 record,
                 round,
             } => {
-                if round.count(|r| matches!(r, Response::Ok)) >= majority {
+                if self.commit_quorum(&key, &record, &round) {
                     self.overrides.merge(&key, &record);
                     // a node left out of the new set may be back already
                     self.scan_wanted = true;
@@ -960,6 +1135,13 @@ impl<D: Clone> Attacher<D> {
                             self.mode = Mode::Attached;
                             self.scan_wanted = true;
                             self.events.push(Event::Attached(self.epoch));
+                        }
+                        After::Joint(members) => {
+                            // every record is on a majority of the new
+                            // members too: the configuration becomes stable
+                            self.basis = members.clone();
+                            let replicas = ids_of(&members);
+                            self.start_commit(After::Basis(members), key, replicas, now, now);
                         }
                         After::Basis(members) => {
                             self.basis = members;
@@ -1192,22 +1374,20 @@ impl<D: Clone> Attacher<D> {
                     if let Some(r) = self.rebal.as_mut() {
                         let _ = r.rb.copied(&it.mv.key, it.bytes, now);
                     }
-                    let record = OverrideRecord {
-                        version: it.version,
-                        replicas: it.mv.to.clone(),
-                    };
+                    let record = OverrideRecord::new(it.version, it.mv.to.clone());
                     let round = self.commit_round(&it.mv.key, &record, now);
                     MoveStage::Commit(round, record)
                 }
             }
             MoveStage::Commit(round, record) => {
-                if round.count(|r| matches!(r, Response::Ok)) >= self.majority() && it.pin {
+                let committed = self.commit_quorum(&it.mv.key, &record, &round);
+                if committed && it.pin {
                     self.overrides.merge(&it.mv.key, &record);
                     if let Some(r) = self.rebal.as_mut() {
                         r.rb.abandoned(&it.mv.key);
                     }
                     MoveStage::Done
-                } else if round.count(|r| matches!(r, Response::Ok)) >= self.majority() {
+                } else if committed {
                     self.overrides.merge(&it.mv.key, &record);
                     let drop = it.mv.remove();
                     if let Some(r) = self.rebal.as_mut() {
@@ -1332,10 +1512,9 @@ impl<D: Clone> Attacher<D> {
         let mut r = self.rebal.take().expect("planned above");
         if r.rb.moves_done() {
             if ids_of(&self.basis) != tids {
-                let after = After::Basis(r.target.clone());
-                let bkey = self.key(CLUSTER_BASIS_SHARD);
+                let after = After::Joint(r.target.clone());
                 self.rebal = Some(r);
-                self.start_commit(after, bkey, tids, now, now);
+                self.start_config_change(after, tids, now);
             } else {
                 self.rebal = Some(r);
             }
@@ -1361,10 +1540,7 @@ impl<D: Clone> Attacher<D> {
             let gone = |n: &NodeId| !r.target.iter().any(|m| m.id == *n);
             if source.is_none() && mv.from.iter().all(gone) {
                 // nothing left to copy: pin the shard where it was
-                let record = OverrideRecord {
-                    version: self.next_override_version(),
-                    replicas: mv.from.clone(),
-                };
+                let record = OverrideRecord::new(self.next_override_version(), mv.from.clone());
                 let round = self.commit_round(&mv.key, &record, now);
                 items.push(MoveItem {
                     version: record.version,
@@ -1577,7 +1753,7 @@ impl<D: Clone> Attacher<D> {
 /// Every round of `op` waiting on replies.
 fn op_rounds<D>(op: &mut Op<D>) -> Vec<&mut Round<D>> {
     match op {
-        Op::Attach { round }
+        Op::Attach { round, .. }
         | Op::Write { round, .. }
         | Op::Commit { round, .. }
         | Op::Read { round, .. }
@@ -1618,6 +1794,20 @@ fn basis_from(ids: &[NodeId], members: &[Member]) -> Vec<Member> {
                 .unwrap_or_else(|| Member::new(id, 1.0, None))
         })
         .collect()
+}
+
+/// Whether `ok` holds a majority of `set` (distinct ids).
+fn majority_of(set: &[NodeId], ok: &BTreeSet<&str>) -> bool {
+    let mut ids: Vec<&str> = set.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter().filter(|n| ok.contains(*n)).count() > ids.len() / 2
+}
+
+/// Whether `ok` makes a quorum of the member configuration `config`
+/// names: a majority of its members, and of its joint part if any.
+fn quorum_in(config: &OverrideRecord, ok: &BTreeSet<&str>) -> bool {
+    majority_of(&config.replicas, ok) && (config.joint.is_empty() || majority_of(&config.joint, ok))
 }
 
 /// The caller's operation id, for operations a caller started.

@@ -72,12 +72,16 @@ pub enum Request<D> {
         n_blocks: u64,
         record: Version,
     },
-    /// Record where a shard's current copies are.
+    /// Record where a shard's current copies are. `carry`: more records of
+    /// the volume merged with it (a member-configuration change carries
+    /// every record its attacher knows to the new members; see `attacher`).
     Commit {
         volume: String,
         epoch: Epoch,
         key: ShardKey,
         record: OverrideRecord,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carry: Vec<(ShardKey, OverrideRecord)>,
     },
     /// Make every applied write durable.
     Flush { volume: String, epoch: Epoch },
@@ -212,11 +216,13 @@ impl<D> Request<D> {
                 epoch,
                 key,
                 record,
+                carry,
             } => Request::Commit {
                 volume,
                 epoch,
                 key,
                 record,
+                carry,
             },
             Request::Flush { volume, epoch } => Request::Flush { volume, epoch },
             Request::Held {

@@ -358,9 +358,13 @@ impl<S: BlockStore> ReplicaCore<S> {
                 }
                 Response::Blocks { entries }
             }
-            Request::Commit { key, record, .. } => {
-                if self.meta.overrides.merge(&key, &record) {
-                    self.note(Delta::Override { key, record });
+            Request::Commit {
+                key, record, carry, ..
+            } => {
+                for (key, record) in carry.into_iter().chain([(key, record)]) {
+                    if key.volume == volume && self.meta.overrides.merge(&key, &record) {
+                        self.note(Delta::Override { key, record });
+                    }
                 }
                 Response::Ok
             }
@@ -653,10 +657,7 @@ mod tests {
             record: ver(2, 3),
         });
         let mut m = OverrideMap::new();
-        let rec = OverrideRecord {
-            version: ver(2, 1),
-            replicas: vec!["x".into()],
-        };
+        let rec = OverrideRecord::new(ver(2, 1), vec!["x".into()]);
         m.merge(&ShardKey::new("v", 0), &rec);
         assert_eq!(r.merge_overrides(&m), 1);
         assert_eq!(r.merge_overrides(&m), 0);
@@ -670,16 +671,14 @@ mod tests {
     #[test]
     fn commit_merges_and_fence_returns_the_volume_records() {
         let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
-        let rec = OverrideRecord {
-            version: ver(1, 1),
-            replicas: vec!["a".into()],
-        };
+        let rec = OverrideRecord::new(ver(1, 1), vec!["a".into()]);
         let key = ShardKey::new("v", 2);
         r.handle(Request::Commit {
             volume: "v".into(),
             epoch: ep(1),
             key: key.clone(),
             record: rec.clone(),
+            carry: vec![],
         });
         let other = ShardKey::new("w", 2);
         r.handle(Request::Commit {
@@ -687,6 +686,7 @@ mod tests {
             epoch: ep(1),
             key: other,
             record: rec.clone(),
+            carry: vec![],
         });
         assert_eq!(
             r.handle(Request::Fence {
@@ -694,8 +694,30 @@ mod tests {
                 epoch: ep(3)
             }),
             Response::FenceOk {
-                overrides: vec![(key, rec)]
+                overrides: vec![(key.clone(), rec.clone())]
             }
         );
+        // a commit's carried records are merged with it (the volume's only)
+        let basis = ShardKey::new("v", u64::MAX);
+        let mut joint = OverrideRecord::new(ver(3, 1), vec!["a".into(), "b".into()]);
+        joint.joint = vec!["a".into()];
+        let newer = OverrideRecord::new(ver(3, 2), vec!["b".into()]);
+        let stale = OverrideRecord::new(ver(0, 9), vec!["z".into()]);
+        r.journal = Some(Vec::new());
+        r.handle(Request::Commit {
+            volume: "v".into(),
+            epoch: ep(3),
+            key: basis.clone(),
+            record: joint.clone(),
+            carry: vec![
+                (key.clone(), newer.clone()),
+                (ShardKey::new("v", 2), stale),
+                (ShardKey::new("w", 7), newer.clone()),
+            ],
+        });
+        assert_eq!(r.meta.overrides.get(&key), Some(&newer));
+        assert_eq!(r.meta.overrides.get(&basis), Some(&joint));
+        assert_eq!(r.meta.overrides.get(&ShardKey::new("w", 7)), None);
+        assert_eq!(r.journal.as_ref().unwrap().len(), 2, "two records changed");
     }
 }

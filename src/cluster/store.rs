@@ -290,6 +290,7 @@ mod tests {
             &crate::cluster::overrides::OverrideRecord {
                 version: Default::default(),
                 replicas: vec!["a".into()],
+                joint: vec!["a".into(), "b".into()],
             },
         );
         save_meta(&p, &m).unwrap();

@@ -489,7 +489,27 @@ impl Sim {
         for ev in events {
             let c = &mut self.clients[ci];
             match ev {
-                Event::Attached(_) => {}
+                Event::Attached(epoch) => {
+                    let (me, mine) = (ci, self.clients[ci].att.overrides());
+                    for (i, o) in self.clients.iter().enumerate() {
+                        if i == me || !o.att.is_attached() || o.att.epoch() >= epoch {
+                            continue;
+                        }
+                        // an older attached attacher's records were all
+                        // committed to a quorum: the new one must know them
+                        for (k, r) in o.att.overrides().iter() {
+                            let seen = mine.get(k).map(|x| x.version);
+                            if seen.is_none_or(|v| v < r.version) {
+                                return Err(self.fail(format!(
+                                    "{} attached at {epoch:?} knowing {seen:?} of shard {}, older attacher on {} holds {r:?}",
+                                    self.nodes[self.clients[me].node].id,
+                                    k.shard,
+                                    self.nodes[o.node].id
+                                )));
+                            }
+                        }
+                    }
+                }
                 Event::Fenced(_) => c.fenced = true,
                 Event::AttachFailed(OpError::Fenced(_)) => c.fenced = true,
                 Event::AttachFailed(_) => c.att.attach(self.now, Epoch::ZERO),
@@ -951,7 +971,9 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, SimFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::overrides::OverrideRecord;
     use crate::cluster::placement::place;
+    use crate::constants::CLUSTER_BASIS_SHARD;
 
     /// Seeds to play: `SHARDBLK_SIM_SEED` replays one, `SHARDBLK_SIM_SEEDS`
     /// sets how many (default 40).
@@ -1247,6 +1269,100 @@ mod tests {
         run_for(&mut sim, 3_000);
         sim.check_converged().unwrap();
         sim.verify_all(10_000).unwrap();
+    }
+
+    /// Seed 924's shape, made deterministic: an attacher on the majority
+    /// side of a 5-node cluster acknowledges degraded writes after
+    /// committing their shards' smaller sets to 3 of 5 nodes; two nodes
+    /// join on the other side, where a new attacher starts. With quorums
+    /// over the members gossip knows it attached with 4 of 7 (none of the
+    /// 3) and did not know those records; quorums over the volume's member
+    /// configuration (the basis) must make every attacher learn them.
+    #[test]
+    fn a_record_committed_before_joins_is_known_to_the_next_attacher() {
+        let mut cfg = quiet(5, 2);
+        cfg.shards = 8;
+        cfg.out_after_ms = 60_000; // no node goes out: the basis stays n0..n4
+        let mut sim = Sim::new(cfg);
+        sim.spawn_client(0);
+        run_for(&mut sim, 1_000);
+        sim.partition(&[1, 1, 1, 0, 0], u64::MAX);
+        run_for(&mut sim, 4_000);
+        let old = sim
+            .clients
+            .iter()
+            .find(|c| c.node == 0)
+            .expect("old attacher");
+        let committed: Vec<(ShardKey, OverrideRecord)> = old
+            .att
+            .overrides()
+            .iter()
+            .filter(|(k, r)| {
+                k.shard != CLUSTER_BASIS_SHARD && r.replicas.iter().all(|n| n < &"n3".to_string())
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        assert!(
+            !committed.is_empty(),
+            "degraded writes committed smaller sets"
+        );
+        let acked = sim.oracle.writes_acked;
+        sim.join();
+        sim.join();
+        sim.spawn_client(3);
+        let new_ok = |sim: &Sim| {
+            sim.clients
+                .iter()
+                .find(|c| c.node == 3)
+                .map(|c| (c.att.is_attached(), c.att.overrides().clone()))
+        };
+        let check = |map: &OverrideMap| {
+            for (k, r) in &committed {
+                let seen = map.get(k).map(|x| x.version);
+                assert!(
+                    seen.is_some_and(|v| v >= r.version),
+                    "attached without shard {}'s record {r:?} (knows {seen:?})",
+                    k.shard
+                );
+            }
+        };
+        let mut attached_during_partition = false;
+        let end = sim.now + 4_000;
+        while sim.now < end {
+            sim.step(false).unwrap_or_else(|e| panic!("{e}"));
+            if let Some((true, map)) = new_ok(&sim) {
+                check(&map);
+                attached_during_partition = true;
+            }
+        }
+        assert!(
+            !attached_during_partition,
+            "n3's side holds 2 of the 5 configured members: no quorum"
+        );
+        sim.heal_partition();
+        let end = sim.now + 6_000;
+        let mut attached = false;
+        while sim.now < end && !attached {
+            sim.step(false).unwrap_or_else(|e| panic!("{e}"));
+            if let Some((true, map)) = new_ok(&sim) {
+                check(&map);
+                attached = true;
+            }
+        }
+        assert!(attached, "n3 attaches once the partition heals");
+        run_for(&mut sim, 6_000);
+        sim.workload = false;
+        run_for(&mut sim, 4_000);
+        sim.check_converged().unwrap();
+        sim.verify_all(10_000).unwrap();
+        assert!(sim.oracle.writes_acked > acked);
+        let st = sim
+            .clients
+            .iter()
+            .find(|c| c.att.is_attached())
+            .and_then(|c| c.att.rebalance_status())
+            .expect("the joins were rebalanced");
+        assert_eq!(st.basis.len(), 7, "{st:?}");
     }
 
     #[test]
