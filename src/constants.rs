@@ -392,6 +392,12 @@ pub const CLUSTER_REPAIR_SCAN_SHARDS: u64 = 4096;
 pub const CLUSTER_META_JOURNAL_MAX_BYTES: u64 = 16 << 20;
 /// Times an attach retries above a newer holder before giving up.
 pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
+/// Callers' reads and writes one attacher runs at once (operations
+/// (count); more wait their turn). At most the requests a connection
+/// keeps in flight, so caller operations alone never queue on a connection.
+pub const CLUSTER_ATTACHER_MAX_OPS: usize = 32;
+const _: () = assert!(CLUSTER_ATTACHER_MAX_OPS >= 1);
+const _: () = assert!(CLUSTER_ATTACHER_MAX_OPS <= CLUSTER_INFLIGHT_PER_CONN);
 const _: () =
     assert!(CLUSTER_REPLICAS_DEFAULT >= 1 && CLUSTER_REPLICAS_DEFAULT <= CLUSTER_REPLICAS_MAX);
 const _: () = assert!(CLUSTER_BLOCK_BYTES % BLOCK_SIZE_BYTES == 0);
@@ -568,18 +574,13 @@ pub const DEVICE_CLUSTER_IDLE_MS: u64 = 100;
 /// How long `add` of a cluster volume waits for the storage nodes it
 /// expects (milliseconds).
 pub const DEVICE_CLUSTER_WAIT_MS: u64 = 15_000;
-/// Largest zero write the network thread sends for one WRITE_ZEROES or
-/// DISCARD piece (bytes); longer ranges go in several.
-pub const DEVICE_CLUSTER_ZERO_CHUNK_BYTES: u64 = CLUSTER_SHARD_BYTES;
 /// How long the network thread keeps retrying a request that finds no live
-/// replica before failing it with EIO (milliseconds), and the pause between
-/// tries, during which the cluster client ticks (milliseconds).
+/// replica before failing it with EIO (milliseconds), and the pause before
+/// it submits one again (milliseconds).
 pub const DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS: u64 = 30_000;
 pub const DEVICE_CLUSTER_RETRY_MS: u64 = 200;
 const _: () = assert!(DEVICE_CLUSTER_RING_REQUESTS >= 1);
 const _: () = assert!(DEVICE_CLUSTER_RETRY_MS < DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS);
 const _: () = assert!(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS > 2 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(DEVICE_CLUSTER_IDLE_MS >= CLUSTER_CLIENT_TICK_MS);
-const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES % CLUSTER_BLOCK_BYTES == 0);
-const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
 const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);

@@ -52,18 +52,50 @@
 //!   meets), so an old attacher cut off by a partition can neither change a
 //!   shard's set nor complete a write to a replica the new attacher has
 //!   touched.
-//! - **Re-replication** (throttled, one shard at a time, only while no other
-//!   operation runs, so no write races the copy): for a shard with fewer
+//! - **Reads** return only after an epoch-check round *sent after the read
+//!   started* made a quorum (`Request::Check` to every target, a quorum of
+//!   the configuration answering `Ok`). A newer attacher acknowledged
+//!   nothing before it held a fence quorum, which meets the check's quorum,
+//!   so a read that passes started before any newer attacher acknowledged
+//!   a write: an old attacher cut off from the replicas a new one changed
+//!   cannot read its own stale copy after the new one acknowledged newer
+//!   data (it is refused as fenced instead). One round is in flight at a
+//!   time and serves every read started before it was sent; it goes out
+//!   with the read's data request, so a lone read waits for the slower of
+//!   the two.
+//! - **Re-replication** (throttled, one shard at a time, alone on its
+//!   shard, so no write races the copy): for a shard with fewer
 //!   than `R` live replicas, fetch it from a live replica, install it on the
 //!   best live member outside the set (rendezvous order, distinct domain if
 //!   possible; the install is guarded like a move's), then commit the set
 //!   `live replicas + new` to a quorum. A never-written shard copies
 //!   nothing and does not count against the throttle, but is committed too
 //!   (else it would stay short of copies and be picked again forever).
-//! - One operation at a time (a caller gets [`OpError::Busy`]). Requests are
-//!   retransmitted every `retry_ms` until answered (they are idempotent); an
-//!   operation not done in `op_timeout_ms` fails with [`OpError::Timeout`],
-//!   unacknowledged (its writes may or may not be visible later).
+//! - **Concurrency.** Operations are of three classes. *Client*: callers'
+//!   reads and writes (and a degraded write's commit), up to `max_ops` at
+//!   once, on any shards, several on one shard included: a write takes its
+//!   version when it is issued and replicas keep the newest, so writes to
+//!   the same blocks end in issue order whatever order they arrive in, and
+//!   a read returns at least every write acknowledged before it started.
+//!   *Structural*: a re-replication, a batch of moves, a shard's record
+//!   settling (below); one at a time, alone on its shards: it starts only
+//!   on shards no client operation works on, and while it waits for or
+//!   holds a shard (it *reserves* one that callers are busy on) a caller's
+//!   operation on that shard is refused with [`OpError::Busy`]; so no
+//!   write races a copy, and no read is in flight on a copy a move drops.
+//!   *Exclusive*: attach and configuration changes; alone: while one waits
+//!   (the *barrier*) nothing new starts. A caller refused with `Busy`
+//!   retries later. Requests are retransmitted every `retry_ms` until
+//!   answered (they are idempotent); an operation not done in
+//!   `op_timeout_ms` fails with [`OpError::Timeout`], unacknowledged (its
+//!   writes may or may not be visible later).
+//! - **Commits settle.** A shard's record, once sent, may reach a quorum
+//!   after its operation gave up and be learnt by the next attacher; so a
+//!   commit round is never abandoned: when its operation times out (the
+//!   caller is told) it goes on as a structural operation holding the
+//!   shard until a quorum has the record, which the attacher then takes
+//!   as the shard's set. Only a fence (or a new attach, which fences it
+//!   out) ends it. A move's commit waits the same way.
 //! - **Placement basis**: homes are computed over the volume's *basis*, the
 //!   member ids recorded under the override key `CLUSTER_BASIS_SHARD`. The
 //!   first attacher of a volume commits the members it knows before it
@@ -77,7 +109,7 @@
 //!   members lacking one (guarded by the record version to come), commit
 //!   the new home as the shard's record to a quorum, then (in the
 //!   background) ask the nodes that left the set to drop their copies. Moves
-//!   are operations like any other, so no write races a copy. When every
+//!   are structural operations, so no write races a copy. When every
 //!   move is done the target is committed as the new basis (a
 //!   configuration change, above). A membership
 //!   change during a rebalancing restarts the plan from the basis (shards
@@ -107,9 +139,7 @@
 //!   started, up to the interval.
 //! - Not handled here: divergent unacknowledged writes between replicas (a
 //!   read may see one replica's unacknowledged newer block and a later read
-//!   another's older, acknowledged one); a commit that times out may still
-//!   reach a quorum later (as for re-replication; a later attacher that
-//!   sees it commits it again); a member of the basis
+//!   another's older, acknowledged one); a member of the basis
 //!   that gossip no longer knows is placed with weight 1 and no domain;
 //!   fence answers and configuration commits carry every record of the
 //!   volume in one frame (`CLUSTER_FRAME_MAX_BYTES` bounds the records a
@@ -213,6 +243,8 @@ pub struct AttacherConfig {
     /// A member dead this long is out of the rebalancing target.
     pub out_after_ms: u64,
     pub rebalance: Limits,
+    /// Callers' operations in flight at once (`CLUSTER_ATTACHER_MAX_OPS`).
+    pub max_ops: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +301,9 @@ enum After<D> {
     Joint(Vec<Member>),
     /// A rebalancing's target became the basis.
     Basis(Vec<Member>),
+    /// A shard's record whose commit outlived its operation: it goes on
+    /// until a quorum has it (see the module doc).
+    Settle,
     _Phantom(std::marker::PhantomData<D>),
 }
 
@@ -313,6 +348,7 @@ enum Op<D> {
     },
     Write {
         op: u64,
+        shard: u64,
         version: Version,
         round: Round<D>,
     },
@@ -329,6 +365,10 @@ enum Op<D> {
         next: usize,
         req: Request<D>,
         round: Round<D>,
+        /// The epoch-check round that must succeed before the data returns.
+        needs: u64,
+        /// The data, once a replica answered.
+        got: Option<(Vec<Version>, Vec<D>)>,
     },
     RepairFetch {
         key: ShardKey,
@@ -348,6 +388,54 @@ enum Op<D> {
     },
 }
 
+/// How an operation shares the attacher with others (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// A caller's read or write (and a degraded write's commit): many at
+    /// once, each on one shard.
+    Client,
+    /// Re-replication or a batch of moves: one at a time, alone on its
+    /// shards.
+    Structural,
+    /// Attach and member-configuration changes: alone.
+    Exclusive,
+}
+
+impl<D> Op<D> {
+    fn class(&self) -> Class {
+        match self {
+            Op::Write { .. }
+            | Op::Read { .. }
+            | Op::Commit {
+                after: After::Wrote { .. },
+                ..
+            } => Class::Client,
+            Op::RepairFetch { .. }
+            | Op::RepairInstall { .. }
+            | Op::Move { .. }
+            | Op::Commit {
+                after: After::Repaired { .. } | After::Settle,
+                ..
+            } => Class::Structural,
+            Op::Attach { .. } | Op::Commit { .. } => Class::Exclusive,
+        }
+    }
+
+    /// The shards the operation works on.
+    fn shards(&self) -> Vec<u64> {
+        match self {
+            Op::Attach { .. } => Vec::new(),
+            Op::Write { shard, .. } | Op::Read { shard, .. } => vec![*shard],
+            Op::Commit { key, .. }
+            | Op::RepairFetch { key, .. }
+            | Op::RepairInstall { key, .. } => {
+                vec![key.shard]
+            }
+            Op::Move { items } => items.iter().map(|it| it.mv.key.shard).collect(),
+        }
+    }
+}
+
 pub struct Attacher<D> {
     cfg: AttacherConfig,
     mode: Mode,
@@ -356,7 +444,20 @@ pub struct Attacher<D> {
     seq: u64,
     override_seq: u64,
     overrides: OverrideMap,
-    op: Option<(u64, Op<D>)>,
+    /// Operations in flight by slot: `(started ms, op)`.
+    ops: BTreeMap<u64, (u64, Op<D>)>,
+    next_slot: u64,
+    /// An exclusive operation waits for the others to end: none starts.
+    barrier: bool,
+    /// Shards a structural operation waits for (client operations on them
+    /// end and no new one starts): the repair's, the moves'.
+    reserved_repair: Option<u64>,
+    reserved_moves: BTreeSet<u64>,
+    /// The epoch-check round in flight (`(number, started ms, round)`),
+    /// the last number given out, the last that made a quorum.
+    check: Option<(u64, u64, Round<D>)>,
+    check_gen: u64,
+    checked: u64,
     next_id: u64,
     last_repair_ms: Option<u64>,
     repair_cursor: u64,
@@ -394,7 +495,14 @@ impl<D: Clone> Attacher<D> {
             seq: 0,
             override_seq: 0,
             overrides: OverrideMap::new(),
-            op: None,
+            ops: BTreeMap::new(),
+            next_slot: 0,
+            barrier: false,
+            reserved_repair: None,
+            reserved_moves: BTreeSet::new(),
+            check: None,
+            check_gen: 0,
+            checked: 0,
             next_id: id_base,
             last_repair_ms: None,
             repair_cursor: 0,
@@ -438,19 +546,23 @@ impl<D: Clone> Attacher<D> {
     /// A one-line summary of the running operation, the members seen dead
     /// and the rebalancer (for failure messages).
     pub fn debug_state(&self) -> String {
-        let op = match self.op.as_ref().map(|o| &o.1) {
-            None => "none",
-            Some(Op::Attach { .. }) => "attach",
-            Some(Op::Write { .. }) => "write",
-            Some(Op::Commit { .. }) => "commit",
-            Some(Op::Read { .. }) => "read",
-            Some(Op::RepairFetch { .. }) => "repair fetch",
-            Some(Op::RepairInstall { .. }) => "repair install",
-            Some(Op::Move { .. }) => "move",
-        };
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, op) in self.ops.values() {
+            let k = match op {
+                Op::Attach { .. } => "attach",
+                Op::Write { .. } => "write",
+                Op::Commit { .. } => "commit",
+                Op::Read { .. } => "read",
+                Op::RepairFetch { .. } => "repair fetch",
+                Op::RepairInstall { .. } => "repair install",
+                Op::Move { .. } => "move",
+            };
+            *kinds.entry(k).or_default() += 1;
+        }
         let rb = self.rebal.as_ref().map(|r| &r.rb);
         format!(
-            "op {op}, dead since {:?}, members {:?}, leaving {:?}, orphan scan {} (last {:?}, dropped {}), rebalancer {rb:?}",
+            "ops {kinds:?} (barrier {}), dead since {:?}, members {:?}, leaving {:?}, orphan scan {} (last {:?}, dropped {}), rebalancer {rb:?}",
+            self.barrier,
             self.dead_since,
             ids_of(&self.cfg.members),
             self.leaving,
@@ -495,8 +607,49 @@ impl<D: Clone> Attacher<D> {
     pub fn is_fenced(&self) -> bool {
         matches!(self.mode, Mode::Fenced(_))
     }
+    /// Whether any operation is in flight.
     pub fn is_busy(&self) -> bool {
-        self.op.is_some()
+        !self.ops.is_empty()
+    }
+
+    /// Callers' reads and writes in flight (a degraded write's commit
+    /// included).
+    pub fn client_ops(&self) -> usize {
+        self.count(Class::Client)
+    }
+
+    /// Callers' writes in flight (a degraded write's commit included).
+    pub fn writes_in_flight(&self) -> usize {
+        self.ops
+            .values()
+            .filter(|(_, op)| op.class() == Class::Client && !matches!(op, Op::Read { .. }))
+            .count()
+    }
+
+    fn count(&self, class: Class) -> usize {
+        self.ops
+            .values()
+            .filter(|(_, op)| op.class() == class)
+            .count()
+    }
+
+    /// Shards operations of `class` work on.
+    fn shards_of(&self, class: Class) -> BTreeSet<u64> {
+        self.ops
+            .values()
+            .filter(|(_, op)| op.class() == class)
+            .flat_map(|(_, op)| op.shards())
+            .collect()
+    }
+
+    fn new_slot(&mut self) -> u64 {
+        self.next_slot += 1;
+        self.next_slot
+    }
+
+    fn put(&mut self, slot: u64, started: u64, op: Op<D>) {
+        let old = self.ops.insert(slot, (started, op));
+        debug_assert!(old.is_none(), "slot {slot} taken twice");
     }
     pub fn overrides(&self) -> &OverrideMap {
         &self.overrides
@@ -632,22 +785,37 @@ impl<D: Clone> Attacher<D> {
             },
             now,
         );
-        self.op = Some((
+        // nothing else runs while attaching (a retry replaces the attempt)
+        self.ops.clear();
+        self.check = None;
+        self.barrier = false;
+        let slot = self.new_slot();
+        self.put(
+            slot,
             now,
             Op::Attach {
                 round,
                 merged: BTreeSet::new(),
             },
-        ));
+        );
     }
 
-    fn check_ready(&self) -> Result<(), OpError> {
+    /// Whether a caller's operation on `shard` may start now: attached, no
+    /// exclusive operation running or waiting, `max_ops` not reached, the
+    /// shard not held or reserved by a structural operation.
+    fn admit(&self, shard: u64) -> Result<(), OpError> {
         match self.mode {
             Mode::Attached => {}
             Mode::Fenced(e) => return Err(OpError::Fenced(e)),
             _ => return Err(OpError::NotAttached),
         }
-        if self.op.is_some() {
+        if self.barrier
+            || self.count(Class::Exclusive) > 0
+            || self.client_ops() >= self.cfg.max_ops.max(1)
+            || self.reserved_repair == Some(shard)
+            || self.reserved_moves.contains(&shard)
+            || self.shards_of(Class::Structural).contains(&shard)
+        {
             return Err(OpError::Busy);
         }
         Ok(())
@@ -670,8 +838,8 @@ impl<D: Clone> Attacher<D> {
         blocks: Vec<D>,
         now: u64,
     ) -> Result<Version, OpError> {
-        self.check_ready()?;
         let shard = self.shard_range(first_block, blocks.len() as u64)?;
+        self.admit(shard)?;
         let targets = self.replicas_of(&self.key(shard));
         if targets.is_empty() {
             return Err(OpError::Unavailable(shard));
@@ -693,7 +861,17 @@ impl<D: Clone> Attacher<D> {
             },
             now,
         );
-        self.op = Some((now, Op::Write { op, version, round }));
+        let slot = self.new_slot();
+        self.put(
+            slot,
+            now,
+            Op::Write {
+                op,
+                shard,
+                version,
+                round,
+            },
+        );
         Ok(version)
     }
 
@@ -706,8 +884,8 @@ impl<D: Clone> Attacher<D> {
         now: u64,
         live: &dyn Fn(&str) -> bool,
     ) -> Result<(), OpError> {
-        self.check_ready()?;
         let shard = self.shard_range(first_block, n_blocks)?;
+        self.admit(shard)?;
         let mut candidates: Vec<NodeId> = self
             .replicas_of(&self.key(shard))
             .into_iter()
@@ -727,7 +905,9 @@ impl<D: Clone> Attacher<D> {
         };
         let r2 = req.clone();
         let round = self.round(&candidates[..1], || r2.clone(), now);
-        self.op = Some((
+        let slot = self.new_slot();
+        self.put(
+            slot,
             now,
             Op::Read {
                 op,
@@ -736,8 +916,11 @@ impl<D: Clone> Attacher<D> {
                 next: 1,
                 req,
                 round,
+                needs: self.check_gen + 1,
+                got: None,
             },
-        ));
+        );
+        self.maybe_check(now);
         Ok(())
     }
 
@@ -751,15 +934,27 @@ impl<D: Clone> Attacher<D> {
         live: &dyn Fn(&str) -> bool,
     ) {
         let mut resp = Some(resp);
-        if let Some((_, op)) = self.op.as_mut() {
+        let mut answered = None;
+        'ops: for (slot, (_, op)) in self.ops.iter_mut() {
             for round in op_rounds(op) {
                 if round.sent.get(from).is_some_and(|s| s.0 == id) {
                     round
                         .replies
                         .insert(from.to_string(), resp.take().expect("one reply"));
-                    break;
+                    answered = Some(*slot);
+                    break 'ops;
                 }
             }
+        }
+        if let Some(resp) = resp.take_if(|_| {
+            self.check
+                .as_ref()
+                .is_some_and(|(_, _, r)| r.sent.get(from).is_some_and(|s| s.0 == id))
+        }) {
+            if let Some((_, _, r)) = self.check.as_mut() {
+                r.replies.insert(from.to_string(), resp);
+            }
+            self.advance_check(now, live);
         }
         if let Some(resp) = resp.take_if(|_| {
             self.scan
@@ -781,7 +976,9 @@ impl<D: Clone> Attacher<D> {
             }
             self.advance_drops(live);
         }
-        self.advance(now, live);
+        if let Some(slot) = answered {
+            self.advance(slot, now, live);
+        }
     }
 
     /// Time passes: retransmit, notice dead replicas, time out, re-replicate.
@@ -790,7 +987,8 @@ impl<D: Clone> Attacher<D> {
         let out = &mut self.out;
         let mut rounds: Vec<&mut Round<D>> = self.drops.iter_mut().map(|d| &mut d.round).collect();
         rounds.extend(self.scan.as_mut().map(|(_, r, _)| r));
-        if let Some((_, op)) = self.op.as_mut() {
+        rounds.extend(self.check.as_mut().map(|(_, _, r)| r));
+        for (_, op) in self.ops.values_mut() {
             rounds.extend(op_rounds(op));
         }
         for round in rounds {
@@ -810,23 +1008,29 @@ impl<D: Clone> Attacher<D> {
             }
         }
         self.advance_drops(live);
-        self.advance(now, live);
+        let slots: Vec<u64> = self.ops.keys().copied().collect();
+        for slot in slots {
+            self.advance(slot, now, live);
+        }
         self.advance_scan(now, live);
+        self.advance_check(now, live);
         if self.mode == Mode::Attached {
             self.note_liveness(now, live);
             self.maybe_scan(now, live);
-            // repair and rebalancing take turns at starting first, so
-            // neither starves the other
-            if self.op.is_none() && self.config_changing() {
+            // raised again below by whoever still waits for an exclusive turn
+            self.barrier = false;
+            if self.config_changing() && self.exclusive_may_start() {
                 // finish the configuration change found at attach (or whose
                 // stable commit failed) before anything else
                 let rec = self.basis_record().expect("changing").clone();
                 let members = basis_from(&rec.replicas, &self.cfg.members);
                 self.start_config_change(After::Joint(members), rec.replicas, now);
             }
+            // repair and rebalancing take turns at starting first, so
+            // neither starves the other
             self.rebalance_first = !self.rebalance_first;
             for rebalance_turn in [self.rebalance_first, !self.rebalance_first] {
-                if self.op.is_some() {
+                if !self.structural_may_start() {
                     break;
                 }
                 if rebalance_turn {
@@ -836,6 +1040,23 @@ impl<D: Clone> Attacher<D> {
                 }
             }
         }
+    }
+
+    /// Whether an exclusive operation may start now; if others run, the
+    /// barrier goes up so they drain (no new one starts meanwhile).
+    fn exclusive_may_start(&mut self) -> bool {
+        if self.ops.is_empty() {
+            self.barrier = false;
+            return true;
+        }
+        self.barrier = true;
+        false
+    }
+
+    /// Whether a structural operation may start now (none running, no
+    /// exclusive one running or waiting).
+    fn structural_may_start(&self) -> bool {
+        !self.barrier && self.count(Class::Exclusive) == 0 && self.count(Class::Structural) == 0
     }
 
     fn fence_seen(&mut self, e: Epoch) {
@@ -859,6 +1080,7 @@ impl<D: Clone> Attacher<D> {
 
     fn start_commit(
         &mut self,
+        slot: u64,
         after: After<D>,
         key: ShardKey,
         replicas: Vec<NodeId>,
@@ -866,7 +1088,7 @@ impl<D: Clone> Attacher<D> {
         now: u64,
     ) {
         let version = self.next_override_version();
-        self.start_commit_at(after, key, replicas, version, started, now)
+        self.start_commit_at(slot, after, key, replicas, version, started, now)
     }
 
     fn commit_round(&mut self, key: &ShardKey, record: &OverrideRecord, now: u64) -> Round<D> {
@@ -904,6 +1126,7 @@ impl<D: Clone> Attacher<D> {
 
     fn start_commit_at(
         &mut self,
+        slot: u64,
         after: After<D>,
         key: ShardKey,
         replicas: Vec<NodeId>,
@@ -912,11 +1135,12 @@ impl<D: Clone> Attacher<D> {
         now: u64,
     ) {
         let record = OverrideRecord::new(version, replicas);
-        self.start_commit_record(after, key, record, Vec::new(), started, now)
+        self.start_commit_record(slot, after, key, record, Vec::new(), started, now)
     }
 
     fn start_commit_record(
         &mut self,
+        slot: u64,
         after: After<D>,
         key: ShardKey,
         record: OverrideRecord,
@@ -925,7 +1149,8 @@ impl<D: Clone> Attacher<D> {
         now: u64,
     ) {
         let round = self.commit_round_carrying(&key, &record, carry, now);
-        self.op = Some((
+        self.put(
+            slot,
             started,
             Op::Commit {
                 after,
@@ -933,7 +1158,7 @@ impl<D: Clone> Attacher<D> {
                 record,
                 round,
             },
-        ));
+        );
     }
 
     /// Every record of the volume this attacher knows but `key`'s.
@@ -965,12 +1190,92 @@ impl<D: Clone> Attacher<D> {
             replicas: new,
             joint: old,
         };
-        self.start_commit_record(after, bkey, record, carry, now, now);
+        let slot = self.new_slot();
+        self.start_commit_record(slot, after, bkey, record, carry, now, now);
     }
 
-    /// Move the current operation on as far as its replies allow.
-    fn advance(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
-        let Some((started, mut op)) = self.op.take() else {
+    /// Start an epoch-check round when a read waits for one and none is in
+    /// flight: `Check` to every target, a quorum of the configuration must
+    /// answer `Ok`.
+    fn maybe_check(&mut self, now: u64) {
+        if self.check.is_some() || self.mode != Mode::Attached {
+            return;
+        }
+        let waiting = self.ops.values().any(|(_, op)| match op {
+            Op::Read { needs, .. } => *needs > self.checked,
+            _ => false,
+        });
+        if !waiting {
+            return;
+        }
+        self.check_gen += 1;
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let ids = self.targets();
+        let round = self.round(
+            &ids,
+            || Request::Check {
+                volume: volume.clone(),
+                epoch,
+            },
+            now,
+        );
+        self.check = Some((self.check_gen, now, round));
+    }
+
+    /// Finish the epoch-check round on a quorum (reads waiting for it
+    /// return), a fence (every operation fails) or a timeout (another
+    /// round starts).
+    fn advance_check(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        let Some((gen, started, round)) = self.check.as_ref() else {
+            return;
+        };
+        if let Some(e) = round.fenced() {
+            self.check = None;
+            self.fence_seen(e);
+            if let Mode::Fenced(e) = self.mode {
+                self.fail_all(OpError::Fenced(e));
+            }
+            return;
+        }
+        let ok = round.answered(|r| matches!(r, Response::Ok));
+        let done = self.basis_record().is_some_and(|c| quorum_in(c, &ok));
+        let (gen, timed_out) = (*gen, now >= started + self.cfg.op_timeout_ms);
+        if done {
+            self.checked = gen;
+            self.check = None;
+            let reads: Vec<u64> = self
+                .ops
+                .iter()
+                .filter(|(_, (_, op))| matches!(op, Op::Read { got: Some(_), .. }))
+                .map(|(slot, _)| *slot)
+                .collect();
+            for slot in reads {
+                self.advance(slot, now, live);
+            }
+        } else if timed_out {
+            self.check = None;
+        } else {
+            return;
+        }
+        self.maybe_check(now);
+    }
+
+    /// Fail every operation in flight (a newer attacher holds the volume).
+    fn fail_all(&mut self, error: OpError) {
+        self.check = None;
+        for (_, (_, op)) in std::mem::take(&mut self.ops) {
+            if let Some(id) = op_id(&op) {
+                self.events.push(Event::Failed {
+                    op: id,
+                    error: error.clone(),
+                });
+            }
+        }
+    }
+
+    /// Move operation `slot` on as far as its replies allow.
+    fn advance(&mut self, slot: u64, now: u64, live: &dyn Fn(&str) -> bool) {
+        let Some((started, mut op)) = self.ops.remove(&slot) else {
             return;
         };
         let timed_out = now >= started + self.cfg.op_timeout_ms;
@@ -997,6 +1302,9 @@ impl<D: Clone> Attacher<D> {
                     return;
                 }
                 self.events.push(Event::AttachFailed(OpError::Fenced(e)));
+            }
+            if let Mode::Fenced(e) = self.mode {
+                self.fail_all(OpError::Fenced(e));
             }
             return;
         }
@@ -1042,6 +1350,7 @@ impl<D: Clone> Attacher<D> {
                             self.basis = basis_from(&rec.replicas, &self.cfg.members);
                             let carry = self.records_but(&bkey);
                             self.start_commit_record(
+                                slot,
                                 After::Attached,
                                 bkey,
                                 rec,
@@ -1054,18 +1363,19 @@ impl<D: Clone> Attacher<D> {
                             // the volume's first attacher: fix the basis first
                             self.basis = cfg_members_sorted(&self.cfg.members);
                             let ids = ids_of(&self.basis);
-                            self.start_commit(After::Attached, bkey, ids, started, now);
+                            self.start_commit(slot, After::Attached, bkey, ids, started, now);
                         }
                     }
                 } else if timed_out {
                     self.mode = Mode::Detached;
                     self.events.push(Event::AttachFailed(OpError::Timeout));
                 } else {
-                    self.op = Some((started, Op::Attach { round, merged }));
+                    self.put(slot, started, Op::Attach { round, merged });
                 }
             }
             Op::Write {
                 op,
+                shard,
                 version,
                 mut round,
             } => {
@@ -1085,7 +1395,13 @@ impl<D: Clone> Attacher<D> {
                             error: OpError::Timeout,
                         });
                     } else {
-                        self.op = Some((started, Op::Write { op, version, round }));
+                        let w = Op::Write {
+                            op,
+                            shard,
+                            version,
+                            round,
+                        };
+                        self.put(slot, started, w);
                     }
                     return;
                 }
@@ -1095,23 +1411,56 @@ impl<D: Clone> Attacher<D> {
                     .filter(|n| !round.given_up.contains(*n))
                     .cloned()
                     .collect();
-                let Some(Request::Write { first_block, .. }) =
-                    round.sent.values().next().map(|s| &s.2)
-                else {
-                    unreachable!("a write round holds writes")
-                };
-                let shard = first_block / self.cfg.blocks_per_shard;
                 if acked.is_empty() {
                     self.events.push(Event::Failed {
                         op,
                         error: OpError::Unavailable(shard),
                     });
-                } else if round.given_up.is_empty() {
+                    return;
+                }
+                if round.given_up.is_empty() {
+                    self.events.push(Event::Wrote { op, version });
+                    return;
+                }
+                // degraded: commit the smaller set before acknowledging.
+                // Concurrent writes of the shard commit one at a time, each
+                // keeping only members of the set committed before it that
+                // it reached (its set only shrinks while it is out: a copy
+                // or move waits for it), so every member of every
+                // committed set holds every write acknowledged through it.
+                let key = self.key(shard);
+                let committing = self.ops.values().any(|(_, o)| {
+                    matches!(o, Op::Commit { key: k, after: After::Wrote { .. } | After::Settle, .. } if *k == key)
+                });
+                if committing {
+                    if timed_out {
+                        self.events.push(Event::Failed {
+                            op,
+                            error: OpError::Timeout,
+                        });
+                    } else {
+                        let w = Op::Write {
+                            op,
+                            shard,
+                            version,
+                            round,
+                        };
+                        self.put(slot, started, w);
+                    }
+                    return;
+                }
+                let set = self.replicas_of(&key);
+                let keep: Vec<NodeId> = set.iter().filter(|n| acked.contains(n)).cloned().collect();
+                if keep.is_empty() {
+                    self.events.push(Event::Failed {
+                        op,
+                        error: OpError::Unavailable(shard),
+                    });
+                } else if keep.len() == set.len() {
+                    // the set already lost the replicas it missed
                     self.events.push(Event::Wrote { op, version });
                 } else {
-                    // degraded: commit the smaller set before acknowledging
-                    let key = self.key(shard);
-                    self.start_commit(After::Wrote { op, version }, key, acked, started, now);
+                    self.start_commit(slot, After::Wrote { op, version }, key, keep, started, now);
                 }
             }
             Op::Commit {
@@ -1141,7 +1490,7 @@ impl<D: Clone> Attacher<D> {
                             // members too: the configuration becomes stable
                             self.basis = members.clone();
                             let replicas = ids_of(&members);
-                            self.start_commit(After::Basis(members), key, replicas, now, now);
+                            self.start_commit(slot, After::Basis(members), key, replicas, now, now);
                         }
                         After::Basis(members) => {
                             self.basis = members;
@@ -1151,23 +1500,46 @@ impl<D: Clone> Attacher<D> {
                                 self.events.push(Event::Rebalanced(r.rb.progress().clone()));
                             }
                         }
+                        After::Settle => {}
                         After::_Phantom(_) => {}
                     }
-                } else if timed_out {
-                    match after {
-                        After::Wrote { op, .. } => self.events.push(Event::Failed {
-                            op,
-                            error: OpError::Timeout,
-                        }),
-                        After::Repaired { .. } => self.scan_wanted = true,
+                } else if timed_out && !matches!(after, After::Settle) {
+                    // a shard's record, once sent, may reach a quorum later
+                    // and be learnt by the next attacher: this one keeps
+                    // sending it (the shard held, no caller operation on
+                    // it) until a quorum has it, whatever it told its caller
+                    let settle = match after {
+                        After::Wrote { op, .. } => {
+                            self.events.push(Event::Failed {
+                                op,
+                                error: OpError::Timeout,
+                            });
+                            true
+                        }
+                        After::Repaired { .. } => true,
                         After::Attached => {
+                            // a later attach fences this one's commit out
                             self.mode = Mode::Detached;
                             self.events.push(Event::AttachFailed(OpError::Timeout));
+                            false
                         }
-                        _ => {}
+                        // a configuration record seen by a later attacher
+                        // only makes its quorums larger (a majority of both)
+                        _ => false,
+                    };
+                    if settle {
+                        self.scan_wanted = true;
+                        let op = Op::Commit {
+                            after: After::Settle,
+                            key,
+                            record,
+                            round,
+                        };
+                        self.put(slot, started, op);
                     }
                 } else {
-                    self.op = Some((
+                    self.put(
+                        slot,
                         started,
                         Op::Commit {
                             after,
@@ -1175,7 +1547,7 @@ impl<D: Clone> Attacher<D> {
                             record,
                             round,
                         },
-                    ));
+                    );
                 }
             }
             Op::Read {
@@ -1185,12 +1557,19 @@ impl<D: Clone> Attacher<D> {
                 mut next,
                 req,
                 mut round,
+                needs,
+                mut got,
             } => {
-                let got = round.replies.values().find_map(|r| match r {
-                    Response::Data { versions, blocks } => Some((versions.clone(), blocks.clone())),
-                    _ => None,
-                });
-                if let Some((versions, blocks)) = got {
+                if got.is_none() {
+                    got = round.replies.values().find_map(|r| match r {
+                        Response::Data { versions, blocks } => {
+                            Some((versions.clone(), blocks.clone()))
+                        }
+                        _ => None,
+                    });
+                }
+                if got.is_some() && self.checked >= needs {
+                    let (versions, blocks) = got.expect("checked above");
                     self.events.push(Event::Read {
                         op,
                         versions,
@@ -1206,9 +1585,10 @@ impl<D: Clone> Attacher<D> {
                     return;
                 }
                 // the asked replica failed, died, or is slow: ask the next one
-                let stuck = round.sent.iter().all(|(n, s)| {
-                    round.replies.contains_key(n) || !live(n) || now >= s.1 + self.cfg.retry_ms
-                });
+                let stuck = got.is_none()
+                    && round.sent.iter().all(|(n, s)| {
+                        round.replies.contains_key(n) || !live(n) || now >= s.1 + self.cfg.retry_ms
+                    });
                 if stuck {
                     let live_cands: Vec<&NodeId> = candidates.iter().filter(|n| live(n)).collect();
                     if live_cands.is_empty() {
@@ -1223,7 +1603,8 @@ impl<D: Clone> Attacher<D> {
                     round.replies.remove(&to);
                     self.send(&mut round, &to, req.clone(), now);
                 }
-                self.op = Some((
+                self.put(
+                    slot,
                     started,
                     Op::Read {
                         op,
@@ -1232,8 +1613,10 @@ impl<D: Clone> Attacher<D> {
                         next,
                         req,
                         round,
+                        needs,
+                        got,
                     },
-                ));
+                );
             }
             Op::RepairFetch {
                 key,
@@ -1257,7 +1640,8 @@ impl<D: Clone> Attacher<D> {
                             &entries,
                             now,
                         );
-                        self.op = Some((
+                        self.put(
+                            slot,
                             started,
                             Op::RepairInstall {
                                 key,
@@ -1266,21 +1650,20 @@ impl<D: Clone> Attacher<D> {
                                 version,
                                 round,
                             },
-                        ));
+                        );
                     }
                     Some(_) => self.scan_wanted = true,
                     None if timed_out || !live(&src) || !live(&target) => self.scan_wanted = true,
-                    None => {
-                        self.op = Some((
-                            started,
-                            Op::RepairFetch {
-                                key,
-                                keep,
-                                target,
-                                round,
-                            },
-                        ))
-                    }
+                    None => self.put(
+                        slot,
+                        started,
+                        Op::RepairFetch {
+                            key,
+                            keep,
+                            target,
+                            round,
+                        },
+                    ),
                 }
             }
             Op::RepairInstall {
@@ -1297,22 +1680,21 @@ impl<D: Clone> Attacher<D> {
                         key: key.clone(),
                         replicas: replicas.clone(),
                     };
-                    self.start_commit_at(after, key, replicas, version, started, now);
+                    self.start_commit_at(slot, after, key, replicas, version, started, now);
                 }
                 Some(_) => self.scan_wanted = true,
                 None if timed_out || !live(&target) => self.scan_wanted = true,
-                None => {
-                    self.op = Some((
-                        started,
-                        Op::RepairInstall {
-                            key,
-                            keep,
-                            target,
-                            version,
-                            round,
-                        },
-                    ))
-                }
+                None => self.put(
+                    slot,
+                    started,
+                    Op::RepairInstall {
+                        key,
+                        keep,
+                        target,
+                        version,
+                        round,
+                    },
+                ),
             },
             Op::Move { mut items } => {
                 for it in items.iter_mut() {
@@ -1322,7 +1704,7 @@ impl<D: Clone> Attacher<D> {
                     .iter()
                     .any(|it| !matches!(it.stage, MoveStage::Done | MoveStage::Failed))
                 {
-                    self.op = Some((started, Op::Move { items }));
+                    self.put(slot, started, Op::Move { items });
                 }
             }
         }
@@ -1401,9 +1783,8 @@ impl<D: Clone> Attacher<D> {
                         replicas: record.replicas,
                     });
                     MoveStage::Done
-                } else if timed_out {
-                    MoveStage::Failed
                 } else {
+                    // never abandoned once sent (see `After::Settle`)
                     MoveStage::Commit(round, record)
                 }
             }
@@ -1511,15 +1892,22 @@ impl<D: Clone> Attacher<D> {
         }
         let mut r = self.rebal.take().expect("planned above");
         if r.rb.moves_done() {
+            self.reserved_moves.clear();
             if ids_of(&self.basis) != tids {
                 let after = After::Joint(r.target.clone());
                 self.rebal = Some(r);
-                self.start_config_change(after, tids, now);
+                if self.exclusive_may_start() {
+                    self.start_config_change(after, tids, now);
+                }
             } else {
                 self.rebal = Some(r);
             }
             return;
         }
+        // a shard callers are reading or writing waits (reserved: no new
+        // caller operation on it starts) and its move comes back later
+        let in_use = self.shards_of(Class::Client);
+        self.reserved_moves.clear();
         let mut items = Vec::new();
         for _ in 0..r.rb.queued() + r.rb.in_flight() {
             let Some(planned) = r.rb.next(now) else {
@@ -1529,6 +1917,11 @@ impl<D: Clone> Attacher<D> {
             let mv = Move { from, ..planned };
             if mv.add().is_empty() && mv.remove().is_empty() {
                 r.rb.skip(&mv.key);
+                continue;
+            }
+            if in_use.contains(&mv.key.shard) {
+                self.reserved_moves.insert(mv.key.shard);
+                r.rb.defer(mv);
                 continue;
             }
             let source = mv
@@ -1581,7 +1974,8 @@ impl<D: Clone> Attacher<D> {
         }
         self.rebal = Some(r);
         if !items.is_empty() {
-            self.op = Some((now, Op::Move { items }));
+            let slot = self.new_slot();
+            self.put(slot, now, Op::Move { items });
         }
     }
 
@@ -1644,16 +2038,8 @@ impl<D: Clone> Attacher<D> {
                 _ => None,
             })
             .collect();
-        // shards the running operation copies: not dropped under it
-        let busy: BTreeSet<u64> = match self.op.as_ref().map(|o| &o.1) {
-            Some(Op::Move { items }) => items.iter().map(|it| it.mv.key.shard).collect(),
-            Some(
-                Op::RepairFetch { key, .. }
-                | Op::RepairInstall { key, .. }
-                | Op::Commit { key, .. },
-            ) => BTreeSet::from([key.shard]),
-            _ => BTreeSet::new(),
-        };
+        // shards operations in flight work on: not dropped under them
+        let busy: BTreeSet<u64> = self.ops.values().flat_map(|(_, op)| op.shards()).collect();
         let mut kept = false;
         for (node, shards) in &held {
             for (&shard, &newest) in shards {
@@ -1711,6 +2097,8 @@ impl<D: Clone> Attacher<D> {
             .filter(|m| live(&m.id) && !self.leaving.contains(&m.id))
             .cloned()
             .collect();
+        let in_use = self.shards_of(Class::Client);
+        self.reserved_repair = None;
         for _ in 0..self.cfg.shards.min(CLUSTER_REPAIR_SCAN_SHARDS) {
             let shard = self.repair_cursor;
             self.repair_cursor = (self.repair_cursor + 1) % self.cfg.shards.max(1);
@@ -1723,6 +2111,12 @@ impl<D: Clone> Attacher<D> {
             let Some(target) = next_home(&key, &live_members, &keep, &set) else {
                 continue;
             };
+            if in_use.contains(&shard) {
+                // callers' operations on it end first; none starts meanwhile
+                self.reserved_repair = Some(shard);
+                self.repair_cursor = shard;
+                return;
+            }
             self.last_repair_ms = Some(now);
             let bps = self.cfg.blocks_per_shard;
             let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
@@ -1736,7 +2130,9 @@ impl<D: Clone> Attacher<D> {
                 },
                 now,
             );
-            self.op = Some((
+            let slot = self.new_slot();
+            self.put(
+                slot,
                 now,
                 Op::RepairFetch {
                     key,
@@ -1744,7 +2140,7 @@ impl<D: Clone> Attacher<D> {
                     target,
                     round,
                 },
-            ));
+            );
             return;
         }
     }

@@ -85,6 +85,11 @@ pub enum Request<D> {
     },
     /// Make every applied write durable.
     Flush { volume: String, epoch: Epoch },
+    /// Nothing but the epoch check: answered `Ok` unless a newer attacher
+    /// fenced this replica. An attacher's reads wait for a quorum of these
+    /// sent after they started (no newer attacher acknowledged anything
+    /// before the read began; see `attacher`).
+    Check { volume: String, epoch: Epoch },
     /// Which shards (of `blocks_per_shard` blocks) of `volume` this replica
     /// holds written blocks of, each with its newest block version: the
     /// attacher's orphan scan. Answered with [`Response::Held`].
@@ -106,6 +111,7 @@ impl<D> Request<D> {
             | Request::Commit { volume, .. }
             | Request::Drop { volume, .. }
             | Request::Flush { volume, .. }
+            | Request::Check { volume, .. }
             | Request::Held { volume, .. } => volume,
         }
     }
@@ -119,6 +125,7 @@ impl<D> Request<D> {
             | Request::Commit { epoch, .. }
             | Request::Drop { epoch, .. }
             | Request::Flush { epoch, .. }
+            | Request::Check { epoch, .. }
             | Request::Held { epoch, .. } => *epoch,
         }
     }
@@ -130,7 +137,7 @@ pub enum Response<D> {
     FenceOk {
         overrides: Vec<(ShardKey, OverrideRecord)>,
     },
-    /// Write, install, commit, drop or flush applied.
+    /// Write, install, commit, drop or flush applied; check passed.
     Ok,
     /// Read result: one version and one block per block asked.
     Data {
@@ -225,6 +232,7 @@ impl<D> Request<D> {
                 carry,
             },
             Request::Flush { volume, epoch } => Request::Flush { volume, epoch },
+            Request::Check { volume, epoch } => Request::Check { volume, epoch },
             Request::Held {
                 volume,
                 epoch,

@@ -244,7 +244,10 @@ impl<S: BlockStore> ReplicaCore<S> {
 
     /// Whether `req` changes metadata that must be durable before answering.
     pub fn mutates_meta(req: &Request<S::Data>) -> bool {
-        !matches!(req, Request::Read { .. } | Request::Fetch { .. })
+        !matches!(
+            req,
+            Request::Read { .. } | Request::Fetch { .. } | Request::Check { .. }
+        )
     }
 
     /// Apply one request and answer it.
@@ -372,6 +375,7 @@ impl<S: BlockStore> ReplicaCore<S> {
                 self.store.flush(volume)?;
                 Response::Ok
             }
+            Request::Check { .. } => Response::Ok,
             Request::Held {
                 blocks_per_shard, ..
             } => Response::Held {
