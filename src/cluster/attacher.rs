@@ -245,6 +245,8 @@ pub struct AttacherConfig {
     pub rebalance: Limits,
     /// Callers' operations in flight at once (`CLUSTER_ATTACHER_MAX_OPS`).
     pub max_ops: usize,
+    /// Distinct for every attacher started on a node (part of its epochs).
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -771,7 +773,7 @@ impl<D: Clone> Attacher<D> {
         if let Mode::Fenced(e) = self.mode {
             self.seen = self.seen.max(e);
         }
-        self.epoch = Epoch::next(self.seen, &self.cfg.me);
+        self.epoch = Epoch::next(self.seen, &self.cfg.me, self.cfg.incarnation);
         self.seq = 0;
         self.override_seq = 0;
         self.mode = Mode::Attaching;

@@ -227,6 +227,8 @@ impl ClusterClient {
             out_after_ms: cfg.out_after_ms,
             rebalance: cfg.rebalance,
             max_ops: CLUSTER_ATTACHER_MAX_OPS,
+            // a daemon restarted with the same id must not reuse an epoch
+            incarnation: rand::random(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut c = ClusterClient {

@@ -339,6 +339,7 @@ impl Sim {
             out_after_ms: self.cfg.out_after_ms,
             rebalance: self.cfg.rebalance,
             max_ops: self.cfg.max_ops,
+            incarnation: self.next_incarnation,
         };
         let inc = self.next_incarnation;
         self.next_incarnation += 1;
@@ -974,6 +975,7 @@ fn placeholder() -> Attacher<u64> {
             out_after_ms: 0,
             rebalance: Limits::default(),
             max_ops: 1,
+            incarnation: 0,
         },
         0,
     )
