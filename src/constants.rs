@@ -392,6 +392,10 @@ pub const CLUSTER_REPAIR_SCAN_SHARDS: u64 = 4096;
 pub const CLUSTER_META_JOURNAL_MAX_BYTES: u64 = 16 << 20;
 /// Times an attach retries above a newer holder before giving up.
 pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
+/// Requests a node's replica thread applies before one sync and metadata
+/// append answers them all (group commit) (count).
+pub const CLUSTER_REPLICA_BATCH_REQUESTS: usize = 64;
+const _: () = assert!(CLUSTER_REPLICA_BATCH_REQUESTS >= 1);
 /// Callers' reads and writes one attacher runs at once (operations
 /// (count); more wait their turn). At most the requests a connection
 /// keeps in flight, so caller operations alone never queue on a connection.

@@ -132,8 +132,10 @@
 //!   least the orphan's: never the last live copy, never a newer one.
 //!   The drop carries a fresh record version (above the guard of any
 //!   install this attacher sent, such as one whose commit failed), and no
-//!   shard the running operation is copying is dropped, so an install
-//!   sent later is guarded by a newer version and survives a late drop.
+//!   shard a structural operation holds is dropped, so an install sent
+//!   later is guarded by a newer version and survives a late drop; nor a
+//!   copy a caller's read or write in flight may still ask (a read that
+//!   started while the node was in the set).
 //!   While a scan keeps such a copy, the next scan comes after
 //!   `CLUSTER_ORPHAN_RESCAN_MIN_MS`, the wait doubling over scans the timer
 //!   started, up to the interval.
@@ -2040,8 +2042,23 @@ impl<D: Clone> Attacher<D> {
                 _ => None,
             })
             .collect();
-        // shards operations in flight work on: not dropped under them
-        let busy: BTreeSet<u64> = self.ops.values().flat_map(|(_, op)| op.shards()).collect();
+        // shards structural operations work on, and the nodes callers'
+        // reads and writes in flight may still ask (a read that started
+        // while the node was in the set): not dropped under them
+        let busy: BTreeSet<u64> = self.shards_of(Class::Structural);
+        let asked: BTreeSet<(u64, NodeId)> = self
+            .ops
+            .values()
+            .flat_map(|(_, op)| match op {
+                Op::Read {
+                    shard, candidates, ..
+                } => candidates.iter().map(|n| (*shard, n.clone())).collect(),
+                Op::Write { shard, round, .. } => {
+                    round.sent.keys().map(|n| (*shard, n.clone())).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         let mut kept = false;
         for (node, shards) in &held {
             for (&shard, &newest) in shards {
@@ -2061,7 +2078,7 @@ impl<D: Clone> Attacher<D> {
                                 .and_then(|m| m.get(&shard))
                                 .is_some_and(|v| *v >= newest)
                     });
-                if !covered || busy.contains(&shard) {
+                if !covered || busy.contains(&shard) || asked.contains(&(shard, node.clone())) {
                     kept = true;
                     continue;
                 }

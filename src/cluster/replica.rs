@@ -17,6 +17,10 @@
 //! - [`ReplicaMeta`] (fences, versions, overrides, guards) is plain data: the owner
 //!   persists it where its durability contract needs (a real node before it
 //!   answers a write, fence or commit).
+//! - Blocks a request writes are durable only after [`ReplicaCore::sync`]
+//!   (the store's `flush` of every volume written since): the owner syncs,
+//!   then persists the metadata, then answers (a real node does it once
+//!   for a batch of requests: group commit).
 
 use super::epoch::{Epoch, Version};
 use super::overrides::{OverrideMap, OverrideRecord};
@@ -34,7 +38,8 @@ pub trait BlockStore {
     type Data: Clone;
     /// Contents of `n` blocks from `first` (unwritten blocks read as zeros).
     fn read(&mut self, volume: &str, first: u64, n: u64) -> Result<Vec<Self::Data>, StoreError>;
-    /// Write consecutive blocks from `first`.
+    /// Write consecutive blocks from `first` (read back at once; durable
+    /// after the next `flush` of the volume).
     fn write(&mut self, volume: &str, first: u64, blocks: &[Self::Data]) -> Result<(), StoreError>;
     /// Make every write so far durable.
     fn flush(&mut self, volume: &str) -> Result<(), StoreError>;
@@ -196,6 +201,8 @@ pub struct ReplicaCore<S: BlockStore> {
     /// When `Some`, every change to `meta` is also appended here (a real
     /// node drains it into its metadata journal after each request).
     pub journal: Option<Vec<Delta>>,
+    /// Volumes written since the last `sync`.
+    unsynced: std::collections::BTreeSet<String>,
 }
 
 impl<S: BlockStore> ReplicaCore<S> {
@@ -205,7 +212,20 @@ impl<S: BlockStore> ReplicaCore<S> {
             store,
             fenced_refusals: 0,
             journal: None,
+            unsynced: Default::default(),
         }
+    }
+
+    /// Make the blocks written so far durable (the store's flush of each
+    /// volume written since the last sync).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        while let Some(v) = self.unsynced.pop_first() {
+            if let Err(e) = self.store.flush(&v) {
+                self.unsynced.insert(v);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     pub fn fence(&self, volume: &str) -> Epoch {
@@ -427,6 +447,7 @@ impl<S: BlockStore> ReplicaCore<S> {
                 j += 1;
             }
             let run: Vec<S::Data> = newer[i..j].iter().map(|e| e.2.clone()).collect();
+            self.unsynced.insert(volume.to_string());
             self.store.write(volume, newer[i].0, &run)?;
             i = j;
         }
