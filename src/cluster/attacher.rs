@@ -347,8 +347,6 @@ struct DropJob<D> {
 enum Op<D> {
     Attach {
         round: Round<D>,
-        /// Nodes whose answer's records are merged already.
-        merged: BTreeSet<NodeId>,
     },
     Write {
         op: u64,
@@ -794,14 +792,9 @@ impl<D: Clone> Attacher<D> {
         self.check = None;
         self.barrier = false;
         let slot = self.new_slot();
-        self.put(
-            slot,
-            now,
-            Op::Attach {
-                round,
-                merged: BTreeSet::new(),
-            },
-        );
+        self.put(slot, now, Op::Attach { round });
+        // rebuilt from the answers (see `learnt`)
+        self.overrides = OverrideMap::new();
     }
 
     /// Whether a caller's operation on `shard` may start now: attached, no
@@ -1096,17 +1089,21 @@ impl<D: Clone> Attacher<D> {
     }
 
     fn commit_round(&mut self, key: &ShardKey, record: &OverrideRecord, now: u64) -> Round<D> {
-        self.commit_round_carrying(key, record, Vec::new(), now)
+        self.commit_round_carrying(key, record, None, now)
     }
 
-    /// A commit of `record` under `key` to every target, merging `carry` too.
+    /// A commit of `record` under `key` to every target; with `snapshot`
+    /// (every other record this attacher knows) a snapshot commit (see
+    /// `replica`: it raises the volume's floor to this epoch).
     fn commit_round_carrying(
         &mut self,
         key: &ShardKey,
         record: &OverrideRecord,
-        carry: Vec<(ShardKey, OverrideRecord)>,
+        snapshot: Option<Vec<(ShardKey, OverrideRecord)>>,
         now: u64,
     ) -> Round<D> {
+        let is_snapshot = snapshot.is_some();
+        let carry = snapshot.unwrap_or_default();
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
         let mut ids = self.targets();
         if key.shard == CLUSTER_BASIS_SHARD {
@@ -1123,6 +1120,7 @@ impl<D: Clone> Attacher<D> {
                 key: key.clone(),
                 record: record.clone(),
                 carry: carry.clone(),
+                snapshot: is_snapshot,
             },
             now,
         )
@@ -1139,7 +1137,7 @@ impl<D: Clone> Attacher<D> {
         now: u64,
     ) {
         let record = OverrideRecord::new(version, replicas);
-        self.start_commit_record(slot, after, key, record, Vec::new(), started, now)
+        self.start_commit_record(slot, after, key, record, None, started, now)
     }
 
     fn start_commit_record(
@@ -1148,11 +1146,11 @@ impl<D: Clone> Attacher<D> {
         after: After<D>,
         key: ShardKey,
         record: OverrideRecord,
-        carry: Vec<(ShardKey, OverrideRecord)>,
+        snapshot: Option<Vec<(ShardKey, OverrideRecord)>>,
         started: u64,
         now: u64,
     ) {
-        let round = self.commit_round_carrying(&key, &record, carry, now);
+        let round = self.commit_round_carrying(&key, &record, snapshot, now);
         self.put(
             slot,
             started,
@@ -1195,7 +1193,7 @@ impl<D: Clone> Attacher<D> {
             joint: old,
         };
         let slot = self.new_slot();
-        self.start_commit_record(slot, after, bkey, record, carry, now, now);
+        self.start_commit_record(slot, after, bkey, record, Some(carry), now, now);
     }
 
     /// Start an epoch-check round when a read waits for one and none is in
@@ -1313,19 +1311,8 @@ impl<D: Clone> Attacher<D> {
             return;
         }
         match op {
-            Op::Attach {
-                mut round,
-                mut merged,
-            } => {
-                for (n, r) in &round.replies {
-                    if let Response::FenceOk { overrides } = r {
-                        if merged.insert(n.clone()) {
-                            for (k, rec) in overrides {
-                                self.overrides.merge(k, rec);
-                            }
-                        }
-                    }
-                }
+            Op::Attach { mut round } => {
+                self.overrides = learnt(&round);
                 // nodes the configuration names that were not asked yet
                 let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
                 for n in self.targets() {
@@ -1348,9 +1335,11 @@ impl<D: Clone> Attacher<D> {
                     let bkey = self.key(CLUSTER_BASIS_SHARD);
                     match self.overrides.get(&bkey).cloned() {
                         Some(rec) => {
-                            // write back what was learnt: a record seen on
-                            // one node only (an older attacher's commit that
-                            // failed) is committed before anything relies on it
+                            // write back what was learnt as a snapshot at
+                            // this epoch: a record seen on one node only (an
+                            // older attacher's commit that failed) is
+                            // committed before anything relies on it, and one
+                            // this attacher did not see cannot come back
                             self.basis = basis_from(&rec.replicas, &self.cfg.members);
                             let carry = self.records_but(&bkey);
                             self.start_commit_record(
@@ -1358,7 +1347,7 @@ impl<D: Clone> Attacher<D> {
                                 After::Attached,
                                 bkey,
                                 rec,
-                                carry,
+                                Some(carry),
                                 started,
                                 now,
                             );
@@ -1374,7 +1363,7 @@ impl<D: Clone> Attacher<D> {
                     self.mode = Mode::Detached;
                     self.events.push(Event::AttachFailed(OpError::Timeout));
                 } else {
-                    self.put(slot, started, Op::Attach { round, merged });
+                    self.put(slot, started, Op::Attach { round });
                 }
             }
             Op::Write {
@@ -2209,6 +2198,31 @@ fn basis_from(ids: &[NodeId], members: &[Member]) -> Vec<Member> {
                 .unwrap_or_else(|| Member::new(id, 1.0, None))
         })
         .collect()
+}
+
+/// The records fence answers establish: the highest floor among them wins,
+/// and records older than it come only from answers at that floor (they
+/// hold exactly that snapshot's records: a record an older attacher sent
+/// but a newer one's snapshot left out was never committed and stays out).
+fn learnt<D>(round: &Round<D>) -> OverrideMap {
+    let answers: Vec<(&Vec<(ShardKey, OverrideRecord)>, Epoch)> = round
+        .replies
+        .values()
+        .filter_map(|r| match r {
+            Response::FenceOk { overrides, floor } => Some((overrides, *floor)),
+            _ => None,
+        })
+        .collect();
+    let top = answers.iter().map(|a| a.1).max().unwrap_or_default();
+    let mut m = OverrideMap::new();
+    for (recs, floor) in answers {
+        for (k, r) in recs {
+            if r.version.epoch >= top || floor == top {
+                m.merge(k, r);
+            }
+        }
+    }
+    m
 }
 
 /// Whether `ok` holds a majority of `set` (distinct ids).

@@ -156,6 +156,15 @@ impl OverrideMap {
         }
     }
 
+    /// Forget `volume`'s records older than epoch `floor` (a snapshot at
+    /// `floor` replaces them); returns how many went.
+    pub fn drop_older(&mut self, volume: &str, floor: Epoch) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|k, r| k.volume != volume || r.version.epoch >= floor);
+        before - self.map.len()
+    }
+
     /// Merge every record of `other`; returns how many changed this map.
     pub fn merge_all(&mut self, other: &OverrideMap) -> usize {
         other.map.iter().filter(|(k, r)| self.merge(k, r)).count()

@@ -73,8 +73,11 @@ pub enum Request<D> {
         record: Version,
     },
     /// Record where a shard's current copies are. `carry`: more records of
-    /// the volume merged with it (a member-configuration change carries
-    /// every record its attacher knows to the new members; see `attacher`).
+    /// the volume merged with it. With `snapshot`, `record` and `carry` are
+    /// every record of the volume the attacher knows (its write-back after
+    /// attaching, a member-configuration change): the replica's *floor* of
+    /// the volume rises to `epoch` and its records older than that are
+    /// replaced by these (see `replica` and `attacher`).
     Commit {
         volume: String,
         epoch: Epoch,
@@ -82,6 +85,8 @@ pub enum Request<D> {
         record: OverrideRecord,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         carry: Vec<(ShardKey, OverrideRecord)>,
+        #[serde(default)]
+        snapshot: bool,
     },
     /// Make every applied write durable.
     Flush { volume: String, epoch: Epoch },
@@ -133,9 +138,12 @@ impl<D> Request<D> {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response<D> {
-    /// Fence taken; the replica's override records of the volume.
+    /// Fence taken; the replica's override records of the volume and its
+    /// floor for the volume (the epoch of the newest snapshot it took).
     FenceOk {
         overrides: Vec<(ShardKey, OverrideRecord)>,
+        #[serde(default)]
+        floor: Epoch,
     },
     /// Write, install, commit, drop or flush applied; check passed.
     Ok,
@@ -224,12 +232,14 @@ impl<D> Request<D> {
                 key,
                 record,
                 carry,
+                snapshot,
             } => Request::Commit {
                 volume,
                 epoch,
                 key,
                 record,
                 carry,
+                snapshot,
             },
             Request::Flush { volume, epoch } => Request::Flush { volume, epoch },
             Request::Check { volume, epoch } => Request::Check { volume, epoch },
@@ -250,7 +260,7 @@ impl<D> Response<D> {
     /// The same response with every block mapped through `f` (in order).
     pub fn map_blocks<E>(self, mut f: impl FnMut(D) -> E) -> Response<E> {
         match self {
-            Response::FenceOk { overrides } => Response::FenceOk { overrides },
+            Response::FenceOk { overrides, floor } => Response::FenceOk { overrides, floor },
             Response::Ok => Response::Ok,
             Response::Data { versions, blocks } => Response::Data {
                 versions,

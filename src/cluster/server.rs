@@ -15,6 +15,7 @@
 //!   stops beyond that: TCP back-pressure reaches the sender). A bad frame
 //!   closes that connection only.
 
+use super::epoch::Epoch;
 use super::overrides::OverrideMap;
 use super::proto::{Request, Response};
 use super::replica::{BlockStore, Delta, ReplicaCore, ReplicaMeta};
@@ -22,6 +23,7 @@ use super::wire::{Frame, FrameCodec};
 use crate::constants::{CLUSTER_INFLIGHT_PER_CONN, CLUSTER_REPLICA_BATCH_REQUESTS};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -32,8 +34,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 pub enum ReplicaJob {
     /// A request and where its answer goes.
     Request(Request<Bytes>, oneshot::Sender<Response<Bytes>>),
-    /// Override records learnt through gossip.
-    MergeOverrides(OverrideMap),
+    /// Override records learnt through gossip, with the floors they were
+    /// published under (`ReplicaCore::merge_gossip`).
+    MergeGossip(BTreeMap<String, Epoch>, OverrideMap),
 }
 
 /// The replica thread's inbox.
@@ -49,9 +52,9 @@ impl ReplicaHandle {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Merge gossiped override records into the replica's map.
-    pub fn merge_overrides(&self, m: OverrideMap) {
-        let _ = self.tx.send(ReplicaJob::MergeOverrides(m));
+    /// Merge gossiped override records (and floors) into the replica's map.
+    pub fn merge_gossip(&self, floors: BTreeMap<String, Epoch>, m: OverrideMap) {
+        let _ = self.tx.send(ReplicaJob::MergeGossip(floors, m));
     }
 
     /// Apply `req` on the replica thread.
@@ -99,8 +102,8 @@ where
                             durable |= needs;
                             answers.push((reply, resp, needs));
                         }
-                        ReplicaJob::MergeOverrides(m) => {
-                            durable |= core.merge_overrides(&m) > 0;
+                        ReplicaJob::MergeGossip(floors, m) => {
+                            durable |= core.merge_gossip(&floors, &m) > 0;
                         }
                     }
                     if answers.len() < CLUSTER_REPLICA_BATCH_REQUESTS {

@@ -166,6 +166,7 @@ pub struct SimFailure {
 enum Msg {
     Gossip {
         digest: Vec<(NodeId, Heartbeat)>,
+        floors: BTreeMap<String, Epoch>,
         overrides: OverrideMap,
     },
     Req {
@@ -589,11 +590,15 @@ impl Sim {
             return Ok(());
         }
         match env.msg {
-            Msg::Gossip { digest, overrides } => {
+            Msg::Gossip {
+                digest,
+                floors,
+                overrides,
+            } => {
                 let now = self.now;
                 let n = &mut self.nodes[to];
                 n.membership.merge(&digest, now);
-                n.replica.meta.overrides.merge_all(&overrides);
+                n.replica.merge_gossip(&floors, &overrides);
             }
             Msg::Req { client, id, req } => {
                 let lie = matches!(req, Request::Write { .. })
@@ -761,11 +766,13 @@ impl Sim {
                 self.nodes[i].membership.tick();
                 let digest = self.nodes[i].membership.digest();
                 let overrides = self.nodes[i].replica.meta.overrides.clone();
+                let floors = self.nodes[i].replica.meta.floors.clone();
                 for _ in 0..2 {
                     let to = self.rng.random_range(0..self.nodes.len());
                     if to != i {
                         let msg = Msg::Gossip {
                             digest: digest.clone(),
+                            floors: floors.clone(),
                             overrides: overrides.clone(),
                         };
                         self.send(i, to, msg);
@@ -1043,8 +1050,11 @@ mod tests {
             totals.rebalances += r.rebalances;
         }
         eprintln!("{totals:?}");
-        // the seeds did exercise the faults they are meant to survive
-        assert!(totals.crashes > 0 && totals.partitions > 0 && totals.repairs > 0);
+        // the seeds did exercise the faults they are meant to survive (a
+        // replayed seed alone need not)
+        if seeds().len() > 1 {
+            assert!(totals.crashes > 0 && totals.partitions > 0 && totals.repairs > 0);
+        }
         if seeds().len() >= 20 {
             assert!(totals.joins > 0 && totals.leaves > 0 && totals.moves > 0);
             assert!(totals.rebalances > 0);
