@@ -12,7 +12,8 @@
 #    lstm when this build has it. One table: mean and p99 read latency, what
 #    the stager did.
 # 2. A purely random workload (fio randread 4 KiB QD16, 8 s) with prefetch
-#    off and each predictor, interleaved, two rounds: IOPS and the ratio to off.
+#    off and each predictor, SHARDBLK_PF_ROUNDS paired rounds (default 4):
+#    IOPS, the ratio to the same round's off, the daemon's CPU seconds.
 # SHARDBLK_PF_ONLY=random runs part 2 alone.
 . "$(dirname "$0")/../tests/vm/lib.sh"
 COLD_MS="${SHARDBLK_PF_COLD_MS:-8}"
@@ -123,26 +124,66 @@ PY
 done
 
 echo | tee -a "$OUT/prefetch_replay.txt"
-printf '%-28s %-10s %9s %9s %7s %7s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT | tee -a "$OUT/prefetch_replay.txt"
-declare -A sum=() runs=()
-for round in 1 2; do
-    for p in "${predictors[@]}"; do
+# Paired rounds: every predictor once per round, the order reversed every
+# other round; each round's IOPS is divided by the same round's `off`, so the
+# guest's drift between rounds cancels. CPU: the daemon's user+system seconds
+# over the run, and its inference thread's (`shardblk-infer`) alone.
+ROUNDS="${SHARDBLK_PF_ROUNDS:-4}"
+cpu_cols() { # -> "daemon_cpu_s infer_cpu_s" of the device 0 daemon
+    local pid
+    pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb0.json")"
+    python3 - "$pid" <<'PY'
+import os, sys
+pid = sys.argv[1]
+hz = os.sysconf("SC_CLK_TCK")
+def ticks(path):
+    f = open(path).read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])  # utime, stime
+total = ticks(f"/proc/{pid}/stat")
+infer = 0
+for t in os.listdir(f"/proc/{pid}/task"):
+    if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "shardblk-infer":
+        infer += ticks(f"/proc/{pid}/task/{t}/stat")
+print("%.2f %.2f" % (total / hz, infer / hz))
+PY
+}
+printf '%-28s %-10s %9s %9s %7s %7s %9s %9s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT CPU_s INFER_s | tee -a "$OUT/prefetch_replay.txt"
+declare -A ratios=()
+for round in $(seq "$ROUNDS"); do
+    order=("${predictors[@]}")
+    if (( round % 2 == 0 )); then
+        order=()
+        for ((i = ${#predictors[@]} - 1; i >= 0; i--)); do order+=("${predictors[$i]}"); done
+    fi
+    declare -A iops_of=() line_of=()
+    for p in "${order[@]}"; do
         fresh_volume
         start_dev "$p"
         (cd "$W" && fio --name=rand --filename=/dev/ublkb0 --rw=randread --bs=4k --direct=1 \
             --ioengine=io_uring --iodepth=16 --time_based --runtime=8 --randseed=$round \
             --output-format=json >"$W/rand.json") || die "randread $p"
         cols="$(stats_cols)"
+        cpu="$(cpu_cols)"
         "$B" del -n 0
-        iops="$(python3 -c 'import json,sys; print("%.0f" % json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"])' "$W/rand.json")"
-        sum[$p]=$(( ${sum[$p]:-0} + iops ))
-        runs[$p]=$(( ${runs[$p]:-0} + 1 ))
+        iops_of[$p]="$(python3 -c 'import json,sys; print("%.0f" % json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"])' "$W/rand.json")"
         read -r staged _ _ _ npred <<<"$cols"
-        printf '%-28s %-10s %9s %9s %7s %7s\n' "round $round" "$p" "$iops" "" "$staged" "$npred" | tee -a "$OUT/prefetch_replay.txt"
+        read -r dcpu icpu <<<"$cpu"
+        line_of[$p]="$staged $npred $dcpu $icpu"
+    done
+    for p in "${predictors[@]}"; do
+        r="$(python3 -c "print('%.3f' % (${iops_of[$p]} / ${iops_of[off]}))")"
+        ratios[$p]="${ratios[$p]:-} $r"
+        read -r staged npred dcpu icpu <<<"${line_of[$p]}"
+        printf '%-28s %-10s %9s %9s %7s %7s %9s %9s\n' "round $round" "$p" "${iops_of[$p]}" "$r" \
+            "$staged" "$npred" "$dcpu" "$icpu" | tee -a "$OUT/prefetch_replay.txt"
     done
 done
 for p in "${predictors[@]}"; do
-    printf '%-28s %-10s %9s %9s\n' "mean of ${runs[$p]}" "$p" "$(( sum[$p] / runs[$p] ))" \
-        "$(python3 -c "print('%.3f' % (${sum[$p]} / ${sum[off]}))")" | tee -a "$OUT/prefetch_replay.txt"
+    python3 - "$p" ${ratios[$p]} <<'PY' | tee -a "$OUT/prefetch_replay.txt"
+import statistics, sys
+p, r = sys.argv[1], sorted(float(x) for x in sys.argv[2:])
+print("%-28s %-10s median vs off %.3f (min %.3f, max %.3f, %d rounds)"
+      % ("paired ratio", p, statistics.median(r), r[0], r[-1], len(r)))
+PY
 done
 echo "results in $OUT/prefetch_replay.txt"

@@ -123,6 +123,21 @@ impl Node {
         Some(st)
     }
 
+    /// Whether the process still runs, and the tail of its log: printed
+    /// when a request to it fails, so a CI failure says why.
+    fn diagnosis(&mut self) -> String {
+        let state = match self.child.as_mut().map(|c| c.try_wait()) {
+            None => "not started".to_string(),
+            Some(Ok(None)) => "running".to_string(),
+            Some(Ok(Some(st))) => format!("exited {st}"),
+            Some(Err(e)) => format!("unknown ({e})"),
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{} ({state}), log tail:\n{}", self.id, tail.join("\n"))
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL: no goodbye
@@ -1051,7 +1066,10 @@ async fn a_partitioned_attacher_is_fenced_by_the_next() {
                 new.idle(Duration::from_millis(250)).await;
                 got = new.fetch_from(&node, s).await;
             }
-            let got = got.unwrap_or_else(|e| panic!("shard {s} from {node}: {e}"));
+            let got = got.unwrap_or_else(|e| {
+                let why: Vec<String> = nodes.iter_mut().map(|n| n.diagnosis()).collect();
+                panic!("shard {s} from {node}: {e}\n{}", why.join("\n"))
+            });
             for (b, data) in got {
                 assert!(
                     data.iter().all(|&x| x != 3 && x != 4),
@@ -1167,4 +1185,89 @@ fn the_device_network_thread_serves_handed_off_requests() {
     assert_eq!(results(&mut q, 1)[0].res, -libc::EINVAL);
     assert_eq!(q.in_flight(), 0);
     net.stop();
+}
+
+/// A storage node outlives peers that hang up with answers still owed: a
+/// client pipelines requests, then closes without reading (its kernel
+/// answers the node's next writes with a reset). The node must take that
+/// as an error on one connection (it once died of SIGPIPE, which is how a
+/// cut-off attacher's reconnection killed two nodes of the partition test).
+#[test]
+fn a_storage_node_survives_peers_that_hang_up_mid_answer() {
+    use bytes::BytesMut;
+    use shardblk::cluster::epoch::Epoch;
+    use shardblk::cluster::proto::Request;
+    use shardblk::cluster::wire::{Frame, FrameCodec};
+    use std::io::Write as _;
+    use tokio_util::codec::Encoder as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::new(dir.path(), 0);
+    node.start(&[node.gossip]);
+    let pid = node.child.as_ref().unwrap().id();
+    let listen = node.listen;
+    let connect = || {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match std::net::TcpStream::connect(listen) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > end => panic!("node never listened: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    };
+    drop(connect()); // listening: the node runs its own code now
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "node run must ignore SIGPIPE: {status}"
+    );
+    let mut wire = BytesMut::new();
+    for id in 1..=512u64 {
+        let req = Request::Fetch {
+            volume: "vol".into(),
+            epoch: Epoch::ZERO,
+            first_block: 0,
+            n_blocks: CLUSTER_SHARD_BYTES / BS,
+        };
+        FrameCodec::default()
+            .encode(Frame::request(id, req).unwrap(), &mut wire)
+            .unwrap();
+    }
+    for round in 0..8 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(st) = node.exited() {
+            panic!("the node died of a peer's hang-up (round {round}): {st}");
+        }
+        let mut s = connect();
+        s.write_all(&wire).unwrap();
+        std::thread::sleep(Duration::from_millis(20 * (round % 4)));
+        drop(s); // unread answers: the close resets the connection
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(st) = node.exited() {
+        panic!("the node died of a peer's hang-up: {st}");
+    }
+    // and it still answers
+    let mut s = connect();
+    let mut one = BytesMut::new();
+    let req = Request::Fetch {
+        volume: "vol".into(),
+        epoch: Epoch::ZERO,
+        first_block: 0,
+        n_blocks: 1,
+    };
+    FrameCodec::default()
+        .encode(Frame::request(1, req).unwrap(), &mut one)
+        .unwrap();
+    s.write_all(&one).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+    assert!(n > 0, "no answer after the hang-ups");
 }

@@ -128,6 +128,12 @@ pub struct AddArgs {
 }
 
 impl DeviceCmd {
+    /// Whether this command runs a device daemon (which must outlive any
+    /// peer that hangs up on it).
+    pub fn runs_daemon(&self) -> bool {
+        matches!(self, DeviceCmd::Add(_) | DeviceCmd::Recover { .. })
+    }
+
     /// Whether this command runs the LSTM (and so needs its backend).
     pub fn needs_lstm(&self) -> bool {
         match self {
@@ -396,8 +402,10 @@ fn serve_here(a: AddArgs, config: DeviceConfig, recover: bool) -> Result<()> {
                     if let Some(note) = note {
                         eprintln!("shardblk: {note}");
                     }
-                    println!("/dev/ublkb{n}");
-                    let _ = std::io::stdout().flush();
+                    // a foreground daemon ignores SIGPIPE: a reader of
+                    // its stdout that is gone must not panic it
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "/dev/ublkb{n}").and_then(|()| out.flush());
                 }
                 Err(e) => eprintln!("shardblk: {e}"),
             },
