@@ -383,6 +383,9 @@ pub const CLUSTER_CLIENT_RETRY_MS: u64 = 1_000;
 pub const CLUSTER_OP_TIMEOUT_MS: u64 = 20_000;
 /// How often a real client's attacher ticks (retransmits, repair) (milliseconds).
 pub const CLUSTER_CLIENT_TICK_MS: u64 = 20;
+/// How often it ticks with nothing in flight (milliseconds).
+pub const CLUSTER_CLIENT_IDLE_TICK_MS: u64 = 100;
+const _: () = assert!(CLUSTER_CLIENT_IDLE_TICK_MS >= CLUSTER_CLIENT_TICK_MS);
 /// How often a node republishes its gossip keys (milliseconds).
 pub const CLUSTER_PUBLISH_MS: u64 = 500;
 /// Shards one re-replication scan looks at per tick.

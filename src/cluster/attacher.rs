@@ -311,6 +311,14 @@ enum After<D> {
     _Phantom(std::marker::PhantomData<D>),
 }
 
+/// Where an operation runs: its slot and when it started (its timeout
+/// counts from then).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    slot: u64,
+    started: u64,
+}
+
 /// One shard's move inside a move operation.
 enum MoveStage<D> {
     Fetch(Round<D>),
@@ -1077,15 +1085,14 @@ impl<D: Clone> Attacher<D> {
 
     fn start_commit(
         &mut self,
-        slot: u64,
+        at: At,
         after: After<D>,
         key: ShardKey,
         replicas: Vec<NodeId>,
-        started: u64,
         now: u64,
     ) {
         let version = self.next_override_version();
-        self.start_commit_at(slot, after, key, replicas, version, started, now)
+        self.start_commit_at(at, after, key, replicas, version, now)
     }
 
     fn commit_round(&mut self, key: &ShardKey, record: &OverrideRecord, now: u64) -> Round<D> {
@@ -1128,32 +1135,30 @@ impl<D: Clone> Attacher<D> {
 
     fn start_commit_at(
         &mut self,
-        slot: u64,
+        at: At,
         after: After<D>,
         key: ShardKey,
         replicas: Vec<NodeId>,
         version: Version,
-        started: u64,
         now: u64,
     ) {
         let record = OverrideRecord::new(version, replicas);
-        self.start_commit_record(slot, after, key, record, None, started, now)
+        self.start_commit_record(at, after, key, record, None, now)
     }
 
     fn start_commit_record(
         &mut self,
-        slot: u64,
+        at: At,
         after: After<D>,
         key: ShardKey,
         record: OverrideRecord,
         snapshot: Option<Vec<(ShardKey, OverrideRecord)>>,
-        started: u64,
         now: u64,
     ) {
         let round = self.commit_round_carrying(&key, &record, snapshot, now);
         self.put(
-            slot,
-            started,
+            at.slot,
+            at.started,
             Op::Commit {
                 after,
                 key,
@@ -1192,8 +1197,11 @@ impl<D: Clone> Attacher<D> {
             replicas: new,
             joint: old,
         };
-        let slot = self.new_slot();
-        self.start_commit_record(slot, after, bkey, record, Some(carry), now, now);
+        let at = At {
+            slot: self.new_slot(),
+            started: now,
+        };
+        self.start_commit_record(at, after, bkey, record, Some(carry), now);
     }
 
     /// Start an epoch-check round when a read waits for one and none is in
@@ -1343,12 +1351,11 @@ impl<D: Clone> Attacher<D> {
                             self.basis = basis_from(&rec.replicas, &self.cfg.members);
                             let carry = self.records_but(&bkey);
                             self.start_commit_record(
-                                slot,
+                                At { slot, started },
                                 After::Attached,
                                 bkey,
                                 rec,
                                 Some(carry),
-                                started,
                                 now,
                             );
                         }
@@ -1356,7 +1363,13 @@ impl<D: Clone> Attacher<D> {
                             // the volume's first attacher: fix the basis first
                             self.basis = cfg_members_sorted(&self.cfg.members);
                             let ids = ids_of(&self.basis);
-                            self.start_commit(slot, After::Attached, bkey, ids, started, now);
+                            self.start_commit(
+                                At { slot, started },
+                                After::Attached,
+                                bkey,
+                                ids,
+                                now,
+                            );
                         }
                     }
                 } else if timed_out {
@@ -1453,7 +1466,13 @@ impl<D: Clone> Attacher<D> {
                     // the set already lost the replicas it missed
                     self.events.push(Event::Wrote { op, version });
                 } else {
-                    self.start_commit(slot, After::Wrote { op, version }, key, keep, started, now);
+                    self.start_commit(
+                        At { slot, started },
+                        After::Wrote { op, version },
+                        key,
+                        keep,
+                        now,
+                    );
                 }
             }
             Op::Commit {
@@ -1483,7 +1502,8 @@ impl<D: Clone> Attacher<D> {
                             // members too: the configuration becomes stable
                             self.basis = members.clone();
                             let replicas = ids_of(&members);
-                            self.start_commit(slot, After::Basis(members), key, replicas, now, now);
+                            let at = At { slot, started: now };
+                            self.start_commit(at, After::Basis(members), key, replicas, now);
                         }
                         After::Basis(members) => {
                             self.basis = members;
@@ -1561,14 +1581,17 @@ impl<D: Clone> Attacher<D> {
                         _ => None,
                     });
                 }
-                if got.is_some() && self.checked >= needs {
-                    let (versions, blocks) = got.expect("checked above");
-                    self.events.push(Event::Read {
-                        op,
-                        versions,
-                        blocks,
-                    });
-                    return;
+                let checked = self.checked >= needs;
+                match got {
+                    Some((versions, blocks)) if checked => {
+                        self.events.push(Event::Read {
+                            op,
+                            versions,
+                            blocks,
+                        });
+                        return;
+                    }
+                    other => got = other,
                 }
                 if timed_out {
                     self.events.push(Event::Failed {
@@ -1673,7 +1696,7 @@ impl<D: Clone> Attacher<D> {
                         key: key.clone(),
                         replicas: replicas.clone(),
                     };
-                    self.start_commit_at(slot, after, key, replicas, version, started, now);
+                    self.start_commit_at(At { slot, started }, after, key, replicas, version, now);
                 }
                 Some(_) => self.scan_wanted = true,
                 None if timed_out || !live(&target) => self.scan_wanted = true,

@@ -37,9 +37,10 @@ use super::placement::{NodeId, ShardKey};
 use super::proto::{Request, Response};
 use super::rebalance::Limits;
 use crate::constants::{
-    CLUSTER_ATTACHER_MAX_OPS, CLUSTER_BLOCK_BYTES, CLUSTER_CLIENT_RETRY_MS, CLUSTER_CLIENT_TICK_MS,
-    CLUSTER_FAIL_AFTER_MS, CLUSTER_LOCAL_VOLUME_BYTES, CLUSTER_OP_TIMEOUT_MS,
-    CLUSTER_REPAIR_INTERVAL_MS, CLUSTER_SHARD_BYTES,
+    CLUSTER_ATTACHER_MAX_OPS, CLUSTER_BLOCK_BYTES, CLUSTER_CLIENT_IDLE_TICK_MS,
+    CLUSTER_CLIENT_RETRY_MS, CLUSTER_CLIENT_TICK_MS, CLUSTER_FAIL_AFTER_MS,
+    CLUSTER_LOCAL_VOLUME_BYTES, CLUSTER_OP_TIMEOUT_MS, CLUSTER_REPAIR_INTERVAL_MS,
+    CLUSTER_SHARD_BYTES,
 };
 use bytes::Bytes;
 use chitchat::ChitchatHandle;
@@ -510,10 +511,12 @@ impl ClusterClient {
     }
 
     /// Run for up to `d` (returning early once `until` holds): replies as
-    /// they come, a tick every `CLUSTER_CLIENT_TICK_MS`.
+    /// they come, a tick every `CLUSTER_CLIENT_TICK_MS` while anything is
+    /// in flight, every `CLUSTER_CLIENT_IDLE_TICK_MS` otherwise.
     async fn run_for(&mut self, d: Duration, until: Until) {
         let end = tokio::time::Instant::now() + d;
         let tick = Duration::from_millis(CLUSTER_CLIENT_TICK_MS);
+        let idle_tick = Duration::from_millis(CLUSTER_CLIENT_IDLE_TICK_MS);
         loop {
             self.flush();
             let stop = match until {
@@ -528,7 +531,9 @@ impl ClusterClient {
             let now = tokio::time::Instant::now();
             if now >= self.next_tick {
                 self.tick().await;
-                self.next_tick = now + tick;
+                // with nothing in flight a tick is only background work
+                let busy = self.att.is_busy() || !self.ios.is_empty();
+                self.next_tick = now + if busy { tick } else { idle_tick };
                 continue;
             }
             if now >= end {

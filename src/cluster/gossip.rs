@@ -107,6 +107,9 @@ pub struct RebalanceView {
     pub status: RebalanceStatus,
 }
 
+/// One node's floors and override records, as it publishes them.
+type Published = (BTreeMap<String, Epoch>, Vec<(ShardKey, OverrideRecord)>);
+
 /// The cluster as one observer sees it now.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClusterView {
@@ -133,8 +136,7 @@ impl ClusterView {
             }
         }
         let mut view = ClusterView::default();
-        let mut published: Vec<(BTreeMap<String, Epoch>, Vec<(ShardKey, OverrideRecord)>)> =
-            Vec::new();
+        let mut published: Vec<Published> = Vec::new();
         for (name, (cid, is_live)) in newest {
             let Some(st) = cc.node_state(cid) else {
                 continue;
