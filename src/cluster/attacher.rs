@@ -311,6 +311,16 @@ enum After<D> {
     _Phantom(std::marker::PhantomData<D>),
 }
 
+/// An epoch-check round: its number, when it started, the requests, and
+/// whether it went to every target yet (it starts with the fewest live
+/// ones that make a quorum).
+struct CheckRound<D> {
+    gen: u64,
+    started: u64,
+    round: Round<D>,
+    widened: bool,
+}
+
 /// Where an operation runs: its slot and when it started (its timeout
 /// counts from then).
 #[derive(Debug, Clone, Copy)]
@@ -377,8 +387,10 @@ enum Op<D> {
         round: Round<D>,
         /// The epoch-check round that must succeed before the data returns.
         needs: u64,
-        /// The data, once a replica answered.
+        /// The data, once a replica answered, and that replica (its answer
+        /// confirms the epoch there too).
         got: Option<(Vec<Version>, Vec<D>)>,
+        from: Option<NodeId>,
     },
     RepairFetch {
         key: ShardKey,
@@ -463,9 +475,9 @@ pub struct Attacher<D> {
     /// end and no new one starts): the repair's, the moves'.
     reserved_repair: Option<u64>,
     reserved_moves: BTreeSet<u64>,
-    /// The epoch-check round in flight (`(number, started ms, round)`),
-    /// the last number given out, the last that made a quorum.
-    check: Option<(u64, u64, Round<D>)>,
+    /// The epoch-check round in flight, the last number given out, the
+    /// last that made a quorum.
+    check: Option<CheckRound<D>>,
     check_gen: u64,
     checked: u64,
     next_id: u64,
@@ -923,9 +935,10 @@ impl<D: Clone> Attacher<D> {
                 round,
                 needs: self.check_gen + 1,
                 got: None,
+                from: None,
             },
         );
-        self.maybe_check(now);
+        self.maybe_check(now, live);
         Ok(())
     }
 
@@ -954,10 +967,10 @@ impl<D: Clone> Attacher<D> {
         if let Some(resp) = resp.take_if(|_| {
             self.check
                 .as_ref()
-                .is_some_and(|(_, _, r)| r.sent.get(from).is_some_and(|s| s.0 == id))
+                .is_some_and(|c| c.round.sent.get(from).is_some_and(|s| s.0 == id))
         }) {
-            if let Some((_, _, r)) = self.check.as_mut() {
-                r.replies.insert(from.to_string(), resp);
+            if let Some(c) = self.check.as_mut() {
+                c.round.replies.insert(from.to_string(), resp);
             }
             self.advance_check(now, live);
         }
@@ -992,7 +1005,7 @@ impl<D: Clone> Attacher<D> {
         let out = &mut self.out;
         let mut rounds: Vec<&mut Round<D>> = self.drops.iter_mut().map(|d| &mut d.round).collect();
         rounds.extend(self.scan.as_mut().map(|(_, r, _)| r));
-        rounds.extend(self.check.as_mut().map(|(_, _, r)| r));
+        rounds.extend(self.check.as_mut().map(|c| &mut c.round));
         for (_, op) in self.ops.values_mut() {
             rounds.extend(op_rounds(op));
         }
@@ -1207,7 +1220,13 @@ impl<D: Clone> Attacher<D> {
     /// Start an epoch-check round when a read waits for one and none is in
     /// flight: `Check` to every target, a quorum of the configuration must
     /// answer `Ok`.
-    fn maybe_check(&mut self, now: u64) {
+    ///
+    /// It goes first to the fewest live targets that make a quorum (taken
+    /// in turn, starting one further each round), and to every target
+    /// once a quarter of `retry_ms` passed without a quorum. A read's own
+    /// data answer counts as one more check (it was asked after the read
+    /// started), so a read often needs one check answer besides its data.
+    fn maybe_check(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
         if self.check.is_some() || self.mode != Mode::Attached {
             return;
         }
@@ -1219,8 +1238,25 @@ impl<D: Clone> Attacher<D> {
             return;
         }
         self.check_gen += 1;
+        let all = self.targets();
+        let mut ids: Vec<NodeId> = Vec::new();
+        if let Some(config) = self.basis_record() {
+            let alive: Vec<&NodeId> = all.iter().filter(|n| live(n)).collect();
+            let turn = (self.check_gen as usize) % alive.len().max(1);
+            for n in alive.iter().cycle().skip(turn).take(alive.len()) {
+                ids.push((*n).clone());
+                let set: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+                if quorum_in(config, &set) {
+                    break;
+                }
+            }
+            let set: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+            if !quorum_in(config, &set) {
+                ids = all.clone();
+            }
+        }
+        let widened = ids.len() == all.len();
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-        let ids = self.targets();
         let round = self.round(
             &ids,
             || Request::Check {
@@ -1229,16 +1265,37 @@ impl<D: Clone> Attacher<D> {
             },
             now,
         );
-        self.check = Some((self.check_gen, now, round));
+        self.check = Some(CheckRound {
+            gen: self.check_gen,
+            started: now,
+            round,
+            widened,
+        });
+    }
+
+    /// Whether a read needing check round `needs` may return, its data
+    /// having come from `from`: that round (or a later one) made a quorum,
+    /// or it is running and its answers with `from` make one.
+    fn confirmed(&self, needs: u64, from: Option<&str>) -> bool {
+        if self.checked >= needs {
+            return true;
+        }
+        let (Some(c), Some(from), Some(config)) = (&self.check, from, self.basis_record()) else {
+            return false;
+        };
+        let mut ok = c.round.answered(|r| matches!(r, Response::Ok));
+        ok.insert(from);
+        c.gen >= needs && quorum_in(config, &ok)
     }
 
     /// Finish the epoch-check round on a quorum (reads waiting for it
     /// return), a fence (every operation fails) or a timeout (another
     /// round starts).
     fn advance_check(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
-        let Some((gen, started, round)) = self.check.as_ref() else {
+        let Some(c) = self.check.as_ref() else {
             return;
         };
+        let (gen, started, round) = (c.gen, c.started, &c.round);
         if let Some(e) = round.fenced() {
             self.check = None;
             self.fence_seen(e);
@@ -1249,25 +1306,43 @@ impl<D: Clone> Attacher<D> {
         }
         let ok = round.answered(|r| matches!(r, Response::Ok));
         let done = self.basis_record().is_some_and(|c| quorum_in(c, &ok));
-        let (gen, timed_out) = (*gen, now >= started + self.cfg.op_timeout_ms);
+        let timed_out = now >= started + self.cfg.op_timeout_ms;
+        if !done && !c.widened && now >= started + self.cfg.retry_ms / 4 {
+            // the first few are slow: ask everyone
+            let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+            let mut c = self.check.take().expect("checked above");
+            for n in self.targets() {
+                if !c.round.sent.contains_key(&n) {
+                    let req = Request::Check {
+                        volume: volume.clone(),
+                        epoch,
+                    };
+                    self.send(&mut c.round, &n, req, now);
+                }
+            }
+            c.widened = true;
+            self.check = Some(c);
+        }
         if done {
             self.checked = gen;
             self.check = None;
-            let reads: Vec<u64> = self
-                .ops
-                .iter()
-                .filter(|(_, (_, op))| matches!(op, Op::Read { got: Some(_), .. }))
-                .map(|(slot, _)| *slot)
-                .collect();
-            for slot in reads {
-                self.advance(slot, now, live);
-            }
         } else if timed_out {
             self.check = None;
-        } else {
-            return;
         }
-        self.maybe_check(now);
+        // reads waiting on this round (with their own data answer, an
+        // answer may be enough before the round makes a quorum)
+        let reads: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, (_, op))| matches!(op, Op::Read { got: Some(_), .. }))
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in reads {
+            self.advance(slot, now, live);
+        }
+        if self.check.is_none() {
+            self.maybe_check(now, live);
+        }
     }
 
     /// Fail every operation in flight (a newer attacher holds the volume).
@@ -1572,16 +1647,22 @@ impl<D: Clone> Attacher<D> {
                 mut round,
                 needs,
                 mut got,
+                mut from,
             } => {
                 if got.is_none() {
-                    got = round.replies.values().find_map(|r| match r {
-                        Response::Data { versions, blocks } => {
-                            Some((versions.clone(), blocks.clone()))
-                        }
-                        _ => None,
-                    });
+                    if let Some((n, versions, blocks)) =
+                        round.replies.iter().find_map(|(n, r)| match r {
+                            Response::Data { versions, blocks } => {
+                                Some((n.clone(), versions.clone(), blocks.clone()))
+                            }
+                            _ => None,
+                        })
+                    {
+                        got = Some((versions, blocks));
+                        from = Some(n);
+                    }
                 }
-                let checked = self.checked >= needs;
+                let checked = self.confirmed(needs, from.as_deref());
                 match got {
                     Some((versions, blocks)) if checked => {
                         self.events.push(Event::Read {
@@ -1631,6 +1712,7 @@ impl<D: Clone> Attacher<D> {
                         round,
                         needs,
                         got,
+                        from,
                     },
                 );
             }
