@@ -383,6 +383,9 @@ pub const CLUSTER_CLIENT_RETRY_MS: u64 = 1_000;
 pub const CLUSTER_OP_TIMEOUT_MS: u64 = 20_000;
 /// How often a real client's attacher ticks (retransmits, repair) (milliseconds).
 pub const CLUSTER_CLIENT_TICK_MS: u64 = 20;
+/// How often it ticks with nothing in flight (milliseconds).
+pub const CLUSTER_CLIENT_IDLE_TICK_MS: u64 = 100;
+const _: () = assert!(CLUSTER_CLIENT_IDLE_TICK_MS >= CLUSTER_CLIENT_TICK_MS);
 /// How often a node republishes its gossip keys (milliseconds).
 pub const CLUSTER_PUBLISH_MS: u64 = 500;
 /// Shards one re-replication scan looks at per tick.
@@ -392,6 +395,16 @@ pub const CLUSTER_REPAIR_SCAN_SHARDS: u64 = 4096;
 pub const CLUSTER_META_JOURNAL_MAX_BYTES: u64 = 16 << 20;
 /// Times an attach retries above a newer holder before giving up.
 pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
+/// Requests a node's replica thread applies before one sync and metadata
+/// append answers them all (group commit) (count).
+pub const CLUSTER_REPLICA_BATCH_REQUESTS: usize = 64;
+const _: () = assert!(CLUSTER_REPLICA_BATCH_REQUESTS >= 1);
+/// Callers' reads and writes one attacher runs at once (operations
+/// (count); more wait their turn). At most the requests a connection
+/// keeps in flight, so caller operations alone never queue on a connection.
+pub const CLUSTER_ATTACHER_MAX_OPS: usize = 32;
+const _: () = assert!(CLUSTER_ATTACHER_MAX_OPS >= 1);
+const _: () = assert!(CLUSTER_ATTACHER_MAX_OPS <= CLUSTER_INFLIGHT_PER_CONN);
 const _: () =
     assert!(CLUSTER_REPLICAS_DEFAULT >= 1 && CLUSTER_REPLICAS_DEFAULT <= CLUSTER_REPLICAS_MAX);
 const _: () = assert!(CLUSTER_BLOCK_BYTES % BLOCK_SIZE_BYTES == 0);
@@ -587,18 +600,13 @@ pub const DEVICE_CLUSTER_IDLE_MS: u64 = 100;
 /// How long `add` of a cluster volume waits for the storage nodes it
 /// expects (milliseconds).
 pub const DEVICE_CLUSTER_WAIT_MS: u64 = 15_000;
-/// Largest zero write the network thread sends for one WRITE_ZEROES or
-/// DISCARD piece (bytes); longer ranges go in several.
-pub const DEVICE_CLUSTER_ZERO_CHUNK_BYTES: u64 = CLUSTER_SHARD_BYTES;
 /// How long the network thread keeps retrying a request that finds no live
-/// replica before failing it with EIO (milliseconds), and the pause between
-/// tries, during which the cluster client ticks (milliseconds).
+/// replica before failing it with EIO (milliseconds), and the pause before
+/// it submits one again (milliseconds).
 pub const DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS: u64 = 30_000;
 pub const DEVICE_CLUSTER_RETRY_MS: u64 = 200;
 const _: () = assert!(DEVICE_CLUSTER_RING_REQUESTS >= 1);
 const _: () = assert!(DEVICE_CLUSTER_RETRY_MS < DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS);
 const _: () = assert!(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS > 2 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(DEVICE_CLUSTER_IDLE_MS >= CLUSTER_CLIENT_TICK_MS);
-const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES % CLUSTER_BLOCK_BYTES == 0);
-const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
 const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);

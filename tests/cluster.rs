@@ -1,6 +1,6 @@
 //! Cluster end to end on loopback: three `shardblk node run` processes, a
-//! cluster volume with R = 2, random verified writes while one node is
-//! killed (SIGKILL) and restarted; a stale attacher fenced out; and
+//! cluster volume with R = 2, random verified writes (one at a time and
+//! batches of 16 at once) while one node is killed (SIGKILL) and restarted; a stale attacher fenced out; and
 //! rebalancing when a fourth node joins and when a node leaves; a graceful
 //! leave (SIGTERM) drained with R live copies throughout; a returning
 //! node's stale copies dropped; a real partition: the old attacher in
@@ -8,15 +8,16 @@
 //! device's network thread serving requests handed off as a queue thread
 //! hands them.
 
+use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::cluster::attacher::OpError;
-use shardblk::cluster::client::{ClientConfig, ClientError, ClusterClient};
+use shardblk::cluster::client::{ClientConfig, ClientError, ClusterClient, Io};
 use shardblk::cluster::rebalance::Limits;
 use shardblk::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_OUT_AFTER_MS, CLUSTER_SHARD_BYTES};
 use shardblk::device::handoff::{channel, BufPtr, NetDone, NetOp, NetRequest, QueueEnd};
 use shardblk::device::net::{ClusterSource, NetThread};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -204,6 +205,67 @@ async fn random_op(
     }
 }
 
+/// `qd` I/Os on disjoint random ranges at once through `submit`/`poll`
+/// (writes checked later, reads against the model now).
+async fn concurrent_batch(
+    c: &mut ClusterClient,
+    rng: &mut ChaCha8Rng,
+    model: &mut [u8],
+    written: &mut BTreeSet<u64>,
+    errors: &mut u64,
+    qd: usize,
+) {
+    let size = model.len() as u64;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    while ranges.len() < qd {
+        let blocks = rng.random_range(1..=16u64);
+        let off = rng.random_range(0..size / BS - blocks) * BS;
+        let len = blocks * BS;
+        if ranges.iter().all(|&(o, l)| off + len <= o || o + l <= off) {
+            ranges.push((off, len));
+        }
+    }
+    let mut out: HashMap<u64, (u64, u64, Option<Vec<u8>>)> = HashMap::new();
+    for (tag, &(off, len)) in ranges.iter().enumerate() {
+        let tag = tag as u64;
+        if rng.random_bool(0.6) {
+            let mut data = vec![0u8; len as usize];
+            rng.fill(&mut data[..]);
+            let io = Io::Write {
+                offset: off,
+                data: Bytes::from(data.clone()),
+            };
+            c.submit(tag, io).expect("submit");
+            out.insert(tag, (off, len, Some(data)));
+        } else {
+            c.submit(tag, Io::Read { offset: off, len })
+                .expect("submit");
+            out.insert(tag, (off, len, None));
+        }
+    }
+    while !out.is_empty() {
+        for d in c.poll(Duration::from_secs(1)).await {
+            let (off, len, wrote) = out.remove(&d.tag).expect("submitted");
+            let at = off as usize..(off + len) as usize;
+            match (d.result.expect("concurrent I/O"), wrote) {
+                (None, Some(data)) => {
+                    model[at].copy_from_slice(&data);
+                    for s in off / CLUSTER_SHARD_BYTES..=(off + len - 1) / CLUSTER_SHARD_BYTES {
+                        written.insert(s);
+                    }
+                }
+                (Some(got), None) => {
+                    if got[..] != model[at] {
+                        *errors += 1;
+                        eprintln!("verification error at {off} length {len} (concurrent)");
+                    }
+                }
+                other => panic!("tag {}: {other:?}", d.tag),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_r2_survive_a_killed_and_restarted_node() {
     let seed: u64 = std::env::var("SHARDBLK_CLUSTER_SEED")
@@ -224,11 +286,19 @@ async fn three_nodes_r2_survive_a_killed_and_restarted_node() {
     for _ in 0..60 {
         random_op(&mut c, &mut rng, &mut model, &mut written, &mut errors).await;
     }
+    for _ in 0..4 {
+        let (m, w, e) = (&mut model, &mut written, &mut errors);
+        concurrent_batch(&mut c, &mut rng, m, w, e, 16).await;
+    }
     let victim = rng.random_range(0..3usize);
     nodes[victim].kill();
     let t = std::time::Instant::now();
-    for _ in 0..100 {
+    for i in 0..100 {
         random_op(&mut c, &mut rng, &mut model, &mut written, &mut errors).await;
+        if i % 25 == 0 {
+            let (m, w, e) = (&mut model, &mut written, &mut errors);
+            concurrent_batch(&mut c, &mut rng, m, w, e, 16).await;
+        }
     }
     eprintln!(
         "100 ops with {} down took {:?}",
@@ -239,6 +309,10 @@ async fn three_nodes_r2_survive_a_killed_and_restarted_node() {
     nodes[victim].start(&seeds);
     for _ in 0..60 {
         random_op(&mut c, &mut rng, &mut model, &mut written, &mut errors).await;
+    }
+    for _ in 0..4 {
+        let (m, w, e) = (&mut model, &mut written, &mut errors);
+        concurrent_batch(&mut c, &mut rng, m, w, e, 16).await;
     }
     let shards: Vec<u64> = written.iter().copied().collect();
     assert!(
