@@ -243,6 +243,9 @@ pub const DEVICE_DISCARD_MAX_BYTES: u64 = 1 << 30;
 pub const DEVICE_TRACE_RING_EVENTS: usize = 1 << 16;
 /// How often a queue thread publishes its statistics snapshot (milliseconds).
 pub const DEVICE_STATS_PUBLISH_MS: u64 = 200;
+/// Latencies a queue thread buffers between publishes (8 bytes each); a full
+/// buffer is published at once.
+pub const DEVICE_STATS_PENDING_RECORDS: usize = 16_384;
 /// Highest latency a histogram tracks (nanoseconds); slower requests count as this.
 pub const DEVICE_LATENCY_MAX_NS: u64 = 60_000_000_000;
 /// Significant decimal digits of the latency histograms.
@@ -256,6 +259,9 @@ pub const DEVICE_STOP_TIMEOUT_S: u64 = 30;
 /// Largest reply or request accepted on the control socket (bytes).
 pub const DEVICE_CONTROL_MSG_MAX_BYTES: usize = 1 << 20;
 const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % BLOCK_SIZE_BYTES == 0);
+// A buffered latency packs its histogram key above bit 56.
+const _: () = assert!(DEVICE_LATENCY_MAX_NS < 1 << 56);
+const _: () = assert!(DEVICE_STATS_PENDING_RECORDS >= DEVICE_DEPTH_MAX_REQUESTS as usize);
 const _: () = assert!(DEVICE_DEPTH_DEFAULT_REQUESTS <= DEVICE_DEPTH_MAX_REQUESTS);
 const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MAX);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
