@@ -441,6 +441,14 @@ pub const PREFETCH_BACKLOG_EVENTS_MAX: usize = 16_384;
 /// about 10 % of a vCPU at one wakeup per millisecond under TCG).
 pub const PREFETCH_POLL_INTERVAL_US: u64 = 4_000;
 pub const PREFETCH_IDLE_SLEEP_US: u64 = 10_000;
+/// With prefetching off and no recording, the thread only empties the
+/// rings: it sleeps this long between turns (the rings hold that long at
+/// up to about 1.3 M requests per second and queue).
+pub const PREFETCH_DRAIN_ONLY_SLEEP_US: u64 = 50_000;
+const _: () = assert!(
+    DEVICE_TRACE_RING_EVENTS as u64 * 1_000_000 / PREFETCH_DRAIN_ONLY_SLEEP_US >= 1_000_000
+);
+const _: () = assert!(PREFETCH_DRAIN_ONLY_SLEEP_US >= PREFETCH_IDLE_SLEEP_US);
 /// Background (online training) budget per idle turn (milliseconds).
 pub const PREFETCH_BACKGROUND_BUDGET_MS: u64 = 20;
 /// Default hot-tier budget of staged shards: this percent of the hot tier.
