@@ -114,6 +114,7 @@ PY
 # of the targets reversed every other round; the table shows the median of
 # each column over the rounds (the host is shared: single runs swing 2x).
 ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}"
+: >"$W/rounds.txt"
 printf '%-20s %-10s %9s %8s %9s %9s %8s %8s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru
 jobs="${SHARDBLK_CMP_JOBS:-randread:4k:1,randread:4k:32,randwrite:4k:1,randwrite:4k:32,read:1M:4}"
 for job in ${jobs//,/ }; do
@@ -142,6 +143,12 @@ print(" ".join(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in ra
         printf '%-20s %-10s %9.0f %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
             "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")"
     done
+    # Every round's IOPS, in run order, for judging the spread behind a median.
+    for t in $(echo "$targets" | tr ' ' '\n' | tac); do
+        echo "${res[$t]}" | tr ';' '\n' | awk -v j="$1 $2 QD$3" -v t="$t" \
+            'NF { r = r " " int($1) } END { printf "#  %-17s %-10s rounds:%s\n", j, t, r }' >>"$W/rounds.txt"
+    done
     unset res
 done
+cat "$W/rounds.txt"
 "$B" stats -n 3
