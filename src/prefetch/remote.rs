@@ -39,9 +39,12 @@
 //! - Every slot is in exactly one place (free, fetching, staged);
 //!   [`RemoteStageCore::check`] asserts it.
 
+use super::live::{Place, ShardPlaces};
 use super::stager::{Plan, SkipReason, StagerCore, StagerParams, StagerStats};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Shape of a stage tier and its limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,11 +160,8 @@ pub struct RemoteStageCore {
 impl RemoteStageCore {
     pub fn new(p: RemoteStageParams, now_ns: u64) -> Self {
         assert!(p.slots >= 1 && p.fetch_max >= 1 && p.shard_bytes > 0);
-        // Fetches in flight hold slots the stager core does not count yet,
-        // so its budget leaves them room (at least one staged shard).
         let fetch_max = p.fetch_max.min(p.slots as usize);
-        let budget = u64::from(p.slots).saturating_sub(fetch_max as u64).max(1);
-        let core = StagerCore::new(StagerParams::new(budget), now_ns);
+        let core = StagerCore::new(StagerParams::new(u64::from(p.slots)), now_ns);
         RemoteStageCore {
             free: (0..p.slots).rev().collect(),
             p: RemoteStageParams { fetch_max, ..p },
@@ -200,7 +200,10 @@ impl RemoteStageCore {
         if self.fetching >= self.p.fetch_max {
             return Decision::Skip(RemoteSkip::FetchesBusy);
         }
-        let evict = match self.core.plan((volume, shard), 1, now_ns) {
+        // Fetches in flight hold slots the stager core does not count yet:
+        // the plan makes room for them too, so a slot is always free after.
+        let units = 1 + self.fetching as u64;
+        let evict = match self.core.plan((volume, shard), units, now_ns) {
             Plan::Stage { evict } => evict,
             Plan::Skip(r) => return Decision::Skip(RemoteSkip::Stager(r)),
         };
@@ -213,10 +216,7 @@ impl RemoteStageCore {
             }
         }
         let Some(slot) = self.free.pop() else {
-            // every slot is held by fetches in flight (the core's budget
-            // leaves them room, so only a tier of a single slot gets here)
-            self.core.over_budget();
-            return Decision::Skip(RemoteSkip::Stager(SkipReason::NoBudget));
+            unreachable!("the plan left no slot free: {}", self.debug());
         };
         self.state.insert(
             shard,
@@ -432,12 +432,78 @@ impl RemoteStageCore {
         assert_eq!(staged as u64, self.core.stats().resident_shards);
     }
 
+    fn debug(&self) -> String {
+        format!(
+            "{} slots, {} free, {} fetching, {:?}",
+            self.p.slots,
+            self.free.len(),
+            self.fetching,
+            self.core.stats()
+        )
+    }
+
     pub fn stats(&self) -> RemoteStageStats {
         let mut s = self.st.clone();
         s.slots = self.p.slots;
         s.slots_used = self.p.slots - self.free.len() as u32;
         s.stager = self.core.stats();
         s
+    }
+}
+
+/// Which shards are staged, as the inference thread sees them (one bit per
+/// shard, set by the network thread once a copy is installed, cleared
+/// when it is dropped): staged shards are [`Place::Hot`], others `Cold`.
+#[derive(Clone)]
+pub struct StagedSet {
+    volume: u32,
+    shards: u64,
+    bits: Arc<[AtomicU64]>,
+}
+
+impl StagedSet {
+    pub fn new(volume: u32, shards: u64) -> Self {
+        StagedSet {
+            volume,
+            shards,
+            bits: (0..shards.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    pub fn set(&self, shard: u64, staged: bool) {
+        if shard >= self.shards {
+            return;
+        }
+        let (w, b) = ((shard / 64) as usize, 1u64 << (shard % 64));
+        if staged {
+            self.bits[w].fetch_or(b, Ordering::Relaxed);
+        } else {
+            self.bits[w].fetch_and(!b, Ordering::Relaxed);
+        }
+    }
+
+    pub fn clear(&self) {
+        for w in self.bits.iter() {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ShardPlaces for StagedSet {
+    fn volume_id(&self) -> u32 {
+        self.volume
+    }
+    fn place(&self, shard: u64) -> Place {
+        if shard >= self.shards {
+            return Place::Absent;
+        }
+        let (w, b) = ((shard / 64) as usize, 1u64 << (shard % 64));
+        match self.bits[w].load(Ordering::Relaxed) & b {
+            0 => Place::Cold,
+            _ => Place::Hot,
+        }
     }
 }
 
@@ -551,32 +617,43 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_evicts_read_shards_and_bounds_fetches() {
-        // 3 slots, 1 fetch at a time: the core's budget is 2 staged shards
-        let mut c = RemoteStageCore::new(params(3, 1), 0);
+    fn the_budget_counts_fetches_in_flight_and_evicts_read_shards_first() {
+        let mut c = RemoteStageCore::new(params(3, 2), 0);
         c.confirmed(0);
         stage(&mut c, 1, 0);
         stage(&mut c, 2, 0);
         assert!(matches!(c.read(SB, 4096, MS), ReadPlan::Local(_)));
         assert!(matches!(c.read(2 * SB, 4096, 2 * MS), ReadPlan::Local(_)));
-        // a third evicts the least recently read
+        // a third fits; a fourth, with the third in flight, evicts the
+        // least recently read
         let Decision::Fetch { evicted, .. } = c.predicted(7, 3, 3 * MS) else {
-            panic!("not fetched");
+            panic!("3 not fetched");
+        };
+        assert!(evicted.is_empty());
+        let Decision::Fetch { evicted, .. } = c.predicted(7, 4, 3 * MS) else {
+            panic!("4 not fetched");
         };
         assert_eq!(evicted, vec![1]);
         assert_eq!(
-            c.predicted(7, 4, 3 * MS),
+            c.predicted(7, 5, 3 * MS),
             Decision::Skip(RemoteSkip::FetchesBusy)
         );
         c.check();
-        // two fresh unread shards are never evicted for a newer prediction
-        assert_eq!(c.fetched(3, true), Fetched::Install { slot: 0 });
-        c.installed(3, true, 3 * MS);
-        stage(&mut c, 4, 4 * MS); // evicts 2 (read), keeps 3 (fresh)
+        for s in [3, 4] {
+            let Fetched::Install { .. } = c.fetched(s, true) else {
+                panic!("{s} not installed");
+            };
+            c.installed(s, true, 3 * MS);
+        }
+        c.check();
+        stage(&mut c, 5, 4 * MS); // evicts 2 (read), keeps 3 and 4 (fresh)
+        assert!(!c.is_staged(2) && c.is_staged(3) && c.is_staged(4));
+        // fresh unread shards are never evicted for a newer prediction
         assert_eq!(
-            c.predicted(7, 5, 5 * MS),
+            c.predicted(7, 6, 5 * MS),
             Decision::Skip(RemoteSkip::Stager(SkipReason::NoBudget))
         );
+        assert_eq!(c.stats().slots_used, 3);
         c.check();
     }
 
