@@ -303,21 +303,26 @@ impl Stage {
 
     /// Start fetches of queued predictions while the core has room.
     fn start_fetches(&mut self, client: &mut ClusterClient) {
+        let volume = self.core.params().volume;
         while self.core.fetches_in_flight() < self.core.params().fetch_max {
-            let Some(p) = self.preds.pop() else {
-                return;
+            // predictions deferred while their shards were written first
+            let (v, shard) = match self.core.take_ready() {
+                Some(s) => (volume, s),
+                None => match self.preds.pop() {
+                    Some(p) => (p.volume, p.shard),
+                    None => return,
+                },
             };
             let now = self.now_ns();
-            let Decision::Fetch { evicted, .. } = self.core.predicted(p.volume, p.shard, now)
-            else {
+            let Decision::Fetch { evicted, .. } = self.core.predicted(v, shard, now) else {
                 continue;
             };
             for s in evicted {
                 self.staged.set(s, false);
             }
-            if let Err(e) = client.submit(FETCH_TAG | p.shard, Io::Fetch { shard: p.shard }) {
-                tracing::debug!("staging shard {}: {e}", p.shard);
-                self.core.fetched(p.shard, false);
+            if let Err(e) = client.submit(FETCH_TAG | shard, Io::Fetch { shard }) {
+                tracing::debug!("staging shard {shard}: {e}");
+                self.core.fetched(shard, false);
             }
         }
     }

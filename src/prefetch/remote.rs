@@ -15,7 +15,9 @@
 //!   demand promotion named, evicting (instantly: a slot is just freed)
 //!   the victims the stager core chose.
 //! - At most `fetch_max` fetches run at once; a shard with writes in flight
-//!   is not fetched (its replicas may not all have them yet).
+//!   is not fetched (its replicas may not all have them yet): the
+//!   prediction is kept (up to `DEFERRED_MAX`) and handed out again by
+//!   [`RemoteStageCore::take_ready`] once those writes ended.
 //! - Writes are write-through: every write is sent to the replicas as
 //!   before. [`RemoteStageCore::write_started`] is called when a write is
 //!   handed to the client, in submission order (the order in which the
@@ -42,7 +44,7 @@
 use super::live::{Place, ShardPlaces};
 use super::stager::{Plan, SkipReason, StagerCore, StagerParams, StagerStats};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -153,9 +155,14 @@ pub struct RemoteStageCore {
     free: Vec<u32>,
     fetching: usize,
     writes: HashMap<u64, u32>,
+    /// Predicted while written: staged once their writes end.
+    deferred: VecDeque<u64>,
     confirmed_ns: Option<u64>,
     st: RemoteStageStats,
 }
+
+/// Predictions of shards under writes kept for later at most.
+const DEFERRED_MAX: usize = 64;
 
 impl RemoteStageCore {
     pub fn new(p: RemoteStageParams, now_ns: u64) -> Self {
@@ -169,6 +176,7 @@ impl RemoteStageCore {
             state: HashMap::new(),
             fetching: 0,
             writes: HashMap::new(),
+            deferred: VecDeque::new(),
             confirmed_ns: None,
             st: RemoteStageStats::default(),
         }
@@ -195,6 +203,9 @@ impl RemoteStageCore {
             None => {}
         }
         if self.writes.get(&shard).is_some_and(|&n| n > 0) {
+            if !self.deferred.contains(&shard) && self.deferred.len() < DEFERRED_MAX {
+                self.deferred.push_back(shard);
+            }
             return Decision::Skip(RemoteSkip::Writing);
         }
         if self.fetching >= self.p.fetch_max {
@@ -228,6 +239,17 @@ impl RemoteStageCore {
         self.fetching += 1;
         self.st.fetches += 1;
         Decision::Fetch { slot, evicted }
+    }
+
+    /// A shard predicted while writes to it were in flight whose writes
+    /// have all ended since (oldest first): to pass to
+    /// [`Self::predicted`] again.
+    pub fn take_ready(&mut self) -> Option<u64> {
+        let i = self
+            .deferred
+            .iter()
+            .position(|s| !self.writes.contains_key(s))?;
+        self.deferred.remove(i)
     }
 
     /// The fetch of `shard` ended (`ok`: its data arrived).
@@ -569,7 +591,10 @@ mod tests {
         c.check();
         // the write is still in flight: not fetched again
         assert_eq!(c.predicted(7, 5, MS), Decision::Skip(RemoteSkip::Writing));
+        assert_eq!(c.take_ready(), None, "deferred while written");
         c.write_ended(5 * SB, 4096, true);
+        assert_eq!(c.take_ready(), Some(5));
+        assert_eq!(c.take_ready(), None);
         assert!(matches!(c.predicted(7, 5, MS), Decision::Fetch { .. }));
         assert_eq!(c.stats().spoiled, 1);
         c.check();
@@ -698,7 +723,10 @@ mod tests {
             c.tick(now);
             match rng.random_range(0..6) {
                 0 => {
-                    let s = rng.random_range(0..shards);
+                    let s = match c.take_ready() {
+                        Some(s) if rng.random_bool(0.5) => s,
+                        _ => rng.random_range(0..shards),
+                    };
                     if let Decision::Fetch { .. } = c.predicted(7, s, now) {
                         let b = (s * BLOCKS) as usize;
                         fetches.push((s, replicas[b..b + BLOCKS as usize].to_vec()));
