@@ -45,14 +45,14 @@ use shardblk::device::serve_cluster::stage_of;
 use shardblk::io::AlignedBuf;
 use shardblk::prefetch::live::LiveConfig;
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
-use std::sync::Arc;
-use tokio::sync::Notify;
 use shardblk::shard::policy::TierPolicy;
 use shardblk::shard::pool::{Pool, TierSpec};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 const MIB: u64 = 1 << 20;
 
@@ -460,7 +460,10 @@ fn stage_table(dir: &Path, quick: bool) {
         }
         assert_eq!(wrong_local, 0, "an unstaged shard served locally");
         let what = format!("{} KiB random", len / 1024);
-        row(&format!("{what} | stage tier ({wrong_remote} went remote)"), &lat(staged, len));
+        row(
+            &format!("{what} | stage tier ({wrong_remote} went remote)"),
+            &lat(staged, len),
+        );
         row(&format!("{what} | replicas"), &lat(remote, len));
     }
     net.stop();

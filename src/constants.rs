@@ -636,7 +636,7 @@ const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);
 /// the network thread fetches for the stage tier at once (each one attacher
 /// operation of the `CLUSTER_ATTACHER_MAX_OPS`, so demand I/O keeps the rest).
 pub const DEVICE_STAGE_FETCHES_MAX: usize = 2;
-/// A staged copy serves reads only while a remote operation that started at
+/// A staged copy serves reads only while a remote read that started at
 /// most this long ago succeeded (a quorum of replicas had seen no newer
 /// attacher); otherwise the read goes to the replicas and renews it
 /// (milliseconds). Bounds how long a fenced attacher that has not heard of

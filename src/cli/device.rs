@@ -34,6 +34,8 @@ use std::time::Duration;
 const READY_FD_ENV: &str = "SHARDBLK_READY_FD";
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of `Add`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum DeviceCmd {
     /// Serve a volume as /dev/ublkbN (prints the device path).
     Add(AddArgs),

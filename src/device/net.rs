@@ -205,7 +205,7 @@ struct Flight {
 /// # Safety
 /// `req.buf` must be the tag's buffer of at least `req.len` bytes, left to
 /// the network thread until its result is posted (`handoff` contract).
-unsafe fn buf_of(req: &NetRequest, off: u64, len: u64) -> &mut [u8] {
+unsafe fn buf_of<'a>(req: NetRequest, off: u64, len: u64) -> &'a mut [u8] {
     debug_assert!(off + len <= req.len);
     // SAFETY: per this function's contract, in bounds.
     unsafe { std::slice::from_raw_parts_mut(req.buf.0.add(off as usize), len as usize) }
@@ -258,7 +258,7 @@ impl Stage {
         for p in pieces {
             // SAFETY: the piece lies inside the request (the core cuts it
             // from offset..offset+len); the buffer is ours (handoff).
-            let mem = unsafe { buf_of(req, p.buf_off, p.len) };
+            let mem = unsafe { buf_of(*req, p.buf_off, p.len) };
             if let Err(e) = tier_io(self.tier.as_ref(), bounce, mem, p.at, false) {
                 tracing::warn!("stage tier read at {}: {e}: dropping the copy", p.at);
                 self.drop_copy((req.offset + p.buf_off) / CLUSTER_SHARD_BYTES);
@@ -285,7 +285,7 @@ impl Stage {
                 }
                 _ => {
                     // SAFETY: as in `try_local_read`.
-                    let mem = unsafe { buf_of(req, p.buf_off, p.len) };
+                    let mem = unsafe { buf_of(*req, p.buf_off, p.len) };
                     tier_io(self.tier.as_ref(), bounce, mem, p.at, true)
                 }
             };
@@ -533,13 +533,14 @@ pub async fn serve_ends(
 }
 
 /// A request handed to the client ended (`ok`: the replicas answered it):
-/// the stage core learns a write's end, and that the attachment held when
-/// the request started.
+/// the stage core learns a write's end, and from a read (whose data the
+/// attacher returns only after an epoch-check round sent after it started
+/// made a quorum) that the attachment held when the read started.
 fn ended(stage: &mut Option<Stage>, f: &Flight, ok: bool) {
     let Some(st) = stage.as_mut() else {
         return;
     };
-    if ok {
+    if ok && f.req.op == NetOp::Read {
         let started = f.t0.saturating_duration_since(st.start).as_nanos() as u64;
         st.core.confirmed(started);
     }

@@ -30,8 +30,8 @@
 //!   from what the replicas acknowledged.
 //! - Reads: [`RemoteStageCore::read`] serves a read locally only when every
 //!   shard it touches is staged and the attachment was confirmed recently:
-//!   a remote operation that started within `lease_ns` succeeded (a
-//!   replica quorum had not seen a newer attacher when it ran). Otherwise
+//!   a remote read that started within `lease_ns` succeeded (its epoch
+//!   check made a quorum: no newer attacher had fenced it). Otherwise
 //!   the read goes to the replicas as before (and, succeeding, renews the
 //!   confirmation), so a fenced attacher stops serving its copies within
 //!   `lease_ns` of its last confirmed operation.
@@ -60,7 +60,7 @@ pub struct RemoteStageParams {
     pub slots: u32,
     /// Fetches in flight at most.
     pub fetch_max: usize,
-    /// How long after a confirmed remote operation staged copies serve reads.
+    /// How long after a confirmed remote read staged copies serve reads.
     pub lease_ns: u64,
 }
 
@@ -379,7 +379,7 @@ impl RemoteStageCore {
         }
     }
 
-    /// A remote operation that started at `started_ns` succeeded: the
+    /// A remote read that started at `started_ns` succeeded: the
     /// replicas had seen no newer attacher then.
     pub fn confirmed(&mut self, started_ns: u64) {
         self.confirmed_ns = Some(self.confirmed_ns.map_or(started_ns, |c| c.max(started_ns)));
