@@ -1531,6 +1531,14 @@ fn staged_cluster_shards_serve_reads_locally_and_stay_coherent_under_writes() {
     assert!(st.local_reads >= local as u64, "{st:?}");
     assert!(st.stager.staged >= 4 && st.updated > 0, "{st:?}");
     assert_eq!(st.fetch_failed, 0, "{st:?}");
+    // past the end of the volume: refused, never served from the tier
+    let past = run(
+        &mut q,
+        &mut bufs,
+        vec![(NetOp::Read, size, 4096)],
+        &mut trace,
+    );
+    assert_eq!(past[0].3.res, -libc::EINVAL);
     assert_eq!(q.in_flight(), 0);
     net.stop();
     drop(live);

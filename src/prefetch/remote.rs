@@ -294,6 +294,12 @@ impl RemoteStageCore {
     /// A read of `len` bytes at `offset` started at `now_ns`: where it is
     /// served from.
     pub fn read(&mut self, offset: u64, len: u64, now_ns: u64) -> ReadPlan {
+        let end = offset.checked_add(len);
+        if len == 0 || end.is_none_or(|e| e > self.p.shards * self.p.shard_bytes) {
+            // not the volume's: the replicas' side answers it (an error)
+            self.st.remote_reads += 1;
+            return ReadPlan::Remote;
+        }
         let shards = self.shards_of(offset, len);
         let n = (shards.end - shards.start) as u32;
         self.core.on_read(self.p.volume, shards.start, n, now_ns);
@@ -576,10 +582,12 @@ mod tests {
         );
         // a read crossing into an absent shard goes remote
         assert_eq!(c.read(4 * SB - 4096, 8192, 3 * MS), ReadPlan::Remote);
+        // past the end of the volume: never local
+        assert_eq!(c.read(64 * SB, 4096, 3 * MS), ReadPlan::Remote);
         // the lease runs out
         assert_eq!(c.read(3 * SB, 4096, 503 * MS), ReadPlan::Remote);
         let s = c.stats();
-        assert_eq!((s.local_reads, s.remote_reads, s.lease_expired), (1, 3, 2));
+        assert_eq!((s.local_reads, s.remote_reads, s.lease_expired), (1, 4, 2));
     }
 
     #[test]
