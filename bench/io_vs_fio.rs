@@ -551,11 +551,7 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
                 } else {
                     "-".into()
                 };
-                line += &format!(
-                    " {:>6} {:>6.1}%",
-                    per_enter,
-                    100.0 * f.iops / figs[0].iops
-                );
+                line += &format!(" {:>6} {:>6.1}%", per_enter, 100.0 * f.iops / figs[0].iops);
             }
         }
         println!("{line}");

@@ -392,7 +392,13 @@ impl QueueMetrics {
                 Ok(s) => s,
                 Err(_) => self.shared.lock().expect("stats snapshot"),
             };
-            Self::apply(&mut self.pending, &self.count, &self.bytes, self.errors, &mut s);
+            Self::apply(
+                &mut self.pending,
+                &self.count,
+                &self.bytes,
+                self.errors,
+                &mut s,
+            );
         }
         let ns = latency_ns.clamp(1, DEVICE_LATENCY_MAX_NS);
         self.pending.push((i as u64) << PENDING_KEY_SHIFT | ns);
@@ -426,7 +432,13 @@ impl QueueMetrics {
             self.shared.try_lock().ok()
         };
         if let Some(mut s) = locked {
-            Self::apply(&mut self.pending, &self.count, &self.bytes, self.errors, &mut s);
+            Self::apply(
+                &mut self.pending,
+                &self.count,
+                &self.bytes,
+                self.errors,
+                &mut s,
+            );
             s.trace_dropped = trace_dropped;
             s.taken_ns = now_ns;
             self.last_publish_ns = now_ns;
@@ -764,7 +776,11 @@ mod tests {
         }
         let shared = m.shared();
         assert_eq!(m.pending(), n as usize);
-        assert_eq!(shared.lock().unwrap().count[key], 0, "nothing published yet");
+        assert_eq!(
+            shared.lock().unwrap().count[key],
+            0,
+            "nothing published yet"
+        );
         // The buffer is full: this record publishes the first n.
         m.record(Op::Write, Hit::Hot, 4096, 7, true);
         assert_eq!(m.pending(), 1);
@@ -773,7 +789,10 @@ mod tests {
             assert_eq!(s.hist[key].len(), n);
             assert_eq!(s.count[key], n, "counters go with their latencies");
             assert_eq!(s.hist[key].min(), 1000);
-            assert_eq!(s.hist[key].max(), s.hist[key].highest_equivalent(1000 + n - 1));
+            assert_eq!(
+                s.hist[key].max(),
+                s.hist[key].highest_equivalent(1000 + n - 1)
+            );
         }
         assert!(m.maybe_publish(DEVICE_STATS_PUBLISH_MS * 1_000_000, 0, false));
         let s = shared.lock().unwrap();

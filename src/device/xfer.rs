@@ -89,11 +89,9 @@ impl Xfer {
                             .offset(self.offset)
                             .build()
                     }
-                    (Dir::Write, None) => {
-                        opcode::Write::new($fd, self.addr as *const u8, self.len)
-                            .offset(self.offset)
-                            .build()
-                    }
+                    (Dir::Write, None) => opcode::Write::new($fd, self.addr as *const u8, self.len)
+                        .offset(self.offset)
+                        .build(),
                     (Dir::Write, Some(i)) => {
                         opcode::WriteFixed::new($fd, self.addr as *const u8, self.len, i)
                             .offset(self.offset)
