@@ -645,3 +645,11 @@ pub const DEVICE_STAGE_LEASE_MS: u64 = 1_000;
 const _: () = assert!(DEVICE_STAGE_FETCHES_MAX >= 1);
 const _: () = assert!(DEVICE_STAGE_FETCHES_MAX < CLUSTER_ATTACHER_MAX_OPS);
 const _: () = assert!(DEVICE_STAGE_LEASE_MS > CLUSTER_CLIENT_TICK_MS);
+/// A new attacher reports `Attached` (and takes operations) this long after
+/// its fence and write-back reached a quorum (milliseconds): a cut-off older
+/// attacher's staging lease (`DEVICE_STAGE_LEASE_MS`, counted from before a
+/// check its replicas answered, so before they were fenced) runs out first,
+/// with a quarter to spare for clock rate differences. So no staged copy is
+/// served after the new attacher acknowledged a write.
+pub const CLUSTER_ATTACH_GRACE_MS: u64 = DEVICE_STAGE_LEASE_MS + DEVICE_STAGE_LEASE_MS / 4;
+const _: () = assert!(CLUSTER_ATTACH_GRACE_MS > DEVICE_STAGE_LEASE_MS);

@@ -255,6 +255,12 @@ pub struct AttacherConfig {
     pub max_ops: usize,
     /// Distinct for every attacher started on a node (part of its epochs).
     pub incarnation: u64,
+    /// How long after its write-back committed (a quorum fenced) the
+    /// attacher waits before reporting `Attached` and taking operations
+    /// (`CLUSTER_ATTACH_GRACE_MS`): an older attacher cut off from the
+    /// cluster may serve staged copies for `DEVICE_STAGE_LEASE_MS` after its
+    /// last checked read began, and those leases run out first.
+    pub attach_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -485,6 +491,9 @@ pub struct Attacher<D> {
     next_slot: u64,
     /// An exclusive operation waits for the others to end: none starts.
     barrier: bool,
+    /// The write-back committed: `Attached` at this time (ms), once older
+    /// attachers' staging leases ran out (`AttacherConfig::attach_grace_ms`).
+    attach_grace_until: Option<u64>,
     /// Shards a structural operation waits for (client operations on them
     /// end and no new one starts): the repair's, the moves'.
     reserved_repair: Option<u64>,
@@ -543,6 +552,7 @@ impl<D: Clone> Attacher<D> {
             last_repair_ms: None,
             repair_cursor: 0,
             attach_attempts: 0,
+            attach_grace_until: None,
             out: Vec::new(),
             events: Vec::new(),
             basis: cfg_members_sorted(&cfg.members),
@@ -811,6 +821,7 @@ impl<D: Clone> Attacher<D> {
         self.seq = 0;
         self.override_seq = 0;
         self.mode = Mode::Attaching;
+        self.attach_grace_until = None;
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
         let ids = self.targets();
         let round = self.round(
@@ -1083,6 +1094,9 @@ impl<D: Clone> Attacher<D> {
         }
         self.advance_scan(now, live);
         self.advance_check(now, live);
+        if self.mode == Mode::Attaching && self.attach_grace_until.is_some_and(|t| now >= t) {
+            self.become_attached();
+        }
         if self.mode == Mode::Attached {
             self.note_liveness(now, live);
             self.maybe_scan(now, live);
@@ -1126,6 +1140,14 @@ impl<D: Clone> Attacher<D> {
     /// exclusive one running or waiting).
     fn structural_may_start(&self) -> bool {
         !self.barrier && self.count(Class::Exclusive) == 0 && self.count(Class::Structural) == 0
+    }
+
+    /// The attachment is taken: operations may start.
+    fn become_attached(&mut self) {
+        self.attach_grace_until = None;
+        self.mode = Mode::Attached;
+        self.scan_wanted = true;
+        self.events.push(Event::Attached(self.epoch));
     }
 
     fn fence_seen(&mut self, e: Epoch) {
@@ -1619,9 +1641,11 @@ impl<D: Clone> Attacher<D> {
                             self.events.push(Event::Repaired { key, replicas })
                         }
                         After::Attached => {
-                            self.mode = Mode::Attached;
-                            self.scan_wanted = true;
-                            self.events.push(Event::Attached(self.epoch));
+                            if self.cfg.attach_grace_ms == 0 {
+                                self.become_attached();
+                            } else {
+                                self.attach_grace_until = Some(now + self.cfg.attach_grace_ms);
+                            }
                         }
                         After::Joint(members) => {
                             // every record is on a majority of the new

@@ -37,10 +37,10 @@ use super::placement::{NodeId, ShardKey};
 use super::proto::{Request, Response};
 use super::rebalance::Limits;
 use crate::constants::{
-    CLUSTER_ATTACHER_MAX_OPS, CLUSTER_BLOCK_BYTES, CLUSTER_CLIENT_IDLE_TICK_MS,
-    CLUSTER_CLIENT_RETRY_MS, CLUSTER_CLIENT_TICK_MS, CLUSTER_FAIL_AFTER_MS,
-    CLUSTER_LOCAL_VOLUME_BYTES, CLUSTER_OP_TIMEOUT_MS, CLUSTER_REPAIR_INTERVAL_MS,
-    CLUSTER_SHARD_BYTES,
+    CLUSTER_ATTACHER_MAX_OPS, CLUSTER_ATTACH_GRACE_MS, CLUSTER_BLOCK_BYTES,
+    CLUSTER_CLIENT_IDLE_TICK_MS, CLUSTER_CLIENT_RETRY_MS, CLUSTER_CLIENT_TICK_MS,
+    CLUSTER_FAIL_AFTER_MS, CLUSTER_LOCAL_VOLUME_BYTES, CLUSTER_OP_TIMEOUT_MS,
+    CLUSTER_REPAIR_INTERVAL_MS, CLUSTER_SHARD_BYTES,
 };
 use bytes::Bytes;
 use chitchat::ChitchatHandle;
@@ -237,6 +237,7 @@ impl ClusterClient {
             max_ops: CLUSTER_ATTACHER_MAX_OPS,
             // a daemon restarted with the same id must not reuse an epoch
             incarnation: rand::random(),
+            attach_grace_ms: CLUSTER_ATTACH_GRACE_MS,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut c = ClusterClient {

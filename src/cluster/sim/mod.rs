@@ -44,7 +44,8 @@ use super::proto::{Request, Response};
 use super::rebalance::Limits;
 use super::replica::{MemStore, ReplicaCore, ReplicaMeta};
 use crate::constants::{
-    CLUSTER_FAIL_AFTER_MS, CLUSTER_GOSSIP_INTERVAL_MS, CLUSTER_REPAIR_INTERVAL_MS, CLUSTER_RETRY_MS,
+    CLUSTER_ATTACH_GRACE_MS, CLUSTER_FAIL_AFTER_MS, CLUSTER_GOSSIP_INTERVAL_MS,
+    CLUSTER_REPAIR_INTERVAL_MS, CLUSTER_RETRY_MS,
 };
 use oracle::Oracle;
 use rand::{Rng, SeedableRng};
@@ -90,6 +91,9 @@ pub struct SimConfig {
     /// thousand with Ok without applying them (a broken replica the checks
     /// must catch). 0 in every real run.
     pub bug_lying_replica_per_mille: u32,
+    /// `AttacherConfig::attach_grace_ms` of every client (the seeded runs
+    /// use `CLUSTER_ATTACH_GRACE_MS`, as the real client does).
+    pub attach_grace_ms: u64,
 }
 
 impl SimConfig {
@@ -129,6 +133,7 @@ impl SimConfig {
             concurrency: r.random_range(1..=8),
             max_ops: r.random_range(1..=8),
             bug_lying_replica_per_mille: 0,
+            attach_grace_ms: CLUSTER_ATTACH_GRACE_MS,
         }
     }
 }
@@ -341,6 +346,7 @@ impl Sim {
             rebalance: self.cfg.rebalance,
             max_ops: self.cfg.max_ops,
             incarnation: self.next_incarnation,
+            attach_grace_ms: self.cfg.attach_grace_ms,
         };
         let inc = self.next_incarnation;
         self.next_incarnation += 1;
@@ -984,6 +990,7 @@ fn placeholder() -> Attacher<u64> {
             rebalance: Limits::default(),
             max_ops: 1,
             incarnation: 0,
+            attach_grace_ms: 0,
         },
         0,
     )
@@ -1103,6 +1110,8 @@ mod tests {
             concurrency: 4,
             max_ops: 4,
             bug_lying_replica_per_mille: 0,
+            // the timing of these tests is about other things
+            attach_grace_ms: 0,
         }
     }
 
@@ -1111,6 +1120,42 @@ mod tests {
         while sim.now < end {
             sim.step(false).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    /// A new attacher takes no operation until the grace after its fence:
+    /// an older one's staging lease runs out first.
+    #[test]
+    fn a_new_attacher_waits_out_the_staging_lease_grace() {
+        let mut cfg = quiet(3, 2);
+        cfg.attach_grace_ms = 800;
+        let mut sim = Sim::new(cfg);
+        let old = sim.spawn_client(0);
+        run_for(&mut sim, 400);
+        assert!(
+            !sim.clients[old].att.is_attached(),
+            "attached within the grace"
+        );
+        run_for(&mut sim, 1_000);
+        assert!(sim.clients[old].att.is_attached(), "the grace ended");
+        let acked = sim.oracle.writes_acked;
+        assert!(acked > 0);
+        // a handover: the new attacher fences the old one at once, then
+        // waits; the old one's writes are refused meanwhile, and nobody
+        // acknowledges a write during the grace
+        sim.spawn_client(1);
+        // fenced clients leave `clients`: find the new one by its node
+        let new = |sim: &Sim| sim.clients.iter().position(|c| c.node == 1).expect("new");
+        run_for(&mut sim, 400);
+        assert!(!sim.clients[new(&sim)].att.is_attached());
+        let during = sim.oracle.writes_acked;
+        run_for(&mut sim, 300);
+        assert_eq!(
+            sim.oracle.writes_acked, during,
+            "a write acknowledged in the grace"
+        );
+        run_for(&mut sim, 1_500);
+        assert!(sim.clients[new(&sim)].att.is_attached());
+        assert!(sim.oracle.writes_acked > during);
     }
 
     /// The old attacher is cut off, a new one attaches on the majority side;
