@@ -202,6 +202,19 @@ pub const SIM_STAGE_QUEUE_MAX_SHARDS: usize = 256;
 pub const SIM_HOT_SHARDS_DEFAULT: u64 = 1024;
 /// Latency histogram range of the simulator (1 ns .. 1 hour, 3 significant digits).
 pub const SIM_LATENCY_MAX_NS: u64 = 3_600_000_000_000;
+/// Synthetic workloads (`prefetch::synth`): mean time between reads inside a
+/// burst (one read, one B-tree lookup, one file).
+pub const SYNTH_INTERARRIVAL_DEFAULT_NS: u64 = 1_000_000;
+/// Synthetic workloads: mean think time before each burst. Longer than one
+/// random staging of the largest evaluated shard (a cold seek plus 1 MiB on
+/// the staging channel, 13 ms with the simulator defaults), so a predictor
+/// that knows the next burst can stage it in time.
+pub const SYNTH_THINK_DEFAULT_NS: u64 = 20_000_000;
+const _: () = assert!(
+    SYNTH_THINK_DEFAULT_NS
+        > SIM_COLD_ACCESS_DEFAULT_NS
+            + (1u64 << 20) * 1_000_000_000 / SIM_STAGE_BANDWIDTH_DEFAULT_BYTES_PER_S
+);
 
 const _: () = assert!(PREFETCH_DEPTH_DEFAULT_SHARDS >= 1);
 const _: () = assert!(PREFETCH_DEPTH_DEFAULT_SHARDS <= PREFETCH_DEPTH_MAX_SHARDS);

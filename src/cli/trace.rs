@@ -10,7 +10,8 @@
 //! - `trace train --trace FILE... --shard-size S -o MODEL [--epochs N]
 //!   [--steps N] [--loss-chart PNG]`: offline LSTM training (progress bar,
 //!   loss curve PNG beside the model unless `--loss-chart` names another).
-//! - `trace synth --kind sequential|strided|btree|repeated|random -o OUT`.
+//! - `trace synth --kind sequential|strided|btree|repeated|boot|random -o OUT
+//!   [--interarrival-ns N] [--think-ns N]`.
 //! - `trace record -n N -o OUT [--count N] [--seconds S]`: a live device's
 //!   requests, teed by its daemon (see `device::control`), rebased to start
 //!   at 0 and in time order.
@@ -25,7 +26,8 @@ use crate::constants::{
 };
 use crate::constants::{
     PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
-    PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, TRACE_INTERARRIVAL_DEFAULT_NS,
+    PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, SYNTH_INTERARRIVAL_DEFAULT_NS,
+    SYNTH_THINK_DEFAULT_NS, TRACE_INTERARRIVAL_DEFAULT_NS,
     TRACE_RECORD_EVENTS_MAX, TRACE_RECORD_SECONDS_MAX,
 };
 use crate::prefetch::eval::{eval_trace_with, EvalTable};
@@ -252,9 +254,12 @@ pub enum TraceCmd {
         /// Volume size (suffixes K, M, G, T).
         #[arg(long, default_value = "64G", value_parser = parse_size)]
         volume_size: u64,
-        /// Mean nanoseconds between reads.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Mean nanoseconds between reads inside a burst (a read, a B-tree lookup, a file).
+        #[arg(long, default_value_t = SYNTH_INTERARRIVAL_DEFAULT_NS)]
         interarrival_ns: u64,
+        /// Mean think time in nanoseconds before each burst (0: none).
+        #[arg(long, default_value_t = SYNTH_THINK_DEFAULT_NS)]
+        think_ns: u64,
         /// Concurrent streams (sequential, strided).
         #[arg(long, default_value_t = 8)]
         streams: usize,
@@ -568,6 +573,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             io_size,
             volume_size,
             interarrival_ns,
+            think_ns,
             streams,
         } => {
             if io_size == 0 || io_size % 4096 != 0 {
@@ -583,6 +589,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
                 volume_bytes: volume_size,
                 io_bytes: io_size,
                 interarrival_ns,
+                think_ns,
                 streams,
             };
             let ev = generate(&cfg);
