@@ -297,6 +297,23 @@ pub const LSTM_SIZE_BUCKETS: u32 = 8;
 pub const LSTM_GAP_BUCKETS: u32 = 16;
 /// Op classes of the op input (read, write).
 pub const LSTM_OP_CLASSES: u32 = 2;
+/// Scope classes of the scope input (region stream, volume stream).
+pub const LSTM_SCOPE_CLASSES: u32 = 2;
+/// Shard classes (address-correlating classes: absolute shards of a volume,
+/// OOV not counted): default and largest accepted; 0 gives the delta-only
+/// model. They are input classes and output classes beside the delta
+/// classes, so the output layer has `1 + vocab + shards` rows; its cost
+/// grows with them (measured in bench/RESULTS.md).
+pub const LSTM_SHARD_VOCAB_DEFAULT_CLASSES: u32 = 1024;
+pub const LSTM_SHARD_VOCAB_MAX_CLASSES: u32 = 1 << 16;
+/// Output classes read per stream and step, per shard of `PREFETCH_DEPTH`
+/// (the most likely; classes naming the same shard add up).
+pub const LSTM_CANDIDATE_CLASSES_PER_DEPTH: usize = 2;
+/// Embedding width of the shard class input (dimensions): default.
+pub const LSTM_SHARD_EMBED_DEFAULT_DIMS: u32 = 32;
+/// Online shard vocabulary growth: shard visits counted over this many
+/// recent visits; a shard visited `LSTM_VOCAB_MIN_COUNT` times in it joins.
+pub const LSTM_SHARD_VOCAB_WINDOW_EVENTS: usize = 8192;
 /// Adam learning rate: default (dimensionless) and accepted range.
 pub const LSTM_LEARNING_RATE_DEFAULT: f64 = 3e-3;
 pub const LSTM_LEARNING_RATE_MAX: f64 = 1.0;
@@ -330,6 +347,11 @@ const _: () =
     assert!(LSTM_HIDDEN_DEFAULT_UNITS >= 1 && LSTM_HIDDEN_DEFAULT_UNITS <= LSTM_HIDDEN_MAX_UNITS);
 const _: () = assert!(LSTM_LAYERS_DEFAULT >= 1 && LSTM_LAYERS_DEFAULT <= LSTM_LAYERS_MAX);
 const _: () = assert!(LSTM_DELTA_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS);
+const _: () = assert!(
+    LSTM_SHARD_EMBED_DEFAULT_DIMS >= 1 && LSTM_SHARD_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS
+);
+const _: () = assert!(LSTM_SHARD_VOCAB_DEFAULT_CLASSES <= LSTM_SHARD_VOCAB_MAX_CLASSES);
+const _: () = assert!(LSTM_SHARD_VOCAB_WINDOW_EVENTS >= LSTM_VOCAB_MIN_COUNT as usize);
 const _: () = assert!(LSTM_AUX_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS);
 const _: () = assert!(
     LSTM_VOCAB_DEFAULT_CLASSES >= 1 && LSTM_VOCAB_DEFAULT_CLASSES <= LSTM_VOCAB_MAX_CLASSES

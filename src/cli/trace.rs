@@ -21,6 +21,7 @@
 use crate::constants::{
     LSTM_AUX_EMBED_DEFAULT_DIMS, LSTM_DELTA_EMBED_DEFAULT_DIMS, LSTM_HIDDEN_DEFAULT_UNITS,
     LSTM_LAYERS_DEFAULT, LSTM_LEARNING_RATE_DEFAULT, LSTM_LOOKAHEAD_DEFAULT_STEPS,
+    LSTM_SHARD_EMBED_DEFAULT_DIMS, LSTM_SHARD_VOCAB_DEFAULT_CLASSES,
     LSTM_THREADS_DEFAULT, LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
     SEQUENCE_LENGTH_DEFAULT_EVENTS,
 };
@@ -31,7 +32,7 @@ use crate::constants::{
     TRACE_RECORD_EVENTS_MAX, TRACE_RECORD_SECONDS_MAX,
 };
 use crate::prefetch::eval::{eval_trace_with, EvalTable};
-use crate::prefetch::lstm::{LstmOptions, ModelShape, ModelSource};
+use crate::prefetch::lstm::{LstmOptions, ModelShape, ModelSource, Streams};
 use crate::prefetch::sim::SimConfig;
 use crate::prefetch::synth::{generate, SynthConfig, SynthKind};
 use crate::prefetch::{PredictorKind, PrefetchConfig};
@@ -94,9 +95,18 @@ pub struct LstmArgs {
     /// LSTM: embedding width of the delta class.
     #[arg(long, default_value_t = LSTM_DELTA_EMBED_DEFAULT_DIMS)]
     pub delta_embed: u32,
-    /// LSTM: embedding width of op, size and inter-arrival each.
+    /// LSTM: embedding width of op, size, inter-arrival and scope each.
     #[arg(long, default_value_t = LSTM_AUX_EMBED_DEFAULT_DIMS)]
     pub aux_embed: u32,
+    /// LSTM: shard classes (frequently read shards as classes; 0: deltas only).
+    #[arg(long, default_value_t = LSTM_SHARD_VOCAB_DEFAULT_CLASSES)]
+    pub shards: u32,
+    /// LSTM: embedding width of the shard class.
+    #[arg(long, default_value_t = LSTM_SHARD_EMBED_DEFAULT_DIMS)]
+    pub shard_embed: u32,
+    /// LSTM: streams followed: regions, volume or both.
+    #[arg(long, default_value = "both")]
+    pub lstm_streams: Streams,
     /// LSTM: Adam learning rate.
     #[arg(long, default_value_t = LSTM_LEARNING_RATE_DEFAULT)]
     pub learning_rate: f64,
@@ -127,7 +137,10 @@ impl LstmArgs {
                 layers: self.layers,
                 delta_embed: self.delta_embed,
                 aux_embed: self.aux_embed,
+                shards: self.shards,
+                shard_embed: self.shard_embed,
             },
+            streams: self.lstm_streams,
             model,
             learning_rate: self.learning_rate,
             online: !self.no_online,

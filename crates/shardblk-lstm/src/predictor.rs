@@ -1,20 +1,26 @@
 //! The LSTM predictor: per-stream state carried between batched steps,
-//! top-k delta classes turned into shard predictions, online training in
-//! `background` on a separate copy of the weights.
+//! the most likely delta and shard classes turned into shard predictions,
+//! online training in `background` on a separate copy of the weights.
 //!
 //! Contract (on top of the [`Predictor`] contract):
-//! - Per stream ([`StreamKey`], bounded [`LruMap`]): the featurizer's
+//! - Streams: an event belongs to its address region's stream, its volume's
+//!   stream, or both (`LstmOptions::streams`, [`stream_keys`]); per stream
+//!   ([`StreamKey`], bounded [`LruMap`]): the featurizer's
 //!   memory, the LSTM state (h, c), the pending
 //!   training window and recently predicted shards.
 //! - [`Predictor::step`]: events become features (reads and writes; other
-//!   ops are ignored). Events are grouped by stream; round `r` runs one
+//!   ops are ignored; the shard vocabulary counts each event once). Events
+//!   are grouped by stream; round `r` runs one
 //!   batched LSTM step over every stream with an `r`-th event in the batch
 //!   (states gathered, stepped, scattered back): one round per batch when
 //!   each stream has one new event. Outputs are computed for the last
 //!   position of each stream only; nothing is predicted after a stream's
-//!   first event (no delta seen yet). The top classes with probability at or
-//!   above `confidence_min` become shards `first shard + delta` (as wide as
-//!   the last request, OOV skipped); then up to `lookahead` further steps
+//!   first event (no delta seen yet). The most likely output classes
+//!   (`LSTM_CANDIDATE_CLASSES_PER_DEPTH * depth` of them) name next shards:
+//!   a delta class `first shard + delta`, a shard class its shard; the
+//!   probabilities of classes naming the same shard add up. Shards at or
+//!   above `confidence_min` are predicted (as wide as the last request);
+//!   then up to `lookahead` further steps
 //!   follow the most likely path (confidence = product of probabilities)
 //!   while it stays above the threshold, until `depth` shards. A shard
 //!   already predicted for the stream among its last `2 * depth`
@@ -28,8 +34,9 @@
 //!   and tracked in shadow otherwise, so a stream that becomes predictable is
 //!   let through again. This keeps staging precision near the gate on
 //!   traces the model cannot predict, at no model cost.
-//! - A vocabulary slot given a new delta online has its output row reset in
-//!   both copies of the weights (it starts unlikely and is learned anew).
+//! - A vocabulary slot given a new delta or shard online has its output row
+//!   reset in both copies of the weights (and a shard slot a new input
+//!   embedding row, the same in both): it starts unlikely and is learned anew.
 //! - [`Predictor::background`]: one training step is due per
 //!   `train_interval_events` events fed; due steps run within `budget`
 //!   (at least one when any is due and the budget is not zero); steps beyond
@@ -38,17 +45,24 @@
 //!   trained weights are copied into the inference model under no_grad:
 //!   inference never waits for an optimizer step in progress.
 
-use crate::model::{pick_device, Inputs, Model};
+use crate::model::{normal, pick_device, Inputs, Model};
 use crate::train::{gather_state, scatter_state, OnlineTrainer, Window};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{
-    LSTM_PRECISION_AVERAGE_PREDICTIONS, LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH,
-    LSTM_PRECISION_TRACKED_PER_DEPTH, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
+    LSTM_CANDIDATE_CLASSES_PER_DEPTH, LSTM_PRECISION_AVERAGE_PREDICTIONS,
+    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_PER_DEPTH,
+    LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
     LSTM_VOCAB_WINDOW_EVENTS,
 };
-use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
-use shardblk::prefetch::lstm::features::{EventFeatures, FeatureState, Featurizer};
+use shardblk::prefetch::lstm::config::{
+    default_model_path, LstmOptions, ModelShape, ModelSource, Streams,
+};
+use shardblk::prefetch::lstm::features::{
+    shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer,
+};
 use shardblk::prefetch::lstm::file::{ModelFile, TrainInfo};
-use shardblk::prefetch::lstm::vocab::{DeltaVocab, OOV};
+use shardblk::prefetch::lstm::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
 use shardblk::prefetch::lstm::LstmError;
 use shardblk::prefetch::stream::LruMap;
 use shardblk::prefetch::{
@@ -145,7 +159,15 @@ pub struct LstmPredictor {
     origin: Origin,
     info: TrainInfo,
     gate: Gate,
+    /// New input rows of reassigned shard classes.
+    rng: ChaCha8Rng,
+    /// `[outputs]` bool: output classes that name no shard (OOV, unassigned
+    /// slots), left out when picking the most likely classes.
+    unnamed: Tensor,
 }
+
+/// A lookahead path: (stream index, position, confidence, next input).
+type Path = (usize, u64, f32, EventFeatures);
 
 impl LstmPredictor {
     /// Build from the options (see [`ModelSource`]); sets the intra-op
@@ -167,10 +189,11 @@ impl LstmPredictor {
                 }
             }
         };
-        let (model, vocab, origin, info) = match loaded {
+        let (model, vocab, shards, origin, info) = match loaded {
             Some((f, p)) => (
                 Model::from_file(&f, device)?,
                 f.delta_vocab()?,
+                f.shard_vocab()?,
                 Origin::File(p),
                 f.info,
             ),
@@ -181,10 +204,16 @@ impl LstmPredictor {
                     LSTM_VOCAB_WINDOW_EVENTS,
                     LSTM_VOCAB_MIN_COUNT,
                 ),
+                ShardVocab::new(
+                    opts.shape.shards as usize,
+                    LSTM_SHARD_VOCAB_WINDOW_EVENTS,
+                    LSTM_VOCAB_MIN_COUNT,
+                ),
                 Origin::Fresh,
                 TrainInfo::default(),
             ),
         };
+        let feat = Featurizer::new(vocab, shards, opts.grow_vocab);
         let trainer = if opts.online {
             let mut copy = Model::new(model.net.shape, device, opts.seed);
             copy.copy_from(&model).map_err(crate::torch)?;
@@ -195,6 +224,7 @@ impl LstmPredictor {
                     opts.train_batch as usize,
                     opts.buffer_windows as usize,
                     opts.seed,
+                    feat.start(),
                 )
                 .map_err(crate::torch)?,
             )
@@ -206,7 +236,7 @@ impl LstmPredictor {
             opts: opts.clone(),
             model,
             trainer,
-            feat: Featurizer::new(vocab, opts.grow_vocab),
+            feat,
             streams: LruMap::new(cfg.streams_max),
             fig: PredictorFigures::default(),
             batch_ns_total: 0,
@@ -219,7 +249,28 @@ impl LstmPredictor {
                 resolved: 0,
                 gated: 0,
             },
-        })
+            rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5348_4152_4453),
+            unnamed: Tensor::new(),
+        }
+        .with_unnamed())
+    }
+
+    /// With [`LstmPredictor::unnamed`] computed from the vocabularies.
+    fn with_unnamed(mut self) -> Self {
+        self.unnamed = self.unnamed_mask();
+        self
+    }
+
+    fn unnamed_mask(&self) -> Tensor {
+        let shape = self.model.net.shape;
+        let mut m = vec![true; shape.outputs()];
+        for (c, _) in self.feat.vocab.assignments() {
+            m[c as usize] = false;
+        }
+        for (c, _) in self.feat.shards.assignments() {
+            m[shape.shard_output(c)] = false;
+        }
+        Tensor::from_slice(&m).to_device(self.device())
     }
 
     /// The precision gate: predictor-wide estimate, predictions resolved,
@@ -242,15 +293,20 @@ impl LstmPredictor {
         &self.feat.vocab
     }
 
+    pub fn shard_vocab(&self) -> &ShardVocab {
+        &self.feat.shards
+    }
+
     pub fn device(&self) -> Device {
         self.model.net.device()
     }
 
-    /// The inference weights, vocabulary and training info as a model file.
+    /// The inference weights, vocabularies and training info as a model file.
     pub fn to_file(&self) -> ModelFile {
         let steps = self.trainer.as_ref().map_or(0, |t| t.steps);
         self.model.to_file(
             &self.feat.vocab,
+            &self.feat.shards,
             TrainInfo {
                 shard_bytes: self.cfg.shard_bytes,
                 sequence_length: self.cfg.sequence_length,
@@ -260,8 +316,9 @@ impl LstmPredictor {
         )
     }
 
-    /// Output probabilities `[n][vocab + 1]` from top-layer hidden vectors.
-    fn probs(&self, tops: &[&[f32]]) -> Vec<Vec<f32>> {
+    /// The `k` most likely output classes (index, probability) for each of
+    /// `tops` (top-layer hidden vectors), most likely first.
+    fn top_classes(&self, tops: &[&[f32]], k: usize) -> Vec<Vec<(usize, f32)>> {
         let hidden = self.model.net.shape.hidden as usize;
         let flat: Vec<f32> = tops.iter().flat_map(|t| t.iter().copied()).collect();
         let h = Tensor::from_slice(&flat)
@@ -272,13 +329,70 @@ impl LstmPredictor {
             .net
             .logits(&h)
             .softmax(-1, Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous();
-        let classes = p.size()[1] as usize;
-        let mut all = vec![0f32; tops.len() * classes];
-        let n = all.len();
-        p.view(-1).copy_data(&mut all, n);
-        all.chunks(classes).map(<[f32]>::to_vec).collect()
+            .masked_fill(&self.unnamed, -1.0);
+        let k = k.min(p.size()[1] as usize).max(1);
+        let (vals, idx) = p.topk(k as i64, -1, true, true);
+        let n = tops.len() * k;
+        let mut v = vec![0f32; n];
+        let mut ix = vec![0i64; n];
+        vals.to_device(Device::Cpu)
+            .contiguous()
+            .view(-1)
+            .copy_data(&mut v, n);
+        idx.to_device(Device::Cpu)
+            .contiguous()
+            .view(-1)
+            .copy_data(&mut ix, n);
+        (0..tops.len())
+            .map(|r| (0..k).map(|j| (ix[r * k + j] as usize, v[r * k + j])).collect())
+            .collect()
+    }
+
+    /// Next-event shards named by output classes `top` of a stream of
+    /// `volume` whose last event began at `base`: a delta class names
+    /// `base + delta`, a shard class its shard (of this volume); the
+    /// probabilities of classes naming the same shard add up. Most likely
+    /// first; OOV and unassigned classes name nothing.
+    fn candidates(&self, top: &[(usize, f32)], base: u64, volume: u32) -> Vec<(u64, f32)> {
+        let v = self.model.net.shape.vocab as usize;
+        let mut c: Vec<(u64, f32)> = Vec::with_capacity(top.len());
+        for &(idx, p) in top {
+            let shard = if idx == OOV as usize {
+                None
+            } else if idx <= v {
+                self.feat
+                    .vocab
+                    .delta_of(idx as u32)
+                    .and_then(|d| base.checked_add_signed(d))
+            } else {
+                self.feat
+                    .shards
+                    .key_of((idx - v) as u32)
+                    .filter(|k| k.volume == volume)
+                    .map(|k| k.shard)
+            };
+            if let Some(s) = shard.filter(|_| p >= 0.0) {
+                match c.iter_mut().find(|e| e.0 == s) {
+                    Some(e) => e.1 += p,
+                    None => c.push((s, p)),
+                }
+            }
+        }
+        c.sort_by(|a, b| b.1.total_cmp(&a.1));
+        c
+    }
+
+    /// The input of a hypothetical next event at `next` after one at `pos`
+    /// (op, size, gap and scope as `like`); the vocabularies do not grow.
+    fn input_at(&self, like: EventFeatures, pos: u64, next: u64, volume: u32) -> EventFeatures {
+        EventFeatures {
+            delta: shard_delta(pos, next).map_or(OOV, |d| self.feat.vocab.class_of(d)),
+            shard: self.feat.shards.class_of(ShardKey {
+                volume,
+                shard: next,
+            }),
+            ..like
+        }
     }
 
     /// One batched step of `feats[i]` for streams with state `h[i]`, `c[i]`.
@@ -316,23 +430,34 @@ impl LstmPredictor {
         }
         self.since_swap = 0;
     }
-}
 
-/// Classes by decreasing probability (OOV and unassigned classes left out).
-fn ranked(p: &[f32], vocab: &DeltaVocab) -> Vec<(u32, i64, f32)> {
-    let mut v: Vec<(u32, i64, f32)> = p
-        .iter()
-        .enumerate()
-        .filter_map(|(c, &pr)| {
-            let c = c as u32;
-            (c != OOV)
-                .then(|| vocab.delta_of(c))
-                .flatten()
-                .map(|d| (c, d, pr))
-        })
-        .collect();
-    v.sort_by(|a, b| b.2.total_cmp(&a.2));
-    v
+    /// Reset what both copies of the weights learned for vocabulary slots
+    /// given a new key since the last step.
+    fn reset_reassigned(&mut self) {
+        let deltas = self.feat.vocab.take_assigned();
+        let shards = self.feat.shards.take_assigned();
+        if deltas.is_empty() && shards.is_empty() {
+            return;
+        }
+        for c in deltas {
+            self.model.net.reset_output_class(i64::from(c));
+            if let Some(t) = &self.trainer {
+                t.model.net.reset_output_class(i64::from(c));
+            }
+        }
+        let shape = self.model.net.shape;
+        for c in shards {
+            let row: Vec<f32> = (0..shape.shard_embed)
+                .map(|_| normal(&mut self.rng) as f32)
+                .collect();
+            let out = shape.shard_output(c) as i64;
+            for net in std::iter::once(&self.model.net).chain(self.trainer.as_ref().map(|t| &t.model.net)) {
+                net.set_shard_input(i64::from(c), &row);
+                net.reset_output_class(out);
+            }
+        }
+        self.unnamed = self.unnamed_mask();
+    }
 }
 
 impl Predictor for LstmPredictor {
@@ -349,25 +474,25 @@ impl Predictor for LstmPredictor {
         let mut per: Vec<Vec<(EventFeatures, ShardEvent)>> = Vec::new();
         let mut slot: HashMap<StreamKey, usize> = HashMap::new();
         for ev in batch {
-            let key = self.cfg.stream_of(ev);
-            let st = self.streams.get_or_insert_with(&key, Stream::default);
-            let Some(f) = self.feat.features(&mut st.fs, ev) else {
-                continue;
-            };
-            observe(&mut self.gate, st, ev, self.cfg.depth as usize);
-            let i = *slot.entry(key).or_insert_with(|| {
-                keys.push(key);
-                per.push(Vec::new());
-                keys.len() - 1
-            });
-            per[i].push((f, *ev));
-        }
-        for c in self.feat.vocab.take_assigned() {
-            self.model.net.reset_output_class(i64::from(c));
-            if let Some(t) = &self.trainer {
-                t.model.net.reset_output_class(i64::from(c));
+            let shard = self.feat.shard_class(ev);
+            for (key, scope) in stream_keys(&self.cfg, ev, self.opts.streams)
+                .into_iter()
+                .flatten()
+            {
+                let st = self.streams.get_or_insert_with(&key, Stream::default);
+                let Some(f) = self.feat.features(&mut st.fs, ev, shard, scope) else {
+                    continue;
+                };
+                observe(&mut self.gate, st, ev, self.cfg.depth as usize);
+                let i = *slot.entry(key).or_insert_with(|| {
+                    keys.push(key);
+                    per.push(Vec::new());
+                    keys.len() - 1
+                });
+                per[i].push((f, *ev));
             }
         }
+        self.reset_reassigned();
         if keys.is_empty() {
             return;
         }
@@ -432,17 +557,17 @@ impl Predictor for LstmPredictor {
                 }
             }
         }
-        // 3. Output distributions at each stream's last position.
-        let probs = {
-            let tops: Vec<&[f32]> = hs.iter().map(|h| self.top(h)).collect();
-            self.probs(&tops)
-        };
-        // 4. Predictions: top classes, then the most likely path.
+        // 3. The most likely classes at each stream's last position.
         let depth = self.cfg.depth as usize;
+        let k = LSTM_CANDIDATE_CLASSES_PER_DEPTH * depth;
+        let top = {
+            let tops: Vec<&[f32]> = hs.iter().map(|h| self.top(h)).collect();
+            self.top_classes(&tops, k)
+        };
+        // 4. Predictions: the most likely next shards, then the most likely path.
         let conf_min = self.cfg.confidence_min;
         let mut preds: Vec<Vec<(u64, f32)>> = vec![Vec::new(); keys.len()];
-        // Rollout streams: (stream, position, confidence, input).
-        let mut paths: Vec<(usize, u64, f32, EventFeatures)> = Vec::new();
+        let mut paths: Vec<Path> = Vec::new();
         let mut ph: Vec<Vec<f32>> = Vec::new();
         let mut pc: Vec<Vec<f32>> = Vec::new();
         let start = self.feat.start();
@@ -453,26 +578,23 @@ impl Predictor for LstmPredictor {
                 continue;
             }
             let width = last_ev.shards.max(1);
-            let ranked = ranked(&probs[i], &self.feat.vocab);
-            for &(_, d, p) in ranked.iter().take(depth) {
+            let cands = self.candidates(&top[i], last_ev.shard, keys[i].volume);
+            for &(pos, p) in cands.iter().take(depth) {
                 if p < conf_min || preds[i].len() >= depth {
                     break;
                 }
-                if let Some(pos) = last_ev.shard.checked_add_signed(d) {
-                    for s in pos..pos.saturating_add(u64::from(width)) {
-                        if preds[i].len() < depth && !preds[i].iter().any(|q| q.0 == s) {
-                            preds[i].push((s, p));
-                        }
+                for s in pos..pos.saturating_add(u64::from(width)) {
+                    if preds[i].len() < depth && !preds[i].iter().any(|q| q.0 == s) {
+                        preds[i].push((s, p));
                     }
                 }
             }
-            if let Some(&(c, d, p)) = ranked.first() {
+            if let Some(&(pos, p)) = cands.first() {
                 if p >= conf_min && self.opts.lookahead > 0 && preds[i].len() < depth {
-                    if let Some(pos) = last_ev.shard.checked_add_signed(d) {
-                        paths.push((i, pos, p, EventFeatures { delta: c, ..last_f }));
-                        ph.push(hs[i].clone());
-                        pc.push(cs[i].clone());
-                    }
+                    let next = self.input_at(last_f, last_ev.shard, pos, keys[i].volume);
+                    paths.push((i, pos, p, next));
+                    ph.push(hs[i].clone());
+                    pc.push(cs[i].clone());
                 }
             }
         }
@@ -486,21 +608,18 @@ impl Predictor for LstmPredictor {
                 let mut cm: Vec<&mut Vec<f32>> = pc.iter_mut().collect();
                 self.step_states(&feats, &mut hm, &mut cm);
             }
-            let pr = {
+            let pt = {
                 let tops: Vec<&[f32]> = ph.iter().map(|h| self.top(h)).collect();
-                self.probs(&tops)
+                self.top_classes(&tops, k)
             };
             let mut keep = vec![false; paths.len()];
             for (j, path) in paths.iter_mut().enumerate() {
-                let (i, pos, conf, _) = *path;
+                let (i, pos, conf, like) = *path;
                 let width = per[i].last().map_or(1, |e| e.1.shards.max(1));
-                let Some(&(c, d, p)) = ranked(&pr[j], &self.feat.vocab).first() else {
+                let Some(&(next, p)) = self.candidates(&pt[j], pos, keys[i].volume).first() else {
                     continue;
                 };
                 let conf = conf * p;
-                let Some(next) = pos.checked_add_signed(d) else {
-                    continue;
-                };
                 if conf < conf_min {
                     continue;
                 }
@@ -509,9 +628,7 @@ impl Predictor for LstmPredictor {
                         preds[i].push((s, conf));
                     }
                 }
-                path.1 = next;
-                path.2 = conf;
-                path.3.delta = c;
+                *path = (i, next, conf, self.input_at(like, pos, next, keys[i].volume));
                 keep[j] = preds[i].len() < depth;
             }
             let mut j = 0;
@@ -620,6 +737,7 @@ mod tests {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+    use shardblk::prefetch::markov::Markov;
     use shardblk::prefetch::readahead::Readahead;
     use shardblk::prefetch::stride::Stride;
     use shardblk::trace::Op;
@@ -644,6 +762,8 @@ mod tests {
                 layers: 1,
                 delta_embed: 16,
                 aux_embed: 2,
+                shards: 256,
+                shard_embed: 16,
             },
             model: ModelSource::Fresh,
             learning_rate: 1e-2,
@@ -794,5 +914,96 @@ mod tests {
         }
         assert!(fig.train_steps > 100 && fig.train_loss.is_some_and(|l| l < 2.0));
         assert_eq!(lstm.vocab().len() as u64, lstm.vocab().grown());
+    }
+
+    /// `files` runs of `len` consecutive shards each at random places over
+    /// 64 GiB of 64 KiB shards, read in the same order `times` times.
+    fn replayed_files(seed: u64, files: usize, len: u64, times: usize) -> Vec<ShardEvent> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let starts: Vec<u64> = (0..files)
+            .map(|_| rand::Rng::random_range(&mut rng, 0..(1u64 << 20) - len))
+            .collect();
+        let mut t = 0;
+        (0..times)
+            .flat_map(|_| starts.clone())
+            .flat_map(|s| s..s + len)
+            .map(|shard| {
+                t += 1_000_000;
+                ShardEvent {
+                    ts_ns: t,
+                    volume: 0,
+                    op: Op::Read,
+                    shard,
+                    shards: 1,
+                }
+            })
+            .collect()
+    }
+
+    /// Files of 4 shards at random places, replayed: inside a file the next
+    /// shard is +1, but the jump out of a file's last shard is one of 40
+    /// distinct deltas (more than an 8-class delta vocabulary holds), and
+    /// the Markov baseline's delta context there, (+1, +1), is the same at
+    /// every file's end. Shard classes name the jump's target whatever its
+    /// delta: the model learns the jumps, which neither the delta-only
+    /// model nor Markov can.
+    #[test]
+    fn shard_classes_learn_jumps_that_delta_classes_cannot() {
+        let seed = 8;
+        let (files, len) = (40, 4u64);
+        let ev = replayed_files(seed, files, len, 20);
+        let from = ev.len() - 5 * files * len as usize;
+        // One stream per volume: the files lie in many address regions.
+        let tiny_deltas = |shards: u32| LstmOptions {
+            shape: ModelShape {
+                vocab: 8,
+                shards,
+                ..small().shape
+            },
+            streams: Streams::Volume,
+            ..small()
+        };
+        let jumps = |p: &mut dyn Predictor| {
+            // Top-1 accuracy on file starts only (the jumps) and overall.
+            let (mut jump_hits, mut jumps, mut hits, mut n) = (0, 0, 0, 0);
+            let mut prev: Vec<Prediction> = Vec::new();
+            for (i, e) in ev.iter().enumerate() {
+                if i >= from {
+                    let best = prev
+                        .iter()
+                        .max_by(|a, b| a.confidence.total_cmp(&b.confidence))
+                        .is_some_and(|b| b.shard == e.shard);
+                    n += 1;
+                    hits += usize::from(best);
+                    if i % len as usize == 0 {
+                        jumps += 1;
+                        jump_hits += usize::from(best);
+                    }
+                }
+                prev.clear();
+                p.step(std::slice::from_ref(e), &mut prev);
+                p.background(Duration::from_secs(1));
+            }
+            (
+                jump_hits as f64 / jumps as f64,
+                hits as f64 / n as f64,
+            )
+        };
+        let mut with = LstmPredictor::new(&cfg(), &tiny_deltas(256)).unwrap();
+        let (lj, l1) = jumps(&mut with);
+        let (dj, d1) = jumps(&mut LstmPredictor::new(&cfg(), &tiny_deltas(0)).unwrap());
+        let (mj, m1) = jumps(&mut Markov::new(&cfg()));
+        let chance = 1.0 / files as f64;
+        eprintln!(
+            "seed {seed}: jumps / all top-1: lstm with shard classes {lj:.3} / {l1:.3}, delta-only {dj:.3} / {d1:.3}, markov {mj:.3} / {m1:.3}; chance {chance:.3}; {} shard classes",
+            with.shard_vocab().len()
+        );
+        assert!(lj > 0.6 && lj > 10.0 * chance, "seed {seed}: lstm jumps {lj}");
+        // The delta-only model can hold at most 7 of the 40 jump deltas at a time.
+        assert!(
+            dj < 7.0 / files as f64 + 0.05 && mj < 0.05,
+            "seed {seed}: delta-only {dj}, markov {mj}"
+        );
+        assert!(l1 > m1 + 0.1 && l1 > d1 + 0.1, "seed {seed}: {l1} vs {m1}, {d1}");
     }
 }
