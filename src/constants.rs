@@ -529,8 +529,25 @@ pub const LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH: u64 = 2;
 /// The precision estimate is a moving average over about this many resolved predictions.
 pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;
 /// Predictions tracked per stream, per shard of depth (older ones resolve as wrong).
-pub const LSTM_PRECISION_TRACKED_PER_DEPTH: usize = 8;
+pub const LSTM_PRECISION_TRACKED_PER_DEPTH: usize = 16;
+/// Confidence calibration (with the precision gate on): predictions are
+/// bucketed by steps along the predicted path (0: direct, the last bucket
+/// open-ended) and by raw confidence (equal-width buckets of 0..1); each
+/// bucket's measured precision is a moving average over about
+/// `LSTM_CALIBRATION_AVERAGE_PREDICTIONS` resolved predictions.
+pub const LSTM_CALIBRATION_STEP_BUCKETS: usize = 8;
+pub const LSTM_CALIBRATION_CONFIDENCE_BUCKETS: usize = 10;
+pub const LSTM_CALIBRATION_AVERAGE_PREDICTIONS: u32 = 64;
+/// With calibration, candidates at or above this raw confidence are tracked
+/// (and emitted when their bucket's measured precision passes).
+pub const LSTM_TRACK_CONFIDENCE_MIN: f32 = 0.05;
 const _: () = assert!(LSTM_PRECISION_GATE_DEFAULT >= 0.0 && LSTM_PRECISION_GATE_DEFAULT <= 1.0);
+const _: () = assert!(
+    LSTM_CALIBRATION_STEP_BUCKETS >= 1
+        && LSTM_CALIBRATION_CONFIDENCE_BUCKETS >= 1
+        && LSTM_CALIBRATION_AVERAGE_PREDICTIONS >= 1
+);
+const _: () = assert!(LSTM_TRACK_CONFIDENCE_MIN > 0.0 && LSTM_TRACK_CONFIDENCE_MIN < 1.0);
 const _: () = assert!(
     LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH >= 1 && LSTM_PRECISION_AVERAGE_PREDICTIONS >= 1
 );
