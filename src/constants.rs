@@ -309,6 +309,15 @@ pub const LSTM_SHARD_VOCAB_MAX_CLASSES: u32 = 1 << 16;
 /// Output classes read per stream and step, per shard of `PREFETCH_DEPTH`
 /// (the most likely; classes naming the same shard add up).
 pub const LSTM_CANDIDATE_CLASSES_PER_DEPTH: usize = 2;
+/// A volume stream's memory of its states (entries: one per event, ring):
+/// default and largest. 4096 entries hold a repeated pattern of that many
+/// events; each costs `hidden * 4 + 8` bytes (1 MiB per volume at 64 hidden
+/// units), and a recall one `[entries, hidden]` product per event.
+pub const LSTM_MEMORY_DEFAULT_ENTRIES: u32 = 4096;
+pub const LSTM_MEMORY_MAX_ENTRIES: u32 = 1 << 20;
+/// The memory standardizes states with running statistics over about this
+/// many states.
+pub const LSTM_MEMORY_STATS_EVENTS: u64 = 1024;
 /// Embedding width of the shard class input (dimensions): default.
 pub const LSTM_SHARD_EMBED_DEFAULT_DIMS: u32 = 32;
 /// Online shard vocabulary growth: shard visits counted over this many
@@ -351,6 +360,7 @@ const _: () = assert!(
     LSTM_SHARD_EMBED_DEFAULT_DIMS >= 1 && LSTM_SHARD_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS
 );
 const _: () = assert!(LSTM_SHARD_VOCAB_DEFAULT_CLASSES <= LSTM_SHARD_VOCAB_MAX_CLASSES);
+const _: () = assert!(LSTM_MEMORY_DEFAULT_ENTRIES <= LSTM_MEMORY_MAX_ENTRIES);
 const _: () = assert!(LSTM_SHARD_VOCAB_WINDOW_EVENTS >= LSTM_VOCAB_MIN_COUNT as usize);
 const _: () = assert!(LSTM_AUX_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS);
 const _: () = assert!(
@@ -526,6 +536,8 @@ pub const LSTM_PRECISION_GATE_DEFAULT: f32 = 0.5;
 /// A prediction counts as correct when its stream reads the shard within this
 /// many of the stream's next events, per shard of depth.
 pub const LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH: u64 = 2;
+/// ... and within this many events of the predictor (all streams), per shard of depth.
+pub const LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH: u64 = 16;
 /// The precision estimate is a moving average over about this many resolved predictions.
 pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;
 /// Predictions tracked per stream, per shard of depth (older ones resolve as wrong).
@@ -551,6 +563,8 @@ const _: () = assert!(LSTM_TRACK_CONFIDENCE_MIN > 0.0 && LSTM_TRACK_CONFIDENCE_M
 const _: () = assert!(
     LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH >= 1 && LSTM_PRECISION_AVERAGE_PREDICTIONS >= 1
 );
+const _: () =
+    assert!(LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH >= LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH);
 const _: () =
     assert!(LSTM_PRECISION_TRACKED_PER_DEPTH as u64 >= LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH);
 

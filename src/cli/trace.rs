@@ -21,7 +21,8 @@
 use crate::constants::{
     LSTM_AUX_EMBED_DEFAULT_DIMS, LSTM_DELTA_EMBED_DEFAULT_DIMS, LSTM_HIDDEN_DEFAULT_UNITS,
     LSTM_LAYERS_DEFAULT, LSTM_LEARNING_RATE_DEFAULT, LSTM_LOOKAHEAD_DEFAULT_STEPS,
-    LSTM_SHARD_EMBED_DEFAULT_DIMS, LSTM_SHARD_VOCAB_DEFAULT_CLASSES,
+    LSTM_MEMORY_DEFAULT_ENTRIES, LSTM_PRECISION_GATE_DEFAULT, LSTM_SHARD_EMBED_DEFAULT_DIMS,
+    LSTM_SHARD_VOCAB_DEFAULT_CLASSES,
     LSTM_THREADS_DEFAULT, LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
     SEQUENCE_LENGTH_DEFAULT_EVENTS,
 };
@@ -107,6 +108,12 @@ pub struct LstmArgs {
     /// LSTM: streams followed: regions, volume or both.
     #[arg(long, default_value = "both")]
     pub lstm_streams: Streams,
+    /// LSTM: entries of a volume stream's memory of its states (0: none).
+    #[arg(long, default_value_t = LSTM_MEMORY_DEFAULT_ENTRIES)]
+    pub memory: u32,
+    /// LSTM: precision gate with confidence calibration (0..1; 0: off, raw confidences).
+    #[arg(long, default_value_t = LSTM_PRECISION_GATE_DEFAULT)]
+    pub gate: f32,
     /// LSTM: Adam learning rate.
     #[arg(long, default_value_t = LSTM_LEARNING_RATE_DEFAULT)]
     pub learning_rate: f64,
@@ -141,6 +148,8 @@ impl LstmArgs {
                 shard_embed: self.shard_embed,
             },
             streams: self.lstm_streams,
+            memory_entries: self.memory,
+            precision_gate: self.gate,
             model,
             learning_rate: self.learning_rate,
             online: !self.no_online,

@@ -159,6 +159,21 @@ impl Net {
         (h, c)
     }
 
+    /// The input embedding row of shard class `class` (`shard_embed` floats).
+    pub fn shard_embedding(&self, class: u32) -> Vec<f32> {
+        let row = self
+            .emb_shard
+            .ws
+            .get(i64::from(class))
+            .detach()
+            .to_device(Device::Cpu)
+            .contiguous();
+        let n = row.numel();
+        let mut v = vec![0f32; n];
+        row.copy_data(&mut v, n);
+        v
+    }
+
     /// Give shard input class `class` (a slot given a new shard) a new
     /// embedding row (`row`, `shard_embed` floats).
     pub fn set_shard_input(&self, class: i64, row: &[f32]) {

@@ -18,17 +18,29 @@
 //!   first event (no delta seen yet). The most likely output classes
 //!   (`LSTM_CANDIDATE_CLASSES_PER_DEPTH * depth` of them) name next shards:
 //!   a delta class `first shard + delta`, a shard class its shard; the
-//!   probabilities of classes naming the same shard add up. Shards at or
-//!   above `confidence_min` are predicted (as wide as the last request);
-//!   then up to `lookahead` further steps
-//!   follow the most likely path (confidence = product of probabilities)
-//!   while it stays above the threshold, until `depth` shards. A shard
+//!   probabilities of classes naming the same shard add up. These shards
+//!   (as wide as the last request) are the candidates; then up to
+//!   `lookahead` further steps follow the most likely path (raw confidence
+//!   = product of probabilities), until `depth` candidates. Without the
+//!   precision gate (0), candidates at or above `confidence_min` are
+//!   emitted with their raw confidence. With it, candidates down to
+//!   [`LSTM_TRACK_CONFIDENCE_MIN`] are kept and *calibrated*: the emitted
+//!   confidence is the measured precision of the candidate's bucket (stream
+//!   scope x steps along the path x raw confidence decile), and a candidate
+//!   is emitted when that reaches both `confidence_min` and the gate. So a
+//!   second or third shard of a sequential run, whose raw next-event
+//!   probability is low but which is nearly always read soon, is staged,
+//!   and a confident class that is rarely read in time is not. A shard
 //!   already predicted for the stream among its last `2 * depth`
 //!   predictions is not predicted again unless its confidence has risen.
-//! - Precision gate (`precision_gate`, 0: off): every new prediction of a
+//! - Precision gate (`precision_gate`, 0: off): every new candidate of a
 //!   stream is tracked, emitted or not; it is correct when the stream reads
 //!   the shard within its next `LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH *
-//!   depth` events. A moving average of correctness per stream (a new stream
+//!   depth` events and within the predictor's next
+//!   `LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * depth` events (all streams:
+//!   a region's next file may come long after, its shard evicted by then).
+//!   Every resolution updates its calibration bucket. A moving average of
+//!   the correctness of the stream's calibrated-eligible candidates (a new stream
 //!   starts from the predictor-wide average, which starts at 1) decides: the
 //!   stream's predictions are emitted only while it is at least the gate,
 //!   and tracked in shadow otherwise, so a stream that becomes predictable is
@@ -45,13 +57,15 @@
 //!   trained weights are copied into the inference model under no_grad:
 //!   inference never waits for an optimizer step in progress.
 
+use crate::memory::StateMemory;
 use crate::model::{normal, pick_device, Inputs, Model};
 use crate::train::{gather_state, scatter_state, OnlineTrainer, Window};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{
     LSTM_CALIBRATION_AVERAGE_PREDICTIONS, LSTM_CALIBRATION_CONFIDENCE_BUCKETS,
-    LSTM_CALIBRATION_STEP_BUCKETS, LSTM_TRACK_CONFIDENCE_MIN,
+    LSTM_CALIBRATION_STEP_BUCKETS, LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_SCOPE_CLASSES,
+    LSTM_TRACK_CONFIDENCE_MIN,
     LSTM_CANDIDATE_CLASSES_PER_DEPTH, LSTM_PRECISION_AVERAGE_PREDICTIONS,
     LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_PER_DEPTH,
     LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
@@ -59,7 +73,7 @@ use shardblk::constants::{
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
-    shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer,
+    op_class, shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer, Scope,
 };
 use shardblk::prefetch::lstm::file::{ModelFile, TrainInfo};
 use shardblk::prefetch::lstm::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
@@ -89,7 +103,26 @@ struct Stream {
     tracked: VecDeque<Tracked>,
     /// Precision estimate (None: the predictor-wide one).
     precision: Option<f32>,
+    /// A volume stream's memory of its contexts (None: other streams, or off).
+    memory: Option<StateMemory>,
+    /// Shard class of the stream's last input.
+    last_shard_class: u32,
 }
+
+/// Where a candidate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The output classes (and the path the model follows).
+    Model = 0,
+    /// The stream's memory of its states.
+    Memory = 1,
+}
+
+/// Candidate sources (calibration buckets are kept per source).
+const SOURCES: usize = 2;
+
+/// A candidate: shard, raw confidence, steps ahead, source.
+type Candidate = (u64, f32, usize, Source);
 
 /// A prediction tracked until its stream reads the shard or it expires.
 #[derive(Debug, Clone, Copy)]
@@ -97,19 +130,26 @@ struct Tracked {
     shard: u64,
     /// Expiry, in the stream's events.
     expiry: u64,
+    /// Expiry, in the predictor's events (all streams): a prediction read
+    /// only much later is as good as wrong (its shard would be evicted).
+    deadline: u64,
     read: bool,
-    /// Calibration bucket ([`bucket`]).
-    bucket: usize,
+    /// Calibration buckets ([`bucket`]) of the sources that named it.
+    buckets: [Option<usize>; SOURCES],
     /// Counts towards the stream's precision estimate (it passed calibration).
     counted: bool,
 }
 
-/// Calibration bucket of a prediction made `step` steps along the path
-/// (0: the direct candidates) with raw confidence `p`.
-fn bucket(step: usize, p: f32) -> usize {
+/// Calibration bucket of a candidate of a stream of scope class `scope`
+/// from `source`, `step` steps ahead (0: the next event) with raw
+/// confidence `p` (a probability for the model, a similarity for the memory).
+fn bucket(scope: u32, source: Source, step: usize, p: f32) -> usize {
     let decile = ((p.clamp(0.0, 1.0) * LSTM_CALIBRATION_CONFIDENCE_BUCKETS as f32) as usize)
         .min(LSTM_CALIBRATION_CONFIDENCE_BUCKETS - 1);
-    step.min(LSTM_CALIBRATION_STEP_BUCKETS - 1) * LSTM_CALIBRATION_CONFIDENCE_BUCKETS + decile
+    let step = step.min(LSTM_CALIBRATION_STEP_BUCKETS - 1);
+    (((scope as usize * SOURCES) + source as usize) * LSTM_CALIBRATION_STEP_BUCKETS + step)
+        * LSTM_CALIBRATION_CONFIDENCE_BUCKETS
+        + decile
 }
 
 /// Predictor-wide precision estimate, calibration and gate counters.
@@ -132,7 +172,10 @@ impl Gate {
             precision: 1.0,
             resolved: 0,
             gated: 0,
-            calibration: (0..LSTM_CALIBRATION_STEP_BUCKETS * n)
+            calibration: (0..LSTM_SCOPE_CLASSES as usize
+                * SOURCES
+                * LSTM_CALIBRATION_STEP_BUCKETS
+                * n)
                 .map(|b| ((b % n) as f32 + 0.5) / n as f32)
                 .collect(),
         }
@@ -143,8 +186,10 @@ impl Gate {
 fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     let x = if correct { 1.0 } else { 0.0 };
     let wc = 1.0 / LSTM_CALIBRATION_AVERAGE_PREDICTIONS as f32;
-    let c = &mut gate.calibration[t.bucket];
-    *c += wc * (x - *c);
+    for b in t.buckets.into_iter().flatten() {
+        let c = &mut gate.calibration[b];
+        *c += wc * (x - *c);
+    }
     if !t.counted {
         return;
     }
@@ -155,9 +200,10 @@ fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     gate.resolved += 1;
 }
 
-/// Account for one event of the stream: credit tracked predictions of the
-/// shards it reads, resolve expired (or too many) ones as wrong.
-fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, depth: usize) {
+/// Account for one event of the stream at predictor event `clock`: credit
+/// tracked predictions of the shards it reads, resolve expired (or too
+/// many) ones as wrong.
+fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, depth: usize, clock: u64) {
     st.events += 1;
     let mut hits = Vec::new();
     if ev.op == Op::Read {
@@ -173,7 +219,7 @@ fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, depth: usize) {
     }
     let max = LSTM_PRECISION_TRACKED_PER_DEPTH * depth.max(1);
     while let Some(&t) = st.tracked.front() {
-        if t.expiry > st.events && st.tracked.len() <= max {
+        if t.expiry > st.events && t.deadline > clock && st.tracked.len() <= max {
             break;
         }
         st.tracked.pop_front();
@@ -210,6 +256,8 @@ pub struct LstmPredictor {
     /// `[outputs]` bool: output classes that name no shard (OOV, unassigned
     /// slots), left out when picking the most likely classes.
     unnamed: Tensor,
+    /// Input events seen (all streams; each event once).
+    clock: u64,
 }
 
 /// A lookahead path: (stream index, position, confidence, next input).
@@ -293,6 +341,7 @@ impl LstmPredictor {
             gate: Gate::new(),
             rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5348_4152_4453),
             unnamed: Tensor::new(),
+            clock: 0,
         }
         .with_unnamed())
     }
@@ -516,6 +565,9 @@ impl Predictor for LstmPredictor {
         let mut per: Vec<Vec<(EventFeatures, ShardEvent)>> = Vec::new();
         let mut slot: HashMap<StreamKey, usize> = HashMap::new();
         for ev in batch {
+            if op_class(ev.op).is_some() {
+                self.clock += 1;
+            }
             let shard = self.feat.shard_class(ev);
             for (key, scope) in stream_keys(&self.cfg, ev, self.opts.streams)
                 .into_iter()
@@ -525,7 +577,13 @@ impl Predictor for LstmPredictor {
                 let Some(f) = self.feat.features(&mut st.fs, ev, shard, scope) else {
                     continue;
                 };
-                observe(&mut self.gate, st, ev, self.cfg.depth as usize);
+                observe(
+                    &mut self.gate,
+                    st,
+                    ev,
+                    self.cfg.depth as usize,
+                    self.clock,
+                );
                 let i = *slot.entry(key).or_insert_with(|| {
                     keys.push(key);
                     per.push(Vec::new());
@@ -568,6 +626,30 @@ impl Predictor for LstmPredictor {
                         st.c0 = cs[i].clone();
                     }
                     st.pending.push(per[i][r].0);
+                }
+            }
+            if self.opts.memory_entries > 0 {
+                // A volume stream remembers its context before each event
+                // (none before its first: not stored) and the event's shard.
+                let shape = self.model.net.shape;
+                let (hidden, embed, entries) = (
+                    shape.hidden as usize,
+                    shape.shard_embed as usize,
+                    self.opts.memory_entries as usize,
+                );
+                let device = self.device();
+                for &i in &active {
+                    let (f, ev) = per[i][r];
+                    if f.scope != Scope::Volume.class() {
+                        continue;
+                    }
+                    let state = &hs[i][hs[i].len() - hidden..];
+                    let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
+                    let emb = self.model.net.shard_embedding(st.last_shard_class);
+                    st.memory
+                        .get_or_insert_with(|| StateMemory::new(entries, hidden, embed, device))
+                        .insert(state, &emb, ev.shard);
+                    st.last_shard_class = f.shard;
                 }
             }
             let feats: Vec<EventFeatures> = active.iter().map(|&i| per[i][r].0).collect();
@@ -617,15 +699,16 @@ impl Predictor for LstmPredictor {
         } else {
             conf_min
         };
-        let mut preds: Vec<Vec<(u64, f32, usize)>> = vec![Vec::new(); keys.len()];
+        let mut preds: Vec<Vec<Candidate>> = vec![Vec::new(); keys.len()];
         let mut paths: Vec<Path> = Vec::new();
         let mut ph: Vec<Vec<f32>> = Vec::new();
         let mut pc: Vec<Vec<f32>> = Vec::new();
         let start = self.feat.start();
-        let add = |preds: &mut Vec<(u64, f32, usize)>, first: u64, width: u32, p: f32, step| {
+        let add = |preds: &mut Vec<Candidate>, first: u64, width: u32, p: f32, step| {
             for s in first..first.saturating_add(u64::from(width)) {
-                if preds.len() < depth && !preds.iter().any(|q| q.0 == s) {
-                    preds.push((s, p, step));
+                let model = preds.iter().filter(|q| q.3 == Source::Model).count();
+                if model < depth && !preds.iter().any(|q| q.0 == s && q.3 == Source::Model) {
+                    preds.push((s, p, step, Source::Model));
                 }
             }
         };
@@ -636,15 +719,30 @@ impl Predictor for LstmPredictor {
                 continue;
             }
             let width = last_ev.shards.max(1);
+            if calibrated {
+                let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
+                let top_h = &hs[i][hs[i].len() - self.model.net.shape.hidden as usize..];
+                let recalled = st.memory.as_ref().and_then(|m| {
+                    m.recall(top_h, &self.model.net.shard_embedding(last_f.shard), depth)
+                });
+                if let Some((sim, next)) = recalled {
+                    for (j, &s) in next.iter().enumerate() {
+                        if !preds[i].iter().any(|q| q.0 == s && q.3 == Source::Memory) {
+                            preds[i].push((s, sim, j, Source::Memory));
+                        }
+                    }
+                }
+            }
             let cands = self.candidates(&top[i], last_ev.shard, keys[i].volume);
             for &(pos, p) in cands.iter().take(depth) {
-                if p < floor || preds[i].len() >= depth {
+                if p < floor {
                     break;
                 }
                 add(&mut preds[i], pos, width, p, 0);
             }
             if let Some(&(pos, p)) = cands.first() {
-                if p >= floor && self.opts.lookahead > 0 && preds[i].len() < depth {
+                let model = preds[i].iter().filter(|q| q.3 == Source::Model).count();
+                if p >= floor && self.opts.lookahead > 0 && model < depth {
                     let next = self.input_at(last_f, last_ev.shard, pos, keys[i].volume);
                     paths.push((i, pos, p, next));
                     ph.push(hs[i].clone());
@@ -679,7 +777,7 @@ impl Predictor for LstmPredictor {
                 }
                 add(&mut preds[i], next, width, conf, step);
                 *path = (i, next, conf, self.input_at(like, pos, next, keys[i].volume));
-                keep[j] = preds[i].len() < depth;
+                keep[j] = preds[i].iter().filter(|q| q.3 == Source::Model).count() < depth;
             }
             let mut j = 0;
             paths.retain(|_| {
@@ -707,13 +805,34 @@ impl Predictor for LstmPredictor {
             let start = out.len();
             let open = !calibrated || st.precision.unwrap_or(self.gate.precision) >= gate;
             let horizon = LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH * depth as u64;
-            for &(shard, raw, step) in &preds[i] {
-                let b = bucket(step, raw);
+            let deadline = self.clock + LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * depth as u64;
+            let scope = per[i].last().map_or(0, |e| e.0.scope);
+            // Calibrated confidence per candidate; one per shard (the most
+            // confident), most confident first, at most `depth`.
+            let mut cands: Vec<(u64, f32, [Option<usize>; SOURCES])> =
+                Vec::with_capacity(preds[i].len());
+            for &(shard, raw, step, source) in &preds[i] {
+                let b = bucket(scope, source, step, raw);
                 let confidence = if calibrated {
                     self.gate.calibration[b]
                 } else {
                     raw
                 };
+                match cands.iter_mut().find(|c| c.0 == shard) {
+                    Some(c) => {
+                        c.1 = c.1.max(confidence);
+                        c.2[source as usize] = Some(b);
+                    }
+                    None => {
+                        let mut bs = [None; SOURCES];
+                        bs[source as usize] = Some(b);
+                        cands.push((shard, confidence, bs));
+                    }
+                }
+            }
+            cands.sort_by(|a, b| b.1.total_cmp(&a.1));
+            cands.truncate(depth);
+            for (shard, confidence, buckets) in cands {
                 let eligible = confidence >= conf_min && confidence >= gate;
                 if st
                     .recent
@@ -739,8 +858,9 @@ impl Predictor for LstmPredictor {
                     st.tracked.push_back(Tracked {
                         shard,
                         expiry: st.events + horizon,
+                        deadline,
                         read: false,
-                        bucket: b,
+                        buckets,
                         counted: eligible,
                     });
                 }
@@ -839,6 +959,16 @@ mod tests {
             lookahead: 0,
             seed: 5,
             ..Default::default()
+        }
+    }
+
+    /// The options without calibration or memory: emitted confidences are
+    /// the network's own probabilities.
+    fn raw(o: LstmOptions) -> LstmOptions {
+        LstmOptions {
+            precision_gate: 0.0,
+            memory_entries: 0,
+            ..o
         }
     }
 
@@ -951,15 +1081,19 @@ mod tests {
         .is_err());
     }
 
-    /// Runs with the default precision gate on: a learned stream is let through.
+    /// The network's raw next-event probabilities (no gate, no memory) name
+    /// the next read; the default predictor (calibrated, with its memory)
+    /// stages it.
     #[test]
     fn learns_a_repeated_permutation_that_baselines_cannot() {
         let seed = 21;
         let n = 40;
         let ev = replayed_permutation(seed, n, 30);
         let from = ev.len() - 5 * n as usize;
-        let mut lstm = LstmPredictor::new(&cfg(), &small()).unwrap();
+        let mut lstm = LstmPredictor::new(&cfg(), &raw(small())).unwrap();
         let (l1, lk) = accuracy(&mut lstm, &ev, from);
+        let (_, dk) = accuracy(&mut LstmPredictor::new(&cfg(), &small()).unwrap(), &ev, from);
+        assert!(dk > 0.9, "seed {seed}: default predictor top-k {dk}");
         let (r1, rk) = accuracy(&mut Readahead::new(&cfg()), &ev, from);
         let (s1, sk) = accuracy(&mut Stride::new(&cfg()), &ev, from);
         let chance = 1.0 / n as f64;
@@ -1018,14 +1152,17 @@ mod tests {
         let ev = replayed_files(seed, files, len, 20);
         let from = ev.len() - 5 * files * len as usize;
         // One stream per volume: the files lie in many address regions.
-        let tiny_deltas = |shards: u32| LstmOptions {
-            shape: ModelShape {
-                vocab: 8,
-                shards,
-                ..small().shape
-            },
-            streams: Streams::Volume,
-            ..small()
+        // Raw probabilities: what the network learned, without the memory.
+        let tiny_deltas = |shards: u32| {
+            raw(LstmOptions {
+                shape: ModelShape {
+                    vocab: 8,
+                    shards,
+                    ..small().shape
+                },
+                streams: Streams::Volume,
+                ..small()
+            })
         };
         let jumps = |p: &mut dyn Predictor| {
             // Top-1 accuracy on file starts only (the jumps) and overall.
@@ -1069,5 +1206,50 @@ mod tests {
             "seed {seed}: delta-only {dj}, markov {mj}"
         );
         assert!(l1 > m1 + 0.1 && l1 > d1 + 0.1, "seed {seed}: {l1} vs {m1}, {d1}");
+    }
+
+    /// The memory makes a replayed pattern one-shot: by the fourth run of
+    /// files at random places (jumps the network has had little time to
+    /// learn) the volume stream recalls what followed each of its states
+    /// and stages the jumps' targets; without the memory it does not yet.
+    #[test]
+    fn memory_recalls_a_replayed_pattern_within_a_few_runs() {
+        let seed = 13;
+        let (files, len) = (60, 3u64);
+        let per_run = files * len as usize;
+        let ev = replayed_files(seed, files, len, 4);
+        let from = ev.len() - per_run;
+        let run = |memory_entries: u32| {
+            let mut p = LstmPredictor::new(
+                &cfg(),
+                &LstmOptions {
+                    memory_entries,
+                    streams: Streams::Volume,
+                    ..small()
+                },
+            )
+            .unwrap();
+            // Coverage of the last run's jumps: a file's first shard was
+            // among the predictions of the events since the previous jump.
+            let (mut covered, mut jumps) = (0, 0);
+            let mut since: Vec<u64> = Vec::new();
+            let mut out = Vec::new();
+            for (i, e) in ev.iter().enumerate() {
+                if i >= from && i % len as usize == 0 {
+                    jumps += 1;
+                    covered += usize::from(since.contains(&e.shard));
+                    since.clear();
+                }
+                out.clear();
+                p.step(std::slice::from_ref(e), &mut out);
+                p.background(Duration::from_secs(1));
+                since.extend(out.iter().map(|q| q.shard));
+            }
+            covered as f64 / jumps as f64
+        };
+        let (with, without) = (run(4096), run(0));
+        eprintln!("seed {seed}: last run's jumps staged: memory {with:.3}, none {without:.3}");
+        assert!(with > 0.5, "seed {seed}: {with}");
+        assert!(with > without + 0.3, "seed {seed}: {with} vs {without}");
     }
 }

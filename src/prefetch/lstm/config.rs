@@ -18,7 +18,8 @@ use crate::constants::{
     LSTM_VOCAB_MAX_CLASSES,
 };
 use crate::constants::{
-    LSTM_SHARD_EMBED_DEFAULT_DIMS, LSTM_SHARD_VOCAB_DEFAULT_CLASSES, LSTM_SHARD_VOCAB_MAX_CLASSES,
+    LSTM_MEMORY_DEFAULT_ENTRIES, LSTM_MEMORY_MAX_ENTRIES, LSTM_SHARD_EMBED_DEFAULT_DIMS,
+    LSTM_SHARD_VOCAB_DEFAULT_CLASSES, LSTM_SHARD_VOCAB_MAX_CLASSES,
 };
 use std::path::PathBuf;
 
@@ -176,6 +177,9 @@ pub struct LstmOptions {
     pub precision_gate: f32,
     /// Which streams the model follows.
     pub streams: Streams,
+    /// Entries of a volume stream's memory of its states (0: no memory;
+    /// used with the precision gate, whose calibration weighs it).
+    pub memory_entries: u32,
 }
 
 impl Default for LstmOptions {
@@ -195,6 +199,7 @@ impl Default for LstmOptions {
             seed: 1,
             precision_gate: LSTM_PRECISION_GATE_DEFAULT,
             streams: Streams::default(),
+            memory_entries: LSTM_MEMORY_DEFAULT_ENTRIES,
         }
     }
 }
@@ -252,6 +257,12 @@ impl LstmOptions {
             0,
             LSTM_LOOKAHEAD_MAX_STEPS,
         )?;
+        check(
+            "memory (entries)",
+            self.memory_entries,
+            0,
+            LSTM_MEMORY_MAX_ENTRIES,
+        )?;
         check("threads", self.threads, 1, LSTM_THREADS_MAX)
     }
 }
@@ -308,6 +319,10 @@ mod tests {
             },
             LstmOptions {
                 lookahead: LSTM_LOOKAHEAD_MAX_STEPS + 1,
+                ..ok.clone()
+            },
+            LstmOptions {
+                memory_entries: LSTM_MEMORY_MAX_ENTRIES + 1,
                 ..ok.clone()
             },
         ];

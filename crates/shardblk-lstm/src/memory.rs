@@ -1,0 +1,221 @@
+//! The memory of a volume stream: the model's contexts and what followed
+//! them (a continuous cache over the network's representations, after
+//! Grave et al., 2017).
+//!
+//! Why: online gradient steps need many passes to learn "after shard X
+//! comes shard Y" for thousands of jumps, while a repeated pattern (a boot,
+//! a batch job) may come back only a few times. The memory makes the model
+//! one-shot: before each event of the stream it stores the context the
+//! model had (its top-layer state and the embedding of the shard class it
+//! was last given) with the event's first shard (what came next). When the
+//! model later reaches a similar context (cosine similarity), the stored
+//! shard and the shards stored after it (what followed that context last
+//! time, in order) are candidates; the calibration of the predictor decides
+//! how similar is similar enough.
+//!
+//! The two halves of a key weigh equally. The shard class embedding (a
+//! random vector when the class is assigned, then trained) tells contexts at
+//! different shards apart at once; the state adds the history the LSTM
+//! carries (so the end of a shared file read from two places, the same
+//! shard, is told apart by what came before). States share a large common
+//! component (raw states of different contexts have cosine similarities
+//! near 1), so the state half is *standardized* first: minus a running mean,
+//! over a running standard deviation per unit (moving averages over about
+//! `LSTM_MEMORY_STATS_EVENTS` states).
+//!
+//! Contract: at most `capacity` entries, the oldest replaced first (a ring);
+//! keys are stored normalized in one `[capacity, hidden + embed]` tensor on
+//! the model's device; [`StateMemory::recall`] returns the best match's
+//! similarity (-1..=1) and up to `ahead` shards from it on, in stored order,
+//! never crossing the newest entry; an empty memory or a zero state recalls
+//! nothing and a zero state is not stored (a stream's first event has no
+//! context). Bounded: `capacity * ((hidden + embed) * 4 + 8)` bytes.
+
+use shardblk::constants::LSTM_MEMORY_STATS_EVENTS;
+use tch::{Device, Kind, Tensor};
+
+/// A ring of (context, next shard) entries.
+#[derive(Debug)]
+pub struct StateMemory {
+    keys: Tensor,
+    values: Vec<u64>,
+    hidden: usize,
+    embed: usize,
+    capacity: usize,
+    /// Next slot to write.
+    next: usize,
+    len: usize,
+    device: Device,
+    /// Running mean and variance of the states, per unit.
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    /// States seen (the running statistics start as plain means).
+    seen: u64,
+}
+
+/// `v / |v| * scale`, or None for a zero (or non-finite) vector.
+fn normalized(v: &[f32], scale: f32) -> Option<Vec<f32>> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (n.is_finite() && n > 0.0).then(|| v.iter().map(|x| x / n * scale).collect())
+}
+
+impl StateMemory {
+    /// A memory of `capacity` entries for states of `hidden` units and shard
+    /// embeddings of `embed` dimensions.
+    pub fn new(capacity: usize, hidden: usize, embed: usize, device: Device) -> StateMemory {
+        let capacity = capacity.max(1);
+        StateMemory {
+            keys: Tensor::zeros(
+                [capacity as i64, (hidden + embed) as i64],
+                (Kind::Float, device),
+            ),
+            values: vec![0; capacity],
+            hidden,
+            embed,
+            capacity,
+            next: 0,
+            len: 0,
+            device,
+            mean: vec![0.0; hidden],
+            var: vec![1.0; hidden],
+            seen: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fold state `v` into the running statistics.
+    fn learn_stats(&mut self, v: &[f32]) {
+        self.seen += 1;
+        let w = 1.0 / (self.seen.min(LSTM_MEMORY_STATS_EVENTS) as f32);
+        for ((x, m), s2) in v.iter().zip(&mut self.mean).zip(&mut self.var) {
+            let d = x - *m;
+            *m += w * d;
+            *s2 = if self.seen == 1 {
+                0.0
+            } else {
+                (1.0 - w) * (*s2 + w * d * d)
+            };
+        }
+    }
+
+    /// The normalized key of a context (None for a zero state).
+    fn key(&self, state: &[f32], shard_embedding: &[f32]) -> Option<Vec<f32>> {
+        debug_assert_eq!(state.len(), self.hidden);
+        debug_assert_eq!(shard_embedding.len(), self.embed);
+        if state.iter().all(|&x| x == 0.0) {
+            return None;
+        }
+        let std: Vec<f32> = state
+            .iter()
+            .zip(&self.mean)
+            .zip(&self.var)
+            .map(|((x, m), s2)| (x - m) / (s2.sqrt() + 1e-3))
+            .collect();
+        let half = std::f32::consts::FRAC_1_SQRT_2;
+        let mut k = normalized(&std, half).unwrap_or_else(|| vec![0.0; self.hidden]);
+        k.extend(normalized(shard_embedding, half).unwrap_or_else(|| vec![0.0; self.embed]));
+        Some(k)
+    }
+
+    /// Remember that `shard` followed the context (`state`, `shard_embedding`).
+    pub fn insert(&mut self, state: &[f32], shard_embedding: &[f32], shard: u64) {
+        if state.iter().all(|&x| x == 0.0) {
+            return;
+        }
+        self.learn_stats(state);
+        let Some(k) = self.key(state, shard_embedding) else {
+            return;
+        };
+        tch::no_grad(|| {
+            let row = Tensor::from_slice(&k).to_device(self.device);
+            let _ = self.keys.get(self.next as i64).copy_(&row);
+        });
+        self.values[self.next] = shard;
+        self.next = (self.next + 1) % self.capacity;
+        self.len = (self.len + 1).min(self.capacity);
+    }
+
+    /// The stored context most similar to (`state`, `shard_embedding`): its
+    /// cosine similarity and the shards that followed it, up to `ahead` of
+    /// them in stored order.
+    pub fn recall(
+        &self,
+        state: &[f32],
+        shard_embedding: &[f32],
+        ahead: usize,
+    ) -> Option<(f32, Vec<u64>)> {
+        if self.len == 0 || ahead == 0 {
+            return None;
+        }
+        let q = self.key(state, shard_embedding)?;
+        let (sim, at) = tch::no_grad(|| {
+            let q = Tensor::from_slice(&q).to_device(self.device);
+            let sims = self.keys.narrow(0, 0, self.len as i64).mv(&q);
+            let (v, i) = sims.max_dim(0, false);
+            (v.double_value(&[]) as f32, i.int64_value(&[]) as usize)
+        });
+        // Entries in stored order from `at` up to (not past) the newest.
+        let newest = (self.next + self.capacity - 1) % self.capacity;
+        let mut out = Vec::with_capacity(ahead);
+        let mut i = at;
+        loop {
+            out.push(self.values[i]);
+            if i == newest || out.len() == ahead {
+                break;
+            }
+            i = (i + 1) % self.capacity;
+        }
+        Some((sim, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state with a large common part (as LSTM states have) and a
+    /// distinct small one.
+    fn state(i: usize) -> Vec<f32> {
+        (0..4).map(|j| if j == i { 1.5 } else { 1.0 }).collect()
+    }
+
+    fn emb(i: usize) -> Vec<f32> {
+        (0..3).map(|j| if j == i { 1.0 } else { 0.0 }).collect()
+    }
+
+    #[test]
+    fn recalls_what_followed_the_closest_context_in_order() {
+        let mut m = StateMemory::new(4, 4, 3, Device::Cpu);
+        assert!(m.recall(&state(0), &emb(0), 2).is_none(), "empty");
+        m.insert(&[0.0; 4], &emb(0), 99); // no context: not stored
+        assert!(m.is_empty());
+        for (i, shard) in [10u64, 11, 12].into_iter().enumerate() {
+            m.insert(&state(i), &emb(i), shard);
+        }
+        // (Standardized with statistics that moved since: not exactly 1.)
+        let (sim, next) = m.recall(&state(1), &emb(1), 5).unwrap();
+        assert!(sim > 0.9, "{sim}");
+        assert_eq!(next, vec![11, 12], "from the match to the newest, no further");
+        assert!(m.recall(&[0.0; 4], &emb(1), 2).is_none(), "zero state");
+        // The same shard embedding in two contexts: the state decides.
+        m.insert(&state(3), &emb(1), 13);
+        let (_, next) = m.recall(&state(3), &emb(1), 1).unwrap();
+        assert_eq!(next, vec![13]);
+        let (_, next) = m.recall(&state(1), &emb(1), 1).unwrap();
+        assert_eq!(next, vec![11]);
+        // The ring replaces the oldest: 10 goes, and order follows the ring.
+        m.insert(&state(0), &emb(0), 14);
+        assert_eq!(m.len(), 4);
+        let (_, next) = m.recall(&state(2), &emb(2), 3).unwrap();
+        assert_eq!(next, vec![12, 13, 14]);
+        let (_, next) = m.recall(&state(0), &emb(0), 3).unwrap();
+        assert_eq!(next, vec![14]);
+    }
+}
