@@ -315,6 +315,13 @@ pub const LSTM_CANDIDATE_CLASSES_PER_DEPTH: usize = 2;
 /// units), and a recall one `[entries, hidden]` product per event.
 pub const LSTM_MEMORY_DEFAULT_ENTRIES: u32 = 4096;
 pub const LSTM_MEMORY_MAX_ENTRIES: u32 = 1 << 20;
+/// Dimensions of the address half of a memory key (a fixed pseudo-random
+/// vector per shard: different shards' are nearly orthogonal).
+pub const LSTM_MEMORY_ADDRESS_DIMS: usize = 32;
+/// Weight of the state half in a memory key's similarity (the address half
+/// has the rest).
+pub const LSTM_MEMORY_STATE_WEIGHT: f32 = 0.25;
+const _: () = assert!(LSTM_MEMORY_STATE_WEIGHT > 0.0 && LSTM_MEMORY_STATE_WEIGHT < 1.0);
 /// The memory standardizes states with running statistics over about this
 /// many states.
 pub const LSTM_MEMORY_STATS_EVENTS: u64 = 1024;

@@ -4,35 +4,60 @@
 //!
 //! Why: online gradient steps need many passes to learn "after shard X
 //! comes shard Y" for thousands of jumps, while a repeated pattern (a boot,
-//! a batch job) may come back only a few times. The memory makes the model
-//! one-shot: before each event of the stream it stores the context the
-//! model had (its top-layer state and the embedding of the shard class it
-//! was last given) with the event's first shard (what came next). When the
-//! model later reaches a similar context (cosine similarity), the stored
-//! shard and the shards stored after it (what followed that context last
-//! time, in order) are candidates; the calibration of the predictor decides
-//! how similar is similar enough.
+//! a batch job) may come back only a few times; and the shard vocabulary
+//! holds a bounded number of classes. The memory makes the model one-shot
+//! whatever the vocabulary: before each event of the stream it stores the
+//! context the model had (its top-layer state and the address it was last
+//! given) with the event's first shard (what came next). When the model
+//! later reaches a similar context (cosine similarity), the stored shard and
+//! the shards stored after it (what followed that context last time, in
+//! order) are candidates; the calibration of the predictor decides how
+//! similar is similar enough.
 //!
-//! The two halves of a key weigh equally. The shard class embedding (a
-//! random vector when the class is assigned, then trained) tells contexts at
-//! different shards apart at once; the state adds the history the LSTM
-//! carries (so the end of a shared file read from two places, the same
-//! shard, is told apart by what came before). States share a large common
+//! A key's similarity is `w * cos(states) + (1 - w) * cos(addresses)`,
+//! `w` = `LSTM_MEMORY_STATE_WEIGHT`. The address half is a fixed
+//! pseudo-random unit vector per (volume, shard) ([`address_key`],
+//! `LSTM_MEMORY_ADDRESS_DIMS` dimensions: different shards are nearly
+//! orthogonal): it tells contexts at different shards apart from the first
+//! visit; the state half adds the history the LSTM carries (so the end of a
+//! shared file read from two places, the same shard, is told apart by what
+//! came before). The state half weighs less because states drift as the
+//! model trains online: the same context seen one replay apart has a
+//! state similarity well below 1. States share a large common
 //! component (raw states of different contexts have cosine similarities
 //! near 1), so the state half is *standardized* first: minus a running mean,
 //! over a running standard deviation per unit (moving averages over about
 //! `LSTM_MEMORY_STATS_EVENTS` states).
 //!
 //! Contract: at most `capacity` entries, the oldest replaced first (a ring);
-//! keys are stored normalized in one `[capacity, hidden + embed]` tensor on
-//! the model's device; [`StateMemory::recall`] returns the best match's
+//! keys are stored normalized in one `[capacity, hidden + address dims]`
+//! tensor on the model's device; [`StateMemory::recall`] returns the best match's
 //! similarity (-1..=1) and up to `ahead` shards from it on, in stored order,
 //! never crossing the newest entry; an empty memory or a zero state recalls
 //! nothing and a zero state is not stored (a stream's first event has no
-//! context). Bounded: `capacity * ((hidden + embed) * 4 + 8)` bytes.
+//! context). Bounded: `capacity * ((hidden + address dims) * 4 + 8)` bytes.
 
-use shardblk::constants::LSTM_MEMORY_STATS_EVENTS;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shardblk::constants::{
+    LSTM_MEMORY_ADDRESS_DIMS, LSTM_MEMORY_STATE_WEIGHT, LSTM_MEMORY_STATS_EVENTS,
+};
+use shardblk::prefetch::lstm::vocab::ShardKey;
 use tch::{Device, Kind, Tensor};
+
+/// The address half of a key: a pseudo-random vector of
+/// `LSTM_MEMORY_ADDRESS_DIMS` standard normal draws, fixed per shard.
+pub fn address_key(k: ShardKey) -> Vec<f32> {
+    let seed = (u64::from(k.volume) << 48) ^ k.shard.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..LSTM_MEMORY_ADDRESS_DIMS)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.random();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
+}
 
 /// A ring of (context, next shard) entries.
 #[derive(Debug)]
@@ -60,9 +85,9 @@ fn normalized(v: &[f32], scale: f32) -> Option<Vec<f32>> {
 }
 
 impl StateMemory {
-    /// A memory of `capacity` entries for states of `hidden` units and shard
-    /// embeddings of `embed` dimensions.
-    pub fn new(capacity: usize, hidden: usize, embed: usize, device: Device) -> StateMemory {
+    /// A memory of `capacity` entries for states of `hidden` units.
+    pub fn new(capacity: usize, hidden: usize, device: Device) -> StateMemory {
+        let embed = LSTM_MEMORY_ADDRESS_DIMS;
         let capacity = capacity.max(1);
         StateMemory {
             keys: Tensor::zeros(
@@ -106,9 +131,8 @@ impl StateMemory {
     }
 
     /// The normalized key of a context (None for a zero state).
-    fn key(&self, state: &[f32], shard_embedding: &[f32]) -> Option<Vec<f32>> {
+    fn key(&self, state: &[f32], shard: ShardKey) -> Option<Vec<f32>> {
         debug_assert_eq!(state.len(), self.hidden);
-        debug_assert_eq!(shard_embedding.len(), self.embed);
         if state.iter().all(|&x| x == 0.0) {
             return None;
         }
@@ -118,19 +142,23 @@ impl StateMemory {
             .zip(&self.var)
             .map(|((x, m), s2)| (x - m) / (s2.sqrt() + 1e-3))
             .collect();
-        let half = std::f32::consts::FRAC_1_SQRT_2;
-        let mut k = normalized(&std, half).unwrap_or_else(|| vec![0.0; self.hidden]);
-        k.extend(normalized(shard_embedding, half).unwrap_or_else(|| vec![0.0; self.embed]));
+        let (ws, wa) = (
+            LSTM_MEMORY_STATE_WEIGHT.sqrt(),
+            (1.0 - LSTM_MEMORY_STATE_WEIGHT).sqrt(),
+        );
+        let mut k = normalized(&std, ws).unwrap_or_else(|| vec![0.0; self.hidden]);
+        k.extend(normalized(&address_key(shard), wa).unwrap_or_else(|| vec![0.0; self.embed]));
         Some(k)
     }
 
-    /// Remember that `shard` followed the context (`state`, `shard_embedding`).
-    pub fn insert(&mut self, state: &[f32], shard_embedding: &[f32], shard: u64) {
+    /// Remember that `shard` followed the context (`state` after an event
+    /// at `at`).
+    pub fn insert(&mut self, state: &[f32], at: ShardKey, shard: u64) {
         if state.iter().all(|&x| x == 0.0) {
             return;
         }
         self.learn_stats(state);
-        let Some(k) = self.key(state, shard_embedding) else {
+        let Some(k) = self.key(state, at) else {
             return;
         };
         tch::no_grad(|| {
@@ -142,19 +170,14 @@ impl StateMemory {
         self.len = (self.len + 1).min(self.capacity);
     }
 
-    /// The stored context most similar to (`state`, `shard_embedding`): its
-    /// cosine similarity and the shards that followed it, up to `ahead` of
-    /// them in stored order.
-    pub fn recall(
-        &self,
-        state: &[f32],
-        shard_embedding: &[f32],
-        ahead: usize,
-    ) -> Option<(f32, Vec<u64>)> {
+    /// The stored context most similar to (`state` after an event at `at`):
+    /// its cosine similarity and the shards that followed it, up to `ahead`
+    /// of them in stored order.
+    pub fn recall(&self, state: &[f32], at: ShardKey, ahead: usize) -> Option<(f32, Vec<u64>)> {
         if self.len == 0 || ahead == 0 {
             return None;
         }
-        let q = self.key(state, shard_embedding)?;
+        let q = self.key(state, at)?;
         let (sim, at) = tch::no_grad(|| {
             let q = Tensor::from_slice(&q).to_device(self.device);
             let sims = self.keys.narrow(0, 0, self.len as i64).mv(&q);
@@ -186,36 +209,58 @@ mod tests {
         (0..4).map(|j| if j == i { 1.5 } else { 1.0 }).collect()
     }
 
-    fn emb(i: usize) -> Vec<f32> {
-        (0..3).map(|j| if j == i { 1.0 } else { 0.0 }).collect()
+    fn emb(i: usize) -> ShardKey {
+        ShardKey {
+            volume: 0,
+            shard: i as u64,
+        }
+    }
+
+    #[test]
+    fn address_keys_are_fixed_and_nearly_orthogonal() {
+        let a = address_key(emb(7));
+        assert_eq!(a, address_key(emb(7)));
+        let cos = |x: &[f32], y: &[f32]| {
+            let d: f32 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+            d / (x.iter().map(|v| v * v).sum::<f32>().sqrt() * y.iter().map(|v| v * v).sum::<f32>().sqrt())
+        };
+        let worst = (0..200)
+            .map(|i| cos(&a, &address_key(emb(100 + i))).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 0.8, "{worst}");
+        let other_volume = address_key(ShardKey {
+            volume: 1,
+            shard: 7,
+        });
+        assert!(cos(&a, &other_volume).abs() < 0.8);
     }
 
     #[test]
     fn recalls_what_followed_the_closest_context_in_order() {
-        let mut m = StateMemory::new(4, 4, 3, Device::Cpu);
-        assert!(m.recall(&state(0), &emb(0), 2).is_none(), "empty");
-        m.insert(&[0.0; 4], &emb(0), 99); // no context: not stored
+        let mut m = StateMemory::new(4, 4, Device::Cpu);
+        assert!(m.recall(&state(0), emb(0), 2).is_none(), "empty");
+        m.insert(&[0.0; 4], emb(0), 99); // no context: not stored
         assert!(m.is_empty());
         for (i, shard) in [10u64, 11, 12].into_iter().enumerate() {
-            m.insert(&state(i), &emb(i), shard);
+            m.insert(&state(i), emb(i), shard);
         }
         // (Standardized with statistics that moved since: not exactly 1.)
-        let (sim, next) = m.recall(&state(1), &emb(1), 5).unwrap();
+        let (sim, next) = m.recall(&state(1), emb(1), 5).unwrap();
         assert!(sim > 0.9, "{sim}");
         assert_eq!(next, vec![11, 12], "from the match to the newest, no further");
-        assert!(m.recall(&[0.0; 4], &emb(1), 2).is_none(), "zero state");
-        // The same shard embedding in two contexts: the state decides.
-        m.insert(&state(3), &emb(1), 13);
-        let (_, next) = m.recall(&state(3), &emb(1), 1).unwrap();
+        assert!(m.recall(&[0.0; 4], emb(1), 2).is_none(), "zero state");
+        // The same address in two contexts: the state decides.
+        m.insert(&state(3), emb(1), 13);
+        let (_, next) = m.recall(&state(3), emb(1), 1).unwrap();
         assert_eq!(next, vec![13]);
-        let (_, next) = m.recall(&state(1), &emb(1), 1).unwrap();
+        let (_, next) = m.recall(&state(1), emb(1), 1).unwrap();
         assert_eq!(next, vec![11]);
         // The ring replaces the oldest: 10 goes, and order follows the ring.
-        m.insert(&state(0), &emb(0), 14);
+        m.insert(&state(0), emb(0), 14);
         assert_eq!(m.len(), 4);
-        let (_, next) = m.recall(&state(2), &emb(2), 3).unwrap();
+        let (_, next) = m.recall(&state(2), emb(2), 3).unwrap();
         assert_eq!(next, vec![12, 13, 14]);
-        let (_, next) = m.recall(&state(0), &emb(0), 3).unwrap();
+        let (_, next) = m.recall(&state(0), emb(0), 3).unwrap();
         assert_eq!(next, vec![14]);
     }
 }
