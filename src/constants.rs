@@ -297,6 +297,11 @@ pub const LSTM_SIZE_BUCKETS: u32 = 8;
 pub const LSTM_GAP_BUCKETS: u32 = 16;
 /// Op classes of the op input (read, write).
 pub const LSTM_OP_CLASSES: u32 = 2;
+/// Nearest-delta input: the stream's last this many requests are recalled;
+/// deltas up to this many shards either way have a class (plus one "far").
+pub const LSTM_NEAR_RECENT: usize = 8;
+pub const LSTM_NEAR_MAX_SHARDS: u64 = 4;
+pub const LSTM_NEAR_CLASSES: u32 = 2 + 2 * LSTM_NEAR_MAX_SHARDS as u32;
 /// Scope classes of the scope input (region stream, volume stream).
 pub const LSTM_SCOPE_CLASSES: u32 = 2;
 /// Shard classes (address-correlating classes: absolute shards of a volume,

@@ -96,7 +96,7 @@ pub struct LstmArgs {
     /// LSTM: embedding width of the delta class.
     #[arg(long, default_value_t = LSTM_DELTA_EMBED_DEFAULT_DIMS)]
     pub delta_embed: u32,
-    /// LSTM: embedding width of op, size, inter-arrival and scope each.
+    /// LSTM: embedding width of op, size, inter-arrival, nearest delta and scope each.
     #[arg(long, default_value_t = LSTM_AUX_EMBED_DEFAULT_DIMS)]
     pub aux_embed: u32,
     /// LSTM: shard classes (frequently read shards as classes; 0: deltas only).

@@ -1,11 +1,12 @@
-//! The LSTM network (tch): embeddings of the six inputs, a stacked LSTM,
+//! The LSTM network (tch): embeddings of the seven inputs, a stacked LSTM,
 //! and a linear output over the delta and shard classes; with seeded
 //! initialization and conversion to and from the model file.
 //!
 //! Contract:
 //! - Inputs per event: delta class in `0..=vocab+1` (OOV, the classes, the
 //!   start class), shard class in `0..=shards` (OOV, the classes), op, size
-//!   bucket, gap bucket, scope ([`shardblk::prefetch::lstm::features`]).
+//!   bucket, gap bucket, nearest-delta class, scope
+//!   ([`shardblk::prefetch::lstm::features`]).
 //!   Output: logits over [`ModelShape::outputs`] classes: OOV, the delta
 //!   classes, then the shard classes (one softmax: a next shard can be named
 //!   by its delta, by its own class, or both, see [`crate::train`]).
@@ -22,7 +23,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{
-    LSTM_GAP_BUCKETS, LSTM_OP_CLASSES, LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS,
+    LSTM_GAP_BUCKETS, LSTM_NEAR_CLASSES, LSTM_OP_CLASSES, LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS,
 };
 use shardblk::prefetch::lstm::config::ModelShape;
 use shardblk::prefetch::lstm::features::EventFeatures;
@@ -52,6 +53,7 @@ pub struct Net {
     emb_op: nn::Embedding,
     emb_size: nn::Embedding,
     emb_gap: nn::Embedding,
+    emb_near: nn::Embedding,
     emb_scope: nn::Embedding,
     lstm: nn::LSTM,
     out: nn::Linear,
@@ -66,6 +68,7 @@ pub struct Inputs {
     pub op: Tensor,
     pub size: Tensor,
     pub gap: Tensor,
+    pub near: Tensor,
     pub scope: Tensor,
 }
 
@@ -87,6 +90,7 @@ impl Inputs {
             op: col(|e| e.op),
             size: col(|e| e.size),
             gap: col(|e| e.gap),
+            near: col(|e| e.near),
             scope: col(|e| e.scope),
         }
     }
@@ -113,8 +117,9 @@ impl Net {
             emb_op: nn::embedding(p / "emb_op", i64::from(LSTM_OP_CLASSES), ae, ec),
             emb_size: nn::embedding(p / "emb_size", i64::from(LSTM_SIZE_BUCKETS), ae, ec),
             emb_gap: nn::embedding(p / "emb_gap", i64::from(LSTM_GAP_BUCKETS), ae, ec),
+            emb_near: nn::embedding(p / "emb_near", i64::from(LSTM_NEAR_CLASSES), ae, ec),
             emb_scope: nn::embedding(p / "emb_scope", i64::from(LSTM_SCOPE_CLASSES), ae, ec),
-            lstm: nn::lstm(p / "lstm", de + se + 4 * ae, h, rc),
+            lstm: nn::lstm(p / "lstm", de + se + 5 * ae, h, rc),
             out: nn::linear(p / "out", h, shape.outputs() as i64, Default::default()),
             device: p.device(),
         }
@@ -133,6 +138,7 @@ impl Net {
                 self.emb_op.forward(&x.op),
                 self.emb_size.forward(&x.size),
                 self.emb_gap.forward(&x.gap),
+                self.emb_near.forward(&x.near),
                 self.emb_scope.forward(&x.scope),
             ],
             -1,
@@ -383,6 +389,7 @@ mod tests {
                 op: rng.random_range(0..LSTM_OP_CLASSES),
                 size: rng.random_range(0..LSTM_SIZE_BUCKETS),
                 gap: rng.random_range(0..LSTM_GAP_BUCKETS),
+                near: rng.random_range(0..LSTM_NEAR_CLASSES),
                 scope: rng.random_range(0..LSTM_SCOPE_CLASSES),
             })
             .collect()

@@ -73,7 +73,8 @@ use shardblk::constants::{
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
-    op_class, shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer, Scope,
+    near_class, op_class, shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer,
+    Scope,
 };
 use shardblk::prefetch::lstm::file::{ModelFile, TrainInfo};
 use shardblk::prefetch::lstm::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
@@ -472,10 +473,12 @@ impl LstmPredictor {
     }
 
     /// The input of a hypothetical next event at `next` after one at `pos`
-    /// (op, size, gap and scope as `like`); the vocabularies do not grow.
+    /// (op, size, gap and scope as `like`; the nearest recent request taken
+    /// to be `pos`'s); the vocabularies do not grow.
     fn input_at(&self, like: EventFeatures, pos: u64, next: u64, volume: u32) -> EventFeatures {
         EventFeatures {
             delta: shard_delta(pos, next).map_or(OOV, |d| self.feat.vocab.class_of(d)),
+            near: near_class(next, &[pos]),
             shard: self.feat.shards.class_of(ShardKey {
                 volume,
                 shard: next,

@@ -34,7 +34,7 @@ pub struct ModelShape {
     pub layers: u32,
     /// Embedding width of the delta class.
     pub delta_embed: u32,
-    /// Embedding width of each of op, size, inter-arrival and scope.
+    /// Embedding width of each of op, size, inter-arrival, nearest delta and scope.
     pub aux_embed: u32,
     /// Shard classes (OOV not counted; 0: delta classes only).
     pub shards: u32,

@@ -7,8 +7,11 @@
 //! vocabulary ([`OOV`] when it has none), the op (read or write; other ops are not
 //! features, see [`op_class`]), a size bucket (log2 of the shards touched),
 //! an inter-arrival bucket (time since the stream's previous event, x4
-//! per bucket from 1 µs) and the stream's scope ([`Scope`]: an address
-//! region, or the whole volume). An event on the same first shard as the stream's
+//! per bucket from 1 µs), the *nearest* delta ([`near_class`]: from the
+//! closest of the stream's last `LSTM_NEAR_RECENT` requests' last shards,
+//! so a request that continues one of several interleaved runs in a region
+//! says so even when another run's request came in between) and the
+//! stream's scope ([`Scope`]: an address region, or the whole volume). An event on the same first shard as the stream's
 //! previous one is not an input (a re-read inside the shard is not a
 //! transition, as for the Markov baseline). [`FeatureState`] is the per-stream memory this
 //! needs (last shard, last time); [`Featurizer`] owns the vocabularies and
@@ -22,7 +25,8 @@
 use super::config::Streams;
 use super::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
 use crate::constants::{
-    LSTM_GAP_BUCKETS, LSTM_OP_CLASSES, LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS, PREFETCH_STREAMS_MAX,
+    LSTM_GAP_BUCKETS, LSTM_NEAR_CLASSES, LSTM_NEAR_MAX_SHARDS, LSTM_NEAR_RECENT, LSTM_OP_CLASSES,
+    LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS, PREFETCH_STREAMS_MAX,
 };
 use crate::prefetch::{PrefetchConfig, ShardEvent, StreamKey};
 use crate::trace::Op;
@@ -92,8 +96,27 @@ pub struct EventFeatures {
     pub op: u32,
     pub size: u32,
     pub gap: u32,
+    /// [`near_class`] of the event in its stream.
+    pub near: u32,
     /// [`Scope::class`] of the stream.
     pub scope: u32,
+}
+
+/// Nearest-delta class: 0 when no recent request is within
+/// `LSTM_NEAR_MAX_SHARDS` shards (or none yet), else `1 + d + max` for the
+/// delta `d` (-max..=max) of the first shard from the closest recent last
+/// shard (ties: the more recent).
+pub fn near_class(first: u64, recent_ends: &[u64]) -> u32 {
+    let max = LSTM_NEAR_MAX_SHARDS;
+    let best = recent_ends
+        .iter()
+        .rev()
+        .filter_map(|&r| shard_delta(r, first))
+        .filter(|d| d.unsigned_abs() <= max)
+        .min_by_key(|d| d.unsigned_abs());
+    let c = best.map_or(0, |d| (1 + d + max as i64) as u32);
+    debug_assert!(c < LSTM_NEAR_CLASSES);
+    c
 }
 
 /// Op class of an event; None for ops that are not model inputs (discard, flush).
@@ -124,6 +147,9 @@ pub fn gap_bucket(gap_ns: u64) -> u32 {
 pub struct FeatureState {
     last_shard: Option<u64>,
     last_ts_ns: u64,
+    /// Last shards of the stream's recent requests (a ring of `ends`).
+    recent_ends: [u64; LSTM_NEAR_RECENT],
+    ends: usize,
 }
 
 impl FeatureState {
@@ -213,9 +239,14 @@ impl Featurizer {
         } else {
             0
         };
+        let n = st.ends.min(LSTM_NEAR_RECENT);
+        let near = near_class(ev.shard, &st.recent_ends[..n]);
+        st.recent_ends[st.ends % LSTM_NEAR_RECENT] = ev.last_shard();
+        st.ends += 1;
         st.last_shard = Some(ev.shard);
         st.last_ts_ns = ev.ts_ns;
         Some(EventFeatures {
+            near,
             delta,
             shard,
             op,
@@ -277,6 +308,7 @@ mod tests {
                 op: 0,
                 size: 1,
                 gap: 0,
+                near: 0,
                 scope: 0,
             }
         );
@@ -295,6 +327,18 @@ mod tests {
         assert_eq!(st.last_shard(), Some(90), "a flush is not an input");
         let d = f.features(&mut st, &ev(8000, Op::Read, 94, 1), 0, r).unwrap();
         assert_eq!(d.delta, f.vocab.class_of(4));
+        // 101..=102 was read two requests ago: 103 continues that run.
+        let e = f.features(&mut st, &ev(9000, Op::Read, 103, 1), 0, r).unwrap();
+        assert_eq!(e.near, near_class(103, &[102]));
+        assert_eq!(
+            (near_class(103, &[102]), near_class(100, &[102, 101])),
+            (
+                2 + LSTM_NEAR_MAX_SHARDS as u32,
+                LSTM_NEAR_MAX_SHARDS as u32
+            )
+        );
+        assert_eq!(near_class(500, &[102]), 0, "far");
+        assert_eq!(near_class(5, &[]), 0, "nothing recent");
     }
 
     #[test]
