@@ -545,15 +545,16 @@ const _: () =
 /// LSTM precision gate: a stream's predictions are staged only while the
 /// estimated precision of its recent predictions is at least this (0: never gated).
 pub const LSTM_PRECISION_GATE_DEFAULT: f32 = 0.5;
-/// A prediction counts as correct when its stream reads the shard within this
-/// many of the stream's next events, per shard of depth.
-pub const LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH: u64 = 2;
-/// ... and within this many events of the predictor (all streams), per shard of depth.
+/// A prediction counts as correct when its stream reads the shard within the
+/// predictor's next `PrefetchConfig::stage_capacity_shards` events (about
+/// when LRU would evict it), or within this many per shard of depth when
+/// the capacity is unknown.
 pub const LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH: u64 = 16;
 /// The precision estimate is a moving average over about this many resolved predictions.
 pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;
-/// Predictions tracked per stream, per shard of depth (older ones resolve as wrong).
-pub const LSTM_PRECISION_TRACKED_PER_DEPTH: usize = 16;
+/// Predictions tracked at once per stream; candidates beyond are not
+/// tracked (calibration learns from a sample) until some resolve.
+pub const LSTM_PRECISION_TRACKED_MAX: usize = 256;
 /// Confidence calibration (with the precision gate on): predictions are
 /// bucketed by steps along the predicted path (0: direct, the last bucket
 /// open-ended) and by raw confidence (equal-width buckets of 0..1); each
@@ -573,12 +574,10 @@ const _: () = assert!(
 );
 const _: () = assert!(LSTM_TRACK_CONFIDENCE_MIN > 0.0 && LSTM_TRACK_CONFIDENCE_MIN < 1.0);
 const _: () = assert!(
-    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH >= 1 && LSTM_PRECISION_AVERAGE_PREDICTIONS >= 1
+    LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH >= 1
+        && LSTM_PRECISION_AVERAGE_PREDICTIONS >= 1
+        && LSTM_PRECISION_TRACKED_MAX >= 1
 );
-const _: () =
-    assert!(LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH >= LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH);
-const _: () =
-    assert!(LSTM_PRECISION_TRACKED_PER_DEPTH as u64 >= LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH);
 
 // --- rebal ---
 /// Long-run rate at which rebalancing copies shards to new homes (bytes per second).

@@ -34,11 +34,13 @@
 //!   already predicted for the stream among its last `2 * depth`
 //!   predictions is not predicted again unless its confidence has risen.
 //! - Precision gate (`precision_gate`, 0: off): every new candidate of a
-//!   stream is tracked, emitted or not; it is correct when the stream reads
-//!   the shard within its next `LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH *
-//!   depth` events and within the predictor's next
-//!   `LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * depth` events (all streams:
-//!   a region's next file may come long after, its shard evicted by then).
+//!   stream is tracked, emitted or not (up to [`LSTM_PRECISION_TRACKED_MAX`]
+//!   at once per stream: beyond, a sample); it is correct when the stream
+//!   reads the shard within the predictor's next
+//!   `PrefetchConfig::stage_capacity_shards` events (all streams; about when
+//!   a staged shard would be evicted: a region's next file may come long
+//!   after), or `LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * depth` when that
+//!   is unknown.
 //!   Every resolution updates its calibration bucket. A moving average of
 //!   the correctness of the stream's calibrated-eligible candidates (a new stream
 //!   starts from the predictor-wide average, which starts at 1) decides: the
@@ -67,7 +69,7 @@ use shardblk::constants::{
     LSTM_CALIBRATION_STEP_BUCKETS, LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_SCOPE_CLASSES,
     LSTM_TRACK_CONFIDENCE_MIN,
     LSTM_CANDIDATE_CLASSES_PER_DEPTH, LSTM_PRECISION_AVERAGE_PREDICTIONS,
-    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_PER_DEPTH,
+    LSTM_PRECISION_TRACKED_MAX,
     LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
     LSTM_VOCAB_WINDOW_EVENTS,
 };
@@ -127,12 +129,9 @@ type Candidate = (u64, f32, usize, Source);
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
     shard: u64,
-    /// Expiry, in the stream's events.
-    expiry: u64,
     /// Expiry, in the predictor's events (all streams): a prediction read
-    /// only much later is as good as wrong (its shard would be evicted).
+    /// only later is as good as wrong (its shard would be evicted).
     deadline: u64,
-    read: bool,
     /// Calibration buckets ([`bucket`]) of the sources that named it.
     buckets: [Option<usize>; SOURCES],
     /// Counts towards the stream's precision estimate (it passed calibration).
@@ -199,32 +198,22 @@ fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     gate.resolved += 1;
 }
 
-/// Account for one event of the stream at predictor event `clock`: credit
-/// tracked predictions of the shards it reads, resolve expired (or too
-/// many) ones as wrong.
-fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, depth: usize, clock: u64) {
+/// Account for one event of the stream at predictor event `clock`: resolve
+/// tracked predictions of the shards it reads as correct, expired ones as
+/// wrong.
+fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, clock: u64) {
     st.events += 1;
-    let mut hits = Vec::new();
-    if ev.op == Op::Read {
-        for t in st.tracked.iter_mut() {
-            if !t.read && (ev.shard..=ev.last_shard()).contains(&t.shard) {
-                t.read = true;
-                hits.push(*t);
-            }
+    let mut done = Vec::new();
+    st.tracked.retain(|t| {
+        let read = ev.op == Op::Read && (ev.shard..=ev.last_shard()).contains(&t.shard);
+        if read || t.deadline <= clock {
+            done.push((*t, read));
+            return false;
         }
-    }
-    for t in &hits {
-        resolve(gate, st, t, true);
-    }
-    let max = LSTM_PRECISION_TRACKED_PER_DEPTH * depth.max(1);
-    while let Some(&t) = st.tracked.front() {
-        if t.expiry > st.events && t.deadline > clock && st.tracked.len() <= max {
-            break;
-        }
-        st.tracked.pop_front();
-        if !t.read {
-            resolve(gate, st, &t, false);
-        }
+        true
+    });
+    for (t, read) in &done {
+        resolve(gate, st, t, *read);
     }
 }
 
@@ -361,6 +350,15 @@ impl LstmPredictor {
             m[shape.shard_output(c)] = false;
         }
         Tensor::from_slice(&m).to_device(self.device())
+    }
+
+    /// Predictor events within which a prediction must be read to count as
+    /// correct.
+    pub fn deadline_events(&self) -> u64 {
+        match self.cfg.stage_capacity_shards {
+            0 => LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * u64::from(self.cfg.depth),
+            n => n,
+        }
     }
 
     /// The precision gate: predictor-wide estimate, predictions resolved,
@@ -581,13 +579,7 @@ impl Predictor for LstmPredictor {
                 let Some(f) = self.feat.features(&mut st.fs, ev, shard, scope) else {
                     continue;
                 };
-                observe(
-                    &mut self.gate,
-                    st,
-                    ev,
-                    self.cfg.depth as usize,
-                    self.clock,
-                );
+                observe(&mut self.gate, st, ev, self.clock);
                 let i = *slot.entry(key).or_insert_with(|| {
                     keys.push(key);
                     per.push(Vec::new());
@@ -813,14 +805,14 @@ impl Predictor for LstmPredictor {
         // 5. Store the states; emit what passes, de-duplicated per stream;
         // track everything.
         let gate = self.opts.precision_gate;
+        let deadline_events = self.deadline_events();
         for (i, key) in keys.iter().enumerate() {
             let st = self.streams.get_or_insert_with(key, Stream::default);
             st.h = std::mem::take(&mut hs[i]);
             st.c = std::mem::take(&mut cs[i]);
             let start = out.len();
             let open = !calibrated || st.precision.unwrap_or(self.gate.precision) >= gate;
-            let horizon = LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH * depth as u64;
-            let deadline = self.clock + LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * depth as u64;
+            let deadline = self.clock + deadline_events;
             let scope = per[i].last().map_or(0, |e| e.0.scope);
             // Calibrated confidence per candidate; one per shard (the most
             // confident), most confident first, at most `depth`.
@@ -869,12 +861,12 @@ impl Predictor for LstmPredictor {
                 if st.recent.len() > 2 * depth {
                     st.recent.pop_front();
                 }
-                if !st.tracked.iter().any(|t| t.shard == shard && !t.read) {
+                if st.tracked.len() < LSTM_PRECISION_TRACKED_MAX
+                    && !st.tracked.iter().any(|t| t.shard == shard)
+                {
                     st.tracked.push_back(Tracked {
                         shard,
-                        expiry: st.events + horizon,
                         deadline,
-                        read: false,
                         buckets,
                         counted: eligible,
                     });
@@ -1061,11 +1053,14 @@ mod tests {
                 shards: 1,
             })
             .collect();
+        // A hot tier of 8 shards: a random shard of the 64 is read within
+        // 8 events about 12 % of the time.
         let cfg = PrefetchConfig {
             confidence_min: 0.0,
+            stage_capacity_shards: 8,
             ..cfg()
         };
-        let horizon = (LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH * u64::from(cfg.depth)) as usize;
+        let horizon = cfg.stage_capacity_shards as usize;
         let run = |gate: f32| {
             let opts = LstmOptions {
                 online: false,
