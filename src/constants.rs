@@ -320,6 +320,9 @@ pub const LSTM_CANDIDATE_CLASSES_PER_DEPTH: usize = 2;
 /// units), and a recall one `[entries, hidden]` product per event.
 pub const LSTM_MEMORY_DEFAULT_ENTRIES: u32 = 4096;
 pub const LSTM_MEMORY_MAX_ENTRIES: u32 = 1 << 20;
+/// A memory recall's margin is measured against the closest of this many
+/// nearest entries that continued differently.
+pub const LSTM_MEMORY_NEIGHBOURS: usize = 8;
 /// Dimensions of the address half of a memory key (a fixed pseudo-random
 /// vector per shard: different shards' are nearly orthogonal).
 pub const LSTM_MEMORY_ADDRESS_DIMS: usize = 32;

@@ -29,18 +29,26 @@
 //! over a running standard deviation per unit (moving averages over about
 //! `LSTM_MEMORY_STATS_EVENTS` states).
 //!
+//! A recall is only as good as it is unambiguous: a shared file read from
+//! several places is one address with several continuations, and when the
+//! states do not tell them apart the best match is a guess. So a recall
+//! reports its *margin*: the best similarity minus the best similarity of
+//! an entry that continued differently (among the `LSTM_MEMORY_NEIGHBOURS`
+//! closest; 0 beyond them), and the predictor calibrates on that.
+//!
 //! Contract: at most `capacity` entries, the oldest replaced first (a ring);
 //! keys are stored normalized in one `[capacity, hidden + address dims]`
-//! tensor on the model's device; [`StateMemory::recall`] returns the best match's
-//! similarity (-1..=1) and up to `ahead` shards from it on, in stored order,
-//! never crossing the newest entry; an empty memory or a zero state recalls
+//! tensor on the model's device; [`StateMemory::recall`] returns the best
+//! match's margin (0..=2) and up to `ahead` shards from it on, in stored
+//! order, never crossing the newest entry; an empty memory or a zero state recalls
 //! nothing and a zero state is not stored (a stream's first event has no
 //! context). Bounded: `capacity * ((hidden + address dims) * 4 + 8)` bytes.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{
-    LSTM_MEMORY_ADDRESS_DIMS, LSTM_MEMORY_STATE_WEIGHT, LSTM_MEMORY_STATS_EVENTS,
+    LSTM_MEMORY_ADDRESS_DIMS, LSTM_MEMORY_NEIGHBOURS, LSTM_MEMORY_STATE_WEIGHT,
+    LSTM_MEMORY_STATS_EVENTS,
 };
 use shardblk::prefetch::lstm::vocab::ShardKey;
 use tch::{Device, Kind, Tensor};
@@ -171,19 +179,33 @@ impl StateMemory {
     }
 
     /// The stored context most similar to (`state` after an event at `at`):
-    /// its cosine similarity and the shards that followed it, up to `ahead`
-    /// of them in stored order.
+    /// the margin of the match and the shards that followed it, up to
+    /// `ahead` of them in stored order.
     pub fn recall(&self, state: &[f32], at: ShardKey, ahead: usize) -> Option<(f32, Vec<u64>)> {
         if self.len == 0 || ahead == 0 {
             return None;
         }
         let q = self.key(state, at)?;
-        let (sim, at) = tch::no_grad(|| {
+        let k = LSTM_MEMORY_NEIGHBOURS.min(self.len);
+        let (sims, idx) = tch::no_grad(|| {
             let q = Tensor::from_slice(&q).to_device(self.device);
-            let sims = self.keys.narrow(0, 0, self.len as i64).mv(&q);
-            let (v, i) = sims.max_dim(0, false);
-            (v.double_value(&[]) as f32, i.int64_value(&[]) as usize)
+            let (v, i) = self
+                .keys
+                .narrow(0, 0, self.len as i64)
+                .mv(&q)
+                .topk(k as i64, 0, true, true);
+            let (v, i) = (v.to_device(Device::Cpu), i.to_device(Device::Cpu));
+            let mut sims = vec![0f32; k];
+            let mut idx = vec![0i64; k];
+            v.copy_data(&mut sims, k);
+            i.copy_data(&mut idx, k);
+            (sims, idx)
         });
+        let at = idx[0] as usize;
+        let other = (1..k)
+            .find(|&j| self.values[idx[j] as usize] != self.values[at])
+            .map_or(0.0, |j| sims[j].max(0.0));
+        let margin = (sims[0] - other).max(0.0);
         // Entries in stored order from `at` up to (not past) the newest.
         let newest = (self.next + self.capacity - 1) % self.capacity;
         let mut out = Vec::with_capacity(ahead);
@@ -195,7 +217,7 @@ impl StateMemory {
             }
             i = (i + 1) % self.capacity;
         }
-        Some((sim, out))
+        Some((margin, out))
     }
 }
 
@@ -245,14 +267,16 @@ mod tests {
             m.insert(&state(i), emb(i), shard);
         }
         // (Standardized with statistics that moved since: not exactly 1.)
-        let (sim, next) = m.recall(&state(1), emb(1), 5).unwrap();
-        assert!(sim > 0.9, "{sim}");
+        let (margin, next) = m.recall(&state(1), emb(1), 5).unwrap();
+        assert!(margin > 0.5, "{margin}");
         assert_eq!(next, vec![11, 12], "from the match to the newest, no further");
         assert!(m.recall(&[0.0; 4], emb(1), 2).is_none(), "zero state");
-        // The same address in two contexts: the state decides.
+        // The same address in two contexts: the state decides, with a
+        // smaller margin (the other context is close).
         m.insert(&state(3), emb(1), 13);
-        let (_, next) = m.recall(&state(3), emb(1), 1).unwrap();
+        let (ambiguous, next) = m.recall(&state(3), emb(1), 1).unwrap();
         assert_eq!(next, vec![13]);
+        assert!(ambiguous < margin, "{ambiguous} vs {margin}");
         let (_, next) = m.recall(&state(1), emb(1), 1).unwrap();
         assert_eq!(next, vec![11]);
         // The ring replaces the oldest: 10 goes, and order follows the ring.
