@@ -21,7 +21,9 @@
 //!   probabilities of classes naming the same shard add up. These shards
 //!   (as wide as the last request) are the candidates; then up to
 //!   `lookahead` further steps follow the most likely path (raw confidence
-//!   = product of probabilities), until `depth` candidates. Without the
+//!   = product of probabilities), until `depth` candidates (raw: while the
+//!   product stays above the threshold; calibrated: while each step's own
+//!   probability does). Without the
 //!   precision gate (0), candidates at or above `confidence_min` are
 //!   emitted with their raw confidence. With it, candidates down to
 //!   [`LSTM_TRACK_CONFIDENCE_MIN`] are kept and *calibrated*: the emitted
@@ -48,6 +50,9 @@
 //!   and tracked in shadow otherwise, so a stream that becomes predictable is
 //!   let through again. This keeps staging precision near the gate on
 //!   traces the model cannot predict, at no model cost.
+//! - With both streams, a volume stream that emits a candidate in a step
+//!   has priority: its volume's region streams only track theirs (in
+//!   shadow) in that step.
 //! - A step's predictions (all streams) come out one per shard, the most
 //!   confident, in address order (so the stager reads neighbouring shards
 //!   in one pass).
@@ -782,7 +787,11 @@ impl Predictor for LstmPredictor {
                     continue;
                 };
                 let conf = conf * p;
-                if conf < floor {
+                // Raw, the path stops below the threshold. Calibrated, it
+                // goes on while each step is itself likely enough: a weak
+                // product far ahead may still be read in time, and its
+                // bucket measures how often.
+                if (calibrated && p < floor) || (!calibrated && conf < floor) {
                     continue;
                 }
                 add(&mut preds[i], next, width, conf, step);
@@ -810,14 +819,24 @@ impl Predictor for LstmPredictor {
         let gate = self.opts.precision_gate;
         let deadline_events = self.deadline_events();
         let emitted_from = out.len();
-        for (i, key) in keys.iter().enumerate() {
+        // Volume streams first: where one emits, its volume's region streams
+        // only track (their candidates are the volume's, or worse: a region
+        // cannot see that a run ended with a jump elsewhere).
+        let volume_scope = Scope::Volume.class();
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_key(|&i| per[i].last().map_or(0, |e| e.0.scope) != volume_scope);
+        let mut confident: Vec<u32> = Vec::new();
+        for i in order {
+            let key = &keys[i];
             let st = self.streams.get_or_insert_with(key, Stream::default);
             st.h = std::mem::take(&mut hs[i]);
             st.c = std::mem::take(&mut cs[i]);
             let start = out.len();
-            let open = !calibrated || st.precision.unwrap_or(self.gate.precision) >= gate;
-            let deadline = self.clock + deadline_events;
             let scope = per[i].last().map_or(0, |e| e.0.scope);
+            let deferred = scope != volume_scope && confident.contains(&key.volume);
+            let open = !calibrated
+                || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
+            let deadline = self.clock + deadline_events;
             // Calibrated confidence per candidate; one per shard (the most
             // confident), most confident first, at most `depth`.
             let mut cands: Vec<(u64, f32, [Option<usize>; SOURCES])> =
@@ -859,6 +878,9 @@ impl Predictor for LstmPredictor {
                 };
                 if eligible && open && !push_unique(out, start, p) {
                     continue;
+                }
+                if eligible && open && scope == volume_scope && !confident.contains(&key.volume) {
+                    confident.push(key.volume);
                 }
                 self.gate.gated += u64::from(eligible && !open);
                 st.recent.push_back((shard, confidence));
