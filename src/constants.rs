@@ -566,6 +566,9 @@ pub const LSTM_PRECISION_TRACKED_MAX: usize = 256;
 pub const LSTM_CALIBRATION_STEP_BUCKETS: usize = 8;
 pub const LSTM_CALIBRATION_CONFIDENCE_BUCKETS: usize = 10;
 pub const LSTM_CALIBRATION_AVERAGE_PREDICTIONS: u32 = 64;
+/// A bucket's precision is trusted (its candidates emitted) once this many
+/// of its candidates resolved.
+pub const LSTM_CALIBRATION_MIN_RESOLVED: u32 = 8;
 /// With calibration, candidates at or above this raw confidence are tracked
 /// (and emitted when their bucket's measured precision passes).
 pub const LSTM_TRACK_CONFIDENCE_MIN: f32 = 0.05;
@@ -574,6 +577,7 @@ const _: () = assert!(
     LSTM_CALIBRATION_STEP_BUCKETS >= 1
         && LSTM_CALIBRATION_CONFIDENCE_BUCKETS >= 1
         && LSTM_CALIBRATION_AVERAGE_PREDICTIONS >= 1
+        && LSTM_CALIBRATION_MIN_RESOLVED >= 1
 );
 const _: () = assert!(LSTM_TRACK_CONFIDENCE_MIN > 0.0 && LSTM_TRACK_CONFIDENCE_MIN < 1.0);
 const _: () = assert!(
