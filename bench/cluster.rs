@@ -17,12 +17,17 @@
 //!   fourth node's start until the rebalancing is done (default throttle,
 //!   `CLUSTER_REBALANCE_BYTES_PER_SEC`).
 //!
+//! - Queue depth: random 4 KiB reads and writes kept QD at a time through
+//!   the client's `submit`/`poll` (three nodes, R = 2), QD 1 to 32: IOPS
+//!   and latency, the attacher running that many operations at once.
+//!
 //! Prints markdown tables; `SHARDBLK_BENCH_QUICK=1` shrinks the sizes,
-//! `SHARDBLK_BENCH_ONLY=rebalance` runs the rebalancing table alone.
+//! `SHARDBLK_BENCH_ONLY=rebalance` (or `qd`) runs that table alone.
 
+use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shardblk::cluster::client::{ClientConfig, ClusterClient};
+use shardblk::cluster::client::{ClientConfig, ClusterClient, Io};
 use shardblk::cluster::rebalance::Limits;
 use shardblk::constants::{
     CLUSTER_OUT_AFTER_MS, CLUSTER_REBALANCE_BYTES_PER_SEC, CLUSTER_REBALANCE_MAX_MOVES,
@@ -212,9 +217,114 @@ fn rebalance_table(dir: &Path, rt: &tokio::runtime::Runtime, quick: bool) {
     }
 }
 
+/// Random 4 KiB reads (checked against `data`) or writes over `data`'s
+/// span, `qd` at a time for `secs`: `(IOPS, p50 µs, p99 µs)`.
+async fn qd_run(
+    c: &mut ClusterClient,
+    qd: usize,
+    write: bool,
+    data: &[u8],
+    secs: f64,
+    rng: &mut ChaCha8Rng,
+) -> (f64, f64, f64) {
+    let blocks = data.len() as u64 / 4096;
+    let block = Bytes::from(vec![0x3cu8; 4096]);
+    let mut out: std::collections::HashMap<u64, (Instant, u64)> = Default::default();
+    let mut lat = Vec::new();
+    let mut tag = 0u64;
+    let t0 = Instant::now();
+    let mut submit =
+        |c: &mut ClusterClient, out: &mut std::collections::HashMap<u64, (Instant, u64)>| {
+            let off = rng.random_range(0..blocks) * 4096;
+            let io = if write {
+                Io::Write {
+                    offset: off,
+                    data: block.clone(),
+                }
+            } else {
+                Io::Read {
+                    offset: off,
+                    len: 4096,
+                }
+            };
+            tag += 1;
+            c.submit(tag, io).expect("submit");
+            out.insert(tag, (Instant::now(), off));
+        };
+    for _ in 0..qd {
+        submit(c, &mut out);
+    }
+    while !out.is_empty() {
+        for d in c.poll(Duration::from_millis(100)).await {
+            let (t, off) = out.remove(&d.tag).expect("submitted");
+            lat.push(t.elapsed());
+            let got = d.result.expect("I/O");
+            if let Some(got) = got {
+                assert_eq!(got[..], data[off as usize..off as usize + 4096]);
+            }
+            if t0.elapsed().as_secs_f64() < secs {
+                submit(c, &mut out);
+            }
+        }
+    }
+    let n = lat.len() as f64;
+    let took = t0.elapsed().as_secs_f64();
+    (n / took, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+}
+
+/// QD 1..32 random 4 KiB reads, then writes, on 3 nodes at R = 2.
+fn qd_table(dir: &Path, rt: &tokio::runtime::Runtime, quick: bool) {
+    let span = if quick { 16 * MIB } else { 64 * MIB };
+    let secs = if quick { 1.0 } else { 3.0 };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut data = vec![0u8; span as usize];
+    rng.fill(&mut data[..]);
+    println!();
+    println!(
+        "Random 4 KiB I/O kept QD deep through `submit`/`poll` (3 nodes, R = 2, {} MiB, {secs} s each).",
+        span / MIB
+    );
+    println!();
+    println!("| op | QD | IOPS | p50 µs | p99 µs | vs QD1 |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    rt.block_on(async {
+        let nodes = cluster(dir, 3);
+        let mut c = client(&nodes, 2, span).await;
+        for (i, ch) in data.chunks(MIB as usize).enumerate() {
+            c.write(i as u64 * MIB, ch).await.unwrap();
+        }
+        for write in [false, true] {
+            let mut base = 0.0;
+            for qd in [1, 4, 16, 32] {
+                let (iops, p50, p99) = qd_run(&mut c, qd, write, &data, secs, &mut rng).await;
+                if qd == 1 {
+                    base = iops;
+                }
+                println!(
+                    "| {} | {qd} | {iops:.0} | {p50:.0} | {p99:.0} | {:.1}x |",
+                    if write { "write" } else { "read" },
+                    iops / base
+                );
+            }
+        }
+        c.shutdown().await;
+        drop(nodes);
+    });
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let quick = std::env::var("SHARDBLK_BENCH_QUICK").is_ok();
+    if std::env::var("SHARDBLK_BENCH_ONLY").is_ok_and(|v| v == "qd") {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        qd_table(dir.path(), &rt, quick);
+        return;
+    }
     if std::env::var("SHARDBLK_BENCH_ONLY").is_ok_and(|v| v == "rebalance") {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -396,4 +506,7 @@ fn main() {
         });
     }
     rebalance_table(dir.path(), &rt, quick);
+    let d = dir.path().join("qd");
+    std::fs::create_dir(&d).unwrap();
+    qd_table(&d, &rt, quick);
 }

@@ -15,4 +15,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 SHARDBLK_BIN="$PWD/target/release/shardblk" \
+    SHARDBLK_VM_EXTRA_MODULES="${SHARDBLK_VM_EXTRA_MODULES:-dm_cache dm_cache_smq}" \
     tools/vm/run.sh --mem 4096 --timeout 2400 bench/prefetch_replay_guest.sh

@@ -4,16 +4,28 @@
 # Cold tier: a loop device over a tmpfs file behind dm-delay (SHARDBLK_PF_COLD_MS ms
 # per read and write, default 8: HDD-like). Hot tier: a tmpfs file. A 256 MiB
 # volume with SHARDBLK_PF_SHARD shards (default 1M) is written on the cold tier
-# (promotion off, so only the stager moves data), fresh for every run.
+# (the tier policy's promotion off except in the `policy` row),
+# fresh for every run.
 # 1. Replays (fio read_iolog, QD1) of: the first 2000 requests of the FIU
 #    homes trace (../shared/traces, 85 % sequential) and a synthetic
 #    `repeated` trace (a random sequence of 375 64 KiB reads run 4 times),
 #    offsets folded into the volume; with prefetch off, readahead, markov and
-#    lstm when this build has it. One table: mean and p99 read latency, what
-#    the stager did.
+#    lstm when this build has it (with the stager's demand promotion, and
+#    readahead without it), `none` (demand promotion alone), `policy` (no
+#    stager: the tier policy's windowed promotion, SHARDBLK_PF_PROMOTE reads
+#    per window, watermarks holding it to a quarter of the hot tier), and
+#    dm-cache (smq) over the same cold
+#    latency with a cache the size of the stager's budget. One table: mean
+#    and p99 read latency, what the stager did (dm-cache: promotions, read
+#    hits, read hit ratio).
 # 2. A purely random workload (fio randread 4 KiB QD16, 8 s) with prefetch
-#    off and each predictor, interleaved, two rounds: IOPS and the ratio to off.
-# SHARDBLK_PF_ONLY=random runs part 2 alone.
+#    off and each predictor, SHARDBLK_PF_ROUNDS paired rounds (default 4):
+#    IOPS, the ratio to the same round's off, the daemon's CPU seconds.
+# SHARDBLK_PF_ONLY=random runs part 2 alone, =replay part 1 alone;
+# SHARDBLK_PF_ROWS="off none readahead/np dm-cache ..." picks part 1's rows
+# (`X`: --prefetch X with demand promotion after SHARDBLK_PF_PROMOTE cold
+# reads, default 2; `X/np`: without it; `policy`: no stager, the tier
+# policy's windowed promotion).
 . "$(dirname "$0")/../tests/vm/lib.sh"
 COLD_MS="${SHARDBLK_PF_COLD_MS:-8}"
 TRACES="${SHARDBLK_PF_TRACES:-/work/shared/traces}"
@@ -28,12 +40,50 @@ dmsetup create pfcold --table "0 $sectors delay $loop 0 $COLD_MS $loop 0 $COLD_M
 dmsetup mknodes
 cold=/dev/mapper/pfcold
 [ -b "$cold" ] || die "no $cold"
-cleanup_all() { cleanup; dmsetup remove pfcold 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; }
+cleanup_all() {
+    cleanup
+    dmsetup remove pfcache 2>/dev/null || true
+    dmsetup remove pforigin 2>/dev/null || true
+    dmsetup remove pfcold 2>/dev/null || true
+    losetup -D 2>/dev/null || true
+}
 trap cleanup_all EXIT
 rm -f "$W/hot.img"
 truncate -s 256M "$W/hot.img"
 "$B" pool init --tier hot="$W/hot.img" --tier cold="$cold" >/dev/null || die "pool init"
 export SHARDBLK_POOL="$W/hot.img"
+
+# The kernel's own tiering as a baseline: dm-cache (smq policy, writethrough)
+# over an origin with the same dm-delay latency, its cache on a tmpfs file as
+# large as the stager's budget (a quarter of shardblk's hot tier), cache
+# blocks the size of a shard, made fresh (empty) for every replay.
+to_bytes() { numfmt --from=iec "$1"; }
+SHARD_B="$(to_bytes "$SHARD")"
+CACHE_B=$(( $(stat -c %s "$W/hot.img") / 4 ))
+dmcache=0
+if modprobe dm_cache_smq 2>/dev/null || [ -d /sys/module/dm_cache_smq ]; then
+    truncate -s 256M "$W/origin.img"
+    dd if=/dev/urandom of="$W/origin.img" bs=1M count=256 conv=notrunc status=none
+    oloop="$(losetup -f --show "$W/origin.img")"
+    dmsetup create pforigin --table "0 $(blockdev --getsz "$oloop") delay $oloop 0 $COLD_MS $oloop 0 $COLD_MS"
+    truncate -s "$CACHE_B" "$W/cache.img"
+    truncate -s 16M "$W/cmeta.img"
+    cloop="$(losetup -f --show "$W/cache.img")"
+    mloop="$(losetup -f --show "$W/cmeta.img")"
+    dmcache=1
+else
+    echo "dm-cache: no dm_cache_smq module in this guest (SHARDBLK_VM_EXTRA_MODULES), row skipped"
+fi
+fresh_dmcache() { # an empty cache over the origin -> /dev/mapper/pfcache
+    dmsetup remove pfcache 2>/dev/null || true
+    dd if=/dev/zero of="$mloop" bs=1M count=1 oflag=direct status=none
+    dmsetup create pfcache --table "0 $(blockdev --getsz /dev/mapper/pforigin) cache $mloop $cloop \
+/dev/mapper/pforigin $(( SHARD_B / 512 )) 1 writethrough smq 0" || die "dm-cache"
+    dmsetup mknodes
+}
+dmcache_cols() { # -> "promotions read_hits hit_ratio -" from dm-cache's status
+    dmsetup status pfcache | awk '{ h = $8; m = $9; printf "%s %s %.2f -\n", $13, h, (h + m) ? h / (h + m) : 0 }'
+}
 
 # Traces, as fio v2 iologs against /dev/ublkb0.
 "$B" trace synth --kind repeated --events 1500 --io-size 64K --volume-size $VOL --seed 1 \
@@ -46,6 +96,7 @@ fi
 for t in "${traces[@]}"; do
     "$B" trace convert --from csv "$W/$t.csv" --to fio --fio-filename /dev/ublkb0 \
         --fio-wrap $VOL -o "$W/$t.iolog" 2>/dev/null || die "convert $t"
+    sed 's|/dev/ublkb0|/dev/mapper/pfcache|' "$W/$t.iolog" >"$W/$t.dmcache.iolog"
 done
 
 predictors=(off readahead markov)
@@ -54,10 +105,16 @@ if out="$("$B" add --volume nosuch -n 9 --prefetch lstm 2>&1)" || ! grep -q 'unk
 else
     echo "lstm: not in this build ($out)"
 fi
-prefetch_args() { # predictor
-    [ "$1" = off ] && return 0
-    printf '%s\n' --prefetch "$1"
-    [ "$1" = lstm ] && [ -n "${SHARDBLK_PF_LSTM_MODEL:-}" ] && printf '%s\n' --prefetch-model "$SHARDBLK_PF_LSTM_MODEL"
+prefetch_args() { # predictor[/np] (np: no demand promotion)
+    local p="${1%/np}"
+    [ "$p" = off ] && return 0
+    printf '%s\n' --prefetch "$p"
+    if [ "$p" != "$1" ]; then
+        printf '%s\n' --prefetch-promote 0
+    else
+        printf '%s\n' --prefetch-promote "$PROMOTE_READS"
+    fi
+    [ "$p" = lstm ] && [ -n "${SHARDBLK_PF_LSTM_MODEL:-}" ] && printf '%s\n' --prefetch-model "$SHARDBLK_PF_LSTM_MODEL"
     return 0
 }
 
@@ -73,9 +130,17 @@ fresh_volume() { # a volume written in full on the cold tier
     "$B" del -n 0
 }
 
-start_dev() { # predictor -> /dev/ublkb0
-    local dev
-    mapfile -t args < <(prefetch_args "$1")
+start_dev() { # row (predictor[/np], or policy) -> /dev/ublkb0
+    local dev p="$1"
+    if [ "$p" = policy ]; then
+        # no stager: the tier policy's own promotion (reads per 2 s
+        # window), held to the stager's share of the hot tier by the
+        # watermarks
+        "$B" volume policy pvol "write=cold,promote=$PROMOTE_READS,high=25,low=20" >/dev/null ||
+            die "volume policy"
+        p=off
+    fi
+    mapfile -t args < <(prefetch_args "$p")
     dev="$("$B" add --volume pvol -n 0 "${args[@]}")" || die "add --prefetch $1"
     wait_dev "$dev"
 }
@@ -96,18 +161,30 @@ if 1:
 
 {
     echo "cold tier: dm-delay ${COLD_MS} ms over loop (tmpfs); hot tier: tmpfs file; 256 MiB volume, $SHARD shards"
-    printf '%-10s %-10s %6s %9s %9s %7s %7s %9s %9s\n' TRACE PREFETCH READS MEAN_ms P99_ms STAGED HITS PRECISION COVERAGE
+    printf '%-12s %-12s %6s %9s %9s %7s %7s %9s %9s\n' TRACE PREFETCH READS MEAN_ms P99_ms STAGED HITS PRECISION COVERAGE
 } | tee "$OUT/prefetch_replay.txt"
 [ "${SHARDBLK_PF_ONLY:-}" = random ] && traces=()
+PROMOTE_READS="${SHARDBLK_PF_PROMOTE:-2}"
+rows=(off policy none readahead readahead/np markov)
+[[ " ${predictors[*]} " == *" lstm "* ]] && rows+=(lstm)
+((dmcache)) && rows+=(dm-cache)
+if [ -n "${SHARDBLK_PF_ROWS:-}" ]; then read -r -a rows <<<"$SHARDBLK_PF_ROWS"; fi
 for t in "${traces[@]}"; do
-    for p in "${predictors[@]}"; do
-        fresh_volume
-        start_dev "$p"
-        (cd "$W" && fio --name=replay --read_iolog="$W/$t.iolog" --ioengine=io_uring --direct=1 \
-            --iodepth=1 --output-format=json >"$W/r.json") || die "replay $t $p"
-        sleep 0.5
-        cols="$(stats_cols)"
-        "$B" del -n 0
+    for p in "${rows[@]}"; do
+        if [ "$p" = dm-cache ]; then
+            fresh_dmcache
+            (cd "$W" && fio --name=replay --read_iolog="$W/$t.dmcache.iolog" --ioengine=io_uring \
+                --direct=1 --iodepth=1 --output-format=json >"$W/r.json") || die "replay $t $p"
+            cols="$(dmcache_cols)"
+        else
+            fresh_volume
+            start_dev "$p"
+            (cd "$W" && fio --name=replay --read_iolog="$W/$t.iolog" --ioengine=io_uring --direct=1 \
+                --iodepth=1 --output-format=json >"$W/r.json") || die "replay $t $p"
+            sleep 0.5
+            cols="$(stats_cols)"
+            "$B" del -n 0
+        fi
         lat="$(python3 - "$W/r.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))["jobs"][0]["read"]
@@ -117,32 +194,81 @@ PY
 )"
         read -r n mean p99 <<<"$lat"
         read -r staged hits prec cov _ <<<"$cols"
-        printf '%-10s %-10s %6s %9s %9s %7s %7s %9s %9s\n' "$t" "$p" "$n" "$mean" "$p99" \
+        printf '%-12s %-12s %6s %9s %9s %7s %7s %9s %9s\n' "$t" "$p" "$n" "$mean" "$p99" \
             "$staged" "$hits" "$prec" "$cov" | tee -a "$OUT/prefetch_replay.txt"
     done
 done
 
+if [ "${SHARDBLK_PF_ONLY:-}" = replay ]; then
+    echo "results in $OUT/prefetch_replay.txt"
+    exit 0
+fi
 echo | tee -a "$OUT/prefetch_replay.txt"
-printf '%-28s %-10s %9s %9s %7s %7s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT | tee -a "$OUT/prefetch_replay.txt"
-declare -A sum=() runs=()
-for round in 1 2; do
-    for p in "${predictors[@]}"; do
+# Paired rounds: every predictor once per round, the order reversed every
+# other round; each round's IOPS is divided by the same round's `off`, so the
+# guest's drift between rounds cancels. CPU: the daemon's user+system seconds
+# over the run, and its inference thread's (`shardblk-infer`) alone.
+# The predictors' own cost: demand promotion off (it would promote the
+# re-read shards of a random workload over a small volume, a different
+# effect).
+rrows=(off)
+for p in "${predictors[@]:1}"; do rrows+=("$p/np"); done
+ROUNDS="${SHARDBLK_PF_ROUNDS:-4}"
+cpu_cols() { # -> "daemon_cpu_s infer_cpu_s" of the device 0 daemon
+    local pid
+    pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb0.json")"
+    python3 - "$pid" <<'PY'
+import os, sys
+pid = sys.argv[1]
+hz = os.sysconf("SC_CLK_TCK")
+def ticks(path):
+    f = open(path).read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])  # utime, stime
+total = ticks(f"/proc/{pid}/stat")
+infer = 0
+for t in os.listdir(f"/proc/{pid}/task"):
+    if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "shardblk-infer":
+        infer += ticks(f"/proc/{pid}/task/{t}/stat")
+print("%.2f %.2f" % (total / hz, infer / hz))
+PY
+}
+printf '%-28s %-12s %9s %9s %7s %7s %9s %9s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT CPU_s INFER_s | tee -a "$OUT/prefetch_replay.txt"
+declare -A ratios=()
+for round in $(seq "$ROUNDS"); do
+    order=("${rrows[@]}")
+    if (( round % 2 == 0 )); then
+        order=()
+        for ((i = ${#rrows[@]} - 1; i >= 0; i--)); do order+=("${rrows[$i]}"); done
+    fi
+    declare -A iops_of=() line_of=()
+    for p in "${order[@]}"; do
         fresh_volume
         start_dev "$p"
         (cd "$W" && fio --name=rand --filename=/dev/ublkb0 --rw=randread --bs=4k --direct=1 \
             --ioengine=io_uring --iodepth=16 --time_based --runtime=8 --randseed=$round \
             --output-format=json >"$W/rand.json") || die "randread $p"
         cols="$(stats_cols)"
+        cpu="$(cpu_cols)"
         "$B" del -n 0
-        iops="$(python3 -c 'import json,sys; print("%.0f" % json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"])' "$W/rand.json")"
-        sum[$p]=$(( ${sum[$p]:-0} + iops ))
-        runs[$p]=$(( ${runs[$p]:-0} + 1 ))
+        iops_of[$p]="$(python3 -c 'import json,sys; print("%.0f" % json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"])' "$W/rand.json")"
         read -r staged _ _ _ npred <<<"$cols"
-        printf '%-28s %-10s %9s %9s %7s %7s\n' "round $round" "$p" "$iops" "" "$staged" "$npred" | tee -a "$OUT/prefetch_replay.txt"
+        read -r dcpu icpu <<<"$cpu"
+        line_of[$p]="$staged $npred $dcpu $icpu"
+    done
+    for p in "${rrows[@]}"; do
+        r="$(python3 -c "print('%.3f' % (${iops_of[$p]} / ${iops_of[off]}))")"
+        ratios[$p]="${ratios[$p]:-} $r"
+        read -r staged npred dcpu icpu <<<"${line_of[$p]}"
+        printf '%-28s %-12s %9s %9s %7s %7s %9s %9s\n' "round $round" "$p" "${iops_of[$p]}" "$r" \
+            "$staged" "$npred" "$dcpu" "$icpu" | tee -a "$OUT/prefetch_replay.txt"
     done
 done
-for p in "${predictors[@]}"; do
-    printf '%-28s %-10s %9s %9s\n' "mean of ${runs[$p]}" "$p" "$(( sum[$p] / runs[$p] ))" \
-        "$(python3 -c "print('%.3f' % (${sum[$p]} / ${sum[off]}))")" | tee -a "$OUT/prefetch_replay.txt"
+for p in "${rrows[@]}"; do
+    python3 - "$p" ${ratios[$p]} <<'PY' | tee -a "$OUT/prefetch_replay.txt"
+import statistics, sys
+p, r = sys.argv[1], sorted(float(x) for x in sys.argv[2:])
+print("%-28s %-12s median vs off %.3f (min %.3f, max %.3f, %d rounds)"
+      % ("paired ratio", p, statistics.median(r), r[0], r[-1], len(r)))
+PY
 done
 echo "results in $OUT/prefetch_replay.txt"

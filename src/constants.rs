@@ -443,6 +443,9 @@ pub const CLUSTER_CLIENT_RETRY_MS: u64 = 1_000;
 pub const CLUSTER_OP_TIMEOUT_MS: u64 = 20_000;
 /// How often a real client's attacher ticks (retransmits, repair) (milliseconds).
 pub const CLUSTER_CLIENT_TICK_MS: u64 = 20;
+/// How often it ticks with nothing in flight (milliseconds).
+pub const CLUSTER_CLIENT_IDLE_TICK_MS: u64 = 100;
+const _: () = assert!(CLUSTER_CLIENT_IDLE_TICK_MS >= CLUSTER_CLIENT_TICK_MS);
 /// How often a node republishes its gossip keys (milliseconds).
 pub const CLUSTER_PUBLISH_MS: u64 = 500;
 /// Shards one re-replication scan looks at per tick.
@@ -452,6 +455,16 @@ pub const CLUSTER_REPAIR_SCAN_SHARDS: u64 = 4096;
 pub const CLUSTER_META_JOURNAL_MAX_BYTES: u64 = 16 << 20;
 /// Times an attach retries above a newer holder before giving up.
 pub const CLUSTER_ATTACH_ATTEMPTS: u32 = 3;
+/// Requests a node's replica thread applies before one sync and metadata
+/// append answers them all (group commit) (count).
+pub const CLUSTER_REPLICA_BATCH_REQUESTS: usize = 64;
+const _: () = assert!(CLUSTER_REPLICA_BATCH_REQUESTS >= 1);
+/// Callers' reads and writes one attacher runs at once (operations
+/// (count); more wait their turn). At most the requests a connection
+/// keeps in flight, so caller operations alone never queue on a connection.
+pub const CLUSTER_ATTACHER_MAX_OPS: usize = 32;
+const _: () = assert!(CLUSTER_ATTACHER_MAX_OPS >= 1);
+const _: () = assert!(CLUSTER_ATTACHER_MAX_OPS <= CLUSTER_INFLIGHT_PER_CONN);
 const _: () =
     assert!(CLUSTER_REPLICAS_DEFAULT >= 1 && CLUSTER_REPLICAS_DEFAULT <= CLUSTER_REPLICAS_MAX);
 const _: () = assert!(CLUSTER_BLOCK_BYTES % BLOCK_SIZE_BYTES == 0);
@@ -510,6 +523,23 @@ pub const STAGER_RATE_MIN_SHARDS_PER_S: u32 = 2;
 pub const STAGER_BURST_SHARDS: u32 = 32;
 /// Smallest interval between two throttle decisions (milliseconds).
 pub const STAGER_THROTTLE_PERIOD_MS: u64 = 500;
+/// Most events one live LSTM step takes: a backlog's newest are fed, the
+/// older counted as skipped ([`crate::prefetch::Predictor::step_events_max`]).
+/// A step costs one recurrent step per event of a stream, so this bounds a
+/// step to ~30 ms on one core (~0.1 ms per event) and to seconds under TCG.
+pub const LSTM_LIVE_STEP_EVENTS_MAX: usize = 256;
+/// Nice value of the inference thread (and of libtorch's threads it starts):
+/// the lowest normal priority, below the queue threads and the application.
+pub const PREFETCH_THREAD_NICE: i32 = 19;
+/// Demand promotion ([`crate::prefetch::demand`]): a cold shard read this
+/// many times within `PREFETCH_PROMOTE_WINDOW_MS` is staged by the stager
+/// (`add --prefetch-promote`; 0 = off, 1 = on the first cold read).
+pub const PREFETCH_PROMOTE_READS_DEFAULT: u32 = 2;
+pub const PREFETCH_PROMOTE_READS_MAX: u32 = 64;
+pub const PREFETCH_PROMOTE_WINDOW_MS: u64 = 10_000;
+/// Cold shards whose reads the promoter counts at once (least recently read
+/// forgotten first).
+pub const PREFETCH_PROMOTE_TRACKED_SHARDS: usize = 1 << 16;
 /// Trace recording over the control socket: most events per recording, and
 /// events buffered between the inference thread and the recording client.
 pub const TRACE_RECORD_EVENTS_MAX: u64 = 10_000_000;
@@ -525,6 +555,8 @@ const _: () = assert!(PREFETCH_POLL_INTERVAL_US <= PREFETCH_IDLE_SLEEP_US);
 const _: () = assert!(PREFETCH_IDLE_SLEEP_US <= DEVICE_TRACE_RING_EVENTS as u64);
 const _: () = assert!(STAGER_BUDGET_DEFAULT_PERCENT > 0 && STAGER_BUDGET_DEFAULT_PERCENT <= 100);
 const _: () = assert!(STAGER_PRECISION_WINDOW_MIN <= STAGER_PRECISION_WINDOW);
+const _: () = assert!(PREFETCH_PROMOTE_READS_DEFAULT <= PREFETCH_PROMOTE_READS_MAX);
+const _: () = assert!(PREFETCH_PROMOTE_TRACKED_SHARDS >= 1);
 const _: () = assert!(STAGER_PRECISION_MIN < STAGER_PRECISION_RECOVER);
 const _: () = assert!(STAGER_PRECISION_RECOVER <= 1.0);
 const _: () = assert!(STAGER_RATE_MIN_SHARDS_PER_S >= 1);
@@ -652,18 +684,13 @@ pub const DEVICE_CLUSTER_IDLE_MS: u64 = 100;
 /// How long `add` of a cluster volume waits for the storage nodes it
 /// expects (milliseconds).
 pub const DEVICE_CLUSTER_WAIT_MS: u64 = 15_000;
-/// Largest zero write the network thread sends for one WRITE_ZEROES or
-/// DISCARD piece (bytes); longer ranges go in several.
-pub const DEVICE_CLUSTER_ZERO_CHUNK_BYTES: u64 = CLUSTER_SHARD_BYTES;
 /// How long the network thread keeps retrying a request that finds no live
-/// replica before failing it with EIO (milliseconds), and the pause between
-/// tries, during which the cluster client ticks (milliseconds).
+/// replica before failing it with EIO (milliseconds), and the pause before
+/// it submits one again (milliseconds).
 pub const DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS: u64 = 30_000;
 pub const DEVICE_CLUSTER_RETRY_MS: u64 = 200;
 const _: () = assert!(DEVICE_CLUSTER_RING_REQUESTS >= 1);
 const _: () = assert!(DEVICE_CLUSTER_RETRY_MS < DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS);
 const _: () = assert!(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS > 2 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(DEVICE_CLUSTER_IDLE_MS >= CLUSTER_CLIENT_TICK_MS);
-const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES % CLUSTER_BLOCK_BYTES == 0);
-const _: () = assert!(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
 const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);

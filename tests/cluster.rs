@@ -1,6 +1,6 @@
 //! Cluster end to end on loopback: three `shardblk node run` processes, a
-//! cluster volume with R = 2, random verified writes while one node is
-//! killed (SIGKILL) and restarted; a stale attacher fenced out; and
+//! cluster volume with R = 2, random verified writes (one at a time and
+//! batches of 16 at once) while one node is killed (SIGKILL) and restarted; a stale attacher fenced out; and
 //! rebalancing when a fourth node joins and when a node leaves; a graceful
 //! leave (SIGTERM) drained with R live copies throughout; a returning
 //! node's stale copies dropped; a real partition: the old attacher in
@@ -8,15 +8,16 @@
 //! device's network thread serving requests handed off as a queue thread
 //! hands them.
 
+use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::cluster::attacher::OpError;
-use shardblk::cluster::client::{ClientConfig, ClientError, ClusterClient};
+use shardblk::cluster::client::{ClientConfig, ClientError, ClusterClient, Io};
 use shardblk::cluster::rebalance::Limits;
 use shardblk::constants::{CLUSTER_BLOCK_BYTES, CLUSTER_OUT_AFTER_MS, CLUSTER_SHARD_BYTES};
 use shardblk::device::handoff::{channel, BufPtr, NetDone, NetOp, NetRequest, QueueEnd};
 use shardblk::device::net::{ClusterSource, NetThread};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,6 +123,21 @@ impl Node {
         Some(st)
     }
 
+    /// Whether the process still runs, and the tail of its log: printed
+    /// when a request to it fails, so a CI failure says why.
+    fn diagnosis(&mut self) -> String {
+        let state = match self.child.as_mut().map(|c| c.try_wait()) {
+            None => "not started".to_string(),
+            Some(Ok(None)) => "running".to_string(),
+            Some(Ok(Some(st))) => format!("exited {st}"),
+            Some(Err(e)) => format!("unknown ({e})"),
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{} ({state}), log tail:\n{}", self.id, tail.join("\n"))
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL: no goodbye
@@ -189,6 +205,67 @@ async fn random_op(
     }
 }
 
+/// `qd` I/Os on disjoint random ranges at once through `submit`/`poll`
+/// (writes checked later, reads against the model now).
+async fn concurrent_batch(
+    c: &mut ClusterClient,
+    rng: &mut ChaCha8Rng,
+    model: &mut [u8],
+    written: &mut BTreeSet<u64>,
+    errors: &mut u64,
+    qd: usize,
+) {
+    let size = model.len() as u64;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    while ranges.len() < qd {
+        let blocks = rng.random_range(1..=16u64);
+        let off = rng.random_range(0..size / BS - blocks) * BS;
+        let len = blocks * BS;
+        if ranges.iter().all(|&(o, l)| off + len <= o || o + l <= off) {
+            ranges.push((off, len));
+        }
+    }
+    let mut out: HashMap<u64, (u64, u64, Option<Vec<u8>>)> = HashMap::new();
+    for (tag, &(off, len)) in ranges.iter().enumerate() {
+        let tag = tag as u64;
+        if rng.random_bool(0.6) {
+            let mut data = vec![0u8; len as usize];
+            rng.fill(&mut data[..]);
+            let io = Io::Write {
+                offset: off,
+                data: Bytes::from(data.clone()),
+            };
+            c.submit(tag, io).expect("submit");
+            out.insert(tag, (off, len, Some(data)));
+        } else {
+            c.submit(tag, Io::Read { offset: off, len })
+                .expect("submit");
+            out.insert(tag, (off, len, None));
+        }
+    }
+    while !out.is_empty() {
+        for d in c.poll(Duration::from_secs(1)).await {
+            let (off, len, wrote) = out.remove(&d.tag).expect("submitted");
+            let at = off as usize..(off + len) as usize;
+            match (d.result.expect("concurrent I/O"), wrote) {
+                (None, Some(data)) => {
+                    model[at].copy_from_slice(&data);
+                    for s in off / CLUSTER_SHARD_BYTES..=(off + len - 1) / CLUSTER_SHARD_BYTES {
+                        written.insert(s);
+                    }
+                }
+                (Some(got), None) => {
+                    if got[..] != model[at] {
+                        *errors += 1;
+                        eprintln!("verification error at {off} length {len} (concurrent)");
+                    }
+                }
+                other => panic!("tag {}: {other:?}", d.tag),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_r2_survive_a_killed_and_restarted_node() {
     let seed: u64 = std::env::var("SHARDBLK_CLUSTER_SEED")
@@ -209,11 +286,19 @@ async fn three_nodes_r2_survive_a_killed_and_restarted_node() {
     for _ in 0..60 {
         random_op(&mut c, &mut rng, &mut model, &mut written, &mut errors).await;
     }
+    for _ in 0..4 {
+        let (m, w, e) = (&mut model, &mut written, &mut errors);
+        concurrent_batch(&mut c, &mut rng, m, w, e, 16).await;
+    }
     let victim = rng.random_range(0..3usize);
     nodes[victim].kill();
     let t = std::time::Instant::now();
-    for _ in 0..100 {
+    for i in 0..100 {
         random_op(&mut c, &mut rng, &mut model, &mut written, &mut errors).await;
+        if i % 25 == 0 {
+            let (m, w, e) = (&mut model, &mut written, &mut errors);
+            concurrent_batch(&mut c, &mut rng, m, w, e, 16).await;
+        }
     }
     eprintln!(
         "100 ops with {} down took {:?}",
@@ -224,6 +309,10 @@ async fn three_nodes_r2_survive_a_killed_and_restarted_node() {
     nodes[victim].start(&seeds);
     for _ in 0..60 {
         random_op(&mut c, &mut rng, &mut model, &mut written, &mut errors).await;
+    }
+    for _ in 0..4 {
+        let (m, w, e) = (&mut model, &mut written, &mut errors);
+        concurrent_batch(&mut c, &mut rng, m, w, e, 16).await;
     }
     let shards: Vec<u64> = written.iter().copied().collect();
     assert!(
@@ -977,7 +1066,10 @@ async fn a_partitioned_attacher_is_fenced_by_the_next() {
                 new.idle(Duration::from_millis(250)).await;
                 got = new.fetch_from(&node, s).await;
             }
-            let got = got.unwrap_or_else(|e| panic!("shard {s} from {node}: {e}"));
+            let got = got.unwrap_or_else(|e| {
+                let why: Vec<String> = nodes.iter_mut().map(|n| n.diagnosis()).collect();
+                panic!("shard {s} from {node}: {e}\n{}", why.join("\n"))
+            });
             for (b, data) in got {
                 assert!(
                     data.iter().all(|&x| x != 3 && x != 4),
@@ -1093,4 +1185,89 @@ fn the_device_network_thread_serves_handed_off_requests() {
     assert_eq!(results(&mut q, 1)[0].res, -libc::EINVAL);
     assert_eq!(q.in_flight(), 0);
     net.stop();
+}
+
+/// A storage node outlives peers that hang up with answers still owed: a
+/// client pipelines requests, then closes without reading (its kernel
+/// answers the node's next writes with a reset). The node must take that
+/// as an error on one connection (it once died of SIGPIPE, which is how a
+/// cut-off attacher's reconnection killed two nodes of the partition test).
+#[test]
+fn a_storage_node_survives_peers_that_hang_up_mid_answer() {
+    use bytes::BytesMut;
+    use shardblk::cluster::epoch::Epoch;
+    use shardblk::cluster::proto::Request;
+    use shardblk::cluster::wire::{Frame, FrameCodec};
+    use std::io::Write as _;
+    use tokio_util::codec::Encoder as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::new(dir.path(), 0);
+    node.start(&[node.gossip]);
+    let pid = node.child.as_ref().unwrap().id();
+    let listen = node.listen;
+    let connect = || {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match std::net::TcpStream::connect(listen) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > end => panic!("node never listened: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    };
+    drop(connect()); // listening: the node runs its own code now
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "node run must ignore SIGPIPE: {status}"
+    );
+    let mut wire = BytesMut::new();
+    for id in 1..=512u64 {
+        let req = Request::Fetch {
+            volume: "vol".into(),
+            epoch: Epoch::ZERO,
+            first_block: 0,
+            n_blocks: CLUSTER_SHARD_BYTES / BS,
+        };
+        FrameCodec::default()
+            .encode(Frame::request(id, req).unwrap(), &mut wire)
+            .unwrap();
+    }
+    for round in 0..8 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(st) = node.exited() {
+            panic!("the node died of a peer's hang-up (round {round}): {st}");
+        }
+        let mut s = connect();
+        s.write_all(&wire).unwrap();
+        std::thread::sleep(Duration::from_millis(20 * (round % 4)));
+        drop(s); // unread answers: the close resets the connection
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(st) = node.exited() {
+        panic!("the node died of a peer's hang-up: {st}");
+    }
+    // and it still answers
+    let mut s = connect();
+    let mut one = BytesMut::new();
+    let req = Request::Fetch {
+        volume: "vol".into(),
+        epoch: Epoch::ZERO,
+        first_block: 0,
+        n_blocks: 1,
+    };
+    FrameCodec::default()
+        .encode(Frame::request(1, req).unwrap(), &mut one)
+        .unwrap();
+    s.write_all(&one).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+    assert!(n > 0, "no answer after the hang-ups");
 }

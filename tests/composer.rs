@@ -535,9 +535,18 @@ struct Dev {
 
 impl Dev {
     fn alloc(&self, units: u64) -> u64 {
-        let u = self.next.fetch_add(units, Ordering::Relaxed);
-        assert!(u + units <= self.cells.len() as u64, "test device full");
-        u
+        self.try_alloc(units).expect("test device full")
+    }
+
+    /// `units` fresh units, or None once the device is used up (a
+    /// migrator on a descheduled writers' heels can get there).
+    fn try_alloc(&self, units: u64) -> Option<u64> {
+        let len = self.cells.len() as u64;
+        self.next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + units <= len).then_some(u + units)
+            })
+            .ok()
     }
 }
 
@@ -662,12 +671,14 @@ fn writer_vs_migrator(mode: Stress, seed: u64) {
                     Err(TableError::IsSplit) if mode == Stress::Reshape => continue,
                     Err(e) => panic!("begin: {e}"),
                 };
-                let new = Entry::mapped(
-                    (lcg(&mut rng) % 4) as usize,
-                    dev.alloc(old.len_units()),
-                    old.size_log2(),
-                )
-                .unwrap();
+                let Some(first) = dev.try_alloc(old.len_units()) else {
+                    // the device is used up: stop migrating, let the
+                    // writers finish their checks
+                    t.abort_migrate(loc, old, &g).unwrap();
+                    break;
+                };
+                let new =
+                    Entry::mapped((lcg(&mut rng) % 4) as usize, first, old.size_log2()).unwrap();
                 let mut ok = false;
                 'retry: for attempt in 0..MIGRATE_RETRIES_MAX {
                     if attempt > 0 {

@@ -5,7 +5,9 @@
 //! Every read is verified block by block; at the end every block holds its
 //! newest version. One run is fault-free and must stage and hit; one runs
 //! over a cold tier that fails reads and writes at random (seeded), where
-//! stagings and demotions fail and the data must still be right.
+//! stagings and demotions fail and the data must still be right. One reads
+//! a small hot set at random with no predictor: demand promotion alone
+//! must stage it.
 
 mod common;
 
@@ -59,19 +61,53 @@ fn write_block(vol: &Volume, eng: &mut dyn IoEngine, block: u64, version: u64) {
     retry("write", || vol.write(eng, block * BLOCK as u64, &b));
 }
 
-/// Run the workload against `vol` with the live engine on; returns the stats.
-fn run(pool: &Pool, vol: &Volume, seed: u64, budget: u64) -> PrefetchStats {
+/// What the reader reads: three sequential passes over the volume, or as
+/// many 64 KiB reads at random places in the first `HOT_SHARDS` shards.
+#[derive(Clone, Copy, PartialEq)]
+enum Reads {
+    Sequential,
+    HotSet,
+}
+
+const HOT_SHARDS: u64 = 6;
+
+/// The nice value of thread `tid` of this process (field 19 of its stat
+/// line).
+fn nice_of(tid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    // fields from the 3rd on; nice is the 19th
+    after.split_whitespace().nth(19 - 3)?.parse().ok()
+}
+
+/// Run the workload against `vol` with the live engine on (`kind`, demand
+/// promotion after `promote_reads` cold reads); returns the stats.
+fn run(
+    pool: &Pool,
+    vol: &Volume,
+    seed: u64,
+    budget: u64,
+    kind: PredictorKind,
+    promote_reads: u32,
+    reads: Reads,
+) -> PrefetchStats {
     let start = Instant::now();
     let (p0, c0) = trace_ring(1 << 16);
     let (p1, c1) = trace_ring(1 << 16);
     let cfg = LiveConfig {
-        kind: PredictorKind::Readahead,
+        kind,
         prefetch: PrefetchConfig::default(),
         budget_bytes: Some(budget),
         model: None,
+        promote_reads,
     };
     let live = Live::start(Some(&cfg), vol.clone(), vec![c0, c1], start).expect("live start");
     let shared = live.shared();
+    assert_eq!(
+        nice_of(shared.inference_tid().expect("inference thread id")),
+        Some(19),
+        "the inference thread runs at the lowest normal priority"
+    );
     let stop = AtomicBool::new(false);
     // Even blocks belong to the reader, odd blocks to the writer.
     let mut reader_model = vec![1u64; BLOCKS as usize];
@@ -106,8 +142,15 @@ fn run(pool: &Pool, vol: &Volume, seed: u64, budget: u64) -> PrefetchStats {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut v = 1;
         let mut buf = AlignedBuf::new(READ_BLOCKS as usize * BLOCK);
+        let per_pass = BLOCKS / READ_BLOCKS;
         for pass in 0..3 {
-            for first in (0..BLOCKS).step_by(READ_BLOCKS as usize) {
+            for i in 0..per_pass {
+                let first = match reads {
+                    Reads::Sequential => i * READ_BLOCKS,
+                    Reads::HotSet => {
+                        rng.random_range(0..HOT_SHARDS * 256 / READ_BLOCKS) * READ_BLOCKS
+                    }
+                };
                 tp.push(ev(start, vol, Op::Read, first, READ_BLOCKS));
                 retry("read", || {
                     vol.read(eng.as_mut(), first * BLOCK as u64, &mut buf)
@@ -174,8 +217,18 @@ fn run(pool: &Pool, vol: &Volume, seed: u64, budget: u64) -> PrefetchStats {
 fn stager_stages_ahead_of_sequential_reads_and_data_stays_right() {
     let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
     let vol = cold_volume(&pool, "pf", SHARDS, TAG);
-    let st = run(&pool, &vol, 1, 8 * MIB);
+    // promotion off: what is staged here was predicted
+    let st = run(
+        &pool,
+        &vol,
+        1,
+        8 * MIB,
+        PredictorKind::Readahead,
+        0,
+        Reads::Sequential,
+    );
     eprintln!("{st:?}");
+    assert_eq!(st.demand_queued, 0, "{st:?}");
     let s = &st.stager;
     assert!(st.predictions > 0 && st.queued > 0, "{st:?}");
     assert!(s.staged >= 8, "staged only {}: {st:?}", s.staged);
@@ -235,10 +288,71 @@ fn stager_over_a_failing_cold_tier_loses_nothing() {
             }
         };
         let vol = pool.volume("pf").unwrap();
-        let st = run(&pool, &vol, seed, 8 * MIB);
+        let st = run(
+            &pool,
+            &vol,
+            seed,
+            8 * MIB,
+            PredictorKind::Readahead,
+            2,
+            Reads::Sequential,
+        );
         eprintln!("seed {seed}: {st:?}");
         assert!(st.stager.staged > 0, "seed {seed}: {st:?}");
         faults_met += st.stager.stage_failed + st.stager.evict_failed;
     }
     assert!(faults_met > 0, "faults never hit the stager");
+}
+
+/// No predictor (`--prefetch none`): random reads of a hot set of shards
+/// that fits the budget, among rewrites. Demand promotion stages every hot
+/// shard on its second cold read, later reads hit, nothing else is staged,
+/// and the data stays right (checked by `run`).
+#[test]
+fn demand_promotion_stages_a_reread_hot_set_without_a_predictor() {
+    let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
+    let vol = cold_volume(&pool, "pf", SHARDS, TAG);
+    let st = run(
+        &pool,
+        &vol,
+        5,
+        8 * MIB,
+        PredictorKind::None,
+        2,
+        Reads::HotSet,
+    );
+    eprintln!("{st:?}");
+    let s = &st.stager;
+    assert_eq!(st.predictions, 0, "no predictor: {st:?}");
+    assert!(
+        st.demand_queued >= HOT_SHARDS,
+        "every hot shard asked for: {st:?}"
+    );
+    assert!(
+        s.staged >= HOT_SHARDS && s.staged <= 2 * HOT_SHARDS,
+        "{st:?}"
+    );
+    assert!(s.hits > 0 && s.staged_read >= HOT_SHARDS, "{st:?}");
+    let hot: Vec<u64> = entries(&vol)
+        .iter()
+        .filter(|(_, e)| e.tier() == 0)
+        .map(|(l, _)| l.slot)
+        .collect();
+    assert!(
+        hot.iter().all(|&s| s < HOT_SHARDS) && hot.len() as u64 == HOT_SHARDS,
+        "the hot set, and only it, is on the hot tier: {hot:?}"
+    );
+    // and off means off
+    let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
+    let vol = cold_volume(&pool, "pf", SHARDS, TAG);
+    let st = run(
+        &pool,
+        &vol,
+        5,
+        8 * MIB,
+        PredictorKind::None,
+        0,
+        Reads::HotSet,
+    );
+    assert_eq!((st.demand_queued, st.stager.staged), (0, 0), "{st:?}");
 }

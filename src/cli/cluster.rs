@@ -181,6 +181,12 @@ pub fn run_node(cmd: NodeCmd) -> Result<()> {
         domain,
         state,
     } = cmd;
+    if let Some(id) = &id {
+        // override records name nodes in a `,`/`|`-separated text form
+        if id.is_empty() || id.contains([',', '|', ':']) || id.chars().any(char::is_whitespace) {
+            bail!("node id {id:?}: must be non-empty, without ',', '|', ':' or spaces");
+        }
+    }
     let cfg = NodeConfig {
         id,
         pool,

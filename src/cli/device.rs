@@ -7,7 +7,8 @@
 
 use crate::constants::{
     CLUSTER_REPLICAS_DEFAULT, DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S,
-    PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
+    PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS, PREFETCH_PROMOTE_READS_DEFAULT,
+    PREFETCH_PROMOTE_READS_MAX,
 };
 use crate::device::config::{
     format_cpu_list, online_cpus, parse_cpu_list, DeviceConfig, PollMode, ZeroCopyMode,
@@ -108,8 +109,9 @@ pub struct AddArgs {
     /// Stay in the foreground (default: run as a daemon once the device is live).
     #[arg(long)]
     foreground: bool,
-    /// Prefetcher staging predicted shards onto the hot tier: off, readahead,
-    /// stride, markov or lstm.
+    /// Prefetcher staging predicted shards onto the hot tier: off, none (no
+    /// predictor: the stager only promotes cold shards read again, see
+    /// --prefetch-promote), readahead, stride, markov or lstm.
     #[arg(long, default_value = "off")]
     prefetch: String,
     /// PREFETCH_DEPTH: most shards predicted per stream per step.
@@ -125,9 +127,20 @@ pub struct AddArgs {
     /// Model file of the lstm predictor.
     #[arg(long = "prefetch-model")]
     prefetch_model: Option<PathBuf>,
+    /// Demand promotion: the stager stages a cold shard on its Nth read within
+    /// PREFETCH_PROMOTE_WINDOW_MS (10 s), as a cache would (0 = off, 1 = on the
+    /// first read).
+    #[arg(long = "prefetch-promote", default_value_t = PREFETCH_PROMOTE_READS_DEFAULT)]
+    prefetch_promote: u32,
 }
 
 impl DeviceCmd {
+    /// Whether this command runs a device daemon (which must outlive any
+    /// peer that hangs up on it).
+    pub fn runs_daemon(&self) -> bool {
+        matches!(self, DeviceCmd::Add(_) | DeviceCmd::Recover { .. })
+    }
+
     /// Whether this command runs the LSTM (and so needs its backend).
     pub fn needs_lstm(&self) -> bool {
         match self {
@@ -195,6 +208,9 @@ pub fn run(c: DeviceCmd) -> Result<()> {
                     .as_ref()
                     .map_or(PREFETCH_CONFIDENCE_MIN_DEFAULT, |p| p.confidence_min),
                 prefetch_budget: p.as_ref().and_then(|p| p.budget_bytes),
+                prefetch_promote: p
+                    .as_ref()
+                    .map_or(PREFETCH_PROMOTE_READS_DEFAULT, |p| p.promote_reads),
                 prefetch_model: p.and_then(|p| p.model),
             };
             start(args, true)
@@ -244,13 +260,24 @@ fn config_of(a: &AddArgs) -> Result<DeviceConfig> {
 /// The prefetch settings of `add` (`None`: off). Checks what can be checked
 /// without the pool, so bad flags fail before a daemon starts.
 fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
-    if a.prefetch == "off" || a.prefetch == "none" {
+    if a.prefetch == "off" {
         if a.prefetch_model.is_some() || a.prefetch_budget.is_some() {
             bail!("--prefetch-model and --prefetch-budget need --prefetch other than off");
         }
         return Ok(None);
     }
-    let kind: PredictorKind = a.prefetch.parse()?;
+    if a.prefetch_promote > PREFETCH_PROMOTE_READS_MAX {
+        bail!(
+            "--prefetch-promote {} must be in 0..={PREFETCH_PROMOTE_READS_MAX} reads",
+            a.prefetch_promote
+        );
+    }
+    let kind: PredictorKind = a.prefetch.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "unknown predictor {:?} (known: off, none, readahead, stride, markov, lstm)",
+            a.prefetch
+        )
+    })?;
     let prefetch = PrefetchConfig {
         depth: a.prefetch_depth,
         confidence_min: a.prefetch_confidence,
@@ -267,6 +294,7 @@ fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
         prefetch,
         budget_bytes: a.prefetch_budget,
         model: a.prefetch_model.clone(),
+        promote_reads: a.prefetch_promote,
     }))
 }
 
@@ -295,7 +323,7 @@ fn cluster_source_of(a: &AddArgs) -> Result<Option<ClusterSource>> {
 fn start(a: AddArgs, recover: bool) -> Result<()> {
     let config = config_of(&a)?;
     live_config_of(&a)?;
-    if !a.seeds.is_empty() && a.prefetch != "off" && a.prefetch != "none" {
+    if !a.seeds.is_empty() && a.prefetch != "off" {
         bail!(
             "--prefetch needs a local volume (--pool): a cluster volume has no tier to stage onto"
         );
@@ -396,8 +424,10 @@ fn serve_here(a: AddArgs, config: DeviceConfig, recover: bool) -> Result<()> {
                     if let Some(note) = note {
                         eprintln!("shardblk: {note}");
                     }
-                    println!("/dev/ublkb{n}");
-                    let _ = std::io::stdout().flush();
+                    // a foreground daemon ignores SIGPIPE: a reader of
+                    // its stdout that is gone must not panic it
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "/dev/ublkb{n}").and_then(|()| out.flush());
                 }
                 Err(e) => eprintln!("shardblk: {e}"),
             },

@@ -51,11 +51,22 @@ enum Cmd {
 /// failure. Both executables run it (`shardblk`, and `shardblk-lstm` with
 /// the LSTM backend registered first).
 pub fn main() {
-    // SAFETY: called first in main, before any thread exists; restoring the
-    // default SIGPIPE action makes `shardblk ... | head` end quietly like
-    // other Unix tools instead of panicking on a closed stdout.
+    let cli = Cli::parse();
+    // SAFETY: called in main before any thread exists (parsing starts
+    // none). A command whose output is for a pipe (`shardblk ... | head`)
+    // takes the default SIGPIPE action, ending quietly like other Unix
+    // tools instead of panicking on a closed stdout. A long-running server
+    // or network client keeps SIGPIPE ignored (Rust's default): a peer that
+    // hangs up (a storage node killed mid-request, a `stats` client gone
+    // mid-answer, a cut-off attacher) must be an EPIPE error on that
+    // connection, not the death of a storage node or a device daemon.
     unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let action = if keeps_running_past_peers(&cli.cmd) {
+            libc::SIG_IGN
+        } else {
+            libc::SIG_DFL
+        };
+        libc::signal(libc::SIGPIPE, action);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -64,7 +75,6 @@ pub fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if needs_lstm(&cli.cmd) && prefetch::lstm::backend().is_none() {
         exec_lstm_binary();
     }
@@ -83,6 +93,16 @@ pub fn main() {
 }
 
 /// Whether `cmd` runs the LSTM.
+/// Whether `cmd` talks to peers that may hang up on it while it must go
+/// on: storage nodes, cluster clients, device daemons.
+fn keeps_running_past_peers(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Node(_) | Cmd::Cluster(_) => true,
+        Cmd::Device(c) => c.runs_daemon(),
+        _ => false,
+    }
+}
+
 fn needs_lstm(cmd: &Cmd) -> bool {
     match cmd {
         Cmd::Trace(c) => c.needs_lstm(),

@@ -243,6 +243,14 @@ fn print_prefetch(p: &PrefetchStats) {
         "  predictions {} (below confidence {}, already hot {}, unmapped {}), queued {}, duplicates {}, dropped {}",
         p.predictions, p.below_confidence, p.already_hot, p.unmapped, p.queued, p.duplicates, p.dropped
     );
+    match p.promote_reads {
+        0 => println!("  demand promotion off"),
+        n => println!(
+            "  demand promotion: {} cold shards read {n} times within {} s queued",
+            p.demand_queued,
+            crate::constants::PREFETCH_PROMOTE_WINDOW_MS / 1000
+        ),
+    }
     println!(
         "  staged {} (skipped {}, failed {}, throttled {}, over budget {}), evicted {}, resident {} of {} budget",
         s.staged,

@@ -5,35 +5,97 @@
 //! [`Attacher::drain`]. The simulator and the real client drive this same code.
 //!
 //! Contract (the safety argument, checked by the simulator over many seeds):
+//! - **Member configuration.** Quorums are counted over the volume's
+//!   configuration, not over the members gossip happens to know (a set that
+//!   grows with joins: a majority of 7 need not meet a majority of the 5
+//!   an older commit reached). The configuration is the placement basis
+//!   record (override key `CLUSTER_BASIS_SHARD`): its `replicas`, and while
+//!   it changes, its `joint` part too. A *quorum* is a majority of
+//!   `replicas` and, when `joint` is not empty, a majority of `joint`
+//!   (joint consensus). Commits and fences go to every member gossip knows
+//!   and every node the configuration names.
+//! - **Configuration changes** (a rebalancing's target becoming the basis)
+//!   run alone and take two commits: the joint record (new `replicas`, old
+//!   `joint`), carrying every record of the volume the attacher knows, to a
+//!   quorum of old and new; then the new configuration alone. Once the
+//!   joint record is committed a majority of the new members holds every
+//!   committed record, so the stable record may drop the old members. A
+//!   stable record is never sent before its joint record is committed.
 //! - **Attach** takes epoch `next(highest seen)` and sends `Fence` to every
-//!   member; it is attached once a majority answered. Their answers carry
-//!   their override records, merged into the attacher's map. Any majority
-//!   intersects the majority that accepted an older attacher's last override
-//!   commit, so the new attacher knows every committed record.
+//!   target; answers carry the replica's override records, merged into
+//!   the attacher's map, and nodes a newly learnt configuration names are
+//!   fenced too. It holds a fence quorum once the nodes that answered make
+//!   a quorum of the newest configuration learnt (any later configuration
+//!   was committed with a majority of that one, which meets the answers, so
+//!   the newest learnt is the newest committed). A volume with no
+//!   configuration anywhere is new only when *every* node known answered
+//!   (its first attacher commits the members it knows as the first
+//!   configuration). Then it writes back what it learnt (the configuration
+//!   record carrying every other record) to a quorum before it reports
+//!   `Attached`: a record an older attacher failed to commit, seen on one
+//!   node, is committed before anything relies on it. So every record any
+//!   attacher relied on was on a quorum of the configuration of its time,
+//!   and every later fence quorum meets it: the new attacher knows every
+//!   committed record. A configuration found joint is finished (the joint
+//!   record again with the carry, then the stable one) before other work.
 //! - **Write** goes to every current replica of the shard (its override
 //!   record, else its computed home). It is acknowledged when every replica
 //!   answered, except replicas that membership declares dead meanwhile: those
 //!   are dropped by committing a new override record (the remaining replicas)
-//!   to a majority *before* the acknowledgement. So every replica in the
+//!   to a quorum *before* the acknowledgement. So every replica in the
 //!   committed set of a shard has every acknowledged write of it, and any
 //!   live member of that set can serve reads.
 //! - A replica that has seen a newer epoch refuses ([`OpError::Fenced`]); the
 //!   attacher then stops for good. Fences rise with every request a replica
-//!   accepts, and override commits need a majority, so an old attacher cut off
-//!   by a partition can neither change a shard's set nor complete a write to a
-//!   replica the new attacher has touched.
-//! - **Re-replication** (throttled, one shard at a time, only while no other
-//!   operation runs, so no write races the copy): for a shard with fewer
+//!   accepts, and override commits need a quorum of the configuration the old
+//!   attacher knows (the new one's, or one the new one's fence quorum
+//!   meets), so an old attacher cut off by a partition can neither change a
+//!   shard's set nor complete a write to a replica the new attacher has
+//!   touched.
+//! - **Reads** return only after an epoch-check round *sent after the read
+//!   started* made a quorum (`Request::Check` to every target, a quorum of
+//!   the configuration answering `Ok`). A newer attacher acknowledged
+//!   nothing before it held a fence quorum, which meets the check's quorum,
+//!   so a read that passes started before any newer attacher acknowledged
+//!   a write: an old attacher cut off from the replicas a new one changed
+//!   cannot read its own stale copy after the new one acknowledged newer
+//!   data (it is refused as fenced instead). One round is in flight at a
+//!   time and serves every read started before it was sent; it goes out
+//!   with the read's data request, so a lone read waits for the slower of
+//!   the two.
+//! - **Re-replication** (throttled, one shard at a time, alone on its
+//!   shard, so no write races the copy): for a shard with fewer
 //!   than `R` live replicas, fetch it from a live replica, install it on the
 //!   best live member outside the set (rendezvous order, distinct domain if
 //!   possible; the install is guarded like a move's), then commit the set
-//!   `live replicas + new` to a majority. A never-written shard copies
+//!   `live replicas + new` to a quorum. A never-written shard copies
 //!   nothing and does not count against the throttle, but is committed too
 //!   (else it would stay short of copies and be picked again forever).
-//! - One operation at a time (a caller gets [`OpError::Busy`]). Requests are
-//!   retransmitted every `retry_ms` until answered (they are idempotent); an
-//!   operation not done in `op_timeout_ms` fails with [`OpError::Timeout`],
-//!   unacknowledged (its writes may or may not be visible later).
+//! - **Concurrency.** Operations are of three classes. *Client*: callers'
+//!   reads and writes (and a degraded write's commit), up to `max_ops` at
+//!   once, on any shards, several on one shard included: a write takes its
+//!   version when it is issued and replicas keep the newest, so writes to
+//!   the same blocks end in issue order whatever order they arrive in, and
+//!   a read returns at least every write acknowledged before it started.
+//!   *Structural*: a re-replication, a batch of moves, a shard's record
+//!   settling (below); one at a time, alone on its shards: it starts only
+//!   on shards no client operation works on, and while it waits for or
+//!   holds a shard (it *reserves* one that callers are busy on) a caller's
+//!   operation on that shard is refused with [`OpError::Busy`]; so no
+//!   write races a copy, and no read is in flight on a copy a move drops.
+//!   *Exclusive*: attach and configuration changes; alone: while one waits
+//!   (the *barrier*) nothing new starts. A caller refused with `Busy`
+//!   retries later. Requests are retransmitted every `retry_ms` until
+//!   answered (they are idempotent); an operation not done in
+//!   `op_timeout_ms` fails with [`OpError::Timeout`], unacknowledged (its
+//!   writes may or may not be visible later).
+//! - **Commits settle.** A shard's record, once sent, may reach a quorum
+//!   after its operation gave up and be learnt by the next attacher; so a
+//!   commit round is never abandoned: when its operation times out (the
+//!   caller is told) it goes on as a structural operation holding the
+//!   shard until a quorum has the record, which the attacher then takes
+//!   as the shard's set. Only a fence (or a new attach, which fences it
+//!   out) ends it. A move's commit waits the same way.
 //! - **Placement basis**: homes are computed over the volume's *basis*, the
 //!   member ids recorded under the override key `CLUSTER_BASIS_SHARD`. The
 //!   first attacher of a volume commits the members it knows before it
@@ -45,10 +107,11 @@
 //!   throttled, up to `max_moves` per operation, each only while its whole
 //!   new home is live: fetch from a live copy, install on the new home
 //!   members lacking one (guarded by the record version to come), commit
-//!   the new home as the shard's record to a majority, then (in the
+//!   the new home as the shard's record to a quorum, then (in the
 //!   background) ask the nodes that left the set to drop their copies. Moves
-//!   are operations like any other, so no write races a copy. When every
-//!   move is done the target is committed as the new basis. A membership
+//!   are structural operations, so no write races a copy. When every
+//!   move is done the target is committed as the new basis (a
+//!   configuration change, above). A membership
 //!   change during a rebalancing restarts the plan from the basis (shards
 //!   already moved have records, so they are not moved again).
 //! - **Leaving** members (announced through gossip, [`Attacher::set_leaving`])
@@ -69,16 +132,20 @@
 //!   least the orphan's: never the last live copy, never a newer one.
 //!   The drop carries a fresh record version (above the guard of any
 //!   install this attacher sent, such as one whose commit failed), and no
-//!   shard the running operation is copying is dropped, so an install
-//!   sent later is guarded by a newer version and survives a late drop.
+//!   shard a structural operation holds is dropped, so an install sent
+//!   later is guarded by a newer version and survives a late drop; nor a
+//!   copy a caller's read or write in flight may still ask (a read that
+//!   started while the node was in the set).
 //!   While a scan keeps such a copy, the next scan comes after
 //!   `CLUSTER_ORPHAN_RESCAN_MIN_MS`, the wait doubling over scans the timer
 //!   started, up to the interval.
 //! - Not handled here: divergent unacknowledged writes between replicas (a
 //!   read may see one replica's unacknowledged newer block and a later read
-//!   another's older, acknowledged one); a commit that times out may still
-//!   reach a majority later (as for re-replication); a member of the basis
-//!   that gossip no longer knows is placed with weight 1 and no domain.
+//!   another's older, acknowledged one); a member of the basis
+//!   that gossip no longer knows is placed with weight 1 and no domain;
+//!   fence answers and configuration commits carry every record of the
+//!   volume in one frame (`CLUSTER_FRAME_MAX_BYTES` bounds the records a
+//!   volume can have, some thousands).
 
 use super::epoch::{Epoch, Version};
 use super::overrides::{OverrideMap, OverrideRecord};
@@ -178,6 +245,10 @@ pub struct AttacherConfig {
     /// A member dead this long is out of the rebalancing target.
     pub out_after_ms: u64,
     pub rebalance: Limits,
+    /// Callers' operations in flight at once (`CLUSTER_ATTACHER_MAX_OPS`).
+    pub max_ops: usize,
+    /// Distinct for every attacher started on a node (part of its epochs).
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,8 +273,13 @@ impl<D: Clone> Round<D> {
             .keys()
             .filter(|n| !self.replies.contains_key(*n) && !self.given_up.contains(*n))
     }
-    fn count(&self, f: impl Fn(&Response<D>) -> bool) -> usize {
-        self.replies.values().filter(|r| f(r)).count()
+    /// Nodes whose answer satisfies `f`.
+    fn answered(&self, f: impl Fn(&Response<D>) -> bool) -> BTreeSet<&str> {
+        self.replies
+            .iter()
+            .filter(|(_, r)| f(r))
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
     fn fenced(&self) -> Option<Epoch> {
         self.replies.values().find_map(|r| match r {
@@ -224,9 +300,33 @@ enum After<D> {
     },
     /// The first attacher's basis record: attached once it is committed.
     Attached,
+    /// A rebalancing's target is the joint configuration (with the old
+    /// basis); the stable one comes next.
+    Joint(Vec<Member>),
     /// A rebalancing's target became the basis.
     Basis(Vec<Member>),
+    /// A shard's record whose commit outlived its operation: it goes on
+    /// until a quorum has it (see the module doc).
+    Settle,
     _Phantom(std::marker::PhantomData<D>),
+}
+
+/// An epoch-check round: its number, when it started, the requests, and
+/// whether it went to every target yet (it starts with the fewest live
+/// ones that make a quorum).
+struct CheckRound<D> {
+    gen: u64,
+    started: u64,
+    round: Round<D>,
+    widened: bool,
+}
+
+/// Where an operation runs: its slot and when it started (its timeout
+/// counts from then).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    slot: u64,
+    started: u64,
 }
 
 /// One shard's move inside a move operation.
@@ -268,6 +368,7 @@ enum Op<D> {
     },
     Write {
         op: u64,
+        shard: u64,
         version: Version,
         round: Round<D>,
     },
@@ -284,6 +385,12 @@ enum Op<D> {
         next: usize,
         req: Request<D>,
         round: Round<D>,
+        /// The epoch-check round that must succeed before the data returns.
+        needs: u64,
+        /// The data, once a replica answered, and that replica (its answer
+        /// confirms the epoch there too).
+        got: Option<(Vec<Version>, Vec<D>)>,
+        from: Option<NodeId>,
     },
     RepairFetch {
         key: ShardKey,
@@ -303,6 +410,54 @@ enum Op<D> {
     },
 }
 
+/// How an operation shares the attacher with others (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// A caller's read or write (and a degraded write's commit): many at
+    /// once, each on one shard.
+    Client,
+    /// Re-replication or a batch of moves: one at a time, alone on its
+    /// shards.
+    Structural,
+    /// Attach and member-configuration changes: alone.
+    Exclusive,
+}
+
+impl<D> Op<D> {
+    fn class(&self) -> Class {
+        match self {
+            Op::Write { .. }
+            | Op::Read { .. }
+            | Op::Commit {
+                after: After::Wrote { .. },
+                ..
+            } => Class::Client,
+            Op::RepairFetch { .. }
+            | Op::RepairInstall { .. }
+            | Op::Move { .. }
+            | Op::Commit {
+                after: After::Repaired { .. } | After::Settle,
+                ..
+            } => Class::Structural,
+            Op::Attach { .. } | Op::Commit { .. } => Class::Exclusive,
+        }
+    }
+
+    /// The shards the operation works on.
+    fn shards(&self) -> Vec<u64> {
+        match self {
+            Op::Attach { .. } => Vec::new(),
+            Op::Write { shard, .. } | Op::Read { shard, .. } => vec![*shard],
+            Op::Commit { key, .. }
+            | Op::RepairFetch { key, .. }
+            | Op::RepairInstall { key, .. } => {
+                vec![key.shard]
+            }
+            Op::Move { items } => items.iter().map(|it| it.mv.key.shard).collect(),
+        }
+    }
+}
+
 pub struct Attacher<D> {
     cfg: AttacherConfig,
     mode: Mode,
@@ -311,7 +466,20 @@ pub struct Attacher<D> {
     seq: u64,
     override_seq: u64,
     overrides: OverrideMap,
-    op: Option<(u64, Op<D>)>,
+    /// Operations in flight by slot: `(started ms, op)`.
+    ops: BTreeMap<u64, (u64, Op<D>)>,
+    next_slot: u64,
+    /// An exclusive operation waits for the others to end: none starts.
+    barrier: bool,
+    /// Shards a structural operation waits for (client operations on them
+    /// end and no new one starts): the repair's, the moves'.
+    reserved_repair: Option<u64>,
+    reserved_moves: BTreeSet<u64>,
+    /// The epoch-check round in flight, the last number given out, the
+    /// last that made a quorum.
+    check: Option<CheckRound<D>>,
+    check_gen: u64,
+    checked: u64,
     next_id: u64,
     last_repair_ms: Option<u64>,
     repair_cursor: u64,
@@ -349,7 +517,14 @@ impl<D: Clone> Attacher<D> {
             seq: 0,
             override_seq: 0,
             overrides: OverrideMap::new(),
-            op: None,
+            ops: BTreeMap::new(),
+            next_slot: 0,
+            barrier: false,
+            reserved_repair: None,
+            reserved_moves: BTreeSet::new(),
+            check: None,
+            check_gen: 0,
+            checked: 0,
             next_id: id_base,
             last_repair_ms: None,
             repair_cursor: 0,
@@ -393,19 +568,23 @@ impl<D: Clone> Attacher<D> {
     /// A one-line summary of the running operation, the members seen dead
     /// and the rebalancer (for failure messages).
     pub fn debug_state(&self) -> String {
-        let op = match self.op.as_ref().map(|o| &o.1) {
-            None => "none",
-            Some(Op::Attach { .. }) => "attach",
-            Some(Op::Write { .. }) => "write",
-            Some(Op::Commit { .. }) => "commit",
-            Some(Op::Read { .. }) => "read",
-            Some(Op::RepairFetch { .. }) => "repair fetch",
-            Some(Op::RepairInstall { .. }) => "repair install",
-            Some(Op::Move { .. }) => "move",
-        };
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, op) in self.ops.values() {
+            let k = match op {
+                Op::Attach { .. } => "attach",
+                Op::Write { .. } => "write",
+                Op::Commit { .. } => "commit",
+                Op::Read { .. } => "read",
+                Op::RepairFetch { .. } => "repair fetch",
+                Op::RepairInstall { .. } => "repair install",
+                Op::Move { .. } => "move",
+            };
+            *kinds.entry(k).or_default() += 1;
+        }
         let rb = self.rebal.as_ref().map(|r| &r.rb);
         format!(
-            "op {op}, dead since {:?}, members {:?}, leaving {:?}, orphan scan {} (last {:?}, dropped {}), rebalancer {rb:?}",
+            "ops {kinds:?} (barrier {}), dead since {:?}, members {:?}, leaving {:?}, orphan scan {} (last {:?}, dropped {}), rebalancer {rb:?}",
+            self.barrier,
             self.dead_since,
             ids_of(&self.cfg.members),
             self.leaving,
@@ -427,7 +606,10 @@ impl<D: Clone> Attacher<D> {
         let target = ids_of(&r.target);
         let progress = r.rb.progress().clone();
         Some(RebalanceStatus {
-            done: basis == target && r.rb.moves_done() && progress.done(),
+            done: basis == target
+                && r.rb.moves_done()
+                && progress.done()
+                && !self.config_changing(),
             basis,
             target,
             progress,
@@ -447,14 +629,76 @@ impl<D: Clone> Attacher<D> {
     pub fn is_fenced(&self) -> bool {
         matches!(self.mode, Mode::Fenced(_))
     }
+    /// Whether any operation is in flight.
     pub fn is_busy(&self) -> bool {
-        self.op.is_some()
+        !self.ops.is_empty()
+    }
+
+    /// Callers' reads and writes in flight (a degraded write's commit
+    /// included).
+    pub fn client_ops(&self) -> usize {
+        self.count(Class::Client)
+    }
+
+    /// Callers' writes in flight (a degraded write's commit included).
+    pub fn writes_in_flight(&self) -> usize {
+        self.ops
+            .values()
+            .filter(|(_, op)| op.class() == Class::Client && !matches!(op, Op::Read { .. }))
+            .count()
+    }
+
+    fn count(&self, class: Class) -> usize {
+        self.ops
+            .values()
+            .filter(|(_, op)| op.class() == class)
+            .count()
+    }
+
+    /// Shards operations of `class` work on.
+    fn shards_of(&self, class: Class) -> BTreeSet<u64> {
+        self.ops
+            .values()
+            .filter(|(_, op)| op.class() == class)
+            .flat_map(|(_, op)| op.shards())
+            .collect()
+    }
+
+    fn new_slot(&mut self) -> u64 {
+        self.next_slot += 1;
+        self.next_slot
+    }
+
+    fn put(&mut self, slot: u64, started: u64, op: Op<D>) {
+        let old = self.ops.insert(slot, (started, op));
+        debug_assert!(old.is_none(), "slot {slot} taken twice");
     }
     pub fn overrides(&self) -> &OverrideMap {
         &self.overrides
     }
-    fn majority(&self) -> usize {
-        self.cfg.members.len() / 2 + 1
+    /// The volume's basis record: its member configuration (see the
+    /// module doc), `None` before the volume's first attacher committed one.
+    pub fn basis_record(&self) -> Option<&OverrideRecord> {
+        self.overrides.get(&self.key(CLUSTER_BASIS_SHARD))
+    }
+
+    /// Whether the member configuration is changing (the basis record
+    /// has a joint part: quorums need a majority of old and new).
+    pub fn config_changing(&self) -> bool {
+        self.basis_record().is_some_and(|r| !r.joint.is_empty())
+    }
+
+    /// Whether the nodes that answered `Ok` to the commit of `record`
+    /// under `key` make a quorum: of the record itself for a basis record
+    /// (a configuration commits itself), else of the current configuration.
+    fn commit_quorum(&self, key: &ShardKey, record: &OverrideRecord, round: &Round<D>) -> bool {
+        let ok = round.answered(|r| matches!(r, Response::Ok));
+        if key.shard == CLUSTER_BASIS_SHARD {
+            return quorum_in(record, &ok);
+        }
+        let config = self.basis_record();
+        debug_assert!(config.is_some(), "an attached volume has a basis record");
+        config.is_some_and(|c| quorum_in(c, &ok))
     }
     fn key(&self, shard: u64) -> ShardKey {
         ShardKey::new(&self.cfg.volume, shard)
@@ -526,6 +770,18 @@ impl<D: Clone> Attacher<D> {
         self.cfg.members.iter().map(|m| m.id.clone()).collect()
     }
 
+    /// Where fences and commits go: every member gossip knows and every
+    /// node the member configuration names (one gossip may not know yet).
+    fn targets(&self) -> Vec<NodeId> {
+        let mut t = self.member_ids();
+        if let Some(rec) = self.basis_record() {
+            t.extend(rec.replicas.iter().chain(&rec.joint).cloned());
+        }
+        t.sort();
+        t.dedup();
+        t
+    }
+
     /// Start taking the attachment, above every epoch seen so far and `seen`
     /// (retrying above a newer holder up to `CLUSTER_ATTACH_ATTEMPTS` times).
     pub fn attach(&mut self, now: u64, seen: Epoch) {
@@ -537,12 +793,12 @@ impl<D: Clone> Attacher<D> {
         if let Mode::Fenced(e) = self.mode {
             self.seen = self.seen.max(e);
         }
-        self.epoch = Epoch::next(self.seen, &self.cfg.me);
+        self.epoch = Epoch::next(self.seen, &self.cfg.me, self.cfg.incarnation);
         self.seq = 0;
         self.override_seq = 0;
         self.mode = Mode::Attaching;
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-        let ids = self.member_ids();
+        let ids = self.targets();
         let round = self.round(
             &ids,
             || Request::Fence {
@@ -551,16 +807,32 @@ impl<D: Clone> Attacher<D> {
             },
             now,
         );
-        self.op = Some((now, Op::Attach { round }));
+        // nothing else runs while attaching (a retry replaces the attempt)
+        self.ops.clear();
+        self.check = None;
+        self.barrier = false;
+        let slot = self.new_slot();
+        self.put(slot, now, Op::Attach { round });
+        // rebuilt from the answers (see `learnt`)
+        self.overrides = OverrideMap::new();
     }
 
-    fn check_ready(&self) -> Result<(), OpError> {
+    /// Whether a caller's operation on `shard` may start now: attached, no
+    /// exclusive operation running or waiting, `max_ops` not reached, the
+    /// shard not held or reserved by a structural operation.
+    fn admit(&self, shard: u64) -> Result<(), OpError> {
         match self.mode {
             Mode::Attached => {}
             Mode::Fenced(e) => return Err(OpError::Fenced(e)),
             _ => return Err(OpError::NotAttached),
         }
-        if self.op.is_some() {
+        if self.barrier
+            || self.count(Class::Exclusive) > 0
+            || self.client_ops() >= self.cfg.max_ops.max(1)
+            || self.reserved_repair == Some(shard)
+            || self.reserved_moves.contains(&shard)
+            || self.shards_of(Class::Structural).contains(&shard)
+        {
             return Err(OpError::Busy);
         }
         Ok(())
@@ -583,8 +855,8 @@ impl<D: Clone> Attacher<D> {
         blocks: Vec<D>,
         now: u64,
     ) -> Result<Version, OpError> {
-        self.check_ready()?;
         let shard = self.shard_range(first_block, blocks.len() as u64)?;
+        self.admit(shard)?;
         let targets = self.replicas_of(&self.key(shard));
         if targets.is_empty() {
             return Err(OpError::Unavailable(shard));
@@ -606,7 +878,17 @@ impl<D: Clone> Attacher<D> {
             },
             now,
         );
-        self.op = Some((now, Op::Write { op, version, round }));
+        let slot = self.new_slot();
+        self.put(
+            slot,
+            now,
+            Op::Write {
+                op,
+                shard,
+                version,
+                round,
+            },
+        );
         Ok(version)
     }
 
@@ -619,8 +901,8 @@ impl<D: Clone> Attacher<D> {
         now: u64,
         live: &dyn Fn(&str) -> bool,
     ) -> Result<(), OpError> {
-        self.check_ready()?;
         let shard = self.shard_range(first_block, n_blocks)?;
+        self.admit(shard)?;
         let mut candidates: Vec<NodeId> = self
             .replicas_of(&self.key(shard))
             .into_iter()
@@ -640,7 +922,9 @@ impl<D: Clone> Attacher<D> {
         };
         let r2 = req.clone();
         let round = self.round(&candidates[..1], || r2.clone(), now);
-        self.op = Some((
+        let slot = self.new_slot();
+        self.put(
+            slot,
             now,
             Op::Read {
                 op,
@@ -649,8 +933,12 @@ impl<D: Clone> Attacher<D> {
                 next: 1,
                 req,
                 round,
+                needs: self.check_gen + 1,
+                got: None,
+                from: None,
             },
-        ));
+        );
+        self.maybe_check(now, live);
         Ok(())
     }
 
@@ -664,15 +952,27 @@ impl<D: Clone> Attacher<D> {
         live: &dyn Fn(&str) -> bool,
     ) {
         let mut resp = Some(resp);
-        if let Some((_, op)) = self.op.as_mut() {
+        let mut answered = None;
+        'ops: for (slot, (_, op)) in self.ops.iter_mut() {
             for round in op_rounds(op) {
                 if round.sent.get(from).is_some_and(|s| s.0 == id) {
                     round
                         .replies
                         .insert(from.to_string(), resp.take().expect("one reply"));
-                    break;
+                    answered = Some(*slot);
+                    break 'ops;
                 }
             }
+        }
+        if let Some(resp) = resp.take_if(|_| {
+            self.check
+                .as_ref()
+                .is_some_and(|c| c.round.sent.get(from).is_some_and(|s| s.0 == id))
+        }) {
+            if let Some(c) = self.check.as_mut() {
+                c.round.replies.insert(from.to_string(), resp);
+            }
+            self.advance_check(now, live);
         }
         if let Some(resp) = resp.take_if(|_| {
             self.scan
@@ -694,7 +994,9 @@ impl<D: Clone> Attacher<D> {
             }
             self.advance_drops(live);
         }
-        self.advance(now, live);
+        if let Some(slot) = answered {
+            self.advance(slot, now, live);
+        }
     }
 
     /// Time passes: retransmit, notice dead replicas, time out, re-replicate.
@@ -703,7 +1005,8 @@ impl<D: Clone> Attacher<D> {
         let out = &mut self.out;
         let mut rounds: Vec<&mut Round<D>> = self.drops.iter_mut().map(|d| &mut d.round).collect();
         rounds.extend(self.scan.as_mut().map(|(_, r, _)| r));
-        if let Some((_, op)) = self.op.as_mut() {
+        rounds.extend(self.check.as_mut().map(|c| &mut c.round));
+        for (_, op) in self.ops.values_mut() {
             rounds.extend(op_rounds(op));
         }
         for round in rounds {
@@ -723,16 +1026,29 @@ impl<D: Clone> Attacher<D> {
             }
         }
         self.advance_drops(live);
-        self.advance(now, live);
+        let slots: Vec<u64> = self.ops.keys().copied().collect();
+        for slot in slots {
+            self.advance(slot, now, live);
+        }
         self.advance_scan(now, live);
+        self.advance_check(now, live);
         if self.mode == Mode::Attached {
             self.note_liveness(now, live);
             self.maybe_scan(now, live);
+            // raised again below by whoever still waits for an exclusive turn
+            self.barrier = false;
+            if self.config_changing() && self.exclusive_may_start() {
+                // finish the configuration change found at attach (or whose
+                // stable commit failed) before anything else
+                let rec = self.basis_record().expect("changing").clone();
+                let members = basis_from(&rec.replicas, &self.cfg.members);
+                self.start_config_change(After::Joint(members), rec.replicas, now);
+            }
             // repair and rebalancing take turns at starting first, so
             // neither starves the other
             self.rebalance_first = !self.rebalance_first;
             for rebalance_turn in [self.rebalance_first, !self.rebalance_first] {
-                if self.op.is_some() {
+                if !self.structural_may_start() {
                     break;
                 }
                 if rebalance_turn {
@@ -742,6 +1058,23 @@ impl<D: Clone> Attacher<D> {
                 }
             }
         }
+    }
+
+    /// Whether an exclusive operation may start now; if others run, the
+    /// barrier goes up so they drain (no new one starts meanwhile).
+    fn exclusive_may_start(&mut self) -> bool {
+        if self.ops.is_empty() {
+            self.barrier = false;
+            return true;
+        }
+        self.barrier = true;
+        false
+    }
+
+    /// Whether a structural operation may start now (none running, no
+    /// exclusive one running or waiting).
+    fn structural_may_start(&self) -> bool {
+        !self.barrier && self.count(Class::Exclusive) == 0 && self.count(Class::Structural) == 0
     }
 
     fn fence_seen(&mut self, e: Epoch) {
@@ -765,19 +1098,40 @@ impl<D: Clone> Attacher<D> {
 
     fn start_commit(
         &mut self,
+        at: At,
         after: After<D>,
         key: ShardKey,
         replicas: Vec<NodeId>,
-        started: u64,
         now: u64,
     ) {
         let version = self.next_override_version();
-        self.start_commit_at(after, key, replicas, version, started, now)
+        self.start_commit_at(at, after, key, replicas, version, now)
     }
 
     fn commit_round(&mut self, key: &ShardKey, record: &OverrideRecord, now: u64) -> Round<D> {
+        self.commit_round_carrying(key, record, None, now)
+    }
+
+    /// A commit of `record` under `key` to every target; with `snapshot`
+    /// (every other record this attacher knows) a snapshot commit (see
+    /// `replica`: it raises the volume's floor to this epoch).
+    fn commit_round_carrying(
+        &mut self,
+        key: &ShardKey,
+        record: &OverrideRecord,
+        snapshot: Option<Vec<(ShardKey, OverrideRecord)>>,
+        now: u64,
+    ) -> Round<D> {
+        let is_snapshot = snapshot.is_some();
+        let carry = snapshot.unwrap_or_default();
         let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-        let ids = self.member_ids();
+        let mut ids = self.targets();
+        if key.shard == CLUSTER_BASIS_SHARD {
+            // a configuration commit also reaches the nodes it names
+            ids.extend(record.replicas.iter().chain(&record.joint).cloned());
+            ids.sort();
+            ids.dedup();
+        }
         self.round(
             &ids,
             || Request::Commit {
@@ -785,6 +1139,8 @@ impl<D: Clone> Attacher<D> {
                 epoch,
                 key: key.clone(),
                 record: record.clone(),
+                carry: carry.clone(),
+                snapshot: is_snapshot,
             },
             now,
         )
@@ -792,41 +1148,219 @@ impl<D: Clone> Attacher<D> {
 
     fn start_commit_at(
         &mut self,
+        at: At,
         after: After<D>,
         key: ShardKey,
         replicas: Vec<NodeId>,
         version: Version,
-        started: u64,
         now: u64,
     ) {
-        let record = OverrideRecord { version, replicas };
-        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
-        let ids = self.member_ids();
-        let (k2, r2) = (key.clone(), record.clone());
-        let round = self.round(
-            &ids,
-            || Request::Commit {
-                volume: volume.clone(),
-                epoch,
-                key: k2.clone(),
-                record: r2.clone(),
-            },
-            now,
-        );
-        self.op = Some((
-            started,
+        let record = OverrideRecord::new(version, replicas);
+        self.start_commit_record(at, after, key, record, None, now)
+    }
+
+    fn start_commit_record(
+        &mut self,
+        at: At,
+        after: After<D>,
+        key: ShardKey,
+        record: OverrideRecord,
+        snapshot: Option<Vec<(ShardKey, OverrideRecord)>>,
+        now: u64,
+    ) {
+        let round = self.commit_round_carrying(&key, &record, snapshot, now);
+        self.put(
+            at.slot,
+            at.started,
             Op::Commit {
                 after,
                 key,
                 record,
                 round,
             },
-        ));
+        );
     }
 
-    /// Move the current operation on as far as its replies allow.
-    fn advance(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
-        let Some((started, mut op)) = self.op.take() else {
+    /// Every record of the volume this attacher knows but `key`'s.
+    fn records_but(&self, key: &ShardKey) -> Vec<(ShardKey, OverrideRecord)> {
+        self.overrides
+            .of_volume(&self.cfg.volume)
+            .filter(|(k, _)| *k != key)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Commit the joint configuration `new` + the current one, carrying
+    /// every record of the volume this attacher knows (so a majority of
+    /// `new` holds them all once it is committed); `after` (a
+    /// `After::Joint`) then commits `new` alone.
+    fn start_config_change(&mut self, after: After<D>, new: Vec<NodeId>, now: u64) {
+        let bkey = self.key(CLUSTER_BASIS_SHARD);
+        let current = self.basis_record().expect("an attached volume has a basis");
+        // a change left half done keeps its old part: quorums already
+        // counted on it
+        let old = if current.joint.is_empty() {
+            current.replicas.clone()
+        } else {
+            current.joint.clone()
+        };
+        let carry = self.records_but(&bkey);
+        let record = OverrideRecord {
+            version: self.next_override_version(),
+            replicas: new,
+            joint: old,
+        };
+        let at = At {
+            slot: self.new_slot(),
+            started: now,
+        };
+        self.start_commit_record(at, after, bkey, record, Some(carry), now);
+    }
+
+    /// Start an epoch-check round when a read waits for one and none is in
+    /// flight: `Check` to every target, a quorum of the configuration must
+    /// answer `Ok`.
+    ///
+    /// It goes first to the fewest live targets that make a quorum (taken
+    /// in turn, starting one further each round), and to every target
+    /// once a quarter of `retry_ms` passed without a quorum. A read's own
+    /// data answer counts as one more check (it was asked after the read
+    /// started), so a read often needs one check answer besides its data.
+    fn maybe_check(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        if self.check.is_some() || self.mode != Mode::Attached {
+            return;
+        }
+        let waiting = self.ops.values().any(|(_, op)| match op {
+            Op::Read { needs, .. } => *needs > self.checked,
+            _ => false,
+        });
+        if !waiting {
+            return;
+        }
+        self.check_gen += 1;
+        let all = self.targets();
+        let mut ids: Vec<NodeId> = Vec::new();
+        if let Some(config) = self.basis_record() {
+            let alive: Vec<&NodeId> = all.iter().filter(|n| live(n)).collect();
+            let turn = (self.check_gen as usize) % alive.len().max(1);
+            for n in alive.iter().cycle().skip(turn).take(alive.len()) {
+                ids.push((*n).clone());
+                let set: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+                if quorum_in(config, &set) {
+                    break;
+                }
+            }
+            let set: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+            if !quorum_in(config, &set) {
+                ids = all.clone();
+            }
+        }
+        let widened = ids.len() == all.len();
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let round = self.round(
+            &ids,
+            || Request::Check {
+                volume: volume.clone(),
+                epoch,
+            },
+            now,
+        );
+        self.check = Some(CheckRound {
+            gen: self.check_gen,
+            started: now,
+            round,
+            widened,
+        });
+    }
+
+    /// Whether a read needing check round `needs` may return, its data
+    /// having come from `from`: that round (or a later one) made a quorum,
+    /// or it is running and its answers with `from` make one.
+    fn confirmed(&self, needs: u64, from: Option<&str>) -> bool {
+        if self.checked >= needs {
+            return true;
+        }
+        let (Some(c), Some(from), Some(config)) = (&self.check, from, self.basis_record()) else {
+            return false;
+        };
+        let mut ok = c.round.answered(|r| matches!(r, Response::Ok));
+        ok.insert(from);
+        c.gen >= needs && quorum_in(config, &ok)
+    }
+
+    /// Finish the epoch-check round on a quorum (reads waiting for it
+    /// return), a fence (every operation fails) or a timeout (another
+    /// round starts).
+    fn advance_check(&mut self, now: u64, live: &dyn Fn(&str) -> bool) {
+        let Some(c) = self.check.as_ref() else {
+            return;
+        };
+        let (gen, started, round) = (c.gen, c.started, &c.round);
+        if let Some(e) = round.fenced() {
+            self.check = None;
+            self.fence_seen(e);
+            if let Mode::Fenced(e) = self.mode {
+                self.fail_all(OpError::Fenced(e));
+            }
+            return;
+        }
+        let ok = round.answered(|r| matches!(r, Response::Ok));
+        let done = self.basis_record().is_some_and(|c| quorum_in(c, &ok));
+        let timed_out = now >= started + self.cfg.op_timeout_ms;
+        if !done && !c.widened && now >= started + self.cfg.retry_ms / 4 {
+            // the first few are slow: ask everyone
+            let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+            let mut c = self.check.take().expect("checked above");
+            for n in self.targets() {
+                if !c.round.sent.contains_key(&n) {
+                    let req = Request::Check {
+                        volume: volume.clone(),
+                        epoch,
+                    };
+                    self.send(&mut c.round, &n, req, now);
+                }
+            }
+            c.widened = true;
+            self.check = Some(c);
+        }
+        if done {
+            self.checked = gen;
+            self.check = None;
+        } else if timed_out {
+            self.check = None;
+        }
+        // reads waiting on this round (with their own data answer, an
+        // answer may be enough before the round makes a quorum)
+        let reads: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, (_, op))| matches!(op, Op::Read { got: Some(_), .. }))
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in reads {
+            self.advance(slot, now, live);
+        }
+        if self.check.is_none() {
+            self.maybe_check(now, live);
+        }
+    }
+
+    /// Fail every operation in flight (a newer attacher holds the volume).
+    fn fail_all(&mut self, error: OpError) {
+        self.check = None;
+        for (_, (_, op)) in std::mem::take(&mut self.ops) {
+            if let Some(id) = op_id(&op) {
+                self.events.push(Event::Failed {
+                    op: id,
+                    error: error.clone(),
+                });
+            }
+        }
+    }
+
+    /// Move operation `slot` on as far as its replies allow.
+    fn advance(&mut self, slot: u64, now: u64, live: &dyn Fn(&str) -> bool) {
+        let Some((started, mut op)) = self.ops.remove(&slot) else {
             return;
         };
         let timed_out = now >= started + self.cfg.op_timeout_ms;
@@ -854,43 +1388,75 @@ impl<D: Clone> Attacher<D> {
                 }
                 self.events.push(Event::AttachFailed(OpError::Fenced(e)));
             }
+            if let Mode::Fenced(e) = self.mode {
+                self.fail_all(OpError::Fenced(e));
+            }
             return;
         }
-        let majority = self.majority();
         match op {
-            Op::Attach { round } => {
-                if round.count(|r| matches!(r, Response::FenceOk { .. })) >= majority {
-                    for r in round.replies.values() {
-                        if let Response::FenceOk { overrides } = r {
-                            for (k, rec) in overrides {
-                                self.overrides.merge(k, rec);
-                            }
-                        }
+            Op::Attach { mut round } => {
+                self.overrides = learnt(&round);
+                // nodes the configuration names that were not asked yet
+                let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+                for n in self.targets() {
+                    if !round.sent.contains_key(&n) {
+                        let req = Request::Fence {
+                            volume: volume.clone(),
+                            epoch,
+                        };
+                        self.send(&mut round, &n, req, now);
                     }
+                }
+                let ok = round.answered(|r| matches!(r, Response::FenceOk { .. }));
+                let done = match self.basis_record() {
+                    Some(config) => quorum_in(config, &ok),
+                    // no configuration seen: the volume is new only if
+                    // every node known says so
+                    None => round.sent.keys().all(|n| ok.contains(n.as_str())),
+                };
+                if done {
                     let bkey = self.key(CLUSTER_BASIS_SHARD);
-                    match self.overrides.get(&bkey) {
+                    match self.overrides.get(&bkey).cloned() {
                         Some(rec) => {
+                            // write back what was learnt as a snapshot at
+                            // this epoch: a record seen on one node only (an
+                            // older attacher's commit that failed) is
+                            // committed before anything relies on it, and one
+                            // this attacher did not see cannot come back
                             self.basis = basis_from(&rec.replicas, &self.cfg.members);
-                            self.mode = Mode::Attached;
-                            self.scan_wanted = true;
-                            self.events.push(Event::Attached(self.epoch));
+                            let carry = self.records_but(&bkey);
+                            self.start_commit_record(
+                                At { slot, started },
+                                After::Attached,
+                                bkey,
+                                rec,
+                                Some(carry),
+                                now,
+                            );
                         }
                         None => {
                             // the volume's first attacher: fix the basis first
                             self.basis = cfg_members_sorted(&self.cfg.members);
                             let ids = ids_of(&self.basis);
-                            self.start_commit(After::Attached, bkey, ids, started, now);
+                            self.start_commit(
+                                At { slot, started },
+                                After::Attached,
+                                bkey,
+                                ids,
+                                now,
+                            );
                         }
                     }
                 } else if timed_out {
                     self.mode = Mode::Detached;
                     self.events.push(Event::AttachFailed(OpError::Timeout));
                 } else {
-                    self.op = Some((started, Op::Attach { round }));
+                    self.put(slot, started, Op::Attach { round });
                 }
             }
             Op::Write {
                 op,
+                shard,
                 version,
                 mut round,
             } => {
@@ -910,7 +1476,13 @@ impl<D: Clone> Attacher<D> {
                             error: OpError::Timeout,
                         });
                     } else {
-                        self.op = Some((started, Op::Write { op, version, round }));
+                        let w = Op::Write {
+                            op,
+                            shard,
+                            version,
+                            round,
+                        };
+                        self.put(slot, started, w);
                     }
                     return;
                 }
@@ -920,23 +1492,62 @@ impl<D: Clone> Attacher<D> {
                     .filter(|n| !round.given_up.contains(*n))
                     .cloned()
                     .collect();
-                let Some(Request::Write { first_block, .. }) =
-                    round.sent.values().next().map(|s| &s.2)
-                else {
-                    unreachable!("a write round holds writes")
-                };
-                let shard = first_block / self.cfg.blocks_per_shard;
                 if acked.is_empty() {
                     self.events.push(Event::Failed {
                         op,
                         error: OpError::Unavailable(shard),
                     });
-                } else if round.given_up.is_empty() {
+                    return;
+                }
+                if round.given_up.is_empty() {
+                    self.events.push(Event::Wrote { op, version });
+                    return;
+                }
+                // degraded: commit the smaller set before acknowledging.
+                // Concurrent writes of the shard commit one at a time, each
+                // keeping only members of the set committed before it that
+                // it reached (its set only shrinks while it is out: a copy
+                // or move waits for it), so every member of every
+                // committed set holds every write acknowledged through it.
+                let key = self.key(shard);
+                let committing = self.ops.values().any(|(_, o)| {
+                    matches!(o, Op::Commit { key: k, after: After::Wrote { .. } | After::Settle, .. } if *k == key)
+                });
+                if committing {
+                    if timed_out {
+                        self.events.push(Event::Failed {
+                            op,
+                            error: OpError::Timeout,
+                        });
+                    } else {
+                        let w = Op::Write {
+                            op,
+                            shard,
+                            version,
+                            round,
+                        };
+                        self.put(slot, started, w);
+                    }
+                    return;
+                }
+                let set = self.replicas_of(&key);
+                let keep: Vec<NodeId> = set.iter().filter(|n| acked.contains(n)).cloned().collect();
+                if keep.is_empty() {
+                    self.events.push(Event::Failed {
+                        op,
+                        error: OpError::Unavailable(shard),
+                    });
+                } else if keep.len() == set.len() {
+                    // the set already lost the replicas it missed
                     self.events.push(Event::Wrote { op, version });
                 } else {
-                    // degraded: commit the smaller set before acknowledging
-                    let key = self.key(shard);
-                    self.start_commit(After::Wrote { op, version }, key, acked, started, now);
+                    self.start_commit(
+                        At { slot, started },
+                        After::Wrote { op, version },
+                        key,
+                        keep,
+                        now,
+                    );
                 }
             }
             Op::Commit {
@@ -945,7 +1556,7 @@ impl<D: Clone> Attacher<D> {
                 record,
                 round,
             } => {
-                if round.count(|r| matches!(r, Response::Ok)) >= majority {
+                if self.commit_quorum(&key, &record, &round) {
                     self.overrides.merge(&key, &record);
                     // a node left out of the new set may be back already
                     self.scan_wanted = true;
@@ -961,6 +1572,14 @@ impl<D: Clone> Attacher<D> {
                             self.scan_wanted = true;
                             self.events.push(Event::Attached(self.epoch));
                         }
+                        After::Joint(members) => {
+                            // every record is on a majority of the new
+                            // members too: the configuration becomes stable
+                            self.basis = members.clone();
+                            let replicas = ids_of(&members);
+                            let at = At { slot, started: now };
+                            self.start_commit(at, After::Basis(members), key, replicas, now);
+                        }
                         After::Basis(members) => {
                             self.basis = members;
                             self.rebalances += 1;
@@ -969,23 +1588,46 @@ impl<D: Clone> Attacher<D> {
                                 self.events.push(Event::Rebalanced(r.rb.progress().clone()));
                             }
                         }
+                        After::Settle => {}
                         After::_Phantom(_) => {}
                     }
-                } else if timed_out {
-                    match after {
-                        After::Wrote { op, .. } => self.events.push(Event::Failed {
-                            op,
-                            error: OpError::Timeout,
-                        }),
-                        After::Repaired { .. } => self.scan_wanted = true,
+                } else if timed_out && !matches!(after, After::Settle) {
+                    // a shard's record, once sent, may reach a quorum later
+                    // and be learnt by the next attacher: this one keeps
+                    // sending it (the shard held, no caller operation on
+                    // it) until a quorum has it, whatever it told its caller
+                    let settle = match after {
+                        After::Wrote { op, .. } => {
+                            self.events.push(Event::Failed {
+                                op,
+                                error: OpError::Timeout,
+                            });
+                            true
+                        }
+                        After::Repaired { .. } => true,
                         After::Attached => {
+                            // a later attach fences this one's commit out
                             self.mode = Mode::Detached;
                             self.events.push(Event::AttachFailed(OpError::Timeout));
+                            false
                         }
-                        _ => {}
+                        // a configuration record seen by a later attacher
+                        // only makes its quorums larger (a majority of both)
+                        _ => false,
+                    };
+                    if settle {
+                        self.scan_wanted = true;
+                        let op = Op::Commit {
+                            after: After::Settle,
+                            key,
+                            record,
+                            round,
+                        };
+                        self.put(slot, started, op);
                     }
                 } else {
-                    self.op = Some((
+                    self.put(
+                        slot,
                         started,
                         Op::Commit {
                             after,
@@ -993,7 +1635,7 @@ impl<D: Clone> Attacher<D> {
                             record,
                             round,
                         },
-                    ));
+                    );
                 }
             }
             Op::Read {
@@ -1003,18 +1645,34 @@ impl<D: Clone> Attacher<D> {
                 mut next,
                 req,
                 mut round,
+                needs,
+                mut got,
+                mut from,
             } => {
-                let got = round.replies.values().find_map(|r| match r {
-                    Response::Data { versions, blocks } => Some((versions.clone(), blocks.clone())),
-                    _ => None,
-                });
-                if let Some((versions, blocks)) = got {
-                    self.events.push(Event::Read {
-                        op,
-                        versions,
-                        blocks,
-                    });
-                    return;
+                if got.is_none() {
+                    if let Some((n, versions, blocks)) =
+                        round.replies.iter().find_map(|(n, r)| match r {
+                            Response::Data { versions, blocks } => {
+                                Some((n.clone(), versions.clone(), blocks.clone()))
+                            }
+                            _ => None,
+                        })
+                    {
+                        got = Some((versions, blocks));
+                        from = Some(n);
+                    }
+                }
+                let checked = self.confirmed(needs, from.as_deref());
+                match got {
+                    Some((versions, blocks)) if checked => {
+                        self.events.push(Event::Read {
+                            op,
+                            versions,
+                            blocks,
+                        });
+                        return;
+                    }
+                    other => got = other,
                 }
                 if timed_out {
                     self.events.push(Event::Failed {
@@ -1024,9 +1682,10 @@ impl<D: Clone> Attacher<D> {
                     return;
                 }
                 // the asked replica failed, died, or is slow: ask the next one
-                let stuck = round.sent.iter().all(|(n, s)| {
-                    round.replies.contains_key(n) || !live(n) || now >= s.1 + self.cfg.retry_ms
-                });
+                let stuck = got.is_none()
+                    && round.sent.iter().all(|(n, s)| {
+                        round.replies.contains_key(n) || !live(n) || now >= s.1 + self.cfg.retry_ms
+                    });
                 if stuck {
                     let live_cands: Vec<&NodeId> = candidates.iter().filter(|n| live(n)).collect();
                     if live_cands.is_empty() {
@@ -1041,7 +1700,8 @@ impl<D: Clone> Attacher<D> {
                     round.replies.remove(&to);
                     self.send(&mut round, &to, req.clone(), now);
                 }
-                self.op = Some((
+                self.put(
+                    slot,
                     started,
                     Op::Read {
                         op,
@@ -1050,8 +1710,11 @@ impl<D: Clone> Attacher<D> {
                         next,
                         req,
                         round,
+                        needs,
+                        got,
+                        from,
                     },
-                ));
+                );
             }
             Op::RepairFetch {
                 key,
@@ -1075,7 +1738,8 @@ impl<D: Clone> Attacher<D> {
                             &entries,
                             now,
                         );
-                        self.op = Some((
+                        self.put(
+                            slot,
                             started,
                             Op::RepairInstall {
                                 key,
@@ -1084,21 +1748,20 @@ impl<D: Clone> Attacher<D> {
                                 version,
                                 round,
                             },
-                        ));
+                        );
                     }
                     Some(_) => self.scan_wanted = true,
                     None if timed_out || !live(&src) || !live(&target) => self.scan_wanted = true,
-                    None => {
-                        self.op = Some((
-                            started,
-                            Op::RepairFetch {
-                                key,
-                                keep,
-                                target,
-                                round,
-                            },
-                        ))
-                    }
+                    None => self.put(
+                        slot,
+                        started,
+                        Op::RepairFetch {
+                            key,
+                            keep,
+                            target,
+                            round,
+                        },
+                    ),
                 }
             }
             Op::RepairInstall {
@@ -1115,22 +1778,21 @@ impl<D: Clone> Attacher<D> {
                         key: key.clone(),
                         replicas: replicas.clone(),
                     };
-                    self.start_commit_at(after, key, replicas, version, started, now);
+                    self.start_commit_at(At { slot, started }, after, key, replicas, version, now);
                 }
                 Some(_) => self.scan_wanted = true,
                 None if timed_out || !live(&target) => self.scan_wanted = true,
-                None => {
-                    self.op = Some((
-                        started,
-                        Op::RepairInstall {
-                            key,
-                            keep,
-                            target,
-                            version,
-                            round,
-                        },
-                    ))
-                }
+                None => self.put(
+                    slot,
+                    started,
+                    Op::RepairInstall {
+                        key,
+                        keep,
+                        target,
+                        version,
+                        round,
+                    },
+                ),
             },
             Op::Move { mut items } => {
                 for it in items.iter_mut() {
@@ -1140,7 +1802,7 @@ impl<D: Clone> Attacher<D> {
                     .iter()
                     .any(|it| !matches!(it.stage, MoveStage::Done | MoveStage::Failed))
                 {
-                    self.op = Some((started, Op::Move { items }));
+                    self.put(slot, started, Op::Move { items });
                 }
             }
         }
@@ -1192,22 +1854,20 @@ impl<D: Clone> Attacher<D> {
                     if let Some(r) = self.rebal.as_mut() {
                         let _ = r.rb.copied(&it.mv.key, it.bytes, now);
                     }
-                    let record = OverrideRecord {
-                        version: it.version,
-                        replicas: it.mv.to.clone(),
-                    };
+                    let record = OverrideRecord::new(it.version, it.mv.to.clone());
                     let round = self.commit_round(&it.mv.key, &record, now);
                     MoveStage::Commit(round, record)
                 }
             }
             MoveStage::Commit(round, record) => {
-                if round.count(|r| matches!(r, Response::Ok)) >= self.majority() && it.pin {
+                let committed = self.commit_quorum(&it.mv.key, &record, &round);
+                if committed && it.pin {
                     self.overrides.merge(&it.mv.key, &record);
                     if let Some(r) = self.rebal.as_mut() {
                         r.rb.abandoned(&it.mv.key);
                     }
                     MoveStage::Done
-                } else if round.count(|r| matches!(r, Response::Ok)) >= self.majority() {
+                } else if committed {
                     self.overrides.merge(&it.mv.key, &record);
                     let drop = it.mv.remove();
                     if let Some(r) = self.rebal.as_mut() {
@@ -1221,9 +1881,8 @@ impl<D: Clone> Attacher<D> {
                         replicas: record.replicas,
                     });
                     MoveStage::Done
-                } else if timed_out {
-                    MoveStage::Failed
                 } else {
+                    // never abandoned once sent (see `After::Settle`)
                     MoveStage::Commit(round, record)
                 }
             }
@@ -1331,16 +1990,22 @@ impl<D: Clone> Attacher<D> {
         }
         let mut r = self.rebal.take().expect("planned above");
         if r.rb.moves_done() {
+            self.reserved_moves.clear();
             if ids_of(&self.basis) != tids {
-                let after = After::Basis(r.target.clone());
-                let bkey = self.key(CLUSTER_BASIS_SHARD);
+                let after = After::Joint(r.target.clone());
                 self.rebal = Some(r);
-                self.start_commit(after, bkey, tids, now, now);
+                if self.exclusive_may_start() {
+                    self.start_config_change(after, tids, now);
+                }
             } else {
                 self.rebal = Some(r);
             }
             return;
         }
+        // a shard callers are reading or writing waits (reserved: no new
+        // caller operation on it starts) and its move comes back later
+        let in_use = self.shards_of(Class::Client);
+        self.reserved_moves.clear();
         let mut items = Vec::new();
         for _ in 0..r.rb.queued() + r.rb.in_flight() {
             let Some(planned) = r.rb.next(now) else {
@@ -1352,6 +2017,11 @@ impl<D: Clone> Attacher<D> {
                 r.rb.skip(&mv.key);
                 continue;
             }
+            if in_use.contains(&mv.key.shard) {
+                self.reserved_moves.insert(mv.key.shard);
+                r.rb.defer(mv);
+                continue;
+            }
             let source = mv
                 .from
                 .iter()
@@ -1361,10 +2031,7 @@ impl<D: Clone> Attacher<D> {
             let gone = |n: &NodeId| !r.target.iter().any(|m| m.id == *n);
             if source.is_none() && mv.from.iter().all(gone) {
                 // nothing left to copy: pin the shard where it was
-                let record = OverrideRecord {
-                    version: self.next_override_version(),
-                    replicas: mv.from.clone(),
-                };
+                let record = OverrideRecord::new(self.next_override_version(), mv.from.clone());
                 let round = self.commit_round(&mv.key, &record, now);
                 items.push(MoveItem {
                     version: record.version,
@@ -1405,7 +2072,8 @@ impl<D: Clone> Attacher<D> {
         }
         self.rebal = Some(r);
         if !items.is_empty() {
-            self.op = Some((now, Op::Move { items }));
+            let slot = self.new_slot();
+            self.put(slot, now, Op::Move { items });
         }
     }
 
@@ -1468,16 +2136,23 @@ impl<D: Clone> Attacher<D> {
                 _ => None,
             })
             .collect();
-        // shards the running operation copies: not dropped under it
-        let busy: BTreeSet<u64> = match self.op.as_ref().map(|o| &o.1) {
-            Some(Op::Move { items }) => items.iter().map(|it| it.mv.key.shard).collect(),
-            Some(
-                Op::RepairFetch { key, .. }
-                | Op::RepairInstall { key, .. }
-                | Op::Commit { key, .. },
-            ) => BTreeSet::from([key.shard]),
-            _ => BTreeSet::new(),
-        };
+        // shards structural operations work on, and the nodes callers'
+        // reads and writes in flight may still ask (a read that started
+        // while the node was in the set): not dropped under them
+        let busy: BTreeSet<u64> = self.shards_of(Class::Structural);
+        let asked: BTreeSet<(u64, NodeId)> = self
+            .ops
+            .values()
+            .flat_map(|(_, op)| match op {
+                Op::Read {
+                    shard, candidates, ..
+                } => candidates.iter().map(|n| (*shard, n.clone())).collect(),
+                Op::Write { shard, round, .. } => {
+                    round.sent.keys().map(|n| (*shard, n.clone())).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
         let mut kept = false;
         for (node, shards) in &held {
             for (&shard, &newest) in shards {
@@ -1497,7 +2172,7 @@ impl<D: Clone> Attacher<D> {
                                 .and_then(|m| m.get(&shard))
                                 .is_some_and(|v| *v >= newest)
                     });
-                if !covered || busy.contains(&shard) {
+                if !covered || busy.contains(&shard) || asked.contains(&(shard, node.clone())) {
                     kept = true;
                     continue;
                 }
@@ -1535,6 +2210,8 @@ impl<D: Clone> Attacher<D> {
             .filter(|m| live(&m.id) && !self.leaving.contains(&m.id))
             .cloned()
             .collect();
+        let in_use = self.shards_of(Class::Client);
+        self.reserved_repair = None;
         for _ in 0..self.cfg.shards.min(CLUSTER_REPAIR_SCAN_SHARDS) {
             let shard = self.repair_cursor;
             self.repair_cursor = (self.repair_cursor + 1) % self.cfg.shards.max(1);
@@ -1547,6 +2224,12 @@ impl<D: Clone> Attacher<D> {
             let Some(target) = next_home(&key, &live_members, &keep, &set) else {
                 continue;
             };
+            if in_use.contains(&shard) {
+                // callers' operations on it end first; none starts meanwhile
+                self.reserved_repair = Some(shard);
+                self.repair_cursor = shard;
+                return;
+            }
             self.last_repair_ms = Some(now);
             let bps = self.cfg.blocks_per_shard;
             let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
@@ -1560,7 +2243,9 @@ impl<D: Clone> Attacher<D> {
                 },
                 now,
             );
-            self.op = Some((
+            let slot = self.new_slot();
+            self.put(
+                slot,
                 now,
                 Op::RepairFetch {
                     key,
@@ -1568,7 +2253,7 @@ impl<D: Clone> Attacher<D> {
                     target,
                     round,
                 },
-            ));
+            );
             return;
         }
     }
@@ -1577,7 +2262,7 @@ impl<D: Clone> Attacher<D> {
 /// Every round of `op` waiting on replies.
 fn op_rounds<D>(op: &mut Op<D>) -> Vec<&mut Round<D>> {
     match op {
-        Op::Attach { round }
+        Op::Attach { round, .. }
         | Op::Write { round, .. }
         | Op::Commit { round, .. }
         | Op::Read { round, .. }
@@ -1618,6 +2303,45 @@ fn basis_from(ids: &[NodeId], members: &[Member]) -> Vec<Member> {
                 .unwrap_or_else(|| Member::new(id, 1.0, None))
         })
         .collect()
+}
+
+/// The records fence answers establish: the highest floor among them wins,
+/// and records older than it come only from answers at that floor (they
+/// hold exactly that snapshot's records: a record an older attacher sent
+/// but a newer one's snapshot left out was never committed and stays out).
+fn learnt<D>(round: &Round<D>) -> OverrideMap {
+    let answers: Vec<(&Vec<(ShardKey, OverrideRecord)>, Epoch)> = round
+        .replies
+        .values()
+        .filter_map(|r| match r {
+            Response::FenceOk { overrides, floor } => Some((overrides, *floor)),
+            _ => None,
+        })
+        .collect();
+    let top = answers.iter().map(|a| a.1).max().unwrap_or_default();
+    let mut m = OverrideMap::new();
+    for (recs, floor) in answers {
+        for (k, r) in recs {
+            if r.version.epoch >= top || floor == top {
+                m.merge(k, r);
+            }
+        }
+    }
+    m
+}
+
+/// Whether `ok` holds a majority of `set` (distinct ids).
+fn majority_of(set: &[NodeId], ok: &BTreeSet<&str>) -> bool {
+    let mut ids: Vec<&str> = set.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter().filter(|n| ok.contains(*n)).count() > ids.len() / 2
+}
+
+/// Whether `ok` makes a quorum of the member configuration `config`
+/// names: a majority of its members, and of its joint part if any.
+fn quorum_in(config: &OverrideRecord, ok: &BTreeSet<&str>) -> bool {
+    majority_of(&config.replicas, ok) && (config.joint.is_empty() || majority_of(&config.joint, ok))
 }
 
 /// The caller's operation id, for operations a caller started.

@@ -7,11 +7,19 @@
 //!   live (placement is over the members known then; a member joining later
 //!   is placed on by rebalancing), then attaches, fencing any earlier
 //!   attacher of the volume.
-//! - `write`/`read` take block-aligned byte ranges, cut them at cluster shard
-//!   boundaries and run one attacher operation per piece, in order. A write
-//!   returns once every live replica of each piece has it (see `attacher`).
-//! - Re-replication and rebalancing run while the client is idle inside its
-//!   calls, in [`ClusterClient::idle`], [`ClusterClient::settle`] and
+//! - I/Os take block-aligned byte ranges, cut at cluster shard boundaries
+//!   into one attacher operation per piece. [`ClusterClient::submit`] hands
+//!   one over under a caller's tag and [`ClusterClient::poll`] runs the
+//!   client and returns the I/Os that completed: many run at once, up to
+//!   `CLUSTER_ATTACHER_MAX_OPS` attacher operations. Pieces start oldest
+//!   I/O first; a piece the attacher refuses as busy waits, and no later
+//!   piece of its shard starts before it (writes to the same blocks take
+//!   their versions in submission order). A write completes once every
+//!   live replica of each piece has it (see `attacher`); an I/O with a
+//!   failed piece completes with that piece's error once its other
+//!   pieces ended. `write`/`read` run one I/O to its end.
+//! - Re-replication and rebalancing run inside `poll` and while the client is
+//!   idle, in [`ClusterClient::idle`], [`ClusterClient::settle`] and
 //!   [`ClusterClient::rebalanced`]. Every tick the attacher learns the
 //!   storage members gossip knows (a node joining, a node out), and the
 //!   rebalancing status is published in this client's gossip state under
@@ -29,13 +37,14 @@ use super::placement::{NodeId, ShardKey};
 use super::proto::{Request, Response};
 use super::rebalance::Limits;
 use crate::constants::{
-    CLUSTER_BLOCK_BYTES, CLUSTER_CLIENT_RETRY_MS, CLUSTER_CLIENT_TICK_MS, CLUSTER_FAIL_AFTER_MS,
+    CLUSTER_ATTACHER_MAX_OPS, CLUSTER_BLOCK_BYTES, CLUSTER_CLIENT_IDLE_TICK_MS,
+    CLUSTER_CLIENT_RETRY_MS, CLUSTER_CLIENT_TICK_MS, CLUSTER_FAIL_AFTER_MS,
     CLUSTER_LOCAL_VOLUME_BYTES, CLUSTER_OP_TIMEOUT_MS, CLUSTER_REPAIR_INTERVAL_MS,
     CLUSTER_SHARD_BYTES,
 };
 use bytes::Bytes;
 use chitchat::ChitchatHandle;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +96,63 @@ pub struct ClientConfig {
 
 type Reply = (NodeId, u64, Response<Bytes>);
 
+/// One block-aligned I/O handed to [`ClusterClient::submit`].
+#[derive(Debug, Clone)]
+pub enum Io {
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    /// `data` at `offset`.
+    Write {
+        offset: u64,
+        data: Bytes,
+    },
+    /// `len` zero bytes at `offset`.
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// A completed I/O: its tag, and for a read its data.
+#[derive(Debug)]
+pub struct Done {
+    pub tag: u64,
+    pub result: Result<Option<Vec<u8>>, ClientError>,
+}
+
+/// When `run_for` returns early.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    Time,
+    Done,
+    Tag(u64),
+    Attach,
+}
+
+enum Kind {
+    Read,
+    Write(Bytes),
+    Zero,
+}
+
+/// A submitted I/O: the pieces (one per shard it crosses) started so far.
+struct Submitted {
+    tag: u64,
+    kind: Kind,
+    offset: u64,
+    /// The next byte not started yet, and the end.
+    next: u64,
+    end: u64,
+    /// Pieces in flight.
+    running: usize,
+    /// A read's data, filled in as pieces return.
+    data: Vec<u8>,
+    /// The first error of a piece (no further piece starts).
+    error: Option<ClientError>,
+}
+
 pub struct ClusterClient {
     gossip: ChitchatHandle,
     att: Attacher<Bytes>,
@@ -100,6 +166,18 @@ pub struct ClusterClient {
     /// Shards moved by rebalancing.
     pub moves: u64,
     published: String,
+    /// Submitted I/Os by submission order; attacher operation → `(I/O,
+    /// piece offset)`; completed I/Os not yet returned.
+    ios: BTreeMap<u64, Submitted>,
+    next_seq: u64,
+    pieces: HashMap<u64, (u64, u64)>,
+    done: Vec<Done>,
+    /// Tags of the one-at-a-time `read`/`write` (above any caller's).
+    next_private_tag: u64,
+    zero_block: Bytes,
+    next_tick: tokio::time::Instant,
+    attach_result: Option<Event<Bytes>>,
+    fenced: Option<Epoch>,
 }
 
 impl ClusterClient {
@@ -149,6 +227,9 @@ impl ClusterClient {
             repair_interval_ms: CLUSTER_REPAIR_INTERVAL_MS,
             out_after_ms: cfg.out_after_ms,
             rebalance: cfg.rebalance,
+            max_ops: CLUSTER_ATTACHER_MAX_OPS,
+            // a daemon restarted with the same id must not reuse an epoch
+            incarnation: rand::random(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut c = ClusterClient {
@@ -163,12 +244,26 @@ impl ClusterClient {
             repairs: 0,
             moves: 0,
             published: String::new(),
+            ios: BTreeMap::new(),
+            next_seq: 0,
+            pieces: HashMap::new(),
+            done: Vec::new(),
+            next_private_tag: 1 << 63,
+            zero_block: Bytes::from(vec![0u8; BS as usize]),
+            next_tick: tokio::time::Instant::now(),
+            attach_result: None,
+            fenced: None,
         };
         c.att.attach(c.now(), Epoch::ZERO);
-        match c.drive(None).await? {
-            Some(Event::Attached(_)) => Ok(c),
-            Some(Event::AttachFailed(e)) => Err(ClientError::Attach(e)),
-            other => unreachable!("attach ended with {other:?}"),
+        loop {
+            c.run_for(Duration::from_millis(CLUSTER_CLIENT_TICK_MS), Until::Attach)
+                .await;
+            match c.attach_result.take() {
+                Some(Event::Attached(_)) => return Ok(c),
+                Some(Event::AttachFailed(e)) => return Err(ClientError::Attach(e)),
+                Some(other) => unreachable!("attach ended with {other:?}"),
+                None => {}
+            }
         }
     }
 
@@ -222,64 +317,245 @@ impl ClusterClient {
         });
     }
 
-    /// Run the attacher until operation `op` ends (or, with `None`, until
-    /// the attach ends); returns the event that ended it.
-    async fn drive(&mut self, op: Option<u64>) -> Result<Option<Event<Bytes>>, ClientError> {
-        let tick = Duration::from_millis(CLUSTER_CLIENT_TICK_MS);
+    /// Send what the attacher queued, act on its events, start waiting
+    /// pieces while it admits them; until nothing moves.
+    fn flush(&mut self) {
         loop {
             let (out, events) = self.att.drain();
+            let quiet = out.is_empty() && events.is_empty();
             for o in out {
                 self.dispatch(o.to, o.id, o.req);
             }
-            for ev in events {
-                match &ev {
-                    Event::Repaired { .. } => self.repairs += 1,
-                    Event::Moved { .. } => self.moves += 1,
-                    Event::Fenced(e) => return Err(ClientError::Op(OpError::Fenced(*e))),
-                    Event::Attached(_) | Event::AttachFailed(_) if op.is_none() => {
-                        return Ok(Some(ev))
-                    }
-                    Event::Wrote { op: id, .. } | Event::Read { op: id, .. } if Some(*id) == op => {
-                        return Ok(Some(ev))
-                    }
-                    Event::Failed { op: id, error } if Some(*id) == op => {
-                        return Err(ClientError::Op(error.clone()))
-                    }
-                    _ => {}
-                }
+            for e in events {
+                self.on_event(e);
             }
-            let now = self.now();
-            tokio::select! {
-                Some((from, id, resp)) = self.rx.recv() => {
-                    let view = &self.view;
-                    self.att.on_response(&from, id, resp, now, &|n: &str| view.is_live(n));
-                }
-                _ = tokio::time::sleep(tick) => self.tick().await,
+            if !self.start_waiting() && quiet {
+                return;
             }
         }
     }
 
-    /// Start an operation, waiting while the attacher is busy (repair).
-    async fn start(
-        &mut self,
-        mut f: impl FnMut(&mut Attacher<Bytes>, u64, u64, &ClusterView) -> Result<(), OpError>,
-    ) -> Result<u64, ClientError> {
-        loop {
-            let op = self.next_op;
-            let now = self.now();
-            match f(&mut self.att, op, now, &self.view) {
-                Ok(()) => {
-                    self.next_op += 1;
-                    return Ok(op);
+    fn on_event(&mut self, e: Event<Bytes>) {
+        match e {
+            Event::Repaired { .. } => self.repairs += 1,
+            Event::Moved { .. } => self.moves += 1,
+            Event::Rebalanced(_) => {}
+            Event::Attached(_) | Event::AttachFailed(_) => self.attach_result = Some(e),
+            Event::Fenced(epoch) => self.fenced = Some(epoch),
+            Event::Wrote { op, .. } => self.piece_done(op, Ok(None)),
+            Event::Read { op, blocks, .. } => self.piece_done(op, Ok(Some(blocks))),
+            Event::Failed { op, error } => self.piece_done(op, Err(error)),
+        }
+    }
+
+    /// A piece's operation ended; its I/O completes once every piece did.
+    fn piece_done(&mut self, op: u64, res: Result<Option<Vec<Bytes>>, OpError>) {
+        let Some((seq, at)) = self.pieces.remove(&op) else {
+            return;
+        };
+        let Some(io) = self.ios.get_mut(&seq) else {
+            return;
+        };
+        io.running -= 1;
+        match res {
+            Ok(Some(blocks)) => {
+                let mut o = (at - io.offset) as usize;
+                for b in blocks {
+                    io.data[o..o + b.len()].copy_from_slice(&b);
+                    o += b.len();
                 }
-                Err(OpError::Busy) => {
-                    // let the running repair go on
-                    self.pump(Duration::from_millis(CLUSTER_CLIENT_TICK_MS))
-                        .await;
-                }
-                Err(e) => return Err(e.into()),
+            }
+            Ok(None) => {}
+            Err(e) => {
+                io.error.get_or_insert(ClientError::Op(e));
             }
         }
+        self.finish(seq);
+    }
+
+    /// Complete I/O `seq` if nothing of it runs and nothing more will start.
+    fn finish(&mut self, seq: u64) {
+        let io = &self.ios[&seq];
+        if io.running > 0 || (io.next < io.end && io.error.is_none()) {
+            return;
+        }
+        let io = self.ios.remove(&seq).expect("present");
+        let result = match (io.error, io.kind) {
+            (Some(e), _) => Err(e),
+            (None, Kind::Read) => Ok(Some(io.data)),
+            (None, _) => Ok(None),
+        };
+        self.done.push(Done {
+            tag: io.tag,
+            result,
+        });
+    }
+
+    /// Start the next pieces of submitted I/Os, oldest first, while the
+    /// attacher admits them. Once a shard's piece is refused, no later
+    /// piece of that shard starts in this pass (so writes to the same
+    /// blocks start, and take their versions, in submission order).
+    fn start_waiting(&mut self) -> bool {
+        let mut started = false;
+        let mut refused: Vec<u64> = Vec::new();
+        let seqs: Vec<u64> = self.ios.keys().copied().collect();
+        for seq in seqs {
+            loop {
+                if self.att.client_ops() >= CLUSTER_ATTACHER_MAX_OPS {
+                    return started;
+                }
+                let io = &self.ios[&seq];
+                if io.next >= io.end || io.error.is_some() {
+                    break;
+                }
+                let at = io.next;
+                let shard_end = (at / CLUSTER_SHARD_BYTES + 1) * CLUSTER_SHARD_BYTES;
+                let len = shard_end.min(io.end) - at;
+                let shard = at / CLUSTER_SHARD_BYTES;
+                if refused.contains(&shard) {
+                    break;
+                }
+                let op = self.next_op;
+                let now = self.now();
+                let view = &self.view;
+                let res = match &io.kind {
+                    Kind::Read => self
+                        .att
+                        .read(op, at / BS, len / BS, now, &|n: &str| view.is_live(n)),
+                    Kind::Write(data) => {
+                        let s = (at - io.offset) as usize;
+                        let blocks = (0..len / BS)
+                            .map(|i| {
+                                let o = s + (i * BS) as usize;
+                                data.slice(o..o + BS as usize)
+                            })
+                            .collect();
+                        self.att.write(op, at / BS, blocks, now).map(|_| ())
+                    }
+                    Kind::Zero => {
+                        let blocks = vec![self.zero_block.clone(); (len / BS) as usize];
+                        self.att.write(op, at / BS, blocks, now).map(|_| ())
+                    }
+                };
+                match res {
+                    Ok(()) => {
+                        self.next_op += 1;
+                        self.pieces.insert(op, (seq, at));
+                        let io = self.ios.get_mut(&seq).expect("present");
+                        io.next += len;
+                        io.running += 1;
+                        started = true;
+                    }
+                    Err(OpError::Busy) => {
+                        refused.push(shard);
+                        break;
+                    }
+                    Err(e) => {
+                        let io = self.ios.get_mut(&seq).expect("present");
+                        io.error = Some(ClientError::Op(e));
+                        self.finish(seq);
+                        break;
+                    }
+                }
+            }
+        }
+        started
+    }
+
+    /// Hand an I/O to the client (`tag` names it in its [`Done`]); it runs
+    /// with the others submitted, up to `CLUSTER_ATTACHER_MAX_OPS` attacher
+    /// operations at once, and completes through [`ClusterClient::poll`].
+    pub fn submit(&mut self, tag: u64, io: Io) -> Result<(), ClientError> {
+        if let Some(e) = self.fenced {
+            return Err(OpError::Fenced(e).into());
+        }
+        let (offset, len, kind) = match io {
+            Io::Read { offset, len } => (offset, len, Kind::Read),
+            Io::Write { offset, data } => (offset, data.len() as u64, Kind::Write(data)),
+            Io::Zero { offset, len } => (offset, len, Kind::Zero),
+        };
+        self.check(offset, len)?;
+        let data = match kind {
+            Kind::Read => vec![0u8; len as usize],
+            _ => Vec::new(),
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ios.insert(
+            seq,
+            Submitted {
+                tag,
+                kind,
+                offset,
+                next: offset,
+                end: offset + len,
+                running: 0,
+                data,
+                error: None,
+            },
+        );
+        self.flush();
+        Ok(())
+    }
+
+    /// I/Os submitted and not yet returned by `poll`.
+    pub fn in_flight(&self) -> usize {
+        self.ios.len() + self.done.len()
+    }
+
+    /// Run the client (replies, ticks, background work) until a submitted
+    /// I/O completes or `max` passed; the I/Os completed so far.
+    pub async fn poll(&mut self, max: Duration) -> Vec<Done> {
+        self.run_for(max, Until::Done).await;
+        std::mem::take(&mut self.done)
+    }
+
+    /// Run for up to `d` (returning early once `until` holds): replies as
+    /// they come, a tick every `CLUSTER_CLIENT_TICK_MS` while anything is
+    /// in flight, every `CLUSTER_CLIENT_IDLE_TICK_MS` otherwise.
+    async fn run_for(&mut self, d: Duration, until: Until) {
+        let end = tokio::time::Instant::now() + d;
+        let tick = Duration::from_millis(CLUSTER_CLIENT_TICK_MS);
+        let idle_tick = Duration::from_millis(CLUSTER_CLIENT_IDLE_TICK_MS);
+        loop {
+            self.flush();
+            let stop = match until {
+                Until::Time => false,
+                Until::Done => !self.done.is_empty(),
+                Until::Tag(t) => self.done.iter().any(|d| d.tag == t),
+                Until::Attach => self.attach_result.is_some(),
+            };
+            if stop {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= self.next_tick {
+                self.tick().await;
+                // with nothing in flight a tick is only background work
+                let busy = self.att.is_busy() || !self.ios.is_empty();
+                self.next_tick = now + if busy { tick } else { idle_tick };
+                continue;
+            }
+            if now >= end {
+                return;
+            }
+            tokio::select! {
+                Some(r) = self.rx.recv() => {
+                    self.on_reply(r);
+                    while let Ok(r) = self.rx.try_recv() {
+                        self.on_reply(r);
+                    }
+                }
+                _ = tokio::time::sleep_until(end.min(self.next_tick)) => {}
+            }
+        }
+    }
+
+    fn on_reply(&mut self, (from, id, resp): Reply) {
+        let now = self.now();
+        let view = &self.view;
+        self.att
+            .on_response(&from, id, resp, now, &|n: &str| view.is_live(n));
     }
 
     /// Refresh the membership view, tick the attacher, publish progress.
@@ -296,21 +572,6 @@ impl ClusterClient {
                 let cc = self.gossip.chitchat();
                 cc.lock().await.self_node_state().set(key, text.clone());
                 self.published = text;
-            }
-        }
-    }
-
-    /// Send what the attacher queued; count repairs and moves.
-    fn flush_out(&mut self) {
-        let (out, events) = self.att.drain();
-        for o in out {
-            self.dispatch(o.to, o.id, o.req);
-        }
-        for e in events {
-            match e {
-                Event::Repaired { .. } => self.repairs += 1,
-                Event::Moved { .. } => self.moves += 1,
-                _ => {}
             }
         }
     }
@@ -346,33 +607,16 @@ impl ClusterClient {
             if Instant::now() >= end {
                 return None;
             }
-            self.pump(Duration::from_millis(CLUSTER_CLIENT_TICK_MS * 5))
+            self.idle(Duration::from_millis(CLUSTER_CLIENT_TICK_MS * 5))
                 .await;
         }
     }
 
-    /// Handle replies (re-replication goes on) for `d`, then refresh the
-    /// membership view and tick once. For callers between operations.
+    /// Let the client run for `d` (replies, re-replication, rebalancing;
+    /// I/Os completing meanwhile are kept for the next `poll`). For callers
+    /// between operations.
     pub async fn idle(&mut self, d: Duration) {
-        self.pump(d).await
-    }
-
-    /// Handle replies for `d`, then tick once (no operation of the caller's).
-    async fn pump(&mut self, d: Duration) {
-        let end = tokio::time::Instant::now() + d;
-        loop {
-            self.flush_out();
-            let now = self.now();
-            tokio::select! {
-                Some((from, id, resp)) = self.rx.recv() => {
-                    let view = &self.view;
-                    self.att.on_response(&from, id, resp, now, &|n: &str| view.is_live(n));
-                }
-                _ = tokio::time::sleep_until(end) => break,
-            }
-        }
-        self.tick().await;
-        self.flush_out();
+        self.run_for(d, Until::Time).await
     }
 
     fn check(&self, offset: u64, len: u64) -> Result<(), ClientError> {
@@ -383,55 +627,30 @@ impl ClusterClient {
         Ok(())
     }
 
-    /// Pieces of `[offset, offset+len)` cut at shard boundaries: `(offset, len)`.
-    fn pieces(offset: u64, len: u64) -> Vec<(u64, u64)> {
-        let mut v = Vec::new();
-        let mut at = offset;
-        while at < offset + len {
-            let end = ((at / CLUSTER_SHARD_BYTES + 1) * CLUSTER_SHARD_BYTES).min(offset + len);
-            v.push((at, end - at));
-            at = end;
+    /// Submit one I/O under a private tag and run until it completes (other
+    /// I/Os completing meanwhile are kept for the next `poll`).
+    async fn one(&mut self, io: Io) -> Result<Option<Vec<u8>>, ClientError> {
+        let tag = self.next_private_tag;
+        self.next_private_tag += 1;
+        self.submit(tag, io)?;
+        loop {
+            if let Some(i) = self.done.iter().position(|d| d.tag == tag) {
+                return self.done.remove(i).result;
+            }
+            self.run_for(Duration::from_secs(1), Until::Tag(tag)).await;
         }
-        v
     }
 
     /// Write `data` at `offset` on every live replica.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
-        self.check(offset, data.len() as u64)?;
-        for (at, n) in Self::pieces(offset, data.len() as u64) {
-            let s = (at - offset) as usize;
-            let blocks: Vec<Bytes> = data[s..s + n as usize]
-                .chunks(BS as usize)
-                .map(Bytes::copy_from_slice)
-                .collect();
-            let op = self
-                .start(|att, op, now, _| att.write(op, at / BS, blocks.clone(), now).map(|_| ()))
-                .await?;
-            self.drive(Some(op)).await?;
-        }
-        Ok(())
+        let data = Bytes::copy_from_slice(data);
+        self.one(Io::Write { offset, data }).await.map(|_| ())
     }
 
     /// Read `len` bytes at `offset` from live replicas.
     pub async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
-        self.check(offset, len)?;
-        let mut out = Vec::with_capacity(len as usize);
-        for (at, n) in Self::pieces(offset, len) {
-            let op = self
-                .start(|att, op, now, view| {
-                    att.read(op, at / BS, n / BS, now, &|x: &str| view.is_live(x))
-                })
-                .await?;
-            match self.drive(Some(op)).await? {
-                Some(Event::Read { blocks, .. }) => {
-                    for b in blocks {
-                        out.extend_from_slice(&b);
-                    }
-                }
-                other => unreachable!("read ended with {other:?}"),
-            }
-        }
-        Ok(out)
+        let data = self.one(Io::Read { offset, len }).await?;
+        Ok(data.expect("a read returns data"))
     }
 
     /// Let re-replication run for up to `max`, until every shard in
@@ -447,7 +666,7 @@ impl ClusterClient {
             if ok || Instant::now() >= end {
                 return ok;
             }
-            self.pump(Duration::from_millis(CLUSTER_CLIENT_TICK_MS * 5))
+            self.idle(Duration::from_millis(CLUSTER_CLIENT_TICK_MS * 5))
                 .await;
         }
     }

@@ -9,19 +9,27 @@
 //!   (bytes per tier name `T`), `load` (requests served in the last
 //!   publishing interval), `shards` (shards with blocks here), and one
 //!   `ovr:VOLUME:SHARD` key per override record the node holds
-//!   (`OverrideRecord::encode`), and `leaving` (`1` once the node announced
+//!   (`OverrideRecord::encode`; a record the node no longer holds is
+//!   deleted), `floor:VOLUME` (`TERM.OWNER`: the node's floor of the volume,
+//!   see `replica`), and `leaving` (`1` once the node announced
 //!   a graceful leave: attachers move its copies off, see `node`). An attaching client publishes
 //!   `rebal:VOLUME`: its rebalancing status of that volume as JSON
 //!   (`attacher::RebalanceStatus`).
 //! - A restarted node joins with a new generation (its start time), so its
 //!   state supersedes the old one; [`ClusterView`] merges generations of one
 //!   node id: live if any is live, keys from the newest.
+//! - [`ClusterView::overrides`] merges the nodes' records under the floors
+//!   they publish: per volume the highest floor wins ([`ClusterView::floors`])
+//!   and records older than it come only from nodes at that floor (they
+//!   hold exactly that snapshot's), so a node behind cannot bring back a
+//!   record a newer snapshot left out.
 //! - Placement members are the storage nodes known, live or not (a dead
 //!   node keeps its homes; its shards are served by overrides until it
 //!   returns, or until the attacher counts it out and rebalances), sorted
 //!   by id.
 
 use super::attacher::RebalanceStatus;
+use super::epoch::Epoch;
 use super::overrides::{OverrideMap, OverrideRecord};
 use super::placement::{Member, NodeId, ShardKey};
 use crate::constants::{CLUSTER_FAIL_AFTER_MS, CLUSTER_GOSSIP_INTERVAL_MS};
@@ -99,11 +107,16 @@ pub struct RebalanceView {
     pub status: RebalanceStatus,
 }
 
+/// One node's floors and override records, as it publishes them.
+type Published = (BTreeMap<String, Epoch>, Vec<(ShardKey, OverrideRecord)>);
+
 /// The cluster as one observer sees it now.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     pub overrides: OverrideMap,
+    /// Per volume, the highest floor a node publishes.
+    pub floors: BTreeMap<String, Epoch>,
     pub rebalancing: Vec<RebalanceView>,
 }
 
@@ -123,6 +136,7 @@ impl ClusterView {
             }
         }
         let mut view = ClusterView::default();
+        let mut published: Vec<Published> = Vec::new();
         for (name, (cid, is_live)) in newest {
             let Some(st) = cc.node_state(cid) else {
                 continue;
@@ -135,15 +149,23 @@ impl ClusterView {
                 let cap = v.value.parse().unwrap_or(0);
                 tiers.push((t.to_string(), cap, num(&format!("free.{t}"))));
             }
+            let mut floors = BTreeMap::new();
+            for (k, v) in st.iter_prefix(FLOOR_PREFIX) {
+                if let Some(e) = decode_epoch(&v.value) {
+                    floors.insert(k[FLOOR_PREFIX.len()..].to_string(), e);
+                }
+            }
+            let mut recs = Vec::new();
             for (k, v) in st.iter_prefix("ovr:") {
                 let mut it = k[4..].rsplitn(2, ':');
                 let (Some(shard), Some(vol)) = (it.next(), it.next()) else {
                     continue;
                 };
                 if let (Ok(shard), Ok(rec)) = (shard.parse(), OverrideRecord::decode(&v.value)) {
-                    view.overrides.merge(&ShardKey::new(vol, shard), &rec);
+                    recs.push((ShardKey::new(vol, shard), rec));
                 }
             }
+            published.push((floors, recs));
             for (k, v) in st.iter_prefix("rebal:") {
                 if let Ok(status) = serde_json::from_str::<RebalanceStatus>(&v.value) {
                     view.rebalancing.push(RebalanceView {
@@ -166,6 +188,21 @@ impl ClusterView {
                 shards: num("shards"),
                 leaving: get(LEAVING_KEY).is_some_and(|v| v == "1"),
             });
+        }
+        for (floors, _) in &published {
+            for (v, f) in floors {
+                let e = view.floors.entry(v.clone()).or_default();
+                *e = (*e).max(*f);
+            }
+        }
+        for (floors, recs) in &published {
+            for (k, r) in recs {
+                let top = view.floors.get(&k.volume).copied().unwrap_or_default();
+                let mine = floors.get(&k.volume).copied().unwrap_or_default();
+                if r.version.epoch >= top || mine == top {
+                    view.overrides.merge(k, r);
+                }
+            }
         }
         view
     }
@@ -204,6 +241,22 @@ impl ClusterView {
 /// The key under which an attacher publishes its rebalancing of `volume`.
 pub fn rebalance_key(volume: &str) -> String {
     format!("rebal:{volume}")
+}
+
+/// Prefix of the keys under which a node publishes its floor per volume.
+pub const FLOOR_PREFIX: &str = "floor:";
+
+/// `TERM.OWNER`
+pub fn encode_epoch(e: Epoch) -> String {
+    format!("{}.{}", e.term, e.owner)
+}
+
+fn decode_epoch(s: &str) -> Option<Epoch> {
+    let (t, o) = s.split_once('.')?;
+    Some(Epoch {
+        term: t.parse().ok()?,
+        owner: o.parse().ok()?,
+    })
 }
 
 /// The key under which a node publishes one override record.

@@ -151,6 +151,7 @@ pub async fn run_with_leave(
     let published = Arc::new(Mutex::new(Published {
         meta: ReplicaMeta {
             overrides: meta.overrides.clone(),
+            floors: meta.floors.clone(),
             ..ReplicaMeta::default()
         },
         shards: meta
@@ -170,8 +171,12 @@ pub async fn run_with_leave(
             journal.append(m, &deltas).map_err(|e| e.to_string())?;
             let mut p = pub2.lock().expect("published");
             // what gossip needs: overrides (small) and the shard count
-            if deltas.iter().any(|d| matches!(d, Delta::Override { .. })) {
+            if deltas
+                .iter()
+                .any(|d| matches!(d, Delta::Override { .. } | Delta::Floor { .. }))
+            {
                 p.meta.overrides = m.overrides.clone();
+                p.meta.floors = m.floors.clone();
             }
             for d in &deltas {
                 match d {
@@ -225,9 +230,13 @@ pub async fn run_with_leave(
         let mut last_served = 0;
         loop {
             let served = replica.served();
-            let (overrides, shards) = {
+            let (overrides, floors, shards) = {
                 let p = published.lock().expect("published");
-                (p.meta.overrides.clone(), p.shards.len() as u64)
+                (
+                    p.meta.overrides.clone(),
+                    p.meta.floors.clone(),
+                    p.shards.len() as u64,
+                )
             };
             {
                 let cc = handle.chitchat();
@@ -246,15 +255,40 @@ pub async fn run_with_leave(
                         st.set(key, val);
                     }
                 }
+                // records a snapshot replaced are gone from the map
+                let held: std::collections::BTreeSet<String> = overrides
+                    .iter()
+                    .map(|(k, _)| gossip::override_key(k))
+                    .collect();
+                let stale: Vec<String> = st
+                    .iter_prefix("ovr:")
+                    .map(|(k, _)| k.to_string())
+                    .filter(|k| !held.contains(k))
+                    .collect();
+                for k in stale {
+                    st.delete(&k);
+                }
+                for (v, f) in &floors {
+                    let key = format!("{}{v}", gossip::FLOOR_PREFIX);
+                    let val = gossip::encode_epoch(*f);
+                    if st.get(&key) != Some(val.as_str()) {
+                        st.set(key, val);
+                    }
+                }
             }
             last_served = served;
             let view = ClusterView::of(&handle).await;
-            if view
-                .overrides
+            let behind = view
+                .floors
                 .iter()
-                .any(|(k, r)| overrides.get(k) != Some(r))
+                .any(|(v, f)| floors.get(v).is_none_or(|mine| mine < f));
+            if behind
+                || view
+                    .overrides
+                    .iter()
+                    .any(|(k, r)| overrides.get(k) != Some(r))
             {
-                replica.merge_overrides(view.overrides);
+                replica.merge_gossip(view.floors, view.overrides);
             }
             tokio::time::sleep(Duration::from_millis(CLUSTER_PUBLISH_MS)).await;
         }

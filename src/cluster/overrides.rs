@@ -11,7 +11,9 @@
 //! - A shard with no record lives at its computed home; a record whose
 //!   replicas equal the home is kept (it still orders later records).
 //! - The text form (`encode`/`decode`) is what gossip carries as a node's
-//!   key-value: `TERM.OWNER.SEQ:node,node`.
+//!   key-value: `TERM.OWNER.SEQ:node,node`, or `TERM.OWNER.SEQ:node,node|node,node`
+//!   for a record with a `joint` part (a volume's placement basis while its
+//!   member configuration changes; see `attacher`).
 
 use super::epoch::{Epoch, Version};
 use super::placement::{NodeId, ShardKey};
@@ -22,6 +24,11 @@ use std::collections::BTreeMap;
 pub struct OverrideRecord {
     pub version: Version,
     pub replicas: Vec<NodeId>,
+    /// Basis records only: the member configuration being left while the
+    /// volume changes to `replicas` (joint consensus: quorums then need a
+    /// majority of both). Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joint: Vec<NodeId>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,37 +36,60 @@ pub struct OverrideRecord {
 pub struct OverrideParseError(pub String);
 
 impl OverrideRecord {
+    /// A record naming `replicas`, with no joint part.
+    pub fn new(version: Version, replicas: Vec<NodeId>) -> OverrideRecord {
+        OverrideRecord {
+            version,
+            replicas,
+            joint: Vec::new(),
+        }
+    }
+
     pub fn encode(&self) -> String {
         let v = &self.version;
-        format!(
+        let mut s = format!(
             "{}.{}.{}:{}",
             v.epoch.term,
             v.epoch.owner,
             v.seq,
             self.replicas.join(",")
-        )
+        );
+        if !self.joint.is_empty() {
+            s.push('|');
+            s.push_str(&self.joint.join(","));
+        }
+        s
     }
 
     pub fn decode(s: &str) -> Result<OverrideRecord, OverrideParseError> {
         let bad = || OverrideParseError(s.to_string());
-        let (ver, reps) = s.split_once(':').ok_or_else(bad)?;
+        let (ver, rest) = s.split_once(':').ok_or_else(bad)?;
         let mut it = ver.split('.').map(|x| x.parse::<u64>());
         let mut next = || it.next().and_then(Result::ok).ok_or_else(bad);
         let (term, owner, seq) = (next()?, next()?, next()?);
-        let replicas: Vec<NodeId> = if reps.is_empty() {
-            Vec::new()
-        } else {
-            reps.split(',').map(str::to_string).collect()
+        let (reps, joint) = match rest.split_once('|') {
+            Some((r, j)) if !j.is_empty() => (r, j),
+            Some(_) => return Err(bad()),
+            None => (rest, ""),
         };
-        if replicas.iter().any(|r| r.is_empty()) {
-            return Err(bad());
-        }
+        let list = |x: &str| -> Result<Vec<NodeId>, OverrideParseError> {
+            let v: Vec<NodeId> = if x.is_empty() {
+                Vec::new()
+            } else {
+                x.split(',').map(str::to_string).collect()
+            };
+            if v.iter().any(|r| r.is_empty() || r.contains('|')) {
+                return Err(bad());
+            }
+            Ok(v)
+        };
         Ok(OverrideRecord {
             version: Version {
                 epoch: Epoch { term, owner },
                 seq,
             },
-            replicas,
+            replicas: list(reps)?,
+            joint: list(joint)?,
         })
     }
 }
@@ -126,6 +156,15 @@ impl OverrideMap {
         }
     }
 
+    /// Forget `volume`'s records older than epoch `floor` (a snapshot at
+    /// `floor` replaces them); returns how many went.
+    pub fn drop_older(&mut self, volume: &str, floor: Epoch) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|k, r| k.volume != volume || r.version.epoch >= floor);
+        before - self.map.len()
+    }
+
     /// Merge every record of `other`; returns how many changed this map.
     pub fn merge_all(&mut self, other: &OverrideMap) -> usize {
         other.map.iter().filter(|(k, r)| self.merge(k, r)).count()
@@ -152,6 +191,7 @@ mod tests {
                 seq,
             },
             replicas: reps.iter().map(|s| s.to_string()).collect(),
+            joint: Vec::new(),
         }
     }
 
@@ -161,7 +201,19 @@ mod tests {
         assert_eq!(OverrideRecord::decode(&r.encode()).unwrap(), r);
         let e = rec(1, 1, &[]);
         assert_eq!(OverrideRecord::decode(&e.encode()).unwrap(), e);
-        for bad in ["", "1.2:a", "x.1.2:a", "1.2.3", "1.2.3:a,,b"] {
+        let mut j = rec(4, 2, &["a", "b", "c"]);
+        j.joint = vec!["a".into(), "d".into()];
+        assert_eq!(j.encode(), "4.7.2:a,b,c|a,d");
+        assert_eq!(OverrideRecord::decode(&j.encode()).unwrap(), j);
+        for bad in [
+            "",
+            "1.2:a",
+            "x.1.2:a",
+            "1.2.3",
+            "1.2.3:a,,b",
+            "1.2.3:a|",
+            "1.2.3:a|b|c",
+        ] {
             assert!(OverrideRecord::decode(bad).is_err(), "{bad}");
         }
     }

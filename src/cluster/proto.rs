@@ -72,15 +72,29 @@ pub enum Request<D> {
         n_blocks: u64,
         record: Version,
     },
-    /// Record where a shard's current copies are.
+    /// Record where a shard's current copies are. `carry`: more records of
+    /// the volume merged with it. With `snapshot`, `record` and `carry` are
+    /// every record of the volume the attacher knows (its write-back after
+    /// attaching, a member-configuration change): the replica's *floor* of
+    /// the volume rises to `epoch` and its records older than that are
+    /// replaced by these (see `replica` and `attacher`).
     Commit {
         volume: String,
         epoch: Epoch,
         key: ShardKey,
         record: OverrideRecord,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carry: Vec<(ShardKey, OverrideRecord)>,
+        #[serde(default)]
+        snapshot: bool,
     },
     /// Make every applied write durable.
     Flush { volume: String, epoch: Epoch },
+    /// Nothing but the epoch check: answered `Ok` unless a newer attacher
+    /// fenced this replica. An attacher's reads wait for a quorum of these
+    /// sent after they started (no newer attacher acknowledged anything
+    /// before the read began; see `attacher`).
+    Check { volume: String, epoch: Epoch },
     /// Which shards (of `blocks_per_shard` blocks) of `volume` this replica
     /// holds written blocks of, each with its newest block version: the
     /// attacher's orphan scan. Answered with [`Response::Held`].
@@ -102,6 +116,7 @@ impl<D> Request<D> {
             | Request::Commit { volume, .. }
             | Request::Drop { volume, .. }
             | Request::Flush { volume, .. }
+            | Request::Check { volume, .. }
             | Request::Held { volume, .. } => volume,
         }
     }
@@ -115,6 +130,7 @@ impl<D> Request<D> {
             | Request::Commit { epoch, .. }
             | Request::Drop { epoch, .. }
             | Request::Flush { epoch, .. }
+            | Request::Check { epoch, .. }
             | Request::Held { epoch, .. } => *epoch,
         }
     }
@@ -122,11 +138,14 @@ impl<D> Request<D> {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response<D> {
-    /// Fence taken; the replica's override records of the volume.
+    /// Fence taken; the replica's override records of the volume and its
+    /// floor for the volume (the epoch of the newest snapshot it took).
     FenceOk {
         overrides: Vec<(ShardKey, OverrideRecord)>,
+        #[serde(default)]
+        floor: Epoch,
     },
-    /// Write, install, commit, drop or flush applied.
+    /// Write, install, commit, drop or flush applied; check passed.
     Ok,
     /// Read result: one version and one block per block asked.
     Data {
@@ -212,13 +231,18 @@ impl<D> Request<D> {
                 epoch,
                 key,
                 record,
+                carry,
+                snapshot,
             } => Request::Commit {
                 volume,
                 epoch,
                 key,
                 record,
+                carry,
+                snapshot,
             },
             Request::Flush { volume, epoch } => Request::Flush { volume, epoch },
+            Request::Check { volume, epoch } => Request::Check { volume, epoch },
             Request::Held {
                 volume,
                 epoch,
@@ -236,7 +260,7 @@ impl<D> Response<D> {
     /// The same response with every block mapped through `f` (in order).
     pub fn map_blocks<E>(self, mut f: impl FnMut(D) -> E) -> Response<E> {
         match self {
-            Response::FenceOk { overrides } => Response::FenceOk { overrides },
+            Response::FenceOk { overrides, floor } => Response::FenceOk { overrides, floor },
             Response::Ok => Response::Ok,
             Response::Data { versions, blocks } => Response::Data {
                 versions,

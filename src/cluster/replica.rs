@@ -17,6 +17,19 @@
 //! - [`ReplicaMeta`] (fences, versions, overrides, guards) is plain data: the owner
 //!   persists it where its durability contract needs (a real node before it
 //!   answers a write, fence or commit).
+//! - **Floors.** A snapshot commit (an attacher's write-back, a
+//!   configuration change: every record of the volume it knows) raises the
+//!   volume's floor to the attacher's epoch and replaces the records older
+//!   than that epoch with the snapshot's. Later, records older than the
+//!   floor are refused (from a commit's carry or from gossip), except
+//!   through a newer snapshot, or from gossip that carries the same or a
+//!   higher floor (its older records are that snapshot's). So a record an
+//!   older attacher sent but never committed cannot come back after a
+//!   newer attacher decided without it (see `attacher`).
+//! - Blocks a request writes are durable only after [`ReplicaCore::sync`]
+//!   (the store's `flush` of every volume written since): the owner syncs,
+//!   then persists the metadata, then answers (a real node does it once
+//!   for a batch of requests: group commit).
 
 use super::epoch::{Epoch, Version};
 use super::overrides::{OverrideMap, OverrideRecord};
@@ -34,7 +47,8 @@ pub trait BlockStore {
     type Data: Clone;
     /// Contents of `n` blocks from `first` (unwritten blocks read as zeros).
     fn read(&mut self, volume: &str, first: u64, n: u64) -> Result<Vec<Self::Data>, StoreError>;
-    /// Write consecutive blocks from `first`.
+    /// Write consecutive blocks from `first` (read back at once; durable
+    /// after the next `flush` of the volume).
     fn write(&mut self, volume: &str, first: u64, blocks: &[Self::Data]) -> Result<(), StoreError>;
     /// Make every write so far durable.
     fn flush(&mut self, volume: &str) -> Result<(), StoreError>;
@@ -98,6 +112,10 @@ pub struct ReplicaMeta {
     /// the guard drops nothing (see `Request::Drop`).
     #[serde(default)]
     pub guards: BTreeMap<String, BTreeMap<u64, Version>>,
+    /// Per volume, the epoch of the newest snapshot commit taken (see the
+    /// module doc).
+    #[serde(default)]
+    pub floors: BTreeMap<String, Epoch>,
 }
 
 /// One change to [`ReplicaMeta`], as journaled by a real node (appending
@@ -131,6 +149,12 @@ pub enum Delta {
         volume: String,
         first: u64,
         n: u64,
+    },
+    /// The volume's floor rose to `epoch`: its records older than that
+    /// went (a snapshot's records follow as `Override`s).
+    Floor {
+        volume: String,
+        epoch: Epoch,
     },
 }
 
@@ -166,6 +190,12 @@ impl ReplicaMeta {
                 let e = g.entry(*first).or_default();
                 *e = (*e).max(*version);
             }
+            Delta::Floor { volume, epoch } => {
+                let f = self.floors.entry(volume.clone()).or_default();
+                *f = (*f).max(*epoch);
+                let f = *f;
+                self.overrides.drop_older(volume, f);
+            }
             Delta::Dropped { volume, first, n } => {
                 if let Some(m) = self.versions.get_mut(volume) {
                     let doomed: Vec<u64> = m.range(first..&(first + n)).map(|(b, _)| *b).collect();
@@ -196,6 +226,8 @@ pub struct ReplicaCore<S: BlockStore> {
     /// When `Some`, every change to `meta` is also appended here (a real
     /// node drains it into its metadata journal after each request).
     pub journal: Option<Vec<Delta>>,
+    /// Volumes written since the last `sync`.
+    unsynced: std::collections::BTreeSet<String>,
 }
 
 impl<S: BlockStore> ReplicaCore<S> {
@@ -205,7 +237,20 @@ impl<S: BlockStore> ReplicaCore<S> {
             store,
             fenced_refusals: 0,
             journal: None,
+            unsynced: Default::default(),
         }
+    }
+
+    /// Make the blocks written so far durable (the store's flush of each
+    /// volume written since the last sync).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        while let Some(v) = self.unsynced.pop_first() {
+            if let Err(e) = self.store.flush(&v) {
+                self.unsynced.insert(v);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     pub fn fence(&self, volume: &str) -> Epoch {
@@ -227,31 +272,74 @@ impl<S: BlockStore> ReplicaCore<S> {
         }
     }
 
-    /// Merge override records learnt through gossip; returns how many changed.
-    pub fn merge_overrides(&mut self, m: &OverrideMap) -> usize {
+    /// The volume's floor (see the module doc).
+    pub fn floor(&self, volume: &str) -> Epoch {
+        self.meta.floors.get(volume).copied().unwrap_or_default()
+    }
+
+    fn raise_floor(&mut self, volume: &str, epoch: Epoch) -> bool {
+        if epoch <= self.floor(volume) {
+            return false;
+        }
+        let d = Delta::Floor {
+            volume: volume.to_string(),
+            epoch,
+        };
+        self.meta.apply(&d);
+        self.note(d);
+        true
+    }
+
+    /// Merge one record (`floored`: refused when older than the volume's
+    /// floor); whether it changed the map.
+    fn merge_record(&mut self, key: &ShardKey, rec: &OverrideRecord, floored: bool) -> bool {
+        if floored && rec.version.epoch < self.floor(&key.volume) {
+            return false;
+        }
+        if !self.meta.overrides.merge(key, rec) {
+            return false;
+        }
+        self.note(Delta::Override {
+            key: key.clone(),
+            record: rec.clone(),
+        });
+        true
+    }
+
+    /// Merge override records learnt through gossip, which carries the
+    /// floors they were published under (`floors`: per volume, the highest
+    /// floor among the publishers; `m`'s records older than it come only
+    /// from publishers at it). A higher floor is taken with its snapshot;
+    /// records older than this replica's floor are refused unless gossip
+    /// is at that floor too. Returns how many records and floors changed.
+    pub fn merge_gossip(&mut self, floors: &BTreeMap<String, Epoch>, m: &OverrideMap) -> usize {
         let mut n = 0;
+        for (v, f) in floors {
+            n += usize::from(self.raise_floor(v, *f));
+        }
         for (k, r) in m.iter() {
-            if self.meta.overrides.merge(k, r) {
-                n += 1;
-                self.note(Delta::Override {
-                    key: k.clone(),
-                    record: r.clone(),
-                });
-            }
+            let at_floor =
+                floors.get(&k.volume).copied().unwrap_or_default() >= self.floor(&k.volume);
+            n += usize::from(self.merge_record(k, r, !at_floor));
         }
         n
     }
 
     /// Whether `req` changes metadata that must be durable before answering.
     pub fn mutates_meta(req: &Request<S::Data>) -> bool {
-        !matches!(req, Request::Read { .. } | Request::Fetch { .. })
+        !matches!(
+            req,
+            Request::Read { .. } | Request::Fetch { .. } | Request::Check { .. }
+        )
     }
 
     /// Apply one request and answer it.
     pub fn handle(&mut self, req: Request<S::Data>) -> Response<S::Data> {
         let volume = req.volume().to_string();
         let epoch = req.epoch();
-        let current = self.fence(&volume);
+        // a floor from gossip is a newer attacher's snapshot: below it, an
+        // attacher is as fenced as below the fence
+        let current = self.fence(&volume).max(self.floor(&volume));
         if epoch < current {
             self.fenced_refusals += 1;
             return Response::Fenced { current };
@@ -284,6 +372,7 @@ impl<S: BlockStore> ReplicaCore<S> {
                     .of_volume(volume)
                     .map(|(k, r)| (k.clone(), r.clone()))
                     .collect(),
+                floor: self.floor(volume),
             },
             Request::Write {
                 first_block,
@@ -358,9 +447,21 @@ impl<S: BlockStore> ReplicaCore<S> {
                 }
                 Response::Blocks { entries }
             }
-            Request::Commit { key, record, .. } => {
-                if self.meta.overrides.merge(&key, &record) {
-                    self.note(Delta::Override { key, record });
+            Request::Commit {
+                epoch,
+                key,
+                record,
+                carry,
+                snapshot,
+                ..
+            } => {
+                if snapshot {
+                    self.raise_floor(volume, epoch);
+                }
+                for (key, record) in carry.into_iter().chain([(key, record)]) {
+                    if key.volume == volume {
+                        self.merge_record(&key, &record, !snapshot);
+                    }
                 }
                 Response::Ok
             }
@@ -368,6 +469,7 @@ impl<S: BlockStore> ReplicaCore<S> {
                 self.store.flush(volume)?;
                 Response::Ok
             }
+            Request::Check { .. } => Response::Ok,
             Request::Held {
                 blocks_per_shard, ..
             } => Response::Held {
@@ -419,6 +521,7 @@ impl<S: BlockStore> ReplicaCore<S> {
                 j += 1;
             }
             let run: Vec<S::Data> = newer[i..j].iter().map(|e| e.2.clone()).collect();
+            self.unsynced.insert(volume.to_string());
             self.store.write(volume, newer[i].0, &run)?;
             i = j;
         }
@@ -480,7 +583,10 @@ mod tests {
                 volume: "v".into(),
                 epoch: ep(2)
             }),
-            Response::FenceOk { overrides: vec![] }
+            Response::FenceOk {
+                overrides: vec![],
+                floor: Epoch::ZERO
+            }
         );
         assert_eq!(
             r.handle(write(1, 2, 0, 12)),
@@ -653,13 +759,11 @@ mod tests {
             record: ver(2, 3),
         });
         let mut m = OverrideMap::new();
-        let rec = OverrideRecord {
-            version: ver(2, 1),
-            replicas: vec!["x".into()],
-        };
+        let rec = OverrideRecord::new(ver(2, 1), vec!["x".into()]);
         m.merge(&ShardKey::new("v", 0), &rec);
-        assert_eq!(r.merge_overrides(&m), 1);
-        assert_eq!(r.merge_overrides(&m), 0);
+        let floors = BTreeMap::new();
+        assert_eq!(r.merge_gossip(&floors, &m), 1);
+        assert_eq!(r.merge_gossip(&floors, &m), 0);
         let mut replay = ReplicaMeta::default();
         for d in r.journal.as_ref().unwrap() {
             replay.apply(d);
@@ -670,16 +774,15 @@ mod tests {
     #[test]
     fn commit_merges_and_fence_returns_the_volume_records() {
         let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
-        let rec = OverrideRecord {
-            version: ver(1, 1),
-            replicas: vec!["a".into()],
-        };
+        let rec = OverrideRecord::new(ver(1, 1), vec!["a".into()]);
         let key = ShardKey::new("v", 2);
         r.handle(Request::Commit {
             volume: "v".into(),
             epoch: ep(1),
             key: key.clone(),
             record: rec.clone(),
+            carry: vec![],
+            snapshot: false,
         });
         let other = ShardKey::new("w", 2);
         r.handle(Request::Commit {
@@ -687,6 +790,8 @@ mod tests {
             epoch: ep(1),
             key: other,
             record: rec.clone(),
+            carry: vec![],
+            snapshot: false,
         });
         assert_eq!(
             r.handle(Request::Fence {
@@ -694,8 +799,94 @@ mod tests {
                 epoch: ep(3)
             }),
             Response::FenceOk {
-                overrides: vec![(key, rec)]
+                overrides: vec![(key.clone(), rec.clone())],
+                floor: Epoch::ZERO
             }
         );
+    }
+
+    /// A snapshot commit raises the floor: the volume's records older than
+    /// its epoch are replaced by its carry; older records come back neither
+    /// through gossip (unless gossip is at that floor) nor through a commit.
+    #[test]
+    fn a_snapshot_replaces_older_records_and_keeps_them_out() {
+        let mut r = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        r.journal = Some(Vec::new());
+        let k = |s: u64| ShardKey::new("v", s);
+        let uncommitted = OverrideRecord::new(ver(2, 5), vec!["x".into()]);
+        let kept = OverrideRecord::new(ver(1, 1), vec!["a".into()]);
+        for (s, rec) in [(1, &uncommitted), (2, &kept)] {
+            let req = Request::Commit {
+                volume: "v".into(),
+                epoch: ep(2),
+                key: k(s),
+                record: rec.clone(),
+                carry: vec![],
+                snapshot: false,
+            };
+            assert_eq!(r.handle(req), Response::Ok);
+        }
+        let other = ShardKey::new("w", 1);
+        r.handle(Request::Commit {
+            volume: "w".into(),
+            epoch: ep(2),
+            key: other.clone(),
+            record: uncommitted.clone(),
+            carry: vec![],
+            snapshot: false,
+        });
+        // attacher term 3 knew shard 2's record, not shard 1's
+        let basis = ShardKey::new("v", u64::MAX);
+        let mut joint = OverrideRecord::new(ver(3, 1), vec!["a".into(), "b".into()]);
+        joint.joint = vec!["a".into()];
+        let snap = Request::Commit {
+            volume: "v".into(),
+            epoch: ep(3),
+            key: basis.clone(),
+            record: joint.clone(),
+            carry: vec![(k(2), kept.clone()), (ShardKey::new("w", 7), kept.clone())],
+            snapshot: true,
+        };
+        assert_eq!(r.handle(snap), Response::Ok);
+        assert_eq!(r.floor("v"), ep(3));
+        assert_eq!(r.meta.overrides.get(&k(1)), None, "not in the snapshot");
+        assert_eq!(r.meta.overrides.get(&k(2)), Some(&kept));
+        assert_eq!(r.meta.overrides.get(&basis), Some(&joint));
+        assert_eq!(r.meta.overrides.get(&ShardKey::new("w", 7)), None);
+        assert_eq!(
+            r.meta.overrides.get(&other),
+            Some(&uncommitted),
+            "another volume"
+        );
+        // gossip from a node behind brings nothing older back
+        let mut g = OverrideMap::new();
+        g.merge(&k(1), &uncommitted);
+        let behind = BTreeMap::from([("v".to_string(), ep(2))]);
+        assert_eq!(r.merge_gossip(&behind, &g), 0);
+        assert_eq!(r.meta.overrides.get(&k(1)), None);
+        // nor does an attacher older than the floor
+        let late = Request::Commit {
+            volume: "v".into(),
+            epoch: ep(2),
+            key: k(1),
+            record: uncommitted.clone(),
+            carry: vec![],
+            snapshot: false,
+        };
+        assert_eq!(r.handle(late), Response::Fenced { current: ep(3) });
+        // a node taking a higher floor from gossip takes that snapshot
+        let mut s = ReplicaCore::new(MemStore::default(), ReplicaMeta::default());
+        s.merge_gossip(&BTreeMap::new(), &g);
+        assert_eq!(s.meta.overrides.get(&k(1)), Some(&uncommitted));
+        let at3 = BTreeMap::from([("v".to_string(), ep(3))]);
+        assert!(s.merge_gossip(&at3, &r.meta.overrides) > 0);
+        assert_eq!(s.meta.overrides.get(&k(1)), None);
+        assert_eq!(s.meta.overrides.get(&k(2)), Some(&kept));
+        // the journal replays to the same state
+        let mut replay = ReplicaMeta::default();
+        for d in r.journal.as_ref().unwrap() {
+            replay.apply(d);
+        }
+        assert_eq!(replay, r.meta);
     }
 }

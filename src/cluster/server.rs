@@ -4,21 +4,26 @@
 //!
 //! Contract:
 //! - [`spawn_replica`] starts the replica thread: requests are applied one
-//!   at a time in arrival order; after each request that changes metadata
-//!   the `persist` callback runs before the answer leaves (so a fence, a
-//!   version or an override record is durable before anyone relies on it).
+//!   at a time in arrival order, in batches of what is queued (up to
+//!   `CLUSTER_REPLICA_BATCH_REQUESTS`); after a batch that wrote blocks or
+//!   changed metadata, the blocks are synced and the `persist` callback
+//!   runs once, before any answer of the batch leaves (group commit: a
+//!   fence, a version or an override record is durable before anyone
+//!   relies on it, and every answer of the batch waits for it).
 //! - [`serve`] accepts connections until the listener fails; per connection
 //!   at most `CLUSTER_INFLIGHT_PER_CONN` requests are being handled (reading
 //!   stops beyond that: TCP back-pressure reaches the sender). A bad frame
 //!   closes that connection only.
 
+use super::epoch::Epoch;
 use super::overrides::OverrideMap;
 use super::proto::{Request, Response};
 use super::replica::{BlockStore, Delta, ReplicaCore, ReplicaMeta};
 use super::wire::{Frame, FrameCodec};
-use crate::constants::CLUSTER_INFLIGHT_PER_CONN;
+use crate::constants::{CLUSTER_INFLIGHT_PER_CONN, CLUSTER_REPLICA_BATCH_REQUESTS};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -29,8 +34,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 pub enum ReplicaJob {
     /// A request and where its answer goes.
     Request(Request<Bytes>, oneshot::Sender<Response<Bytes>>),
-    /// Override records learnt through gossip.
-    MergeOverrides(OverrideMap),
+    /// Override records learnt through gossip, with the floors they were
+    /// published under (`ReplicaCore::merge_gossip`).
+    MergeGossip(BTreeMap<String, Epoch>, OverrideMap),
 }
 
 /// The replica thread's inbox.
@@ -46,9 +52,9 @@ impl ReplicaHandle {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Merge gossiped override records into the replica's map.
-    pub fn merge_overrides(&self, m: OverrideMap) {
-        let _ = self.tx.send(ReplicaJob::MergeOverrides(m));
+    /// Merge gossiped override records (and floors) into the replica's map.
+    pub fn merge_gossip(&self, floors: BTreeMap<String, Epoch>, m: OverrideMap) {
+        let _ = self.tx.send(ReplicaJob::MergeGossip(floors, m));
     }
 
     /// Apply `req` on the replica thread.
@@ -82,39 +88,51 @@ where
         .name("replica".into())
         .spawn(move || {
             let mut core = make();
-            while let Ok(job) = rx.recv() {
-                let (req, reply) = match job {
-                    ReplicaJob::Request(req, reply) => (req, reply),
-                    ReplicaJob::MergeOverrides(m) => {
-                        if core.merge_overrides(&m) > 0 {
-                            let deltas = core
-                                .journal
-                                .as_mut()
-                                .map(std::mem::take)
-                                .unwrap_or_default();
-                            if let Err(e) = persist(&core.meta, deltas) {
-                                tracing::warn!("persisting gossiped overrides: {e}");
-                            }
+            let mut answers = Vec::with_capacity(CLUSTER_REPLICA_BATCH_REQUESTS);
+            while let Ok(first) = rx.recv() {
+                let mut job = Some(first);
+                let mut durable = false; // the batch must sync and persist
+                while let Some(j) = job.take() {
+                    match j {
+                        ReplicaJob::Request(req, reply) => {
+                            served2.fetch_add(1, Ordering::Relaxed);
+                            let mutates = ReplicaCore::<S>::mutates_meta(&req);
+                            let resp = core.handle(req);
+                            let needs = mutates && !matches!(resp, Response::Fenced { .. });
+                            durable |= needs;
+                            answers.push((reply, resp, needs));
                         }
-                        continue;
+                        ReplicaJob::MergeGossip(floors, m) => {
+                            durable |= core.merge_gossip(&floors, &m) > 0;
+                        }
                     }
+                    if answers.len() < CLUSTER_REPLICA_BATCH_REQUESTS {
+                        job = rx.try_recv().ok();
+                    }
+                }
+                let res = if durable {
+                    let deltas = core
+                        .journal
+                        .as_mut()
+                        .map(std::mem::take)
+                        .unwrap_or_default();
+                    core.sync()
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| persist(&core.meta, deltas))
+                } else {
+                    Ok(())
                 };
-                served2.fetch_add(1, Ordering::Relaxed);
-                let mutates = ReplicaCore::<S>::mutates_meta(&req);
-                let mut resp = core.handle(req);
-                let deltas = core
-                    .journal
-                    .as_mut()
-                    .map(std::mem::take)
-                    .unwrap_or_default();
-                if mutates && !matches!(resp, Response::Fenced { .. }) {
-                    if let Err(e) = persist(&core.meta, deltas) {
+                if let Err(e) = &res {
+                    tracing::warn!("persisting replica state: {e}");
+                }
+                for (reply, mut resp, needs) in answers.drain(..) {
+                    if let (true, Err(e)) = (needs, &res) {
                         resp = Response::Failed {
                             reason: format!("persisting replica state: {e}"),
                         };
                     }
+                    let _ = reply.send(resp);
                 }
-                let _ = reply.send(resp);
             }
         })
         .expect("spawn the replica thread");

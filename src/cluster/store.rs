@@ -4,9 +4,10 @@
 //! (tests, benches). Plus the durable replica metadata file.
 //!
 //! Contract:
-//! - `PoolStore::write` returns only once the blocks and their mappings are
-//!   durable (write, then the pool's commit): a replica acknowledges nothing
-//!   a crash could lose.
+//! - `PoolStore::write` writes the blocks; `flush` makes every write of
+//!   the volume so far durable with their mappings (the pool's commit). The
+//!   replica flushes before it persists metadata and answers (one commit
+//!   for a batch of writes), so it acknowledges nothing a crash could lose.
 //! - A cluster volume `V` is the local volume `V` of size
 //!   `CLUSTER_LOCAL_VOLUME_BYTES`, created on its first write; reads of a
 //!   volume never written here are zeros.
@@ -139,8 +140,7 @@ impl BlockStore for PoolStore {
             buf[i * BS..(i + 1) * BS].copy_from_slice(b);
         }
         v.write(self.eng.as_mut(), first * BS as u64, &buf)
-            .map_err(err)?;
-        v.flush().map_err(err)
+            .map_err(err)
     }
     fn flush(&mut self, volume: &str) -> Result<(), StoreError> {
         match self.volume(volume, false)? {
@@ -290,6 +290,7 @@ mod tests {
             &crate::cluster::overrides::OverrideRecord {
                 version: Default::default(),
                 replicas: vec!["a".into()],
+                joint: vec!["a".into(), "b".into()],
             },
         );
         save_meta(&p, &m).unwrap();

@@ -7,32 +7,36 @@
 //!   (fencing any earlier attacher) before it returns, so a device is never
 //!   added over a volume that cannot be reached; on failure the thread is
 //!   gone and the error says why.
-//! - It then serves the queues' [`NetEnd`]s: one request per queue per
-//!   pass (round robin), each run to its end through the client (the
-//!   attacher runs one operation at a time), its result posted back to the
-//!   queue. Reads and writes use the tag's buffer in place; a request that
-//!   finds no live replica is retried for `DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS`
-//!   (gossip liveness flaps under load); WRITE_ZEROES
-//!   (and DISCARD) write zero blocks in `DEVICE_CLUSTER_ZERO_CHUNK_BYTES`
-//!   pieces. A client error completes the request with EIO (EINVAL for a
-//!   range the volume does not have); once fenced by a newer attacher every
-//!   request fails.
-//! - With no request waiting it lets re-replication and rebalancing run
-//!   ([`ClusterClient::idle`]) until a queue pushes one; under load it still
-//!   ticks the client every `DEVICE_CLUSTER_IDLE_MS`.
+//! - It then serves the queues' [`NetEnd`]s: every request a queue pushed
+//!   is handed to the client at once ([`ClusterClient::submit`], keyed by
+//!   queue and tag), so requests run concurrently (up to
+//!   `CLUSTER_ATTACHER_MAX_OPS` attacher operations; see `client` for the
+//!   order kept); each result is posted back to its queue as it completes.
+//!   A write's data is copied once out of the tag's buffer at submission; a
+//!   read's is copied into it on completion. A request that finds no live
+//!   replica is submitted again every `DEVICE_CLUSTER_RETRY_MS` for
+//!   `DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS` (gossip liveness flaps under
+//!   load); WRITE_ZEROES (and DISCARD) write shared zero blocks. A client
+//!   error completes the request with EIO (EINVAL for a range the volume
+//!   does not have); once fenced by a newer attacher every request fails.
+//! - Replies, ticks, re-replication and rebalancing run inside
+//!   [`ClusterClient::poll`], which returns when a request completes or
+//!   after `DEVICE_CLUSTER_IDLE_MS`; a queue's push interrupts the wait.
 //! - [`NetThread::stop`] (after the queue threads exited, so nothing is
 //!   out) ends the loop and leaves gossip.
 
 use crate::cluster::attacher::OpError;
-use crate::cluster::client::{ClientConfig, ClientError, ClusterClient};
+use crate::cluster::client::{ClientConfig, ClientError, ClusterClient, Io};
 use crate::cluster::rebalance::Limits;
 use crate::constants::{
     CLUSTER_OUT_AFTER_MS, DEVICE_CLUSTER_IDLE_MS, DEVICE_CLUSTER_RETRY_MS,
-    DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS, DEVICE_CLUSTER_WAIT_MS, DEVICE_CLUSTER_ZERO_CHUNK_BYTES,
+    DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS, DEVICE_CLUSTER_WAIT_MS,
 };
 use crate::device::handoff::{NetDone, NetEnd, NetOp, NetRequest};
 use crate::device::DeviceError;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -151,6 +155,17 @@ impl Drop for NetThread {
     }
 }
 
+/// A request the network thread holds: handed to the client, or waiting
+/// to be handed again (no live replica yet).
+struct Flight {
+    end: usize,
+    req: NetRequest,
+    t0: Instant,
+    tries: u32,
+    /// When to submit it again (`None`: submitted).
+    again_at: Option<Instant>,
+}
+
 /// The serving loop; returns the client when stopped.
 pub async fn serve_ends(
     mut client: ClusterClient,
@@ -159,26 +174,110 @@ pub async fn serve_ends(
     stop: &AtomicBool,
 ) -> ClusterClient {
     let idle = Duration::from_millis(DEVICE_CLUSTER_IDLE_MS);
-    let mut zeros = Vec::new();
-    let mut last_tick = Instant::now();
+    let mut flights: HashMap<u64, Flight> = HashMap::new();
     while !stop.load(Ordering::Acquire) {
-        let mut served = 0;
-        for end in ends.iter_mut() {
-            if let Some(req) = end.pop() {
-                let res = serve_one(&mut client, &req, &mut zeros).await;
-                end.post(NetDone { tag: req.tag, res });
-                served += 1;
+        // every request the queues pushed goes to the client at once
+        for (i, end) in ends.iter_mut().enumerate() {
+            while let Some(req) = end.pop() {
+                let key = ((i as u64) << 16) | req.tag as u64;
+                let f = Flight {
+                    end: i,
+                    req,
+                    t0: Instant::now(),
+                    tries: 0,
+                    again_at: None,
+                };
+                if let Err(e) = submit(&mut client, key, &f.req) {
+                    end.post(NetDone {
+                        tag: req.tag,
+                        res: failed(&f.req, &e),
+                    });
+                    continue;
+                }
+                flights.insert(key, f);
             }
         }
-        if served == 0 {
-            // Nothing waiting: re-replication runs until a queue pushes.
-            tokio::select! {
-                _ = notify.notified() => {}
-                _ = client.idle(idle) => last_tick = Instant::now(),
+        let now = Instant::now();
+        let mut next_again: Option<Instant> = None;
+        let due: Vec<u64> = flights
+            .iter()
+            .filter_map(|(k, f)| match f.again_at {
+                Some(t) if t <= now => Some(*k),
+                Some(t) => {
+                    next_again = Some(next_again.map_or(t, |n| n.min(t)));
+                    None
+                }
+                None => None,
+            })
+            .collect();
+        for key in due {
+            let f = flights.get_mut(&key).expect("due");
+            f.again_at = None;
+            if let Err(e) = submit(&mut client, key, &f.req) {
+                let f = flights.remove(&key).expect("due");
+                ends[f.end].post(NetDone {
+                    tag: f.req.tag,
+                    res: failed(&f.req, &e),
+                });
             }
-        } else if last_tick.elapsed() >= idle {
-            client.idle(Duration::ZERO).await;
-            last_tick = Instant::now();
+        }
+        let wait = next_again.map_or(idle, |t| t.saturating_duration_since(now).min(idle));
+        // replies, ticks and background work run inside poll; a push from
+        // a queue interrupts the wait
+        let done = tokio::select! {
+            _ = notify.notified() => Vec::new(),
+            d = client.poll(wait) => d,
+        };
+        for d in done {
+            let Some(mut f) = flights.remove(&d.tag) else {
+                continue;
+            };
+            let res = match d.result {
+                Err(ClientError::Op(OpError::Unavailable(s)))
+                    if f.t0.elapsed()
+                        < Duration::from_millis(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS) =>
+                {
+                    // liveness comes from gossip and flaps on a loaded
+                    // host: a block device waits out a path that comes back
+                    if f.tries % 25 == 0 {
+                        let members: Vec<String> = client
+                            .view()
+                            .storage()
+                            .map(|n| format!("{}{}", n.id, if n.live { "" } else { "(down)" }))
+                            .collect();
+                        tracing::warn!(
+                            "no live replica of shard {s} (copies {:?}; members {members:?}): retrying",
+                            client.replicas_of(s)
+                        );
+                    }
+                    f.tries += 1;
+                    f.again_at =
+                        Some(Instant::now() + Duration::from_millis(DEVICE_CLUSTER_RETRY_MS));
+                    flights.insert(d.tag, f);
+                    continue;
+                }
+                Err(e) => failed(&f.req, &e),
+                Ok(data) => {
+                    if let (NetOp::Read, Some(data)) = (f.req.op, data) {
+                        let len = f.req.len as usize;
+                        // SAFETY: `buf` is the tag's ublk buffer of at least
+                        // `len` bytes (the queue checked the length against
+                        // the buffer size), which the queue thread leaves
+                        // alone until this request's result is posted
+                        // (`handoff` contract).
+                        let dst = unsafe { std::slice::from_raw_parts_mut(f.req.buf.0, len) };
+                        dst.copy_from_slice(&data[..len]);
+                    }
+                    match f.req.op {
+                        NetOp::WriteZeroes => 0,
+                        _ => f.req.len as i32,
+                    }
+                }
+            };
+            ends[f.end].post(NetDone {
+                tag: f.req.tag,
+                res,
+            });
         }
     }
     client
@@ -191,88 +290,32 @@ fn errno_of(e: &ClientError) -> i32 {
     }
 }
 
-/// Run one request to its end; the tag's result. A request that finds no
-/// live replica is retried (the client ticking in between, so its view of
-/// the members refreshes) for up to `DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS`:
-/// liveness comes from gossip and flaps on a loaded host, and a block
-/// device waits out a path that comes back rather than failing the I/O.
-async fn serve_one(client: &mut ClusterClient, req: &NetRequest, zeros: &mut Vec<u8>) -> i32 {
-    let t0 = Instant::now();
-    let wait = Duration::from_millis(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS);
-    let mut tries = 0u32;
-    let r = loop {
-        match attempt(client, req, zeros).await {
-            Err(ClientError::Op(OpError::Unavailable(s))) if t0.elapsed() < wait => {
-                if tries % 25 == 0 {
-                    let members: Vec<String> = client
-                        .view()
-                        .storage()
-                        .map(|n| format!("{}{}", n.id, if n.live { "" } else { "(down)" }))
-                        .collect();
-                    tracing::warn!(
-                        "no live replica of shard {s} (copies {:?}; members {members:?}): retrying",
-                        client.replicas_of(s)
-                    );
-                }
-                tries += 1;
-                client
-                    .idle(Duration::from_millis(DEVICE_CLUSTER_RETRY_MS))
-                    .await;
-            }
-            r => break r,
-        }
-    };
-    match r {
-        Ok(()) if req.op == NetOp::WriteZeroes => 0,
-        Ok(()) => req.len as i32,
-        Err(e) => {
-            tracing::warn!(
-                "cluster {:?} at {} len {}: {e}",
-                req.op,
-                req.offset,
-                req.len
-            );
-            -errno_of(&e)
-        }
-    }
+/// The result a failed request completes with (logged).
+fn failed(req: &NetRequest, e: &ClientError) -> i32 {
+    tracing::warn!(
+        "cluster {:?} at {} len {}: {e}",
+        req.op,
+        req.offset,
+        req.len
+    );
+    -errno_of(e)
 }
 
-/// One try of a request.
-async fn attempt(
-    client: &mut ClusterClient,
-    req: &NetRequest,
-    zeros: &mut Vec<u8>,
-) -> Result<(), ClientError> {
-    let len = req.len as usize;
-    match req.op {
-        NetOp::Read => {
-            let data = client.read(req.offset, req.len).await?;
-            // SAFETY: `buf` is the tag's ublk buffer of at least `len`
-            // bytes (the queue checked the length against the buffer
-            // size), which the queue thread leaves alone until this
-            // request's result is posted (`handoff` contract).
-            let dst = unsafe { std::slice::from_raw_parts_mut(req.buf.0, len) };
-            dst.copy_from_slice(&data[..len]);
-            Ok(())
-        }
+/// Hand one request to the client under `key`.
+fn submit(client: &mut ClusterClient, key: u64, req: &NetRequest) -> Result<(), ClientError> {
+    let (offset, len) = (req.offset, req.len);
+    let io = match req.op {
+        NetOp::Read => Io::Read { offset, len },
         NetOp::Write => {
             // SAFETY: as for reads: the tag's buffer, `len` bytes, ours
-            // until the result is posted.
-            let src = unsafe { std::slice::from_raw_parts(req.buf.0, len) };
-            client.write(req.offset, src).await
-        }
-        NetOp::WriteZeroes => {
-            if zeros.is_empty() {
-                zeros.resize(DEVICE_CLUSTER_ZERO_CHUNK_BYTES as usize, 0);
+            // until the result is posted (copied here once).
+            let src = unsafe { std::slice::from_raw_parts(req.buf.0, len as usize) };
+            Io::Write {
+                offset,
+                data: Bytes::copy_from_slice(src),
             }
-            let mut at = req.offset;
-            let end = req.offset + req.len;
-            while at < end {
-                let n = (end - at).min(DEVICE_CLUSTER_ZERO_CHUNK_BYTES);
-                client.write(at, &zeros[..n as usize]).await?;
-                at += n;
-            }
-            Ok(())
         }
-    }
+        NetOp::WriteZeroes => Io::Zero { offset, len },
+    };
+    client.submit(key, io)
 }

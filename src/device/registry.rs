@@ -60,6 +60,14 @@ pub struct PrefetchRecord {
     pub confidence_min: f32,
     pub budget_bytes: Option<u64>,
     pub model: Option<PathBuf>,
+    /// `--prefetch-promote` (absent in records older than demand promotion:
+    /// the default).
+    #[serde(default = "promote_reads_default")]
+    pub promote_reads: u32,
+}
+
+fn promote_reads_default() -> u32 {
+    crate::constants::PREFETCH_PROMOTE_READS_DEFAULT
 }
 
 impl DeviceRecord {
@@ -151,6 +159,7 @@ mod tests {
                 confidence_min: 0.25,
                 budget_bytes: Some(32 << 20),
                 model: None,
+                promote_reads: 3,
             }),
             cluster: None,
         };
@@ -185,6 +194,18 @@ mod tests {
         let back = DeviceRecord::read(3).unwrap();
         assert_eq!(back.prefetch, None);
         assert_eq!(back.volume, r.volume);
+        // One written before demand promotion reads with its default.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old["prefetch"]
+            .as_object_mut()
+            .unwrap()
+            .remove("promote_reads");
+        std::fs::write(record_path(3), serde_json::to_vec(&old).unwrap()).unwrap();
+        let back = DeviceRecord::read(3).unwrap();
+        assert_eq!(
+            back.prefetch.unwrap().promote_reads,
+            crate::constants::PREFETCH_PROMOTE_READS_DEFAULT
+        );
         DeviceRecord::remove(3);
         unsafe { std::env::remove_var("SHARDBLK_RUN_DIR") };
     }

@@ -314,6 +314,7 @@ fn run(
         confidence_min: l.prefetch.confidence_min,
         budget_bytes: l.budget_bytes,
         model: l.model.clone(),
+        promote_reads: l.promote_reads,
     });
     let device_fn = move |c: &UblkCtrl| {
         let n = c.dev_info().dev_id;

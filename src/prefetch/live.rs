@@ -14,7 +14,9 @@
 //! - Inference thread: each turn drains the rings (at most
 //!   `PREFETCH_BATCH_EVENTS_MAX` events fed to the predictor; beyond a
 //!   backlog of `PREFETCH_BACKLOG_EVENTS_MAX` the excess is popped without
-//!   feeding the predictor and counted as skipped), turns every op into a
+//!   feeding the predictor and counted as skipped; of a batch larger than
+//!   [`Predictor::step_events_max`] only the newest events are fed, the
+//!   older counted as skipped), turns every op into a
 //!   [`ShardEvent`] (time order across queues), calls
 //!   [`Predictor::step`], drops predictions below the confidence threshold
 //!   or for shards that are unmapped, split or already on the hot tier (one
@@ -23,13 +25,20 @@
 //!   gives the predictor [`Predictor::background`] time. After each step
 //!   and each background stretch it sleeps to stay within its share of one
 //!   core ([`super::pace`]: 25 % while its predictions are queued, 3 % while
-//!   they are not). The queue threads
+//!   they are not). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
+//!   contention the queue threads and the application come first. The queue threads
 //!   never signal it: after a turn that found less than a full batch it
 //!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
 //!   empty one), so it wakes at most that often unless the rings fill
 //!   faster. It never blocks the queue threads: the trace rings drop when
 //!   full. When it queued a prediction it unparks the stager, which
 //!   otherwise wakes every `STAGER_IDLE_PARK_MS`.
+//! - Demand promotion ([`super::demand`], `LiveConfig::promote_reads`):
+//!   every drained read, skipped or fed, is also looked up in the table
+//!   shard by shard; reads of shards on a colder tier count towards staging
+//!   them, and a shard the promoter names is pushed into the same prefetch
+//!   ring (confidence 1), so the stager's budget, throttle and precision
+//!   cover it too. It does not raise the inference thread's CPU share.
 //! - Hits: the inference thread forwards every read (volume, shards, start
 //!   time) to the stager through a second bounded ring (dropped and counted
 //!   when full); the stager matches them against what it staged. The queue
@@ -44,11 +53,13 @@
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_READ_NOTICES,
-    PREFETCH_RING_PREDICTIONS, STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS,
+    PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS,
+    PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS,
+    PREFETCH_THREAD_NICE, STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS,
     STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
+use crate::prefetch::demand::DemandPromoter;
 use crate::prefetch::pace::Pacer;
 use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
 use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
@@ -97,6 +108,9 @@ pub struct LiveConfig {
     pub budget_bytes: Option<u64>,
     /// Model file (the LSTM).
     pub model: Option<PathBuf>,
+    /// Demand promotion ([`super::demand`]): a cold shard read this many
+    /// times within `PREFETCH_PROMOTE_WINDOW_MS` is staged (0 = off).
+    pub promote_reads: u32,
 }
 
 impl LiveConfig {
@@ -137,6 +151,13 @@ pub struct PrefetchStats {
     pub train_steps: u64,
     pub train_loss: Option<f32>,
     pub predictor_skipped: u64,
+    /// Demand promotion: its setting (cold reads within
+    /// `PREFETCH_PROMOTE_WINDOW_MS` that stage a shard, 0 = off) and the
+    /// shards it queued for the stager (also counted in `queued`).
+    #[serde(default)]
+    pub promote_reads: u32,
+    #[serde(default)]
+    pub demand_queued: u64,
     /// Time the inference thread slept to stay within its CPU share
     /// (`PREFETCH_CPU_SHARE_PERCENT`, `..._IDLE_PERCENT` while it queues
     /// nothing), milliseconds.
@@ -169,6 +190,8 @@ pub struct LiveShared {
     recording_dropped: AtomicU64,
     /// The stager's thread, unparked when predictions are queued.
     stager_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The inference thread's kernel thread id (set before `start` returns).
+    infer_tid: std::sync::OnceLock<i32>,
 }
 
 /// The receiving end of a recording; dropping it ends the recording.
@@ -205,6 +228,11 @@ impl LiveShared {
         }
         s.stager = self.stager.lock().expect("stager stats").clone();
         Some(s)
+    }
+
+    /// The inference thread's kernel thread id.
+    pub fn inference_tid(&self) -> Option<i32> {
+        self.infer_tid.get().copied()
     }
 
     /// Whether a recording is running.
@@ -290,6 +318,7 @@ impl Live {
                     recording: Mutex::new(None),
                     recording_dropped: AtomicU64::new(0),
                     stager_thread: std::sync::OnceLock::new(),
+                    infer_tid: std::sync::OnceLock::new(),
                 });
                 (
                     Some((tx, c.kind, pcfg)),
@@ -309,6 +338,7 @@ impl Live {
                     recording: Mutex::new(None),
                     recording_dropped: AtomicU64::new(0),
                     stager_thread: std::sync::OnceLock::new(),
+                    infer_tid: std::sync::OnceLock::new(),
                 }),
             ),
         };
@@ -322,6 +352,7 @@ impl Live {
         // The inference thread builds its predictor and reports.
         // The LSTM's starting weights: the given model file, else the
         // shipped default (see `prefetch::lstm`).
+        let promote_reads = cfg.map_or(0, |c| c.promote_reads);
         let lstm_opts = crate::prefetch::lstm::LstmOptions {
             model: match cfg.and_then(|c| c.model.clone()) {
                 Some(p) => crate::prefetch::lstm::ModelSource::File(p),
@@ -338,6 +369,9 @@ impl Live {
                 .name("shardblk-infer".into())
                 .spawn(move || {
                     block_stop_signals();
+                    lower_priority();
+                    // SAFETY: gettid has no preconditions.
+                    let _ = shared.infer_tid.set(unsafe { libc::gettid() });
                     let pred = match &ring_tx {
                         Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
                             Ok(p) => Some(p),
@@ -350,6 +384,11 @@ impl Live {
                     };
                     let _ = report_tx.send(Ok(()));
                     let mut t = Inference {
+                        demand: DemandPromoter::new(
+                            promote_reads,
+                            PREFETCH_PROMOTE_WINDOW_MS * 1_000_000,
+                            PREFETCH_PROMOTE_TRACKED_SHARDS,
+                        ),
                         volume,
                         consumers,
                         pred,
@@ -357,7 +396,10 @@ impl Live {
                         notices: notice_tx,
                         shared,
                         start,
-                        st: PrefetchStats::default(),
+                        st: PrefetchStats {
+                            promote_reads,
+                            ..Default::default()
+                        },
                         hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
                             .expect("histogram bounds"),
                         pacer: Pacer::new(ns_since(start)),
@@ -428,6 +470,28 @@ fn block_stop_signals() {
     }
 }
 
+/// Give the calling thread the lowest normal priority (nice 19): under CPU
+/// contention it gets about 1/70 of what a queue thread or the application
+/// gets (CFS weights 15 against 1024), so a predictor's inference or
+/// training does not take their cores, yet it is never starved outright
+/// (the idle class, `SCHED_IDLE`, can starve it for as long as the machine
+/// is busy, and a learned prefetcher that never steps is worth nothing).
+/// Threads it spawns (libtorch's) inherit it. A refusal is a warning.
+fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id; on Linux setpriority
+    // on a tid changes that thread only; no memory is handed over.
+    let r = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, PREFETCH_THREAD_NICE)
+    };
+    if r != 0 {
+        tracing::warn!(
+            "inference thread: nice {PREFETCH_THREAD_NICE} refused: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn ns_since(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
@@ -464,6 +528,8 @@ struct Inference {
     hist: hdrhistogram::Histogram<u64>,
     /// Keeps the thread within its CPU share ([`super::pace`]).
     pacer: Pacer,
+    /// Stages cold shards read again soon ([`super::demand`]).
+    demand: DemandPromoter,
 }
 
 impl Inference {
@@ -535,6 +601,17 @@ impl Inference {
                         continue;
                     };
                     let se = pcfg.shard_event(ev.volume, &te);
+                    if ev.op == DevOp::Read && self.demand.enabled() {
+                        promote_on_demand(
+                            &mut self.demand,
+                            &self.volume,
+                            &mut self.ring,
+                            &mut self.st,
+                            self.shared.stager_thread.get(),
+                            &se,
+                            ns_since(self.start),
+                        );
+                    }
                     if ev.op == DevOp::Read {
                         if let Some(n) = self.notices.as_mut() {
                             let notice = ReadNotice {
@@ -559,6 +636,15 @@ impl Inference {
             if !batch.is_empty() {
                 if self.consumers.len() > 1 {
                     batch.sort_by_key(|e| e.ts_ns);
+                }
+                let cap = self
+                    .pred
+                    .as_ref()
+                    .map_or(usize::MAX, |p| p.step_events_max());
+                if batch.len() > cap {
+                    let older = batch.len() - cap;
+                    self.st.skipped_events += older as u64;
+                    batch.drain(..older);
                 }
                 let t0 = Instant::now();
                 self.step(&batch, &mut out);
@@ -644,6 +730,49 @@ impl Inference {
             self.st.batch_us_p99 = self.hist.value_at_quantile(0.99) as f64 / 1000.0;
         }
         *self.shared.infer.lock().expect("infer stats") = self.st.clone();
+    }
+}
+
+/// Feed a read to the demand promoter, one call per shard on a colder tier
+/// (one table load per shard touched), and queue the shards it names for
+/// the stager. Shards already hot, unmapped or split are not counted.
+fn promote_on_demand(
+    demand: &mut DemandPromoter,
+    volume: &Volume,
+    ring: &mut Option<(PredictionTx, PrefetchConfig)>,
+    st: &mut PrefetchStats,
+    stager: Option<&std::thread::Thread>,
+    se: &ShardEvent,
+    now_ns: u64,
+) {
+    let Some((tx, _)) = ring.as_mut() else {
+        return;
+    };
+    if se.volume != volume.id() {
+        return;
+    }
+    let table = &volume.shared().table;
+    let guard = crossbeam_epoch::pin();
+    let mut queued = false;
+    for shard in se.shard..se.shard + u64::from(se.shards) {
+        let cold = matches!(table.load(shard, &guard), Ok(SlotView::Mapped(e)) if e.tier() != 0);
+        if cold && demand.on_cold_read((se.volume, shard), now_ns) {
+            let p = Prediction {
+                volume: se.volume,
+                shard,
+                confidence: 1.0,
+            };
+            if tx.push(p, now_ns) == crate::prefetch::ring::Push::Queued {
+                st.demand_queued += 1;
+                queued = true;
+            }
+        }
+    }
+    drop(guard);
+    if queued {
+        if let Some(t) = stager {
+            t.unpark();
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod stream;
 pub mod stride;
 pub mod synth;
 // The live engine of a device: prediction ring, stager, inference thread.
+pub mod demand;
 pub mod live;
 pub mod pace;
 pub mod ring;
@@ -233,6 +234,14 @@ pub trait Predictor: Send {
     /// whether it did any work. Baselines have none.
     fn background(&mut self, _budget: std::time::Duration) -> bool {
         false
+    }
+    /// Most events one step should take. The live inference thread feeds
+    /// a larger backlog's newest events and counts the older ones as skipped,
+    /// so a predictor with a high cost per event (the LSTM: one recurrent
+    /// step per event of a stream) bounds each step's latency, and with it
+    /// the sleep its CPU share owes afterwards. Baselines take any batch.
+    fn step_events_max(&self) -> usize {
+        usize::MAX
     }
     /// Figures for `shardblk stats` and the evaluation tables.
     fn figures(&self) -> PredictorFigures {

@@ -17,6 +17,13 @@ die() {
     [ -f "$SHARDBLK_RUN_DIR/shardblk.log" ] && tail -n 20 "$SHARDBLK_RUN_DIR/shardblk.log" >&2
     exit 1
 }
+# A daemon must outlive clients that hang up (a `stats` reader gone
+# mid-answer): SIGPIPE ignored, EPIPE handled per connection.
+ignores_sigpipe() {
+    local mask
+    mask="$(awk '/^SigIgn:/ {print $2}' "/proc/$1/status")"
+    (( 0x$mask & (1 << 12) )) || die "process $1 does not ignore SIGPIPE (SigIgn $mask)"
+}
 cleanup() { "$B" del --all >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 

@@ -2,7 +2,9 @@
 # tests/vm/prefetch.sh: a device with --prefetch readahead over a volume
 # written on the cold tier: a sequential pass, then repeated reads of the
 # staged region; `stats --json` shows staged > 0 and hits > 0 and fio verifies
-# every byte afterwards. The same volume with --prefetch lstm: the daemon is
+# every byte afterwards. With --prefetch none, demand promotion alone stages
+# a region read again and it reads back right. The same volume with
+# --prefetch lstm: the daemon is
 # `shardblk-lstm`, its inference thread steps the LSTM, data verifies. `trace record` (prefetch on and off) yields a trace
 # the parser reads with exactly the requested count. An unknown predictor or
 # an impossible budget fails with one line and creates nothing.
@@ -87,6 +89,35 @@ if 1:
 step "fio verifies all 64 MiB"
 verify_64m "$dev" || die "verify"
 "$B" del -n 1
+
+step "device with --prefetch none: demand promotion alone stages a re-read region"
+head -c 8M /dev/urandom >"$W/hotset"
+dev="$("$B" add --volume pvol -n 2 --prefetch none --prefetch-budget 32M)" || die "add none"
+wait_dev "$dev"
+dd if="$W/hotset" of="$dev" bs=1M seek=96 oflag=direct conv=fsync status=none || die "write hot set"
+for pass in 1 2 3; do
+    for s in $(shuf -i 96-103); do
+        dd if="$dev" of=/dev/null bs=64k skip=$((s * 16 + pass)) count=1 iflag=direct status=none ||
+            die "read shard $s"
+    done
+    sleep 0.5
+done
+sleep 1
+"$B" stats -n 2 | sed -n '/^prefetch/,$p'
+"$B" stats -n 2 --json | python3 -c '
+if 1:
+    import json, sys
+    p = json.load(sys.stdin)["prefetch"]
+    s = p["stager"]
+    print("   demand queued %d, staged %d, hits %d of %d reads"
+          % (p["demand_queued"], s["staged"], s["hits"], s["reads"]))
+    assert p["predictor"] == "none" and p["predictions"] == 0, p
+    assert p["promote_reads"] == 2 and p["demand_queued"] >= 8, p
+    assert s["staged"] >= 8 and s["hits"] > 0, s
+    ' || die "demand promotion stats"
+dd if="$dev" bs=1M skip=96 count=8 iflag=direct status=none | cmp - "$W/hotset" ||
+    die "the promoted region reads back wrong"
+"$B" del -n 2
 
 step "device with --prefetch lstm (shardblk hands it to shardblk-lstm): sequential passes"
 dev="$("$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M)" || die "add lstm"

@@ -20,6 +20,7 @@ dd if=/dev/zero of="$dev" bs=1M count=64 oflag=direct status=none
 sync "$dev" 2>/dev/null || blockdev --flushbufs "$dev"
 pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 echo "   daemon pid $pid"
+ignores_sigpipe "$pid"
 
 step "fio randwrite+verify; kill -9 the daemon after 3 s, recover once quiesced"
 (cd "$W" && fio --name=crash --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite \
@@ -60,6 +61,7 @@ dmesg | grep -i "I/O error" | grep ublkb && die "the kernel logged I/O errors on
 step "SIGTERM to the recovered daemon stops and deletes the device"
 pid2="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 [ "$pid2" != "$pid" ] || die "recover did not start a new daemon"
+ignores_sigpipe "$pid2"
 kill -TERM "$pid2"
 # The daemon deletes the device, then its record: wait for both.
 for _ in $(seq 100); do

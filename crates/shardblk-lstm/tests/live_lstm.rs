@@ -30,6 +30,7 @@ fn live_lstm_steps_on_batches_and_keeps_data() {
         prefetch: PrefetchConfig::default(),
         budget_bytes: Some(8 * MIB),
         model: None,
+        promote_reads: 0, // what is staged here was predicted
     };
     let live = Live::start(Some(&cfg), vol.clone(), vec![c], start).expect("live start");
     let shared = live.shared();

@@ -22,6 +22,13 @@
 //!   must have rebalanced: its basis is exactly the nodes that did not
 //!   leave, no shard's set names a node that left, every old copy it moved
 //!   is dropped.
+//! - Clients keep up to `concurrency` operations in flight at once (the
+//!   attacher admits `max_ops`, refusing the rest as busy), reads and
+//!   writes of the same blocks included: the read check above covers
+//!   every client's reads against every acknowledgement, and convergence
+//!   requires each block's newest acknowledged version. When an attacher
+//!   attaches, it must know (at least as new) every record an older
+//!   attached attacher holds.
 //! - No orphans after healing: no staying node holds a copy of a shard
 //!   outside the shard's set, unless that copy is newer than a copy in the
 //!   set (an unacknowledged write the attacher must not throw away).
@@ -74,6 +81,11 @@ pub struct SimConfig {
     /// A node dead this long is out of placement (the attacher's knob).
     pub out_after_ms: u64,
     pub rebalance: Limits,
+    /// Operations a client keeps in flight at once (it issues up to this
+    /// many per step), and the attacher's bound on them (`max_ops`; more
+    /// are refused as busy).
+    pub concurrency: usize,
+    pub max_ops: usize,
     /// Checker self-test only: a replica answers this many writes per
     /// thousand with Ok without applying them (a broken replica the checks
     /// must catch). 0 in every real run.
@@ -114,6 +126,8 @@ impl SimConfig {
                 bytes_per_sec: 2 << 20,
                 max_moves: r.random_range(1..=4),
             },
+            concurrency: r.random_range(1..=8),
+            max_ops: r.random_range(1..=8),
             bug_lying_replica_per_mille: 0,
         }
     }
@@ -152,6 +166,7 @@ pub struct SimFailure {
 enum Msg {
     Gossip {
         digest: Vec<(NodeId, Heartbeat)>,
+        floors: BTreeMap<String, Epoch>,
         overrides: OverrideMap,
     },
     Req {
@@ -194,7 +209,8 @@ pub struct Client {
     pub node: usize,
     pub incarnation: u64,
     pub att: Attacher<u64>,
-    pending: Option<(u64, Pending)>,
+    /// Operations in flight, by operation id.
+    pending: BTreeMap<u64, Pending>,
     next_op_at: u64,
     fenced: bool,
     verify: Vec<u64>,
@@ -222,6 +238,8 @@ pub struct Sim {
     leave_at: Vec<u64>,
     /// Issue client operations (off in the quiet tail).
     pub workload: bool,
+    /// A leave waits for the attacher to be idle: no new client operation.
+    quiesce: bool,
 }
 
 impl Sim {
@@ -274,6 +292,7 @@ impl Sim {
             next_incarnation: 1,
             partition_until: None,
             workload: true,
+            quiesce: false,
         }
     }
 
@@ -320,6 +339,8 @@ impl Sim {
             repair_interval_ms: CLUSTER_REPAIR_INTERVAL_MS,
             out_after_ms: self.cfg.out_after_ms,
             rebalance: self.cfg.rebalance,
+            max_ops: self.cfg.max_ops,
+            incarnation: self.next_incarnation,
         };
         let inc = self.next_incarnation;
         self.next_incarnation += 1;
@@ -329,7 +350,7 @@ impl Sim {
             node,
             incarnation: inc,
             att,
-            pending: None,
+            pending: BTreeMap::new(),
             next_op_at: 0,
             fenced: false,
             verify: Vec::new(),
@@ -401,8 +422,17 @@ impl Sim {
             // a node leaves for good only while the cluster is whole (no
             // node down, no partition, every written shard with R copies
             // up): losing the last copy is data loss, not a rebalancing bug
-            if !self.whole() {
-                return;
+            // (operations in flight end first: new ones wait meanwhile)
+            match self.whole() {
+                None => {
+                    self.quiesce = false;
+                    return;
+                }
+                Some(true) => {
+                    self.quiesce = true;
+                    return;
+                }
+                Some(false) => self.quiesce = false,
             }
             self.leave_at.swap_remove(i);
             // keep R nodes and a majority of the members
@@ -417,9 +447,11 @@ impl Sim {
         }
     }
 
-    fn whole(&self) -> bool {
+    /// Whether the cluster is whole (`None` if not) and, if so, whether
+    /// the attacher is busy (it must be idle for a leave).
+    fn whole(&self) -> Option<bool> {
         if self.partition_until.is_some() || self.staying().any(|n| !n.up) {
-            return false;
+            return None;
         }
         let attached: Vec<&Client> = self
             .clients
@@ -427,24 +459,25 @@ impl Sim {
             .filter(|c| c.att.is_attached())
             .collect();
         if attached.len() != 1 || self.clients.len() != 1 {
-            return false; // no attacher, or a handover under way
+            return None; // no attacher, or a handover under way
         }
         let c = attached[0];
-        // the attacher sees every node live and has no write (nor its
-        // degraded commit) in flight
+        // the attacher sees every node live (and, for a leave, has no
+        // operation in flight: no write nor its degraded commit)
         let m = &self.nodes[c.node].membership;
-        if c.att.is_busy() || self.staying().any(|n| !m.is_live(&n.id, self.now)) {
-            return false;
+        if self.staying().any(|n| !m.is_live(&n.id, self.now)) {
+            return None;
         }
         let bps = self.cfg.blocks_per_shard;
-        self.oracle.written_blocks().all(|b| {
+        let copies = self.oracle.written_blocks().all(|b| {
             let set = c.att.replicas_of(&ShardKey::new("vol", b / bps));
             let up = set
                 .iter()
                 .filter(|id| self.index_of(id).is_some_and(|i| self.nodes[i].up))
                 .count();
             up >= self.cfg.replicas.min(self.staying().count())
-        })
+        });
+        copies.then(|| c.att.is_busy())
     }
 
     pub fn crash(&mut self, node: usize, restart_at: Option<u64>) {
@@ -489,13 +522,32 @@ impl Sim {
         for ev in events {
             let c = &mut self.clients[ci];
             match ev {
-                Event::Attached(_) => {}
+                Event::Attached(epoch) => {
+                    let (me, mine) = (ci, self.clients[ci].att.overrides());
+                    for (i, o) in self.clients.iter().enumerate() {
+                        if i == me || !o.att.is_attached() || o.att.epoch() >= epoch {
+                            continue;
+                        }
+                        // an older attached attacher's records were all
+                        // committed to a quorum: the new one must know them
+                        for (k, r) in o.att.overrides().iter() {
+                            let seen = mine.get(k).map(|x| x.version);
+                            if seen.is_none_or(|v| v < r.version) {
+                                return Err(self.fail(format!(
+                                    "{} attached at {epoch:?} knowing {seen:?} of shard {}, older attacher on {} holds {r:?}",
+                                    self.nodes[self.clients[me].node].id,
+                                    k.shard,
+                                    self.nodes[o.node].id
+                                )));
+                            }
+                        }
+                    }
+                }
                 Event::Fenced(_) => c.fenced = true,
                 Event::AttachFailed(OpError::Fenced(_)) => c.fenced = true,
                 Event::AttachFailed(_) => c.att.attach(self.now, Epoch::ZERO),
                 Event::Wrote { op, version } => {
-                    if let Some((id, Pending::Write { block })) = c.pending.take() {
-                        assert_eq!(id, op);
+                    if let Some(Pending::Write { block }) = c.pending.remove(&op) {
                         self.oracle.ack(block, version, self.now);
                     }
                 }
@@ -504,8 +556,7 @@ impl Sim {
                     versions,
                     blocks,
                 } => {
-                    if let Some((id, Pending::Read { block, started })) = c.pending.take() {
-                        assert_eq!(id, op);
+                    if let Some(Pending::Read { block, started }) = c.pending.remove(&op) {
                         if let Err(e) =
                             self.oracle
                                 .check_read(block, started, versions[0], blocks[0])
@@ -515,11 +566,9 @@ impl Sim {
                     }
                 }
                 Event::Failed { op, error } => {
-                    if c.pending.as_ref().is_some_and(|p| p.0 == op) {
-                        if let Some((_, Pending::Read { block, .. })) = c.pending.take() {
-                            if c.verifying {
-                                c.verify.push(block); // read it again
-                            }
+                    if let Some(Pending::Read { block, .. }) = c.pending.remove(&op) {
+                        if c.verifying {
+                            c.verify.push(block); // read it again
                         }
                     }
                     if let OpError::Fenced(_) = error {
@@ -541,11 +590,15 @@ impl Sim {
             return Ok(());
         }
         match env.msg {
-            Msg::Gossip { digest, overrides } => {
+            Msg::Gossip {
+                digest,
+                floors,
+                overrides,
+            } => {
                 let now = self.now;
                 let n = &mut self.nodes[to];
                 n.membership.merge(&digest, now);
-                n.replica.meta.overrides.merge_all(&overrides);
+                n.replica.merge_gossip(&floors, &overrides);
             }
             Msg::Req { client, id, req } => {
                 let lie = matches!(req, Request::Write { .. })
@@ -625,60 +678,65 @@ impl Sim {
         }
     }
 
+    /// Issue up to `concurrency` operations at once (fewer when the
+    /// attacher refuses one), then think for a while.
     fn client_ops(&mut self, ci: usize) -> Result<(), SimFailure> {
         let now = self.now;
         let c = &self.clients[ci];
-        if c.fenced
-            || c.pending.is_some()
-            || now < c.next_op_at
-            || !c.att.is_attached()
-            || c.att.is_busy()
-        {
+        if c.fenced || now < c.next_op_at || !c.att.is_attached() || self.quiesce {
             return Ok(());
         }
         if !self.workload && !c.verifying {
             return Ok(());
         }
         let blocks = self.cfg.shards * self.cfg.blocks_per_shard;
-        let op = self.next_op;
-        self.next_op += 1;
+        while self.clients[ci].pending.len() < self.cfg.concurrency.max(1) {
+            let verify_next = if self.clients[ci].verifying {
+                self.clients[ci].verify.pop()
+            } else {
+                None
+            };
+            if self.clients[ci].verifying && verify_next.is_none() {
+                break;
+            }
+            let op = self.next_op;
+            self.next_op += 1;
+            let write = verify_next.is_none() && self.rng.random_bool(0.6);
+            let block = verify_next.unwrap_or_else(|| self.rng.random_range(0..blocks));
+            let node = self.clients[ci].node;
+            let mut att = std::mem::replace(&mut self.clients[ci].att, placeholder());
+            let res = if write {
+                let value = self.rng.random::<u64>() | 1;
+                att.write(op, block, vec![value], now).map(|v| {
+                    self.oracle.issue(block, v, value);
+                    Pending::Write { block }
+                })
+            } else {
+                let live = self.live_fn(node);
+                att.read(op, block, 1, now, &live).map(|_| Pending::Read {
+                    block,
+                    started: now,
+                })
+            };
+            self.clients[ci].att = att;
+            let c = &mut self.clients[ci];
+            let refused = res.is_err();
+            match res {
+                Ok(p) => {
+                    c.pending.insert(op, p);
+                }
+                Err(_) if c.verifying => c.verify.push(block),
+                Err(OpError::Fenced(_)) => c.fenced = true,
+                Err(_) => {}
+            }
+            self.flush_client(ci)?;
+            if refused || self.rng.random_bool(0.3) {
+                break;
+            }
+        }
         let think = self.rng.random_range(0..40);
-        let verify_next = if self.clients[ci].verifying {
-            self.clients[ci].verify.pop()
-        } else {
-            None
-        };
-        let write =
-            verify_next.is_none() && !self.clients[ci].verifying && self.rng.random_bool(0.6);
-        let block = verify_next.unwrap_or_else(|| self.rng.random_range(0..blocks));
-        if self.clients[ci].verifying && verify_next.is_none() {
-            return Ok(());
-        }
-        let node = self.clients[ci].node;
-        let mut att = std::mem::replace(&mut self.clients[ci].att, placeholder());
-        let res = if write {
-            let value = self.rng.random::<u64>() | 1;
-            att.write(op, block, vec![value], now).map(|v| {
-                self.oracle.issue(block, v, value);
-                Pending::Write { block }
-            })
-        } else {
-            let live = self.live_fn(node);
-            att.read(op, block, 1, now, &live).map(|_| Pending::Read {
-                block,
-                started: now,
-            })
-        };
-        self.clients[ci].att = att;
-        let c = &mut self.clients[ci];
-        c.next_op_at = now + think;
-        match res {
-            Ok(p) => c.pending = Some((op, p)),
-            Err(_) if c.verifying => c.verify.push(block),
-            Err(OpError::Fenced(_)) => c.fenced = true,
-            Err(_) => {}
-        }
-        self.flush_client(ci)
+        self.clients[ci].next_op_at = now + think;
+        Ok(())
     }
 
     /// Advance the simulation by one step.
@@ -708,11 +766,13 @@ impl Sim {
                 self.nodes[i].membership.tick();
                 let digest = self.nodes[i].membership.digest();
                 let overrides = self.nodes[i].replica.meta.overrides.clone();
+                let floors = self.nodes[i].replica.meta.floors.clone();
                 for _ in 0..2 {
                     let to = self.rng.random_range(0..self.nodes.len());
                     if to != i {
                         let msg = Msg::Gossip {
                             digest: digest.clone(),
+                            floors: floors.clone(),
                             overrides: overrides.clone(),
                         };
                         self.send(i, to, msg);
@@ -755,6 +815,7 @@ impl Sim {
     /// Bring every node up, end the partition and the loss.
     pub fn heal(&mut self) {
         self.heal_partition();
+        self.quiesce = false;
         self.drop_per_mille = 0;
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up && !self.nodes[i].left {
@@ -892,14 +953,14 @@ impl Sim {
         while self.now < end {
             self.step(false)?;
             let c = &self.clients[ci];
-            if c.verify.is_empty() && c.pending.is_none() {
+            if c.verify.is_empty() && c.pending.is_empty() {
                 return Ok(());
             }
         }
         Err(self.fail(format!(
             "verification did not finish: {:?} blocks left {:?} {}",
             self.clients[ci].verify,
-            self.clients[ci].pending.as_ref().map(|p| p.0),
+            self.clients[ci].pending.keys().collect::<Vec<_>>(),
             self.clients[ci].att.debug_state()
         )))
     }
@@ -920,6 +981,8 @@ fn placeholder() -> Attacher<u64> {
             repair_interval_ms: 0,
             out_after_ms: 0,
             rebalance: Limits::default(),
+            max_ops: 1,
+            incarnation: 0,
         },
         0,
     )
@@ -951,10 +1014,14 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, SimFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::overrides::OverrideRecord;
     use crate::cluster::placement::place;
+    use crate::constants::CLUSTER_BASIS_SHARD;
 
     /// Seeds to play: `SHARDBLK_SIM_SEED` replays one, `SHARDBLK_SIM_SEEDS`
-    /// sets how many (default 40).
+    /// sets how many (default 20: with concurrent clients a seed costs
+    /// about twice what it did, and the CI budget is shared; thousands are
+    /// run and recorded in bench/RESULTS.md).
     fn seeds() -> Vec<u64> {
         if let Ok(s) = std::env::var("SHARDBLK_SIM_SEED") {
             return vec![s.parse().expect("SHARDBLK_SIM_SEED is a number")];
@@ -962,7 +1029,7 @@ mod tests {
         let n: u64 = std::env::var("SHARDBLK_SIM_SEEDS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(40);
+            .unwrap_or(20);
         (1..=n).collect()
     }
 
@@ -985,8 +1052,11 @@ mod tests {
             totals.rebalances += r.rebalances;
         }
         eprintln!("{totals:?}");
-        // the seeds did exercise the faults they are meant to survive
-        assert!(totals.crashes > 0 && totals.partitions > 0 && totals.repairs > 0);
+        // the seeds did exercise the faults they are meant to survive (a
+        // replayed seed alone need not)
+        if seeds().len() > 1 {
+            assert!(totals.crashes > 0 && totals.partitions > 0 && totals.repairs > 0);
+        }
         if seeds().len() >= 20 {
             assert!(totals.joins > 0 && totals.leaves > 0 && totals.moves > 0);
             assert!(totals.rebalances > 0);
@@ -1029,6 +1099,8 @@ mod tests {
             leaves: 0,
             out_after_ms: 1_500,
             rebalance: Limits::default(),
+            concurrency: 4,
+            max_ops: 4,
             bug_lying_replica_per_mille: 0,
         }
     }
@@ -1247,6 +1319,100 @@ mod tests {
         run_for(&mut sim, 3_000);
         sim.check_converged().unwrap();
         sim.verify_all(10_000).unwrap();
+    }
+
+    /// Seed 924's shape, made deterministic: an attacher on the majority
+    /// side of a 5-node cluster acknowledges degraded writes after
+    /// committing their shards' smaller sets to 3 of 5 nodes; two nodes
+    /// join on the other side, where a new attacher starts. With quorums
+    /// over the members gossip knows it attached with 4 of 7 (none of the
+    /// 3) and did not know those records; quorums over the volume's member
+    /// configuration (the basis) must make every attacher learn them.
+    #[test]
+    fn a_record_committed_before_joins_is_known_to_the_next_attacher() {
+        let mut cfg = quiet(5, 2);
+        cfg.shards = 8;
+        cfg.out_after_ms = 60_000; // no node goes out: the basis stays n0..n4
+        let mut sim = Sim::new(cfg);
+        sim.spawn_client(0);
+        run_for(&mut sim, 1_000);
+        sim.partition(&[1, 1, 1, 0, 0], u64::MAX);
+        run_for(&mut sim, 4_000);
+        let old = sim
+            .clients
+            .iter()
+            .find(|c| c.node == 0)
+            .expect("old attacher");
+        let committed: Vec<(ShardKey, OverrideRecord)> = old
+            .att
+            .overrides()
+            .iter()
+            .filter(|(k, r)| {
+                k.shard != CLUSTER_BASIS_SHARD && r.replicas.iter().all(|n| n < &"n3".to_string())
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        assert!(
+            !committed.is_empty(),
+            "degraded writes committed smaller sets"
+        );
+        let acked = sim.oracle.writes_acked;
+        sim.join();
+        sim.join();
+        sim.spawn_client(3);
+        let new_ok = |sim: &Sim| {
+            sim.clients
+                .iter()
+                .find(|c| c.node == 3)
+                .map(|c| (c.att.is_attached(), c.att.overrides().clone()))
+        };
+        let check = |map: &OverrideMap| {
+            for (k, r) in &committed {
+                let seen = map.get(k).map(|x| x.version);
+                assert!(
+                    seen.is_some_and(|v| v >= r.version),
+                    "attached without shard {}'s record {r:?} (knows {seen:?})",
+                    k.shard
+                );
+            }
+        };
+        let mut attached_during_partition = false;
+        let end = sim.now + 4_000;
+        while sim.now < end {
+            sim.step(false).unwrap_or_else(|e| panic!("{e}"));
+            if let Some((true, map)) = new_ok(&sim) {
+                check(&map);
+                attached_during_partition = true;
+            }
+        }
+        assert!(
+            !attached_during_partition,
+            "n3's side holds 2 of the 5 configured members: no quorum"
+        );
+        sim.heal_partition();
+        let end = sim.now + 6_000;
+        let mut attached = false;
+        while sim.now < end && !attached {
+            sim.step(false).unwrap_or_else(|e| panic!("{e}"));
+            if let Some((true, map)) = new_ok(&sim) {
+                check(&map);
+                attached = true;
+            }
+        }
+        assert!(attached, "n3 attaches once the partition heals");
+        run_for(&mut sim, 6_000);
+        sim.workload = false;
+        run_for(&mut sim, 4_000);
+        sim.check_converged().unwrap();
+        sim.verify_all(10_000).unwrap();
+        assert!(sim.oracle.writes_acked > acked);
+        let st = sim
+            .clients
+            .iter()
+            .find(|c| c.att.is_attached())
+            .and_then(|c| c.att.rebalance_status())
+            .expect("the joins were rebalanced");
+        assert_eq!(st.basis.len(), 7, "{st:?}");
     }
 
     #[test]
