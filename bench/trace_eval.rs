@@ -246,7 +246,9 @@ fn checks(table: &EvalTable) {
         let mk_vol = rows
             .iter()
             .find(|r| r.predictor == MARKOV_VOLUME)
-            .map_or("-".to_string(), |r| format!("{:.1}", 100.0 * r.stats.hit_ratio));
+            .map_or("-".to_string(), |r| {
+                format!("{:.1}", 100.0 * r.stats.hit_ratio)
+            });
         println!(
             "{trace:<32} {:>5} {l:>7.1} {:>9} {b:>7.1} {:>6.1}  {within:<14} {repeated:<14} {prec:<10} {mk_vol:>10}",
             shardblk::prefetch::eval::human_bytes(shard),

@@ -328,7 +328,7 @@ mod tests {
         let period = (1..runs.len() / 2)
             .find(|&p| runs[p..runs.len() - 1] == runs[..runs.len() - 1 - p])
             .expect("a repeating file order");
-        assert!(period >= BOOT_FILES && period <= 2 * BOOT_FILES, "{period}");
+        assert!((BOOT_FILES..=2 * BOOT_FILES).contains(&period), "{period}");
         // Some file is read at several places in one replay, followed by
         // different files (what comes next is not a function of it alone).
         let one = &runs[..period];

@@ -171,7 +171,7 @@ impl StateMemory {
         };
         tch::no_grad(|| {
             let row = Tensor::from_slice(&k).to_device(self.device);
-            let _ = self.keys.get(self.next as i64).copy_(&row);
+            self.keys.get(self.next as i64).copy_(&row);
         });
         self.values[self.next] = shard;
         self.next = (self.next + 1) % self.capacity;
@@ -244,7 +244,8 @@ mod tests {
         assert_eq!(a, address_key(emb(7)));
         let cos = |x: &[f32], y: &[f32]| {
             let d: f32 = x.iter().zip(y).map(|(a, b)| a * b).sum();
-            d / (x.iter().map(|v| v * v).sum::<f32>().sqrt() * y.iter().map(|v| v * v).sum::<f32>().sqrt())
+            d / (x.iter().map(|v| v * v).sum::<f32>().sqrt()
+                * y.iter().map(|v| v * v).sum::<f32>().sqrt())
         };
         let worst = (0..200)
             .map(|i| cos(&a, &address_key(emb(100 + i))).abs())
@@ -269,7 +270,11 @@ mod tests {
         // (Standardized with statistics that moved since: not exactly 1.)
         let (margin, next) = m.recall(&state(1), emb(1), 5).unwrap();
         assert!(margin > 0.5, "{margin}");
-        assert_eq!(next, vec![11, 12], "from the match to the newest, no further");
+        assert_eq!(
+            next,
+            vec![11, 12],
+            "from the match to the newest, no further"
+        );
         assert!(m.recall(&[0.0; 4], emb(1), 2).is_none(), "zero state");
         // The same address in two contexts: the state decides, with a
         // smaller margin (the other context is close).

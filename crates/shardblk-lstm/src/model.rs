@@ -185,7 +185,7 @@ impl Net {
     pub fn set_shard_input(&self, class: i64, row: &[f32]) {
         tch::no_grad(|| {
             let src = Tensor::from_slice(row).to_device(self.device);
-            let _ = self.emb_shard.ws.get(class).copy_(&src);
+            self.emb_shard.ws.get(class).copy_(&src);
         });
     }
 
@@ -436,7 +436,9 @@ mod tests {
         assert_eq!(back.delta_vocab().unwrap(), vocab);
         assert_eq!(back.shard_vocab().unwrap(), shards);
         assert_eq!(
-            m.net.logits(&Tensor::zeros([1, 5], (Kind::Float, Device::Cpu))).size(),
+            m.net
+                .logits(&Tensor::zeros([1, 5], (Kind::Float, Device::Cpu)))
+                .size(),
             vec![1, tiny().outputs() as i64]
         );
         // A file of another shape does not load into this model.

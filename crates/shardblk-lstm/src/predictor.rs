@@ -84,8 +84,7 @@ use shardblk::constants::{
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
-    near_class, op_class, shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer,
-    Scope,
+    near_class, op_class, shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer, Scope,
 };
 use shardblk::prefetch::lstm::file::{ModelFile, TrainInfo};
 use shardblk::prefetch::lstm::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
@@ -458,7 +457,11 @@ impl LstmPredictor {
             .view(-1)
             .copy_data(&mut ix, n);
         (0..tops.len())
-            .map(|r| (0..k).map(|j| (ix[r * k + j] as usize, v[r * k + j])).collect())
+            .map(|r| {
+                (0..k)
+                    .map(|j| (ix[r * k + j] as usize, v[r * k + j]))
+                    .collect()
+            })
             .collect()
     }
 
@@ -567,7 +570,9 @@ impl LstmPredictor {
                 .map(|_| normal(&mut self.rng) as f32)
                 .collect();
             let out = shape.shard_output(c) as i64;
-            for net in std::iter::once(&self.model.net).chain(self.trainer.as_ref().map(|t| &t.model.net)) {
+            for net in
+                std::iter::once(&self.model.net).chain(self.trainer.as_ref().map(|t| &t.model.net))
+            {
                 net.set_shard_input(i64::from(c), &row);
                 net.reset_output_class(out);
             }
@@ -817,7 +822,12 @@ impl Predictor for LstmPredictor {
                     continue;
                 }
                 add(&mut preds[i], next, width, conf, step);
-                *path = (i, next, conf, self.input_at(like, pos, next, keys[i].volume));
+                *path = (
+                    i,
+                    next,
+                    conf,
+                    self.input_at(like, pos, next, keys[i].volume),
+                );
                 keep[j] = preds[i].iter().filter(|q| q.3 == Source::Model).count() < depth;
             }
             let mut j = 0;
@@ -856,8 +866,8 @@ impl Predictor for LstmPredictor {
             let start = out.len();
             let scope = per[i].last().map_or(0, |e| e.0.scope);
             let deferred = scope != volume_scope && confident.contains(&key.volume);
-            let open = !calibrated
-                || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
+            let open =
+                !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
             let deadline = self.clock + deadline_events;
             // Calibrated confidence per candidate; one per shard (the most
             // confident), most confident first, at most `depth`.
@@ -1210,7 +1220,10 @@ mod tests {
             from,
             cfg().depth as usize,
         );
-        assert!(dk > 0.9, "seed {seed}: default predictor staged {dk} in time");
+        assert!(
+            dk > 0.9,
+            "seed {seed}: default predictor staged {dk} in time"
+        );
         let (r1, rk) = accuracy(&mut Readahead::new(&cfg()), &ev, from);
         let (s1, sk) = accuracy(&mut Stride::new(&cfg()), &ev, from);
         let chance = 1.0 / n as f64;
@@ -1302,10 +1315,7 @@ mod tests {
                 p.step(std::slice::from_ref(e), &mut prev);
                 p.background(Duration::from_secs(1));
             }
-            (
-                jump_hits as f64 / jumps as f64,
-                hits as f64 / n as f64,
-            )
+            (jump_hits as f64 / jumps as f64, hits as f64 / n as f64)
         };
         let mut with = LstmPredictor::new(&cfg(), &tiny_deltas(256)).unwrap();
         let (lj, l1) = jumps(&mut with);
@@ -1316,13 +1326,19 @@ mod tests {
             "seed {seed}: jumps / all top-1: lstm with shard classes {lj:.3} / {l1:.3}, delta-only {dj:.3} / {d1:.3}, markov {mj:.3} / {m1:.3}; chance {chance:.3}; {} shard classes",
             with.shard_vocab().len()
         );
-        assert!(lj > 0.6 && lj > 10.0 * chance, "seed {seed}: lstm jumps {lj}");
+        assert!(
+            lj > 0.6 && lj > 10.0 * chance,
+            "seed {seed}: lstm jumps {lj}"
+        );
         // The delta-only model can hold at most 7 of the 40 jump deltas at a time.
         assert!(
             dj < 7.0 / files as f64 + 0.05 && mj < 0.05,
             "seed {seed}: delta-only {dj}, markov {mj}"
         );
-        assert!(l1 > m1 + 0.1 && l1 > d1 + 0.1, "seed {seed}: {l1} vs {m1}, {d1}");
+        assert!(
+            l1 > m1 + 0.1 && l1 > d1 + 0.1,
+            "seed {seed}: {l1} vs {m1}, {d1}"
+        );
     }
 
     /// The memory makes a replayed pattern one-shot: by the fourth run of

@@ -119,7 +119,9 @@ pub fn loss_of(
     let b = second.view([-1]);
     let valid = a.ne(IGNORE).to_kind(Kind::Float);
     let all = logits.logsumexp([-1], false);
-    let la = logits.gather(1, &a.clamp_min(0).unsqueeze(1), false).squeeze_dim(1);
+    let la = logits
+        .gather(1, &a.clamp_min(0).unsqueeze(1), false)
+        .squeeze_dim(1);
     let lb = logits
         .gather(1, &b.clamp_min(0).unsqueeze(1), false)
         .squeeze_dim(1)

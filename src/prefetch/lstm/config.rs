@@ -338,8 +338,14 @@ mod tests {
             ..ok.shape
         };
         assert!(delta_only.validate().is_ok());
-        assert_eq!(delta_only.outputs(), 1 + LSTM_VOCAB_DEFAULT_CLASSES as usize);
-        assert_eq!(ok.shape.shard_output(1), 1 + LSTM_VOCAB_DEFAULT_CLASSES as usize);
+        assert_eq!(
+            delta_only.outputs(),
+            1 + LSTM_VOCAB_DEFAULT_CLASSES as usize
+        );
+        assert_eq!(
+            ok.shape.shard_output(1),
+            1 + LSTM_VOCAB_DEFAULT_CLASSES as usize
+        );
         assert_eq!("volume".parse::<Streams>(), Ok(Streams::Volume));
         assert!("region".parse::<Streams>().is_err());
     }

@@ -317,25 +317,31 @@ mod tests {
             .unwrap();
         assert_eq!(b.delta, f.vocab.class_of(1));
         assert_eq!((b.op, b.size, b.gap, b.scope), (1, 2, 2, 1));
-        let c = f.features(&mut st, &ev(6000, Op::Read, 90, 1), 0, r).unwrap();
+        let c = f
+            .features(&mut st, &ev(6000, Op::Read, 90, 1), 0, r)
+            .unwrap();
         assert_eq!(c.delta, OOV, "-11 is not in the vocabulary");
-        assert!(f.features(&mut st, &ev(7000, Op::Flush, 0, 1), 0, r).is_none());
+        assert!(f
+            .features(&mut st, &ev(7000, Op::Flush, 0, 1), 0, r)
+            .is_none());
         assert!(
-            f.features(&mut st, &ev(7500, Op::Read, 90, 1), 0, r).is_none(),
+            f.features(&mut st, &ev(7500, Op::Read, 90, 1), 0, r)
+                .is_none(),
             "a re-read is not an input"
         );
         assert_eq!(st.last_shard(), Some(90), "a flush is not an input");
-        let d = f.features(&mut st, &ev(8000, Op::Read, 94, 1), 0, r).unwrap();
+        let d = f
+            .features(&mut st, &ev(8000, Op::Read, 94, 1), 0, r)
+            .unwrap();
         assert_eq!(d.delta, f.vocab.class_of(4));
         // 101..=102 was read two requests ago: 103 continues that run.
-        let e = f.features(&mut st, &ev(9000, Op::Read, 103, 1), 0, r).unwrap();
+        let e = f
+            .features(&mut st, &ev(9000, Op::Read, 103, 1), 0, r)
+            .unwrap();
         assert_eq!(e.near, near_class(103, &[102]));
         assert_eq!(
             (near_class(103, &[102]), near_class(100, &[102, 101])),
-            (
-                2 + LSTM_NEAR_MAX_SHARDS as u32,
-                LSTM_NEAR_MAX_SHARDS as u32
-            )
+            (2 + LSTM_NEAR_MAX_SHARDS as u32, LSTM_NEAR_MAX_SHARDS as u32)
         );
         assert_eq!(near_class(500, &[102]), 0, "far");
         assert_eq!(near_class(5, &[]), 0, "nothing recent");

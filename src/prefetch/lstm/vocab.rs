@@ -76,9 +76,7 @@ impl DeltaVocab {
         min_count: u32,
     ) -> Self {
         Vocab::build_by(deltas, capacity, window, min_count, |a, b| {
-            a.unsigned_abs()
-                .cmp(&b.unsigned_abs())
-                .then(b.cmp(a))
+            a.unsigned_abs().cmp(&b.unsigned_abs()).then(b.cmp(a))
         })
     }
 
