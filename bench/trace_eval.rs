@@ -153,6 +153,7 @@ fn main() {
             table.rows.extend(
                 eval_trace_with(name, &ev, &cfg, &PredictorKind::ALL, &lstm_opts).expect("eval"),
             );
+            let group = table.rows.len() - PredictorKind::ALL.len();
             if repeated_pattern(name) {
                 // Supplementary: the Markov baseline over one stream per
                 // volume, as the LSTM's volume stream sees the trace.
@@ -170,6 +171,24 @@ fn main() {
                     table.rows.push(r);
                 }
             }
+            // Progress on stderr: the full table prints at the end.
+            let hits: Vec<String> = table.rows[group..]
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {:.1}/{:.1}",
+                        r.predictor,
+                        100.0 * r.stats.hit_ratio,
+                        100.0 * r.stats.precision
+                    )
+                })
+                .collect();
+            eprintln!(
+                "[{:.0} s] {name} {}: hit/prec % {}",
+                t0.elapsed().as_secs_f64(),
+                shardblk::prefetch::eval::human_bytes(shard_bytes),
+                hits.join(", ")
+            );
         }
     }
     print!("{table}");
