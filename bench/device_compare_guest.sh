@@ -3,11 +3,19 @@
 # Three targets on the same medium (the guest's tmpfs), each backed by its
 # own 384 MiB file written in full first: shardblk (one queue pinned to CPU 1,
 # a fully mapped volume on the hot tier), the kernel loop driver with direct
-# I/O, and rublk's loop target (one queue, direct I/O). fio runs pinned to
-# CPU 0, io_uring, direct, 4 s per job; jobs interleave the targets
-# (several rounds, see below).
+# I/O, and rublk's loop target (one queue, direct I/O, its threads pinned
+# to CPU 1 like ours). fio runs pinned to CPU 0, io_uring, direct, 4 s per
+# job; jobs interleave the targets (several rounds, see below).
 # SHARDBLK_BASELINE_BIN (optional): another shardblk build, served the same
 # way from its own pool, as a fourth target `before` (before/after a change).
+# SHARDBLK_CMP_VARIANTS (optional): `NAME=ADD-FLAGS;...`, more targets served
+# by the same shardblk binary from their own pools with extra `add` flags
+# (e.g. `copy=--zero-copy off;unpinned=--cpus 0,1`).
+# SHARDBLK_CMP_JOBS (optional): `RW:BS:QD,...` instead of the five default
+# jobs; SHARDBLK_CMP_NO_LOOP=1 leaves the kernel loop driver out.
+# SHARDBLK_CMP_RUBLK_FLOAT=1 adds `rublkfl`: a second rublk device whose
+# threads keep libublk's affinity (every CPU of the queue's blk-mq map, so
+# the scheduler can run it beside fio).
 . "$(dirname "$0")/../tests/vm/lib.sh"
 R="${SHARDBLK_RUBLK:?set SHARDBLK_RUBLK}"
 [ -x "$R" ] || die "no rublk at $R"
@@ -33,16 +41,56 @@ if [ -n "$BB" ]; then
     targets="rublk loop before shardblk"
 fi
 
-dd if=/dev/urandom of="$W/loop.img" bs=1M count=$SIZE_MB status=none
-lo="$(losetup --direct-io=on -f --show "$W/loop.img")" || die "losetup"
+# Variants: one pool, volume and device each (numbers 6, 7, ...).
+declare -A vdev=()
+n=6
+IFS=';' read -ra variants <<<"${SHARDBLK_CMP_VARIANTS:-}"
+for v in "${variants[@]}"; do
+    [ -n "$v" ] || continue
+    name="${v%%=*}" flags="${v#*=}"
+    truncate -s 512M "$W/$name-hot.img"
+    truncate -s 256M "$W/$name-cold.img"
+    SHARDBLK_POOL="$W/$name-hot.img" "$B" pool init --tier hot="$W/$name-hot.img" --tier cold="$W/$name-cold.img" >/dev/null
+    SHARDBLK_POOL="$W/$name-hot.img" "$B" volume create cmp --size ${SIZE_MB}M --shard-size 1M >/dev/null
+    # CPU 1 like the others, unless the flags name CPUs.
+    case " $flags " in *" --cpus "*) cpus="" ;; *) cpus="--cpus 1" ;; esac
+    # shellcheck disable=SC2086
+    d="$(SHARDBLK_POOL="$W/$name-hot.img" "$B" add --volume cmp --number $n $cpus $flags)" || die "variant $name: add $flags"
+    wait_dev "$d"
+    dd if=/dev/urandom of="$d" bs=1M count=$SIZE_MB oflag=direct status=none
+    vdev[$name]=$d
+    targets="$targets $name"
+    n=$((n + 1))
+done
+[ "${SHARDBLK_CMP_NO_LOOP:-0}" = 1 ] && targets="$(echo "$targets" | sed 's/ loop//')"
+
+lo=""
+if [ "${SHARDBLK_CMP_NO_LOOP:-0}" != 1 ]; then
+    dd if=/dev/urandom of="$W/loop.img" bs=1M count=$SIZE_MB status=none
+    lo="$(losetup --direct-io=on -f --show "$W/loop.img")" || die "losetup"
+fi
 
 dd if=/dev/urandom of="$W/rublk.img" bs=1M count=$SIZE_MB status=none
 "$R" add loop --quiet -n 4 -q 1 -f "$W/rublk.img" >/dev/null 2>&1 || die "rublk add"
 wait_dev /dev/ublkb4
 ru=/dev/ublkb4
+# The same placement as shardblk's queue: every thread of the rublk daemon
+# (the newest rublk process) on CPU 1.
+taskset -a -pc 1 "$(pgrep -n -x rublk)" >/dev/null || die "pinning rublk"
+rf=""
+if [ "${SHARDBLK_CMP_RUBLK_FLOAT:-0}" = 1 ]; then
+    dd if=/dev/urandom of="$W/rublkfl.img" bs=1M count=$SIZE_MB status=none
+    "$R" add loop --quiet -n 12 -q 1 -f "$W/rublkfl.img" >/dev/null 2>&1 || die "rublk add (float)"
+    wait_dev /dev/ublkb12
+    rf=/dev/ublkb12
+    targets="$targets rublkfl"
+fi
 cleanup_all() {
     "$R" del -n 4 >/dev/null 2>&1 || true
-    losetup -d "$lo" 2>/dev/null || true
+    [ -z "$rf" ] || "$R" del -n 12 >/dev/null 2>&1 || true
+    [ -z "$lo" ] || losetup -d "$lo" 2>/dev/null || true
+    local d
+    for d in "${vdev[@]}"; do "$B" del -n "${d#/dev/ublkb}" >/dev/null 2>&1 || true; done
     [ -z "$BB" ] || "$BB" del -n 5 >/dev/null 2>&1 || true
     cleanup
 }
@@ -66,14 +114,19 @@ PY
 # of the targets reversed every other round; the table shows the median of
 # each column over the rounds (the host is shared: single runs swing 2x).
 ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}"
-printf '%-20s %-8s %9s %8s %9s %9s %8s %8s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru
-for job in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 4"; do
-    set -- $job
+: >"$W/rounds.txt"
+printf '%-20s %-10s %9s %8s %9s %9s %8s %8s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru
+jobs="${SHARDBLK_CMP_JOBS:-randread:4k:1,randread:4k:32,randwrite:4k:1,randwrite:4k:32,read:1M:4}"
+for job in ${jobs//,/ }; do
+    set -- ${job//:/ }
     declare -A res=()
     order="$targets"
     for r in $(seq "$ROUNDS"); do
         for t in $order; do
-            case $t in rublk) dev=$ru ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;; esac
+            case $t in
+                rublk) dev=$ru ;; rublkfl) dev=$rf ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
+                *) dev=${vdev[$t]} ;;
+            esac
             res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3");"
         done
         order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
@@ -87,9 +140,15 @@ print(" ".join(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in ra
     read -r ri rb rp50 rp99 <<<"$(med "${res[rublk]}")"
     for t in $(echo "$targets" | tr ' ' '\n' | tac); do
         read -r i b p50 p99 <<<"$(med "${res[$t]}")"
-        printf '%-20s %-8s %9.0f %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
+        printf '%-20s %-10s %9.0f %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
             "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")"
+    done
+    # Every round's IOPS, in run order, for judging the spread behind a median.
+    for t in $(echo "$targets" | tr ' ' '\n' | tac); do
+        echo "${res[$t]}" | tr ';' '\n' | awk -v j="$1 $2 QD$3" -v t="$t" \
+            'NF { r = r " " int($1) } END { printf "#  %-17s %-10s rounds:%s\n", j, t, r }' >>"$W/rounds.txt"
     done
     unset res
 done
+cat "$W/rounds.txt"
 "$B" stats -n 3

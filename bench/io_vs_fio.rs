@@ -10,12 +10,15 @@
 //! the engine with random data, then runs each workload (4 KiB random read
 //! at QD 1 and QD 32, 1 MiB sequential read at QD 4) with
 //! `fio --ioengine=io_uring --direct=1` on the file, with the raw
-//! [`UringEngine`] streaming interface on the file, and through the volume
-//! engine (composer translation per request, then the same streaming
-//! engine). Each runner runs each workload twice in the order A B C C B A;
-//! the mean is reported in one table of IOPS, MB/s, CPU time per I/O (`us/IO`:
-//! user + system of the whole process, fio's as its finished child) and the IOPS ratio
-//! to fio.
+//! [`UringEngine`] streaming interface on the file (`shardblk`: the default
+//! early submission; `batched`: [`SubmitPolicy::Batched`], everything queued
+//! goes with the next reap, the engine before early submission), and through
+//! the volume engine (composer translation per request, then the same
+//! streaming engine, early submission). Each runner runs each workload twice
+//! in the order A B C C B A; the mean is reported in one table of IOPS, MB/s,
+//! CPU time per I/O (`us/IO`: user + system of the whole process, fio's as
+//! its finished child), I/Os per `io_uring_enter` call (`IO/ent`, ours only)
+//! and the IOPS ratio to fio.
 //! `SHARDBLK_BENCH_SECS` sets the time per run (default 5),
 //! `SHARDBLK_BENCH_ROUNDS` the number of such rounds (default 2). The bench
 //! and fio run pinned to one CPU (`SHARDBLK_BENCH_CPU`, default the last).
@@ -33,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{BLOCK_SIZE_BYTES, UNIT_SIZE_BYTES};
 use shardblk::io::file::FileDev;
-use shardblk::io::uring::{ArenaBuf, Completion, StreamKind, StreamOp, UringEngine};
+use shardblk::io::uring::{ArenaBuf, Completion, StreamKind, StreamOp, SubmitPolicy, UringEngine};
 use shardblk::io::{AlignedBuf, BlockDev, DevIndex};
 use shardblk::shard::policy::TierPolicy;
 use shardblk::shard::pool::{Pool, TierSpec};
@@ -66,15 +69,18 @@ struct Figures {
     /// CPU time (user + system, every thread of the process doing the
     /// I/O, io_uring workers included) per operation, microseconds.
     cpu_us_per_op: f64,
+    /// Operations per `io_uring_enter` call (our engines only; 0 = unknown).
+    ops_per_enter: f64,
 }
 
 impl Figures {
-    fn from_counts(ops: u64, bytes: u64, elapsed: Duration, cpu: Duration) -> Figures {
+    fn from_counts(ops: u64, bytes: u64, elapsed: Duration, cpu: Duration, enters: u64) -> Figures {
         let s = elapsed.as_secs_f64();
         Figures {
             iops: ops as f64 / s,
             mb_per_s: bytes as f64 / 1e6 / s,
             cpu_us_per_op: cpu.as_secs_f64() * 1e6 / ops.max(1) as f64,
+            ops_per_enter: ops as f64 / enters.max(1) as f64,
         }
     }
 }
@@ -152,6 +158,7 @@ impl Runner for Fio {
             iops,
             mb_per_s: bw / 1e6,
             cpu_us_per_op: cpu.as_secs_f64() * 1e6 / ios,
+            ops_per_enter: 0.0,
         })
     }
 }
@@ -160,22 +167,29 @@ impl Runner for Fio {
 struct Ours {
     engine: UringEngine,
     blocks_in_file: u64,
+    name: &'static str,
 }
 
 impl Ours {
-    fn new(path: &Path) -> Result<Ours> {
+    fn new(path: &Path, policy: SubmitPolicy) -> Result<Ours> {
         let dev: Arc<dyn BlockDev> = Arc::new(FileDev::open(path)?);
         let blocks_in_file = dev.size_bytes() / BLOCK_SIZE_BYTES;
+        let mut engine = UringEngine::new(vec![dev])?;
+        engine.set_submit_policy(policy);
         Ok(Ours {
-            engine: UringEngine::new(vec![dev])?,
+            engine,
             blocks_in_file,
+            name: match policy {
+                SubmitPolicy::Early => "shardblk uring",
+                SubmitPolicy::Batched => "batched uring",
+            },
         })
     }
 }
 
 impl Runner for Ours {
     fn name(&self) -> &str {
-        "shardblk uring"
+        self.name
     }
     fn run(&mut self, w: &Workload) -> Result<Figures> {
         let positions = self.blocks_in_file / (w.block_bytes as u64 / BLOCK_SIZE_BYTES);
@@ -208,6 +222,8 @@ fn stream_reads(
         pos * w.block_bytes as u64
     };
     let mut out: Vec<Completion> = Vec::with_capacity(w.qd);
+    let enters0 = engine.enters();
+    let mut enters = 0;
     let cpu0 = process_cpu();
     let mut cpu = Duration::ZERO;
     let start = Instant::now();
@@ -236,6 +252,7 @@ fn stream_reads(
             stopping = true;
             elapsed = start.elapsed();
             cpu = process_cpu() - cpu0;
+            enters = engine.enters() - enters0;
         }
     }
     Ok(Figures::from_counts(
@@ -243,6 +260,7 @@ fn stream_reads(
         ops * w.block_bytes as u64,
         elapsed,
         cpu,
+        enters,
     ))
 }
 
@@ -416,7 +434,8 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let through = ThroughVolume::new(&pool, vol)?;
-    let ours = Ours::new(&path)?;
+    let ours = Ours::new(&path, SubmitPolicy::Early)?;
+    let batched = Ours::new(&path, SubmitPolicy::Batched)?;
 
     let workloads = [
         Workload {
@@ -444,6 +463,7 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
     let mut runners: Vec<Box<dyn Runner>> = vec![
         Box::new(Fio { path: path.clone() }),
         Box::new(ours),
+        Box::new(batched),
         Box::new(through),
     ];
     // Optional filters (for profiling one runner or one workload): comma
@@ -470,7 +490,13 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
     let mut rows = Vec::new();
     for w in &workloads {
         let n = runners.len();
-        let mut sums = vec![(0.0f64, 0.0f64, 0.0f64); n];
+        let zero = Figures {
+            iops: 0.0,
+            mb_per_s: 0.0,
+            cpu_us_per_op: 0.0,
+            ops_per_enter: 0.0,
+        };
+        let mut sums = vec![zero; n];
         let order: Vec<usize> = (0..rounds)
             .flat_map(|_| (0..n).chain((0..n).rev()))
             .collect();
@@ -480,25 +506,21 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
                 .run(w)
                 .with_context(|| format!("{} on {}", r.name(), w.name))?;
             eprintln!(
-                "{:<18} {:<16} {:>10.0} IOPS {:>8.1} MB/s {:>6.2} CPU us/IO",
+                "{:<18} {:<16} {:>10.0} IOPS {:>8.1} MB/s {:>6.2} CPU us/IO {:>6.1} IO/enter",
                 w.name,
                 r.name(),
                 f.iops,
                 f.mb_per_s,
-                f.cpu_us_per_op
+                f.cpu_us_per_op,
+                f.ops_per_enter
             );
-            sums[i].0 += f.iops / (2 * rounds) as f64;
-            sums[i].1 += f.mb_per_s / (2 * rounds) as f64;
-            sums[i].2 += f.cpu_us_per_op / (2 * rounds) as f64;
+            let k = (2 * rounds) as f64;
+            sums[i].iops += f.iops / k;
+            sums[i].mb_per_s += f.mb_per_s / k;
+            sums[i].cpu_us_per_op += f.cpu_us_per_op / k;
+            sums[i].ops_per_enter += f.ops_per_enter / k;
         }
-        let figs: Vec<Figures> = sums
-            .into_iter()
-            .map(|(iops, mb_per_s, cpu_us_per_op)| Figures {
-                iops,
-                mb_per_s,
-                cpu_us_per_op,
-            })
-            .collect();
+        let figs = sums;
         rows.push((w.name, figs));
     }
 
@@ -511,7 +533,7 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
             "us/IO"
         );
         if i > 0 {
-            header += &format!(" {:>7}", "ratio");
+            header += &format!(" {:>6} {:>7}", "IO/ent", "ratio");
         }
     }
     println!("{header}");
@@ -524,7 +546,12 @@ fn bench_dir(dir: &Path, duration: Duration, rounds: usize) -> Result<()> {
                 f.iops, f.mb_per_s, f.cpu_us_per_op
             );
             if i > 0 {
-                line += &format!(" {:>6.1}%", 100.0 * f.iops / figs[0].iops);
+                let per_enter = if f.ops_per_enter > 0.0 {
+                    format!("{:.1}", f.ops_per_enter)
+                } else {
+                    "-".into()
+                };
+                line += &format!(" {:>6} {:>6.1}%", per_enter, 100.0 * f.iops / figs[0].iops);
             }
         }
         println!("{line}");

@@ -69,6 +69,14 @@ pub const DEVICE_SIZE_MIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// io_uring submission queue entries per engine (one engine per thread).
 pub const IO_RING_ENTRIES: u32 = 256;
+/// Streaming, early submission: a reap that returned at least this many
+/// completions arms it (the caller is about to queue about as many ops). A
+/// smaller refill goes with the next reap: one syscall per I/O at QD 1, and
+/// at small depths the plug delay early submission saves is a few
+/// microseconds, not worth the extra syscalls.
+pub const IO_EARLY_SUBMIT_MIN_COMPLETIONS: usize = 8;
+const _: () = assert!(IO_EARLY_SUBMIT_MIN_COMPLETIONS >= 2);
+const _: () = assert!(IO_EARLY_SUBMIT_MIN_COMPLETIONS <= IO_RING_ENTRIES as usize);
 /// Registered buffer arena per engine.
 pub const IO_REGISTERED_BUFFERS: usize = 64;
 pub const IO_REGISTERED_BUFFER_BYTES: usize = 1024 * 1024;
@@ -250,6 +258,9 @@ pub const DEVICE_DISCARD_MAX_BYTES: u64 = 1 << 30;
 pub const DEVICE_TRACE_RING_EVENTS: usize = 1 << 16;
 /// How often a queue thread publishes its statistics snapshot (milliseconds).
 pub const DEVICE_STATS_PUBLISH_MS: u64 = 200;
+/// Latencies a queue thread buffers between publishes (8 bytes each); a full
+/// buffer is published at once.
+pub const DEVICE_STATS_PENDING_RECORDS: usize = 16_384;
 /// Highest latency a histogram tracks (nanoseconds); slower requests count as this.
 pub const DEVICE_LATENCY_MAX_NS: u64 = 60_000_000_000;
 /// Significant decimal digits of the latency histograms.
@@ -263,6 +274,9 @@ pub const DEVICE_STOP_TIMEOUT_S: u64 = 30;
 /// Largest reply or request accepted on the control socket (bytes).
 pub const DEVICE_CONTROL_MSG_MAX_BYTES: usize = 1 << 20;
 const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % BLOCK_SIZE_BYTES == 0);
+// A buffered latency packs its histogram key above bit 56.
+const _: () = assert!(DEVICE_LATENCY_MAX_NS < 1 << 56);
+const _: () = assert!(DEVICE_STATS_PENDING_RECORDS >= DEVICE_DEPTH_MAX_REQUESTS as usize);
 const _: () = assert!(DEVICE_DEPTH_DEFAULT_REQUESTS <= DEVICE_DEPTH_MAX_REQUESTS);
 const _: () = assert!((DEVICE_DEPTH_MAX_REQUESTS as u32) < TABLE_SLOT_WRITERS_MAX);
 const _: () = assert!(DEVICE_DISCARD_MAX_BYTES % BLOCK_SIZE_BYTES == 0);
@@ -502,6 +516,14 @@ pub const PREFETCH_BACKLOG_EVENTS_MAX: usize = 16_384;
 /// about 10 % of a vCPU at one wakeup per millisecond under TCG).
 pub const PREFETCH_POLL_INTERVAL_US: u64 = 4_000;
 pub const PREFETCH_IDLE_SLEEP_US: u64 = 10_000;
+/// With prefetching off and no recording, the thread only empties the
+/// rings: it sleeps this long between turns (the rings hold that long at
+/// up to about 1.3 M requests per second and queue).
+pub const PREFETCH_DRAIN_ONLY_SLEEP_US: u64 = 50_000;
+const _: () = assert!(
+    DEVICE_TRACE_RING_EVENTS as u64 * 1_000_000 / PREFETCH_DRAIN_ONLY_SLEEP_US >= 1_000_000
+);
+const _: () = assert!(PREFETCH_DRAIN_ONLY_SLEEP_US >= PREFETCH_IDLE_SLEEP_US);
 /// Background (online training) budget per idle turn (milliseconds).
 pub const PREFETCH_BACKGROUND_BUDGET_MS: u64 = 20;
 /// Default hot-tier budget of staged shards: this percent of the hot tier.

@@ -2,18 +2,21 @@
 //! SyncEngine over MemDev, SyncEngine over FileDev (temp file), UringEngine over
 //! FileDev (temp file) and UringEngine over a loop block device (skipped, with
 //! a message, when not root or `losetup` is missing). The streaming interface
-//! of UringEngine is tested at queue depth 32 on both of its device kinds.
+//! of UringEngine is tested at queue depth 32 on both of its device kinds,
+//! under both submit policies, and when each policy hands ops to the kernel.
 //!
 //! Randomized tests use seed `SHARDBLK_TEST_SEED` (default 42) and print it on
 //! failure.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shardblk::constants::{BLOCK_SIZE_BYTES, IO_RING_ENTRIES};
+use shardblk::constants::{BLOCK_SIZE_BYTES, IO_EARLY_SUBMIT_MIN_COMPLETIONS, IO_RING_ENTRIES};
 use shardblk::io::file::FileDev;
 use shardblk::io::mem::MemDev;
 use shardblk::io::sync_engine::SyncEngine;
-use shardblk::io::uring::{Completion, RawKind, StreamKind, StreamOp, UringEngine};
+use shardblk::io::uring::{
+    ArenaBuf, Completion, RawKind, StreamKind, StreamOp, SubmitPolicy, UringEngine,
+};
 use shardblk::io::{AlignedBuf, BlockDev, DevIndex, IoEngine, IoError, IoOp};
 use std::path::PathBuf;
 use std::process::Command;
@@ -700,6 +703,66 @@ fn t_stream_edges(f: &mut Fixture) {
     assert!(r.iter().all(|&b| b == 0x3C));
 }
 
+/// When queued stream ops reach the kernel: `Early` hands them over in
+/// chunks of 1, 2, 4, ... after a reap of at least
+/// `IO_EARLY_SUBMIT_MIN_COMPLETIONS`, and not after a smaller one; `Batched`
+/// leaves everything for the next reap. Every op completes either way.
+fn t_submit_policy(f: &mut Fixture) {
+    let eng = f.uring();
+    assert_eq!(eng.submit_policy(), SubmitPolicy::Early, "the default");
+    let arena = eng.arena().clone();
+    let read = |buf: ArenaBuf, i: usize| StreamOp {
+        dev: DevIndex((i % DEVS) as u16),
+        offset: (i * BLOCK) as u64,
+        kind: StreamKind::Read { buf, len: BLOCK },
+        user_data: i as u64,
+    };
+    let n = IO_EARLY_SUBMIT_MIN_COMPLETIONS;
+    let mut out = Vec::new();
+    for policy in [SubmitPolicy::Early, SubmitPolicy::Batched] {
+        eng.set_submit_policy(policy);
+        // Nothing reaped yet: the first ops wait for the reap.
+        for i in 0..n {
+            assert!(eng.submit(read(arena.alloc().unwrap(), i)).is_ok());
+        }
+        assert_eq!(eng.unsubmitted(), n, "{policy:?}: before any reap");
+        out.clear();
+        assert_eq!(eng.reap(n, &mut out).unwrap(), n);
+        // A refill after a reap of `n`.
+        let e0 = eng.enters();
+        let mut left = Vec::new();
+        for i in 0..7 {
+            assert!(eng.submit(read(arena.alloc().unwrap(), i)).is_ok());
+            left.push(eng.unsubmitted());
+        }
+        match policy {
+            SubmitPolicy::Early => {
+                assert_eq!(left, [0, 1, 0, 1, 2, 3, 0], "chunks of 1, 2, 4");
+                assert_eq!(eng.enters() - e0, 3, "one enter per chunk");
+            }
+            SubmitPolicy::Batched => {
+                assert_eq!(left, [1, 2, 3, 4, 5, 6, 7]);
+                assert_eq!(eng.enters(), e0, "no syscall before the reap");
+            }
+        }
+        out.clear();
+        assert_eq!(eng.reap(7, &mut out).unwrap(), 7);
+        // A reap of fewer completions does not arm early submission.
+        assert!(eng.submit(read(arena.alloc().unwrap(), 0)).is_ok());
+        out.clear();
+        assert_eq!(eng.reap(1, &mut out).unwrap(), 1);
+        assert!(n > 1);
+        assert!(eng.submit(read(arena.alloc().unwrap(), 1)).is_ok());
+        assert_eq!(eng.unsubmitted(), 1, "{policy:?}: after a reap of one");
+        out.clear();
+        assert_eq!(eng.reap(1, &mut out).unwrap(), 1);
+        assert!(out.iter().all(|c| c.result.is_ok()));
+        out.clear();
+        assert_eq!(eng.stream_pending(), 0);
+        assert_eq!(arena.free_slots(), arena.slots());
+    }
+}
+
 mod uring_stream {
     use super::*;
     #[test]
@@ -711,6 +774,23 @@ mod uring_stream {
         if let Some(mut f) = uring_loop() {
             t_stream_qd32(&mut f)
         }
+    }
+    #[test]
+    fn file_qd32_batched() {
+        let mut f = uring_file().unwrap();
+        f.uring().set_submit_policy(SubmitPolicy::Batched);
+        t_stream_qd32(&mut f)
+    }
+    #[test]
+    fn loop_qd32_batched() {
+        if let Some(mut f) = uring_loop() {
+            f.uring().set_submit_policy(SubmitPolicy::Batched);
+            t_stream_qd32(&mut f)
+        }
+    }
+    #[test]
+    fn file_submit_policy() {
+        t_submit_policy(&mut uring_file().unwrap())
     }
     #[test]
     fn file_edges() {

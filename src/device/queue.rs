@@ -47,7 +47,7 @@ use crate::constants::{
 };
 use crate::device::config::PollMode;
 use crate::device::metrics::{HitSet, Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
-use crate::device::xfer::{Dir, Progress, Xfer};
+use crate::device::xfer::{Dir, FileRef, Progress, Xfer};
 use crate::io::IoEngine;
 use crate::volume::handle::{Volume, WritePiece};
 use crate::volume::split::PieceKind;
@@ -69,12 +69,25 @@ const _: () = assert!(READ_PIECES_MAX >= TIERS_MAX);
 // Piece indices travel in the 8 target-data bits libublk's user data keeps.
 const _: () = assert!(READ_PIECES_MAX <= 1 << 8);
 
+/// Index of tier 0's file in each queue ring's registered file table:
+/// libublk registers `UblkDev::tgt.fds[..nr_fds]`, whose slot 0 is the ublk
+/// char device; `serve` puts the tier devices right after it (tier `t` at
+/// `TIER_FILE_INDEX_BASE + t`), so tier SQEs carry no per-SQE file lookup.
+pub const TIER_FILE_INDEX_BASE: u32 = 1;
+const _: () = assert!(TIER_FILE_INDEX_BASE as usize + TIERS_MAX <= 32);
+
+/// The registered file of tier `t` on a queue ring.
+fn tier_file(t: usize) -> FileRef {
+    FileRef::Registered(TIER_FILE_INDEX_BASE + t as u32)
+}
+
 /// What every queue thread of a device shares.
 pub struct QueueCtx {
     pub volume: Volume,
     pub poll: PollMode,
     pub cpus: Vec<usize>,
-    /// Raw fds of the tier devices, by tier index.
+    /// Raw fds of the tier devices, by tier index (-1: no such tier); each
+    /// queue ring has them registered (see [`TIER_FILE_INDEX_BASE`]).
     pub fds: [RawFd; TIERS_MAX],
     /// When the device started (trace and latency clock origin).
     pub start: Instant,
@@ -522,7 +535,7 @@ impl Server<'_> {
         let mapped = ctx.volume.map_read(&guard, t.offset, t.len, |p| {
             let at = p.buf_offset as usize;
             let len = p.len as u32;
-            let (fd, offset) = match p.kind {
+            let (file, offset) = match p.kind {
                 PieceKind::Unmapped if !zc => {
                     hit.add_unmapped();
                     buf[at..at + len as usize].fill(0);
@@ -532,18 +545,18 @@ impl Server<'_> {
                 // fixed-buffer ops, so holes are read from `/dev/zero`.
                 PieceKind::Unmapped => {
                     hit.add_unmapped();
-                    (ctx.zero.as_raw_fd(), 0)
+                    (FileRef::Fd(ctx.zero.as_raw_fd()), 0)
                 }
                 PieceKind::Mapped {
                     tier,
                     device_byte_offset,
                 } => {
                     hit.add_tier(tier);
-                    (ctx.fds[tier], device_byte_offset)
+                    (tier_file(tier), device_byte_offset)
                 }
             };
             let x = Xfer {
-                fd,
+                file,
                 dir: Dir::Read,
                 fixed: zc.then_some(tag),
                 addr: if zc {
@@ -623,7 +636,7 @@ impl Server<'_> {
             };
             t.hit.add_tier(p.tier);
             let x = Xfer {
-                fd: ctx.fds[p.tier],
+                file: tier_file(p.tier),
                 dir: Dir::Write,
                 fixed: zc.then_some(tag),
                 addr: if zc {
@@ -673,7 +686,7 @@ impl Server<'_> {
             return self.finish(q, tag);
         };
         let x = Xfer {
-            fd: fd.as_raw_fd(),
+            file: FileRef::Fd(fd.as_raw_fd()),
             dir: Dir::Write,
             fixed: Some(tag),
             addr: 0,
@@ -726,8 +739,8 @@ impl Server<'_> {
         let t = &mut self.tags[tag as usize];
         t.phase = Phase::Sync;
         let mut n = 0;
-        for (i, &fd) in fds.iter().enumerate().filter(|(_, &fd)| fd >= 0) {
-            let sqe = opcode::Fsync::new(types::Fd(fd))
+        for (i, _) in fds.iter().enumerate().filter(|(_, &fd)| fd >= 0) {
+            let sqe = opcode::Fsync::new(types::Fixed(TIER_FILE_INDEX_BASE + i as u32))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
                 .user_data(tgt_data(tag, kind::FSYNC, i));

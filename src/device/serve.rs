@@ -27,7 +27,7 @@ use crate::device::features::{
 };
 use crate::device::metrics::trace_ring;
 use crate::device::net::ClusterSource;
-use crate::device::queue::{pin_thread, run_queue, QueueCtx};
+use crate::device::queue::{pin_thread, run_queue, QueueCtx, TIER_FILE_INDEX_BASE};
 use crate::device::registry::{socket_path, DeviceRecord, PrefetchRecord};
 use crate::device::DeviceError;
 use crate::prefetch::live::{Live, LiveConfig};
@@ -272,7 +272,17 @@ fn run(
     let vol = p.ctx.volume.clone();
     let size = vol.size_bytes();
     let shard = vol.shard_size();
+    let tier_fds = p.ctx.fds;
     let tgt_init = move |dev: &mut UblkDev| {
+        // The tier devices go into every queue ring's registered file table
+        // right after libublk's ublk char device (see TIER_FILE_INDEX_BASE).
+        if dev.tgt.nr_fds != TIER_FILE_INDEX_BASE as i32 {
+            return Err(libublk::UblkError::OtherError(-libc::EINVAL));
+        }
+        for (t, &fd) in tier_fds.iter().enumerate().filter(|(_, &fd)| fd >= 0) {
+            dev.tgt.fds[TIER_FILE_INDEX_BASE as usize + t] = fd;
+            dev.tgt.nr_fds = (TIER_FILE_INDEX_BASE as usize + t + 1) as i32;
+        }
         dev.tgt.dev_size = size;
         dev.tgt.params = libublk::sys::ublk_params {
             types: libublk::sys::UBLK_PARAM_TYPE_BASIC | libublk::sys::UBLK_PARAM_TYPE_DISCARD,

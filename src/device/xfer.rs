@@ -3,7 +3,8 @@
 //! tag's slot until every byte has moved.
 //!
 //! Contract:
-//! - [`Xfer::sqe`] is the SQE for what is left of the transfer.
+//! - [`Xfer::sqe`] is the SQE for what is left of the transfer, on a plain
+//!   file descriptor or on a file registered with the ring ([`FileRef`]).
 //! - [`Xfer::advance`] accounts one completion: the transfer is done, it was
 //!   short (the transfer now describes the rest, to be submitted again), or
 //!   it failed with an errno that fails the request.
@@ -29,10 +30,26 @@ pub enum Dir {
     Write,
 }
 
+/// The file side of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRef {
+    /// A plain file descriptor (looked up and referenced per SQE).
+    Fd(RawFd),
+    /// Index in the ring's registered file table (no per-SQE lookup or
+    /// reference count, which queues on several CPUs would bounce).
+    Registered(u32),
+}
+
+impl Default for FileRef {
+    fn default() -> Self {
+        FileRef::Fd(-1)
+    }
+}
+
 /// One transfer, and how much of it is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Xfer {
-    pub fd: RawFd,
+    pub file: FileRef,
     pub dir: Dir,
     /// `Some(index)`: a fixed-buffer op (zero copy) on registered buffer
     /// `index`, and `addr` is an offset in it; `None`: `addr` is a pointer.
@@ -59,22 +76,33 @@ pub enum Progress {
 impl Xfer {
     /// The SQE for what is left (the caller sets its user data).
     pub fn sqe(&self) -> squeue::Entry {
-        let fd = types::Fd(self.fd);
-        match (self.dir, self.fixed) {
-            (Dir::Read, None) => opcode::Read::new(fd, self.addr as *mut u8, self.len)
-                .offset(self.offset)
-                .build(),
-            (Dir::Read, Some(i)) => opcode::ReadFixed::new(fd, self.addr as *mut u8, self.len, i)
-                .offset(self.offset)
-                .build(),
-            (Dir::Write, None) => opcode::Write::new(fd, self.addr as *const u8, self.len)
-                .offset(self.offset)
-                .build(),
-            (Dir::Write, Some(i)) => {
-                opcode::WriteFixed::new(fd, self.addr as *const u8, self.len, i)
-                    .offset(self.offset)
-                    .build()
-            }
+        // The opcode builders take either kind of file (a sealed trait), so
+        // the match is written once for each.
+        macro_rules! build {
+            ($fd:expr) => {
+                match (self.dir, self.fixed) {
+                    (Dir::Read, None) => opcode::Read::new($fd, self.addr as *mut u8, self.len)
+                        .offset(self.offset)
+                        .build(),
+                    (Dir::Read, Some(i)) => {
+                        opcode::ReadFixed::new($fd, self.addr as *mut u8, self.len, i)
+                            .offset(self.offset)
+                            .build()
+                    }
+                    (Dir::Write, None) => opcode::Write::new($fd, self.addr as *const u8, self.len)
+                        .offset(self.offset)
+                        .build(),
+                    (Dir::Write, Some(i)) => {
+                        opcode::WriteFixed::new($fd, self.addr as *const u8, self.len, i)
+                            .offset(self.offset)
+                            .build()
+                    }
+                }
+            };
+        }
+        match self.file {
+            FileRef::Fd(fd) => build!(types::Fd(fd)),
+            FileRef::Registered(i) => build!(types::Fixed(i)),
         }
     }
 
@@ -106,7 +134,7 @@ mod tests {
     #[test]
     fn a_short_completion_leaves_the_rest_and_a_full_one_ends_it() {
         let mut x = Xfer {
-            fd: 3,
+            file: FileRef::Registered(3),
             dir: Dir::Read,
             fixed: Some(7),
             addr: 4096,
@@ -159,7 +187,7 @@ mod tests {
             while t0.elapsed() < std::time::Duration::from_millis(500) {
                 buf.fill(0xA5);
                 let mut x = Xfer {
-                    fd: zero.as_raw_fd(),
+                    file: FileRef::Fd(zero.as_raw_fd()),
                     dir: Dir::Read,
                     fixed: None,
                     addr: buf.as_mut_ptr() as u64,

@@ -26,6 +26,18 @@
 //!     [`UringEngine::submit_raw`] is the same with a caller-owned buffer
 //!     (e.g. a ublk request buffer), `unsafe` because the caller must keep the
 //!     memory valid until the completion is reaped.
+//!   * When queued stream ops reach the kernel is the [`SubmitPolicy`]:
+//!     `Batched` hands everything to the next `reap` (one `io_uring_enter`
+//!     per reap); `Early` (the default) does that too, except after a reap
+//!     that returned at least [`IO_EARLY_SUBMIT_MIN_COMPLETIONS`]
+//!     completions: the ops queued next are handed over in chunks of 1, 2,
+//!     4, ... (a non-waiting `io_uring_enter` each) as they are queued, so
+//!     the device starts on the first refill while the caller prepares the
+//!     rest. One enter carrying N ops issues them under one block plug, so
+//!     the first reaches the device only after all N went through the
+//!     file system; on a device that completes in bursts (a virtio disk)
+//!     that left it idle for a large part of each refill.
+//!     [`UringEngine::enters`] counts the engine's `io_uring_enter` calls.
 //! - Short reads and writes are finished by resubmitting the remainder;
 //!   `EINTR`/`EAGAIN` completions are resubmitted; end of file is
 //!   [`IoError::Short`]; other errors are per op, naming the device.
@@ -51,7 +63,8 @@
 
 use super::{check_transfer, BlockDev, DevIndex, IoEngine, IoError, IoOp, IoResult, OpKind};
 use crate::constants::{
-    BLOCK_SIZE_BYTES, IO_REGISTERED_BUFFERS, IO_REGISTERED_BUFFER_BYTES, IO_RING_ENTRIES,
+    BLOCK_SIZE_BYTES, IO_EARLY_SUBMIT_MIN_COMPLETIONS, IO_REGISTERED_BUFFERS,
+    IO_REGISTERED_BUFFER_BYTES, IO_RING_ENTRIES,
 };
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -259,6 +272,31 @@ pub struct Completion {
     pub buf: Option<ArenaBuf>,
 }
 
+/// When queued streaming ops are handed to the kernel (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubmitPolicy {
+    /// Everything queued goes with the next [`UringEngine::reap`]: the
+    /// fewest syscalls, for devices that complete at submission (a tmpfs
+    /// file) or callers that queue one op per reap.
+    Batched,
+    /// After a reap of at least [`IO_EARLY_SUBMIT_MIN_COMPLETIONS`]
+    /// completions, queued ops go to the kernel in chunks of 1, 2, 4, ...
+    /// while the caller queues them; the rest goes with the next reap.
+    #[default]
+    Early,
+}
+
+/// State of early submission between two reaps.
+#[derive(Debug, Clone, Copy, Default)]
+struct Early {
+    /// The last reap armed it.
+    armed: bool,
+    /// Ops queued since the last hand-over.
+    queued: usize,
+    /// Size of the next chunk.
+    chunk: usize,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
     Read,
@@ -302,6 +340,10 @@ pub struct UringEngine {
     stream_in_flight: usize,
     /// Batch results gathered while processing CQEs (index, result).
     batch_done: Vec<(usize, IoResult<()>)>,
+    policy: SubmitPolicy,
+    early: Early,
+    /// `io_uring_enter` calls made so far.
+    enters: u64,
 }
 
 // SAFETY: the raw pointers in `slots` name buffers whose validity is
@@ -409,6 +451,9 @@ impl UringEngine {
             in_flight: 0,
             stream_in_flight: 0,
             batch_done: Vec::with_capacity(cap),
+            policy: SubmitPolicy::default(),
+            early: Early::default(),
+            enters: 0,
         })
     }
 
@@ -436,6 +481,26 @@ impl UringEngine {
     /// Streaming ops submitted and not yet returned by `reap`.
     pub fn stream_pending(&self) -> usize {
         self.stream_in_flight + self.ready.len()
+    }
+
+    /// When queued streaming ops reach the kernel (default `Early`).
+    pub fn set_submit_policy(&mut self, policy: SubmitPolicy) {
+        self.policy = policy;
+        self.early = Early::default();
+    }
+
+    pub fn submit_policy(&self) -> SubmitPolicy {
+        self.policy
+    }
+
+    /// Ops queued in the submission ring and not yet handed to the kernel.
+    pub fn unsubmitted(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
+    /// `io_uring_enter` calls this engine has made (submissions and waits).
+    pub fn enters(&self) -> u64 {
+        self.enters
     }
 
     /// Queue a streaming op (no syscall; `reap` submits). Returns the op back
@@ -474,6 +539,7 @@ impl UringEngine {
         match self.start(dev, dir, ptr, len, offset, fixed, owner) {
             Ok(()) => {
                 self.stream_in_flight += 1;
+                self.queued_stream_op();
             }
             Err((e, Owner::Stream { user_data, buf })) => {
                 self.ready.push_back(Completion {
@@ -527,7 +593,10 @@ impl UringEngine {
                 buf: None,
             },
         ) {
-            Ok(()) => self.stream_in_flight += 1,
+            Ok(()) => {
+                self.stream_in_flight += 1;
+                self.queued_stream_op();
+            }
             Err((e, _)) => self.ready.push_back(Completion {
                 user_data,
                 result: Err(e),
@@ -559,7 +628,40 @@ impl UringEngine {
         }
         let n = self.ready.len();
         out.extend(self.ready.drain(..));
+        // The caller is about to refill about `n` ops: early submission pays
+        // only for a refill of several.
+        self.early = Early {
+            armed: self.policy == SubmitPolicy::Early && n >= IO_EARLY_SUBMIT_MIN_COMPLETIONS,
+            queued: 0,
+            chunk: 1,
+        };
         Ok(n)
+    }
+
+    /// A stream op was queued: under early submission, hand the chunk to
+    /// the kernel once it is full (no waiting), and double the next one.
+    fn queued_stream_op(&mut self) {
+        if !self.early.armed {
+            return;
+        }
+        self.early.queued += 1;
+        if self.early.queued < self.early.chunk {
+            return;
+        }
+        self.enters += 1;
+        if let Err(e) = self.ring.submit() {
+            // Transient: the ops stay queued and go with the next enter. A
+            // broken ring is reported by that enter.
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+            ) {
+                self.early.armed = false;
+            }
+            return;
+        }
+        self.early.queued = 0;
+        self.early.chunk = (self.early.chunk * 2).min(self.slots.len());
     }
 
     /// Validate and queue one op in a free slot. On a validation error the
@@ -640,6 +742,7 @@ impl UringEngine {
                 return;
             }
             // The SQ is full of queued entries: hand them to the kernel.
+            self.enters += 1;
             if let Err(e) = self.ring.submit() {
                 if !matches!(
                     e.raw_os_error(),
@@ -653,7 +756,11 @@ impl UringEngine {
 
     /// Submit queued SQEs and wait for `want` CQEs, retrying transient errors.
     fn enter(&mut self, want: usize) -> IoResult<()> {
+        // Whatever is queued goes now: the next chunk of an early
+        // submission starts again at one.
+        self.early.queued = 0;
         loop {
+            self.enters += 1;
             match self.ring.submit_and_wait(want) {
                 Ok(_) => return Ok(()),
                 Err(e) => match e.raw_os_error() {

@@ -30,7 +30,9 @@
 //!   never signal it: after a turn that found less than a full batch it
 //!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
 //!   empty one), so it wakes at most that often unless the rings fill
-//!   faster. It never blocks the queue threads: the trace rings drop when
+//!   faster. With prefetching off and no recording it only empties the
+//!   rings, every `PREFETCH_DRAIN_ONLY_SLEEP_US` (its wakeups land on the
+//!   queue threads' and the application's CPUs). It never blocks the queue threads: the trace rings drop when
 //!   full. When it queued a prediction it unparks the stager, which
 //!   otherwise wakes every `STAGER_IDLE_PARK_MS`.
 //! - Demand promotion ([`super::demand`], `LiveConfig::promote_reads`):
@@ -53,10 +55,10 @@
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS,
-    PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS,
-    PREFETCH_THREAD_NICE, STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS,
-    STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US,
+    PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES,
+    PREFETCH_RING_PREDICTIONS, PREFETCH_THREAD_NICE, STAGER_BUDGET_DEFAULT_PERCENT,
+    STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
@@ -557,7 +559,7 @@ impl Inference {
                 if worked {
                     self.pace(t0.elapsed(), stop);
                 } else {
-                    std::thread::sleep(Duration::from_micros(PREFETCH_IDLE_SLEEP_US));
+                    std::thread::sleep(self.nap(PREFETCH_IDLE_SLEEP_US));
                 }
                 continue;
             }
@@ -654,10 +656,21 @@ impl Inference {
             // waking per request (bounds the thread's CPU share at low and
             // moderate rates; a prediction is at most a sleep late).
             if total < PREFETCH_BATCH_EVENTS_MAX {
-                std::thread::sleep(Duration::from_micros(PREFETCH_POLL_INTERVAL_US));
+                std::thread::sleep(self.nap(PREFETCH_POLL_INTERVAL_US));
             }
         }
         self.publish();
+    }
+
+    /// How long to sleep between turns: `us`, or the longer drain-only
+    /// interval when nothing but emptying the rings is to be done.
+    fn nap(&self, us: u64) -> Duration {
+        let drain_only = self.pred.is_none() && !self.shared.recording_on.load(Ordering::Relaxed);
+        Duration::from_micros(if drain_only {
+            PREFETCH_DRAIN_ONLY_SLEEP_US
+        } else {
+            us
+        })
     }
 
     /// Account for `busy` of work and sleep off what the thread owes for
