@@ -21,8 +21,13 @@
 //!   the client's `submit`/`poll` (three nodes, R = 2), QD 1 to 32: IOPS
 //!   and latency, the attacher running that many operations at once.
 //!
+//! - Remote staging (`SHARDBLK_BENCH_ONLY=stage`): a cluster device's
+//!   network thread with a stage tier file, half the volume staged; QD1
+//!   4 KiB and 128 KiB random reads of staged shards (served from the stage
+//!   tier) against unstaged ones (from the replicas), interleaved.
+//!
 //! Prints markdown tables; `SHARDBLK_BENCH_QUICK=1` shrinks the sizes,
-//! `SHARDBLK_BENCH_ONLY=rebalance` (or `qd`) runs that table alone.
+//! `SHARDBLK_BENCH_ONLY=rebalance` (or `qd`, `stage`) runs that table alone.
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -33,13 +38,21 @@ use shardblk::constants::{
     CLUSTER_OUT_AFTER_MS, CLUSTER_REBALANCE_BYTES_PER_SEC, CLUSTER_REBALANCE_MAX_MOVES,
     CLUSTER_SHARD_BYTES,
 };
+use shardblk::device::handoff::{channel, BufPtr, NetDone, NetOp, NetRequest, QueueEnd};
+use shardblk::device::metrics::{trace_ring, Op as DevOp, TraceEvent, TraceProducer};
+use shardblk::device::net::{ClusterSource, NetThread};
+use shardblk::device::serve_cluster::stage_of;
 use shardblk::io::AlignedBuf;
+use shardblk::prefetch::live::LiveConfig;
+use shardblk::prefetch::{PredictorKind, PrefetchConfig};
 use shardblk::shard::policy::TierPolicy;
 use shardblk::shard::pool::{Pool, TierSpec};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 const MIB: u64 = 1 << 20;
 
@@ -312,9 +325,159 @@ fn qd_table(dir: &Path, rt: &tokio::runtime::Runtime, quick: bool) {
     });
 }
 
+/// Wait until `want` results came back through `q` (as a queue thread
+/// does, on its eventfd), pushing parked requests meanwhile.
+fn results(q: &mut QueueEnd, want: usize) -> Vec<NetDone> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        q.retry();
+        while let Some(d) = q.pop_done() {
+            got.push(d);
+        }
+        if got.len() < want {
+            let mut pfd = libc::pollfd {
+                fd: q.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 200) };
+            q.reset_wake();
+        }
+    }
+    got
+}
+
+/// Remote staging: a cluster device's network thread (requests handed off
+/// as a queue thread hands them, three nodes, R = 2) with a stage tier
+/// file; half the volume staged by demand promotion, then QD1 reads of
+/// staged shards (served from the stage tier) and of unstaged ones (from
+/// the replicas), interleaved.
+fn stage_table(dir: &Path, quick: bool) {
+    let shards = 16u64;
+    let size = shards * CLUSTER_SHARD_BYTES;
+    let reads = if quick { 200 } else { 2000 };
+    let nodes = cluster(dir, 3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut data = vec![0u8; size as usize];
+    rng.fill(&mut data[..]);
+    rt.block_on(async {
+        let mut c = client(&nodes, 2, size).await;
+        for (i, ch) in data.chunks(MIB as usize).enumerate() {
+            c.write(i as u64 * MIB, ch).await.unwrap();
+        }
+        c.shutdown().await;
+    });
+    let tier = dir.join("stage.img");
+    make_pool_file(&tier, size);
+    let src = ClusterSource {
+        seeds: nodes.iter().map(|n| n.gossip).collect(),
+        gossip: free_udp(),
+        volume: "bench".into(),
+        size_bytes: size,
+        replicas: 2,
+        nodes: 3,
+        stage_tier: Some(tier.clone()),
+    };
+    let lc = LiveConfig {
+        kind: PredictorKind::None,
+        prefetch: PrefetchConfig::default(),
+        budget_bytes: None,
+        model: None,
+        promote_reads: 1,
+    };
+    let vid = crc32c::crc32c(src.volume.as_bytes());
+    let start = Instant::now();
+    let notify = Arc::new(Notify::new());
+    let (mut q, n) = channel(4, 16, notify.clone()).unwrap();
+    let (mut trace, consumer) = trace_ring(4096);
+    let (live, stage) = stage_of(&src, &tier, &lc, vid, vec![consumer], start, &notify).unwrap();
+    let net = NetThread::start(&src, vec![n], notify, Some(stage)).expect("attach");
+    let mut buf = AlignedBuf::new(MIB as usize);
+    let mut read = |q: &mut QueueEnd, off: u64, len: u64, trace: Option<&mut TraceProducer>| {
+        if let Some(t) = trace {
+            t.push(TraceEvent {
+                time_ns: start.elapsed().as_nanos() as u64,
+                volume: vid,
+                offset: off,
+                len: len as u32,
+                op: DevOp::Read,
+            });
+        }
+        let t0 = Instant::now();
+        q.submit(NetRequest {
+            tag: 0,
+            op: NetOp::Read,
+            offset: off,
+            len,
+            buf: BufPtr(buf.as_mut_ptr()),
+        });
+        let d = results(q, 1).pop().unwrap();
+        let t = t0.elapsed();
+        assert_eq!(d.res, len as i32);
+        assert!(buf[..len as usize] == data[off as usize..(off + len) as usize]);
+        (t, d.local)
+    };
+    // one read of each of the first half's shards stages them
+    for s in 0..shards / 2 {
+        read(&mut q, s * CLUSTER_SHARD_BYTES, 4096, Some(&mut trace));
+    }
+    let t0 = Instant::now();
+    while live
+        .shared()
+        .stats()
+        .and_then(|s| s.remote)
+        .is_none_or(|r| r.stager.resident_shards < shards / 2)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "not staged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("\n### Remote staging: QD1 reads on loopback (3 nodes, R = 2, stage tier file)\n");
+    println!("| read | served from | p50 µs | p99 µs | MB/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    for len in [4096u64, 128 * 1024] {
+        let (mut staged, mut remote) = (Vec::new(), Vec::new());
+        let (mut wrong_local, mut wrong_remote) = (0, 0);
+        for i in 0..reads {
+            // alternate: a staged shard, then an unstaged one (whose reads
+            // keep the lease fresh, as any remote operation does)
+            let half = shards / 2;
+            let s = rng.random_range(0..half) + if i % 2 == 0 { 0 } else { half };
+            let off = s * CLUSTER_SHARD_BYTES
+                + rng.random_range(0..(CLUSTER_SHARD_BYTES - len) / 4096) * 4096;
+            let (t, local) = read(&mut q, off, len, None);
+            if s < half {
+                wrong_remote += usize::from(!local);
+                staged.push(t);
+            } else {
+                wrong_local += usize::from(local);
+                remote.push(t);
+            }
+        }
+        assert_eq!(wrong_local, 0, "an unstaged shard served locally");
+        let what = format!("{} KiB random", len / 1024);
+        row(
+            &format!("{what} | stage tier ({wrong_remote} went remote)"),
+            &lat(staged, len),
+        );
+        row(&format!("{what} | replicas"), &lat(remote, len));
+    }
+    net.stop();
+    drop(live);
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let quick = std::env::var("SHARDBLK_BENCH_QUICK").is_ok();
+    if std::env::var("SHARDBLK_BENCH_ONLY").is_ok_and(|v| v == "stage") {
+        let dir = tempfile::tempdir().unwrap();
+        stage_table(dir.path(), quick);
+        return;
+    }
     if std::env::var("SHARDBLK_BENCH_ONLY").is_ok_and(|v| v == "qd") {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -509,4 +672,7 @@ fn main() {
     let d = dir.path().join("qd");
     std::fs::create_dir(&d).unwrap();
     qd_table(&d, &rt, quick);
+    let d = dir.path().join("stage");
+    std::fs::create_dir(&d).unwrap();
+    stage_table(&d, quick);
 }

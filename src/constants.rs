@@ -716,3 +716,16 @@ const _: () = assert!(DEVICE_CLUSTER_RETRY_MS < DEVICE_CLUSTER_UNAVAILABLE_WAIT_
 const _: () = assert!(DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS > 2 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(DEVICE_CLUSTER_IDLE_MS >= CLUSTER_CLIENT_TICK_MS);
 const _: () = assert!(DEVICE_IO_BUF_BYTES as u64 % CLUSTER_BLOCK_BYTES == 0);
+/// Remote staging (`add --seed ... --stage-tier PATH --prefetch ...`): shards
+/// the network thread fetches for the stage tier at once (each one attacher
+/// operation of the `CLUSTER_ATTACHER_MAX_OPS`, so demand I/O keeps the rest).
+pub const DEVICE_STAGE_FETCHES_MAX: usize = 2;
+/// A staged copy serves reads only while a remote read that started at
+/// most this long ago succeeded (a quorum of replicas had seen no newer
+/// attacher); otherwise the read goes to the replicas and renews it
+/// (milliseconds). Bounds how long a fenced attacher that has not heard of
+/// it yet can serve its copies.
+pub const DEVICE_STAGE_LEASE_MS: u64 = 1_000;
+const _: () = assert!(DEVICE_STAGE_FETCHES_MAX >= 1);
+const _: () = assert!(DEVICE_STAGE_FETCHES_MAX < CLUSTER_ATTACHER_MAX_OPS);
+const _: () = assert!(DEVICE_STAGE_LEASE_MS > CLUSTER_CLIENT_TICK_MS);

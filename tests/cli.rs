@@ -266,3 +266,27 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
         1
     );
 }
+
+/// Remote staging's flags: a cluster volume's prefetching needs a stage
+/// tier, a stage tier needs prefetching, and only a cluster volume takes
+/// one; each refused with one line before any daemon starts.
+#[test]
+fn stage_tier_flags_are_checked_before_a_daemon_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("none");
+    let tier = dir.path().join("stage.img");
+    let t = tier.to_str().unwrap();
+    let seed = ["add", "--volume", "cv", "--seed", "127.0.0.1:1"];
+    let with = |more: &[&str]| {
+        let mut a = seed.to_vec();
+        a.extend_from_slice(more);
+        shardblk(&p, &a)
+    };
+    refused(&with(&["--prefetch", "none"]), "needs --stage-tier");
+    refused(&with(&["--stage-tier", t]), "--stage-tier needs --prefetch");
+    // clap's own message names the missing flag
+    let o = shardblk(&p, &["add", "--volume", "v", "--stage-tier", t]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--seed"));
+    assert!(!tier.exists());
+}

@@ -34,6 +34,8 @@ use std::time::Duration;
 const READY_FD_ENV: &str = "SHARDBLK_READY_FD";
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of `Add`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum DeviceCmd {
     /// Serve a volume as /dev/ublkbN (prints the device path).
     Add(AddArgs),
@@ -89,6 +91,12 @@ pub struct AddArgs {
     /// Cluster volume: storage nodes to wait for before attaching.
     #[arg(long, requires = "seeds", default_value_t = 1)]
     nodes: usize,
+    /// Cluster volume: a file or block device on this node that holds staged
+    /// copies of the volume's shards (with --prefetch; reads of a staged shard
+    /// are served from it, writes still go to every replica). Its contents are
+    /// never trusted across attaches: each attach starts with it empty.
+    #[arg(long = "stage-tier", requires = "seeds")]
+    stage_tier: Option<PathBuf>,
     /// Device number N of /dev/ublkbN (default: the lowest free one).
     #[arg(short = 'n', long = "number")]
     number: Option<u32>,
@@ -186,6 +194,7 @@ pub fn run(c: DeviceCmd) -> Result<()> {
                 size: c.as_ref().map_or(0, |c| c.size_bytes),
                 replicas: c.as_ref().map_or(CLUSTER_REPLICAS_DEFAULT, |c| c.replicas),
                 nodes: c.as_ref().map_or(1, |c| c.nodes),
+                stage_tier: c.as_ref().and_then(|c| c.stage_tier.clone()),
                 number: Some(number),
                 queues: r.queues,
                 depth: r.depth,
@@ -317,16 +326,22 @@ fn cluster_source_of(a: &AddArgs) -> Result<Option<ClusterSource>> {
         size_bytes: a.size,
         replicas: a.replicas,
         nodes: a.nodes,
+        stage_tier: a.stage_tier.clone(),
     }))
 }
 
 fn start(a: AddArgs, recover: bool) -> Result<()> {
     let config = config_of(&a)?;
     live_config_of(&a)?;
-    if !a.seeds.is_empty() && a.prefetch != "off" {
-        bail!(
-            "--prefetch needs a local volume (--pool): a cluster volume has no tier to stage onto"
-        );
+    match (a.seeds.is_empty(), a.prefetch == "off", &a.stage_tier) {
+        (false, false, None) => bail!(
+            "--prefetch of a cluster volume needs --stage-tier PATH (a file or block device \
+             on this node to stage its shards onto)"
+        ),
+        (false, true, Some(_)) => bail!(
+            "--stage-tier needs --prefetch (none: demand promotion alone, see --prefetch-promote)"
+        ),
+        _ => {}
     }
     if a.foreground || std::env::var_os(READY_FD_ENV).is_some() {
         return serve_here(a, config, recover);

@@ -251,6 +251,11 @@ fn print_prefetch(p: &PrefetchStats) {
             crate::constants::PREFETCH_PROMOTE_WINDOW_MS / 1000
         ),
     }
+    // a cluster volume's stage tier counts in slots of one cluster shard
+    let unit = match p.remote {
+        Some(_) => crate::constants::CLUSTER_SHARD_BYTES,
+        None => crate::constants::UNIT_SIZE_BYTES,
+    };
     println!(
         "  staged {} (skipped {}, failed {}, throttled {}, over budget {}), evicted {}, resident {} of {} budget",
         s.staged,
@@ -259,9 +264,25 @@ fn print_prefetch(p: &PrefetchStats) {
         s.throttled,
         s.no_budget,
         s.evicted,
-        format_size(s.resident_units * crate::constants::UNIT_SIZE_BYTES),
-        format_size(s.budget_units * crate::constants::UNIT_SIZE_BYTES),
+        format_size(s.resident_units * unit),
+        format_size(s.budget_units * unit),
     );
+    if let Some(r) = &p.remote {
+        println!(
+            "  stage tier: reads local {}, remote {} (lease expired {}), fetches {} (spoiled by writes {}, failed {}), copies updated {}, dropped {}, fenced drops {}, slots {} of {}",
+            r.local_reads,
+            r.remote_reads,
+            r.lease_expired,
+            r.fetches,
+            r.spoiled,
+            r.fetch_failed,
+            r.updated,
+            r.invalidated,
+            r.fenced_drops,
+            r.slots_used,
+            r.slots
+        );
+    }
     println!(
         "  reads {}, hits {}, precision {}, coverage {}, recent precision {}, rate limit {}/s",
         s.reads,

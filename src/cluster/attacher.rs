@@ -191,6 +191,12 @@ pub enum Event<D> {
         versions: Vec<Version>,
         blocks: Vec<D>,
     },
+    /// A fetch for staging ([`Attacher::fetch`]): the shard's written
+    /// blocks, confirmed like a read's data.
+    Fetched {
+        op: u64,
+        entries: Vec<BlockEntry<D>>,
+    },
     Failed {
         op: u64,
         error: OpError,
@@ -362,6 +368,14 @@ struct DropJob<D> {
     round: Round<D>,
 }
 
+/// What a read's replica answered: a read's blocks, or a fetch's written
+/// blocks.
+#[derive(Debug, Clone)]
+enum Got<D> {
+    Data(Vec<Version>, Vec<D>),
+    Blocks(Vec<BlockEntry<D>>),
+}
+
 enum Op<D> {
     Attach {
         round: Round<D>,
@@ -389,7 +403,7 @@ enum Op<D> {
         needs: u64,
         /// The data, once a replica answered, and that replica (its answer
         /// confirms the epoch there too).
-        got: Option<(Vec<Version>, Vec<D>)>,
+        got: Option<Got<D>>,
         from: Option<NodeId>,
     },
     RepairFetch {
@@ -901,6 +915,34 @@ impl<D: Clone> Attacher<D> {
         now: u64,
         live: &dyn Fn(&str) -> bool,
     ) -> Result<(), OpError> {
+        self.read_or_fetch(op, first_block, n_blocks, false, now, live)
+    }
+
+    /// Fetch shard `shard` for staging as operation `op`: the shard
+    /// protocol's fetch (only written blocks move), run as a read (a live
+    /// member of the shard's current set, the next one when it fails, and
+    /// an epoch check sent after it started before it returns), ending in
+    /// [`Event::Fetched`].
+    pub fn fetch(
+        &mut self,
+        op: u64,
+        shard: u64,
+        now: u64,
+        live: &dyn Fn(&str) -> bool,
+    ) -> Result<(), OpError> {
+        let bps = self.cfg.blocks_per_shard;
+        self.read_or_fetch(op, shard * bps, bps, true, now, live)
+    }
+
+    fn read_or_fetch(
+        &mut self,
+        op: u64,
+        first_block: u64,
+        n_blocks: u64,
+        fetch: bool,
+        now: u64,
+        live: &dyn Fn(&str) -> bool,
+    ) -> Result<(), OpError> {
         let shard = self.shard_range(first_block, n_blocks)?;
         self.admit(shard)?;
         let mut candidates: Vec<NodeId> = self
@@ -914,11 +956,20 @@ impl<D: Clone> Attacher<D> {
         if candidates.is_empty() {
             return Err(OpError::Unavailable(shard));
         }
-        let req = Request::Read {
-            volume: self.cfg.volume.clone(),
-            epoch: self.epoch,
-            first_block,
-            n_blocks,
+        let (volume, epoch) = (self.cfg.volume.clone(), self.epoch);
+        let req = match fetch {
+            false => Request::Read {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            },
+            true => Request::Fetch {
+                volume,
+                epoch,
+                first_block,
+                n_blocks,
+            },
         };
         let r2 = req.clone();
         let round = self.round(&candidates[..1], || r2.clone(), now);
@@ -1650,26 +1701,31 @@ impl<D: Clone> Attacher<D> {
                 mut from,
             } => {
                 if got.is_none() {
-                    if let Some((n, versions, blocks)) =
-                        round.replies.iter().find_map(|(n, r)| match r {
-                            Response::Data { versions, blocks } => {
-                                Some((n.clone(), versions.clone(), blocks.clone()))
-                            }
-                            _ => None,
-                        })
-                    {
-                        got = Some((versions, blocks));
+                    if let Some((n, g)) = round.replies.iter().find_map(|(n, r)| match r {
+                        Response::Data { versions, blocks } => {
+                            Some((n.clone(), Got::Data(versions.clone(), blocks.clone())))
+                        }
+                        Response::Blocks { entries } => {
+                            Some((n.clone(), Got::Blocks(entries.clone())))
+                        }
+                        _ => None,
+                    }) {
+                        got = Some(g);
                         from = Some(n);
                     }
                 }
                 let checked = self.confirmed(needs, from.as_deref());
                 match got {
-                    Some((versions, blocks)) if checked => {
+                    Some(Got::Data(versions, blocks)) if checked => {
                         self.events.push(Event::Read {
                             op,
                             versions,
                             blocks,
                         });
+                        return;
+                    }
+                    Some(Got::Blocks(entries)) if checked => {
+                        self.events.push(Event::Fetched { op, entries });
                         return;
                     }
                     other => got = other,

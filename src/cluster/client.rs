@@ -113,6 +113,12 @@ pub enum Io {
         offset: u64,
         len: u64,
     },
+    /// Shard `shard` whole, for staging: the shard protocol's fetch (only
+    /// written blocks cross the network; the rest read as zeros),
+    /// confirmed by an epoch check like a read ([`Attacher::fetch`]).
+    Fetch {
+        shard: u64,
+    },
 }
 
 /// A completed I/O: its tag, and for a read its data.
@@ -133,6 +139,7 @@ enum Until {
 
 enum Kind {
     Read,
+    Fetch,
     Write(Bytes),
     Zero,
 }
@@ -275,6 +282,11 @@ impl ClusterClient {
         self.att.epoch()
     }
 
+    /// Whether a newer attacher fenced this one (every I/O fails from then).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.is_some()
+    }
+
     pub fn view(&self) -> &ClusterView {
         &self.view
     }
@@ -344,6 +356,28 @@ impl ClusterClient {
             Event::Fenced(epoch) => self.fenced = Some(epoch),
             Event::Wrote { op, .. } => self.piece_done(op, Ok(None)),
             Event::Read { op, blocks, .. } => self.piece_done(op, Ok(Some(blocks))),
+            Event::Fetched { op, entries } => {
+                let bps = CLUSTER_SHARD_BYTES / BS;
+                if let Some(&(seq, at)) = self.pieces.get(&op) {
+                    let first = at / BS;
+                    if let Some(io) = self.ios.get_mut(&seq) {
+                        for (b, _, d) in &entries {
+                            // a replica answers the range it was asked
+                            if *b < first || *b >= first + bps || d.len() as u64 != BS {
+                                io.error.get_or_insert(ClientError::Fetch {
+                                    node: "replica".into(),
+                                    shard: first / bps,
+                                    reason: format!("block {b} out of the shard's range"),
+                                });
+                                continue;
+                            }
+                            let o = ((b - first) * BS) as usize;
+                            io.data[o..o + BS as usize].copy_from_slice(d);
+                        }
+                    }
+                }
+                self.piece_done(op, Ok(None))
+            }
             Event::Failed { op, error } => self.piece_done(op, Err(error)),
         }
     }
@@ -382,7 +416,7 @@ impl ClusterClient {
         let io = self.ios.remove(&seq).expect("present");
         let result = match (io.error, io.kind) {
             (Some(e), _) => Err(e),
-            (None, Kind::Read) => Ok(Some(io.data)),
+            (None, Kind::Read | Kind::Fetch) => Ok(Some(io.data)),
             (None, _) => Ok(None),
         };
         self.done.push(Done {
@@ -422,6 +456,7 @@ impl ClusterClient {
                     Kind::Read => self
                         .att
                         .read(op, at / BS, len / BS, now, &|n: &str| view.is_live(n)),
+                    Kind::Fetch => self.att.fetch(op, shard, now, &|n: &str| view.is_live(n)),
                     Kind::Write(data) => {
                         let s = (at - io.offset) as usize;
                         let blocks = (0..len / BS)
@@ -473,10 +508,15 @@ impl ClusterClient {
             Io::Read { offset, len } => (offset, len, Kind::Read),
             Io::Write { offset, data } => (offset, data.len() as u64, Kind::Write(data)),
             Io::Zero { offset, len } => (offset, len, Kind::Zero),
+            Io::Fetch { shard } => (
+                shard.saturating_mul(CLUSTER_SHARD_BYTES),
+                CLUSTER_SHARD_BYTES,
+                Kind::Fetch,
+            ),
         };
         self.check(offset, len)?;
         let data = match kind {
-            Kind::Read => vec![0u8; len as usize],
+            Kind::Read | Kind::Fetch => vec![0u8; len as usize],
             _ => Vec::new(),
         };
         let seq = self.next_seq;

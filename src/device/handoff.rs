@@ -66,6 +66,8 @@ pub struct NetRequest {
 pub struct NetDone {
     pub tag: u16,
     pub res: i32,
+    /// Served from the stage tier (no network).
+    pub local: bool,
 }
 
 /// A queue thread's end.
@@ -291,6 +293,7 @@ mod tests {
         assert_eq!(q.reset_wake(), 0, "no result, no wake-up");
         while let Some(r) = n.pop() {
             n.post(NetDone {
+                local: false,
                 tag: r.tag,
                 res: (r.len as i32) + i32::from(r.tag),
             });

@@ -29,11 +29,16 @@ use crate::cluster::attacher::OpError;
 use crate::cluster::client::{ClientConfig, ClientError, ClusterClient, Io};
 use crate::cluster::rebalance::Limits;
 use crate::constants::{
-    CLUSTER_OUT_AFTER_MS, DEVICE_CLUSTER_IDLE_MS, DEVICE_CLUSTER_RETRY_MS,
-    DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS, DEVICE_CLUSTER_WAIT_MS,
+    BLOCK_SIZE_BYTES, CLUSTER_OUT_AFTER_MS, CLUSTER_SHARD_BYTES, DEVICE_CLUSTER_IDLE_MS,
+    DEVICE_CLUSTER_RETRY_MS, DEVICE_CLUSTER_UNAVAILABLE_WAIT_MS, DEVICE_CLUSTER_WAIT_MS,
+    DEVICE_STATS_PUBLISH_MS,
 };
 use crate::device::handoff::{NetDone, NetEnd, NetOp, NetRequest};
 use crate::device::DeviceError;
+use crate::io::{AlignedBuf, BlockDev, IoError};
+use crate::prefetch::live::LiveShared;
+use crate::prefetch::remote::{Decision, Fetched, ReadPlan, RemoteStageCore, StagedSet};
+use crate::prefetch::ring::PredictionRx;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -55,6 +60,10 @@ pub struct ClusterSource {
     pub replicas: usize,
     /// Storage nodes to wait for before attaching.
     pub nodes: usize,
+    /// The attaching node's stage tier (`add --stage-tier`, a file or
+    /// block device): staged copies of the volume's shards, with prefetching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_tier: Option<std::path::PathBuf>,
 }
 
 impl ClusterSource {
@@ -87,6 +96,7 @@ impl NetThread {
         src: &ClusterSource,
         ends: Vec<NetEnd>,
         notify: Arc<Notify>,
+        stage: Option<Stage>,
     ) -> Result<NetThread, DeviceError> {
         let cfg = src.client_config();
         let stop = Arc::new(AtomicBool::new(false));
@@ -114,7 +124,7 @@ impl NetThread {
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    let client = serve_ends(client, ends, &notify2, &stop2).await;
+                    let client = serve_ends(client, ends, stage, &notify2, &stop2).await;
                     client.shutdown().await;
                 });
             })
@@ -155,6 +165,30 @@ impl Drop for NetThread {
     }
 }
 
+/// Staging onto the attaching node's stage tier: the decisions
+/// ([`RemoteStageCore`]), the tier, the predictions to stage and where the
+/// figures go. Owned by the network thread.
+pub struct Stage {
+    pub core: RemoteStageCore,
+    pub tier: Box<dyn BlockDev>,
+    pub preds: PredictionRx,
+    /// Published for the inference thread's filters.
+    pub staged: StagedSet,
+    pub shared: Arc<LiveShared>,
+    /// The clock of the core's times.
+    pub start: Instant,
+}
+
+impl Stage {
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// Tags of staging fetches in the client (above every queue's key, below
+/// the client's private tags).
+const FETCH_TAG: u64 = 1 << 62;
+
 /// A request the network thread holds: handed to the client, or waiting
 /// to be handed again (no live replica yet).
 struct Flight {
@@ -166,20 +200,196 @@ struct Flight {
     again_at: Option<Instant>,
 }
 
+/// Bytes of a request's buffer: `len` at `off`.
+///
+/// # Safety
+/// `req.buf` must be the tag's buffer of at least `req.len` bytes, left to
+/// the network thread until its result is posted (`handoff` contract).
+unsafe fn buf_of<'a>(req: NetRequest, off: u64, len: u64) -> &'a mut [u8] {
+    debug_assert!(off + len <= req.len);
+    // SAFETY: per this function's contract, in bounds.
+    unsafe { std::slice::from_raw_parts_mut(req.buf.0.add(off as usize), len as usize) }
+}
+
+/// Move `len` bytes between `mem` and the stage tier at `at`, through the
+/// aligned `bounce` when `mem` is not block-aligned (direct I/O).
+fn tier_io(
+    tier: &dyn BlockDev,
+    bounce: &mut AlignedBuf,
+    mem: &mut [u8],
+    at: u64,
+    write: bool,
+) -> Result<(), IoError> {
+    let aligned = (mem.as_ptr() as usize) % (BLOCK_SIZE_BYTES as usize) == 0;
+    match (write, aligned) {
+        (true, true) => tier.write_at(mem, at),
+        (false, true) => tier.read_at(mem, at),
+        (true, false) => {
+            let mut done = 0;
+            while done < mem.len() {
+                let n = (mem.len() - done).min(bounce.len());
+                bounce[..n].copy_from_slice(&mem[done..done + n]);
+                tier.write_at(&bounce[..n], at + done as u64)?;
+                done += n;
+            }
+            Ok(())
+        }
+        (false, false) => {
+            let mut done = 0;
+            while done < mem.len() {
+                let n = (mem.len() - done).min(bounce.len());
+                tier.read_at(&mut bounce[..n], at + done as u64)?;
+                mem[done..done + n].copy_from_slice(&bounce[..n]);
+                done += n;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Stage {
+    /// Serve a read from the stage tier when the core says so; `false`:
+    /// it goes to the replicas.
+    fn try_local_read(&mut self, req: &NetRequest, bounce: &mut AlignedBuf) -> bool {
+        let now = self.now_ns();
+        let ReadPlan::Local(pieces) = self.core.read(req.offset, req.len, now) else {
+            return false;
+        };
+        for p in pieces {
+            // SAFETY: the piece lies inside the request (the core cuts it
+            // from offset..offset+len); the buffer is ours (handoff).
+            let mem = unsafe { buf_of(*req, p.buf_off, p.len) };
+            if let Err(e) = tier_io(self.tier.as_ref(), bounce, mem, p.at, false) {
+                tracing::warn!("stage tier read at {}: {e}: dropping the copy", p.at);
+                self.drop_copy((req.offset + p.buf_off) / CLUSTER_SHARD_BYTES);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A write is about to go to the replicas: update the staged copies
+    /// it touches first (submission order), zeros for WRITE_ZEROES.
+    fn write_through(&mut self, req: &NetRequest, bounce: &mut AlignedBuf, zeros: &AlignedBuf) {
+        for p in self.core.write_started(req.offset, req.len) {
+            let r = match req.op {
+                NetOp::WriteZeroes => {
+                    let mut r = Ok(());
+                    let mut done = 0;
+                    while done < p.len && r.is_ok() {
+                        let n = (p.len - done).min(zeros.len() as u64);
+                        r = self.tier.write_at(&zeros[..n as usize], p.at + done);
+                        done += n;
+                    }
+                    r
+                }
+                _ => {
+                    // SAFETY: as in `try_local_read`.
+                    let mem = unsafe { buf_of(*req, p.buf_off, p.len) };
+                    tier_io(self.tier.as_ref(), bounce, mem, p.at, true)
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!("stage tier update at {}: {e}: dropping the copy", p.at);
+                self.drop_copy((req.offset + p.buf_off) / CLUSTER_SHARD_BYTES);
+            }
+        }
+    }
+
+    fn drop_copy(&mut self, shard: u64) {
+        self.core.invalidate(shard);
+        self.staged.set(shard, false);
+    }
+
+    /// Start fetches of queued predictions while the core has room.
+    fn start_fetches(&mut self, client: &mut ClusterClient) {
+        let volume = self.core.params().volume;
+        while self.core.fetches_in_flight() < self.core.params().fetch_max {
+            // predictions deferred while their shards were written first
+            let (v, shard) = match self.core.take_ready() {
+                Some(s) => (volume, s),
+                None => match self.preds.pop() {
+                    Some(p) => (p.volume, p.shard),
+                    None => return,
+                },
+            };
+            let now = self.now_ns();
+            let Decision::Fetch { evicted, .. } = self.core.predicted(v, shard, now) else {
+                continue;
+            };
+            for s in evicted {
+                self.staged.set(s, false);
+            }
+            if let Err(e) = client.submit(FETCH_TAG | shard, Io::Fetch { shard }) {
+                tracing::debug!("staging shard {shard}: {e}");
+                self.core.fetched(shard, false);
+            }
+        }
+    }
+
+    /// A staging fetch completed.
+    fn on_fetched(&mut self, shard: u64, data: Option<Vec<u8>>, bounce: &mut AlignedBuf) {
+        let Fetched::Install { slot } = self.core.fetched(shard, data.is_some()) else {
+            return;
+        };
+        let mut data = data.expect("installed only with data");
+        let at = u64::from(slot) * CLUSTER_SHARD_BYTES;
+        let r = tier_io(self.tier.as_ref(), bounce, &mut data, at, true);
+        if let Err(e) = &r {
+            tracing::warn!("staging shard {shard} into slot {slot}: {e}");
+        }
+        let now = self.now_ns();
+        self.core.installed(shard, r.is_ok(), now);
+        self.staged.set(shard, self.core.is_staged(shard));
+    }
+
+    fn fenced(&mut self) {
+        self.core.fenced();
+        self.staged.clear();
+    }
+
+    fn publish(&self) {
+        self.shared.publish_remote(self.core.stats());
+    }
+}
+
 /// The serving loop; returns the client when stopped.
 pub async fn serve_ends(
     mut client: ClusterClient,
     mut ends: Vec<NetEnd>,
+    mut stage: Option<Stage>,
     notify: &Notify,
     stop: &AtomicBool,
 ) -> ClusterClient {
     let idle = Duration::from_millis(DEVICE_CLUSTER_IDLE_MS);
+    let publish_every = Duration::from_millis(DEVICE_STATS_PUBLISH_MS);
+    let mut last_publish = Instant::now();
     let mut flights: HashMap<u64, Flight> = HashMap::new();
+    let mut bounce = AlignedBuf::new(CLUSTER_SHARD_BYTES as usize);
+    let zeros = AlignedBuf::new(CLUSTER_SHARD_BYTES as usize);
+    let mut fenced_seen = false;
     while !stop.load(Ordering::Acquire) {
-        // every request the queues pushed goes to the client at once
+        // every request the queues pushed goes to the client at once (or,
+        // a read of staged shards, is served from the stage tier)
         for (i, end) in ends.iter_mut().enumerate() {
             while let Some(req) = end.pop() {
                 let key = ((i as u64) << 16) | req.tag as u64;
+                if let Some(st) = stage.as_mut() {
+                    match req.op {
+                        NetOp::Read if st.try_local_read(&req, &mut bounce) => {
+                            end.post(NetDone {
+                                tag: req.tag,
+                                res: req.len as i32,
+                                local: true,
+                            });
+                            continue;
+                        }
+                        NetOp::Read => {}
+                        NetOp::Write | NetOp::WriteZeroes => {
+                            st.write_through(&req, &mut bounce, &zeros)
+                        }
+                    }
+                }
                 let f = Flight {
                     end: i,
                     req,
@@ -188,13 +398,29 @@ pub async fn serve_ends(
                     again_at: None,
                 };
                 if let Err(e) = submit(&mut client, key, &f.req) {
+                    ended(&mut stage, &f, false);
                     end.post(NetDone {
                         tag: req.tag,
                         res: failed(&f.req, &e),
+                        local: false,
                     });
                     continue;
                 }
                 flights.insert(key, f);
+            }
+        }
+        if let Some(st) = stage.as_mut() {
+            if client.is_fenced() && !fenced_seen {
+                fenced_seen = true;
+                st.fenced();
+            }
+            if !fenced_seen {
+                st.start_fetches(&mut client);
+            }
+            st.core.tick(st.now_ns());
+            if last_publish.elapsed() >= publish_every {
+                st.publish();
+                last_publish = Instant::now();
             }
         }
         let now = Instant::now();
@@ -215,9 +441,11 @@ pub async fn serve_ends(
             f.again_at = None;
             if let Err(e) = submit(&mut client, key, &f.req) {
                 let f = flights.remove(&key).expect("due");
+                ended(&mut stage, &f, false);
                 ends[f.end].post(NetDone {
                     tag: f.req.tag,
                     res: failed(&f.req, &e),
+                    local: false,
                 });
             }
         }
@@ -229,6 +457,19 @@ pub async fn serve_ends(
             d = client.poll(wait) => d,
         };
         for d in done {
+            if d.tag & FETCH_TAG != 0 && d.tag < 1 << 63 {
+                if let Some(st) = stage.as_mut() {
+                    let data = match d.result {
+                        Ok(data) => data,
+                        Err(e) => {
+                            tracing::debug!("staging shard {}: {e}", d.tag & !FETCH_TAG);
+                            None
+                        }
+                    };
+                    st.on_fetched(d.tag & !FETCH_TAG, data, &mut bounce);
+                }
+                continue;
+            }
             let Some(mut f) = flights.remove(&d.tag) else {
                 continue;
             };
@@ -256,8 +497,12 @@ pub async fn serve_ends(
                     flights.insert(d.tag, f);
                     continue;
                 }
-                Err(e) => failed(&f.req, &e),
+                Err(e) => {
+                    ended(&mut stage, &f, false);
+                    failed(&f.req, &e)
+                }
                 Ok(data) => {
+                    ended(&mut stage, &f, true);
                     if let (NetOp::Read, Some(data)) = (f.req.op, data) {
                         let len = f.req.len as usize;
                         // SAFETY: `buf` is the tag's ublk buffer of at least
@@ -277,10 +522,38 @@ pub async fn serve_ends(
             ends[f.end].post(NetDone {
                 tag: f.req.tag,
                 res,
+                local: false,
             });
         }
     }
+    if let Some(st) = &stage {
+        st.publish();
+    }
     client
+}
+
+/// A request handed to the client ended (`ok`: the replicas answered it):
+/// the stage core learns a write's end, and from a read (whose data the
+/// attacher returns only after an epoch-check round sent after it started
+/// made a quorum) that the attachment held when the read started.
+fn ended(stage: &mut Option<Stage>, f: &Flight, ok: bool) {
+    let Some(st) = stage.as_mut() else {
+        return;
+    };
+    if ok && f.req.op == NetOp::Read {
+        let started = f.t0.saturating_duration_since(st.start).as_nanos() as u64;
+        st.core.confirmed(started);
+    }
+    if f.req.op != NetOp::Read {
+        st.core.write_ended(f.req.offset, f.req.len, ok);
+        if !ok {
+            for s in f.req.offset / CLUSTER_SHARD_BYTES
+                ..(f.req.offset + f.req.len).div_ceil(CLUSTER_SHARD_BYTES)
+            {
+                st.staged.set(s, st.core.is_staged(s));
+            }
+        }
+    }
 }
 
 fn errno_of(e: &ClientError) -> i32 {

@@ -176,6 +176,7 @@ mod tests {
                 size_bytes: 64 << 20,
                 replicas: 2,
                 nodes: 3,
+                stage_tier: Some("/var/tmp/stage.img".into()),
             }),
             ..r.clone()
         };

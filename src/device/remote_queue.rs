@@ -22,7 +22,8 @@
 //! - DISCARD is served as WRITE_ZEROES (the shard protocol frees nothing):
 //!   a discarded range reads as zeros.
 //! - Every request pushes one trace event and records its latency under
-//!   the hit class `remote`.
+//!   the hit class `remote`, or `hot` for a read the network thread served
+//!   from the stage tier (`NetDone::local`).
 //! - When the queue stops, it waits for the requests still out before its
 //!   buffers go.
 
@@ -265,7 +266,8 @@ impl Server<'_> {
     /// Complete the tags whose results came back.
     fn take_results(&mut self, q: &UblkQueue<'_>) {
         while let Some(d) = self.end.pop_done() {
-            self.finish(q, d.tag, d.res);
+            let hit = if d.local { Hit::Hot } else { Hit::Remote };
+            self.finish(q, d.tag, d.res, hit);
         }
     }
 
@@ -298,10 +300,10 @@ impl Server<'_> {
         };
         let Some(net) = net else {
             // FLUSH: every acknowledged write is durable on its replicas.
-            return self.finish(q, tag, 0);
+            return self.finish(q, tag, 0, Hit::Remote);
         };
         if net != NetOp::WriteZeroes && len > u64::from(DEVICE_IO_BUF_BYTES) {
-            return self.finish(q, tag, -libc::EINVAL);
+            return self.finish(q, tag, -libc::EINVAL, Hit::Remote);
         }
         self.end.submit(NetRequest {
             tag,
@@ -313,10 +315,10 @@ impl Server<'_> {
     }
 
     /// The request of `tag` ended with `res`: record it and commit.
-    fn finish(&mut self, q: &UblkQueue<'_>, tag: u16, res: i32) {
+    fn finish(&mut self, q: &UblkQueue<'_>, tag: u16, res: i32, hit: Hit) {
         let s = self.slots[tag as usize];
         let lat = self.ctx.now_ns().saturating_sub(s.t0);
-        self.metrics.record(s.op, Hit::Remote, s.len, lat, res >= 0);
+        self.metrics.record(s.op, hit, s.len, lat, res >= 0);
         if res < 0 {
             tracing::debug!("{:?} at {} len {}: errno {}", s.op, s.offset, s.len, -res);
         }

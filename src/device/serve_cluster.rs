@@ -5,7 +5,10 @@
 //! Contract (what differs from a local volume):
 //! - Copy mode only: `--zero-copy on` is refused, `auto` falls back with a
 //!   message (the network thread reads and fills the ublk buffers).
-//! - No prefetching (there is no local tier to stage onto).
+//! - Prefetching needs a stage tier on this node (`--stage-tier PATH`, a
+//!   file or block device): the inference thread predicts as for a pool's
+//!   volume and the network thread stages shards there
+//!   (`prefetch::remote`); reads of staged shards are served from it.
 //! - The cluster is joined and the volume attached (fencing any earlier
 //!   attacher) before the device is added; a cluster that cannot be reached
 //!   fails `add` with the client's error and creates nothing.
@@ -16,7 +19,7 @@
 
 use crate::constants::{
     CLUSTER_SHARD_BYTES, DEVICE_CLUSTER_RING_REQUESTS, DEVICE_DISCARD_MAX_BYTES,
-    DEVICE_IO_BUF_BYTES, DEVICE_TRACE_RING_EVENTS,
+    DEVICE_IO_BUF_BYTES, DEVICE_STAGE_FETCHES_MAX, DEVICE_STAGE_LEASE_MS, DEVICE_TRACE_RING_EVENTS,
 };
 use crate::device::config::online_cpus;
 use crate::device::control::{spawn_server, ControlState};
@@ -25,12 +28,18 @@ use crate::device::features::{
 };
 use crate::device::handoff::channel;
 use crate::device::metrics::trace_ring;
-use crate::device::net::{ClusterSource, NetThread};
+use crate::device::metrics::TraceConsumer;
+use crate::device::net::{ClusterSource, NetThread, Stage};
 use crate::device::queue::pin_thread;
+use crate::device::registry::PrefetchRecord;
 use crate::device::registry::{socket_path, DeviceRecord};
 use crate::device::remote_queue::{run_remote_queue, RemoteCtx};
 use crate::device::serve::{device_exists, stop_on_signal, wait_quiesced, Ready, ServeOptions};
 use crate::device::DeviceError;
+use crate::io::file::FileDev;
+use crate::io::BlockDev;
+use crate::prefetch::live::{Live, LiveConfig, LiveError, LiveShared};
+use crate::prefetch::remote::{RemoteStageCore, RemoteStageParams, StagedSet};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::UblkFlags;
@@ -78,10 +87,20 @@ fn run(
     // limits and CPUs (its zero-copy verdict is replaced below)
     cfg.validate(&online, features)?;
     let message = cluster_zero_copy(cfg.zero_copy)?;
-    if opts.prefetch.is_some() {
-        return Err(DeviceError::Ublk(
-            "prefetching needs a local volume (a cluster volume has no tier to stage onto)".into(),
-        ));
+    match (&opts.prefetch, &src.stage_tier) {
+        (Some(_), None) => {
+            return Err(DeviceError::Ublk(
+                "prefetching a cluster volume needs a stage tier (--stage-tier PATH)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(DeviceError::Ublk(
+                "a stage tier is filled by the prefetcher: give --prefetch (none: demand \
+                 promotion alone)"
+                    .into(),
+            ))
+        }
+        _ => {}
     }
     match (cfg.number, opts.recover) {
         (Some(n), false) if device_exists(n) => return Err(DeviceError::Busy(n)),
@@ -99,16 +118,26 @@ fn run(
         queue_ends.push(Some(q));
         net_ends.push(n);
     }
-    // Join and attach before anything exists in the kernel.
-    let net = NetThread::start(&src, net_ends, notify)?;
-    let (producers, _consumers): (Vec<_>, Vec<_>) = (0..nq)
+    let (producers, consumers): (Vec<_>, Vec<_>) = (0..nq)
         .map(|_| trace_ring(DEVICE_TRACE_RING_EVENTS))
         .unzip();
+    let volume_id = crc32c::crc32c(src.volume.as_bytes());
+    let start = Instant::now();
+    // The prefetcher and the stage tier (checked before anything exists).
+    let (live, stage) = match (&opts.prefetch, &src.stage_tier) {
+        (Some(lc), Some(path)) => {
+            let (live, stage) = stage_of(&src, path, lc, volume_id, consumers, start, &notify)?;
+            (Some(live), Some(stage))
+        }
+        _ => (None, None),
+    };
+    // Join and attach before anything exists in the kernel.
+    let net = NetThread::start(&src, net_ends, notify, stage)?;
     let ctx = Arc::new(RemoteCtx {
-        volume_id: crc32c::crc32c(src.volume.as_bytes()),
+        volume_id,
         poll: cfg.poll,
         cpus: cfg.cpus.clone(),
-        start: Instant::now(),
+        start,
         producers: Mutex::new(producers.into_iter().map(Some).collect()),
         snapshots: Mutex::new(vec![None; nq]),
         tids: Mutex::new(vec![None; nq]),
@@ -177,16 +206,26 @@ fn run(
     let number_cell = Arc::new(Mutex::new(None::<u32>));
     let number_out = number_cell.clone();
     let (cfg2, src2, tell2) = (cfg.clone(), src.clone(), tell.clone());
+    let shared = live.as_ref().map(|l| l.shared());
+    let prefetch = opts.prefetch.as_ref().map(|l| PrefetchRecord {
+        predictor: l.kind.name().to_string(),
+        depth: l.prefetch.depth,
+        confidence_min: l.prefetch.confidence_min,
+        budget_bytes: l.budget_bytes,
+        model: l.model.clone(),
+        promote_reads: l.promote_reads,
+    });
     let device_fn = move |c: &UblkCtrl| {
         let n = c.dev_info().dev_id;
         *number_out.lock().expect("number") = Some(n);
-        let r = publish(n, &ctx, &cfg2, &src2);
+        let r = publish(n, &ctx, &cfg2, &src2, shared.clone(), prefetch.clone());
         tell2(r.map(|()| (n, message)));
     };
     stop_on_signal(signals, number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);
     // The queue threads waited for their requests: nothing is out.
     net.stop();
+    drop(live);
     if opts.recover {
         let _ = ctrl.del_dev();
     }
@@ -202,6 +241,8 @@ fn publish(
     ctx: &Arc<RemoteCtx>,
     cfg: &crate::device::config::DeviceConfig,
     src: &ClusterSource,
+    live: Option<Arc<LiveShared>>,
+    prefetch: Option<PrefetchRecord>,
 ) -> Result<(), DeviceError> {
     let tids: Vec<i32> = ctx
         .tids
@@ -234,7 +275,7 @@ fn publish(
             volume: src.volume.clone(),
             start: ctx.start,
             snapshots,
-            live: None,
+            live,
         },
     )?;
     DeviceRecord {
@@ -249,10 +290,69 @@ fn publish(
         zero_copy_requested: cfg.zero_copy,
         zero_copy: false,
         pid: std::process::id(),
-        prefetch: None,
+        prefetch,
         cluster: Some(src.clone()),
     }
     .write()
+}
+
+/// Open the stage tier, size its slots within the budget, start the
+/// inference thread over the trace rings; the network thread's [`Stage`].
+#[allow(clippy::too_many_arguments)]
+pub fn stage_of(
+    src: &ClusterSource,
+    path: &std::path::Path,
+    lc: &LiveConfig,
+    volume_id: u32,
+    consumers: Vec<TraceConsumer>,
+    start: Instant,
+    notify: &Arc<tokio::sync::Notify>,
+) -> Result<(Live, Stage), DeviceError> {
+    let tier = FileDev::open(path).map_err(|e| DeviceError::Ublk(format!("stage tier: {e}")))?;
+    let size = tier.size_bytes();
+    let budget = lc.budget_bytes.unwrap_or(size);
+    if budget > size {
+        return Err(LiveError::BudgetTooLarge { budget, hot: size }.into());
+    }
+    let slots = budget / CLUSTER_SHARD_BYTES;
+    if slots == 0 {
+        return Err(LiveError::Budget {
+            budget,
+            shard: CLUSTER_SHARD_BYTES,
+        }
+        .into());
+    }
+    let shards = src.size_bytes / CLUSTER_SHARD_BYTES;
+    let staged = StagedSet::new(volume_id, shards);
+    let wake_notify = notify.clone();
+    let (live, preds) = Live::start_remote(
+        lc,
+        Box::new(staged.clone()),
+        CLUSTER_SHARD_BYTES,
+        consumers,
+        start,
+        Arc::new(move || wake_notify.notify_one()),
+    )?;
+    let core = RemoteStageCore::new(
+        RemoteStageParams {
+            volume: volume_id,
+            shards,
+            shard_bytes: CLUSTER_SHARD_BYTES,
+            slots: slots.min(u64::from(u32::MAX)) as u32,
+            fetch_max: DEVICE_STAGE_FETCHES_MAX,
+            lease_ns: DEVICE_STAGE_LEASE_MS * 1_000_000,
+        },
+        start.elapsed().as_nanos() as u64,
+    );
+    let stage = Stage {
+        core,
+        tier: Box::new(tier),
+        preds,
+        staged,
+        shared: live.shared(),
+        start,
+    };
+    Ok((live, stage))
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ use crate::constants::{
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
 use crate::prefetch::pace::Pacer;
+use crate::prefetch::remote::RemoteStageStats;
 use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
 use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
 use crate::prefetch::{
@@ -165,6 +166,10 @@ pub struct PrefetchStats {
     /// nothing), milliseconds.
     pub paced_ms: u64,
     pub stager: StagerStats,
+    /// A cluster volume's staging onto its stage tier (`None` for a pool's
+    /// volume; `stager` then holds the core's figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteStageStats>,
 }
 
 /// A read forwarded to the stager.
@@ -194,6 +199,44 @@ pub struct LiveShared {
     stager_thread: std::sync::OnceLock<std::thread::Thread>,
     /// The inference thread's kernel thread id (set before `start` returns).
     infer_tid: std::sync::OnceLock<i32>,
+    /// Remote staging: its figures (published by the network thread) and
+    /// how to wake the network thread when predictions are queued.
+    remote: Mutex<Option<RemoteStageStats>>,
+    remote_wake: Option<Waker>,
+}
+
+/// Wakes the consumer of the prefetch ring when it is not a stager thread.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// Where a shard of the device's volume is, for the inference thread's
+/// filters (predictions of shards already hot or absent are dropped) and
+/// demand promotion (reads of cold shards count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Hot,
+    Cold,
+    /// Unmapped, split, or out of range: nothing to stage.
+    Absent,
+}
+
+/// The inference thread's view of a volume's shards.
+pub trait ShardPlaces: Send + 'static {
+    fn volume_id(&self) -> u32;
+    fn place(&self, shard: u64) -> Place;
+}
+
+impl ShardPlaces for Volume {
+    fn volume_id(&self) -> u32 {
+        self.id()
+    }
+    fn place(&self, shard: u64) -> Place {
+        let guard = crossbeam_epoch::pin();
+        match self.shared().table.load(shard, &guard) {
+            Ok(SlotView::Mapped(e)) if e.tier() == 0 => Place::Hot,
+            Ok(SlotView::Mapped(_)) => Place::Cold,
+            Ok(SlotView::Split(_)) | Ok(SlotView::Unmapped) | Err(_) => Place::Absent,
+        }
+    }
 }
 
 /// The receiving end of a recording; dropping it ends the recording.
@@ -217,6 +260,39 @@ impl Drop for RecordingRx {
 }
 
 impl LiveShared {
+    fn new(predictor: Option<&'static str>, ring: Option<Arc<RingCounters>>) -> Self {
+        LiveShared {
+            predictor,
+            infer: Mutex::default(),
+            stager: Mutex::default(),
+            ring,
+            recording_on: AtomicBool::new(false),
+            recording: Mutex::new(None),
+            recording_dropped: AtomicU64::new(0),
+            stager_thread: std::sync::OnceLock::new(),
+            infer_tid: std::sync::OnceLock::new(),
+            remote: Mutex::new(None),
+            remote_wake: None,
+        }
+    }
+
+    /// Wake whoever consumes the prefetch ring.
+    fn wake_stager(&self) {
+        if let Some(t) = self.stager_thread.get() {
+            t.unpark();
+        }
+        if let Some(w) = &self.remote_wake {
+            w();
+        }
+    }
+
+    /// Publish remote staging figures (the network thread of a cluster
+    /// device).
+    pub fn publish_remote(&self, st: RemoteStageStats) {
+        *self.stager.lock().expect("stager stats") = st.stager.clone();
+        *self.remote.lock().expect("remote stats") = Some(st);
+    }
+
     /// Prefetch statistics, `None` when prefetching is off.
     pub fn stats(&self) -> Option<PrefetchStats> {
         let name = self.predictor?;
@@ -229,6 +305,7 @@ impl LiveShared {
             s.dropped = dropped;
         }
         s.stager = self.stager.lock().expect("stager stats").clone();
+        s.remote = self.remote.lock().expect("remote stats").clone();
         Some(s)
     }
 
@@ -311,38 +388,14 @@ impl Live {
                     PREFETCH_DEDUP_SLOTS,
                     PREFETCH_DEDUP_WINDOW_MS * 1_000_000,
                 );
-                let shared = Arc::new(LiveShared {
-                    predictor: Some(c.kind.name()),
-                    infer: Mutex::default(),
-                    stager: Mutex::default(),
-                    ring: Some(tx.counters()),
-                    recording_on: AtomicBool::new(false),
-                    recording: Mutex::new(None),
-                    recording_dropped: AtomicU64::new(0),
-                    stager_thread: std::sync::OnceLock::new(),
-                    infer_tid: std::sync::OnceLock::new(),
-                });
+                let shared = Arc::new(LiveShared::new(Some(c.kind.name()), Some(tx.counters())));
                 (
                     Some((tx, c.kind, pcfg)),
                     Some((rx, budget / UNIT_SIZE_BYTES)),
                     shared,
                 )
             }
-            None => (
-                None,
-                None,
-                Arc::new(LiveShared {
-                    predictor: None,
-                    infer: Mutex::default(),
-                    stager: Mutex::default(),
-                    ring: None,
-                    recording_on: AtomicBool::new(false),
-                    recording: Mutex::new(None),
-                    recording_dropped: AtomicU64::new(0),
-                    stager_thread: std::sync::OnceLock::new(),
-                    infer_tid: std::sync::OnceLock::new(),
-                }),
-            ),
+            None => (None, None, Arc::new(LiveShared::new(None, None))),
         };
         let (notice_tx, notice_rx) = match ring_rx.is_some() {
             true => {
@@ -351,76 +404,17 @@ impl Live {
             }
             false => (None, None),
         };
-        // The inference thread builds its predictor and reports.
-        // The LSTM's starting weights: the given model file, else the
-        // shipped default (see `prefetch::lstm`).
-        let promote_reads = cfg.map_or(0, |c| c.promote_reads);
-        let lstm_opts = crate::prefetch::lstm::LstmOptions {
-            model: match cfg.and_then(|c| c.model.clone()) {
-                Some(p) => crate::prefetch::lstm::ModelSource::File(p),
-                None => crate::prefetch::lstm::ModelSource::Default,
-            },
-            ..Default::default()
-        };
-        let (report_tx, report_rx) = std::sync::mpsc::channel::<Result<(), PrefetchError>>();
-        let infer = {
-            let stop = stop.clone();
-            let shared = shared.clone();
-            let volume = volume.clone();
-            std::thread::Builder::new()
-                .name("shardblk-infer".into())
-                .spawn(move || {
-                    block_stop_signals();
-                    lower_priority();
-                    // SAFETY: gettid has no preconditions.
-                    let _ = shared.infer_tid.set(unsafe { libc::gettid() });
-                    let pred = match &ring_tx {
-                        Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
-                            Ok(p) => Some(p),
-                            Err(e) => {
-                                let _ = report_tx.send(Err(e));
-                                return;
-                            }
-                        },
-                        None => None,
-                    };
-                    let _ = report_tx.send(Ok(()));
-                    let mut t = Inference {
-                        demand: DemandPromoter::new(
-                            promote_reads,
-                            PREFETCH_PROMOTE_WINDOW_MS * 1_000_000,
-                            PREFETCH_PROMOTE_TRACKED_SHARDS,
-                        ),
-                        volume,
-                        consumers,
-                        pred,
-                        ring: ring_tx.map(|(tx, _, c)| (tx, c)),
-                        notices: notice_tx,
-                        shared,
-                        start,
-                        st: PrefetchStats {
-                            promote_reads,
-                            ..Default::default()
-                        },
-                        hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
-                            .expect("histogram bounds"),
-                        pacer: Pacer::new(ns_since(start)),
-                    };
-                    t.run(&stop);
-                })
-                .map_err(|e| LiveError::Spawn("inference", e))?
-        };
-        match report_rx.recv() {
-            Ok(Ok(())) => threads.push(infer),
-            Ok(Err(e)) => {
-                let _ = infer.join();
-                return Err(e.into());
-            }
-            Err(_) => {
-                let _ = infer.join();
-                return Err(LiveError::NoReport);
-            }
-        }
+        let infer = spawn_inference(
+            cfg,
+            &stop,
+            &shared,
+            Box::new(volume.clone()),
+            consumers,
+            ring_tx,
+            notice_tx,
+            start,
+        )?;
+        threads.push(infer);
         let mut live = Live {
             stop,
             threads,
@@ -442,8 +436,140 @@ impl Live {
         Ok(live)
     }
 
+    /// Start prefetching for a cluster volume whose shards are staged by
+    /// the device's network thread: the inference thread alone (predictors
+    /// and demand promotion as for a pool's volume, over `places`), whose
+    /// predictions the caller pops from the returned ring; `wake` is called
+    /// when it queued some. Read notices are not forwarded: the network
+    /// thread sees every read itself.
+    pub fn start_remote(
+        cfg: &LiveConfig,
+        places: Box<dyn ShardPlaces>,
+        shard_bytes: u64,
+        consumers: Vec<TraceConsumer>,
+        start: Instant,
+        wake: Waker,
+    ) -> Result<(Live, PredictionRx), LiveError> {
+        let pcfg = cfg.for_volume(shard_bytes);
+        pcfg.validate()?;
+        if cfg.model.is_some() && cfg.kind != PredictorKind::Lstm {
+            return Err(LiveError::ModelUnused(cfg.kind.name()));
+        }
+        let (tx, rx) = prediction_ring(
+            PREFETCH_RING_PREDICTIONS,
+            PREFETCH_DEDUP_SLOTS,
+            PREFETCH_DEDUP_WINDOW_MS * 1_000_000,
+        );
+        let mut shared = LiveShared::new(Some(cfg.kind.name()), Some(tx.counters()));
+        shared.remote_wake = Some(wake);
+        let shared = Arc::new(shared);
+        let stop = Arc::new(AtomicBool::new(false));
+        let infer = spawn_inference(
+            Some(cfg),
+            &stop,
+            &shared,
+            places,
+            consumers,
+            Some((tx, cfg.kind, pcfg)),
+            None,
+            start,
+        )?;
+        Ok((
+            Live {
+                stop,
+                threads: vec![infer],
+                shared,
+            },
+            rx,
+        ))
+    }
+
     pub fn shared(&self) -> Arc<LiveShared> {
         self.shared.clone()
+    }
+}
+
+/// Spawn the inference thread over `consumers` (predicting into `ring_tx`
+/// when prefetching is on) and wait for its report.
+#[allow(clippy::too_many_arguments)]
+fn spawn_inference(
+    cfg: Option<&LiveConfig>,
+    stop: &Arc<AtomicBool>,
+    shared: &Arc<LiveShared>,
+    places: Box<dyn ShardPlaces>,
+    consumers: Vec<TraceConsumer>,
+    ring_tx: Option<(PredictionTx, PredictorKind, PrefetchConfig)>,
+    notice_tx: Option<rtrb::Producer<ReadNotice>>,
+    start: Instant,
+) -> Result<JoinHandle<()>, LiveError> {
+    // The inference thread builds its predictor and reports.
+    // The LSTM's starting weights: the given model file, else the
+    // shipped default (see `prefetch::lstm`).
+    let promote_reads = cfg.map_or(0, |c| c.promote_reads);
+    let lstm_opts = crate::prefetch::lstm::LstmOptions {
+        model: match cfg.and_then(|c| c.model.clone()) {
+            Some(p) => crate::prefetch::lstm::ModelSource::File(p),
+            None => crate::prefetch::lstm::ModelSource::Default,
+        },
+        ..Default::default()
+    };
+    let (report_tx, report_rx) = std::sync::mpsc::channel::<Result<(), PrefetchError>>();
+    let infer = {
+        let stop = stop.clone();
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("shardblk-infer".into())
+            .spawn(move || {
+                block_stop_signals();
+                lower_priority();
+                // SAFETY: gettid has no preconditions.
+                let _ = shared.infer_tid.set(unsafe { libc::gettid() });
+                let pred = match &ring_tx {
+                    Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            let _ = report_tx.send(Err(e));
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                let _ = report_tx.send(Ok(()));
+                let mut t = Inference {
+                    demand: DemandPromoter::new(
+                        promote_reads,
+                        PREFETCH_PROMOTE_WINDOW_MS * 1_000_000,
+                        PREFETCH_PROMOTE_TRACKED_SHARDS,
+                    ),
+                    places,
+                    consumers,
+                    pred,
+                    ring: ring_tx.map(|(tx, _, c)| (tx, c)),
+                    notices: notice_tx,
+                    shared,
+                    start,
+                    st: PrefetchStats {
+                        promote_reads,
+                        ..Default::default()
+                    },
+                    hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
+                        .expect("histogram bounds"),
+                    pacer: Pacer::new(ns_since(start)),
+                };
+                t.run(&stop);
+            })
+            .map_err(|e| LiveError::Spawn("inference", e))?
+    };
+    match report_rx.recv() {
+        Ok(Ok(())) => Ok(infer),
+        Ok(Err(e)) => {
+            let _ = infer.join();
+            Err(e.into())
+        }
+        Err(_) => {
+            let _ = infer.join();
+            Err(LiveError::NoReport)
+        }
     }
 }
 
@@ -519,7 +645,7 @@ pub fn trace_event_of(e: &DevEvent) -> TraceEvent {
 }
 
 struct Inference {
-    volume: Volume,
+    places: Box<dyn ShardPlaces>,
     consumers: Vec<TraceConsumer>,
     pred: Option<Box<dyn Predictor>>,
     ring: Option<(PredictionTx, PrefetchConfig)>,
@@ -606,10 +732,10 @@ impl Inference {
                     if ev.op == DevOp::Read && self.demand.enabled() {
                         promote_on_demand(
                             &mut self.demand,
-                            &self.volume,
+                            self.places.as_ref(),
                             &mut self.ring,
                             &mut self.st,
-                            self.shared.stager_thread.get(),
+                            &self.shared,
                             &se,
                             ns_since(self.start),
                         );
@@ -697,8 +823,6 @@ impl Inference {
         pred.step(batch, out);
         self.st.events_fed += batch.len() as u64;
         let now = ns_since(self.start);
-        let table = &self.volume.shared().table;
-        let guard = crossbeam_epoch::pin();
         let mut queued = false;
         for p in out.iter() {
             self.st.predictions += 1;
@@ -706,24 +830,21 @@ impl Inference {
                 self.st.below_confidence += 1;
                 continue;
             }
-            if p.volume != self.volume.id() {
+            if p.volume != self.places.volume_id() {
                 self.st.unmapped += 1;
                 continue;
             }
-            match table.load(p.shard, &guard) {
-                Ok(SlotView::Mapped(e)) if e.tier() == 0 => self.st.already_hot += 1,
-                Ok(SlotView::Mapped(_)) => {
+            match self.places.place(p.shard) {
+                Place::Hot => self.st.already_hot += 1,
+                Place::Cold => {
                     queued |= tx.push(*p, now) == crate::prefetch::ring::Push::Queued;
                 }
-                Ok(SlotView::Split(_)) | Ok(SlotView::Unmapped) | Err(_) => self.st.unmapped += 1,
+                Place::Absent => self.st.unmapped += 1,
             }
         }
-        drop(guard);
         if queued {
             self.pacer.queued(now);
-            if let Some(t) = self.shared.stager_thread.get() {
-                t.unpark();
-            }
+            self.shared.wake_stager();
         }
         self.st.batches += 1;
         let _ = self
@@ -751,24 +872,22 @@ impl Inference {
 /// the stager. Shards already hot, unmapped or split are not counted.
 fn promote_on_demand(
     demand: &mut DemandPromoter,
-    volume: &Volume,
+    places: &dyn ShardPlaces,
     ring: &mut Option<(PredictionTx, PrefetchConfig)>,
     st: &mut PrefetchStats,
-    stager: Option<&std::thread::Thread>,
+    shared: &LiveShared,
     se: &ShardEvent,
     now_ns: u64,
 ) {
     let Some((tx, _)) = ring.as_mut() else {
         return;
     };
-    if se.volume != volume.id() {
+    if se.volume != places.volume_id() {
         return;
     }
-    let table = &volume.shared().table;
-    let guard = crossbeam_epoch::pin();
     let mut queued = false;
     for shard in se.shard..se.shard + u64::from(se.shards) {
-        let cold = matches!(table.load(shard, &guard), Ok(SlotView::Mapped(e)) if e.tier() != 0);
+        let cold = places.place(shard) == Place::Cold;
         if cold && demand.on_cold_read((se.volume, shard), now_ns) {
             let p = Prediction {
                 volume: se.volume,
@@ -781,11 +900,8 @@ fn promote_on_demand(
             }
         }
     }
-    drop(guard);
     if queued {
-        if let Some(t) = stager {
-            t.unpark();
-        }
+        shared.wake_stager();
     }
 }
 

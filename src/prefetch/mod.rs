@@ -34,6 +34,7 @@ pub mod synth;
 pub mod demand;
 pub mod live;
 pub mod pace;
+pub mod remote;
 pub mod ring;
 pub mod stager;
 

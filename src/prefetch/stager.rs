@@ -310,6 +310,15 @@ impl StagerCore {
         }
     }
 
+    /// `key` is gone from the hot tier without a planned demotion (its copy
+    /// was invalidated): stop tracking it, counted as evicted.
+    pub fn dropped(&mut self, key: ShardKey) {
+        if self.staged.contains_key(&key) {
+            self.forget(key);
+            self.st.evicted += 1;
+        }
+    }
+
     /// A planned demotion happened.
     pub fn evicted(&mut self) {
         self.st.evicted += 1;

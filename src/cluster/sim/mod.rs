@@ -579,6 +579,7 @@ impl Sim {
                 Event::Repaired { .. } => self.report.repairs += 1,
                 Event::Moved { .. } => self.report.moves += 1,
                 Event::Rebalanced(_) => self.report.rebalances += 1,
+                Event::Fetched { .. } => unreachable!("simulated clients do not stage"),
             }
         }
         Ok(())
