@@ -210,6 +210,19 @@ pub const SIM_STAGE_QUEUE_MAX_SHARDS: usize = 256;
 pub const SIM_HOT_SHARDS_DEFAULT: u64 = 1024;
 /// Latency histogram range of the simulator (1 ns .. 1 hour, 3 significant digits).
 pub const SIM_LATENCY_MAX_NS: u64 = 3_600_000_000_000;
+/// Synthetic workloads (`prefetch::synth`): mean time between reads inside a
+/// burst (one read, one B-tree lookup, one file).
+pub const SYNTH_INTERARRIVAL_DEFAULT_NS: u64 = 1_000_000;
+/// Synthetic workloads: mean think time before each burst. Longer than one
+/// random staging of the largest evaluated shard (a cold seek plus 1 MiB on
+/// the staging channel, 13 ms with the simulator defaults), so a predictor
+/// that knows the next burst can stage it in time.
+pub const SYNTH_THINK_DEFAULT_NS: u64 = 20_000_000;
+const _: () = assert!(
+    SYNTH_THINK_DEFAULT_NS
+        > SIM_COLD_ACCESS_DEFAULT_NS
+            + (1u64 << 20) * 1_000_000_000 / SIM_STAGE_BANDWIDTH_DEFAULT_BYTES_PER_S
+);
 
 const _: () = assert!(PREFETCH_DEPTH_DEFAULT_SHARDS >= 1);
 const _: () = assert!(PREFETCH_DEPTH_DEFAULT_SHARDS <= PREFETCH_DEPTH_MAX_SHARDS);
@@ -298,6 +311,47 @@ pub const LSTM_SIZE_BUCKETS: u32 = 8;
 pub const LSTM_GAP_BUCKETS: u32 = 16;
 /// Op classes of the op input (read, write).
 pub const LSTM_OP_CLASSES: u32 = 2;
+/// Nearest-delta input: the stream's last this many requests are recalled;
+/// deltas up to this many shards either way have a class (plus one "far").
+pub const LSTM_NEAR_RECENT: usize = 8;
+pub const LSTM_NEAR_MAX_SHARDS: u64 = 4;
+pub const LSTM_NEAR_CLASSES: u32 = 2 + 2 * LSTM_NEAR_MAX_SHARDS as u32;
+/// Scope classes of the scope input (region stream, volume stream).
+pub const LSTM_SCOPE_CLASSES: u32 = 2;
+/// Shard classes (address-correlating classes: absolute shards of a volume,
+/// OOV not counted): default and largest accepted; 0 gives the delta-only
+/// model. They are input classes and output classes beside the delta
+/// classes, so the output layer has `1 + vocab + shards` rows; its cost
+/// grows with them (measured in bench/RESULTS.md).
+pub const LSTM_SHARD_VOCAB_DEFAULT_CLASSES: u32 = 1024;
+pub const LSTM_SHARD_VOCAB_MAX_CLASSES: u32 = 1 << 16;
+/// Output classes read per stream and step, per shard of `PREFETCH_DEPTH`
+/// (the most likely; classes naming the same shard add up).
+pub const LSTM_CANDIDATE_CLASSES_PER_DEPTH: usize = 2;
+/// A volume stream's memory of its states (entries: one per event, ring):
+/// default and largest. 4096 entries hold a repeated pattern of that many
+/// events; each costs `hidden * 4 + 8` bytes (1 MiB per volume at 64 hidden
+/// units), and a recall one `[entries, hidden]` product per event.
+pub const LSTM_MEMORY_DEFAULT_ENTRIES: u32 = 4096;
+pub const LSTM_MEMORY_MAX_ENTRIES: u32 = 1 << 20;
+/// A memory recall's margin is measured against the closest of this many
+/// nearest entries that continued differently.
+pub const LSTM_MEMORY_NEIGHBOURS: usize = 8;
+/// Dimensions of the address half of a memory key (a fixed pseudo-random
+/// vector per shard: different shards' are nearly orthogonal).
+pub const LSTM_MEMORY_ADDRESS_DIMS: usize = 32;
+/// Weight of the state half in a memory key's similarity (the address half
+/// has the rest).
+pub const LSTM_MEMORY_STATE_WEIGHT: f32 = 0.25;
+const _: () = assert!(LSTM_MEMORY_STATE_WEIGHT > 0.0 && LSTM_MEMORY_STATE_WEIGHT < 1.0);
+/// The memory standardizes states with running statistics over about this
+/// many states.
+pub const LSTM_MEMORY_STATS_EVENTS: u64 = 1024;
+/// Embedding width of the shard class input (dimensions): default.
+pub const LSTM_SHARD_EMBED_DEFAULT_DIMS: u32 = 32;
+/// Online shard vocabulary growth: shard visits counted over this many
+/// recent visits; a shard visited `LSTM_VOCAB_MIN_COUNT` times in it joins.
+pub const LSTM_SHARD_VOCAB_WINDOW_EVENTS: usize = 8192;
 /// Adam learning rate: default (dimensionless) and accepted range.
 pub const LSTM_LEARNING_RATE_DEFAULT: f64 = 3e-3;
 pub const LSTM_LEARNING_RATE_MAX: f64 = 1.0;
@@ -331,6 +385,12 @@ const _: () =
     assert!(LSTM_HIDDEN_DEFAULT_UNITS >= 1 && LSTM_HIDDEN_DEFAULT_UNITS <= LSTM_HIDDEN_MAX_UNITS);
 const _: () = assert!(LSTM_LAYERS_DEFAULT >= 1 && LSTM_LAYERS_DEFAULT <= LSTM_LAYERS_MAX);
 const _: () = assert!(LSTM_DELTA_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS);
+const _: () = assert!(
+    LSTM_SHARD_EMBED_DEFAULT_DIMS >= 1 && LSTM_SHARD_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS
+);
+const _: () = assert!(LSTM_SHARD_VOCAB_DEFAULT_CLASSES <= LSTM_SHARD_VOCAB_MAX_CLASSES);
+const _: () = assert!(LSTM_MEMORY_DEFAULT_ENTRIES <= LSTM_MEMORY_MAX_ENTRIES);
+const _: () = assert!(LSTM_SHARD_VOCAB_WINDOW_EVENTS >= LSTM_VOCAB_MIN_COUNT as usize);
 const _: () = assert!(LSTM_AUX_EMBED_DEFAULT_DIMS <= LSTM_EMBED_MAX_DIMS);
 const _: () = assert!(
     LSTM_VOCAB_DEFAULT_CLASSES >= 1 && LSTM_VOCAB_DEFAULT_CLASSES <= LSTM_VOCAB_MAX_CLASSES
@@ -542,19 +602,43 @@ const _: () =
 /// LSTM precision gate: a stream's predictions are staged only while the
 /// estimated precision of its recent predictions is at least this (0: never gated).
 pub const LSTM_PRECISION_GATE_DEFAULT: f32 = 0.5;
-/// A prediction counts as correct when its stream reads the shard within this
-/// many of the stream's next events, per shard of depth.
-pub const LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH: u64 = 2;
+/// A prediction counts as correct when its stream reads the shard within the
+/// predictor's next `PrefetchConfig::stage_capacity_shards` events (about
+/// when LRU would evict it), or within this many per shard of depth when
+/// the capacity is unknown.
+pub const LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH: u64 = 16;
 /// The precision estimate is a moving average over about this many resolved predictions.
 pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;
-/// Predictions tracked per stream, per shard of depth (older ones resolve as wrong).
-pub const LSTM_PRECISION_TRACKED_PER_DEPTH: usize = 8;
+/// Predictions tracked at once per stream; candidates beyond are not
+/// tracked (calibration learns from a sample) until some resolve.
+pub const LSTM_PRECISION_TRACKED_MAX: usize = 256;
+/// Confidence calibration (with the precision gate on): predictions are
+/// bucketed by steps along the predicted path (0: direct, the last bucket
+/// open-ended) and by raw confidence (equal-width buckets of 0..1); each
+/// bucket's measured precision is a moving average over about
+/// `LSTM_CALIBRATION_AVERAGE_PREDICTIONS` resolved predictions.
+pub const LSTM_CALIBRATION_STEP_BUCKETS: usize = 8;
+pub const LSTM_CALIBRATION_CONFIDENCE_BUCKETS: usize = 10;
+pub const LSTM_CALIBRATION_AVERAGE_PREDICTIONS: u32 = 64;
+/// A bucket's precision is trusted (its candidates emitted) once this many
+/// of its candidates resolved.
+pub const LSTM_CALIBRATION_MIN_RESOLVED: u32 = 8;
+/// With calibration, candidates at or above this raw confidence are tracked
+/// (and emitted when their bucket's measured precision passes).
+pub const LSTM_TRACK_CONFIDENCE_MIN: f32 = 0.05;
 const _: () = assert!(LSTM_PRECISION_GATE_DEFAULT >= 0.0 && LSTM_PRECISION_GATE_DEFAULT <= 1.0);
 const _: () = assert!(
-    LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH >= 1 && LSTM_PRECISION_AVERAGE_PREDICTIONS >= 1
+    LSTM_CALIBRATION_STEP_BUCKETS >= 1
+        && LSTM_CALIBRATION_CONFIDENCE_BUCKETS >= 1
+        && LSTM_CALIBRATION_AVERAGE_PREDICTIONS >= 1
+        && LSTM_CALIBRATION_MIN_RESOLVED >= 1
 );
-const _: () =
-    assert!(LSTM_PRECISION_TRACKED_PER_DEPTH as u64 >= LSTM_PRECISION_HORIZON_EVENTS_PER_DEPTH);
+const _: () = assert!(LSTM_TRACK_CONFIDENCE_MIN > 0.0 && LSTM_TRACK_CONFIDENCE_MIN < 1.0);
+const _: () = assert!(
+    LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH >= 1
+        && LSTM_PRECISION_AVERAGE_PREDICTIONS >= 1
+        && LSTM_PRECISION_TRACKED_MAX >= 1
+);
 
 // --- rebal ---
 /// Long-run rate at which rebalancing copies shards to new homes (bytes per second).

@@ -30,6 +30,7 @@ fn synth(kind: SynthKind) -> Vec<TraceEvent> {
     generate(&SynthConfig {
         events: 8000,
         interarrival_ns: 20_000_000,
+        think_ns: 0,
         ..SynthConfig::new(kind, SEED)
     })
 }

@@ -10,7 +10,8 @@
 //! - `trace train --trace FILE... --shard-size S -o MODEL [--epochs N]
 //!   [--steps N] [--loss-chart PNG]`: offline LSTM training (progress bar,
 //!   loss curve PNG beside the model unless `--loss-chart` names another).
-//! - `trace synth --kind sequential|strided|btree|repeated|random -o OUT`.
+//! - `trace synth --kind sequential|strided|btree|repeated|boot|random -o OUT
+//!   [--interarrival-ns N] [--think-ns N]`.
 //! - `trace record -n N -o OUT [--count N] [--seconds S]`: a live device's
 //!   requests, teed by its daemon (see `device::control`), rebased to start
 //!   at 0 and in time order.
@@ -20,16 +21,18 @@
 use crate::constants::{
     LSTM_AUX_EMBED_DEFAULT_DIMS, LSTM_DELTA_EMBED_DEFAULT_DIMS, LSTM_HIDDEN_DEFAULT_UNITS,
     LSTM_LAYERS_DEFAULT, LSTM_LEARNING_RATE_DEFAULT, LSTM_LOOKAHEAD_DEFAULT_STEPS,
-    LSTM_THREADS_DEFAULT, LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
-    SEQUENCE_LENGTH_DEFAULT_EVENTS,
+    LSTM_MEMORY_DEFAULT_ENTRIES, LSTM_PRECISION_GATE_DEFAULT, LSTM_SHARD_EMBED_DEFAULT_DIMS,
+    LSTM_SHARD_VOCAB_DEFAULT_CLASSES, LSTM_THREADS_DEFAULT, LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS,
+    LSTM_VOCAB_DEFAULT_CLASSES, SEQUENCE_LENGTH_DEFAULT_EVENTS,
 };
 use crate::constants::{
     PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
-    PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, TRACE_INTERARRIVAL_DEFAULT_NS,
-    TRACE_RECORD_EVENTS_MAX, TRACE_RECORD_SECONDS_MAX,
+    PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, SYNTH_INTERARRIVAL_DEFAULT_NS,
+    SYNTH_THINK_DEFAULT_NS, TRACE_INTERARRIVAL_DEFAULT_NS, TRACE_RECORD_EVENTS_MAX,
+    TRACE_RECORD_SECONDS_MAX,
 };
 use crate::prefetch::eval::{eval_trace_with, EvalTable};
-use crate::prefetch::lstm::{LstmOptions, ModelShape, ModelSource};
+use crate::prefetch::lstm::{LstmOptions, ModelShape, ModelSource, Streams};
 use crate::prefetch::sim::SimConfig;
 use crate::prefetch::synth::{generate, SynthConfig, SynthKind};
 use crate::prefetch::{PredictorKind, PrefetchConfig};
@@ -92,9 +95,24 @@ pub struct LstmArgs {
     /// LSTM: embedding width of the delta class.
     #[arg(long, default_value_t = LSTM_DELTA_EMBED_DEFAULT_DIMS)]
     pub delta_embed: u32,
-    /// LSTM: embedding width of op, size and inter-arrival each.
+    /// LSTM: embedding width of op, size, inter-arrival, nearest delta and scope each.
     #[arg(long, default_value_t = LSTM_AUX_EMBED_DEFAULT_DIMS)]
     pub aux_embed: u32,
+    /// LSTM: shard classes (frequently read shards as classes; 0: deltas only).
+    #[arg(long, default_value_t = LSTM_SHARD_VOCAB_DEFAULT_CLASSES)]
+    pub shards: u32,
+    /// LSTM: embedding width of the shard class.
+    #[arg(long, default_value_t = LSTM_SHARD_EMBED_DEFAULT_DIMS)]
+    pub shard_embed: u32,
+    /// LSTM: streams followed: regions, volume or both.
+    #[arg(long, default_value = "both")]
+    pub lstm_streams: Streams,
+    /// LSTM: entries of a volume stream's memory of its states (0: none).
+    #[arg(long, default_value_t = LSTM_MEMORY_DEFAULT_ENTRIES)]
+    pub memory: u32,
+    /// LSTM: precision gate with confidence calibration (0..1; 0: off, raw confidences).
+    #[arg(long, default_value_t = LSTM_PRECISION_GATE_DEFAULT)]
+    pub gate: f32,
     /// LSTM: Adam learning rate.
     #[arg(long, default_value_t = LSTM_LEARNING_RATE_DEFAULT)]
     pub learning_rate: f64,
@@ -125,7 +143,12 @@ impl LstmArgs {
                 layers: self.layers,
                 delta_embed: self.delta_embed,
                 aux_embed: self.aux_embed,
+                shards: self.shards,
+                shard_embed: self.shard_embed,
             },
+            streams: self.lstm_streams,
+            memory_entries: self.memory,
+            precision_gate: self.gate,
             model,
             learning_rate: self.learning_rate,
             online: !self.no_online,
@@ -252,9 +275,12 @@ pub enum TraceCmd {
         /// Volume size (suffixes K, M, G, T).
         #[arg(long, default_value = "64G", value_parser = parse_size)]
         volume_size: u64,
-        /// Mean nanoseconds between reads.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Mean nanoseconds between reads inside a burst (a read, a B-tree lookup, a file).
+        #[arg(long, default_value_t = SYNTH_INTERARRIVAL_DEFAULT_NS)]
         interarrival_ns: u64,
+        /// Mean think time in nanoseconds before each burst (0: none).
+        #[arg(long, default_value_t = SYNTH_THINK_DEFAULT_NS)]
+        think_ns: u64,
         /// Concurrent streams (sequential, strided).
         #[arg(long, default_value_t = 8)]
         streams: usize,
@@ -568,6 +594,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             io_size,
             volume_size,
             interarrival_ns,
+            think_ns,
             streams,
         } => {
             if io_size == 0 || io_size % 4096 != 0 {
@@ -583,6 +610,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
                 volume_bytes: volume_size,
                 io_bytes: io_size,
                 interarrival_ns,
+                think_ns,
                 streams,
             };
             let ev = generate(&cfg);

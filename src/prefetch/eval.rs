@@ -1,14 +1,15 @@
 //! Evaluation: run predictors over traces with the simulator and tabulate.
 //!
 //! Contract: [`eval_trace`] simulates each requested predictor, freshly
-//! built, on the same trace and configuration; rows come out in the order
+//! built (told the hot tier's capacity as `stage_capacity_shards`), on the
+//! same trace and configuration; rows come out in the order
 //! asked. [`EvalTable`]'s `Display` prints an aligned text table with the
 //! winner of each (trace, shard size) group — lowest mean read latency —
 //! marked `*`; it serializes to JSON with serde.
 
 use super::lstm::LstmOptions;
 use super::sim::{simulate, SimConfig, SimStats};
-use super::{PredictorFigures, PredictorKind, PrefetchError};
+use super::{PredictorFigures, PredictorKind, PrefetchConfig, PrefetchError};
 use crate::trace::TraceEvent;
 use std::fmt;
 
@@ -48,10 +49,15 @@ pub fn eval_trace_with(
     kinds: &[PredictorKind],
     lstm: &LstmOptions,
 ) -> Result<Vec<EvalRow>, PrefetchError> {
+    // The predictors know how many staged shards the hot tier holds.
+    let pc = PrefetchConfig {
+        stage_capacity_shards: cfg.hot_shards,
+        ..cfg.prefetch
+    };
     kinds
         .iter()
         .map(|k| {
-            let mut p = k.build_with(&cfg.prefetch, lstm)?;
+            let mut p = k.build_with(&pc, lstm)?;
             let stats = simulate(trace, cfg, p.as_mut())?;
             Ok(EvalRow {
                 trace: name.to_string(),

@@ -379,6 +379,10 @@ impl Live {
                 if budget > hot {
                     return Err(LiveError::BudgetTooLarge { budget, hot });
                 }
+                let pcfg = PrefetchConfig {
+                    stage_capacity_shards: budget / volume.shard_size(),
+                    ..pcfg
+                };
                 let (tx, rx) = prediction_ring(
                     PREFETCH_RING_PREDICTIONS,
                     PREFETCH_DEDUP_SLOTS,

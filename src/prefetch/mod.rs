@@ -79,6 +79,11 @@ pub struct PrefetchConfig {
     pub region_shift: u32,
     /// Streams held per predictor table (default [`PREFETCH_STREAMS_MAX`]).
     pub streams_max: usize,
+    /// Staged shards the hot tier holds for the predictor (the stager's
+    /// budget; the simulator's hot tier), 0 when unknown: a staged shard
+    /// read much later than this many events after its prediction has
+    /// likely been evicted. The LSTM's precision estimates use it.
+    pub stage_capacity_shards: u64,
 }
 
 impl Default for PrefetchConfig {
@@ -90,6 +95,7 @@ impl Default for PrefetchConfig {
             sequence_length: SEQUENCE_LENGTH_DEFAULT_EVENTS,
             region_shift: PREFETCH_REGION_SHIFT_DEFAULT_BITS,
             streams_max: PREFETCH_STREAMS_MAX,
+            stage_capacity_shards: 0,
         }
     }
 }

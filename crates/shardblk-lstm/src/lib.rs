@@ -2,7 +2,8 @@
 //! library so that only the processes that use it load libtorch.
 //!
 //! Files, one concern each: [`model`] (the network), [`train`] (online and
-//! offline training steps), [`predictor`] (the
+//! offline training steps), [`memory`] (a volume stream's memory of its
+//! states and what followed them), [`predictor`] (the
 //! [`shardblk::prefetch::Predictor`]), [`offline`] (`trace train`). The
 //! pure parts (delta vocabulary, features, options, the model file) are in
 //! `shardblk::prefetch::lstm`. [`register`] makes this the process's
@@ -12,6 +13,7 @@
 //! The model runs on CUDA when built with the `cuda` feature and a GPU is
 //! present, else on the CPU, with `LstmOptions::threads` intra-op threads.
 
+pub mod memory;
 pub mod model;
 pub mod offline;
 pub mod predictor;

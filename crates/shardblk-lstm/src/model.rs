@@ -1,11 +1,15 @@
-//! The LSTM network (tch): embeddings of the four inputs, a stacked LSTM,
-//! and a linear output over the delta classes; with seeded initialization
-//! and conversion to and from the model file.
+//! The LSTM network (tch): embeddings of the seven inputs, a stacked LSTM,
+//! and a linear output over the delta and shard classes; with seeded
+//! initialization and conversion to and from the model file.
 //!
 //! Contract:
 //! - Inputs per event: delta class in `0..=vocab+1` (OOV, the classes, the
-//!   start class), op, size bucket, gap bucket ([`shardblk::prefetch::lstm::features`]).
-//!   Output: logits over `vocab + 1` classes (OOV and the delta classes).
+//!   start class), shard class in `0..=shards` (OOV, the classes), op, size
+//!   bucket, gap bucket, nearest-delta class, scope
+//!   ([`shardblk::prefetch::lstm::features`]).
+//!   Output: logits over [`ModelShape::outputs`] classes: OOV, the delta
+//!   classes, then the shard classes (one softmax: a next shard can be named
+//!   by its delta, by its own class, or both, see [`crate::train`]).
 //! - [`Net::step`] advances the state of a batch by one event (state shape
 //!   `[layers, batch, hidden]`); [`Net::seq`] runs a whole window from a
 //!   state. Running `seq` over a window equals running `step` event by
@@ -18,11 +22,13 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shardblk::constants::{LSTM_GAP_BUCKETS, LSTM_OP_CLASSES, LSTM_SIZE_BUCKETS};
+use shardblk::constants::{
+    LSTM_GAP_BUCKETS, LSTM_NEAR_CLASSES, LSTM_OP_CLASSES, LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS,
+};
 use shardblk::prefetch::lstm::config::ModelShape;
 use shardblk::prefetch::lstm::features::EventFeatures;
 use shardblk::prefetch::lstm::file::{FileError, ModelFile, NamedTensor, TrainInfo};
-use shardblk::prefetch::lstm::vocab::DeltaVocab;
+use shardblk::prefetch::lstm::vocab::{DeltaVocab, ShardVocab};
 use tch::nn::{self, Module, RNN};
 use tch::{Device, Kind, Tensor};
 
@@ -43,9 +49,12 @@ pub fn pick_device() -> Device {
 pub struct Net {
     pub shape: ModelShape,
     emb_delta: nn::Embedding,
+    emb_shard: nn::Embedding,
     emb_op: nn::Embedding,
     emb_size: nn::Embedding,
     emb_gap: nn::Embedding,
+    emb_near: nn::Embedding,
+    emb_scope: nn::Embedding,
     lstm: nn::LSTM,
     out: nn::Linear,
     device: Device,
@@ -55,9 +64,12 @@ pub struct Net {
 /// each `[B, T]` of class indices.
 pub struct Inputs {
     pub delta: Tensor,
+    pub shard: Tensor,
     pub op: Tensor,
     pub size: Tensor,
     pub gap: Tensor,
+    pub near: Tensor,
+    pub scope: Tensor,
 }
 
 impl Inputs {
@@ -74,9 +86,12 @@ impl Inputs {
         };
         Inputs {
             delta: col(|e| e.delta),
+            shard: col(|e| e.shard),
             op: col(|e| e.op),
             size: col(|e| e.size),
             gap: col(|e| e.gap),
+            near: col(|e| e.near),
+            scope: col(|e| e.scope),
         }
     }
 }
@@ -84,8 +99,9 @@ impl Inputs {
 impl Net {
     pub fn new(p: &nn::Path, shape: ModelShape) -> Net {
         let v = i64::from(shape.vocab);
-        let (de, ae, h) = (
+        let (de, se, ae, h) = (
             i64::from(shape.delta_embed),
+            i64::from(shape.shard_embed),
             i64::from(shape.aux_embed),
             i64::from(shape.hidden),
         );
@@ -97,11 +113,14 @@ impl Net {
         Net {
             shape,
             emb_delta: nn::embedding(p / "emb_delta", v + 2, de, ec),
+            emb_shard: nn::embedding(p / "emb_shard", i64::from(shape.shards) + 1, se, ec),
             emb_op: nn::embedding(p / "emb_op", i64::from(LSTM_OP_CLASSES), ae, ec),
             emb_size: nn::embedding(p / "emb_size", i64::from(LSTM_SIZE_BUCKETS), ae, ec),
             emb_gap: nn::embedding(p / "emb_gap", i64::from(LSTM_GAP_BUCKETS), ae, ec),
-            lstm: nn::lstm(p / "lstm", de + 3 * ae, h, rc),
-            out: nn::linear(p / "out", h, v + 1, Default::default()),
+            emb_near: nn::embedding(p / "emb_near", i64::from(LSTM_NEAR_CLASSES), ae, ec),
+            emb_scope: nn::embedding(p / "emb_scope", i64::from(LSTM_SCOPE_CLASSES), ae, ec),
+            lstm: nn::lstm(p / "lstm", de + se + 5 * ae, h, rc),
+            out: nn::linear(p / "out", h, shape.outputs() as i64, Default::default()),
             device: p.device(),
         }
     }
@@ -115,9 +134,12 @@ impl Net {
         Tensor::cat(
             &[
                 self.emb_delta.forward(&x.delta),
+                self.emb_shard.forward(&x.shard),
                 self.emb_op.forward(&x.op),
                 self.emb_size.forward(&x.size),
                 self.emb_gap.forward(&x.gap),
+                self.emb_near.forward(&x.near),
+                self.emb_scope.forward(&x.scope),
             ],
             -1,
         )
@@ -143,22 +165,66 @@ impl Net {
         (h, c)
     }
 
-    /// Forget output class `class` (a vocabulary slot given a new delta):
-    /// zero weights and a bias below every other, so it starts unlikely.
+    /// The input embedding row of shard class `class` (`shard_embed` floats).
+    pub fn shard_embedding(&self, class: u32) -> Vec<f32> {
+        let row = self
+            .emb_shard
+            .ws
+            .get(i64::from(class))
+            .detach()
+            .to_device(Device::Cpu)
+            .contiguous();
+        let n = row.numel();
+        let mut v = vec![0f32; n];
+        row.copy_data(&mut v, n);
+        v
+    }
+
+    /// Give shard input class `class` (a slot given a new shard) a new
+    /// embedding row (`row`, `shard_embed` floats).
+    pub fn set_shard_input(&self, class: i64, row: &[f32]) {
+        tch::no_grad(|| {
+            let src = Tensor::from_slice(row).to_device(self.device);
+            self.emb_shard.ws.get(class).copy_(&src);
+        });
+    }
+
+    /// Forget output class `class` (a vocabulary slot given a new delta or
+    /// shard): zero weights and the mean bias, so it starts as likely as an
+    /// average class (far below any threshold) and is learned anew. (Not
+    /// below every other: repeated resets would push biases down without
+    /// bound, and a deep bias takes many steps to learn back.)
     pub fn reset_output_class(&self, class: i64) {
         tch::no_grad(|| {
             let _ = self.out.ws.get(class).zero_();
             if let Some(bs) = &self.out.bs {
-                let low = bs.min().double_value(&[]) - 1.0;
-                let _ = bs.get(class).fill_(low);
+                let mean = bs.mean(Kind::Float).double_value(&[]);
+                let _ = bs.get(class).fill_(mean);
             }
         });
     }
 
-    /// Logits over the `vocab + 1` output classes from top-layer outputs.
+    /// Forget shard class `c` (1..=shards): its output row reset and a new
+    /// input embedding row drawn from `rng` (N(0, 1), as at initialization).
+    pub fn forget_shard_class(&self, c: u32, rng: &mut ChaCha8Rng) {
+        let row: Vec<f32> = (0..self.shape.shard_embed)
+            .map(|_| normal(rng) as f32)
+            .collect();
+        self.set_shard_input(i64::from(c), &row);
+        self.reset_output_class(self.shape.shard_output(c) as i64);
+    }
+
+    /// Logits over the output classes from top-layer outputs.
     pub fn logits(&self, top: &Tensor) -> Tensor {
         self.out.forward(top)
     }
+}
+
+/// A standard normal draw (Box-Muller from two uniforms).
+pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// A variable store with its network.
@@ -182,14 +248,7 @@ impl Model {
                 let dims = t.size();
                 let n: i64 = dims.iter().product();
                 let data: Vec<f32> = if name.starts_with("emb_") {
-                    (0..n)
-                        .map(|_| {
-                            // Box-Muller from two uniforms.
-                            let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-                            let u2: f64 = rng.random();
-                            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-                        })
-                        .collect()
+                    (0..n).map(|_| normal(&mut rng) as f32).collect()
                 } else {
                     let bound = if name.starts_with("lstm") {
                         hidden_bound
@@ -239,12 +298,13 @@ impl Model {
         v
     }
 
-    /// A model file of these weights with `vocab` and `info`.
-    pub fn to_file(&self, vocab: &DeltaVocab, info: TrainInfo) -> ModelFile {
+    /// A model file of these weights with the vocabularies and `info`.
+    pub fn to_file(&self, vocab: &DeltaVocab, shards: &ShardVocab, info: TrainInfo) -> ModelFile {
         ModelFile {
             shape: self.net.shape,
             info,
             vocab: vocab.assignments(),
+            shard_vocab: shards.assignments(),
             tensors: self.tensors(),
         }
     }
@@ -315,6 +375,8 @@ mod tests {
             layers: 2,
             delta_embed: 3,
             aux_embed: 2,
+            shards: 4,
+            shard_embed: 3,
         }
     }
 
@@ -323,9 +385,12 @@ mod tests {
         (0..n)
             .map(|_| EventFeatures {
                 delta: rng.random_range(0..8),
+                shard: rng.random_range(0..5),
                 op: rng.random_range(0..LSTM_OP_CLASSES),
                 size: rng.random_range(0..LSTM_SIZE_BUCKETS),
                 gap: rng.random_range(0..LSTM_GAP_BUCKETS),
+                near: rng.random_range(0..LSTM_NEAR_CLASSES),
+                scope: rng.random_range(0..LSTM_SCOPE_CLASSES),
             })
             .collect()
     }
@@ -361,12 +426,21 @@ mod tests {
         assert_eq!(a.tensors(), b.tensors());
         assert_ne!(a.tensors(), c.tensors());
         let vocab = DeltaVocab::build([1i64, 1, 2, 2, -3, -3], 6, 64, 1);
-        let f = a.to_file(&vocab, TrainInfo::default());
+        let k = |shard| shardblk::prefetch::lstm::vocab::ShardKey { volume: 0, shard };
+        let shards = ShardVocab::build([k(5), k(5), k(9)], 4, 64, 1);
+        let f = a.to_file(&vocab, &shards, TrainInfo::default());
         let img = f.encode();
         let back = ModelFile::decode(&img).unwrap();
         let m = Model::from_file(&back, Device::Cpu).unwrap();
         assert_eq!(m.tensors(), a.tensors());
         assert_eq!(back.delta_vocab().unwrap(), vocab);
+        assert_eq!(back.shard_vocab().unwrap(), shards);
+        assert_eq!(
+            m.net
+                .logits(&Tensor::zeros([1, 5], (Kind::Float, Device::Cpu)))
+                .size(),
+            vec![1, tiny().outputs() as i64]
+        );
         // A file of another shape does not load into this model.
         let mut other = Model::new(
             ModelShape {

@@ -5,9 +5,15 @@
 //! Contract:
 //! - A [`Window`] is `SEQUENCE_LENGTH + 1` consecutive events of one stream
 //!   and the inference state before its first event: inputs are the first
-//!   `T` events, targets the delta classes of the events that follow each
-//!   one. Training starts from that (detached) state: truncated BPTT, the
+//!   `T` events, targets the events that follow each one ([`targets_of`]).
+//!   Training starts from that (detached) state: truncated BPTT, the
 //!   same state the inference model carried.
+//! - The next event's shard can be named by up to two output classes: its
+//!   delta class and its shard class. The loss is the negative log of the
+//!   probability of the set of correct classes (marginal likelihood), so the
+//!   model is free to name a sequential step by its delta and a jump by the
+//!   target's own class, whichever it predicts better. OOV counts as
+//!   correct only when neither names the shard.
 //! - [`OnlineTrainer::step`] samples a batch from the buffer (seeded) and
 //!   does one Adam step; the buffer keeps the most recent
 //!   `buffer_windows` windows. The caller swaps weights into the inference
@@ -22,16 +28,36 @@ use crate::model::{Inputs, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::LSTM_GRAD_CLIP_NORM;
-use shardblk::prefetch::lstm::features::{EventFeatures, FeatureState, Featurizer};
+use shardblk::prefetch::lstm::config::{ModelShape, Streams};
+use shardblk::prefetch::lstm::features::{stream_keys, EventFeatures, FeatureState, Featurizer};
+use shardblk::prefetch::lstm::vocab::OOV;
 use shardblk::prefetch::stream::LruMap;
 use shardblk::prefetch::{PrefetchConfig, StreamKey};
 use shardblk::trace::TraceEvent;
 use std::collections::VecDeque;
 use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Target index ignored by the loss.
 pub const IGNORE: i64 = -100;
+/// No second correct class.
+pub const NONE: i64 = -1;
+
+/// The correct output classes after an event whose successor in the stream
+/// is `next`: (first, second), `first` [`IGNORE`] when there is nothing to
+/// learn (a stream's start), `second` [`NONE`] when one class names it.
+pub fn targets_of(next: &EventFeatures, shape: &ModelShape, start: u32) -> (i64, i64) {
+    if next.delta == start {
+        return (IGNORE, NONE);
+    }
+    let shard = (next.shard != OOV && next.shard <= shape.shards)
+        .then(|| shape.shard_output(next.shard) as i64);
+    match (next.delta, shard) {
+        (OOV, Some(s)) => (s, NONE),
+        (d, Some(s)) => (i64::from(d), s),
+        (d, None) => (i64::from(d), NONE),
+    }
+}
 
 /// One training window of a stream.
 #[derive(Debug, Clone)]
@@ -74,26 +100,47 @@ pub fn scatter_state(t: &Tensor, out: &mut [&mut Vec<f32>]) {
     }
 }
 
-/// Mean cross-entropy of the windows' targets (positions with target
+/// Mean negative log-probability of the correct class sets (`first`,
+/// `second` as from [`targets_of`], `[B, T]` each; positions whose first is
 /// [`IGNORE`] excluded), and the final state.
 pub fn loss_of(
     model: &Model,
     inputs: &Inputs,
-    targets: &Tensor,
+    first: &Tensor,
+    second: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
 ) -> (Tensor, Tensor, Tensor) {
     let (out, h, c) = model.net.seq(inputs, h0, c0);
     let logits = model.net.logits(&out);
     let classes = logits.size()[2];
-    let loss = logits.view([-1, classes]).cross_entropy_loss::<Tensor>(
-        &targets.view([-1]),
-        None,
-        Reduction::Mean,
-        IGNORE,
-        0.0,
-    );
+    let logits = logits.view([-1, classes]);
+    let a = first.view([-1]);
+    let b = second.view([-1]);
+    let valid = a.ne(IGNORE).to_kind(Kind::Float);
+    let all = logits.logsumexp([-1], false);
+    let la = logits
+        .gather(1, &a.clamp_min(0).unsqueeze(1), false)
+        .squeeze_dim(1);
+    let lb = logits
+        .gather(1, &b.clamp_min(0).unsqueeze(1), false)
+        .squeeze_dim(1)
+        .masked_fill(&b.lt(0), f64::NEG_INFINITY);
+    let correct = Tensor::stack(&[la, lb], 1).logsumexp([1], false);
+    let loss = ((all - correct) * &valid).sum(Kind::Float) / valid.sum(Kind::Float).clamp_min(1.0);
     (loss, h, c)
+}
+
+/// `[B, T]` target tensors of rows of (first, second) pairs.
+fn target_tensors(rows: &[Vec<(i64, i64)>], device: Device) -> (Tensor, Tensor) {
+    let b = rows.len() as i64;
+    let t = rows.first().map_or(0, Vec::len) as i64;
+    let a: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|x| x.0)).collect();
+    let s: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|x| x.1)).collect();
+    (
+        Tensor::from_slice(&a).view([b, t]).to_device(device),
+        Tensor::from_slice(&s).view([b, t]).to_device(device),
+    )
 }
 
 /// The online trainer.
@@ -105,19 +152,24 @@ pub struct OnlineTrainer {
     batch: usize,
     rng: ChaCha8Rng,
     pub steps: u64,
+    /// Start class of the delta input (never a target).
+    start: u32,
 }
 
 impl OnlineTrainer {
-    /// A trainer on `model` (its own copy of the weights).
+    /// A trainer on `model` (its own copy of the weights); `start` is the
+    /// start class of the delta input.
     pub fn new(
         model: Model,
         lr: f64,
         batch: usize,
         capacity: usize,
         seed: u64,
+        start: u32,
     ) -> Result<Self, tch::TchError> {
         let opt = nn::Adam::default().build(&model.vs, lr)?;
         Ok(OnlineTrainer {
+            start,
             model,
             opt,
             buffer: VecDeque::with_capacity(capacity.min(1 << 16)),
@@ -161,47 +213,57 @@ impl OnlineTrainer {
             .map(|w| &w.events[..w.events.len() - 1])
             .collect();
         let inputs = Inputs::from_rows(&rows, device);
-        let t = rows[0].len() as i64;
-        let targets: Vec<i64> = wins
+        let targets: Vec<Vec<(i64, i64)>> = wins
             .iter()
-            .flat_map(|w| w.events[1..].iter().map(|e| i64::from(e.delta)))
+            .map(|w| {
+                w.events[1..]
+                    .iter()
+                    .map(|e| targets_of(e, &shape, self.start))
+                    .collect()
+            })
             .collect();
-        let targets = Tensor::from_slice(&targets)
-            .view([n as i64, t])
-            .to_device(device);
+        let (first, second) = target_tensors(&targets, device);
         let h0: Vec<&[f32]> = wins.iter().map(|w| w.h0.as_slice()).collect();
         let c0: Vec<&[f32]> = wins.iter().map(|w| w.c0.as_slice()).collect();
         let h0 = gather_state(&h0, layers, hidden, device);
         let c0 = gather_state(&c0, layers, hidden, device);
-        let (loss, _, _) = loss_of(&self.model, &inputs, &targets, &h0, &c0);
+        let (loss, _, _) = loss_of(&self.model, &inputs, &first, &second, &h0, &c0);
         self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
         self.steps += 1;
         Some(loss.double_value(&[]) as f32)
     }
 }
 
+/// One event of a training sequence and its targets.
+pub type Step = (EventFeatures, (i64, i64));
+
 /// Per-stream feature sequences of a trace with their targets (the next
-/// event's delta class in the stream).
+/// event of the stream, [`targets_of`]); `streams` says which streams.
 pub fn stream_sequences(
     trace: &[TraceEvent],
     cfg: &PrefetchConfig,
+    streams: Streams,
+    shape: &ModelShape,
     feat: &mut Featurizer,
-) -> Vec<Vec<(EventFeatures, i64)>> {
+) -> Vec<Vec<Step>> {
     let mut index: LruMap<StreamKey, (FeatureState, usize)> = LruMap::new(cfg.streams_max);
-    let mut seqs: Vec<Vec<(EventFeatures, i64)>> = Vec::new();
+    let mut seqs: Vec<Vec<Step>> = Vec::new();
+    let start = feat.start();
     for ev in trace {
         let sev = cfg.shard_event(0, ev);
-        let key = cfg.stream_of(&sev);
-        let (st, i) = index.get_or_insert_with(&key, || {
-            seqs.push(Vec::new());
-            (FeatureState::default(), seqs.len() - 1)
-        });
-        let i = *i;
-        if let Some(f) = feat.features(st, &sev) {
-            if let Some(prev) = seqs[i].last_mut() {
-                prev.1 = i64::from(f.delta);
+        let shard = feat.shard_class(&sev);
+        for (key, scope) in stream_keys(cfg, &sev, streams).into_iter().flatten() {
+            let (st, i) = index.get_or_insert_with(&key, || {
+                seqs.push(Vec::new());
+                (FeatureState::default(), seqs.len() - 1)
+            });
+            let i = *i;
+            if let Some(f) = feat.features(st, &sev, shard, scope) {
+                if let Some(prev) = seqs[i].last_mut() {
+                    prev.1 = targets_of(&f, shape, start);
+                }
+                seqs[i].push((f, (IGNORE, NONE)));
             }
-            seqs[i].push((f, IGNORE));
         }
     }
     seqs.retain(|s| s.len() >= 2);
@@ -212,7 +274,7 @@ pub fn stream_sequences(
 pub struct OfflineTrainer {
     pub model: Model,
     opt: nn::Optimizer,
-    lanes: Vec<Vec<(EventFeatures, i64)>>,
+    lanes: Vec<Vec<Step>>,
     chunk: usize,
     at: usize,
     h: Tensor,
@@ -224,7 +286,7 @@ impl OfflineTrainer {
     /// Lay `seqs` into `lanes` lanes (longest first onto the shortest lane).
     pub fn new(
         model: Model,
-        seqs: Vec<Vec<(EventFeatures, i64)>>,
+        seqs: Vec<Vec<Step>>,
         lanes: usize,
         chunk: usize,
         lr: f64,
@@ -232,7 +294,7 @@ impl OfflineTrainer {
         let lanes_n = lanes.max(1).min(seqs.len().max(1));
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        let mut out: Vec<Vec<(EventFeatures, i64)>> = vec![Vec::new(); lanes_n];
+        let mut out: Vec<Vec<Step>> = vec![Vec::new(); lanes_n];
         for i in order {
             let shortest = (0..lanes_n).min_by_key(|&l| out[l].len()).unwrap_or(0);
             out[shortest].extend_from_slice(&seqs[i]);
@@ -269,8 +331,8 @@ impl OfflineTrainer {
             (self.h, self.c) = self.model.net.zero_state(self.lanes.len() as i64);
         }
         let (from, to) = (self.at, self.at + self.chunk);
-        let pad = (EventFeatures::default(), IGNORE);
-        let rows: Vec<Vec<(EventFeatures, i64)>> = self
+        let pad = (EventFeatures::default(), (IGNORE, NONE));
+        let rows: Vec<Vec<Step>> = self
             .lanes
             .iter()
             .map(|l| {
@@ -286,11 +348,12 @@ impl OfflineTrainer {
         let refs: Vec<&[EventFeatures]> = feats.iter().map(Vec::as_slice).collect();
         let device = self.model.net.device();
         let inputs = Inputs::from_rows(&refs, device);
-        let targets: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|e| e.1)).collect();
-        let any_target = targets.iter().any(|&t| t != IGNORE);
-        let targets = Tensor::from_slice(&targets)
-            .view([rows.len() as i64, self.chunk as i64])
-            .to_device(device);
+        let targets: Vec<Vec<(i64, i64)>> = rows
+            .iter()
+            .map(|r| r.iter().map(|e| e.1).collect())
+            .collect();
+        let any_target = targets.iter().flatten().any(|t| t.0 != IGNORE);
+        let (first, second) = target_tensors(&targets, device);
         self.at = to;
         self.steps += 1;
         if !any_target {
@@ -299,7 +362,7 @@ impl OfflineTrainer {
             (self.h, self.c) = (h, c);
             return 0.0;
         }
-        let (loss, h, c) = loss_of(&self.model, &inputs, &targets, &self.h, &self.c);
+        let (loss, h, c) = loss_of(&self.model, &inputs, &first, &second, &self.h, &self.c);
         self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
         self.h = h.detach();
         self.c = c.detach();

@@ -15,12 +15,14 @@
 //!
 //! [`PredictorKind::Lstm`]: crate::prefetch::PredictorKind::Lstm
 
-use super::config::LstmOptions;
-use super::features::{shard_delta, FeatureState, Featurizer};
+use super::config::{LstmOptions, ModelShape, Streams};
+use super::features::{shard_delta, stream_keys, FeatureState, Featurizer};
 use super::file::ModelFile;
-use super::vocab::DeltaVocab;
+use super::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
 use super::LstmError;
-use crate::constants::{LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS};
+use crate::constants::{
+    LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
+};
 use crate::prefetch::stream::LruMap;
 use crate::prefetch::{Predictor, PrefetchConfig, StreamKey};
 use crate::trace::TraceEvent;
@@ -84,27 +86,53 @@ pub struct OfflineResult {
     pub events: usize,
 }
 
-/// The vocabulary of the traces' per-stream deltas (the most frequent).
-pub fn vocab_of(traces: &[&[TraceEvent]], cfg: &PrefetchConfig, capacity: usize) -> DeltaVocab {
+/// The vocabularies of the traces: the most frequent per-stream deltas
+/// (streams as `streams` says) and the most visited shards (a visit counted
+/// once however many requests it makes, as online).
+pub fn vocabs_of(
+    traces: &[&[TraceEvent]],
+    cfg: &PrefetchConfig,
+    shape: &ModelShape,
+    streams: Streams,
+) -> (DeltaVocab, ShardVocab) {
     let mut deltas = Vec::new();
+    let mut visits: Vec<ShardKey> = Vec::new();
     for t in traces {
         let mut last: LruMap<StreamKey, FeatureState> = LruMap::new(cfg.streams_max);
-        let mut f = Featurizer::new(DeltaVocab::new(0, 1, 1), false);
+        let mut f = Featurizer::new(DeltaVocab::new(0, 1, 1), ShardVocab::new(0, 1, 1), false);
+        let mut prev_visit: Option<u64> = None;
         for ev in t.iter() {
             let sev = cfg.shard_event(0, ev);
-            let st = last.get_or_insert_with(&cfg.stream_of(&sev), FeatureState::default);
-            let prev = st.last_shard();
-            if f.features(st, &sev).is_some() {
-                if let Some(d) = prev.and_then(|p| shard_delta(p, sev.shard)) {
-                    deltas.push(d);
+            if super::features::op_class(sev.op).is_some() && prev_visit != Some(sev.shard) {
+                prev_visit = Some(sev.shard);
+                visits.push(ShardKey {
+                    volume: 0,
+                    shard: sev.shard,
+                });
+            }
+            for (key, scope) in stream_keys(cfg, &sev, streams).into_iter().flatten() {
+                let st = last.get_or_insert_with(&key, FeatureState::default);
+                let prev = st.last_shard();
+                if f.features(st, &sev, OOV, scope).is_some() {
+                    if let Some(d) = prev.and_then(|p| shard_delta(p, sev.shard)) {
+                        deltas.push(d);
+                    }
                 }
             }
         }
     }
-    DeltaVocab::build(
-        deltas,
-        capacity,
-        LSTM_VOCAB_WINDOW_EVENTS,
-        LSTM_VOCAB_MIN_COUNT,
+    (
+        DeltaVocab::build(
+            deltas,
+            shape.vocab as usize,
+            LSTM_VOCAB_WINDOW_EVENTS,
+            LSTM_VOCAB_MIN_COUNT,
+        ),
+        ShardVocab::build(
+            visits,
+            shape.shards as usize,
+            LSTM_SHARD_VOCAB_WINDOW_EVENTS,
+            LSTM_VOCAB_MIN_COUNT,
+        ),
     )
 }

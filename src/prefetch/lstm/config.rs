@@ -17,6 +17,10 @@ use crate::constants::{
     LSTM_TRAIN_INTERVAL_DEFAULT_EVENTS, LSTM_TRAIN_INTERVAL_MAX_EVENTS, LSTM_VOCAB_DEFAULT_CLASSES,
     LSTM_VOCAB_MAX_CLASSES,
 };
+use crate::constants::{
+    LSTM_MEMORY_DEFAULT_ENTRIES, LSTM_MEMORY_MAX_ENTRIES, LSTM_SHARD_EMBED_DEFAULT_DIMS,
+    LSTM_SHARD_VOCAB_DEFAULT_CLASSES, LSTM_SHARD_VOCAB_MAX_CLASSES,
+};
 use std::path::PathBuf;
 
 /// The architecture: a model file holds weights for exactly one shape.
@@ -30,8 +34,12 @@ pub struct ModelShape {
     pub layers: u32,
     /// Embedding width of the delta class.
     pub delta_embed: u32,
-    /// Embedding width of each of op, size and inter-arrival.
+    /// Embedding width of each of op, size, inter-arrival, nearest delta and scope.
     pub aux_embed: u32,
+    /// Shard classes (OOV not counted; 0: delta classes only).
+    pub shards: u32,
+    /// Embedding width of the shard class.
+    pub shard_embed: u32,
 }
 
 impl Default for ModelShape {
@@ -42,6 +50,8 @@ impl Default for ModelShape {
             layers: LSTM_LAYERS_DEFAULT,
             delta_embed: LSTM_DELTA_EMBED_DEFAULT_DIMS,
             aux_embed: LSTM_AUX_EMBED_DEFAULT_DIMS,
+            shards: LSTM_SHARD_VOCAB_DEFAULT_CLASSES,
+            shard_embed: LSTM_SHARD_EMBED_DEFAULT_DIMS,
         }
     }
 }
@@ -59,12 +69,64 @@ impl ModelShape {
         check("hidden size", self.hidden, LSTM_HIDDEN_MAX_UNITS)?;
         check("layers", self.layers, LSTM_LAYERS_MAX)?;
         check("delta embedding", self.delta_embed, LSTM_EMBED_MAX_DIMS)?;
-        check("aux embedding", self.aux_embed, LSTM_EMBED_MAX_DIMS)
+        check("aux embedding", self.aux_embed, LSTM_EMBED_MAX_DIMS)?;
+        check("shard embedding", self.shard_embed, LSTM_EMBED_MAX_DIMS)?;
+        if self.shards > LSTM_SHARD_VOCAB_MAX_CLASSES {
+            return Err(format!(
+                "lstm shard classes {} must be in 0..={LSTM_SHARD_VOCAB_MAX_CLASSES}",
+                self.shards
+            ));
+        }
+        Ok(())
     }
 
     /// Floats of one stream's state (h and c, every layer).
     pub fn state_floats(&self) -> usize {
         2 * self.layers as usize * self.hidden as usize
+    }
+
+    /// Output classes: OOV, the delta classes, then the shard classes.
+    pub fn outputs(&self) -> usize {
+        1 + self.vocab as usize + self.shards as usize
+    }
+
+    /// Output index of shard class `c` (1..=shards).
+    pub fn shard_output(&self, c: u32) -> usize {
+        debug_assert!(c >= 1 && c <= self.shards);
+        self.vocab as usize + c as usize
+    }
+}
+
+/// Which streams the LSTM follows (see [`super::features::Scope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Streams {
+    /// One stream per address region of a volume.
+    Regions,
+    /// One stream per volume.
+    Volume,
+    /// Both: every event steps its region's stream and its volume's stream
+    /// (one batched step), and both predict.
+    #[default]
+    Both,
+}
+
+impl Streams {
+    pub fn name(self) -> &'static str {
+        match self {
+            Streams::Regions => "regions",
+            Streams::Volume => "volume",
+            Streams::Both => "both",
+        }
+    }
+}
+
+impl std::str::FromStr for Streams {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Streams::Regions, Streams::Volume, Streams::Both]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown lstm streams {s:?} (known: regions, volume, both)"))
     }
 }
 
@@ -113,6 +175,11 @@ pub struct LstmOptions {
     /// while the estimated precision of its recent predictions (emitted or
     /// not) is at least this.
     pub precision_gate: f32,
+    /// Which streams the model follows.
+    pub streams: Streams,
+    /// Entries of a volume stream's memory of its states (0: no memory;
+    /// used with the precision gate, whose calibration weighs it).
+    pub memory_entries: u32,
 }
 
 impl Default for LstmOptions {
@@ -131,6 +198,8 @@ impl Default for LstmOptions {
             threads: LSTM_THREADS_DEFAULT,
             seed: 1,
             precision_gate: LSTM_PRECISION_GATE_DEFAULT,
+            streams: Streams::default(),
+            memory_entries: LSTM_MEMORY_DEFAULT_ENTRIES,
         }
     }
 }
@@ -188,6 +257,12 @@ impl LstmOptions {
             0,
             LSTM_LOOKAHEAD_MAX_STEPS,
         )?;
+        check(
+            "memory (entries)",
+            self.memory_entries,
+            0,
+            LSTM_MEMORY_MAX_ENTRIES,
+        )?;
         check("threads", self.threads, 1, LSTM_THREADS_MAX)
     }
 }
@@ -236,7 +311,18 @@ mod tests {
                 ..ok.clone()
             },
             LstmOptions {
+                shape: ModelShape {
+                    shards: LSTM_SHARD_VOCAB_MAX_CLASSES + 1,
+                    ..ok.shape
+                },
+                ..ok.clone()
+            },
+            LstmOptions {
                 lookahead: LSTM_LOOKAHEAD_MAX_STEPS + 1,
+                ..ok.clone()
+            },
+            LstmOptions {
+                memory_entries: LSTM_MEMORY_MAX_ENTRIES + 1,
                 ..ok.clone()
             },
         ];
@@ -247,5 +333,20 @@ mod tests {
             ok.shape.state_floats(),
             (2 * LSTM_LAYERS_DEFAULT * LSTM_HIDDEN_DEFAULT_UNITS) as usize
         );
+        let delta_only = ModelShape {
+            shards: 0,
+            ..ok.shape
+        };
+        assert!(delta_only.validate().is_ok());
+        assert_eq!(
+            delta_only.outputs(),
+            1 + LSTM_VOCAB_DEFAULT_CLASSES as usize
+        );
+        assert_eq!(
+            ok.shape.shard_output(1),
+            1 + LSTM_VOCAB_DEFAULT_CLASSES as usize
+        );
+        assert_eq!("volume".parse::<Streams>(), Ok(Streams::Volume));
+        assert!("region".parse::<Streams>().is_err());
     }
 }

@@ -3,20 +3,82 @@
 //! Contract: an event of a stream becomes [`EventFeatures`]: the class of
 //! the delta between its first shard and the previous event's first shard
 //! in the same stream (the start class, [`start_class`], for a stream's first event, [`OOV`] for a
-//! delta out of vocabulary), the op (read or write; other ops are not
-//! features, see [`op_class`]), a size bucket (log2 of the shards touched)
-//! and an inter-arrival bucket (time since the stream's previous event, x4
-//! per bucket from 1 µs). An event on the same first shard as the stream's
+//! delta out of vocabulary), the class of its first shard in the shard
+//! vocabulary ([`OOV`] when it has none), the op (read or write; other ops are not
+//! features, see [`op_class`]), a size bucket (log2 of the shards touched),
+//! an inter-arrival bucket (time since the stream's previous event, x4
+//! per bucket from 1 µs), the *nearest* delta ([`near_class`]: from the
+//! closest of the stream's last `LSTM_NEAR_RECENT` requests' last shards,
+//! so a request that continues one of several interleaved runs in a region
+//! says so even when another run's request came in between) and the
+//! stream's scope ([`Scope`]: an address region, or the whole volume). An event on the same first shard as the stream's
 //! previous one is not an input (a re-read inside the shard is not a
 //! transition, as for the Markov baseline). [`FeatureState`] is the per-stream memory this
-//! needs (last shard, last time); [`Featurizer`] owns the vocabulary and
-//! turns events into features, growing the vocabulary online if asked.
+//! needs (last shard, last time); [`Featurizer`] owns the vocabularies and
+//! turns events into features, growing the vocabularies online if asked:
+//! the delta vocabulary counts every stream's deltas, the shard vocabulary
+//! counts each event once ([`Featurizer::shard_class`]), and not again while
+//! the volume keeps reading the same shard (a sequential pass in small
+//! requests does not make its shards frequent).
 //! Pure: no tch, no clock.
 
-use super::vocab::{DeltaVocab, OOV};
-use crate::constants::{LSTM_GAP_BUCKETS, LSTM_OP_CLASSES, LSTM_SIZE_BUCKETS};
-use crate::prefetch::ShardEvent;
+use super::config::Streams;
+use super::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
+use crate::constants::{
+    LSTM_GAP_BUCKETS, LSTM_NEAR_CLASSES, LSTM_NEAR_MAX_SHARDS, LSTM_NEAR_RECENT, LSTM_OP_CLASSES,
+    LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS, PREFETCH_STREAMS_MAX,
+};
+use crate::prefetch::{PrefetchConfig, ShardEvent, StreamKey};
 use crate::trace::Op;
+use std::collections::HashMap;
+
+/// Region id of a volume's whole-volume stream (no address region has it:
+/// regions are at least a shard).
+pub const VOLUME_STREAM_REGION: u64 = u64::MAX;
+
+/// The streams `ev` belongs to under `streams`: its region's, its
+/// volume's, or both (region first).
+pub fn stream_keys(
+    cfg: &PrefetchConfig,
+    ev: &ShardEvent,
+    streams: Streams,
+) -> [Option<(StreamKey, Scope)>; 2] {
+    let region = (cfg.stream_of(ev), Scope::Region);
+    let volume = (
+        StreamKey {
+            volume: ev.volume,
+            region: VOLUME_STREAM_REGION,
+        },
+        Scope::Volume,
+    );
+    match streams {
+        Streams::Regions => [Some(region), None],
+        Streams::Volume => [Some(volume), None],
+        Streams::Both => [Some(region), Some(volume)],
+    }
+}
+
+/// Which sequence a stream follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Scope {
+    /// The events of one address region of a volume (interleaved scans in
+    /// different regions do not blur each other).
+    Region,
+    /// Every event of a volume, in order (sees jumps between regions).
+    Volume,
+}
+
+impl Scope {
+    /// Input class of the scope.
+    pub fn class(self) -> u32 {
+        let c = match self {
+            Scope::Region => 0,
+            Scope::Volume => 1,
+        };
+        debug_assert!(c < LSTM_SCOPE_CLASSES);
+        c
+    }
+}
 
 /// Input-only delta class of a stream's first event (one past the
 /// vocabulary's last class).
@@ -29,9 +91,32 @@ pub fn start_class(vocab_capacity: usize) -> u32 {
 pub struct EventFeatures {
     /// Delta class: OOV (0), a vocabulary class, or the start class.
     pub delta: u32,
+    /// Shard class: OOV (0) or a shard vocabulary class.
+    pub shard: u32,
     pub op: u32,
     pub size: u32,
     pub gap: u32,
+    /// [`near_class`] of the event in its stream.
+    pub near: u32,
+    /// [`Scope::class`] of the stream.
+    pub scope: u32,
+}
+
+/// Nearest-delta class: 0 when no recent request is within
+/// `LSTM_NEAR_MAX_SHARDS` shards (or none yet), else `1 + d + max` for the
+/// delta `d` (-max..=max) of the first shard from the closest recent last
+/// shard (ties: the more recent).
+pub fn near_class(first: u64, recent_ends: &[u64]) -> u32 {
+    let max = LSTM_NEAR_MAX_SHARDS;
+    let best = recent_ends
+        .iter()
+        .rev()
+        .filter_map(|&r| shard_delta(r, first))
+        .filter(|d| d.unsigned_abs() <= max)
+        .min_by_key(|d| d.unsigned_abs());
+    let c = best.map_or(0, |d| (1 + d + max as i64) as u32);
+    debug_assert!(c < LSTM_NEAR_CLASSES);
+    c
 }
 
 /// Op class of an event; None for ops that are not model inputs (discard, flush).
@@ -62,6 +147,9 @@ pub fn gap_bucket(gap_ns: u64) -> u32 {
 pub struct FeatureState {
     last_shard: Option<u64>,
     last_ts_ns: u64,
+    /// Last shards of the stream's recent requests (a ring of `ends`).
+    recent_ends: [u64; LSTM_NEAR_RECENT],
+    ends: usize,
 }
 
 impl FeatureState {
@@ -71,17 +159,26 @@ impl FeatureState {
     }
 }
 
-/// Turns events into features with a delta vocabulary.
+/// Turns events into features with a delta and a shard vocabulary.
 #[derive(Debug, Clone)]
 pub struct Featurizer {
     pub vocab: DeltaVocab,
-    /// Grow the vocabulary from the events seen.
+    pub shards: ShardVocab,
+    /// Grow the vocabularies from the events seen.
     pub grow: bool,
+    /// Last shard counted per volume (bounded: cleared past
+    /// [`PREFETCH_STREAMS_MAX`] volumes).
+    counted: HashMap<u32, u64>,
 }
 
 impl Featurizer {
-    pub fn new(vocab: DeltaVocab, grow: bool) -> Self {
-        Featurizer { vocab, grow }
+    pub fn new(vocab: DeltaVocab, shards: ShardVocab, grow: bool) -> Self {
+        Featurizer {
+            vocab,
+            shards,
+            grow,
+            counted: HashMap::new(),
+        }
     }
 
     /// Start class for this vocabulary's capacity.
@@ -89,9 +186,40 @@ impl Featurizer {
         start_class(self.vocab.capacity())
     }
 
-    /// Features of `ev` in a stream whose memory is `st` (updated); None
-    /// for events that are not inputs.
-    pub fn features(&mut self, st: &mut FeatureState, ev: &ShardEvent) -> Option<EventFeatures> {
+    /// The shard class of `ev`'s first shard, counting it towards the shard
+    /// vocabulary when growing (call once per event, before
+    /// [`Featurizer::features`] of its streams); [`OOV`] for events that are
+    /// not inputs.
+    pub fn shard_class(&mut self, ev: &ShardEvent) -> u32 {
+        if op_class(ev.op).is_none() {
+            return OOV;
+        }
+        let key = ShardKey {
+            volume: ev.volume,
+            shard: ev.shard,
+        };
+        if !self.grow || self.shards.capacity() == 0 {
+            return self.shards.class_of(key);
+        }
+        if self.counted.get(&ev.volume) == Some(&ev.shard) {
+            return self.shards.class_of(key);
+        }
+        if self.counted.len() >= PREFETCH_STREAMS_MAX {
+            self.counted.clear();
+        }
+        self.counted.insert(ev.volume, ev.shard);
+        self.shards.observe(key)
+    }
+
+    /// Features of `ev` (shard class `shard`) in a stream of `scope` whose
+    /// memory is `st` (updated); None for events that are not inputs.
+    pub fn features(
+        &mut self,
+        st: &mut FeatureState,
+        ev: &ShardEvent,
+        shard: u32,
+        scope: Scope,
+    ) -> Option<EventFeatures> {
         let op = op_class(ev.op)?;
         if st.last_shard == Some(ev.shard) {
             // A re-read of the same shard is not a transition (several
@@ -111,13 +239,20 @@ impl Featurizer {
         } else {
             0
         };
+        let n = st.ends.min(LSTM_NEAR_RECENT);
+        let near = near_class(ev.shard, &st.recent_ends[..n]);
+        st.recent_ends[st.ends % LSTM_NEAR_RECENT] = ev.last_shard();
+        st.ends += 1;
         st.last_shard = Some(ev.shard);
         st.last_ts_ns = ev.ts_ns;
         Some(EventFeatures {
+            near,
             delta,
+            shard,
             op,
             size: size_bucket(ev.shards),
             gap,
+            scope: scope.class(),
         })
     }
 }
@@ -161,40 +296,88 @@ mod tests {
     #[test]
     fn per_stream_deltas_with_a_fixed_vocabulary() {
         let vocab = DeltaVocab::build([1i64, 1, 4, 4], 4, 64, 1);
-        let mut f = Featurizer::new(vocab, false);
+        let mut f = Featurizer::new(vocab, ShardVocab::new(0, 1, 1), false);
         let mut st = FeatureState::default();
-        let a = f.features(&mut st, &ev(0, Op::Read, 100, 1)).unwrap();
+        let r = Scope::Region;
+        let a = f.features(&mut st, &ev(0, Op::Read, 100, 1), 3, r).unwrap();
         assert_eq!(
             a,
             EventFeatures {
                 delta: 5,
+                shard: 3,
                 op: 0,
                 size: 1,
-                gap: 0
+                gap: 0,
+                near: 0,
+                scope: 0,
             }
         );
-        let b = f.features(&mut st, &ev(5000, Op::Write, 101, 2)).unwrap();
+        let b = f
+            .features(&mut st, &ev(5000, Op::Write, 101, 2), 0, Scope::Volume)
+            .unwrap();
         assert_eq!(b.delta, f.vocab.class_of(1));
-        assert_eq!((b.op, b.size, b.gap), (1, 2, 2));
-        let c = f.features(&mut st, &ev(6000, Op::Read, 90, 1)).unwrap();
+        assert_eq!((b.op, b.size, b.gap, b.scope), (1, 2, 2, 1));
+        let c = f
+            .features(&mut st, &ev(6000, Op::Read, 90, 1), 0, r)
+            .unwrap();
         assert_eq!(c.delta, OOV, "-11 is not in the vocabulary");
-        assert!(f.features(&mut st, &ev(7000, Op::Flush, 0, 1)).is_none());
+        assert!(f
+            .features(&mut st, &ev(7000, Op::Flush, 0, 1), 0, r)
+            .is_none());
         assert!(
-            f.features(&mut st, &ev(7500, Op::Read, 90, 1)).is_none(),
+            f.features(&mut st, &ev(7500, Op::Read, 90, 1), 0, r)
+                .is_none(),
             "a re-read is not an input"
         );
         assert_eq!(st.last_shard(), Some(90), "a flush is not an input");
-        let d = f.features(&mut st, &ev(8000, Op::Read, 94, 1)).unwrap();
+        let d = f
+            .features(&mut st, &ev(8000, Op::Read, 94, 1), 0, r)
+            .unwrap();
         assert_eq!(d.delta, f.vocab.class_of(4));
+        // 101..=102 was read two requests ago: 103 continues that run.
+        let e = f
+            .features(&mut st, &ev(9000, Op::Read, 103, 1), 0, r)
+            .unwrap();
+        assert_eq!(e.near, near_class(103, &[102]));
+        assert_eq!(
+            (near_class(103, &[102]), near_class(100, &[102, 101])),
+            (2 + LSTM_NEAR_MAX_SHARDS as u32, LSTM_NEAR_MAX_SHARDS as u32)
+        );
+        assert_eq!(near_class(500, &[102]), 0, "far");
+        assert_eq!(near_class(5, &[]), 0, "nothing recent");
+    }
+
+    #[test]
+    fn shards_are_counted_once_per_visit() {
+        let mut f = Featurizer::new(DeltaVocab::new(4, 64, 2), ShardVocab::new(4, 64, 2), true);
+        // Four requests inside shard 7 are one visit: no class yet.
+        for i in 0..4 {
+            assert_eq!(f.shard_class(&ev(i, Op::Read, 7, 1)), OOV);
+        }
+        assert_eq!(f.shard_class(&ev(5, Op::Read, 9, 1)), OOV);
+        assert_eq!(f.shard_class(&ev(6, Op::Flush, 7, 1)), OOV);
+        // A second visit makes it frequent.
+        assert_eq!(f.shard_class(&ev(7, Op::Read, 7, 1)), 1);
+        assert_eq!(
+            f.shards.key_of(1),
+            Some(ShardKey {
+                volume: 0,
+                shard: 7
+            })
+        );
+        let mut fixed = f.clone();
+        fixed.grow = false;
+        assert_eq!(fixed.shard_class(&ev(8, Op::Read, 9, 1)), OOV);
+        assert_eq!(fixed.shard_class(&ev(9, Op::Read, 7, 1)), 1);
     }
 
     #[test]
     fn online_growth_gives_a_repeated_delta_a_class() {
-        let mut f = Featurizer::new(DeltaVocab::new(8, 64, 2), true);
+        let mut f = Featurizer::new(DeltaVocab::new(8, 64, 2), ShardVocab::new(0, 1, 1), true);
         let mut st = FeatureState::default();
         let classes: Vec<u32> = (0..5u64)
             .map(|i| {
-                f.features(&mut st, &ev(i, Op::Read, 7 * i, 1))
+                f.features(&mut st, &ev(i, Op::Read, 7 * i, 1), 0, Scope::Region)
                     .unwrap()
                     .delta
             })

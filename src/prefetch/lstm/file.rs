@@ -1,38 +1,48 @@
-//! The LSTM model file: shape, training info, delta vocabulary and weights
-//! in one checksummed container.
+//! The LSTM model file: shape, training info, delta and shard vocabularies
+//! and weights in one checksummed container.
 //!
 //! Layout (little endian), format version [`FORMAT_VERSION`]:
 //!
 //! ```text
-//! header (72 bytes)
+//! header (80 bytes)
 //!   magic "SHBKLSTM" | version u32 | vocab u32 hidden u32 layers u32
-//!   delta_embed u32 aux_embed u32 | shard_bytes u64 | sequence_length u32
+//!   delta_embed u32 aux_embed u32 shards u32 shard_embed u32 |
+//!   shard_bytes u64 | sequence_length u32
 //!   train_steps u64 | loss f32 | payload_len u64 | payload_crc32c u32
-//!   header_crc32c u32 (of the 68 bytes before it)
+//!   header_crc32c u32 (of the 76 bytes before it)
 //! payload (payload_len bytes)
-//!   vocab_len u32, then (class u32, delta i64) per assigned class
+//!   vocab_len u32, then (class u32, delta i64) per assigned delta class
+//!   shard_vocab_len u32, then (class u32, volume u32, shard u64) per
+//!   assigned shard class
 //!   tensor_count u32, then per tensor: name_len u16, name (UTF-8),
 //!   ndim u8, dims i64 x ndim, data f32 x product(dims)
 //! ```
 //!
+//! Version 1 (the delta-only LSTM, 72-byte header) is refused with
+//! [`FileError::Version`], whose message says to retrain: its network has
+//! no shard classes and no scope input, so its weights do not fit.
+//!
 //! Contract: [`ModelFile::decode`] never panics; a short, corrupt, foreign,
-//! newer or internally inconsistent file is a typed [`FileError`]. A file is
+//! older, newer or internally inconsistent file is a typed [`FileError`]. A file is
 //! written to a temporary name beside the target and renamed into place, so
 //! a crash leaves the old file or the new one. Pure: no tch (the model
 //! turns its variables into [`NamedTensor`]s and back).
 
 use super::config::ModelShape;
-use super::vocab::DeltaVocab;
-use crate::constants::{LSTM_MODEL_FILE_MAX_BYTES, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS};
+use super::vocab::{DeltaVocab, ShardKey, ShardVocab};
+use crate::constants::{
+    LSTM_MODEL_FILE_MAX_BYTES, LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_VOCAB_MIN_COUNT,
+    LSTM_VOCAB_WINDOW_EVENTS,
+};
 use std::io::Write;
 use std::path::Path;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"SHBKLSTM";
 /// Format version written (and the only one read).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header bytes.
-pub const HEADER_BYTES: usize = 72;
+pub const HEADER_BYTES: usize = 80;
 
 /// Errors reading or writing a model file.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +51,7 @@ pub enum FileError {
     Io(#[from] std::io::Error),
     #[error("not a shardblk LSTM model file (bad magic)")]
     BadMagic,
-    #[error("model file format version {found}, this build reads {supported}")]
+    #[error("model file format version {found}, this build reads {supported} only (retrain the model with `shardblk trace train`)")]
     Version { found: u32, supported: u32 },
     #[error("model file truncated: {have} bytes, {need} needed")]
     Truncated { have: u64, need: u64 },
@@ -84,6 +94,8 @@ pub struct ModelFile {
     pub info: TrainInfo,
     /// (class, delta) of every assigned vocabulary class.
     pub vocab: Vec<(u32, i64)>,
+    /// (class, shard) of every assigned shard class.
+    pub shard_vocab: Vec<(u32, ShardKey)>,
     pub tensors: Vec<NamedTensor>,
 }
 
@@ -143,6 +155,17 @@ impl ModelFile {
         .map_err(FileError::Corrupt)
     }
 
+    /// The shard vocabulary of this file (for a model of its shape).
+    pub fn shard_vocab(&self) -> Result<ShardVocab, FileError> {
+        ShardVocab::from_assignments(
+            self.shape.shards as usize,
+            LSTM_SHARD_VOCAB_WINDOW_EVENTS,
+            LSTM_VOCAB_MIN_COUNT,
+            &self.shard_vocab,
+        )
+        .map_err(FileError::Corrupt)
+    }
+
     /// Serialize.
     pub fn encode(&self) -> Vec<u8> {
         let mut p = Vec::new();
@@ -150,6 +173,12 @@ impl ModelFile {
         for &(c, d) in &self.vocab {
             p.extend_from_slice(&c.to_le_bytes());
             p.extend_from_slice(&d.to_le_bytes());
+        }
+        p.extend_from_slice(&(self.shard_vocab.len() as u32).to_le_bytes());
+        for &(c, k) in &self.shard_vocab {
+            p.extend_from_slice(&c.to_le_bytes());
+            p.extend_from_slice(&k.volume.to_le_bytes());
+            p.extend_from_slice(&k.shard.to_le_bytes());
         }
         p.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
         for t in &self.tensors {
@@ -167,7 +196,15 @@ impl ModelFile {
         let mut h = Vec::with_capacity(HEADER_BYTES + p.len());
         h.extend_from_slice(&MAGIC);
         h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        for v in [s.vocab, s.hidden, s.layers, s.delta_embed, s.aux_embed] {
+        for v in [
+            s.vocab,
+            s.hidden,
+            s.layers,
+            s.delta_embed,
+            s.aux_embed,
+            s.shards,
+            s.shard_embed,
+        ] {
             h.extend_from_slice(&v.to_le_bytes());
         }
         h.extend_from_slice(&self.info.shard_bytes.to_le_bytes());
@@ -195,6 +232,20 @@ impl ModelFile {
                 FileError::BadMagic
             });
         }
+        // The version first: an older file's header is shorter.
+        if buf.len() >= MAGIC.len() + 4 {
+            let version = u32::from_le_bytes(
+                buf[MAGIC.len()..MAGIC.len() + 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            );
+            if version != FORMAT_VERSION {
+                return Err(FileError::Version {
+                    found: version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
         if buf.len() < HEADER_BYTES {
             return Err(FileError::Truncated {
                 have: buf.len() as u64,
@@ -203,15 +254,8 @@ impl ModelFile {
         }
         let mut r = Reader {
             buf: &buf[..HEADER_BYTES],
-            at: MAGIC.len(),
+            at: MAGIC.len() + 4,
         };
-        let version = r.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(FileError::Version {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
         let stored_hc =
             u32::from_le_bytes(buf[HEADER_BYTES - 4..HEADER_BYTES].try_into().expect("4"));
         if crc32c::crc32c(&buf[..HEADER_BYTES - 4]) != stored_hc {
@@ -223,6 +267,8 @@ impl ModelFile {
             layers: r.u32()?,
             delta_embed: r.u32()?,
             aux_embed: r.u32()?,
+            shards: r.u32()?,
+            shard_embed: r.u32()?,
         };
         let info = TrainInfo {
             shard_bytes: r.u64()?,
@@ -267,6 +313,20 @@ impl ModelFile {
         for _ in 0..nv {
             vocab.push((r.u32()?, r.i64()?));
         }
+        let ns = r.u32()? as usize;
+        if ns > shape.shards as usize {
+            return Err(FileError::Corrupt(format!(
+                "{ns} shard vocabulary entries for {} classes",
+                shape.shards
+            )));
+        }
+        let mut shard_vocab = Vec::with_capacity(ns);
+        for _ in 0..ns {
+            let c = r.u32()?;
+            let volume = r.u32()?;
+            let shard = r.u64()?;
+            shard_vocab.push((c, ShardKey { volume, shard }));
+        }
         let nt = r.u32()? as usize;
         let mut tensors = Vec::new();
         for _ in 0..nt {
@@ -300,9 +360,11 @@ impl ModelFile {
             shape,
             info,
             vocab,
+            shard_vocab,
             tensors,
         };
         f.delta_vocab()?;
+        f.shard_vocab()?;
         Ok(f)
     }
 
@@ -356,6 +418,8 @@ mod tests {
                 layers: 1,
                 delta_embed: 2,
                 aux_embed: 1,
+                shards: 2,
+                shard_embed: 1,
             },
             info: TrainInfo {
                 shard_bytes: 1 << 20,
@@ -364,6 +428,13 @@ mod tests {
                 loss: 1.5,
             },
             vocab: vec![(1, 1), (3, -7)],
+            shard_vocab: vec![(
+                2,
+                ShardKey {
+                    volume: 3,
+                    shard: 77,
+                },
+            )],
             tensors: vec![
                 NamedTensor {
                     name: "a".into(),
@@ -387,6 +458,13 @@ mod tests {
         f.write(&p).unwrap();
         assert_eq!(ModelFile::read(&p).unwrap(), f);
         assert_eq!(f.delta_vocab().unwrap().class_of(-7), 3);
+        assert_eq!(
+            f.shard_vocab().unwrap().class_of(ShardKey {
+                volume: 3,
+                shard: 77
+            }),
+            2
+        );
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
@@ -434,14 +512,34 @@ mod tests {
             Err(FileError::BadMagic)
         ));
         let mut img = sample().encode();
-        img[8..12].copy_from_slice(&2u32.to_le_bytes());
+        img[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert!(matches!(
             ModelFile::decode(&img),
-            Err(FileError::Version { found: 2, .. })
+            Err(FileError::Version { found: 3, .. })
         ));
+        // A version 1 file (the delta-only model, shorter header) is
+        // refused by its version, with the way out in the message.
+        let mut v1 = sample().encode();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1.truncate(72);
+        let e = ModelFile::decode(&v1).unwrap_err();
+        assert!(matches!(e, FileError::Version { found: 1, .. }));
+        assert!(e.to_string().contains("trace train"), "{e}");
         // A vocabulary class beyond the shape is caught even with valid checksums.
         let mut f = sample();
         f.vocab.push((5, 2));
+        assert!(matches!(
+            ModelFile::decode(&f.encode()),
+            Err(FileError::Corrupt(_))
+        ));
+        let mut f = sample();
+        f.shard_vocab.push((
+            1,
+            ShardKey {
+                volume: 3,
+                shard: 77,
+            },
+        ));
         assert!(matches!(
             ModelFile::decode(&f.encode()),
             Err(FileError::Corrupt(_))

@@ -1,10 +1,11 @@
-//! The LSTM prefetcher (issue 4): delta-class features per stream, a
+//! The LSTM prefetcher (issue 4): delta-class and shard-class features per
+//! stream (address regions and whole volumes), a
 //! libtorch LSTM whose state is carried per stream between batched steps,
 //! online training on a separate copy of the weights, and a checksummed
 //! model file.
 //!
 //! Files, one concern each, all pure (no libtorch): [`vocab`] (the learned
-//! delta vocabulary), [`features`] (event → inputs), [`config`] (knobs and
+//! delta and shard vocabularies), [`features`] (event → inputs, streams), [`config`] (knobs and
 //! limits), [`file`] (the model file container), [`backend`] (the seam to
 //! the network). The network, its training and the predictor need tch and
 //! live in `crates/shardblk-lstm`, which registers itself as the
@@ -16,8 +17,8 @@ pub mod features;
 pub mod file;
 pub mod vocab;
 
-pub use backend::{backend, register, vocab_of, LstmBackend, OfflineJob, OfflineResult};
-pub use config::{default_model_path, LstmOptions, ModelShape, ModelSource};
+pub use backend::{backend, register, vocabs_of, LstmBackend, OfflineJob, OfflineResult};
+pub use config::{default_model_path, LstmOptions, ModelShape, ModelSource, Streams};
 pub use file::{FileError, ModelFile};
 
 /// Errors of the LSTM predictor and its training.

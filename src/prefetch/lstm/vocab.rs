@@ -1,37 +1,55 @@
-//! The delta vocabulary of the LSTM: which shard-index deltas (within a
-//! stream) are classes of their own; every other delta is out of vocabulary.
+//! The learned vocabularies of the LSTM: which keys are classes of their
+//! own; every other key is out of vocabulary. Two instances: shard-index
+//! deltas within a stream ([`DeltaVocab`]) and absolute shards of a volume
+//! ([`ShardVocab`], the address-correlating classes: "after shard X comes
+//! shard Y" whatever the jump).
 //!
-//! Contract:
-//! - Class 0 is [`OOV`]; classes `1..=capacity` are slots that hold one delta
-//!   each. A slot's delta never changes while the delta is in use, so class
-//!   ids stay stable for the model's embedding and output rows; a slot is
-//!   only reassigned when its delta has not been seen in the whole counting
-//!   window (the model then relearns that row).
-//! - [`DeltaVocab::build`] makes a vocabulary from data offline: the most
-//!   frequent deltas first (ties: smaller magnitude, then positive first),
-//!   at least `min_count` occurrences each.
-//! - [`DeltaVocab::observe`] grows it online from a bounded counting window
-//!   of the last `window` deltas: a delta seen `min_count` times in the
-//!   window takes a free slot, or a stale one. Memory is bounded by the
-//!   window and the capacity; every operation is O(1) expected, except a
-//!   stale-slot search (O(capacity)) when the vocabulary is full. Classes
-//!   assigned online are reported ([`DeltaVocab::take_assigned`]) so the
-//!   model can reset what it had learned for the slot.
+//! Contract (both):
+//! - Class 0 is [`OOV`]; classes `1..=capacity` are slots that hold one key
+//!   each. A slot's key never changes while the key is in use, so class ids
+//!   stay stable for the model's embedding and output rows; a slot is only
+//!   reassigned when its key has not been seen in the whole counting window
+//!   (the model then relearns that row).
+//! - [`Vocab::build_by`] makes a vocabulary from data offline: the most
+//!   frequent keys first (ties broken by the caller's order), at least
+//!   `min_count` occurrences each ([`DeltaVocab::build`]: smaller magnitude,
+//!   then positive first; [`ShardVocab::build`]: smaller key first).
+//! - [`Vocab::observe`] grows it online from a bounded counting window of the
+//!   last `window` keys: a key seen `min_count` times in the window takes a
+//!   free slot, or a stale one. Memory is bounded by the window and the
+//!   capacity; every operation is O(1) expected, except a stale-slot search
+//!   (O(capacity)) when the vocabulary is full. Classes assigned online are
+//!   reported ([`Vocab::take_assigned`]) so the model can reset what it had
+//!   learned for the slot.
 
+use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 
 /// The out-of-vocabulary class.
 pub const OOV: u32 = 0;
 
-/// A delta vocabulary with a fixed number of slots.
+/// A shard of a volume: the key of the shard vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardKey {
+    pub volume: u32,
+    pub shard: u64,
+}
+
+/// The vocabulary of shard-index deltas within a stream.
+pub type DeltaVocab = Vocab<i64>;
+/// The vocabulary of frequently read shards.
+pub type ShardVocab = Vocab<ShardKey>;
+
+/// A vocabulary with a fixed number of slots.
 #[derive(Debug, Clone)]
-pub struct DeltaVocab {
-    /// `slots[c - 1]` is the delta of class `c`, if assigned.
-    slots: Vec<Option<i64>>,
-    index: HashMap<i64, u32>,
-    /// Online growth: recent deltas and their counts.
-    window: VecDeque<i64>,
-    counts: HashMap<i64, u32>,
+pub struct Vocab<K> {
+    /// `slots[c - 1]` is the key of class `c`, if assigned.
+    slots: Vec<Option<K>>,
+    index: HashMap<K, u32>,
+    /// Online growth: recent keys and their counts.
+    window: VecDeque<K>,
+    counts: HashMap<K, u32>,
     window_max: usize,
     min_count: u32,
     /// Slots assigned online so far.
@@ -40,7 +58,7 @@ pub struct DeltaVocab {
     assigned: Vec<u32>,
 }
 
-impl PartialEq for DeltaVocab {
+impl<K: PartialEq> PartialEq for Vocab<K> {
     /// Two vocabularies are equal when they map the same classes.
     fn eq(&self, other: &Self) -> bool {
         self.slots == other.slots
@@ -48,10 +66,44 @@ impl PartialEq for DeltaVocab {
 }
 
 impl DeltaVocab {
+    /// The vocabulary of the most frequent of `deltas` (at most `capacity`,
+    /// each seen at least `min_count` times; ties: smaller magnitude, then
+    /// positive first).
+    pub fn build(
+        deltas: impl IntoIterator<Item = i64>,
+        capacity: usize,
+        window: usize,
+        min_count: u32,
+    ) -> Self {
+        Vocab::build_by(deltas, capacity, window, min_count, |a, b| {
+            a.unsigned_abs().cmp(&b.unsigned_abs()).then(b.cmp(a))
+        })
+    }
+
+    /// The delta of `class` (None for OOV or an unassigned slot).
+    pub fn delta_of(&self, class: u32) -> Option<i64> {
+        self.key_of(class)
+    }
+}
+
+impl ShardVocab {
+    /// The vocabulary of the most frequently read of `shards` (ties: smaller
+    /// key first).
+    pub fn build(
+        shards: impl IntoIterator<Item = ShardKey>,
+        capacity: usize,
+        window: usize,
+        min_count: u32,
+    ) -> Self {
+        Vocab::build_by(shards, capacity, window, min_count, Ord::cmp)
+    }
+}
+
+impl<K: Copy + Eq + Hash> Vocab<K> {
     /// An empty vocabulary of `capacity` classes (OOV not counted) that
-    /// grows from a window of `window` deltas.
+    /// grows from a window of `window` keys.
     pub fn new(capacity: usize, window: usize, min_count: u32) -> Self {
-        DeltaVocab {
+        Vocab {
             slots: vec![None; capacity],
             index: HashMap::new(),
             window: VecDeque::with_capacity(window),
@@ -63,59 +115,56 @@ impl DeltaVocab {
         }
     }
 
-    /// The vocabulary of the most frequent of `deltas` (at most `capacity`,
-    /// each seen at least `min_count` times).
-    pub fn build(
-        deltas: impl IntoIterator<Item = i64>,
+    /// The vocabulary of the most frequent of `keys` (at most `capacity`,
+    /// each seen at least `min_count` times; ties in the order of `tie`).
+    pub fn build_by(
+        keys: impl IntoIterator<Item = K>,
         capacity: usize,
         window: usize,
         min_count: u32,
+        tie: impl Fn(&K, &K) -> Ordering,
     ) -> Self {
-        let mut counts: HashMap<i64, u64> = HashMap::new();
-        for d in deltas {
-            *counts.entry(d).or_default() += 1;
+        let mut counts: HashMap<K, u64> = HashMap::new();
+        for k in keys {
+            *counts.entry(k).or_default() += 1;
         }
-        let mut ranked: Vec<(i64, u64)> = counts
+        let mut ranked: Vec<(K, u64)> = counts
             .into_iter()
             .filter(|&(_, c)| c >= u64::from(min_count.max(1)))
             .collect();
-        ranked.sort_by(|a, b| {
-            b.1.cmp(&a.1)
-                .then(a.0.unsigned_abs().cmp(&b.0.unsigned_abs()))
-                .then(b.0.cmp(&a.0))
-        });
-        let mut v = DeltaVocab::new(capacity, window, min_count);
-        for (d, _) in ranked.into_iter().take(capacity) {
-            v.assign_free(d);
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(tie(&a.0, &b.0)));
+        let mut v = Vocab::new(capacity, window, min_count);
+        for (k, _) in ranked.into_iter().take(capacity) {
+            v.assign_free(k);
         }
         v
     }
 
-    /// A vocabulary with the given (class, delta) assignments (model files).
-    /// Fails on a class out of range, a class assigned twice or a delta in
+    /// A vocabulary with the given (class, key) assignments (model files).
+    /// Fails on a class out of range, a class assigned twice or a key in
     /// two classes.
     pub fn from_assignments(
         capacity: usize,
         window: usize,
         min_count: u32,
-        pairs: &[(u32, i64)],
+        pairs: &[(u32, K)],
     ) -> Result<Self, String> {
-        let mut v = DeltaVocab::new(capacity, window, min_count);
-        for &(c, d) in pairs {
+        let mut v = Vocab::new(capacity, window, min_count);
+        for &(c, k) in pairs {
             if c == OOV || c as usize > capacity {
                 return Err(format!("class {c} out of 1..={capacity}"));
             }
-            if v.slots[c as usize - 1].is_some() || v.index.contains_key(&d) {
-                return Err(format!("class {c} or delta {d} assigned twice"));
+            if v.slots[c as usize - 1].is_some() || v.index.contains_key(&k) {
+                return Err(format!("class {c} or its key assigned twice"));
             }
-            v.slots[c as usize - 1] = Some(d);
-            v.index.insert(d, c);
+            v.slots[c as usize - 1] = Some(k);
+            v.index.insert(k, c);
         }
         Ok(v)
     }
 
-    /// Every (class, delta) assignment, by class.
-    pub fn assignments(&self) -> Vec<(u32, i64)> {
+    /// Every (class, key) assignment, by class.
+    pub fn assignments(&self) -> Vec<(u32, K)> {
         self.slots
             .iter()
             .enumerate()
@@ -142,20 +191,20 @@ impl DeltaVocab {
         self.grown
     }
 
-    /// The class of `delta` ([`OOV`] if none).
-    pub fn class_of(&self, delta: i64) -> u32 {
-        self.index.get(&delta).copied().unwrap_or(OOV)
+    /// The class of `key` ([`OOV`] if none).
+    pub fn class_of(&self, key: K) -> u32 {
+        self.index.get(&key).copied().unwrap_or(OOV)
     }
 
-    /// The delta of `class` (None for OOV or an unassigned slot).
-    pub fn delta_of(&self, class: u32) -> Option<i64> {
+    /// The key of `class` (None for OOV or an unassigned slot).
+    pub fn key_of(&self, class: u32) -> Option<K> {
         if class == OOV {
             return None;
         }
         self.slots.get(class as usize - 1).copied().flatten()
     }
 
-    fn assign_free(&mut self, d: i64) -> bool {
+    fn assign_free(&mut self, d: K) -> bool {
         match self.slots.iter().position(Option::is_none) {
             Some(i) => {
                 self.slots[i] = Some(d);
@@ -168,7 +217,7 @@ impl DeltaVocab {
 
     /// Count `delta` in the window and give it a class if it has become
     /// frequent; returns its class.
-    pub fn observe(&mut self, delta: i64) -> u32 {
+    pub fn observe(&mut self, delta: K) -> u32 {
         if self.window.len() == self.window_max {
             if let Some(old) = self.window.pop_front() {
                 if let Some(c) = self.counts.get_mut(&old) {
@@ -212,8 +261,8 @@ impl DeltaVocab {
         c
     }
 
-    /// Classes given a (new) delta online since the last call: the model
-    /// resets their output rows, which meant another delta or nothing.
+    /// Classes given a (new) key online since the last call: the model
+    /// resets their rows, which meant another key or nothing.
     pub fn take_assigned(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.assigned)
     }
@@ -237,6 +286,11 @@ mod tests {
         assert!(DeltaVocab::from_assignments(3, 16, 2, &[(4, 1)]).is_err());
         assert!(DeltaVocab::from_assignments(3, 16, 2, &[(1, 1), (2, 1)]).is_err());
         assert!(DeltaVocab::from_assignments(3, 16, 2, &[(0, 1)]).is_err());
+        let k = |shard| ShardKey { volume: 1, shard };
+        let s = ShardVocab::build([k(9), k(4), k(9), k(4), k(2), k(2), k(2)], 2, 16, 2);
+        assert_eq!(s.assignments(), vec![(1, k(2)), (2, k(4))]);
+        assert_eq!(s.class_of(k(9)), OOV);
+        assert_eq!(s.key_of(1), Some(k(2)));
     }
 
     #[test]
