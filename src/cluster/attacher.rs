@@ -1142,6 +1142,19 @@ impl<D: Clone> Attacher<D> {
         !self.barrier && self.count(Class::Exclusive) == 0 && self.count(Class::Structural) == 0
     }
 
+    /// A caller's write that must wait longer (replicas still to answer,
+    /// or a commit of its shard ahead of it): back in its slot, or failed
+    /// with `Timeout` once its time is up.
+    fn keep_waiting(&mut self, at: At, w: Op<D>, timed_out: bool) {
+        match w {
+            Op::Write { op, .. } if timed_out => self.events.push(Event::Failed {
+                op,
+                error: OpError::Timeout,
+            }),
+            w => self.put(at.slot, at.started, w),
+        }
+    }
+
     /// The attachment is taken: operations may start.
     fn become_attached(&mut self) {
         self.attach_grace_until = None;
@@ -1543,20 +1556,13 @@ impl<D: Clone> Attacher<D> {
                     .collect();
                 round.given_up.extend(failed);
                 if round.pending().next().is_some() {
-                    if timed_out {
-                        self.events.push(Event::Failed {
-                            op,
-                            error: OpError::Timeout,
-                        });
-                    } else {
-                        let w = Op::Write {
-                            op,
-                            shard,
-                            version,
-                            round,
-                        };
-                        self.put(slot, started, w);
-                    }
+                    let w = Op::Write {
+                        op,
+                        shard,
+                        version,
+                        round,
+                    };
+                    self.keep_waiting(At { slot, started }, w, timed_out);
                     return;
                 }
                 let acked: Vec<NodeId> = round
@@ -1587,20 +1593,13 @@ impl<D: Clone> Attacher<D> {
                     matches!(o, Op::Commit { key: k, after: After::Wrote { .. } | After::Settle, .. } if *k == key)
                 });
                 if committing {
-                    if timed_out {
-                        self.events.push(Event::Failed {
-                            op,
-                            error: OpError::Timeout,
-                        });
-                    } else {
-                        let w = Op::Write {
-                            op,
-                            shard,
-                            version,
-                            round,
-                        };
-                        self.put(slot, started, w);
-                    }
+                    let w = Op::Write {
+                        op,
+                        shard,
+                        version,
+                        round,
+                    };
+                    self.keep_waiting(At { slot, started }, w, timed_out);
                     return;
                 }
                 let set = self.replicas_of(&key);
