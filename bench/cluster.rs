@@ -470,6 +470,16 @@ fn stage_table(dir: &Path, quick: bool) {
     drop(live);
 }
 
+/// The runtime the cluster clients of every table run on (two workers: the
+/// machine's cores are shared with the node processes).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let quick = std::env::var("SHARDBLK_BENCH_QUICK").is_ok();
@@ -480,32 +490,20 @@ fn main() {
     }
     if std::env::var("SHARDBLK_BENCH_ONLY").is_ok_and(|v| v == "qd") {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         qd_table(dir.path(), &rt, quick);
         return;
     }
     if std::env::var("SHARDBLK_BENCH_ONLY").is_ok_and(|v| v == "rebalance") {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rebalance_table(dir.path(), &rt, quick);
         return;
     }
     let span = if quick { 16 * MIB } else { 64 * MIB };
     let reads = if quick { 200 } else { 2000 };
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut data = vec![0u8; span as usize];
     rng.fill(&mut data[..]);
