@@ -678,12 +678,15 @@ impl Inference {
                 last_publish = Instant::now();
             }
             if total == 0 {
+                if self.owes_sleep() {
+                    continue;
+                }
                 let t0 = Instant::now();
                 let worked = self.pred.as_mut().is_some_and(|p| {
                     p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
                 });
                 if worked {
-                    self.pace(t0.elapsed(), stop);
+                    self.worked(t0.elapsed());
                 } else {
                     std::thread::sleep(self.nap(PREFETCH_IDLE_SLEEP_US));
                 }
@@ -774,9 +777,18 @@ impl Inference {
                     self.st.skipped_events += older as u64;
                     batch.drain(..older);
                 }
-                let t0 = Instant::now();
-                self.step(&batch, &mut out);
-                self.pace(t0.elapsed(), stop);
+                if self.pacer.owed().is_zero() {
+                    let t0 = Instant::now();
+                    self.step(&batch, &mut out);
+                    self.worked(t0.elapsed());
+                } else {
+                    // the model's CPU share is spent: these events were
+                    // recorded, promoted on demand and noticed, not stepped
+                    self.st.skipped_events += batch.len() as u64;
+                }
+            }
+            if self.owes_sleep() {
+                continue;
             }
             // Less than a full batch waiting: let events gather rather than
             // waking per request (bounds the thread's CPU share at low and
@@ -799,18 +811,26 @@ impl Inference {
         })
     }
 
-    /// Account for `busy` of work and sleep off what the thread owes for
-    /// it beyond its CPU share (in bounded sleeps, so a stop is noticed).
-    fn pace(&mut self, busy: Duration, stop: &AtomicBool) {
+    /// Account for `busy` of model work (a step, background training): the
+    /// pacer adds the sleep owed for it beyond the thread's CPU share.
+    fn worked(&mut self, busy: Duration) {
         self.pacer.worked(busy, ns_since(self.start));
-        while !stop.load(Ordering::Relaxed) {
-            let d = self.pacer.next_sleep();
-            if d.is_zero() {
-                break;
-            }
-            std::thread::sleep(d);
-        }
+    }
+
+    /// Sleep one slice of what the thread owes, if it owes any (true).
+    /// Slices are at most `PREFETCH_PACE_SLEEP_MAX_MS`, and between them
+    /// the loop still drains the trace rings, feeds demand promotion, the
+    /// hit notices and recording, and publishes its statistics: only model
+    /// steps wait for the debt (a step of seconds under TCG used to stop
+    /// all of that for the half minute of sleep it was charged).
+    fn owes_sleep(&mut self) -> bool {
+        let d = self.pacer.next_sleep();
         self.st.paced_ms = self.pacer.paced.as_millis() as u64;
+        if d.is_zero() {
+            return false;
+        }
+        std::thread::sleep(d);
+        true
     }
 
     /// One predictor step over `batch`, then the filters and the ring.

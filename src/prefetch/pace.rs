@@ -6,7 +6,8 @@
 //! owed, for share `s` percent ([`Pacer::worked`]); [`Pacer::next_sleep`]
 //! hands the debt out in sleeps of at most `PREFETCH_PACE_SLEEP_MAX_MS` (so
 //! the thread notices a stop), and the thread does no work while it owes
-//! any: over time it is busy at most its share, however long one stretch
+//! any (the live loop still drains its rings meanwhile, skipping the model):
+//! over time it is busy at most its share, however long one stretch
 //! of work (a training step) was. The share is `PREFETCH_CPU_SHARE_PERCENT`
 //! for `PREFETCH_PRODUCTIVE_WINDOW_MS` after the thread last queued a
 //! prediction, `PREFETCH_CPU_SHARE_IDLE_PERCENT` otherwise, from the start
