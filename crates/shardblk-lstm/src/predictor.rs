@@ -60,8 +60,10 @@
 //!   let through again. This keeps staging precision near the gate on
 //!   traces the model cannot predict, at no model cost.
 //! - With both streams, a volume stream that emits a candidate in a step
-//!   has priority: its volume's region streams only track theirs (in
-//!   shadow) in that step.
+//!   has priority: the region stream of its last event (the same point in
+//!   the sequence) only tracks its candidates (in shadow) in that step; a
+//!   region stream whose last event in the batch came earlier (many
+//!   events per step, interleaved regions) emits its own.
 //! - A step's predictions (all streams) come out one per shard, the most
 //!   confident, in address order (so the stager reads neighbouring shards
 //!   in one pass).
@@ -1003,7 +1005,9 @@ impl Predictor for LstmPredictor {
         let volume_scope = Scope::Volume.class();
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by_key(|&i| per[i].last().map_or(0, |e| e.0.scope) != volume_scope);
-        let mut confident: Vec<u32> = Vec::new();
+        // (volume, clock of its volume stream's last event) where that
+        // stream emitted.
+        let mut confident: Vec<(u32, u64)> = Vec::new();
         for i in order {
             let key = &keys[i];
             let st = self.streams.get_or_insert_with(key, Stream::default);
@@ -1011,7 +1015,12 @@ impl Predictor for LstmPredictor {
             st.c = std::mem::take(&mut cs[i]);
             let start = out.len();
             let scope = per[i].last().map_or(0, |e| e.0.scope);
-            let deferred = scope != volume_scope && confident.contains(&key.volume);
+            let last_clock = clocks[i].last().copied().unwrap_or(self.clock);
+            // A region stream whose last event in the batch came before the
+            // volume stream's (another region's event followed) predicts its
+            // own continuation: the volume's candidates are about what
+            // follows that later event.
+            let deferred = scope != volume_scope && confident.contains(&(key.volume, last_clock));
             let open =
                 !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
             let deadline = self.clock + deadline_events;
@@ -1036,8 +1045,12 @@ impl Predictor for LstmPredictor {
                 if eligible && open && !push_unique(out, start, p) {
                     continue;
                 }
-                if eligible && open && scope == volume_scope && !confident.contains(&key.volume) {
-                    confident.push(key.volume);
+                if eligible
+                    && open
+                    && scope == volume_scope
+                    && !confident.contains(&(key.volume, last_clock))
+                {
+                    confident.push((key.volume, last_clock));
                 }
                 self.gate.gated += u64::from(eligible && !open);
                 st.recent.push_back((shard, confidence));

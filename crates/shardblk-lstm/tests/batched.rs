@@ -112,3 +112,55 @@ fn batches_of_64_predict_like_single_events() {
         "steps emitting: batch {batch} {share64:.3} vs batch 1 {share1:.3}"
     );
 }
+
+/// The inference bench's case: 16 sequential scans in their own regions,
+/// one event each per step. With both streams (the default) it emitted
+/// nothing: the volume stream's first new delta (+1024) took the shipped
+/// vocabulary's class of +1 (no class was in use yet after loading), and a
+/// volume stream emitting for the batch's last region silenced every other
+/// region stream. Now both streams predict as the region streams alone do.
+#[test]
+fn interleaved_scans_in_one_batch_predict_with_both_streams() {
+    use shardblk::prefetch::lstm::Streams;
+    let cfg = PrefetchConfig {
+        region_shift: 30,
+        ..Default::default()
+    };
+    let batch = 16u64;
+    let ev: Vec<ShardEvent> = (0..40u64)
+        .flat_map(|s| {
+            (0..batch).map(move |b| ShardEvent {
+                ts_ns: s * 1_000_000,
+                volume: 0,
+                op: Op::Read,
+                shard: b * 1024 + s,
+                shards: 1,
+            })
+        })
+        .collect();
+    let mut result = Vec::new();
+    for streams in [Streams::Regions, Streams::Both] {
+        shardblk_lstm::register();
+        let mut p = LstmPredictor::new(
+            &cfg,
+            &LstmOptions {
+                online: false,
+                streams,
+                ..Default::default()
+            },
+        )
+        .expect("lstm");
+        let (emitted, precision, emitting) = run(&mut p, &ev, batch as usize);
+        eprintln!(
+            "{}: {emitted} predictions, precision {precision:.3}, {emitting} of 40 steps emitting",
+            streams.name()
+        );
+        result.push((emitted, precision));
+    }
+    let ((regions, prec_regions), (both, prec_both)) = (result[0], result[1]);
+    assert!(regions > 0 && prec_regions >= 0.9, "regions: {regions}");
+    assert!(
+        both as f64 >= 0.9 * regions as f64 && prec_both >= 0.9,
+        "both: {both} at {prec_both} vs regions {regions}"
+    );
+}
