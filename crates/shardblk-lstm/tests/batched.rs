@@ -77,8 +77,8 @@ fn three_live_size_batches_emit_predictions() {
     let mut p = predictor(&cfg);
     let (emitted, precision, emitting) = run(&mut p, &ev, batch);
     eprintln!(
-        "3 batches of {batch}: {emitted} predictions, precision {precision:.3}, {emitting} batches emitting; gate {:?}",
-        p.gate_figures()
+        "3 batches of {batch}: {emitted} predictions, precision {precision:.3}, {emitting} batches emitting; gate {:?}; mean step {} us",
+        p.gate_figures(), p.figures().batch_ns_mean / 1000
     );
     assert!(emitted > 0 && emitting >= 2, "{emitted} predictions");
     assert!(precision >= 0.9, "precision {precision}");
