@@ -626,6 +626,13 @@ pub const LSTM_CALIBRATION_MIN_RESOLVED: u32 = 8;
 /// With calibration, candidates at or above this raw confidence are tracked
 /// (and emitted when their bucket's measured precision passes).
 pub const LSTM_TRACK_CONFIDENCE_MIN: f32 = 0.05;
+/// Most earlier positions per stream per LSTM step whose candidates are
+/// computed and tracked in shadow (besides the last, which is emitted): a
+/// batch of many events of a stream then calibrates about as fast as as many
+/// steps of one event (a bucket needs `LSTM_CALIBRATION_MIN_RESOLVED`
+/// resolved candidates to emit at all) at a bounded cost per step.
+pub const LSTM_SHADOW_POSITIONS_MAX: usize = 16;
+const _: () = assert!(LSTM_SHADOW_POSITIONS_MAX >= 1);
 const _: () = assert!(LSTM_PRECISION_GATE_DEFAULT >= 0.0 && LSTM_PRECISION_GATE_DEFAULT <= 1.0);
 const _: () = assert!(
     LSTM_CALIBRATION_STEP_BUCKETS >= 1

@@ -13,8 +13,15 @@
 //!   are grouped by stream; round `r` runs one
 //!   batched LSTM step over every stream with an `r`-th event in the batch
 //!   (states gathered, stepped, scattered back): one round per batch when
-//!   each stream has one new event. Outputs are computed for the last
-//!   position of each stream only; nothing is predicted after a stream's
+//!   each stream has one new event. Predictions are emitted for the last
+//!   position of each stream only; with the precision gate, the candidates
+//!   of up to [`LSTM_SHADOW_POSITIONS_MAX`] earlier positions of a stream
+//!   (evenly spaced) are computed too (the memory as of that event) and
+//!   tracked in shadow from that event's clock, resolved by the batch's
+//!   later events in order: calibration and the precision estimates learn
+//!   about as fast per event at any batch size (learning from one position
+//!   per step, a few live steps of hundreds of events never calibrated a
+//!   bucket and emitted nothing). Nothing is predicted after a stream's
 //!   first event (no delta seen yet). The most likely output classes
 //!   (`LSTM_CANDIDATE_CLASSES_PER_DEPTH * depth` of them) name next shards:
 //!   a delta class `first shard + delta`, a shard class its shard; the
@@ -53,8 +60,10 @@
 //!   let through again. This keeps staging precision near the gate on
 //!   traces the model cannot predict, at no model cost.
 //! - With both streams, a volume stream that emits a candidate in a step
-//!   has priority: its volume's region streams only track theirs (in
-//!   shadow) in that step.
+//!   has priority: the region stream of its last event (the same point in
+//!   the sequence) only tracks its candidates (in shadow) in that step; a
+//!   region stream whose last event in the batch came earlier (many
+//!   events per step, interleaved regions) emits its own.
 //! - A step's predictions (all streams) come out one per shard, the most
 //!   confident, in address order (so the stager reads neighbouring shards
 //!   in one pass).
@@ -79,8 +88,8 @@ use shardblk::constants::{
     LSTM_CALIBRATION_MIN_RESOLVED, LSTM_CALIBRATION_STEP_BUCKETS, LSTM_CANDIDATE_CLASSES_PER_DEPTH,
     LSTM_LIVE_STEP_EVENTS_MAX, LSTM_PRECISION_AVERAGE_PREDICTIONS,
     LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX, LSTM_SCOPE_CLASSES,
-    LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRACK_CONFIDENCE_MIN, LSTM_TRAIN_BACKLOG_MAX_STEPS,
-    LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
+    LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRACK_CONFIDENCE_MIN,
+    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
@@ -240,6 +249,92 @@ fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, clock: u64) {
     for (t, read) in &done {
         resolve(gate, st, t, *read);
     }
+}
+
+/// Calibrated confidence per candidate of one position of a stream of
+/// scope class `scope` (raw when not `calibrated`) with the buckets it falls
+/// in: one per shard (the most confident), most confident first, at most
+/// `depth`.
+fn calibrate(
+    gate: &Gate,
+    calibrated: bool,
+    scope: u32,
+    preds: &[Candidate],
+    depth: usize,
+) -> Vec<(u64, f32, [Option<usize>; SOURCES])> {
+    let mut cands: Vec<(u64, f32, [Option<usize>; SOURCES])> = Vec::with_capacity(preds.len());
+    for &(shard, raw, step, source) in preds {
+        let b = bucket(scope, source, step, raw);
+        let confidence = if calibrated { gate.confidence(b) } else { raw };
+        match cands.iter_mut().find(|c| c.0 == shard) {
+            Some(c) => {
+                c.1 = c.1.max(confidence);
+                c.2[source as usize] = Some(b);
+            }
+            None => {
+                let mut bs = [None; SOURCES];
+                bs[source as usize] = Some(b);
+                cands.push((shard, confidence, bs));
+            }
+        }
+    }
+    cands.sort_by(|a, b| b.1.total_cmp(&a.1));
+    cands.truncate(depth);
+    cands
+}
+
+/// Track a candidate of the stream until `deadline` (or record its buckets
+/// on the shard's tracked entry); `eligible`: it passed calibration.
+fn track(
+    st: &mut Stream,
+    shard: u64,
+    buckets: [Option<usize>; SOURCES],
+    eligible: bool,
+    deadline: u64,
+) {
+    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
+        for b in buckets.into_iter().flatten() {
+            if !t.buckets.contains(&Some(b)) {
+                if let Some(free) = t.buckets.iter_mut().find(|x| x.is_none()) {
+                    *free = Some(b);
+                }
+            }
+        }
+        t.counted |= eligible;
+    } else if st.tracked.len() < LSTM_PRECISION_TRACKED_MAX {
+        let mut bs = [None; TRACKED_BUCKETS];
+        for (slot, b) in bs.iter_mut().zip(buckets.into_iter().flatten()) {
+            *slot = Some(b);
+        }
+        st.tracked.push_back(Tracked {
+            shard,
+            deadline,
+            buckets: bs,
+            counted: eligible,
+        });
+    }
+}
+
+/// Whether position `r` of a stream's `n` events in a batch is a shadow
+/// position: up to `LSTM_SHADOW_POSITIONS_MAX` of the positions before the
+/// last, evenly spaced, counted back from the last.
+fn shadow_position(n: usize, r: usize) -> bool {
+    if r + 1 >= n {
+        return false;
+    }
+    let stride = (n - 1).div_ceil(LSTM_SHADOW_POSITIONS_MAX).max(1);
+    (n - 1 - r) % stride == 0
+}
+
+/// A position of a stream in a batch whose candidates are computed: the
+/// stream (index in the batch), the event's index in the stream's events,
+/// the state after it and what the memory recalled there.
+struct Position {
+    stream: usize,
+    at: usize,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    recalled: Option<(f32, Vec<u64>)>,
 }
 
 /// Where the starting model came from.
@@ -597,6 +692,10 @@ impl Predictor for LstmPredictor {
         // 1. Features, grouped by stream in order of first appearance.
         let mut keys: Vec<StreamKey> = Vec::new();
         let mut per: Vec<Vec<(EventFeatures, ShardEvent)>> = Vec::new();
+        // The predictor's clock at each of them, and (stream, position) in
+        // batch order: tracked predictions are resolved in that order.
+        let mut clocks: Vec<Vec<u64>> = Vec::new();
+        let mut seq: Vec<(usize, usize)> = Vec::new();
         // Each stream's first shard before this batch (the memory's context).
         let mut before: Vec<Option<u64>> = Vec::new();
         let mut slot: HashMap<StreamKey, usize> = HashMap::new();
@@ -614,14 +713,16 @@ impl Predictor for LstmPredictor {
                 let Some(f) = self.feat.features(&mut st.fs, ev, shard, scope) else {
                     continue;
                 };
-                observe(&mut self.gate, st, ev, self.clock);
                 let i = *slot.entry(key).or_insert_with(|| {
                     keys.push(key);
                     per.push(Vec::new());
+                    clocks.push(Vec::new());
                     before.push(last);
                     keys.len() - 1
                 });
+                seq.push((i, per[i].len()));
                 per[i].push((f, *ev));
+                clocks[i].push(self.clock);
             }
         }
         self.reset_reassigned();
@@ -648,6 +749,15 @@ impl Predictor for LstmPredictor {
         }
         let window = self.cfg.sequence_length as usize + 1;
         let rounds = per.iter().map(Vec::len).max().unwrap_or(0);
+        let calibrated = self.opts.precision_gate > 0.0;
+        let depth = self.cfg.depth as usize;
+        let hidden = self.model.net.shape.hidden as usize;
+        // Positions whose candidates are computed: each stream's last (they
+        // are emitted) and, calibrated, up to `LSTM_SHADOW_POSITIONS_MAX`
+        // earlier ones (tracked in shadow: calibration and the precision
+        // estimates learn from every event, not once per batch).
+        let mut positions: Vec<Position> = Vec::new();
+        let mut position_of: HashMap<(usize, usize), usize> = HashMap::new();
         for r in 0..rounds {
             let active: Vec<usize> = (0..keys.len()).filter(|&i| per[i].len() > r).collect();
             if self.trainer.is_some() {
@@ -708,6 +818,33 @@ impl Predictor for LstmPredictor {
                     .collect();
                 self.step_states(&feats, &mut hm, &mut cm);
             }
+            for &i in &active {
+                let n = per[i].len();
+                if r + 1 != n && !(calibrated && shadow_position(n, r)) {
+                    continue;
+                }
+                // The memory as of this event (later events of the batch
+                // are not in it yet).
+                let recalled = if calibrated {
+                    let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
+                    let at = ShardKey {
+                        volume: keys[i].volume,
+                        shard: per[i][r].1.shard,
+                    };
+                    let top_h = &hs[i][hs[i].len() - hidden..];
+                    st.memory.as_ref().and_then(|m| m.recall(top_h, at, depth))
+                } else {
+                    None
+                };
+                position_of.insert((i, r), positions.len());
+                positions.push(Position {
+                    stream: i,
+                    at: r,
+                    h: hs[i].clone(),
+                    c: cs[i].clone(),
+                    recalled,
+                });
+            }
             if let Some(tr) = self.trainer.as_mut() {
                 for &i in &active {
                     let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
@@ -721,17 +858,15 @@ impl Predictor for LstmPredictor {
                 }
             }
         }
-        // 3. The most likely classes at each stream's last position.
-        let depth = self.cfg.depth as usize;
+        // 3. The most likely classes at each position.
         let k = LSTM_CANDIDATE_CLASSES_PER_DEPTH * depth;
         let top = {
-            let tops: Vec<&[f32]> = hs.iter().map(|h| self.top(h)).collect();
+            let tops: Vec<&[f32]> = positions.iter().map(|p| self.top(&p.h)).collect();
             self.top_classes(&tops, k)
         };
         // 4. Candidates: the most likely next shards, then the most likely
         // path; (shard, raw confidence, steps along the path).
         let conf_min = self.cfg.confidence_min;
-        let calibrated = self.opts.precision_gate > 0.0;
         // Calibrated, weaker candidates are tracked too (their bucket's
         // measured precision decides); raw, the threshold decides.
         let floor = if calibrated {
@@ -739,7 +874,7 @@ impl Predictor for LstmPredictor {
         } else {
             conf_min
         };
-        let mut preds: Vec<Vec<Candidate>> = vec![Vec::new(); keys.len()];
+        let mut preds: Vec<Vec<Candidate>> = vec![Vec::new(); positions.len()];
         let mut paths: Vec<Path> = Vec::new();
         let mut ph: Vec<Vec<f32>> = Vec::new();
         let mut pc: Vec<Vec<f32>> = Vec::new();
@@ -752,43 +887,35 @@ impl Predictor for LstmPredictor {
                 }
             }
         };
-        for i in 0..keys.len() {
-            let (last_f, last_ev) = *per[i].last().expect("non-empty");
+        for (x, position) in positions.iter_mut().enumerate() {
+            let i = position.stream;
+            let (last_f, last_ev) = per[i][position.at];
             if last_f.delta == start {
                 // A stream's first event says nothing about where it goes.
                 continue;
             }
             let width = last_ev.shards.max(1);
-            if calibrated {
-                let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
-                let top_h = &hs[i][hs[i].len() - self.model.net.shape.hidden as usize..];
-                let at = ShardKey {
-                    volume: keys[i].volume,
-                    shard: last_ev.shard,
-                };
-                let recalled = st.memory.as_ref().and_then(|m| m.recall(top_h, at, depth));
-                if let Some((margin, next)) = recalled {
-                    for (j, &s) in next.iter().enumerate() {
-                        if !preds[i].iter().any(|q| q.0 == s && q.3 == Source::Memory) {
-                            preds[i].push((s, margin, j, Source::Memory));
-                        }
+            if let Some((margin, next)) = position.recalled.take() {
+                for (j, &s) in next.iter().enumerate() {
+                    if !preds[x].iter().any(|q| q.0 == s && q.3 == Source::Memory) {
+                        preds[x].push((s, margin, j, Source::Memory));
                     }
                 }
             }
-            let cands = self.candidates(&top[i], last_ev.shard, keys[i].volume);
+            let cands = self.candidates(&top[x], last_ev.shard, keys[i].volume);
             for &(pos, p) in cands.iter().take(depth) {
                 if p < floor {
                     break;
                 }
-                add(&mut preds[i], pos, width, p, 0);
+                add(&mut preds[x], pos, width, p, 0);
             }
             if let Some(&(pos, p)) = cands.first() {
-                let model = preds[i].iter().filter(|q| q.3 == Source::Model).count();
+                let model = preds[x].iter().filter(|q| q.3 == Source::Model).count();
                 if p >= floor && self.opts.lookahead > 0 && model < depth {
                     let next = self.input_at(last_f, last_ev.shard, pos, keys[i].volume);
-                    paths.push((i, pos, p, next));
-                    ph.push(hs[i].clone());
-                    pc.push(cs[i].clone());
+                    paths.push((x, pos, p, next));
+                    ph.push(position.h.clone());
+                    pc.push(position.c.clone());
                 }
             }
         }
@@ -808,8 +935,9 @@ impl Predictor for LstmPredictor {
             };
             let mut keep = vec![false; paths.len()];
             for (j, path) in paths.iter_mut().enumerate() {
-                let (i, pos, conf, like) = *path;
-                let width = per[i].last().map_or(1, |e| e.1.shards.max(1));
+                let (x, pos, conf, like) = *path;
+                let i = positions[x].stream;
+                let width = per[i][positions[x].at].1.shards.max(1);
                 let Some(&(next, p)) = self.candidates(&pt[j], pos, keys[i].volume).first() else {
                     continue;
                 };
@@ -821,14 +949,14 @@ impl Predictor for LstmPredictor {
                 if (calibrated && p < floor) || (!calibrated && conf < floor) {
                     continue;
                 }
-                add(&mut preds[i], next, width, conf, step);
+                add(&mut preds[x], next, width, conf, step);
                 *path = (
-                    i,
+                    x,
                     next,
                     conf,
                     self.input_at(like, pos, next, keys[i].volume),
                 );
-                keep[j] = preds[i].iter().filter(|q| q.3 == Source::Model).count() < depth;
+                keep[j] = preds[x].iter().filter(|q| q.3 == Source::Model).count() < depth;
             }
             let mut j = 0;
             paths.retain(|_| {
@@ -846,10 +974,30 @@ impl Predictor for LstmPredictor {
                 keep[j - 1]
             });
         }
-        // 5. Store the states; emit what passes, de-duplicated per stream;
-        // track everything.
+        // 5. In batch order, each event resolves its stream's tracked
+        // predictions (as of its own clock), then a shadow position's
+        // candidates are tracked (never emitted).
         let gate = self.opts.precision_gate;
         let deadline_events = self.deadline_events();
+        for &(i, r) in &seq {
+            let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
+            observe(&mut self.gate, st, &per[i][r].1, clocks[i][r]);
+            if r + 1 == per[i].len() {
+                continue;
+            }
+            let Some(&x) = position_of.get(&(i, r)) else {
+                continue;
+            };
+            let scope = per[i][r].0.scope;
+            for (shard, confidence, buckets) in
+                calibrate(&self.gate, calibrated, scope, &preds[x], depth)
+            {
+                let eligible = confidence >= conf_min && confidence >= gate;
+                track(st, shard, buckets, eligible, clocks[i][r] + deadline_events);
+            }
+        }
+        // 6. Store the states; emit what passes at each stream's last
+        // position, de-duplicated per stream; track everything.
         let emitted_from = out.len();
         // Volume streams first: where one emits, its volume's region streams
         // only track (their candidates are the volume's, or worse: a region
@@ -857,7 +1005,9 @@ impl Predictor for LstmPredictor {
         let volume_scope = Scope::Volume.class();
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by_key(|&i| per[i].last().map_or(0, |e| e.0.scope) != volume_scope);
-        let mut confident: Vec<u32> = Vec::new();
+        // (volume, clock of its volume stream's last event) where that
+        // stream emitted.
+        let mut confident: Vec<(u32, u64)> = Vec::new();
         for i in order {
             let key = &keys[i];
             let st = self.streams.get_or_insert_with(key, Stream::default);
@@ -865,59 +1015,21 @@ impl Predictor for LstmPredictor {
             st.c = std::mem::take(&mut cs[i]);
             let start = out.len();
             let scope = per[i].last().map_or(0, |e| e.0.scope);
-            let deferred = scope != volume_scope && confident.contains(&key.volume);
+            let last_clock = clocks[i].last().copied().unwrap_or(self.clock);
+            // A region stream whose last event in the batch came before the
+            // volume stream's (another region's event followed) predicts its
+            // own continuation: the volume's candidates are about what
+            // follows that later event.
+            let deferred = scope != volume_scope && confident.contains(&(key.volume, last_clock));
             let open =
                 !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
             let deadline = self.clock + deadline_events;
-            // Calibrated confidence per candidate; one per shard (the most
-            // confident), most confident first, at most `depth`.
-            let mut cands: Vec<(u64, f32, [Option<usize>; SOURCES])> =
-                Vec::with_capacity(preds[i].len());
-            for &(shard, raw, step, source) in &preds[i] {
-                let b = bucket(scope, source, step, raw);
-                let confidence = if calibrated {
-                    self.gate.confidence(b)
-                } else {
-                    raw
-                };
-                match cands.iter_mut().find(|c| c.0 == shard) {
-                    Some(c) => {
-                        c.1 = c.1.max(confidence);
-                        c.2[source as usize] = Some(b);
-                    }
-                    None => {
-                        let mut bs = [None; SOURCES];
-                        bs[source as usize] = Some(b);
-                        cands.push((shard, confidence, bs));
-                    }
-                }
-            }
-            cands.sort_by(|a, b| b.1.total_cmp(&a.1));
-            cands.truncate(depth);
-            for (shard, confidence, buckets) in cands {
+            let x = position_of[&(i, per[i].len() - 1)];
+            for (shard, confidence, buckets) in
+                calibrate(&self.gate, calibrated, scope, &preds[x], depth)
+            {
                 let eligible = confidence >= conf_min && confidence >= gate;
-                // Track it (or record these buckets on its tracked entry).
-                if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
-                    for b in buckets.into_iter().flatten() {
-                        if !t.buckets.contains(&Some(b)) {
-                            if let Some(free) = t.buckets.iter_mut().find(|x| x.is_none()) {
-                                *free = Some(b);
-                            }
-                        }
-                    }
-                    t.counted |= eligible;
-                } else if st.tracked.len() < LSTM_PRECISION_TRACKED_MAX {
-                    let mut bs = [None; TRACKED_BUCKETS];
-                    for (slot, b) in bs.iter_mut().zip(buckets.into_iter().flatten()) {
-                        *slot = Some(b);
-                    }
-                    st.tracked.push_back(Tracked {
-                        shard,
-                        deadline,
-                        buckets: bs,
-                        counted: eligible,
-                    });
-                }
+                track(st, shard, buckets, eligible, deadline);
                 if st
                     .recent
                     .iter()
@@ -933,8 +1045,12 @@ impl Predictor for LstmPredictor {
                 if eligible && open && !push_unique(out, start, p) {
                     continue;
                 }
-                if eligible && open && scope == volume_scope && !confident.contains(&key.volume) {
-                    confident.push(key.volume);
+                if eligible
+                    && open
+                    && scope == volume_scope
+                    && !confident.contains(&(key.volume, last_clock))
+                {
+                    confident.push((key.volume, last_clock));
                 }
                 self.gate.gated += u64::from(eligible && !open);
                 st.recent.push_back((shard, confidence));

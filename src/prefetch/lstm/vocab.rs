@@ -9,7 +9,10 @@
 //!   each. A slot's key never changes while the key is in use, so class ids
 //!   stay stable for the model's embedding and output rows; a slot is only
 //!   reassigned when its key has not been seen in the whole counting window
-//!   (the model then relearns that row).
+//!   (the model then relearns that row), so never before the window has
+//!   filled once: a vocabulary loaded from a model file starts with an empty
+//!   window, and its learned classes (`+1` among them) are not given away to
+//!   the first new keys seen twice.
 //! - [`Vocab::build_by`] makes a vocabulary from data offline: the most
 //!   frequent keys first (ties broken by the caller's order), at least
 //!   `min_count` occurrences each ([`DeltaVocab::build`]: smaller magnitude,
@@ -243,7 +246,12 @@ impl<K: Copy + Eq + Hash> Vocab<K> {
         if self.index.len() < self.slots.len() {
             self.assign_free(delta);
         } else {
-            // Full: reuse a slot whose delta left the counting window.
+            // Full: reuse a slot whose delta left the counting window (none
+            // before the window has filled: a key not seen yet may simply
+            // not have come up since the vocabulary was loaded).
+            if self.window.len() < self.window_max {
+                return OOV;
+            }
             let stale = self
                 .slots
                 .iter()
@@ -310,5 +318,21 @@ mod tests {
         assert!(v.take_assigned().is_empty());
         assert!(v.counts.values().sum::<u32>() as usize <= 4);
         assert_eq!(v.len(), 2);
+    }
+
+    /// A loaded vocabulary keeps its classes until a whole window has passed
+    /// without them (before the fix, the first new key seen twice took the
+    /// class of a key that had not come up yet since loading).
+    #[test]
+    fn loaded_classes_are_not_stale_before_the_window_fills() {
+        let mut v = DeltaVocab::from_assignments(2, 4, 2, &[(1, 1), (2, 5)]).unwrap();
+        assert_eq!(v.observe(1024), OOV);
+        assert_eq!(v.observe(1024), OOV, "full, and 1 and 5 may still come");
+        assert_eq!(v.observe(1), 1, "kept its class");
+        assert!(v.take_assigned().is_empty());
+        // The window (1024, 1024, 1, 1024) has filled without 5: its slot goes.
+        assert_eq!(v.observe(1024), 2);
+        assert_eq!(v.class_of(5), OOV);
+        assert_eq!(v.take_assigned(), vec![2]);
     }
 }
