@@ -15,6 +15,8 @@ step() { printf '== %s\n' "$*"; }
 die() {
     printf 'FAIL: %s\n' "$*" >&2
     [ -f "$SHARDBLK_RUN_DIR/shardblk.log" ] && tail -n 20 "$SHARDBLK_RUN_DIR/shardblk.log" >&2
+    # a process the kernel killed says nothing itself
+    dmesg 2>/dev/null | grep -i -E "killed process|out of memory|segfault|traps:" | tail -n 5 >&2
     exit 1
 }
 # A daemon must outlive clients that hang up (a `stats` reader gone

@@ -120,7 +120,7 @@ dd if="$dev" bs=1M skip=96 count=8 iflag=direct status=none | cmp - "$W/hotset" 
 "$B" del -n 2
 
 step "device with --prefetch lstm (shardblk hands it to shardblk-lstm): sequential passes"
-dev="$("$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M)" || die "add lstm"
+dev="$("$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M)" || die "add lstm (exit status $?)"
 wait_dev "$dev"
 pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 exe="$(readlink "/proc/$pid/exe")"
