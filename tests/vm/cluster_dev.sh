@@ -153,10 +153,22 @@ echo "   took $((SECONDS - t0)) s"
 fio_json_ok seq "$W/seq.json" || die "fio seq reported errors"
 
 step "random 4k writes then verify (QD 16); kill -9 node1 mid-job, restart it"
+writes() {
+    "$B" stats -n "$n" --json | python3 -c 'import json, sys
+print(sum(o["count"] for o in json.load(sys.stdin)["total"]["hits"] if o["op"] == "write"))'
+}
+w0="$(writes)"
 (cd "$W" && timeout 400 fio "${CRASH[@]}" --do_verify=1 --output-format=json >"$W/crash.json") &
 fio_pid=$!
 t0=$SECONDS
-sleep 4
+# kill the node once the job is under way (a quarter of its 256 writes
+# acknowledged), however fast the guest runs it (a fixed delay let a quick
+# run finish first)
+for _ in $(seq 1 300); do
+    [ "$(writes)" -ge $((w0 + 64)) ] && break
+    kill -0 "$fio_pid" 2>/dev/null || break
+    sleep 0.1
+done
 kill -0 "$fio_pid" 2>/dev/null || die "fio ended before the kill; make the job longer"
 kill -9 "${NODE_PID[1]}"
 echo "   node1 killed"
