@@ -652,10 +652,7 @@ impl UringEngine {
         if let Err(e) = self.ring.submit() {
             // Transient: the ops stay queued and go with the next enter. A
             // broken ring is reported by that enter.
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-            ) {
+            if !submit_error_is_transient(&e) {
                 self.early.armed = false;
             }
             return;
@@ -744,10 +741,7 @@ impl UringEngine {
             // The SQ is full of queued entries: hand them to the kernel.
             self.enters += 1;
             if let Err(e) = self.ring.submit() {
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) {
+                if !submit_error_is_transient(&e) {
                     self.fatal(&format!("submit: {e}"));
                 }
             }
@@ -935,6 +929,16 @@ impl Drop for UringEngine {
     fn drop(&mut self) {
         self.drain_all();
     }
+}
+
+/// Whether a failed `io_uring_enter` leaves the ring usable: interrupted,
+/// or the kernel was short of resources or completion space for a moment
+/// (the queued entries go with the next enter).
+fn submit_error_is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
 }
 
 #[cfg(test)]
