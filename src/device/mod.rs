@@ -23,6 +23,7 @@ pub mod net;
 pub mod queue;
 pub mod registry;
 pub mod remote_queue;
+pub mod roster;
 pub mod serve;
 pub mod serve_cluster;
 pub mod xfer;

@@ -2,7 +2,7 @@
 //! ublk request into volume calls.
 //!
 //! Contract:
-//! - One thread per queue, pinned to its CPU ([`QueueCtx::cpu_of`]), runs a
+//! - One thread per queue, pinned to its CPU ([`QueueRoster::cpu_of`]), runs a
 //!   plain completion loop (libublk's non-async path: no executor, no task
 //!   per tag). The queue's io_uring carries the ublk commands and the tier
 //!   I/O; every tier SQE carries `(tag, kind, piece)` in its user data, and
@@ -46,20 +46,21 @@ use crate::constants::{
     UNIT_SIZE_BYTES,
 };
 use crate::device::config::PollMode;
-use crate::device::metrics::{HitSet, Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
+use crate::device::metrics::{HitSet, Op, QueueMetrics, TraceEvent, TraceProducer};
+use crate::device::roster::{init_queue_ring, QueueRoster};
 use crate::device::xfer::{Dir, FileRef, Progress, Xfer};
 use crate::io::IoEngine;
 use crate::volume::handle::{Volume, WritePiece};
 use crate::volume::split::PieceKind;
 use crate::volume::table::WriteTicket;
 use crossbeam_epoch as epoch;
-use io_uring::{opcode, squeue, types};
+use io_uring::{opcode, types};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, BufDescList, UblkError, UblkIORes};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Most tier reads one request can need: a piece never crosses a unit-sized
@@ -85,18 +86,13 @@ fn tier_file(t: usize) -> FileRef {
 pub struct QueueCtx {
     pub volume: Volume,
     pub poll: PollMode,
-    pub cpus: Vec<usize>,
     /// Raw fds of the tier devices, by tier index (-1: no such tier); each
     /// queue ring has them registered (see [`TIER_FILE_INDEX_BASE`]).
     pub fds: [RawFd; TIERS_MAX],
     /// When the device started (trace and latency clock origin).
     pub start: Instant,
-    /// Trace producers, taken by their queue thread at start.
-    pub producers: Mutex<Vec<Option<TraceProducer>>>,
-    /// Published snapshots, by queue.
-    pub snapshots: Mutex<Vec<Option<Arc<Mutex<QueueSnapshot>>>>>,
-    /// Thread ids of the queue threads, by queue.
-    pub tids: Mutex<Vec<Option<i32>>>,
+    /// Each queue's CPU, thread, trace producer and statistics.
+    pub roster: QueueRoster,
     /// Serve with `UBLK_F_AUTO_BUF_REG` (the device was added with it).
     pub zero_copy: bool,
     /// `/dev/zero`, read into the request's pages for holes in zero-copy mode.
@@ -104,9 +100,6 @@ pub struct QueueCtx {
 }
 
 impl QueueCtx {
-    pub fn cpu_of(&self, q: u16) -> usize {
-        self.cpus[q as usize % self.cpus.len()]
-    }
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -255,46 +248,28 @@ struct Server<'a> {
 
 /// The body of queue thread `qid` (called by libublk on its queue thread).
 pub fn run_queue(qid: u16, dev: &UblkDev, ctx: &Arc<QueueCtx>) {
-    let cpu = ctx.cpu_of(qid);
-    if !pin_current(cpu) {
-        tracing::warn!("queue {qid}: could not pin to CPU {cpu}");
-    }
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    ctx.tids.lock().expect("tids")[qid as usize] = Some(tid);
-    if let Err(e) = serve_queue(qid, cpu, dev, ctx) {
+    let (cpu, producer) = ctx.roster.enter(qid);
+    if let Err(e) = serve_queue(qid, cpu, producer, dev, ctx) {
         tracing::error!("queue {qid}: {e}");
     }
 }
 
-fn serve_queue(qid: u16, cpu: usize, dev: &UblkDev, ctx: &Arc<QueueCtx>) -> Result<(), UblkError> {
+fn serve_queue(
+    qid: u16,
+    cpu: usize,
+    producer: TraceProducer,
+    dev: &UblkDev,
+    ctx: &Arc<QueueCtx>,
+) -> Result<(), UblkError> {
     let depth = dev.dev_info.queue_depth;
-    let producer = ctx.producers.lock().expect("producers")[qid as usize]
-        .take()
-        .expect("one thread per queue");
     let metrics = QueueMetrics::new(qid, cpu);
-    ctx.snapshots.lock().expect("snapshots")[qid as usize] = Some(metrics.shared());
+    ctx.roster.set_snapshot(qid, &metrics);
     let bounce_fd = if ctx.zero_copy {
         Some(bounce_memfd(qid, u64::from(depth)).map_err(UblkError::IOError)?)
     } else {
         None
     };
-    // The ring: room for every tag's command plus a few tier SQEs each, and
-    // a completion queue twice that (libublk's default sizes both to the
-    // depth). Tier SQEs beyond the SQ size are flushed and retried.
-    let sq = (u32::from(depth) * 2).next_power_of_two().max(8);
-    libublk::ublk_init_task_ring(|cell| {
-        if cell.get().is_none() {
-            let ring = io_uring::IoUring::<squeue::Entry>::builder()
-                .setup_cqsize(sq * 2)
-                .setup_coop_taskrun()
-                .build(sq)
-                .map_err(UblkError::IOError)?;
-            cell.set(std::cell::RefCell::new(ring))
-                .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
-        }
-        Ok(())
-    })?;
+    init_queue_ring(depth)?;
     let q = UblkQueue::new(qid, dev)?;
     let mut s = Server {
         ctx,

@@ -66,6 +66,20 @@ pub struct PrefetchRecord {
     pub promote_reads: u32,
 }
 
+impl PrefetchRecord {
+    /// The record of the prefetch settings a device was added with.
+    pub fn of(l: &crate::prefetch::live::LiveConfig) -> Self {
+        PrefetchRecord {
+            predictor: l.kind.name().to_string(),
+            depth: l.prefetch.depth,
+            confidence_min: l.prefetch.confidence_min,
+            budget_bytes: l.budget_bytes,
+            model: l.model.clone(),
+            promote_reads: l.promote_reads,
+        }
+    }
+}
+
 fn promote_reads_default() -> u32 {
     crate::constants::PREFETCH_PROMOTE_READS_DEFAULT
 }

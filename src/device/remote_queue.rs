@@ -30,9 +30,9 @@
 use crate::constants::{DEVICE_IO_BUF_BYTES, DEVICE_STATS_PUBLISH_MS};
 use crate::device::config::PollMode;
 use crate::device::handoff::{BufPtr, NetOp, NetRequest, QueueEnd};
-use crate::device::metrics::{Hit, Op, QueueMetrics, QueueSnapshot, TraceEvent, TraceProducer};
-use crate::device::queue::pin_current;
-use io_uring::{opcode, squeue, types};
+use crate::device::metrics::{Hit, Op, QueueMetrics, TraceEvent, TraceProducer};
+use crate::device::roster::{init_queue_ring, QueueRoster};
+use io_uring::{opcode, types};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, BufDescList, UblkError, UblkIORes};
@@ -44,19 +44,14 @@ pub struct RemoteCtx {
     /// Volume id in trace events.
     pub volume_id: u32,
     pub poll: PollMode,
-    pub cpus: Vec<usize>,
     pub start: Instant,
-    pub producers: Mutex<Vec<Option<TraceProducer>>>,
-    pub snapshots: Mutex<Vec<Option<Arc<Mutex<QueueSnapshot>>>>>,
-    pub tids: Mutex<Vec<Option<i32>>>,
+    /// Each queue's CPU, thread, trace producer and statistics.
+    pub roster: QueueRoster,
     /// Each queue's end of the hand-off, taken by its thread at start.
     pub ends: Mutex<Vec<Option<QueueEnd>>>,
 }
 
 impl RemoteCtx {
-    pub fn cpu_of(&self, q: u16) -> usize {
-        self.cpus[q as usize % self.cpus.len()]
-    }
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -97,41 +92,26 @@ struct Server<'a> {
 
 /// The body of queue thread `qid` of a cluster device.
 pub fn run_remote_queue(qid: u16, dev: &UblkDev, ctx: &Arc<RemoteCtx>) {
-    let cpu = ctx.cpu_of(qid);
-    if !pin_current(cpu) {
-        tracing::warn!("queue {qid}: could not pin to CPU {cpu}");
-    }
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    ctx.tids.lock().expect("tids")[qid as usize] = Some(tid);
-    if let Err(e) = serve_queue(qid, cpu, dev, ctx) {
+    let (cpu, trace) = ctx.roster.enter(qid);
+    if let Err(e) = serve_queue(qid, cpu, trace, dev, ctx) {
         tracing::error!("queue {qid}: {e}");
     }
 }
 
-fn serve_queue(qid: u16, cpu: usize, dev: &UblkDev, ctx: &Arc<RemoteCtx>) -> Result<(), UblkError> {
+fn serve_queue(
+    qid: u16,
+    cpu: usize,
+    trace: TraceProducer,
+    dev: &UblkDev,
+    ctx: &Arc<RemoteCtx>,
+) -> Result<(), UblkError> {
     let depth = dev.dev_info.queue_depth;
-    let trace = ctx.producers.lock().expect("producers")[qid as usize]
-        .take()
-        .expect("one thread per queue");
     let end = ctx.ends.lock().expect("ends")[qid as usize]
         .take()
         .expect("one thread per queue");
     let metrics = QueueMetrics::new(qid, cpu);
-    ctx.snapshots.lock().expect("snapshots")[qid as usize] = Some(metrics.shared());
-    let sq = (u32::from(depth) * 2).next_power_of_two().max(8);
-    libublk::ublk_init_task_ring(|cell| {
-        if cell.get().is_none() {
-            let ring = io_uring::IoUring::<squeue::Entry>::builder()
-                .setup_cqsize(sq * 2)
-                .setup_coop_taskrun()
-                .build(sq)
-                .map_err(UblkError::IOError)?;
-            cell.set(std::cell::RefCell::new(ring))
-                .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
-        }
-        Ok(())
-    })?;
+    ctx.roster.set_snapshot(qid, &metrics);
+    init_queue_ring(depth)?;
     let q = UblkQueue::new(qid, dev)?;
     let mut s = Server {
         ctx,

@@ -27,8 +27,9 @@ use crate::device::features::{
 };
 use crate::device::metrics::trace_ring;
 use crate::device::net::ClusterSource;
-use crate::device::queue::{pin_thread, run_queue, QueueCtx, TIER_FILE_INDEX_BASE};
+use crate::device::queue::{run_queue, QueueCtx, TIER_FILE_INDEX_BASE};
 use crate::device::registry::{socket_path, DeviceRecord, PrefetchRecord};
+use crate::device::roster::QueueRoster;
 use crate::device::DeviceError;
 use crate::prefetch::live::{Live, LiveConfig};
 use crate::shard::manager::Manager;
@@ -196,12 +197,9 @@ fn prepare(opts: &ServeOptions) -> Result<Prepared, DeviceError> {
     let ctx = Arc::new(QueueCtx {
         volume,
         poll: cfg.poll,
-        cpus: cfg.cpus.clone(),
         fds,
         start: Instant::now(),
-        producers: Mutex::new(producers.into_iter().map(Some).collect()),
-        snapshots: Mutex::new(vec![None; nq]),
-        tids: Mutex::new(vec![None; nq]),
+        roster: QueueRoster::new(cfg.cpus.clone(), producers),
         zero_copy,
         zero: std::fs::File::open("/dev/zero")
             .map_err(|e| DeviceError::Os("/dev/zero".into(), e))?,
@@ -244,31 +242,7 @@ fn run(
         .filter(|&f| p.features.has(f))
         .fold(0, |a, f| a | f)
         | if p.zero_copy { UBLK_F_AUTO_BUF_REG } else { 0 };
-    if opts.recover {
-        let n = cfg.number.expect("checked in prepare");
-        wait_quiesced(n)?;
-        UblkCtrl::new_simple(n as i32)?.start_user_recover()?;
-    }
-    let dev_flags = if opts.recover {
-        UblkFlags::UBLK_DEV_F_RECOVER_DEV
-    } else {
-        UblkFlags::UBLK_DEV_F_ADD_DEV
-    };
-    let ctrl = UblkCtrlBuilder::default()
-        .name("shardblk")
-        .id(cfg.number.map_or(-1, |n| n as i32))
-        .nr_queues(cfg.queues)
-        .depth(cfg.depth)
-        .io_buf_bytes(DEVICE_IO_BUF_BYTES)
-        .ctrl_flags(ctrl_flags)
-        .dev_flags(dev_flags)
-        .build()
-        .map_err(|e| match (cfg.number, &e) {
-            (Some(n), libublk::UblkError::UringIOError(r)) if *r == -libc::EEXIST => {
-                DeviceError::Busy(n)
-            }
-            _ => DeviceError::from(e),
-        })?;
+    let ctrl = new_ctrl(&cfg, ctrl_flags, opts.recover)?;
     let vol = p.ctx.volume.clone();
     let size = vol.size_bytes();
     let shard = vol.shard_size();
@@ -284,28 +258,13 @@ fn run(
             dev.tgt.nr_fds = (TIER_FILE_INDEX_BASE as usize + t + 1) as i32;
         }
         dev.tgt.dev_size = size;
-        dev.tgt.params = libublk::sys::ublk_params {
-            types: libublk::sys::UBLK_PARAM_TYPE_BASIC | libublk::sys::UBLK_PARAM_TYPE_DISCARD,
-            basic: libublk::sys::ublk_param_basic {
-                attrs: libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA,
-                logical_bs_shift: 12,
-                physical_bs_shift: 12,
-                io_opt_shift: 12,
-                io_min_shift: 12,
-                max_sectors: dev.dev_info.max_io_buf_bytes >> 9,
-                dev_sectors: size >> 9,
-                ..Default::default()
-            },
-            discard: libublk::sys::ublk_param_discard {
-                discard_alignment: 0,
-                discard_granularity: shard as u32,
-                max_discard_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
-                max_write_zeroes_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
-                max_discard_segments: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        // A volatile write cache (mappings are made durable by FLUSH/FUA).
+        dev.tgt.params = device_params(
+            size,
+            shard,
+            libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA,
+            dev.dev_info.max_io_buf_bytes,
+        );
         Ok(())
     };
     let ctx = p.ctx.clone();
@@ -318,25 +277,23 @@ fn run(
     let volume_name = opts.volume.clone();
     let tell2 = tell.clone();
     let live = p.live.shared();
-    let prefetch = opts.prefetch.as_ref().map(|l| PrefetchRecord {
-        predictor: l.kind.name().to_string(),
-        depth: l.prefetch.depth,
-        confidence_min: l.prefetch.confidence_min,
-        budget_bytes: l.budget_bytes,
-        model: l.model.clone(),
-        promote_reads: l.promote_reads,
-    });
+    let prefetch = opts.prefetch.as_ref().map(PrefetchRecord::of);
     let device_fn = move |c: &UblkCtrl| {
         let n = c.dev_info().dev_id;
         *number_out.lock().expect("number") = Some(n);
         let r = publish(
-            n,
-            &ctx,
+            &ctx.roster,
             &cfg,
-            zero_copy,
-            (&pool_path, &volume_name),
-            &live,
-            prefetch.clone(),
+            Publication {
+                number: n,
+                volume: volume_name.clone(),
+                start: ctx.start,
+                live: Some(live.clone()),
+                pool: pool_path.clone(),
+                zero_copy,
+                prefetch: prefetch.clone(),
+                cluster: None,
+            },
         );
         tell2(r.map(|()| (n, message)));
     };
@@ -392,6 +349,74 @@ pub(crate) fn stop_on_signal(
     Ok(())
 }
 
+/// The control handle of a new device (or, with `recover`, of device
+/// `cfg.number` taken over from its dead daemon, which must be quiesced).
+pub(crate) fn new_ctrl(
+    cfg: &DeviceConfig,
+    ctrl_flags: u64,
+    recover: bool,
+) -> Result<UblkCtrl, DeviceError> {
+    if recover {
+        let n = cfg
+            .number
+            .expect("recover needs a device number (checked before)");
+        wait_quiesced(n)?;
+        UblkCtrl::new_simple(n as i32)?.start_user_recover()?;
+    }
+    let dev_flags = if recover {
+        UblkFlags::UBLK_DEV_F_RECOVER_DEV
+    } else {
+        UblkFlags::UBLK_DEV_F_ADD_DEV
+    };
+    UblkCtrlBuilder::default()
+        .name("shardblk")
+        .id(cfg.number.map_or(-1, |n| n as i32))
+        .nr_queues(cfg.queues)
+        .depth(cfg.depth)
+        .io_buf_bytes(DEVICE_IO_BUF_BYTES)
+        .ctrl_flags(ctrl_flags)
+        .dev_flags(dev_flags)
+        .build()
+        .map_err(|e| match (cfg.number, &e) {
+            (Some(n), libublk::UblkError::UringIOError(r)) if *r == -libc::EEXIST => {
+                DeviceError::Busy(n)
+            }
+            _ => DeviceError::from(e),
+        })
+}
+
+/// The device limits filesystems see: 4 KiB blocks, requests up to the
+/// I/O buffer, discard and write-zeroes in shard granules.
+pub(crate) fn device_params(
+    size_bytes: u64,
+    shard_bytes: u64,
+    attrs: u32,
+    max_io_buf_bytes: u32,
+) -> libublk::sys::ublk_params {
+    libublk::sys::ublk_params {
+        types: libublk::sys::UBLK_PARAM_TYPE_BASIC | libublk::sys::UBLK_PARAM_TYPE_DISCARD,
+        basic: libublk::sys::ublk_param_basic {
+            attrs,
+            logical_bs_shift: 12,
+            physical_bs_shift: 12,
+            io_opt_shift: 12,
+            io_min_shift: 12,
+            max_sectors: max_io_buf_bytes >> 9,
+            dev_sectors: size_bytes >> 9,
+            ..Default::default()
+        },
+        discard: libublk::sys::ublk_param_discard {
+            discard_alignment: 0,
+            discard_granularity: shard_bytes as u32,
+            max_discard_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
+            max_write_zeroes_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
+            max_discard_segments: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// Block SIGINT and SIGTERM in the calling thread (inherited by the threads
 /// it spawns afterwards); returns the set, for `sigwait`.
 fn block_stop_signals() -> Result<nix::sys::signal::SigSet, DeviceError> {
@@ -404,64 +429,54 @@ fn block_stop_signals() -> Result<nix::sys::signal::SigSet, DeviceError> {
     Ok(set)
 }
 
-/// Pin the queue threads, write the record, open the control socket.
-fn publish(
-    n: u32,
-    ctx: &Arc<QueueCtx>,
+/// What a live device publishes besides its queues: see [`publish`].
+pub(crate) struct Publication {
+    pub number: u32,
+    pub volume: String,
+    /// The device's clock origin (trace and latency).
+    pub start: Instant,
+    pub live: Option<Arc<crate::prefetch::live::LiveShared>>,
+    /// The pool's path (empty for a cluster volume).
+    pub pool: PathBuf,
+    pub zero_copy: bool,
+    pub prefetch: Option<PrefetchRecord>,
+    pub cluster: Option<ClusterSource>,
+}
+
+/// The device is live: pin the queue threads (again: libublk applied the
+/// kernel's default affinity), open the control socket, write the record.
+pub(crate) fn publish(
+    roster: &QueueRoster,
     cfg: &DeviceConfig,
-    zero_copy: bool,
-    (pool, volume): (&std::path::Path, &str),
-    live: &Arc<crate::prefetch::live::LiveShared>,
-    prefetch: Option<PrefetchRecord>,
+    p: Publication,
 ) -> Result<(), DeviceError> {
-    let tids: Vec<i32> = ctx
-        .tids
-        .lock()
-        .expect("tids")
-        .iter()
-        .map(|t| t.unwrap_or(0))
-        .collect();
-    let cpus: Vec<usize> = (0..cfg.queues).map(|q| ctx.cpu_of(q)).collect();
-    for (q, (&tid, &cpu)) in tids.iter().zip(&cpus).enumerate() {
-        if tid != 0 {
-            pin_thread(tid, cpu)
-                .map_err(|e| DeviceError::Os(format!("pinning queue {q} to CPU {cpu}"), e))?;
-        }
-    }
-    let snapshots = ctx
-        .snapshots
-        .lock()
-        .expect("snapshots")
-        .iter()
-        .flatten()
-        .cloned()
-        .collect();
+    let (tids, cpus) = roster.pin_all()?;
     std::fs::create_dir_all(crate::device::registry::run_dir())
         .map_err(|e| DeviceError::Os("creating the run directory".into(), e))?;
     spawn_server(
-        &socket_path(n),
+        &socket_path(p.number),
         ControlState {
-            number: n,
-            volume: volume.to_string(),
-            start: ctx.start,
-            snapshots,
-            live: Some(live.clone()),
+            number: p.number,
+            volume: p.volume.clone(),
+            start: p.start,
+            snapshots: roster.snapshots(),
+            live: p.live,
         },
     )?;
     DeviceRecord {
-        number: n,
-        volume: volume.to_string(),
-        pool: pool.to_path_buf(),
+        number: p.number,
+        volume: p.volume,
+        pool: p.pool,
         queues: cfg.queues,
         depth: cfg.depth,
         queue_cpus: cpus,
         queue_tids: tids,
         poll: cfg.poll,
         zero_copy_requested: cfg.zero_copy,
-        zero_copy,
+        zero_copy: p.zero_copy,
         pid: std::process::id(),
-        prefetch,
-        cluster: None,
+        prefetch: p.prefetch,
+        cluster: p.cluster,
     }
     .write()
 }

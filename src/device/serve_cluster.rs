@@ -18,11 +18,10 @@
 //!   the same cluster and attaches again (a new epoch fences the dead daemon).
 
 use crate::constants::{
-    CLUSTER_SHARD_BYTES, DEVICE_CLUSTER_RING_REQUESTS, DEVICE_DISCARD_MAX_BYTES,
-    DEVICE_IO_BUF_BYTES, DEVICE_STAGE_FETCHES_MAX, DEVICE_STAGE_LEASE_MS, DEVICE_TRACE_RING_EVENTS,
+    CLUSTER_SHARD_BYTES, DEVICE_CLUSTER_RING_REQUESTS, DEVICE_STAGE_FETCHES_MAX,
+    DEVICE_STAGE_LEASE_MS, DEVICE_TRACE_RING_EVENTS,
 };
 use crate::device::config::online_cpus;
-use crate::device::control::{spawn_server, ControlState};
 use crate::device::features::{
     probe, UBLK_F_AUTO_BUF_REG, UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE,
 };
@@ -30,19 +29,21 @@ use crate::device::handoff::channel;
 use crate::device::metrics::trace_ring;
 use crate::device::metrics::TraceConsumer;
 use crate::device::net::{ClusterSource, NetThread, Stage};
-use crate::device::queue::pin_thread;
+use crate::device::registry::DeviceRecord;
 use crate::device::registry::PrefetchRecord;
-use crate::device::registry::{socket_path, DeviceRecord};
 use crate::device::remote_queue::{run_remote_queue, RemoteCtx};
-use crate::device::serve::{device_exists, stop_on_signal, wait_quiesced, Ready, ServeOptions};
+use crate::device::roster::QueueRoster;
+use crate::device::serve::{
+    device_exists, device_params, new_ctrl, publish, stop_on_signal, Publication, Ready,
+    ServeOptions,
+};
 use crate::device::DeviceError;
 use crate::io::file::FileDev;
 use crate::io::BlockDev;
-use crate::prefetch::live::{Live, LiveConfig, LiveError, LiveShared};
+use crate::prefetch::live::{Live, LiveConfig, LiveError};
 use crate::prefetch::remote::{RemoteStageCore, RemoteStageParams, StagedSet};
-use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::ctrl::UblkCtrl;
 use libublk::io::UblkDev;
-use libublk::UblkFlags;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -136,11 +137,8 @@ fn run(
     let ctx = Arc::new(RemoteCtx {
         volume_id,
         poll: cfg.poll,
-        cpus: cfg.cpus.clone(),
         start,
-        producers: Mutex::new(producers.into_iter().map(Some).collect()),
-        snapshots: Mutex::new(vec![None; nq]),
-        tids: Mutex::new(vec![None; nq]),
+        roster: QueueRoster::new(cfg.cpus.clone(), producers),
         ends: Mutex::new(queue_ends),
     });
     let ctrl_flags = [UBLK_F_USER_RECOVERY, UBLK_F_USER_RECOVERY_REISSUE]
@@ -148,57 +146,12 @@ fn run(
         .filter(|&f| features.has(f))
         .fold(0, |a, f| a | f);
     debug_assert_eq!(ctrl_flags & UBLK_F_AUTO_BUF_REG, 0);
-    if opts.recover {
-        let n = cfg.number.expect("checked above");
-        wait_quiesced(n)?;
-        UblkCtrl::new_simple(n as i32)?.start_user_recover()?;
-    }
-    let dev_flags = if opts.recover {
-        UblkFlags::UBLK_DEV_F_RECOVER_DEV
-    } else {
-        UblkFlags::UBLK_DEV_F_ADD_DEV
-    };
-    let ctrl = UblkCtrlBuilder::default()
-        .name("shardblk")
-        .id(cfg.number.map_or(-1, |n| n as i32))
-        .nr_queues(cfg.queues)
-        .depth(cfg.depth)
-        .io_buf_bytes(DEVICE_IO_BUF_BYTES)
-        .ctrl_flags(ctrl_flags)
-        .dev_flags(dev_flags)
-        .build()
-        .map_err(|e| match (cfg.number, &e) {
-            (Some(n), libublk::UblkError::UringIOError(r)) if *r == -libc::EEXIST => {
-                DeviceError::Busy(n)
-            }
-            _ => DeviceError::from(e),
-        })?;
+    let ctrl = new_ctrl(&cfg, ctrl_flags, opts.recover)?;
     let size = src.size_bytes;
     let tgt_init = move |dev: &mut UblkDev| {
         dev.tgt.dev_size = size;
-        dev.tgt.params = libublk::sys::ublk_params {
-            types: libublk::sys::UBLK_PARAM_TYPE_BASIC | libublk::sys::UBLK_PARAM_TYPE_DISCARD,
-            basic: libublk::sys::ublk_param_basic {
-                // No volatile cache: a write is durable once acknowledged.
-                attrs: 0,
-                logical_bs_shift: 12,
-                physical_bs_shift: 12,
-                io_opt_shift: 12,
-                io_min_shift: 12,
-                max_sectors: dev.dev_info.max_io_buf_bytes >> 9,
-                dev_sectors: size >> 9,
-                ..Default::default()
-            },
-            discard: libublk::sys::ublk_param_discard {
-                discard_alignment: 0,
-                discard_granularity: CLUSTER_SHARD_BYTES as u32,
-                max_discard_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
-                max_write_zeroes_sectors: (DEVICE_DISCARD_MAX_BYTES >> 9) as u32,
-                max_discard_segments: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        // No volatile cache: a write is durable once acknowledged.
+        dev.tgt.params = device_params(size, CLUSTER_SHARD_BYTES, 0, dev.dev_info.max_io_buf_bytes);
         Ok(())
     };
     let qctx = ctx.clone();
@@ -207,18 +160,24 @@ fn run(
     let number_out = number_cell.clone();
     let (cfg2, src2, tell2) = (cfg.clone(), src.clone(), tell.clone());
     let shared = live.as_ref().map(|l| l.shared());
-    let prefetch = opts.prefetch.as_ref().map(|l| PrefetchRecord {
-        predictor: l.kind.name().to_string(),
-        depth: l.prefetch.depth,
-        confidence_min: l.prefetch.confidence_min,
-        budget_bytes: l.budget_bytes,
-        model: l.model.clone(),
-        promote_reads: l.promote_reads,
-    });
+    let prefetch = opts.prefetch.as_ref().map(PrefetchRecord::of);
     let device_fn = move |c: &UblkCtrl| {
         let n = c.dev_info().dev_id;
         *number_out.lock().expect("number") = Some(n);
-        let r = publish(n, &ctx, &cfg2, &src2, shared.clone(), prefetch.clone());
+        let r = publish(
+            &ctx.roster,
+            &cfg2,
+            Publication {
+                number: n,
+                volume: src2.volume.clone(),
+                start: ctx.start,
+                live: shared.clone(),
+                pool: std::path::PathBuf::new(),
+                zero_copy: false,
+                prefetch: prefetch.clone(),
+                cluster: Some(src2.clone()),
+            },
+        );
         tell2(r.map(|()| (n, message)));
     };
     stop_on_signal(signals, number_cell.clone())?;
@@ -233,67 +192,6 @@ fn run(
         DeviceRecord::remove(n);
     }
     r.map(|_| ()).map_err(DeviceError::from)
-}
-
-/// Pin the queue threads, write the record, open the control socket.
-fn publish(
-    n: u32,
-    ctx: &Arc<RemoteCtx>,
-    cfg: &crate::device::config::DeviceConfig,
-    src: &ClusterSource,
-    live: Option<Arc<LiveShared>>,
-    prefetch: Option<PrefetchRecord>,
-) -> Result<(), DeviceError> {
-    let tids: Vec<i32> = ctx
-        .tids
-        .lock()
-        .expect("tids")
-        .iter()
-        .map(|t| t.unwrap_or(0))
-        .collect();
-    let cpus: Vec<usize> = (0..cfg.queues).map(|q| ctx.cpu_of(q)).collect();
-    for (q, (&tid, &cpu)) in tids.iter().zip(&cpus).enumerate() {
-        if tid != 0 {
-            pin_thread(tid, cpu)
-                .map_err(|e| DeviceError::Os(format!("pinning queue {q} to CPU {cpu}"), e))?;
-        }
-    }
-    let snapshots = ctx
-        .snapshots
-        .lock()
-        .expect("snapshots")
-        .iter()
-        .flatten()
-        .cloned()
-        .collect();
-    std::fs::create_dir_all(crate::device::registry::run_dir())
-        .map_err(|e| DeviceError::Os("creating the run directory".into(), e))?;
-    spawn_server(
-        &socket_path(n),
-        ControlState {
-            number: n,
-            volume: src.volume.clone(),
-            start: ctx.start,
-            snapshots,
-            live,
-        },
-    )?;
-    DeviceRecord {
-        number: n,
-        volume: src.volume.clone(),
-        pool: std::path::PathBuf::new(),
-        queues: cfg.queues,
-        depth: cfg.depth,
-        queue_cpus: cpus,
-        queue_tids: tids,
-        poll: cfg.poll,
-        zero_copy_requested: cfg.zero_copy,
-        zero_copy: false,
-        pid: std::process::id(),
-        prefetch,
-        cluster: Some(src.clone()),
-    }
-    .write()
 }
 
 /// Open the stage tier, size its slots within the budget, start the
