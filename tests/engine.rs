@@ -691,6 +691,23 @@ fn the_background_manager_promotes_while_io_runs_and_loses_nothing() {
     }
 }
 
+/// Dropping the manager stops its thread at once, however long its window:
+/// it sleeps on its stop channel between windows (it used to poll a flag
+/// every 10 ms, waking on the queue threads' CPUs all the time).
+#[test]
+fn dropping_the_manager_stops_it_without_waiting_out_the_window() {
+    use shardblk::shard::manager::Manager;
+    let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
+    let manager = Manager::start(pool, std::time::Duration::from_secs(3600));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(manager);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the manager's thread did not stop when its handle was dropped");
+}
+
 /// Flip one byte of a file.
 fn flip(path: &std::path::Path, offset: u64) {
     use std::os::unix::fs::FileExt;

@@ -21,8 +21,7 @@ use crate::shard::pool::Pool;
 use crate::volume::handle::{Volume, VolumeError};
 use crate::volume::table::Loc;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 /// What one window did.
@@ -164,7 +163,9 @@ fn current_units(vol: &Volume, loc: Loc) -> u64 {
 
 /// A running background manager; dropping it stops the thread.
 pub struct Manager {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the thread (which sleeps on the other end, so it
+    /// wakes once per window, not to poll a flag).
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -180,30 +181,23 @@ pub fn window_and_commit(pool: &Pool, eng: &mut dyn IoEngine) {
 }
 
 impl Manager {
-    /// Run a policy window every `interval` on a thread of its own.
+    /// Run a policy window every `interval` on a thread of its own. The
+    /// thread sleeps between windows (one wake-up per window, not one per
+    /// 10 ms poll of a stop flag on CPUs the queue threads share) and stops
+    /// as soon as the handle is dropped.
     pub fn start(pool: Pool, interval: Duration) -> Manager {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("shardblk-manager".into())
             .spawn(move || {
                 let mut eng = pool.engine();
-                while !s.load(Ordering::Relaxed) {
-                    let mut slept = Duration::ZERO;
-                    while slept < interval && !s.load(Ordering::Relaxed) {
-                        let step = Duration::from_millis(10).min(interval - slept);
-                        std::thread::sleep(step);
-                        slept += step;
-                    }
-                    if s.load(Ordering::Relaxed) {
-                        break;
-                    }
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     window_and_commit(&pool, eng.as_mut());
                 }
             })
             .expect("spawn manager thread");
         Manager {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         }
     }
@@ -211,7 +205,7 @@ impl Manager {
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
