@@ -7,7 +7,8 @@
 # .vm/bin when missing (about 7 minutes the first time), builds shardblk in
 # release mode, then runs bench/device_compare_guest.sh in the VM, which
 # prints one table of IOPS, bandwidth and p50/p99 latency with the ratios to
-# rublk. Under TCG absolute numbers are low and noisy: read the ratios.
+# rublk. Under TCG absolute numbers are low: read the ratios. The guest runs
+# at real-time priority (run.sh --realtime), so host load barely moves them.
 # SHARDBLK_BASELINE_BIN=path/to/older/shardblk adds that build as a fourth
 # target (`before`), for before/after comparisons within one guest run.
 set -euo pipefail
@@ -20,4 +21,4 @@ fi
 cargo build --release --quiet
 SHARDBLK_BIN="$PWD/target/release/shardblk" SHARDBLK_RUBLK="$PWD/.vm/bin/rublk" \
     SHARDBLK_BASELINE_BIN="${SHARDBLK_BASELINE_BIN:-}" SHARDBLK_CMP_ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}" \
-    tools/vm/run.sh --mem 4096 --timeout 1500 bench/device_compare_guest.sh
+    tools/vm/run.sh --realtime --mem 4096 --timeout 1500 bench/device_compare_guest.sh

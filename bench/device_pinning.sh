@@ -17,4 +17,4 @@ export SHARDBLK_BIN="$PWD/target/release/shardblk"
 if [ -c /dev/ublk-control ] && [ "$(id -u)" = 0 ]; then
     exec bash bench/device_pinning_guest.sh
 fi
-SHARDBLK_PIN_SECS="${SHARDBLK_PIN_SECS:-3}" SHARDBLK_PIN_SEED="${SHARDBLK_PIN_SEED:-1}" tools/vm/run.sh --timeout 900 bench/device_pinning_guest.sh
+SHARDBLK_PIN_SECS="${SHARDBLK_PIN_SECS:-3}" SHARDBLK_PIN_SEED="${SHARDBLK_PIN_SEED:-1}" tools/vm/run.sh --realtime --timeout 900 bench/device_pinning_guest.sh
