@@ -143,10 +143,10 @@ print(" ".join(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in ra
         printf '%-20s %-10s %9.0f %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
             "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")"
     done
-    # Every round's IOPS, in run order, for judging the spread behind a median.
+    # Every round's IOPS and p99, in run order, for judging the spread behind a median.
     for t in $(echo "$targets" | tr ' ' '\n' | tac); do
         echo "${res[$t]}" | tr ';' '\n' | awk -v j="$1 $2 QD$3" -v t="$t" \
-            'NF { r = r " " int($1) } END { printf "#  %-17s %-10s rounds:%s\n", j, t, r }' >>"$W/rounds.txt"
+            'NF { r = r " " int($1); q = q " " int($4) } END { printf "#  %-17s %-10s rounds:%s  p99us:%s\n", j, t, r, q }' >>"$W/rounds.txt"
     done
     unset res
 done
