@@ -12,17 +12,19 @@
 //!   allocation). One histogram per [`Key`]: reads and writes by [`Hit`]
 //!   (which tiers the request's data touched), flush, discard and
 //!   write-zeroes alone; per-op figures are the merge of an op's keys. The
-//!   thread calls [`QueueMetrics::maybe_publish`] from its loop; at most
-//!   every `DEVICE_STATS_PUBLISH_MS` it records the buffered latencies into
-//!   the shared snapshot's histograms and copies the counters, with
-//!   `try_lock` so a reader holding the snapshot never stalls I/O (the
-//!   publish is then simply retried later). A publish costs in proportion
-//!   to the requests since the last one, not to the histograms' size (a
-//!   copy of every histogram was 2.4 MB of memset and memcpy per queue and
-//!   period, milliseconds under TCG, in the way of the next request). A
-//!   full buffer (`DEVICE_STATS_PENDING_RECORDS`) is published at once,
-//!   waiting for the lock only if a reader still holds it then. Readers see
-//!   data at most one period old.
+//!   thread calls [`QueueMetrics::maybe_publish`] after each turn of its
+//!   loop: it records the latencies buffered in that turn into the shared
+//!   snapshot's histograms and copies the counters, with `try_lock` so a
+//!   reader holding the snapshot never stalls I/O (the records then stay
+//!   buffered and the thread retries within `DEVICE_STATS_PUBLISH_MS`). So
+//!   a publish costs in proportion to the requests of one turn, spread
+//!   evenly over them: neither a copy of every histogram (2.4 MB of memset
+//!   and memcpy per queue and period, milliseconds under TCG) nor a
+//!   period's worth of records at once (thousands of histogram records at
+//!   QD32, a stall that showed in the device's p99) lands on one request.
+//!   A full buffer (`DEVICE_STATS_PENDING_RECORDS`, a reader holding the
+//!   lock that long) is published at once, waiting for the lock. Readers
+//!   see data at most one period old.
 //! - [`HistDump`] carries snapshots between processes exactly (every
 //!   recorded bucket as `(value, count)`), so a client can subtract two of
 //!   them ([`QueueSnapshot::delta`]) for interval figures and write them as
@@ -31,7 +33,6 @@
 
 use crate::constants::{
     DEVICE_LATENCY_MAX_NS, DEVICE_LATENCY_SIGFIG, DEVICE_STATS_PENDING_RECORDS,
-    DEVICE_STATS_PUBLISH_MS,
 };
 use hdrhistogram::serialization::interval_log::{IntervalLogWriter, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -359,7 +360,6 @@ pub struct QueueMetrics {
     /// Latencies recorded since the last publish: `key << 56 | ns`.
     pending: Vec<u64>,
     shared: Arc<Mutex<QueueSnapshot>>,
-    last_publish_ns: u64,
     dirty: bool,
 }
 
@@ -374,7 +374,6 @@ impl QueueMetrics {
             errors: 0,
             pending: Vec::with_capacity(DEVICE_STATS_PENDING_RECORDS),
             shared: Arc::new(Mutex::new(QueueSnapshot::new(queue, cpu))),
-            last_publish_ns: 0,
             dirty: false,
         }
     }
@@ -417,14 +416,13 @@ impl QueueMetrics {
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
-    /// Publish when a period has passed since the last one (or `force`,
-    /// which also waits for a reader to let go: the final publish).
-    /// Returns whether the shared snapshot now holds everything recorded.
+    /// Publish what was recorded since the last publish, unless a reader
+    /// holds the snapshot (then later; `force` waits for the reader: the
+    /// final publish). Returns whether the shared snapshot now holds
+    /// everything recorded.
     pub fn maybe_publish(&mut self, now_ns: u64, trace_dropped: u64, force: bool) -> bool {
-        if !force
-            && now_ns.saturating_sub(self.last_publish_ns) < DEVICE_STATS_PUBLISH_MS * 1_000_000
-        {
-            return !self.dirty;
+        if !self.dirty && !force {
+            return true;
         }
         let locked = if force {
             Some(self.shared.lock().expect("stats snapshot"))
@@ -441,7 +439,6 @@ impl QueueMetrics {
             );
             s.trace_dropped = trace_dropped;
             s.taken_ns = now_ns;
-            self.last_publish_ns = now_ns;
             self.dirty = false;
         }
         !self.dirty
@@ -670,6 +667,7 @@ pub fn write_hdr_interval<W: std::io::Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::DEVICE_STATS_PUBLISH_MS;
     use hdrhistogram::serialization::interval_log::{
         IntervalLogIterator, IntervalLogWriterBuilder, LogEntry,
     };
@@ -714,7 +712,7 @@ mod tests {
     }
 
     #[test]
-    fn publish_is_periodic_and_summaries_add_up() {
+    fn publish_copies_unless_a_reader_holds_it_and_summaries_add_up() {
         let mut m = QueueMetrics::new(0, 1);
         for i in 1..=100u64 {
             let hit = if i % 2 == 0 { Hit::Hot } else { Hit::Cold };
@@ -728,14 +726,18 @@ mod tests {
         let shared = m.shared();
         let reads = |s: &QueueSnapshot| s.of_op(Op::Read).1;
         assert_eq!(reads(&shared.lock().unwrap()), 100);
+        // Nothing new: nothing to do.
+        assert!(m.maybe_publish(period + 1, 3, false));
         m.record(Op::Read, Hit::Hot, 4096, 1000, true);
-        assert!(!m.maybe_publish(period + 1, 3, false)); // too soon: not copied
-        assert_eq!(reads(&shared.lock().unwrap()), 100);
         // A reader holding the lock makes the copy skip, never wait.
         let held = shared.lock().unwrap();
-        assert!(!m.maybe_publish(3 * period, 3, false));
+        assert!(!m.maybe_publish(period + 2, 3, false));
+        assert!(m.dirty());
         drop(held);
         assert_eq!(reads(&shared.lock().unwrap()), 100);
+        // The next turn publishes it, however soon.
+        assert!(m.maybe_publish(period + 3, 3, false));
+        assert_eq!(reads(&shared.lock().unwrap()), 101);
         assert!(m.maybe_publish(3 * period, 3, true));
         let snap = shared.lock().unwrap().clone();
         let st = device_stats(0, "v", 2.0, None, &[snap.clone(), snap]);
@@ -767,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_buffer_publishes_before_the_period() {
+    fn a_full_buffer_publishes_at_once() {
         let mut m = QueueMetrics::new(0, 0);
         let key = key_index(Op::Write, Hit::Hot);
         let n = DEVICE_STATS_PENDING_RECORDS as u64;
