@@ -13,6 +13,8 @@
 # (e.g. `copy=--zero-copy off;unpinned=--cpus 0,1`).
 # SHARDBLK_CMP_JOBS (optional): `RW:BS:QD,...` instead of the five default
 # jobs; SHARDBLK_CMP_NO_LOOP=1 leaves the kernel loop driver out.
+# cpuus/io: the serving daemon's CPU time (all threads, user + system, from
+# /proc/PID/stat) per I/O fio completed ("-" for the kernel loop driver).
 # SHARDBLK_CMP_RUBLK_FLOAT=1 adds `rublkfl`: a second rublk device whose
 # threads keep libublk's affinity (every CPU of the queue's blk-mq map, so
 # the scheduler can run it beside fio).
@@ -76,7 +78,8 @@ wait_dev /dev/ublkb4
 ru=/dev/ublkb4
 # The same placement as shardblk's queue: every thread of the rublk daemon
 # (the newest rublk process) on CPU 1.
-taskset -a -pc 1 "$(pgrep -n -x rublk)" >/dev/null || die "pinning rublk"
+ru_pid="$(pgrep -n -x rublk)"
+taskset -a -pc 1 "$ru_pid" >/dev/null || die "pinning rublk"
 rf=""
 if [ "${SHARDBLK_CMP_RUBLK_FLOAT:-0}" = 1 ]; then
     dd if=/dev/urandom of="$W/rublkfl.img" bs=1M count=$SIZE_MB status=none
@@ -96,18 +99,45 @@ cleanup_all() {
 }
 trap cleanup_all EXIT
 
-run_fio() { # target rw bs qd -> "iops bw_MBps p50_us p99_us"
+# The daemon serving each target (rublk, shardblk builds), for its CPU time
+# per I/O: all of its threads, user and system (the kernel loop driver has no
+# daemon: "-").
+hz="$(getconf CLK_TCK)"
+daemon_of() { # shardblk binary, device number -> daemon pid
+    "$1" list --json | python3 -c '
+import json, sys
+n = int(sys.argv[1])
+print(next(d["daemon"] for d in json.load(sys.stdin) if d["number"] == n))' "$2"
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A dpid=()
+dpid[shardblk]="$(daemon_of "$B" 3)"
+[ -z "$BB" ] || dpid[before]="$(daemon_of "$BB" 5)"
+for name in "${!vdev[@]}"; do dpid[$name]="$(daemon_of "$B" "${vdev[$name]#/dev/ublkb}")"; done
+dpid[rublk]="$ru_pid"
+[ -z "$rf" ] || dpid[rublkfl]="$(pgrep -n -x rublk)"
+
+run_fio() { # target rw bs qd [daemon pid] -> "iops bw_MBps p50_us p99_us cpu_us_per_io"
+    local t0=0
+    [ -z "${5:-}" ] || t0="$(ticks "$5")"
     (cd "$W" && fio --name=c --filename="$1" --direct=1 --ioengine=io_uring --rw="$2" --bs="$3" \
         --iodepth="$4" --time_based --runtime=4 --cpus_allowed=0 --output-format=json >"$W/c.json") ||
         die "fio $*"
-    python3 - "$2" "$W/c.json" <<'PY'
+    (python3 - "$2" "$W/c.json" <<'PY'
 import json, sys
 rw, path = sys.argv[1:]
 j = json.load(open(path))["jobs"][0]
 r = j["write" if "write" in rw else "read"]
 p = r["clat_ns"]["percentile"]
-print(f"{r['iops']:.0f} {r['bw_bytes']/1e6:.1f} {p['50.000000']/1000:.1f} {p['99.000000']/1000:.1f}")
+print(f"{r['iops']:.0f} {r['bw_bytes']/1e6:.1f} {p['50.000000']/1000:.1f} {p['99.000000']/1000:.1f} {r['total_ios']}")
 PY
+    ) >"$W/c.txt"
+    local ios cpu="-"
+    read -r iops bw p50 p99 ios <"$W/c.txt"
+    if [ -n "${5:-}" ] && [ "$ios" -gt 0 ]; then
+        cpu="$(awk -v d="$(($(ticks "$5") - t0))" -v hz="$hz" -v n="$ios" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')"
+    fi
+    echo "$iops $bw $p50 $p99 $cpu"
 }
 
 # Each job runs SHARDBLK_CMP_ROUNDS times per target (default 3), the order
@@ -115,7 +145,7 @@ PY
 # each column over the rounds (the host is shared: single runs swing 2x).
 ROUNDS="${SHARDBLK_CMP_ROUNDS:-3}"
 : >"$W/rounds.txt"
-printf '%-20s %-10s %9s %8s %9s %9s %8s %8s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru
+printf '%-20s %-10s %9s %8s %9s %9s %8s %8s %9s\n' WORKLOAD TARGET IOPS MB/s p50us p99us IOPS/ru p99/ru cpuus/io
 jobs="${SHARDBLK_CMP_JOBS:-randread:4k:1,randread:4k:32,randwrite:4k:1,randwrite:4k:32,read:1M:4}"
 for job in ${jobs//,/ }; do
     set -- ${job//:/ }
@@ -127,21 +157,24 @@ for job in ${jobs//,/ }; do
                 rublk) dev=$ru ;; rublkfl) dev=$rf ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
                 *) dev=${vdev[$t]} ;;
             esac
-            res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3");"
+            res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3" "${dpid[$t]:-}");"
         done
         order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
     done
-    med() { # "a b c d;a b c d;..." -> medians of the four columns
+    med() { # "a b c d e;a b c d e;..." -> medians of the five columns ("-" where none)
         python3 -c '
 import statistics, sys
 rows = [r.split() for r in sys.argv[1].split(";") if r.strip()]
-print(" ".join(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in range(4)))' "$1"
+def m(i):
+    v = [float(r[i]) for r in rows if r[i] != "-"]
+    return f"{statistics.median(v):.1f}" if v else "-"
+print(" ".join(m(i) for i in range(5)))' "$1"
     }
-    read -r ri rb rp50 rp99 <<<"$(med "${res[rublk]}")"
+    read -r ri rb rp50 rp99 rcpu <<<"$(med "${res[rublk]}")"
     for t in $(echo "$targets" | tr ' ' '\n' | tac); do
-        read -r i b p50 p99 <<<"$(med "${res[$t]}")"
-        printf '%-20s %-10s %9.0f %8s %9s %9s %8s %8s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
-            "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")"
+        read -r i b p50 p99 cpu <<<"$(med "${res[$t]}")"
+        printf '%-20s %-10s %9.0f %8s %9s %9s %8s %8s %9s\n' "$1 $2 QD$3" "$t" "$i" "$b" "$p50" "$p99" \
+            "$(python3 -c "print(f'{$i/$ri:.2f}')")" "$(python3 -c "print(f'{$p99/$rp99:.2f}')")" "$cpu"
     done
     # Every round's IOPS and p99, in run order, for judging the spread behind a median.
     for t in $(echo "$targets" | tr ' ' '\n' | tac); do
@@ -151,4 +184,22 @@ print(" ".join(f"{statistics.median(float(r[i]) for r in rows):.1f}" for i in ra
     unset res
 done
 cat "$W/rounds.txt"
+# SHARDBLK_CMP_PROFILE=1: where each daemon's CPU goes at 4 KiB randread
+# QD32 (perf, cpu-clock samples of every thread, 4 s each); the top of each
+# report is printed, the full reports go to $SHARDBLK_VM_OUT.
+if [ "${SHARDBLK_CMP_PROFILE:-0}" = 1 ]; then
+    for t in shardblk rublk; do
+        dev=$sb
+        [ "$t" = rublk ] && dev=$ru
+        perf record -q -e cpu-clock -F 2000 -g -p "${dpid[$t]}" -o "$W/perf-$t.data" -- sleep 5 &
+        prec=$!
+        sleep 0.5
+        run_fio "$dev" randread 4k 32 >/dev/null
+        wait "$prec" || true
+        perf report -i "$W/perf-$t.data" --stdio --no-children --percent-limit 1.5 -g none \
+            >"$SHARDBLK_VM_OUT/perf-$t.txt" 2>/dev/null || true
+        echo "## perf: $t, randread 4k QD32 (samples by function, >= 1.5 %)"
+        grep -v '^#' "$SHARDBLK_VM_OUT/perf-$t.txt" | grep -v '^$' | head -25
+    done
+fi
 "$B" stats -n 3
