@@ -93,6 +93,9 @@ pub const HOT_WATERMARK_LOW_PERCENT: u8 = 75;
 /// Length of one policy window of the background manager (promotion,
 /// demotion, split, merge; a commit ends each window).
 pub const POLICY_WINDOW_MS: u64 = 2_000;
+/// Nice value of the manager's thread: its windows (and commits) yield a
+/// shared CPU to the queue threads (see `threads`).
+pub const MANAGER_THREAD_NICE: i32 = 19;
 /// A shard read this many times within one policy window is promoted.
 pub const PROMOTE_READS_DEFAULT: u32 = 4;
 

@@ -11,6 +11,7 @@ pub mod device;
 pub mod io;
 pub mod prefetch;
 pub mod shard;
+pub mod threads;
 pub mod trace;
 pub mod units;
 pub mod volume;

@@ -708,6 +708,32 @@ fn dropping_the_manager_stops_it_without_waiting_out_the_window() {
         .expect("the manager's thread did not stop when its handle was dropped");
 }
 
+/// The manager's thread runs at the background nice value, so its windows
+/// yield a CPU it shares with a queue thread.
+#[test]
+fn the_manager_thread_runs_at_the_background_priority() {
+    use shardblk::constants::MANAGER_THREAD_NICE;
+    use shardblk::shard::manager::Manager;
+    use shardblk::threads::{thread_named, thread_nice};
+    let (pool, _) = mem_pool(64 * MIB, 64 * MIB);
+    let _manager = Manager::start(pool, std::time::Duration::from_secs(3600));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // Another test's manager may share the name: any of them will do,
+        // all lower themselves first thing.
+        if let Some(tid) = thread_named("shardblk-manage") {
+            if thread_nice(tid).unwrap_or(0) == MANAGER_THREAD_NICE {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no manager thread at nice {MANAGER_THREAD_NICE}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Flip one byte of a file.
 fn flip(path: &std::path::Path, offset: u64) {
     use std::os::unix::fs::FileExt;

@@ -15,6 +15,7 @@
 //! - [`Manager::start`] runs windows on a thread every `interval` and commits
 //!   after each (releasing freed extents); dropping the handle stops it.
 
+use crate::constants::MANAGER_THREAD_NICE;
 use crate::io::IoEngine;
 use crate::shard::lifecycle::{self, entries, Outcome};
 use crate::shard::pool::Pool;
@@ -183,13 +184,17 @@ pub fn window_and_commit(pool: &Pool, eng: &mut dyn IoEngine) {
 impl Manager {
     /// Run a policy window every `interval` on a thread of its own. The
     /// thread sleeps between windows (one wake-up per window, not one per
-    /// 10 ms poll of a stop flag on CPUs the queue threads share) and stops
-    /// as soon as the handle is dropped.
+    /// 10 ms poll of a stop flag on CPUs the queue threads share), at nice
+    /// `MANAGER_THREAD_NICE` so a window yields a shared CPU to the queue
+    /// threads, and stops as soon as the handle is dropped.
     pub fn start(pool: Pool, interval: Duration) -> Manager {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("shardblk-manager".into())
             .spawn(move || {
+                if let Err(e) = crate::threads::lower_current_priority(MANAGER_THREAD_NICE) {
+                    tracing::warn!("manager thread: nice {MANAGER_THREAD_NICE} refused: {e}");
+                }
                 let mut eng = pool.engine();
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     window_and_commit(&pool, eng.as_mut());

@@ -1,0 +1,82 @@
+//! Priorities of the daemon's background threads.
+//!
+//! Contract: [`lower_current_priority`] gives the calling thread a nice
+//! value (a higher one than the queue threads' 0) and only that thread (on
+//! Linux `setpriority` on a thread id changes that thread; threads it spawns
+//! afterwards inherit it). Background work (the tier manager's windows, the
+//! prefetcher's inference and training) then yields its CPU to the queue
+//! threads and the application whenever they want it, through ordinary CFS
+//! weights: nice 19 gets about 1/70 of what a nice-0 thread gets on a
+//! contended CPU, yet is never starved outright (the idle class,
+//! `SCHED_IDLE`, can starve a thread for as long as the machine is busy).
+//! A refusal is returned, for the caller to log; it is never fatal.
+
+/// Set the calling thread's nice value to `nice` (0..=19).
+pub fn lower_current_priority(nice: i32) -> std::io::Result<()> {
+    assert!((0..=19).contains(&nice), "nice {nice} out of 0..=19");
+    // SAFETY: plain syscalls on this thread's own id; no memory is handed over.
+    let r = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The nice value of thread `tid` of this process, read from `/proc`.
+pub fn thread_nice(tid: i32) -> std::io::Result<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))?;
+    // Field 19 is the nice value; the command name (field 2) may hold
+    // spaces, so count from after its closing parenthesis.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after
+        .split_whitespace()
+        .nth(16)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no nice value in {stat:?}")))
+}
+
+/// The thread id of this process's thread named `name`, if any.
+pub fn thread_named(name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .and_then(|t| t.file_name().to_str()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lowered_thread_reads_back_its_nice_value_and_others_keep_theirs() {
+        let main_nice = thread_nice(unsafe_gettid()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("nice-probe".into())
+            .spawn(move || {
+                lower_current_priority(19).unwrap();
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+            })
+            .unwrap();
+        rx.recv().unwrap();
+        let tid = thread_named("nice-probe").expect("the probe thread is listed");
+        assert_eq!(thread_nice(tid).unwrap(), 19);
+        assert_eq!(thread_nice(unsafe_gettid()).unwrap(), main_nice);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    fn unsafe_gettid() -> i32 {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() }
+    }
+}
