@@ -212,6 +212,19 @@ impl TraceConsumer {
     pub fn pop(&mut self) -> Option<TraceEvent> {
         self.ring.pop().ok()
     }
+    /// Let go of the oldest `n` events (at most what is queued) without
+    /// reading them, in one step; returns how many. For a consumer that
+    /// only keeps the ring from filling (nothing to predict or record).
+    pub fn discard(&mut self, n: usize) -> usize {
+        let n = n.min(self.ring.slots());
+        match self.ring.read_chunk(n) {
+            Ok(chunk) => {
+                chunk.commit_all();
+                n
+            }
+            Err(_) => 0,
+        }
+    }
     /// Events dropped so far because the ring was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -671,6 +684,32 @@ mod tests {
     use hdrhistogram::serialization::interval_log::{
         IntervalLogIterator, IntervalLogWriterBuilder, LogEntry,
     };
+
+    #[test]
+    fn discard_lets_go_of_the_oldest_events_in_order() {
+        let (mut p, mut c) = trace_ring(8);
+        let ev = |i: u64| TraceEvent {
+            time_ns: i,
+            volume: 1,
+            offset: i * 4096,
+            len: 4096,
+            op: Op::Read,
+        };
+        for i in 0..6 {
+            p.push(ev(i));
+        }
+        assert_eq!(c.discard(4), 4);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.pop().map(|e| e.time_ns), Some(4));
+        assert_eq!(c.discard(10), 1, "only what is queued");
+        assert!(c.is_empty());
+        assert_eq!(c.discard(3), 0);
+        // Room again for a full ring's worth.
+        for i in 0..8 {
+            p.push(ev(i));
+        }
+        assert_eq!(p.dropped(), 0);
+    }
 
     #[test]
     fn full_trace_ring_drops_and_counts() {
