@@ -852,7 +852,23 @@ impl UringEngine {
 }
 
 impl IoEngine for UringEngine {
+    /// Run a batch. A panic inside (a broken invariant) with ops possibly
+    /// in flight aborts the process instead of unwinding: the ops' buffers
+    /// belong to the caller's frames, which unwinding would free (and the
+    /// allocator hand out again) while the kernel may still write into
+    /// them, and after a broken invariant the engine's own count of what is
+    /// in flight cannot be trusted to wait them out.
     fn run(&mut self, ops: &mut [IoOp<'_>]) -> IoResult<()> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_batch(ops))) {
+            Ok(r) => r,
+            Err(panic) if self.in_flight == 0 => std::panic::resume_unwind(panic),
+            Err(_) => self.fatal("a panic in a batch (message above)"),
+        }
+    }
+}
+
+impl UringEngine {
+    fn run_batch(&mut self, ops: &mut [IoOp<'_>]) -> IoResult<()> {
         let mut next = 0;
         let mut batch_in_flight = 0usize;
         let mut failure = None;
