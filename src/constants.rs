@@ -550,6 +550,16 @@ pub const STAGER_THROTTLE_PERIOD_MS: u64 = 500;
 /// A step costs one recurrent step per event of a stream, so this bounds a
 /// step to ~30 ms on one core (~0.1 ms per event) and to seconds under TCG.
 pub const LSTM_LIVE_STEP_EVENTS_MAX: usize = 256;
+/// Fewest events the live inference thread gathers for an LSTM step
+/// ([`crate::prefetch::Predictor::step_events_min`]): a step's fixed cost
+/// (lookahead, candidates, ~0.5 s under TCG) is then spread over a batch;
+/// a slower trickle steps after `PREFETCH_STEP_WAIT_MAX_MS`.
+pub const LSTM_LIVE_STEP_EVENTS_MIN: usize = 128;
+const _: () = assert!(LSTM_LIVE_STEP_EVENTS_MIN >= 1);
+const _: () = assert!(LSTM_LIVE_STEP_EVENTS_MIN <= LSTM_LIVE_STEP_EVENTS_MAX);
+/// Longest an event gathered for a predictor step waits for the batch to
+/// fill before a smaller batch is stepped (milliseconds).
+pub const PREFETCH_STEP_WAIT_MAX_MS: u64 = 1_000;
 /// Nice value of the inference thread (and of libtorch's threads it starts):
 /// the lowest normal priority, below the queue threads and the application.
 pub const PREFETCH_THREAD_NICE: i32 = 19;

@@ -57,12 +57,13 @@ use crate::constants::{
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
     PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US,
     PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES,
-    PREFETCH_RING_PREDICTIONS, PREFETCH_THREAD_NICE, STAGER_BUDGET_DEFAULT_PERCENT,
-    STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS, PREFETCH_THREAD_NICE,
+    STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS,
+    TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
-use crate::prefetch::pace::Pacer;
+use crate::prefetch::pace::{Cadence, Pacer};
 use crate::prefetch::remote::RemoteStageStats;
 use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
 use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
@@ -165,6 +166,11 @@ pub struct PrefetchStats {
     /// (`PREFETCH_CPU_SHARE_PERCENT`, `..._IDLE_PERCENT` while it queues
     /// nothing), milliseconds.
     pub paced_ms: u64,
+    /// Steps after which the predictor measured itself promising without
+    /// having queued anything (the LSTM calibrating): they kept the full
+    /// CPU share.
+    #[serde(default)]
+    pub promising_steps: u64,
     pub stager: StagerStats,
     /// A cluster volume's staging onto its stage tier (`None` for a pool's
     /// volume; `stager` then holds the core's figures).
@@ -535,6 +541,10 @@ fn spawn_inference(
                     None => None,
                 };
                 let _ = report_tx.send(Ok(()));
+                let cadence = Cadence::new(
+                    pred.as_ref().map_or(1, |p| p.step_events_min()),
+                    PREFETCH_STEP_WAIT_MAX_MS * 1_000_000,
+                );
                 let mut t = Inference {
                     demand: DemandPromoter::new(
                         promote_reads,
@@ -555,6 +565,7 @@ fn spawn_inference(
                     hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
                         .expect("histogram bounds"),
                     pacer: Pacer::new(ns_since(start)),
+                    cadence,
                 };
                 t.run(&stop);
             })
@@ -656,6 +667,8 @@ struct Inference {
     hist: hdrhistogram::Histogram<u64>,
     /// Keeps the thread within its CPU share ([`super::pace`]).
     pacer: Pacer,
+    /// When to step on the gathered events ([`super::pace::Cadence`]).
+    cadence: Cadence,
     /// Stages cold shards read again soon ([`super::demand`]).
     demand: DemandPromoter,
 }
@@ -663,6 +676,8 @@ struct Inference {
 impl Inference {
     fn run(&mut self, stop: &AtomicBool) {
         let mut lens = vec![0usize; self.consumers.len()];
+        // Events gathered for the next step (kept across turns while the
+        // cadence waits for a batch or the pacer for its debt).
         let mut batch: Vec<ShardEvent> =
             Vec::with_capacity(PREFETCH_BATCH_EVENTS_MAX + self.consumers.len());
         let mut out: Vec<Prediction> = Vec::new();
@@ -681,6 +696,10 @@ impl Inference {
                 if self.owes_sleep() {
                     continue;
                 }
+                // A trickle gathered earlier whose wait is over.
+                if self.try_step(&mut batch, &mut out) {
+                    continue;
+                }
                 let t0 = Instant::now();
                 let worked = self.pred.as_mut().is_some_and(|p| {
                     p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
@@ -694,7 +713,7 @@ impl Inference {
             }
             let feed = total.min(PREFETCH_BATCH_EVENTS_MAX);
             let overloaded = total > PREFETCH_BACKLOG_EVENTS_MAX;
-            batch.clear();
+            let gathered_before = batch.len();
             let mut recording = if self.shared.recording_on.load(Ordering::Relaxed) {
                 Some(self.shared.recording.lock().expect("recording"))
             } else {
@@ -764,29 +783,26 @@ impl Inference {
                 }
             }
             drop(recording);
-            if !batch.is_empty() {
+            if batch.len() > gathered_before {
+                self.cadence.gathered(ns_since(self.start));
                 if self.consumers.len() > 1 {
                     batch.sort_by_key(|e| e.ts_ns);
                 }
+                // The newest a step takes; older ones (also those gathered
+                // while the model's CPU share was spent) were recorded,
+                // promoted on demand and noticed, not stepped.
                 let cap = self
                     .pred
                     .as_ref()
-                    .map_or(usize::MAX, |p| p.step_events_max());
+                    .map_or(usize::MAX, |p| p.step_events_max())
+                    .min(PREFETCH_BATCH_EVENTS_MAX);
                 if batch.len() > cap {
                     let older = batch.len() - cap;
                     self.st.skipped_events += older as u64;
                     batch.drain(..older);
                 }
-                if self.pacer.owed().is_zero() {
-                    let t0 = Instant::now();
-                    self.step(&batch, &mut out);
-                    self.worked(t0.elapsed());
-                } else {
-                    // the model's CPU share is spent: these events were
-                    // recorded, promoted on demand and noticed, not stepped
-                    self.st.skipped_events += batch.len() as u64;
-                }
             }
+            self.try_step(&mut batch, &mut out);
             if self.owes_sleep() {
                 continue;
             }
@@ -798,6 +814,21 @@ impl Inference {
             }
         }
         self.publish();
+    }
+
+    /// Step the predictor on the gathered `batch` when the cadence says it
+    /// is due and the pacer owes no sleep (true: it stepped; `batch` is
+    /// then empty).
+    fn try_step(&mut self, batch: &mut Vec<ShardEvent>, out: &mut Vec<Prediction>) -> bool {
+        if !self.pacer.owed().is_zero() || !self.cadence.ready(batch.len(), ns_since(self.start)) {
+            return false;
+        }
+        let t0 = Instant::now();
+        self.step(batch, out);
+        batch.clear();
+        self.cadence.stepped();
+        self.worked(t0.elapsed());
+        true
     }
 
     /// How long to sleep between turns: `us`, or the longer drain-only
@@ -865,6 +896,11 @@ impl Inference {
         if queued {
             self.pacer.queued(now);
             self.shared.wake_stager();
+        } else if pred.promising() {
+            // calibrating on a workload it measures as predictable: the
+            // full share, so it gets to emit (see `super::pace`)
+            self.pacer.queued(now);
+            self.st.promising_steps += 1;
         }
         self.st.batches += 1;
         let _ = self
@@ -1043,4 +1079,239 @@ pub(crate) fn stage_one(
         }
     }
     moved
+}
+
+#[cfg(test)]
+mod tests {
+    //! The inference loop over real trace rings and time, with a predictor
+    //! that records its batches and busy-waits a fixed time per step (the
+    //! CPU the pacer charges).
+    use super::*;
+    use crate::device::metrics::{trace_ring, TraceProducer};
+    use std::sync::atomic::AtomicUsize;
+
+    const MIB: u64 = 1 << 20;
+
+    struct Batches {
+        sizes: Mutex<Vec<usize>>,
+        steps: AtomicUsize,
+    }
+
+    struct Slow {
+        log: Arc<Batches>,
+        busy: Duration,
+        min: usize,
+        max: usize,
+        promising: bool,
+    }
+
+    impl Predictor for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn step(&mut self, batch: &[ShardEvent], _out: &mut Vec<Prediction>) {
+            let t0 = Instant::now();
+            while t0.elapsed() < self.busy {
+                std::hint::spin_loop();
+            }
+            self.log.sizes.lock().unwrap().push(batch.len());
+            self.log.steps.fetch_add(1, Ordering::SeqCst);
+        }
+        fn step_events_max(&self) -> usize {
+            self.max
+        }
+        fn step_events_min(&self) -> usize {
+            self.min
+        }
+        fn promising(&self) -> bool {
+            self.promising
+        }
+    }
+
+    struct AllCold;
+    impl ShardPlaces for AllCold {
+        fn volume_id(&self) -> u32 {
+            1
+        }
+        fn place(&self, _shard: u64) -> Place {
+            Place::Cold
+        }
+    }
+
+    /// An inference thread over one trace ring with `pred`; returns the
+    /// ring's producer, the shared state and the stop flag.
+    fn spawn(
+        pred: Slow,
+    ) -> (
+        TraceProducer,
+        Arc<LiveShared>,
+        Arc<AtomicBool>,
+        JoinHandle<()>,
+        PredictionRx,
+    ) {
+        let start = Instant::now();
+        let (tp, c) = trace_ring(1 << 16);
+        let (tx, rx) = prediction_ring(64, 64, 1_000_000);
+        let shared = Arc::new(LiveShared::new(Some("slow"), Some(tx.counters())));
+        let pcfg = PrefetchConfig {
+            shard_bytes: MIB,
+            ..Default::default()
+        };
+        let cadence = Cadence::new(
+            pred.step_events_min(),
+            PREFETCH_STEP_WAIT_MAX_MS * 1_000_000,
+        );
+        let mut inf = Inference {
+            places: Box::new(AllCold),
+            consumers: vec![c],
+            pred: Some(Box::new(pred)),
+            ring: Some((tx, pcfg)),
+            notices: None,
+            shared: shared.clone(),
+            start,
+            st: PrefetchStats::default(),
+            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap(),
+            pacer: Pacer::new(0),
+            cadence,
+            demand: DemandPromoter::new(0, 1, 1),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || inf.run(&s2));
+        (tp, shared, stop, h, rx)
+    }
+
+    fn read(tp: &mut TraceProducer, i: u64) {
+        tp.push(DevEvent {
+            time_ns: i,
+            volume: 1,
+            offset: (i % 64) * MIB,
+            len: 4096,
+            op: DevOp::Read,
+        });
+    }
+
+    fn wait_steps(log: &Batches, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while log.steps.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} steps in {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn an_expensive_predictor_steps_on_a_batch_not_the_first_event() {
+        let log = Arc::new(Batches {
+            sizes: Mutex::new(Vec::new()),
+            steps: AtomicUsize::new(0),
+        });
+        let (mut tp, _shared, stop, h, _rx) = spawn(Slow {
+            log: log.clone(),
+            busy: Duration::from_millis(1),
+            min: 64,
+            max: 256,
+            promising: false,
+        });
+        // One event, then (well within the longest wait) the rest of a batch.
+        read(&mut tp, 0);
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 1..100 {
+            read(&mut tp, i);
+        }
+        wait_steps(&log, 1, 10);
+        // A trickle below the minimum is stepped once it waited long enough.
+        for i in 100..103 {
+            read(&mut tp, i);
+        }
+        wait_steps(&log, 2, 10);
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let sizes = log.sizes.lock().unwrap().clone();
+        assert!(
+            sizes[0] >= 64,
+            "first step on {} events: {sizes:?}",
+            sizes[0]
+        );
+        assert_eq!(sizes[1], 3, "{sizes:?}");
+    }
+
+    #[test]
+    fn events_gathered_while_paced_are_stepped_newest_first_not_dropped() {
+        // A 30 ms step at the idle share owes about a second of sleep; the
+        // events read meanwhile make the next step's batch (its newest
+        // `max`), and only the older ones are counted as skipped.
+        let log = Arc::new(Batches {
+            sizes: Mutex::new(Vec::new()),
+            steps: AtomicUsize::new(0),
+        });
+        let (mut tp, shared, stop, h, _rx) = spawn(Slow {
+            log: log.clone(),
+            busy: Duration::from_millis(30),
+            min: 16,
+            max: 32,
+            promising: false,
+        });
+        for i in 0..16 {
+            read(&mut tp, i);
+        }
+        wait_steps(&log, 1, 10);
+        // a slow trickle while the thread sleeps off its debt
+        for i in 16..116 {
+            read(&mut tp, i);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        wait_steps(&log, 2, 20);
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let sizes = log.sizes.lock().unwrap().clone();
+        assert_eq!(sizes[0], 16, "{sizes:?}");
+        assert_eq!(sizes[1], 32, "the step after pacing: {sizes:?}");
+        let st = shared.infer.lock().unwrap().clone();
+        assert_eq!(st.events, 116, "{st:?}");
+        assert!(st.paced_ms >= 500, "{st:?}");
+        // all fed or skipped (nothing came after the second step)
+        assert_eq!(st.events_fed, 48, "{st:?}");
+        assert_eq!(st.skipped_events, 116 - 48, "{st:?}");
+    }
+
+    #[test]
+    fn a_promising_predictor_is_paced_at_the_full_share() {
+        for promising in [false, true] {
+            let log = Arc::new(Batches {
+                sizes: Mutex::new(Vec::new()),
+                steps: AtomicUsize::new(0),
+            });
+            let (mut tp, shared, stop, h, _rx) = spawn(Slow {
+                log: log.clone(),
+                busy: Duration::from_millis(20),
+                min: 8,
+                max: 8,
+                promising,
+            });
+            for i in 0..8 {
+                read(&mut tp, i);
+            }
+            wait_steps(&log, 1, 10);
+            // the debt of one step: 60 ms at the full share, ~650 ms idle
+            std::thread::sleep(Duration::from_millis(150));
+            for i in 8..16 {
+                read(&mut tp, i);
+            }
+            std::thread::sleep(Duration::from_millis(150));
+            let steps = log.steps.load(Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
+            h.join().unwrap();
+            let st = shared.infer.lock().unwrap().clone();
+            if promising {
+                assert_eq!(steps, 2, "{st:?}");
+                assert_eq!(st.promising_steps, 2, "{st:?}");
+            } else {
+                assert_eq!(steps, 1, "{st:?}");
+                assert_eq!(st.promising_steps, 0, "{st:?}");
+            }
+        }
+    }
 }
