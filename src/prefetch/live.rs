@@ -17,15 +17,23 @@
 //!   feeding the predictor and counted as skipped; of a batch larger than
 //!   [`Predictor::step_events_max`] only the newest events are fed, the
 //!   older counted as skipped), turns every op into a
-//!   [`ShardEvent`] (time order across queues), calls
-//!   [`Predictor::step`], drops predictions below the confidence threshold
+//!   [`ShardEvent`] (time order across queues) and gathers them for the
+//!   next step: it calls [`Predictor::step`] once
+//!   [`Predictor::step_events_min`] events are gathered (1 for the
+//!   baselines, `LSTM_LIVE_STEP_EVENTS_MIN` for the LSTM) or the oldest has
+//!   waited `PREFETCH_STEP_WAIT_MAX_MS`, and the thread owes no pacing
+//!   sleep ([`super::pace::Cadence`]); events read while it owes are kept
+//!   (the newest [`Predictor::step_events_max`], the older counted as
+//!   skipped), so the step after a paced stretch sees the latest batch.
+//!   It drops predictions below the confidence threshold
 //!   or for shards that are unmapped, split or already on the hot tier (one
 //!   table load each), and pushes the rest into the prefetch ring
 //!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
 //!   gives the predictor [`Predictor::background`] time. After each step
 //!   and each background stretch it sleeps to stay within its share of one
 //!   core ([`super::pace`]: 25 % while its predictions are queued, 3 % while
-//!   they are not). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
+//!   they are not, unless the predictor says it is [`Predictor::promising`]
+//!   after a step, counted in `promising_steps`). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
 //!   contention the queue threads and the application come first. The queue threads
 //!   never signal it: after a turn that found less than a full batch it
 //!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
