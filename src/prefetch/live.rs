@@ -29,11 +29,18 @@
 //!   or for shards that are unmapped, split or already on the hot tier (one
 //!   table load each), and pushes the rest into the prefetch ring
 //!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
-//!   gives the predictor [`Predictor::background`] time. After each step
+//!   gives the predictor [`Predictor::background`] time (online training:
+//!   at most `PREFETCH_TRAIN_SHARE_PERCENT` of the thread's model time, as
+//!   one training step cannot be cut short). An expensive predictor (step
+//!   minimum above 1: the LSTM) has a throwaway copy stepped on synthetic
+//!   events before `start` returns, so libtorch's lazy initialisation is
+//!   paid before the device is live, not charged to the first live step
+//!   (`warm_up_ms`). After each step
 //!   and each background stretch it sleeps to stay within its share of one
 //!   core ([`super::pace`]: 25 % while its predictions are queued, 3 % while
 //!   they are not, unless the predictor says it is [`Predictor::promising`]
-//!   after a step, counted in `promising_steps`). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
+//!   after a step, counted in `promising_steps`; the first
+//!   `PREFETCH_LEARN_STEPS` steps are charged at the full share). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
 //!   contention the queue threads and the application come first. The queue threads
 //!   never signal it: after a turn that found less than a full batch it
 //!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
@@ -63,9 +70,10 @@
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US,
-    PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES,
-    PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS, PREFETCH_THREAD_NICE,
+    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_IDLE_SLEEP_US, PREFETCH_LEARN_STEPS,
+    PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS,
+    PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS,
+    PREFETCH_THREAD_NICE, PREFETCH_TRAIN_SHARE_PERCENT, PREFETCH_WARM_UP_EVENTS,
     STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS,
     TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
@@ -179,6 +187,14 @@ pub struct PrefetchStats {
     /// CPU share.
     #[serde(default)]
     pub promising_steps: u64,
+    /// Time in background training (milliseconds; at most
+    /// `PREFETCH_TRAIN_SHARE_PERCENT` of the model's time), and in warming
+    /// up a throwaway copy of an expensive predictor before the device went
+    /// live.
+    #[serde(default)]
+    pub train_ms: u64,
+    #[serde(default)]
+    pub warm_up_ms: u64,
     pub stager: StagerStats,
     /// A cluster volume's staging onto its stage tier (`None` for a pool's
     /// volume; `stager` then holds the core's figures).
@@ -538,9 +554,17 @@ fn spawn_inference(
                 lower_priority();
                 // SAFETY: gettid has no preconditions.
                 let _ = shared.infer_tid.set(unsafe { libc::gettid() });
+                let mut warm_up_ms = 0;
                 let pred = match &ring_tx {
                     Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
-                        Ok(p) => Some(p),
+                        Ok(p) => {
+                            if p.step_events_min() > 1 {
+                                let t0 = Instant::now();
+                                warm_up(*kind, pcfg, &lstm_opts);
+                                warm_up_ms = t0.elapsed().as_millis() as u64;
+                            }
+                            Some(p)
+                        }
                         Err(e) => {
                             let _ = report_tx.send(Err(e));
                             return;
@@ -568,12 +592,15 @@ fn spawn_inference(
                     start,
                     st: PrefetchStats {
                         promote_reads,
+                        warm_up_ms,
                         ..Default::default()
                     },
                     hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
                         .expect("histogram bounds"),
                     pacer: Pacer::new(ns_since(start)),
                     cadence,
+                    step_busy: Duration::ZERO,
+                    train_busy: Duration::ZERO,
                 };
                 t.run(&stop);
             })
@@ -589,6 +616,32 @@ fn spawn_inference(
             let _ = infer.join();
             Err(LiveError::NoReport)
         }
+    }
+}
+
+/// Step a throwaway predictor of `kind` on a few synthetic sequential
+/// reads, before the device is live: the first step of a libtorch model in
+/// a process pays for its lazy initialisation (1.2 s under TCG against
+/// 0.1 s for the next 16 events, `examples/step_cost`), which the pacer
+/// would otherwise charge to the live thread's first step (about 40 s of
+/// pacing at the idle share) while the device serves I/O. The predictor
+/// that serves the device keeps its state untouched.
+fn warm_up(kind: PredictorKind, pcfg: &PrefetchConfig, opts: &crate::prefetch::lstm::LstmOptions) {
+    let Ok(mut p) = kind.build_with(pcfg, opts) else {
+        return;
+    };
+    let events: Vec<ShardEvent> = (0..PREFETCH_WARM_UP_EVENTS as u64)
+        .map(|i| ShardEvent {
+            ts_ns: i * 1_000_000,
+            volume: 0,
+            op: crate::trace::Op::Read,
+            shard: i / 4,
+            shards: 1,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for half in events.chunks(PREFETCH_WARM_UP_EVENTS.div_ceil(2)) {
+        p.step(half, &mut out);
     }
 }
 
@@ -677,6 +730,9 @@ struct Inference {
     pacer: Pacer,
     /// When to step on the gathered events ([`super::pace::Cadence`]).
     cadence: Cadence,
+    /// Model time in steps and in background training.
+    step_busy: Duration,
+    train_busy: Duration,
     /// Stages cold shards read again soon ([`super::demand`]).
     demand: DemandPromoter,
 }
@@ -709,11 +765,15 @@ impl Inference {
                     continue;
                 }
                 let t0 = Instant::now();
-                let worked = self.pred.as_mut().is_some_and(|p| {
-                    p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
-                });
+                let worked = self.training_allowed()
+                    && self.pred.as_mut().is_some_and(|p| {
+                        p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
+                    });
                 if worked {
-                    self.worked(t0.elapsed());
+                    let busy = t0.elapsed();
+                    self.train_busy += busy;
+                    self.st.train_ms = self.train_busy.as_millis() as u64;
+                    self.worked(busy);
                 } else {
                     std::thread::sleep(self.nap(PREFETCH_IDLE_SLEEP_US));
                 }
@@ -824,6 +884,18 @@ impl Inference {
         self.publish();
     }
 
+    /// Whether background work (online training) may run now: while it has
+    /// used at most `PREFETCH_TRAIN_SHARE_PERCENT` of the thread's model
+    /// time (steps and training). One training step cannot be cut short
+    /// (2-10 s under TCG against a 20 ms budget, `examples/step_cost`); this
+    /// keeps such steps from taking the whole CPU share that inference
+    /// needs.
+    fn training_allowed(&self) -> bool {
+        let all = self.step_busy + self.train_busy;
+        self.train_busy.as_nanos() * 100
+            <= all.as_nanos() * u128::from(PREFETCH_TRAIN_SHARE_PERCENT)
+    }
+
     /// Step the predictor on the gathered `batch` when the cadence says it
     /// is due and the pacer owes no sleep (true: it stepped; `batch` is
     /// then empty).
@@ -835,7 +907,9 @@ impl Inference {
         self.step(batch, out);
         batch.clear();
         self.cadence.stepped();
-        self.worked(t0.elapsed());
+        let busy = t0.elapsed();
+        self.step_busy += busy;
+        self.worked(busy);
         true
     }
 
@@ -909,6 +983,9 @@ impl Inference {
             // full share, so it gets to emit (see `super::pace`)
             self.pacer.queued(now);
             self.st.promising_steps += 1;
+        } else if self.st.batches < PREFETCH_LEARN_STEPS {
+            // its first steps: measuring whether the workload is predictable
+            self.pacer.queued(now);
         }
         self.st.batches += 1;
         let _ = self
@@ -1111,6 +1188,8 @@ mod tests {
         min: usize,
         max: usize,
         promising: bool,
+        /// Each background call's work (zero: none).
+        train: Duration,
     }
 
     impl Predictor for Slow {
@@ -1133,6 +1212,13 @@ mod tests {
         }
         fn promising(&self) -> bool {
             self.promising
+        }
+        fn background(&mut self, _budget: Duration) -> bool {
+            let t0 = Instant::now();
+            while t0.elapsed() < self.train {
+                std::hint::spin_loop();
+            }
+            !self.train.is_zero()
         }
     }
 
@@ -1181,6 +1267,8 @@ mod tests {
             hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap(),
             pacer: Pacer::new(0),
             cadence,
+            step_busy: Duration::ZERO,
+            train_busy: Duration::ZERO,
             demand: DemandPromoter::new(0, 1, 1),
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -1222,6 +1310,7 @@ mod tests {
             min: 64,
             max: 256,
             promising: false,
+            train: Duration::ZERO,
         });
         // One event, then (well within the longest wait) the rest of a batch.
         read(&mut tp, 0);
@@ -1248,9 +1337,10 @@ mod tests {
 
     #[test]
     fn events_gathered_while_paced_are_stepped_newest_first_not_dropped() {
-        // A 30 ms step at the idle share owes about a second of sleep; the
-        // events read meanwhile make the next step's batch (its newest
-        // `max`), and only the older ones are counted as skipped.
+        // After the learning steps, a 30 ms step at the idle share owes
+        // about a second of sleep; the events read meanwhile make the next
+        // step's batch (its newest `max`), and only the older ones are
+        // counted as skipped.
         let log = Arc::new(Batches {
             sizes: Mutex::new(Vec::new()),
             steps: AtomicUsize::new(0),
@@ -1261,32 +1351,91 @@ mod tests {
             min: 16,
             max: 32,
             promising: false,
+            train: Duration::ZERO,
         });
-        for i in 0..16 {
-            read(&mut tp, i);
+        let first = PREFETCH_LEARN_STEPS + 1;
+        let mut i = 0;
+        for k in 0..first {
+            for _ in 0..16 {
+                read(&mut tp, i);
+                i += 1;
+            }
+            wait_steps(&log, k as usize + 1, 10);
         }
-        wait_steps(&log, 1, 10);
         // a slow trickle while the thread sleeps off its debt
-        for i in 16..116 {
+        for _ in 0..100 {
             read(&mut tp, i);
+            i += 1;
             std::thread::sleep(Duration::from_millis(2));
         }
-        wait_steps(&log, 2, 20);
+        wait_steps(&log, first as usize + 1, 20);
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
         let sizes = log.sizes.lock().unwrap().clone();
-        assert_eq!(sizes[0], 16, "{sizes:?}");
-        assert_eq!(sizes[1], 32, "the step after pacing: {sizes:?}");
+        assert!(
+            sizes[..first as usize].iter().all(|&n| n == 16),
+            "{sizes:?}"
+        );
+        assert_eq!(
+            sizes[first as usize], 32,
+            "the step after pacing: {sizes:?}"
+        );
         let st = shared.infer.lock().unwrap().clone();
-        assert_eq!(st.events, 116, "{st:?}");
+        assert_eq!(st.events, i, "{st:?}");
         assert!(st.paced_ms >= 500, "{st:?}");
-        // all fed or skipped (nothing came after the second step)
-        assert_eq!(st.events_fed, 48, "{st:?}");
-        assert_eq!(st.skipped_events, 116 - 48, "{st:?}");
+        // all fed or skipped (nothing came after that step)
+        assert_eq!(st.events_fed, 16 * first + 32, "{st:?}");
+        assert_eq!(st.skipped_events, 100 - 32, "{st:?}");
+    }
+
+    #[test]
+    fn training_takes_at_most_its_share_of_the_model_time() {
+        // Training stretches of 40 ms (one step that cannot be cut short)
+        // against 2 ms steps: with events to step, training waits until the
+        // steps have had their share of the model time.
+        let log = Arc::new(Batches {
+            sizes: Mutex::new(Vec::new()),
+            steps: AtomicUsize::new(0),
+        });
+        let (mut tp, shared, stop, h, _rx) = spawn(Slow {
+            log: log.clone(),
+            busy: Duration::from_millis(2),
+            min: 1,
+            max: 64,
+            promising: true,
+            train: Duration::from_millis(40),
+        });
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut i = 0;
+        while Instant::now() < deadline {
+            read(&mut tp, i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let st = shared.infer.lock().unwrap().clone();
+        let steps_ms = log.steps.load(Ordering::SeqCst) as u64 * 2;
+        assert!(st.train_ms >= 40, "training never ran: {st:?}");
+        // at most half of all model time, give or take one stretch
+        assert!(
+            st.train_ms
+                <= steps_ms * u64::from(PREFETCH_TRAIN_SHARE_PERCENT)
+                    / u64::from(100 - PREFETCH_TRAIN_SHARE_PERCENT)
+                    + 40,
+            "training {} ms against {} ms of steps: {st:?}",
+            st.train_ms,
+            steps_ms
+        );
     }
 
     #[test]
     fn a_promising_predictor_is_paced_at_the_full_share() {
+        // Steps of 20 ms, a batch every 150 ms: at the full share one owes
+        // 60 ms, at the idle share about 650 ms. The first
+        // PREFETCH_LEARN_STEPS steps are at the full share either way; after
+        // them only a promising predictor keeps it.
+        let rounds = PREFETCH_LEARN_STEPS as usize + 2;
         for promising in [false, true] {
             let log = Arc::new(Batches {
                 sizes: Mutex::new(Vec::new()),
@@ -1298,26 +1447,23 @@ mod tests {
                 min: 8,
                 max: 8,
                 promising,
+                train: Duration::ZERO,
             });
-            for i in 0..8 {
-                read(&mut tp, i);
+            for r in 0..rounds as u64 {
+                for i in 0..8 {
+                    read(&mut tp, r * 8 + i);
+                }
+                std::thread::sleep(Duration::from_millis(150));
             }
-            wait_steps(&log, 1, 10);
-            // the debt of one step: 60 ms at the full share, ~650 ms idle
-            std::thread::sleep(Duration::from_millis(150));
-            for i in 8..16 {
-                read(&mut tp, i);
-            }
-            std::thread::sleep(Duration::from_millis(150));
             let steps = log.steps.load(Ordering::SeqCst);
             stop.store(true, Ordering::SeqCst);
             h.join().unwrap();
             let st = shared.infer.lock().unwrap().clone();
             if promising {
-                assert_eq!(steps, 2, "{st:?}");
-                assert_eq!(st.promising_steps, 2, "{st:?}");
+                assert_eq!(steps, rounds, "{st:?}");
+                assert_eq!(st.promising_steps, rounds as u64, "{st:?}");
             } else {
-                assert_eq!(steps, 1, "{st:?}");
+                assert_eq!(steps, PREFETCH_LEARN_STEPS as usize + 1, "{st:?}");
                 assert_eq!(st.promising_steps, 0, "{st:?}");
             }
         }
