@@ -36,6 +36,7 @@ VOL=256M
 SHARD="${SHARDBLK_PF_SHARD:-1M}"
 OUT="${SHARDBLK_VM_OUT:-$W}"
 
+rm -f "$W/cold.img" "$W/hot.img" "$W/origin.img" "$W/cache.img" "$W/cmeta.img" # a scratch dir another script used
 truncate -s 512M "$W/cold.img"
 loop="$(losetup -f --show "$W/cold.img")" || die "losetup"
 sectors="$(blockdev --getsz "$loop")"
