@@ -21,6 +21,9 @@
 # 2. A purely random workload (fio randread 4 KiB QD16, 8 s) with prefetch
 #    off and each predictor, SHARDBLK_PF_ROUNDS paired rounds (default 4):
 #    IOPS, the ratio to the same round's off, the daemon's CPU seconds.
+# SHARDBLK_PF_TRACE_NAMES="fiu-homes" picks part 1's traces.
+# Per row, $SHARDBLK_VM_OUT/rows/ keeps the daemon's stats, its threads'
+# CPU seconds and the guest CPUs' busy share during the replay.
 # SHARDBLK_PF_ONLY=random runs part 2 alone, =replay part 1 alone;
 # SHARDBLK_PF_ROWS="off none readahead/np dm-cache ..." picks part 1's rows
 # (`X`: --prefetch X with demand promotion after SHARDBLK_PF_PROMOTE cold
@@ -33,6 +36,7 @@ VOL=256M
 SHARD="${SHARDBLK_PF_SHARD:-1M}"
 OUT="${SHARDBLK_VM_OUT:-$W}"
 
+rm -f "$W/cold.img" "$W/hot.img" "$W/origin.img" "$W/cache.img" "$W/cmeta.img" # a scratch dir another script used
 truncate -s 512M "$W/cold.img"
 loop="$(losetup -f --show "$W/cold.img")" || die "losetup"
 sectors="$(blockdev --getsz "$loop")"
@@ -93,6 +97,7 @@ if [ -r "$TRACES/fiu_homes_cheetah_10k.csv.gz" ]; then
     (zcat "$TRACES/fiu_homes_cheetah_10k.csv.gz" || true) | head -n 2001 >"$W/fiu-homes.csv"
     traces=(fiu-homes repeated)
 fi
+if [ -n "${SHARDBLK_PF_TRACE_NAMES:-}" ]; then read -r -a traces <<<"$SHARDBLK_PF_TRACE_NAMES"; fi
 for t in "${traces[@]}"; do
     "$B" trace convert --from csv "$W/$t.csv" --to fio --fio-filename /dev/ublkb0 \
         --fio-wrap $VOL -o "$W/$t.iolog" 2>/dev/null || die "convert $t"
@@ -145,6 +150,40 @@ start_dev() { # row (predictor[/np], or policy) -> /dev/ublkb0
     wait_dev "$dev"
 }
 
+# Per row, left in $OUT/rows/TRACE-ROW.txt: the daemon's prefetch stats
+# (json), its threads' CPU seconds, and the guest's CPUs' busy share over
+# the replay (a TCG vCPU that computes takes the host time of the other).
+mkdir -p "$OUT/rows"
+cpu_busy() { # -> "busy_ticks total_ticks" per cpu from /proc/stat, one line
+    awk '/^cpu[0-9]/ { b = $2 + $3 + $4 + $7 + $8; t = b + $5 + $6; printf "%s %d %d ", $1, b, t }' /proc/stat
+}
+busy_share() { # BEFORE AFTER -> "cpu0 0.41 cpu1 0.12"
+    python3 - "$1" "$2" <<'PY'
+import sys
+a, b = sys.argv[1].split(), sys.argv[2].split()
+out = []
+for i in range(0, len(a), 3):
+    db, dt = int(b[i + 1]) - int(a[i + 1]), int(b[i + 2]) - int(a[i + 2])
+    out.append("%s %.2f" % (a[i], db / dt if dt else 0))
+print(" ".join(out))
+PY
+}
+thread_cpu() { # -> "comm=seconds ..." for every thread of the device 0 daemon
+    local pid
+    pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb0.json")"
+    python3 - "$pid" <<'PY'
+import os, sys
+pid = sys.argv[1]
+hz = os.sysconf("SC_CLK_TCK")
+acc = {}
+for t in sorted(os.listdir(f"/proc/{pid}/task")):
+    comm = open(f"/proc/{pid}/task/{t}/comm").read().strip()
+    f = open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()
+    acc[comm] = acc.get(comm, 0) + int(f[11]) + int(f[12])
+print(" ".join("%s=%.2f" % (k, v / hz) for k, v in sorted(acc.items()) if v))
+PY
+}
+
 stats_cols() { # -> "staged hits precision coverage predictions"
     "$B" stats -n 0 --json | python3 -c '
 if 1:
@@ -179,10 +218,18 @@ for t in "${traces[@]}"; do
         else
             fresh_volume
             start_dev "$p"
+            c0="$(cpu_busy)"
             (cd "$W" && fio --name=replay --read_iolog="$W/$t.iolog" --ioengine=io_uring --direct=1 \
                 --iodepth=1 --output-format=json >"$W/r.json") || die "replay $t $p"
+            c1="$(cpu_busy)"
             sleep 0.5
             cols="$(stats_cols)"
+            rowf="$OUT/rows/$t-${p//\//_}.txt"
+            {
+                echo "guest cpu busy during the replay: $(busy_share "$c0" "$c1")"
+                echo "daemon threads cpu_s: $(thread_cpu)"
+                "$B" stats -n 0 --json
+            } >"$rowf" 2>&1 || true
             "$B" del -n 0
         fi
         lat="$(python3 - "$W/r.json" <<'PY'

@@ -553,6 +553,31 @@ pub const STAGER_THROTTLE_PERIOD_MS: u64 = 500;
 /// A step costs one recurrent step per event of a stream, so this bounds a
 /// step to ~30 ms on one core (~0.1 ms per event) and to seconds under TCG.
 pub const LSTM_LIVE_STEP_EVENTS_MAX: usize = 256;
+/// Fewest events the live inference thread gathers for an LSTM step
+/// ([`crate::prefetch::Predictor::step_events_min`]): a step's fixed cost
+/// (lookahead, candidates) is then spread over a batch, and its shadow
+/// positions resolve (64 events: 0.39 s under TCG, 256: 1.1-1.8 s);
+/// a slower trickle steps after `PREFETCH_STEP_WAIT_MAX_MS`.
+pub const LSTM_LIVE_STEP_EVENTS_MIN: usize = 64;
+const _: () = assert!(LSTM_LIVE_STEP_EVENTS_MIN >= 1);
+const _: () = assert!(LSTM_LIVE_STEP_EVENTS_MIN <= LSTM_LIVE_STEP_EVENTS_MAX);
+/// A predictor's first steps are charged at the full CPU share (as if
+/// they had queued predictions): in them an expensive predictor measures
+/// whether the workload is predictable ([`crate::prefetch::Predictor::promising`]),
+/// instead of spending a minute of pacing at the idle share on the first
+/// step of seconds under TCG.
+pub const PREFETCH_LEARN_STEPS: u64 = 2;
+/// Longest an event gathered for a predictor step waits for the batch to
+/// fill before a smaller batch is stepped (milliseconds).
+pub const PREFETCH_STEP_WAIT_MAX_MS: u64 = 1_000;
+/// Most of the inference thread's model time (steps and training) that
+/// online training may take (percent).
+pub const PREFETCH_TRAIN_SHARE_PERCENT: u32 = 50;
+const _: () = assert!(PREFETCH_TRAIN_SHARE_PERCENT <= 100);
+/// Synthetic events a throwaway copy of an expensive predictor is stepped
+/// on before the device goes live (libtorch's lazy initialisation).
+pub const PREFETCH_WARM_UP_EVENTS: usize = 32;
+const _: () = assert!(PREFETCH_WARM_UP_EVENTS >= 2);
 /// Nice value of the inference thread (and of libtorch's threads it starts):
 /// the lowest normal priority, below the queue threads and the application.
 pub const PREFETCH_THREAD_NICE: i32 = 19;

@@ -17,15 +17,30 @@
 //!   feeding the predictor and counted as skipped; of a batch larger than
 //!   [`Predictor::step_events_max`] only the newest events are fed, the
 //!   older counted as skipped), turns every op into a
-//!   [`ShardEvent`] (time order across queues), calls
-//!   [`Predictor::step`], drops predictions below the confidence threshold
+//!   [`ShardEvent`] (time order across queues) and gathers them for the
+//!   next step: it calls [`Predictor::step`] once
+//!   [`Predictor::step_events_min`] events are gathered (1 for the
+//!   baselines, `LSTM_LIVE_STEP_EVENTS_MIN` for the LSTM) or the oldest has
+//!   waited `PREFETCH_STEP_WAIT_MAX_MS`, and the thread owes no pacing
+//!   sleep ([`super::pace::Cadence`]); events read while it owes are kept
+//!   (the newest [`Predictor::step_events_max`], the older counted as
+//!   skipped), so the step after a paced stretch sees the latest batch.
+//!   It drops predictions below the confidence threshold
 //!   or for shards that are unmapped, split or already on the hot tier (one
 //!   table load each), and pushes the rest into the prefetch ring
 //!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
-//!   gives the predictor [`Predictor::background`] time. After each step
+//!   gives the predictor [`Predictor::background`] time (online training:
+//!   at most `PREFETCH_TRAIN_SHARE_PERCENT` of the thread's model time, as
+//!   one training step cannot be cut short). An expensive predictor (step
+//!   minimum above 1: the LSTM) has a throwaway copy stepped on synthetic
+//!   events before `start` returns, so libtorch's lazy initialisation is
+//!   paid before the device is live, not charged to the first live step
+//!   (`warm_up_ms`). After each step
 //!   and each background stretch it sleeps to stay within its share of one
 //!   core ([`super::pace`]: 25 % while its predictions are queued, 3 % while
-//!   they are not). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
+//!   they are not, unless the predictor says it is [`Predictor::promising`]
+//!   after a step, counted in `promising_steps`; the first
+//!   `PREFETCH_LEARN_STEPS` steps are charged at the full share). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
 //!   contention the queue threads and the application come first. The queue threads
 //!   never signal it: after a turn that found less than a full batch it
 //!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
@@ -55,14 +70,16 @@
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_IDLE_SLEEP_US, PREFETCH_POLL_INTERVAL_US,
-    PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES,
-    PREFETCH_RING_PREDICTIONS, PREFETCH_THREAD_NICE, STAGER_BUDGET_DEFAULT_PERCENT,
-    STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_IDLE_SLEEP_US, PREFETCH_LEARN_STEPS,
+    PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS,
+    PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS,
+    PREFETCH_THREAD_NICE, PREFETCH_TRAIN_SHARE_PERCENT, PREFETCH_WARM_UP_EVENTS,
+    STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS,
+    TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
-use crate::prefetch::pace::Pacer;
+use crate::prefetch::pace::{Cadence, Pacer};
 use crate::prefetch::remote::RemoteStageStats;
 use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
 use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
@@ -165,6 +182,19 @@ pub struct PrefetchStats {
     /// (`PREFETCH_CPU_SHARE_PERCENT`, `..._IDLE_PERCENT` while it queues
     /// nothing), milliseconds.
     pub paced_ms: u64,
+    /// Steps after which the predictor measured itself promising without
+    /// having queued anything (the LSTM calibrating): they kept the full
+    /// CPU share.
+    #[serde(default)]
+    pub promising_steps: u64,
+    /// Time in background training (milliseconds; at most
+    /// `PREFETCH_TRAIN_SHARE_PERCENT` of the model's time), and in warming
+    /// up a throwaway copy of an expensive predictor before the device went
+    /// live.
+    #[serde(default)]
+    pub train_ms: u64,
+    #[serde(default)]
+    pub warm_up_ms: u64,
     pub stager: StagerStats,
     /// A cluster volume's staging onto its stage tier (`None` for a pool's
     /// volume; `stager` then holds the core's figures).
@@ -524,9 +554,17 @@ fn spawn_inference(
                 lower_priority();
                 // SAFETY: gettid has no preconditions.
                 let _ = shared.infer_tid.set(unsafe { libc::gettid() });
+                let mut warm_up_ms = 0;
                 let pred = match &ring_tx {
                     Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
-                        Ok(p) => Some(p),
+                        Ok(p) => {
+                            if p.step_events_min() > 1 {
+                                let t0 = Instant::now();
+                                warm_up(*kind, pcfg, &lstm_opts);
+                                warm_up_ms = t0.elapsed().as_millis() as u64;
+                            }
+                            Some(p)
+                        }
                         Err(e) => {
                             let _ = report_tx.send(Err(e));
                             return;
@@ -535,6 +573,10 @@ fn spawn_inference(
                     None => None,
                 };
                 let _ = report_tx.send(Ok(()));
+                let cadence = Cadence::new(
+                    pred.as_ref().map_or(1, |p| p.step_events_min()),
+                    PREFETCH_STEP_WAIT_MAX_MS * 1_000_000,
+                );
                 let mut t = Inference {
                     demand: DemandPromoter::new(
                         promote_reads,
@@ -550,11 +592,15 @@ fn spawn_inference(
                     start,
                     st: PrefetchStats {
                         promote_reads,
+                        warm_up_ms,
                         ..Default::default()
                     },
                     hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
                         .expect("histogram bounds"),
                     pacer: Pacer::new(ns_since(start)),
+                    cadence,
+                    step_busy: Duration::ZERO,
+                    train_busy: Duration::ZERO,
                 };
                 t.run(&stop);
             })
@@ -570,6 +616,32 @@ fn spawn_inference(
             let _ = infer.join();
             Err(LiveError::NoReport)
         }
+    }
+}
+
+/// Step a throwaway predictor of `kind` on a few synthetic sequential
+/// reads, before the device is live: the first step of a libtorch model in
+/// a process pays for its lazy initialisation (1.2 s under TCG against
+/// 0.1 s for the next 16 events, `examples/step_cost`), which the pacer
+/// would otherwise charge to the live thread's first step (about 40 s of
+/// pacing at the idle share) while the device serves I/O. The predictor
+/// that serves the device keeps its state untouched.
+fn warm_up(kind: PredictorKind, pcfg: &PrefetchConfig, opts: &crate::prefetch::lstm::LstmOptions) {
+    let Ok(mut p) = kind.build_with(pcfg, opts) else {
+        return;
+    };
+    let events: Vec<ShardEvent> = (0..PREFETCH_WARM_UP_EVENTS as u64)
+        .map(|i| ShardEvent {
+            ts_ns: i * 1_000_000,
+            volume: 0,
+            op: crate::trace::Op::Read,
+            shard: i / 4,
+            shards: 1,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for half in events.chunks(PREFETCH_WARM_UP_EVENTS.div_ceil(2)) {
+        p.step(half, &mut out);
     }
 }
 
@@ -656,6 +728,11 @@ struct Inference {
     hist: hdrhistogram::Histogram<u64>,
     /// Keeps the thread within its CPU share ([`super::pace`]).
     pacer: Pacer,
+    /// When to step on the gathered events ([`super::pace::Cadence`]).
+    cadence: Cadence,
+    /// Model time in steps and in background training.
+    step_busy: Duration,
+    train_busy: Duration,
     /// Stages cold shards read again soon ([`super::demand`]).
     demand: DemandPromoter,
 }
@@ -663,6 +740,8 @@ struct Inference {
 impl Inference {
     fn run(&mut self, stop: &AtomicBool) {
         let mut lens = vec![0usize; self.consumers.len()];
+        // Events gathered for the next step (kept across turns while the
+        // cadence waits for a batch or the pacer for its debt).
         let mut batch: Vec<ShardEvent> =
             Vec::with_capacity(PREFETCH_BATCH_EVENTS_MAX + self.consumers.len());
         let mut out: Vec<Prediction> = Vec::new();
@@ -681,12 +760,20 @@ impl Inference {
                 if self.owes_sleep() {
                     continue;
                 }
+                // A trickle gathered earlier whose wait is over.
+                if self.try_step(&mut batch, &mut out) {
+                    continue;
+                }
                 let t0 = Instant::now();
-                let worked = self.pred.as_mut().is_some_and(|p| {
-                    p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
-                });
+                let worked = self.training_allowed()
+                    && self.pred.as_mut().is_some_and(|p| {
+                        p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
+                    });
                 if worked {
-                    self.worked(t0.elapsed());
+                    let busy = t0.elapsed();
+                    self.train_busy += busy;
+                    self.st.train_ms = self.train_busy.as_millis() as u64;
+                    self.worked(busy);
                 } else {
                     std::thread::sleep(self.nap(PREFETCH_IDLE_SLEEP_US));
                 }
@@ -694,7 +781,7 @@ impl Inference {
             }
             let feed = total.min(PREFETCH_BATCH_EVENTS_MAX);
             let overloaded = total > PREFETCH_BACKLOG_EVENTS_MAX;
-            batch.clear();
+            let gathered_before = batch.len();
             let mut recording = if self.shared.recording_on.load(Ordering::Relaxed) {
                 Some(self.shared.recording.lock().expect("recording"))
             } else {
@@ -764,29 +851,26 @@ impl Inference {
                 }
             }
             drop(recording);
-            if !batch.is_empty() {
+            if batch.len() > gathered_before {
+                self.cadence.gathered(ns_since(self.start));
                 if self.consumers.len() > 1 {
                     batch.sort_by_key(|e| e.ts_ns);
                 }
+                // The newest a step takes; older ones (also those gathered
+                // while the model's CPU share was spent) were recorded,
+                // promoted on demand and noticed, not stepped.
                 let cap = self
                     .pred
                     .as_ref()
-                    .map_or(usize::MAX, |p| p.step_events_max());
+                    .map_or(usize::MAX, |p| p.step_events_max())
+                    .min(PREFETCH_BATCH_EVENTS_MAX);
                 if batch.len() > cap {
                     let older = batch.len() - cap;
                     self.st.skipped_events += older as u64;
                     batch.drain(..older);
                 }
-                if self.pacer.owed().is_zero() {
-                    let t0 = Instant::now();
-                    self.step(&batch, &mut out);
-                    self.worked(t0.elapsed());
-                } else {
-                    // the model's CPU share is spent: these events were
-                    // recorded, promoted on demand and noticed, not stepped
-                    self.st.skipped_events += batch.len() as u64;
-                }
             }
+            self.try_step(&mut batch, &mut out);
             if self.owes_sleep() {
                 continue;
             }
@@ -798,6 +882,35 @@ impl Inference {
             }
         }
         self.publish();
+    }
+
+    /// Whether background work (online training) may run now: while it has
+    /// used at most `PREFETCH_TRAIN_SHARE_PERCENT` of the thread's model
+    /// time (steps and training). One training step cannot be cut short
+    /// (2-10 s under TCG against a 20 ms budget, `examples/step_cost`); this
+    /// keeps such steps from taking the whole CPU share that inference
+    /// needs.
+    fn training_allowed(&self) -> bool {
+        let all = self.step_busy + self.train_busy;
+        self.train_busy.as_nanos() * 100
+            <= all.as_nanos() * u128::from(PREFETCH_TRAIN_SHARE_PERCENT)
+    }
+
+    /// Step the predictor on the gathered `batch` when the cadence says it
+    /// is due and the pacer owes no sleep (true: it stepped; `batch` is
+    /// then empty).
+    fn try_step(&mut self, batch: &mut Vec<ShardEvent>, out: &mut Vec<Prediction>) -> bool {
+        if !self.pacer.owed().is_zero() || !self.cadence.ready(batch.len(), ns_since(self.start)) {
+            return false;
+        }
+        let t0 = Instant::now();
+        self.step(batch, out);
+        batch.clear();
+        self.cadence.stepped();
+        let busy = t0.elapsed();
+        self.step_busy += busy;
+        self.worked(busy);
+        true
     }
 
     /// How long to sleep between turns: `us`, or the longer drain-only
@@ -865,6 +978,14 @@ impl Inference {
         if queued {
             self.pacer.queued(now);
             self.shared.wake_stager();
+        } else if pred.promising() {
+            // calibrating on a workload it measures as predictable: the
+            // full share, so it gets to emit (see `super::pace`)
+            self.pacer.queued(now);
+            self.st.promising_steps += 1;
+        } else if self.st.batches < PREFETCH_LEARN_STEPS {
+            // its first steps: measuring whether the workload is predictable
+            self.pacer.queued(now);
         }
         self.st.batches += 1;
         let _ = self
@@ -1043,4 +1164,326 @@ pub(crate) fn stage_one(
         }
     }
     moved
+}
+
+#[cfg(test)]
+mod tests {
+    //! The inference loop over real trace rings and time, with a predictor
+    //! that records its batches and busy-waits a fixed time per step (the
+    //! CPU the pacer charges).
+    use super::*;
+    use crate::constants::PREFETCH_PRODUCTIVE_WINDOW_MS;
+    use crate::device::metrics::{trace_ring, TraceProducer};
+    use std::sync::atomic::AtomicUsize;
+
+    const MIB: u64 = 1 << 20;
+
+    struct Batches {
+        sizes: Mutex<Vec<usize>>,
+        steps: AtomicUsize,
+    }
+
+    struct Slow {
+        log: Arc<Batches>,
+        busy: Duration,
+        min: usize,
+        max: usize,
+        promising: bool,
+        /// Each background call's work (zero: none).
+        train: Duration,
+    }
+
+    impl Predictor for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn step(&mut self, batch: &[ShardEvent], _out: &mut Vec<Prediction>) {
+            let t0 = Instant::now();
+            while t0.elapsed() < self.busy {
+                std::hint::spin_loop();
+            }
+            self.log.sizes.lock().unwrap().push(batch.len());
+            self.log.steps.fetch_add(1, Ordering::SeqCst);
+        }
+        fn step_events_max(&self) -> usize {
+            self.max
+        }
+        fn step_events_min(&self) -> usize {
+            self.min
+        }
+        fn promising(&self) -> bool {
+            self.promising
+        }
+        fn background(&mut self, _budget: Duration) -> bool {
+            let t0 = Instant::now();
+            while t0.elapsed() < self.train {
+                std::hint::spin_loop();
+            }
+            !self.train.is_zero()
+        }
+    }
+
+    struct AllCold;
+    impl ShardPlaces for AllCold {
+        fn volume_id(&self) -> u32 {
+            1
+        }
+        fn place(&self, _shard: u64) -> Place {
+            Place::Cold
+        }
+    }
+
+    /// An inference thread over one trace ring with `pred`; returns the
+    /// ring's producer, the shared state and the stop flag.
+    fn spawn(
+        pred: Slow,
+    ) -> (
+        TraceProducer,
+        Arc<LiveShared>,
+        Arc<AtomicBool>,
+        JoinHandle<()>,
+        PredictionRx,
+    ) {
+        let start = Instant::now();
+        let (tp, c) = trace_ring(1 << 16);
+        let (tx, rx) = prediction_ring(64, 64, 1_000_000);
+        let shared = Arc::new(LiveShared::new(Some("slow"), Some(tx.counters())));
+        let pcfg = PrefetchConfig {
+            shard_bytes: MIB,
+            ..Default::default()
+        };
+        let cadence = Cadence::new(
+            pred.step_events_min(),
+            PREFETCH_STEP_WAIT_MAX_MS * 1_000_000,
+        );
+        let mut inf = Inference {
+            places: Box::new(AllCold),
+            consumers: vec![c],
+            pred: Some(Box::new(pred)),
+            ring: Some((tx, pcfg)),
+            notices: None,
+            shared: shared.clone(),
+            start,
+            st: PrefetchStats::default(),
+            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap(),
+            pacer: Pacer::new(0),
+            cadence,
+            step_busy: Duration::ZERO,
+            train_busy: Duration::ZERO,
+            demand: DemandPromoter::new(0, 1, 1),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || inf.run(&s2));
+        (tp, shared, stop, h, rx)
+    }
+
+    fn read(tp: &mut TraceProducer, i: u64) {
+        tp.push(DevEvent {
+            time_ns: i,
+            volume: 1,
+            offset: (i % 64) * MIB,
+            len: 4096,
+            op: DevOp::Read,
+        });
+    }
+
+    fn wait_steps(log: &Batches, n: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while log.steps.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} steps in {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn an_expensive_predictor_steps_on_a_batch_not_the_first_event() {
+        let log = Arc::new(Batches {
+            sizes: Mutex::new(Vec::new()),
+            steps: AtomicUsize::new(0),
+        });
+        let (mut tp, _shared, stop, h, _rx) = spawn(Slow {
+            log: log.clone(),
+            busy: Duration::from_millis(1),
+            min: 64,
+            max: 256,
+            promising: false,
+            train: Duration::ZERO,
+        });
+        // One event, then (well within the longest wait) the rest of a batch.
+        read(&mut tp, 0);
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 1..100 {
+            read(&mut tp, i);
+        }
+        wait_steps(&log, 1, 10);
+        // A trickle below the minimum is stepped once it waited long enough.
+        for i in 100..103 {
+            read(&mut tp, i);
+        }
+        wait_steps(&log, 2, 10);
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let sizes = log.sizes.lock().unwrap().clone();
+        assert!(
+            sizes[0] >= 64,
+            "first step on {} events: {sizes:?}",
+            sizes[0]
+        );
+        assert_eq!(sizes[1], 3, "{sizes:?}");
+    }
+
+    #[test]
+    fn events_gathered_while_paced_are_stepped_newest_first_not_dropped() {
+        // After the learning steps, a 30 ms step at the idle share owes
+        // about a second of sleep; the events read meanwhile make the next
+        // step's batch (its newest `max`), and only the older ones are
+        // counted as skipped.
+        let log = Arc::new(Batches {
+            sizes: Mutex::new(Vec::new()),
+            steps: AtomicUsize::new(0),
+        });
+        let (mut tp, shared, stop, h, _rx) = spawn(Slow {
+            log: log.clone(),
+            busy: Duration::from_millis(30),
+            min: 16,
+            max: 32,
+            promising: false,
+            train: Duration::ZERO,
+        });
+        let first = PREFETCH_LEARN_STEPS + 1;
+        let mut i = 0;
+        for k in 0..first {
+            if k == PREFETCH_LEARN_STEPS {
+                // the learning steps' full share lapses
+                std::thread::sleep(Duration::from_millis(PREFETCH_PRODUCTIVE_WINDOW_MS + 200));
+            }
+            for _ in 0..16 {
+                read(&mut tp, i);
+                i += 1;
+            }
+            wait_steps(&log, k as usize + 1, 10);
+        }
+        // a slow trickle while the thread sleeps off its debt
+        for _ in 0..100 {
+            read(&mut tp, i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        wait_steps(&log, first as usize + 1, 20);
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let sizes = log.sizes.lock().unwrap().clone();
+        assert!(
+            sizes[..first as usize].iter().all(|&n| n == 16),
+            "{sizes:?}"
+        );
+        assert_eq!(
+            sizes[first as usize], 32,
+            "the step after pacing: {sizes:?}"
+        );
+        let st = shared.infer.lock().unwrap().clone();
+        assert_eq!(st.events, i, "{st:?}");
+        assert!(st.paced_ms >= 500, "{st:?}");
+        // all fed or skipped (nothing came after that step)
+        assert_eq!(st.events_fed, 16 * first + 32, "{st:?}");
+        assert_eq!(st.skipped_events, 100 - 32, "{st:?}");
+    }
+
+    #[test]
+    fn training_takes_at_most_its_share_of_the_model_time() {
+        // Training stretches of 40 ms (one step that cannot be cut short)
+        // against 2 ms steps: with events to step, training waits until the
+        // steps have had their share of the model time.
+        let log = Arc::new(Batches {
+            sizes: Mutex::new(Vec::new()),
+            steps: AtomicUsize::new(0),
+        });
+        let (mut tp, shared, stop, h, _rx) = spawn(Slow {
+            log: log.clone(),
+            busy: Duration::from_millis(2),
+            min: 1,
+            max: 64,
+            promising: true,
+            train: Duration::from_millis(40),
+        });
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut i = 0;
+        while Instant::now() < deadline {
+            read(&mut tp, i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let st = shared.infer.lock().unwrap().clone();
+        // the steps' measured time (a loaded machine stretches the 2 ms)
+        let steps_ms = (st.batches as f64 * st.batch_us_mean / 1000.0) as u64;
+        assert!(st.train_ms >= 40, "training never ran: {st:?}");
+        // at most half of all model time, give or take a stretch or two
+        assert!(
+            st.train_ms
+                <= steps_ms * u64::from(PREFETCH_TRAIN_SHARE_PERCENT)
+                    / u64::from(100 - PREFETCH_TRAIN_SHARE_PERCENT)
+                    + 80,
+            "training {} ms against {} ms of steps: {st:?}",
+            st.train_ms,
+            steps_ms
+        );
+    }
+
+    #[test]
+    fn a_promising_predictor_is_paced_at_the_full_share() {
+        // Steps of 20 ms: at the full share one owes 60 ms, at the idle
+        // share about 650 ms. The first PREFETCH_LEARN_STEPS steps are at
+        // the full share either way (for PREFETCH_PRODUCTIVE_WINDOW_MS);
+        // after that only a promising predictor keeps it: two batches
+        // 150 ms apart are both stepped by it, only the first otherwise.
+        for promising in [false, true] {
+            let log = Arc::new(Batches {
+                sizes: Mutex::new(Vec::new()),
+                steps: AtomicUsize::new(0),
+            });
+            let (mut tp, shared, stop, h, _rx) = spawn(Slow {
+                log: log.clone(),
+                busy: Duration::from_millis(20),
+                min: 8,
+                max: 8,
+                promising,
+                train: Duration::ZERO,
+            });
+            let learn = PREFETCH_LEARN_STEPS as usize;
+            let mut i = 0;
+            let mut batch = |tp: &mut TraceProducer| {
+                for _ in 0..8 {
+                    read(tp, i);
+                    i += 1;
+                }
+            };
+            for k in 0..learn {
+                batch(&mut tp);
+                wait_steps(&log, k + 1, 10);
+            }
+            std::thread::sleep(Duration::from_millis(PREFETCH_PRODUCTIVE_WINDOW_MS + 200));
+            batch(&mut tp);
+            wait_steps(&log, learn + 1, 10);
+            std::thread::sleep(Duration::from_millis(150));
+            batch(&mut tp);
+            std::thread::sleep(Duration::from_millis(200));
+            let steps = log.steps.load(Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
+            h.join().unwrap();
+            let st = shared.infer.lock().unwrap().clone();
+            if promising {
+                assert_eq!(steps, learn + 2, "{st:?}");
+                assert_eq!(st.promising_steps, learn as u64 + 2, "{st:?}");
+            } else {
+                assert_eq!(steps, learn + 1, "{st:?}");
+                assert_eq!(st.promising_steps, 0, "{st:?}");
+            }
+        }
+    }
 }

@@ -244,6 +244,22 @@ pub trait Predictor: Send {
     fn step_events_max(&self) -> usize {
         usize::MAX
     }
+    /// Fewest events the live inference thread gathers before a step (it
+    /// steps a smaller batch once the oldest event waited
+    /// `PREFETCH_STEP_WAIT_MAX_MS`): a predictor with a high fixed cost per
+    /// step (the LSTM) then steps on a batch, not on the one event that came
+    /// in first. Baselines step on every turn with events (1).
+    fn step_events_min(&self) -> usize {
+        1
+    }
+    /// Whether the predictor's own measure says its predictions would be
+    /// right this often (the LSTM: its tracked candidates' measured
+    /// precision reached its gate) although it may not have emitted any yet
+    /// (calibrating). The live inference thread then runs at its full CPU
+    /// share ([`pace`]); otherwise only queued predictions earn it.
+    fn promising(&self) -> bool {
+        false
+    }
     /// Figures for `shardblk stats` and the evaluation tables.
     fn figures(&self) -> PredictorFigures {
         PredictorFigures::default()

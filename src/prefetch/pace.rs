@@ -19,6 +19,18 @@
 //! skipped events, counted) so it notices when the workload turns
 //! predictable. Events the thread has no time for are skipped by the
 //! inference loop's backlog bound, never by blocking a queue thread.
+//! A predictor whose candidates measure as promising before it has queued
+//! anything (the LSTM while it calibrates, [`crate::prefetch::Predictor::promising`])
+//! counts as productive too ([`Pacer::queued`] is called for it): learning a
+//! predictable workload runs at the full share, an unpredictable one at the
+//! idle share.
+//!
+//! [`Cadence`] says when an expensive predictor steps: once at least its
+//! `min_events` are gathered, or the oldest gathered event has waited
+//! `wait_max`; a predictor that takes any batch (min 1) steps on every turn
+//! with events. Events keep being gathered while the pacer owes sleep (the
+//! newest up to the step's maximum), so the step after a paced stretch sees
+//! a full batch of the latest events, not the one that came in last.
 
 use crate::constants::{
     PREFETCH_CPU_SHARE_IDLE_PERCENT, PREFETCH_CPU_SHARE_PERCENT, PREFETCH_PACE_SLEEP_MAX_MS,
@@ -81,9 +93,76 @@ impl Pacer {
     }
 }
 
+/// When to step a predictor on the events gathered so far (times in
+/// nanoseconds on the caller's clock).
+#[derive(Debug, Clone)]
+pub struct Cadence {
+    min_events: usize,
+    wait_max_ns: u64,
+    /// When the oldest event still waiting was gathered.
+    oldest_ns: Option<u64>,
+}
+
+impl Cadence {
+    /// Step once `min_events` (at least 1) are gathered or the oldest has
+    /// waited `wait_max_ns`.
+    pub fn new(min_events: usize, wait_max_ns: u64) -> Cadence {
+        Cadence {
+            min_events: min_events.max(1),
+            wait_max_ns,
+            oldest_ns: None,
+        }
+    }
+
+    /// Events were gathered at `now_ns` (the first since the last step
+    /// starts the wait).
+    pub fn gathered(&mut self, now_ns: u64) {
+        self.oldest_ns.get_or_insert(now_ns);
+    }
+
+    /// Whether `waiting` gathered events should be stepped at `now_ns`.
+    pub fn ready(&self, waiting: usize, now_ns: u64) -> bool {
+        waiting > 0
+            && (waiting >= self.min_events
+                || self
+                    .oldest_ns
+                    .is_some_and(|t| now_ns.saturating_sub(t) >= self.wait_max_ns))
+    }
+
+    /// The gathered events were stepped.
+    pub fn stepped(&mut self) {
+        self.oldest_ns = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cadence_waits_for_a_batch_or_the_longest_wait() {
+        let mut c = Cadence::new(64, 500 * MS);
+        assert!(!c.ready(0, 0));
+        c.gathered(10 * MS);
+        // one event that just came: wait for more
+        assert!(!c.ready(1, 10 * MS));
+        assert!(!c.ready(63, 400 * MS));
+        assert!(c.ready(64, 11 * MS));
+        // a trickle steps once the oldest has waited long enough
+        assert!(c.ready(3, 510 * MS));
+        c.stepped();
+        assert!(!c.ready(0, 2_000 * MS));
+        // the wait starts at the first event after a step, not before
+        c.gathered(2_000 * MS);
+        c.gathered(2_400 * MS);
+        assert!(!c.ready(5, 2_499 * MS));
+        assert!(c.ready(5, 2_500 * MS));
+        // a predictor that takes any batch steps on every turn with events
+        let mut any = Cadence::new(0, 500 * MS);
+        any.gathered(0);
+        assert!(any.ready(1, 0));
+        assert!(!any.ready(0, 0));
+    }
 
     const MS: u64 = 1_000_000;
 

@@ -5,7 +5,8 @@
 # every byte afterwards. With --prefetch none, demand promotion alone stages
 # a region read again and it reads back right. The same volume with
 # --prefetch lstm: the daemon is
-# `shardblk-lstm`, its inference thread steps the LSTM, data verifies. `trace record` (prefetch on and off) yields a trace
+# `shardblk-lstm`, its inference thread steps the LSTM on batches and makes
+# predictions, data verifies. `trace record` (prefetch on and off) yields a trace
 # the parser reads with exactly the requested count. An unknown predictor or
 # an impossible budget fails with one line and creates nothing.
 . "$(dirname "$0")/lib.sh"
@@ -125,30 +126,38 @@ wait_dev "$dev"
 pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 exe="$(readlink "/proc/$pid/exe")"
 [ "${exe##*/}" = shardblk-lstm ] || die "the lstm daemon (pid $pid) runs $exe, comm $(cat "/proc/$pid/comm")"
-lstm_batches() {
-    "$B" stats -n 3 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefetch"]["batches"])'
+lstm_made() { # -> "batches predictions"
+    "$B" stats -n 3 --json | python3 -c 'import json,sys; p = json.load(sys.stdin)["prefetch"]; print(p["batches"], p["predictions"])'
 }
-# The inference thread runs the LSTM on batches of reads: passes go on until
-# it has stepped a few times. Under TCG (portable libtorch kernels, see
-# tools/vm/run.sh) a batch takes up to a second, and the thread is paced to
-# a small CPU share while it stages nothing, so only a few batches are asked.
+# The inference thread runs the LSTM on batches of reads (at least
+# LSTM_LIVE_STEP_EVENTS_MIN of them, the newest LSTM_LIVE_STEP_EVENTS_MAX):
+# passes go on until it has stepped a few times and emitted predictions.
+# Under TCG (portable libtorch kernels, see tools/vm/run.sh) a step takes
+# about a second, and the thread is paced to a CPU share (the full one once
+# its candidates measure as precise, while it calibrates), so this takes a
+# few passes.
 passes=0
-while [ "$(lstm_batches)" -lt 3 ] && [ "$passes" -lt 60 ]; do
+while read -r nb np < <(lstm_made) && { [ "$nb" -lt 3 ] || [ "$np" -eq 0 ]; } && [ "$passes" -lt 40 ]; do
     dd if="$dev" of=/dev/null bs=64k count=1024 iflag=direct status=none || die "dd lstm pass"
     passes=$((passes + 1))
 done
+sleep 1
 "$B" stats -n 3 --json | python3 -c '
 if 1:
     import json, sys
     p = json.load(sys.stdin)["prefetch"]
     s = p["stager"]
-    print("   lstm: %d events, %d batches (mean %.0f us), %d predictions, %d train steps, loss %s; staged %d hits %d"
-          % (p["events"], p["batches"], p["batch_us_mean"], p["predictions"], p["train_steps"],
-             p["train_loss"], s["staged"], s["hits"]))
+    print("   lstm after %s passes: %d events (%d fed, %d skipped), %d batches (mean %.0f us), "
+          "%d promising, %d predictions, %d queued, paced %d ms, %d train steps, loss %s; "
+          "staged %d hits %d"
+          % (sys.argv[1], p["events"], p["events_fed"], p["skipped_events"], p["batches"],
+             p["batch_us_mean"], p["promising_steps"], p["predictions"], p["queued"],
+             p["paced_ms"], p["train_steps"], p["train_loss"], s["staged"], s["hits"]))
     assert p["predictor"] == "lstm", p
     assert p["batches"] >= 3 and p["events_fed"] > 0 and p["events"] >= p["events_fed"], p
+    assert p["predictions"] > 0, "the LSTM made no predictions: %s" % p
     assert s["resident_units"] <= s["budget_units"], s
-    ' || die "lstm prefetch stats"
+    ' "$passes" || die "lstm prefetch stats"
 verify_64m "$dev" || die "verify (lstm)"
 "$B" del -n 3
 

@@ -86,7 +86,7 @@ use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{
     LSTM_CALIBRATION_AVERAGE_PREDICTIONS, LSTM_CALIBRATION_CONFIDENCE_BUCKETS,
     LSTM_CALIBRATION_MIN_RESOLVED, LSTM_CALIBRATION_STEP_BUCKETS, LSTM_CANDIDATE_CLASSES_PER_DEPTH,
-    LSTM_LIVE_STEP_EVENTS_MAX, LSTM_PRECISION_AVERAGE_PREDICTIONS,
+    LSTM_LIVE_STEP_EVENTS_MAX, LSTM_LIVE_STEP_EVENTS_MIN, LSTM_PRECISION_AVERAGE_PREDICTIONS,
     LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX, LSTM_SCOPE_CLASSES,
     LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRACK_CONFIDENCE_MIN,
     LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
@@ -683,6 +683,20 @@ impl Predictor for LstmPredictor {
 
     fn step_events_max(&self) -> usize {
         LSTM_LIVE_STEP_EVENTS_MAX
+    }
+
+    fn step_events_min(&self) -> usize {
+        LSTM_LIVE_STEP_EVENTS_MIN
+    }
+
+    /// With the precision gate: once `LSTM_PRECISION_AVERAGE_PREDICTIONS`
+    /// tracked candidates resolved (the estimate starts at 1), the
+    /// predictor-wide precision is at least the gate.
+    fn promising(&self) -> bool {
+        let gate = self.opts.precision_gate;
+        gate > 0.0
+            && self.gate.resolved >= u64::from(LSTM_PRECISION_AVERAGE_PREDICTIONS)
+            && self.gate.precision >= gate
     }
 
     fn step(&mut self, batch: &[ShardEvent], out: &mut Vec<Prediction>) {

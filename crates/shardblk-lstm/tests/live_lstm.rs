@@ -77,3 +77,73 @@ fn live_lstm_steps_on_batches_and_keeps_data() {
         );
     }
 }
+
+/// What the live pacer asks the LSTM after each step
+/// (`Predictor::promising`): on sequential reads its tracked candidates
+/// measure as precise within a few live-size steps, before it has emitted
+/// much, so it calibrates at the full CPU share; on uniformly random shards
+/// they do not, so it stays at the idle share. Fixed seed, online training
+/// off (deterministic).
+#[test]
+fn promising_on_sequential_reads_not_on_random_ones() {
+    use rand::{Rng, SeedableRng};
+    use shardblk::constants::{LSTM_LIVE_STEP_EVENTS_MAX, PREFETCH_LEARN_STEPS};
+    use shardblk::prefetch::lstm::LstmOptions;
+    use shardblk::prefetch::{Prediction, Predictor, ShardEvent};
+    use shardblk::trace::Op;
+    shardblk_lstm::register();
+    let cfg = PrefetchConfig {
+        shard_bytes: MIB,
+        stage_capacity_shards: 32,
+        ..Default::default()
+    };
+    let seed = 7;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut run = |random: bool| -> Vec<bool> {
+        let mut p = shardblk_lstm::LstmPredictor::new(
+            &cfg,
+            &LstmOptions {
+                online: false,
+                ..Default::default()
+            },
+        )
+        .expect("lstm");
+        let mut out: Vec<Prediction> = Vec::new();
+        let mut i = 0u64;
+        (0..4)
+            .map(|_| {
+                let batch: Vec<ShardEvent> = (0..LSTM_LIVE_STEP_EVENTS_MAX)
+                    .map(|_| {
+                        i += 1;
+                        ShardEvent {
+                            ts_ns: i * 200_000,
+                            volume: 0,
+                            op: Op::Read,
+                            // 64 KiB reads, 16 per 1 MiB shard, as dd
+                            shard: if random {
+                                rng.random_range(0..4096)
+                            } else {
+                                (i / 16) % 128
+                            },
+                            shards: 1,
+                        }
+                    })
+                    .collect();
+                out.clear();
+                p.step(&batch, &mut out);
+                p.promising()
+            })
+            .collect()
+    };
+    let seq = run(false);
+    let rnd = run(true);
+    eprintln!("promising after each step: sequential {seq:?}, random {rnd:?} (seed {seed})");
+    // from the first step after those the live thread charges at the full
+    // share anyway (its learning steps) on
+    let learn = PREFETCH_LEARN_STEPS as usize;
+    assert!(
+        seq[learn..].iter().all(|&p| p),
+        "sequential {seq:?} (seed {seed})"
+    );
+    assert!(rnd.iter().all(|&p| !p), "random {rnd:?} (seed {seed})");
+}

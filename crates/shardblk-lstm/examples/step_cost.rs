@@ -1,0 +1,61 @@
+//! The cost of one live LSTM step by batch size: the shipped model with the
+//! live options (online training on, precision gate), fed sequential 64 KiB
+//! reads over 1 MiB shards (16 reads per shard, as `dd` in
+//! tests/vm/prefetch.sh) in steps of the sizes given as the first argument
+//! (comma-separated, default `1,1,16,64,128,256,...`). Per step: its
+//! latency, the predictions it emitted, whether the predictor says it is
+//! promising (what the live pacer uses), the precision gate's figures and
+//! the background training that followed (20 ms budget, as the live thread).
+//! Run natively or in the test VM (`target/release/examples/step_cost`):
+//! `cargo run --release -p shardblk-lstm --example step_cost [SIZES]`.
+use shardblk::prefetch::lstm::LstmOptions;
+use shardblk::prefetch::{Prediction, Predictor, PrefetchConfig, ShardEvent};
+use shardblk::trace::Op;
+use std::time::Instant;
+
+fn main() {
+    shardblk_lstm::register();
+    let cfg = PrefetchConfig {
+        shard_bytes: 1 << 20,
+        stage_capacity_shards: 32,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut p = shardblk_lstm::LstmPredictor::new(&cfg, &LstmOptions::default()).expect("lstm");
+    println!("build {:.3} s", t0.elapsed().as_secs_f64());
+    let sizes: Vec<usize> = std::env::args()
+        .nth(1)
+        .unwrap_or("1,1,16,64,128,256,256,256,256,256,256".into())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let mut i = 0u64;
+    let mut out: Vec<Prediction> = Vec::new();
+    for n in sizes {
+        let batch: Vec<ShardEvent> = (0..n)
+            .map(|_| {
+                i += 1;
+                ShardEvent {
+                    ts_ns: i * 200_000,
+                    volume: 0,
+                    op: Op::Read,
+                    shard: (i / 16) % 128,
+                    shards: 1,
+                }
+            })
+            .collect();
+        out.clear();
+        let t = Instant::now();
+        p.step(&batch, &mut out);
+        let s = t.elapsed().as_secs_f64();
+        let tb = Instant::now();
+        let bg = p.background(std::time::Duration::from_millis(20));
+        let (prec, resolved, gated) = p.gate_figures();
+        println!(
+            "step {n:4} events {s:8.3} s  predictions {:3}  promising {}  precision {prec:.2} resolved {resolved} gated {gated}  background {bg} {:.3} s",
+            out.len(),
+            p.promising(),
+            tb.elapsed().as_secs_f64()
+        );
+    }
+}
