@@ -206,6 +206,10 @@ impl TraceProducer {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+    /// Events the ring has room for now.
+    pub fn free(&self) -> usize {
+        self.ring.slots()
+    }
 }
 
 impl TraceConsumer {

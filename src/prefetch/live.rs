@@ -779,6 +779,15 @@ impl Inference {
                 }
                 continue;
             }
+            if self.drain_only() {
+                // Nothing to predict, promote or record: let the events go
+                // in one step per ring (counted), without reading them.
+                for (c, &n) in self.consumers.iter_mut().zip(&lens) {
+                    self.st.events += c.discard(n) as u64;
+                }
+                std::thread::sleep(self.nap(PREFETCH_POLL_INTERVAL_US));
+                continue;
+            }
             let feed = total.min(PREFETCH_BATCH_EVENTS_MAX);
             let overloaded = total > PREFETCH_BACKLOG_EVENTS_MAX;
             let gathered_before = batch.len();
@@ -915,6 +924,14 @@ impl Inference {
 
     /// How long to sleep between turns: `us`, or the longer drain-only
     /// interval when nothing but emptying the rings is to be done.
+    /// Prefetching is off and nothing records: the thread only keeps the
+    /// trace rings from filling.
+    fn drain_only(&self) -> bool {
+        self.pred.is_none()
+            && self.ring.is_none()
+            && !self.shared.recording_on.load(Ordering::Relaxed)
+    }
+
     fn nap(&self, us: u64) -> Duration {
         let drain_only = self.pred.is_none() && !self.shared.recording_on.load(Ordering::Relaxed);
         Duration::from_micros(if drain_only {
@@ -1276,6 +1293,57 @@ mod tests {
         let s2 = stop.clone();
         let h = std::thread::spawn(move || inf.run(&s2));
         (tp, shared, stop, h, rx)
+    }
+
+    /// Prefetching off, nothing recording: the thread lets every event go
+    /// (in one step per ring) and counts it, so the queues never drop.
+    #[test]
+    fn a_drain_only_thread_empties_the_rings_and_counts_every_event() {
+        let start = Instant::now();
+        let (mut tp, c) = trace_ring(4096);
+        let shared = Arc::new(LiveShared::new(None, None));
+        let mut inf = Inference {
+            places: Box::new(AllCold),
+            consumers: vec![c],
+            pred: None,
+            ring: None,
+            notices: None,
+            shared: shared.clone(),
+            start,
+            st: PrefetchStats::default(),
+            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap(),
+            pacer: Pacer::new(0),
+            cadence: Cadence::new(1, PREFETCH_STEP_WAIT_MAX_MS * 1_000_000),
+            step_busy: Duration::ZERO,
+            train_busy: Duration::ZERO,
+            demand: DemandPromoter::new(0, 1, 1),
+        };
+        assert!(inf.drain_only());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || inf.run(&s2));
+        // Ten rings' worth, pushed at the pace a queue might (the ring
+        // holds 4096): nothing may be dropped.
+        let total = 10 * 4096u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut i = 0;
+        while i < total {
+            if tp.free() > 0 {
+                read(&mut tp, i);
+                i += 1;
+            } else {
+                assert!(Instant::now() < deadline, "the ring was never emptied");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert_eq!(tp.dropped(), 0);
+        while shared.infer.lock().unwrap().events < total {
+            assert!(Instant::now() < deadline, "events not all counted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+        assert_eq!(shared.infer.lock().unwrap().events, total);
     }
 
     fn read(tp: &mut TraceProducer, i: u64) {
