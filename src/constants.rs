@@ -318,6 +318,14 @@ pub const LSTM_NEAR_MAX_SHARDS: u64 = 4;
 pub const LSTM_NEAR_CLASSES: u32 = 2 + 2 * LSTM_NEAR_MAX_SHARDS as u32;
 /// Scope classes of the scope input (region stream, volume stream).
 pub const LSTM_SCOPE_CLASSES: u32 = 2;
+/// Repeat classes of the repeat input (the delta differs from the stream's
+/// previous one or there is none; it equals it). The output's repeat class
+/// ("the same delta again") names a stride whatever the vocabulary holds.
+pub const LSTM_REPEAT_CLASSES: u32 = 2;
+/// The LSTM's model of the hot tier (shards read or predicted lately, as
+/// many as `PrefetchConfig::stage_capacity_shards`) holds at most this many
+/// shards: 16 bytes and a map entry each.
+pub const LSTM_RESIDENT_MAX_SHARDS: usize = 1 << 16;
 /// Shard classes (address-correlating classes: absolute shards of a volume,
 /// OOV not counted): default and largest accepted; 0 gives the delta-only
 /// model. They are input classes and output classes beside the delta

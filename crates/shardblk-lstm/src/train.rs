@@ -8,12 +8,14 @@
 //!   `T` events, targets the events that follow each one ([`targets_of`]).
 //!   Training starts from that (detached) state: truncated BPTT, the
 //!   same state the inference model carried.
-//! - The next event's shard can be named by up to two output classes: its
-//!   delta class and its shard class. The loss is the negative log of the
+//! - The next event's shard can be named by up to three output classes: its
+//!   delta class, its shard class and, when its delta repeats the current
+//!   one, the repeat class. The loss is the negative log of the
 //!   probability of the set of correct classes (marginal likelihood), so the
-//!   model is free to name a sequential step by its delta and a jump by the
-//!   target's own class, whichever it predicts better. OOV counts as
-//!   correct only when neither names the shard.
+//!   model is free to name a sequential step by its delta, a stride by
+//!   "the same delta again" (whatever the vocabulary holds) and a jump by
+//!   the target's own class, whichever it predicts better. OOV counts as
+//!   correct only when none names the shard.
 //! - [`OnlineTrainer::step`] samples a batch from the buffer (seeded) and
 //!   does one Adam step; the buffer keeps the most recent
 //!   `buffer_windows` windows. The caller swaps weights into the inference
@@ -43,20 +45,35 @@ pub const IGNORE: i64 = -100;
 /// No second correct class.
 pub const NONE: i64 = -1;
 
+/// The correct output classes after an event of a stream.
+pub type Targets = [i64; 3];
+
 /// The correct output classes after an event whose successor in the stream
-/// is `next`: (first, second), `first` [`IGNORE`] when there is nothing to
-/// learn (a stream's start), `second` [`NONE`] when one class names it.
-pub fn targets_of(next: &EventFeatures, shape: &ModelShape, start: u32) -> (i64, i64) {
+/// is `next`: the first [`IGNORE`] when there is nothing to learn (a
+/// stream's start), then [`NONE`] for each class fewer than three that
+/// names it (the first is OOV when no class does).
+pub fn targets_of(next: &EventFeatures, shape: &ModelShape, start: u32) -> Targets {
     if next.delta == start {
-        return (IGNORE, NONE);
+        return [IGNORE, NONE, NONE];
     }
-    let shard = (next.shard != OOV && next.shard <= shape.shards)
-        .then(|| shape.shard_output(next.shard) as i64);
-    match (next.delta, shard) {
-        (OOV, Some(s)) => (s, NONE),
-        (d, Some(s)) => (i64::from(d), s),
-        (d, None) => (i64::from(d), NONE),
+    let mut t = [NONE; 3];
+    let mut n = 0;
+    if next.delta != OOV {
+        t[n] = i64::from(next.delta);
+        n += 1;
     }
+    if next.shard != OOV && next.shard <= shape.shards {
+        t[n] = shape.shard_output(next.shard) as i64;
+        n += 1;
+    }
+    if next.repeat == 1 {
+        t[n] = shape.repeat_output() as i64;
+        n += 1;
+    }
+    if n == 0 {
+        t[0] = i64::from(OOV);
+    }
+    t
 }
 
 /// One training window of a stream.
@@ -100,14 +117,13 @@ pub fn scatter_state(t: &Tensor, out: &mut [&mut Vec<f32>]) {
     }
 }
 
-/// Mean negative log-probability of the correct class sets (`first`,
-/// `second` as from [`targets_of`], `[B, T]` each; positions whose first is
-/// [`IGNORE`] excluded), and the final state.
+/// Mean negative log-probability of the correct class sets (`targets`
+/// `[B, T, 3]` as from [`targets_of`]; positions whose first is [`IGNORE`]
+/// excluded), and the final state.
 pub fn loss_of(
     model: &Model,
     inputs: &Inputs,
-    first: &Tensor,
-    second: &Tensor,
+    targets: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
 ) -> (Tensor, Tensor, Tensor) {
@@ -115,32 +131,28 @@ pub fn loss_of(
     let logits = model.net.logits(&out);
     let classes = logits.size()[2];
     let logits = logits.view([-1, classes]);
-    let a = first.view([-1]);
-    let b = second.view([-1]);
-    let valid = a.ne(IGNORE).to_kind(Kind::Float);
+    let t = targets.view([-1, 3]);
+    let valid = t.select(1, 0).ne(IGNORE).to_kind(Kind::Float);
     let all = logits.logsumexp([-1], false);
-    let la = logits
-        .gather(1, &a.clamp_min(0).unsqueeze(1), false)
-        .squeeze_dim(1);
-    let lb = logits
-        .gather(1, &b.clamp_min(0).unsqueeze(1), false)
-        .squeeze_dim(1)
-        .masked_fill(&b.lt(0), f64::NEG_INFINITY);
-    let correct = Tensor::stack(&[la, lb], 1).logsumexp([1], false);
+    // Columns 1 and 2 may be NONE (no class); column 0 always picks one
+    // (an ignored position picks class 0 and is multiplied by 0): no row
+    // is all -inf, whose gradient would be NaN.
+    let none = t.lt(0);
+    let _ = none.select(1, 0).fill_(0);
+    let picked = logits
+        .gather(1, &t.clamp_min(0), false)
+        .masked_fill(&none, f64::NEG_INFINITY);
+    let correct = picked.logsumexp([1], false);
     let loss = ((all - correct) * &valid).sum(Kind::Float) / valid.sum(Kind::Float).clamp_min(1.0);
     (loss, h, c)
 }
 
-/// `[B, T]` target tensors of rows of (first, second) pairs.
-fn target_tensors(rows: &[Vec<(i64, i64)>], device: Device) -> (Tensor, Tensor) {
+/// `[B, T, 3]` target tensor of rows of [`Targets`].
+fn target_tensor(rows: &[Vec<Targets>], device: Device) -> Tensor {
     let b = rows.len() as i64;
     let t = rows.first().map_or(0, Vec::len) as i64;
-    let a: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|x| x.0)).collect();
-    let s: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|x| x.1)).collect();
-    (
-        Tensor::from_slice(&a).view([b, t]).to_device(device),
-        Tensor::from_slice(&s).view([b, t]).to_device(device),
-    )
+    let a: Vec<i64> = rows.iter().flatten().flatten().copied().collect();
+    Tensor::from_slice(&a).view([b, t, 3]).to_device(device)
 }
 
 /// The online trainer.
@@ -213,7 +225,7 @@ impl OnlineTrainer {
             .map(|w| &w.events[..w.events.len() - 1])
             .collect();
         let inputs = Inputs::from_rows(&rows, device);
-        let targets: Vec<Vec<(i64, i64)>> = wins
+        let targets: Vec<Vec<Targets>> = wins
             .iter()
             .map(|w| {
                 w.events[1..]
@@ -222,12 +234,12 @@ impl OnlineTrainer {
                     .collect()
             })
             .collect();
-        let (first, second) = target_tensors(&targets, device);
+        let targets = target_tensor(&targets, device);
         let h0: Vec<&[f32]> = wins.iter().map(|w| w.h0.as_slice()).collect();
         let c0: Vec<&[f32]> = wins.iter().map(|w| w.c0.as_slice()).collect();
         let h0 = gather_state(&h0, layers, hidden, device);
         let c0 = gather_state(&c0, layers, hidden, device);
-        let (loss, _, _) = loss_of(&self.model, &inputs, &first, &second, &h0, &c0);
+        let (loss, _, _) = loss_of(&self.model, &inputs, &targets, &h0, &c0);
         self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
         self.steps += 1;
         Some(loss.double_value(&[]) as f32)
@@ -235,7 +247,7 @@ impl OnlineTrainer {
 }
 
 /// One event of a training sequence and its targets.
-pub type Step = (EventFeatures, (i64, i64));
+pub type Step = (EventFeatures, Targets);
 
 /// Per-stream feature sequences of a trace with their targets (the next
 /// event of the stream, [`targets_of`]); `streams` says which streams.
@@ -262,7 +274,7 @@ pub fn stream_sequences(
                 if let Some(prev) = seqs[i].last_mut() {
                     prev.1 = targets_of(&f, shape, start);
                 }
-                seqs[i].push((f, (IGNORE, NONE)));
+                seqs[i].push((f, [IGNORE, NONE, NONE]));
             }
         }
     }
@@ -331,7 +343,7 @@ impl OfflineTrainer {
             (self.h, self.c) = self.model.net.zero_state(self.lanes.len() as i64);
         }
         let (from, to) = (self.at, self.at + self.chunk);
-        let pad = (EventFeatures::default(), (IGNORE, NONE));
+        let pad = (EventFeatures::default(), [IGNORE, NONE, NONE]);
         let rows: Vec<Vec<Step>> = self
             .lanes
             .iter()
@@ -348,12 +360,12 @@ impl OfflineTrainer {
         let refs: Vec<&[EventFeatures]> = feats.iter().map(Vec::as_slice).collect();
         let device = self.model.net.device();
         let inputs = Inputs::from_rows(&refs, device);
-        let targets: Vec<Vec<(i64, i64)>> = rows
+        let targets: Vec<Vec<Targets>> = rows
             .iter()
             .map(|r| r.iter().map(|e| e.1).collect())
             .collect();
-        let any_target = targets.iter().flatten().any(|t| t.0 != IGNORE);
-        let (first, second) = target_tensors(&targets, device);
+        let any_target = targets.iter().flatten().any(|t| t[0] != IGNORE);
+        let targets = target_tensor(&targets, device);
         self.at = to;
         self.steps += 1;
         if !any_target {
@@ -362,7 +374,7 @@ impl OfflineTrainer {
             (self.h, self.c) = (h, c);
             return 0.0;
         }
-        let (loss, h, c) = loss_of(&self.model, &inputs, &first, &second, &self.h, &self.c);
+        let (loss, h, c) = loss_of(&self.model, &inputs, &targets, &self.h, &self.c);
         self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
         self.h = h.detach();
         self.c = c.detach();
