@@ -379,6 +379,12 @@ pub const LSTM_SWAP_INTERVAL_DEFAULT_STEPS: u32 = 4;
 pub const LSTM_SWAP_INTERVAL_MAX_STEPS: u32 = 1 << 20;
 /// Gradient norm clip of a training step.
 pub const LSTM_GRAD_CLIP_NORM: f64 = 1.0;
+/// Offline training: in each chunk this percentage of the delta classes
+/// (drawn per chunk) is hidden, as if the vocabulary lacked them (out of
+/// vocabulary as inputs, not correct as targets), so the model learns to
+/// follow a stride it has no class for (by the repeat input and class).
+pub const LSTM_TRAIN_HIDDEN_DELTA_PERCENT: u64 = 25;
+const _: () = assert!(LSTM_TRAIN_HIDDEN_DELTA_PERCENT < 100);
 /// Extra model steps that follow the most likely path to predict further ahead (default, max).
 pub const LSTM_LOOKAHEAD_DEFAULT_STEPS: u32 = 7;
 pub const LSTM_LOOKAHEAD_MAX_STEPS: u32 = 64;

@@ -24,12 +24,16 @@
 //!   in `lanes` parallel lanes and walks them in chunks of `T` events,
 //!   carrying each lane's state between chunks (truncated BPTT); a stream's
 //!   first event has the start class as input (the model learns to reset),
-//!   and no target crosses from one stream into the next.
+//!   and no target crosses from one stream into the next. In each chunk
+//!   `LSTM_TRAIN_HIDDEN_DELTA_PERCENT` % of the delta classes (seeded draw)
+//!   are hidden: out of vocabulary as inputs and not correct as targets, as
+//!   for a delta the vocabulary does not hold when the model is used (a
+//!   stride is then named by the repeat class only).
 
 use crate::model::{Inputs, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shardblk::constants::LSTM_GRAD_CLIP_NORM;
+use shardblk::constants::{LSTM_GRAD_CLIP_NORM, LSTM_TRAIN_HIDDEN_DELTA_PERCENT};
 use shardblk::prefetch::lstm::config::{ModelShape, Streams};
 use shardblk::prefetch::lstm::features::{stream_keys, EventFeatures, FeatureState, Featurizer};
 use shardblk::prefetch::lstm::vocab::OOV;
@@ -292,6 +296,33 @@ pub struct OfflineTrainer {
     h: Tensor,
     c: Tensor,
     pub steps: u64,
+    /// Draws the hidden delta classes of each chunk.
+    rng: ChaCha8Rng,
+}
+
+/// `step` with the delta classes `hidden` says are hidden: out of
+/// vocabulary as its input, removed from its targets (the first target
+/// becomes OOV when no class is left).
+pub fn hide_deltas(step: Step, vocab: u32, hidden: &dyn Fn(u32) -> bool) -> Step {
+    let (mut f, t) = step;
+    let is_hidden = |c: i64| c >= 1 && c <= i64::from(vocab) && hidden(c as u32);
+    if f.delta >= 1 && f.delta <= vocab && hidden(f.delta) {
+        f.delta = OOV;
+    }
+    if t[0] == IGNORE {
+        return (f, t);
+    }
+    let kept: Vec<i64> = t
+        .iter()
+        .copied()
+        .filter(|&c| c != NONE && !is_hidden(c))
+        .collect();
+    let mut out = [NONE; 3];
+    out[..kept.len()].copy_from_slice(&kept);
+    if kept.is_empty() {
+        out[0] = i64::from(OOV);
+    }
+    (f, out)
 }
 
 impl OfflineTrainer {
@@ -322,6 +353,7 @@ impl OfflineTrainer {
             h,
             c,
             steps: 0,
+            rng: ChaCha8Rng::seed_from_u64(lanes as u64 ^ 0x4849_4445),
         })
     }
 
@@ -344,12 +376,17 @@ impl OfflineTrainer {
         }
         let (from, to) = (self.at, self.at + self.chunk);
         let pad = (EventFeatures::default(), [IGNORE, NONE, NONE]);
+        let vocab = self.model.net.shape.vocab;
+        let mask: Vec<bool> = (0..=vocab)
+            .map(|_| self.rng.random_range(0..100) < LSTM_TRAIN_HIDDEN_DELTA_PERCENT)
+            .collect();
+        let hidden = |c: u32| mask[c as usize];
         let rows: Vec<Vec<Step>> = self
             .lanes
             .iter()
             .map(|l| {
                 (from..to)
-                    .map(|i| l.get(i).copied().unwrap_or(pad))
+                    .map(|i| hide_deltas(l.get(i).copied().unwrap_or(pad), vocab, &hidden))
                     .collect()
             })
             .collect();
@@ -379,5 +416,59 @@ impl OfflineTrainer {
         self.h = h.detach();
         self.c = c.detach();
         loss.to_kind(Kind::Float).double_value(&[]) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_deltas_leave_the_input_and_the_targets() {
+        let shape = ModelShape {
+            vocab: 8,
+            shards: 4,
+            ..ModelShape::default()
+        };
+        let start = shape.vocab + 1;
+        let ev = |delta, shard, repeat| EventFeatures {
+            delta,
+            shard,
+            repeat,
+            ..EventFeatures::default()
+        };
+        // A stride step with a delta class, a shard class and a repeat.
+        let next = ev(3, 2, 1);
+        let t = targets_of(&next, &shape, start);
+        assert_eq!(
+            t,
+            [
+                3,
+                shape.shard_output(2) as i64,
+                shape.repeat_output() as i64
+            ]
+        );
+        assert_eq!(
+            targets_of(&ev(start, 0, 0), &shape, start),
+            [IGNORE, NONE, NONE]
+        );
+        assert_eq!(targets_of(&ev(OOV, 0, 0), &shape, start), [0, NONE, NONE]);
+        let hide3 = |c: u32| c == 3;
+        let (f, h) = hide_deltas((next, t), shape.vocab, &hide3);
+        assert_eq!(f.delta, OOV);
+        assert_eq!(
+            h,
+            [
+                shape.shard_output(2) as i64,
+                shape.repeat_output() as i64,
+                NONE
+            ]
+        );
+        // Nothing left: OOV is the target; the start class is never hidden.
+        let (_, h) = hide_deltas((ev(5, 0, 0), [3, NONE, NONE]), shape.vocab, &hide3);
+        assert_eq!(h, [i64::from(OOV), NONE, NONE]);
+        let all = |_: u32| true;
+        let (f, h) = hide_deltas((ev(start, 0, 0), [IGNORE, NONE, NONE]), shape.vocab, &all);
+        assert_eq!((f.delta, h), (start, [IGNORE, NONE, NONE]));
     }
 }

@@ -99,7 +99,8 @@ fn strides_out_of_vocabulary_are_predicted_from_the_third_read() {
     let (cover, precision) = run(&mut lstm, &ev, horizon);
     let (stride_cover, stride_precision) = run(&mut Stride::new(&cfg), &ev, horizon);
     eprintln!(
-        "lstm: coverage {cover:.3} precision {precision:.3}; stride: {stride_cover:.3} {stride_precision:.3}; gate {:?}; vocabulary grew {}",
+        "lstm ({:?}): coverage {cover:.3} precision {precision:.3}; stride: {stride_cover:.3} {stride_precision:.3}; gate {:?}; vocabulary grew {}",
+        lstm.origin(),
         lstm.gate_figures(),
         lstm.vocab().grown()
     );
