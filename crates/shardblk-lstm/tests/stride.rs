@@ -19,7 +19,7 @@ use shardblk_lstm::LstmPredictor;
 /// vocabulary (checked).
 const STRIDES: [i64; 4] = [37, 53, 71, 101];
 /// Reads per reader.
-const READS: u64 = 80;
+const READS: u64 = 200;
 
 /// The readers interleaved round robin, each from its own place.
 fn readers() -> Vec<ShardEvent> {
