@@ -10,7 +10,10 @@
 //! (lstm5): coverage 0.882 at precision 1.000 (the stride detector 1.000 /
 //! 1.000); the misses are calibration's warm-up (a bucket emits after
 //! `LSTM_CALIBRATION_MIN_RESOLVED` resolved candidates) and readers entering
-//! a new region. With the format-2 model: 0 predictions.
+//! a new region. A format-3 model trained without hidden delta classes
+//! (it never saw a repeat of an out-of-vocabulary delta) emitted nothing
+//! here (coverage 0.000); the format-2 model cannot name these shards
+//! before its vocabulary admits the strides (not run: format 2 is refused).
 
 use shardblk::prefetch::lstm::vocab::OOV;
 use shardblk::prefetch::lstm::LstmOptions;
