@@ -380,7 +380,7 @@ pub const LSTM_SWAP_INTERVAL_MAX_STEPS: u32 = 1 << 20;
 /// Gradient norm clip of a training step.
 pub const LSTM_GRAD_CLIP_NORM: f64 = 1.0;
 /// Offline training: in each chunk this percentage of the delta classes
-/// (drawn per chunk) is hidden, as if the vocabulary lacked them (out of
+/// (drawn per chunk) is hidden in region streams, as if the vocabulary lacked them (out of
 /// vocabulary as inputs, not correct as targets), so the model learns to
 /// follow a stride it has no class for (by the repeat input and class).
 pub const LSTM_TRAIN_HIDDEN_DELTA_PERCENT: u64 = 25;

@@ -26,7 +26,8 @@
 //!   first event has the start class as input (the model learns to reset),
 //!   and no target crosses from one stream into the next. In each chunk
 //!   `LSTM_TRAIN_HIDDEN_DELTA_PERCENT` % of the delta classes (seeded draw)
-//!   are hidden: out of vocabulary as inputs and not correct as targets, as
+//!   are hidden in region streams: out of vocabulary as inputs and not
+//!   correct as targets, as
 //!   for a delta the vocabulary does not hold when the model is used (a
 //!   stride is then named by the repeat class only).
 
@@ -35,7 +36,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{LSTM_GRAD_CLIP_NORM, LSTM_TRAIN_HIDDEN_DELTA_PERCENT};
 use shardblk::prefetch::lstm::config::{ModelShape, Streams};
-use shardblk::prefetch::lstm::features::{stream_keys, EventFeatures, FeatureState, Featurizer};
+use shardblk::prefetch::lstm::features::{
+    stream_keys, EventFeatures, FeatureState, Featurizer, Scope,
+};
 use shardblk::prefetch::lstm::vocab::OOV;
 use shardblk::prefetch::stream::LruMap;
 use shardblk::prefetch::{PrefetchConfig, StreamKey};
@@ -302,9 +305,15 @@ pub struct OfflineTrainer {
 
 /// `step` with the delta classes `hidden` says are hidden: out of
 /// vocabulary as its input, removed from its targets (the first target
-/// becomes OOV when no class is left).
+/// becomes OOV when no class is left). Region streams only: a volume
+/// stream's repeats are mostly interleaved runs (a jump of the same size
+/// from region to region, until the cycle wraps), which its delta classes
+/// and state follow better than "the same delta again".
 pub fn hide_deltas(step: Step, vocab: u32, hidden: &dyn Fn(u32) -> bool) -> Step {
     let (mut f, t) = step;
+    if f.scope != Scope::Region.class() {
+        return (f, t);
+    }
     let is_hidden = |c: i64| c >= 1 && c <= i64::from(vocab) && hidden(c as u32);
     if f.delta >= 1 && f.delta <= vocab && hidden(f.delta) {
         f.delta = OOV;
@@ -470,5 +479,11 @@ mod tests {
         let all = |_: u32| true;
         let (f, h) = hide_deltas((ev(start, 0, 0), [IGNORE, NONE, NONE]), shape.vocab, &all);
         assert_eq!((f.delta, h), (start, [IGNORE, NONE, NONE]));
+        // Volume streams keep their classes.
+        let vol = EventFeatures {
+            scope: Scope::Volume.class(),
+            ..next
+        };
+        assert_eq!(hide_deltas((vol, t), shape.vocab, &all), (vol, t));
     }
 }

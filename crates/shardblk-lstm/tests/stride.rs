@@ -7,7 +7,7 @@
 //! `synth-strided` at 1 MiB shards 2 947 reads of steady strides were never
 //! predicted, nearly all in the trace's first quarter (bench/RESULTS.md,
 //! lstm5). The shipped model, no online training: deterministic. Measured
-//! (lstm5): coverage 0.882 at precision 1.000 (the stride detector 1.000 /
+//! (lstm5): coverage 0.937 at precision 1.000 (the stride detector 1.000 /
 //! 1.000); the misses are calibration's warm-up (a bucket emits after
 //! `LSTM_CALIBRATION_MIN_RESOLVED` resolved candidates) and readers entering
 //! a new region. A format-3 model trained without hidden delta classes
