@@ -18,7 +18,8 @@
 //! only), the default and 4096 shard classes (the output layer's cost).
 //! The synthetic workloads use `SynthConfig::new`'s defaults (think time
 //! before each burst, see `prefetch::synth`). `SHARDBLK_BENCH_CHART=FILE` also writes the PNG chart;
-//! `SHARDBLK_BENCH_FILTER=TEXT` keeps only the traces whose name contains TEXT;
+//! `SHARDBLK_BENCH_FILTER=TEXT[,TEXT...]` keeps only the traces whose name contains one of them
+//! (so the table can be run in parallel parts);
 //! `SHARDBLK_BENCH_LIRS_INTERARRIVAL_US=N` sets the LIRS traces' time between references;
 //! `SHARDBLK_BENCH_LSTM_GATE=G` the LSTM's precision gate (0: off);
 //! `SHARDBLK_BENCH_LSTM_STREAMS=regions|volume|both` the LSTM's streams;
@@ -109,7 +110,7 @@ fn main() {
         ));
     }
     if let Ok(f) = std::env::var("SHARDBLK_BENCH_FILTER") {
-        traces.retain(|(name, _)| name.contains(&f));
+        traces.retain(|(name, _)| f.split(',').any(|t| name.contains(t)));
     }
     let mut table = EvalTable::default();
     let t0 = std::time::Instant::now();

@@ -321,6 +321,14 @@ pub const LSTM_NEAR_MAX_SHARDS: u64 = 4;
 pub const LSTM_NEAR_CLASSES: u32 = 2 + 2 * LSTM_NEAR_MAX_SHARDS as u32;
 /// Scope classes of the scope input (region stream, volume stream).
 pub const LSTM_SCOPE_CLASSES: u32 = 2;
+/// Repeat classes of the repeat input (the delta differs from the stream's
+/// previous one or there is none; it equals it). The output's repeat class
+/// ("the same delta again") names a stride whatever the vocabulary holds.
+pub const LSTM_REPEAT_CLASSES: u32 = 2;
+/// The LSTM's model of the hot tier (shards read or predicted lately, as
+/// many as `PrefetchConfig::stage_capacity_shards`) holds at most this many
+/// shards: 16 bytes and a map entry each.
+pub const LSTM_RESIDENT_MAX_SHARDS: usize = 1 << 16;
 /// Shard classes (address-correlating classes: absolute shards of a volume,
 /// OOV not counted): default and largest accepted; 0 gives the delta-only
 /// model. They are input classes and output classes beside the delta
@@ -374,6 +382,12 @@ pub const LSTM_SWAP_INTERVAL_DEFAULT_STEPS: u32 = 4;
 pub const LSTM_SWAP_INTERVAL_MAX_STEPS: u32 = 1 << 20;
 /// Gradient norm clip of a training step.
 pub const LSTM_GRAD_CLIP_NORM: f64 = 1.0;
+/// Offline training: in each chunk this percentage of the delta classes
+/// (drawn per chunk) is hidden in region streams, as if the vocabulary lacked them (out of
+/// vocabulary as inputs, not correct as targets), so the model learns to
+/// follow a stride it has no class for (by the repeat input and class).
+pub const LSTM_TRAIN_HIDDEN_DELTA_PERCENT: u64 = 25;
+const _: () = assert!(LSTM_TRAIN_HIDDEN_DELTA_PERCENT < 100);
 /// Extra model steps that follow the most likely path to predict further ahead (default, max).
 pub const LSTM_LOOKAHEAD_DEFAULT_STEPS: u32 = 7;
 pub const LSTM_LOOKAHEAD_MAX_STEPS: u32 = 64;

@@ -49,6 +49,11 @@ impl<K: Hash + Eq + Clone, V> LruMap<K, V> {
         self.map.len()
     }
 
+    /// Most entries held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

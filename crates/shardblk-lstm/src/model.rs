@@ -1,15 +1,16 @@
-//! The LSTM network (tch): embeddings of the seven inputs, a stacked LSTM,
-//! and a linear output over the delta and shard classes; with seeded
+//! The LSTM network (tch): embeddings of the eight inputs, a stacked LSTM,
+//! and a linear output over the delta, shard and repeat classes; with seeded
 //! initialization and conversion to and from the model file.
 //!
 //! Contract:
 //! - Inputs per event: delta class in `0..=vocab+1` (OOV, the classes, the
 //!   start class), shard class in `0..=shards` (OOV, the classes), op, size
-//!   bucket, gap bucket, nearest-delta class, scope
+//!   bucket, gap bucket, nearest-delta class, scope, repeat class
 //!   ([`shardblk::prefetch::lstm::features`]).
 //!   Output: logits over [`ModelShape::outputs`] classes: OOV, the delta
-//!   classes, then the shard classes (one softmax: a next shard can be named
-//!   by its delta, by its own class, or both, see [`crate::train`]).
+//!   classes, the shard classes, then the repeat class (one softmax: a next
+//!   shard can be named by its delta, by its own class, by "the stream's
+//!   last delta again", or several of them, see [`crate::train`]).
 //! - [`Net::step`] advances the state of a batch by one event (state shape
 //!   `[layers, batch, hidden]`); [`Net::seq`] runs a whole window from a
 //!   state. Running `seq` over a window equals running `step` event by
@@ -23,7 +24,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{
-    LSTM_GAP_BUCKETS, LSTM_NEAR_CLASSES, LSTM_OP_CLASSES, LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS,
+    LSTM_GAP_BUCKETS, LSTM_NEAR_CLASSES, LSTM_OP_CLASSES, LSTM_REPEAT_CLASSES, LSTM_SCOPE_CLASSES,
+    LSTM_SIZE_BUCKETS,
 };
 use shardblk::prefetch::lstm::config::ModelShape;
 use shardblk::prefetch::lstm::features::EventFeatures;
@@ -55,6 +57,7 @@ pub struct Net {
     emb_gap: nn::Embedding,
     emb_near: nn::Embedding,
     emb_scope: nn::Embedding,
+    emb_repeat: nn::Embedding,
     lstm: nn::LSTM,
     out: nn::Linear,
     device: Device,
@@ -70,6 +73,7 @@ pub struct Inputs {
     pub gap: Tensor,
     pub near: Tensor,
     pub scope: Tensor,
+    pub repeat: Tensor,
 }
 
 impl Inputs {
@@ -92,6 +96,7 @@ impl Inputs {
             gap: col(|e| e.gap),
             near: col(|e| e.near),
             scope: col(|e| e.scope),
+            repeat: col(|e| e.repeat),
         }
     }
 }
@@ -119,7 +124,8 @@ impl Net {
             emb_gap: nn::embedding(p / "emb_gap", i64::from(LSTM_GAP_BUCKETS), ae, ec),
             emb_near: nn::embedding(p / "emb_near", i64::from(LSTM_NEAR_CLASSES), ae, ec),
             emb_scope: nn::embedding(p / "emb_scope", i64::from(LSTM_SCOPE_CLASSES), ae, ec),
-            lstm: nn::lstm(p / "lstm", de + se + 5 * ae, h, rc),
+            emb_repeat: nn::embedding(p / "emb_repeat", i64::from(LSTM_REPEAT_CLASSES), ae, ec),
+            lstm: nn::lstm(p / "lstm", de + se + 6 * ae, h, rc),
             out: nn::linear(p / "out", h, shape.outputs() as i64, Default::default()),
             device: p.device(),
         }
@@ -140,6 +146,7 @@ impl Net {
                 self.emb_gap.forward(&x.gap),
                 self.emb_near.forward(&x.near),
                 self.emb_scope.forward(&x.scope),
+                self.emb_repeat.forward(&x.repeat),
             ],
             -1,
         )
@@ -391,6 +398,7 @@ mod tests {
                 gap: rng.random_range(0..LSTM_GAP_BUCKETS),
                 near: rng.random_range(0..LSTM_NEAR_CLASSES),
                 scope: rng.random_range(0..LSTM_SCOPE_CLASSES),
+                repeat: rng.random_range(0..LSTM_REPEAT_CLASSES),
             })
             .collect()
     }

@@ -24,7 +24,9 @@
 //!   bucket and emitted nothing). Nothing is predicted after a stream's
 //!   first event (no delta seen yet). The most likely output classes
 //!   (`LSTM_CANDIDATE_CLASSES_PER_DEPTH * depth` of them) name next shards:
-//!   a delta class `first shard + delta`, a shard class its shard; the
+//!   a delta class `first shard + delta`, a shard class its shard, the
+//!   repeat class `first shard + the stream's last delta` (along a
+//!   lookahead path: the path's last step); the
 //!   probabilities of classes naming the same shard add up. These shards
 //!   (as wide as the last request) are the candidates; then up to
 //!   `lookahead` further steps follow the most likely path (raw confidence
@@ -44,6 +46,15 @@
 //!   and a confident class that is rarely read in time is not. A shard
 //!   already predicted for the stream among its last `2 * depth`
 //!   predictions is not predicted again unless its confidence has risen.
+//! - Resident shards: when the hot tier's size is known
+//!   (`stage_capacity_shards`), the predictor models its contents as the
+//!   last that many distinct shards read or predicted (at most
+//!   [`LSTM_RESIDENT_MAX_SHARDS`]; demand caching keeps what is read, and
+//!   what is predicted is staged). A candidate naming one of them (or a
+//!   shard read earlier in the batch than its position) is neither emitted
+//!   nor tracked: staging would skip it, and counting it (it is read soon,
+//!   so "correct") made calibration and the gate measure a precision the
+//!   staged shards did not have.
 //! - Precision gate (`precision_gate`, 0: off): every new candidate of a
 //!   stream is tracked, emitted or not (up to [`LSTM_PRECISION_TRACKED_MAX`]
 //!   at once per stream: beyond, a sample); it is correct when the stream
@@ -87,13 +98,15 @@ use shardblk::constants::{
     LSTM_CALIBRATION_AVERAGE_PREDICTIONS, LSTM_CALIBRATION_CONFIDENCE_BUCKETS,
     LSTM_CALIBRATION_MIN_RESOLVED, LSTM_CALIBRATION_STEP_BUCKETS, LSTM_CANDIDATE_CLASSES_PER_DEPTH,
     LSTM_LIVE_STEP_EVENTS_MAX, LSTM_LIVE_STEP_EVENTS_MIN, LSTM_PRECISION_AVERAGE_PREDICTIONS,
-    LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX, LSTM_SCOPE_CLASSES,
-    LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRACK_CONFIDENCE_MIN,
-    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
+    LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX, LSTM_RESIDENT_MAX_SHARDS,
+    LSTM_SCOPE_CLASSES, LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS,
+    LSTM_TRACK_CONFIDENCE_MIN, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
+    LSTM_VOCAB_WINDOW_EVENTS,
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
-    near_class, op_class, shard_delta, stream_keys, EventFeatures, FeatureState, Featurizer, Scope,
+    near_class, op_class, repeat_class, shard_delta, stream_keys, EventFeatures, FeatureState,
+    Featurizer, Scope,
 };
 use shardblk::prefetch::lstm::file::{ModelFile, TrainInfo};
 use shardblk::prefetch::lstm::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
@@ -157,6 +170,27 @@ struct Tracked {
     buckets: [Option<usize>; TRACKED_BUCKETS],
     /// Counts towards the stream's precision estimate (it passed calibration).
     counted: bool,
+    /// Emitted (not only tracked): counted in [`ScopeFigures`].
+    emitted: bool,
+}
+
+/// What the predictor did per stream scope (diagnostics: which streams'
+/// predictions come out, and how many were read in time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScopeFigures {
+    /// Predictions emitted.
+    pub emitted: u64,
+    /// Emitted predictions resolved, and those read in time.
+    pub emitted_resolved: u64,
+    pub emitted_correct: u64,
+    /// Eligible candidates withheld because the volume stream emitted for
+    /// the same event.
+    pub deferred: u64,
+    /// Eligible candidates withheld by the precision gate.
+    pub gated: u64,
+    /// Emitted predictions per source (model, memory) and per step ahead.
+    pub by_source: [u64; SOURCES],
+    pub by_step: [u64; LSTM_CALIBRATION_STEP_BUCKETS],
 }
 
 /// Calibration bucket of a candidate of a stream of scope class `scope`
@@ -181,6 +215,15 @@ struct Gate {
     /// predictions of the bucket that were read in time, and how many
     /// resolved so far.
     calibration: Vec<(f32, u32)>,
+    /// Per scope class.
+    scopes: [ScopeFigures; LSTM_SCOPE_CLASSES as usize],
+}
+
+/// (scope class, source, step) of calibration bucket `b` ([`bucket`]).
+fn bucket_parts(b: usize) -> (usize, usize, usize) {
+    let step = (b / LSTM_CALIBRATION_CONFIDENCE_BUCKETS) % LSTM_CALIBRATION_STEP_BUCKETS;
+    let rest = b / (LSTM_CALIBRATION_CONFIDENCE_BUCKETS * LSTM_CALIBRATION_STEP_BUCKETS);
+    (rest / SOURCES, rest % SOURCES, step)
 }
 
 impl Gate {
@@ -189,6 +232,7 @@ impl Gate {
             precision: 1.0,
             resolved: 0,
             gated: 0,
+            scopes: Default::default(),
             calibration: vec![
                 (0.0, 0);
                 LSTM_SCOPE_CLASSES as usize
@@ -215,6 +259,11 @@ impl Gate {
 /// Fold one resolved prediction (`correct` or not) into the estimates.
 fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     let x = if correct { 1.0 } else { 0.0 };
+    if let (true, Some(b)) = (t.emitted, t.buckets[0]) {
+        let f = &mut gate.scopes[bucket_parts(b).0];
+        f.emitted_resolved += 1;
+        f.emitted_correct += u64::from(correct);
+    }
     for b in t.buckets.into_iter().flatten() {
         let (c, n) = &mut gate.calibration[b];
         // The mean of the first ones, then a moving average.
@@ -311,6 +360,7 @@ fn track(
             deadline,
             buckets: bs,
             counted: eligible,
+            emitted: false,
         });
     }
 }
@@ -366,10 +416,14 @@ pub struct LstmPredictor {
     unnamed: Tensor,
     /// Input events seen (all streams; each event once).
     clock: u64,
+    /// Shards probably on the hot tier (None: its size is unknown): the
+    /// last `stage_capacity_shards` distinct shards read or predicted.
+    resident: Option<LruMap<ShardKey, ()>>,
 }
 
-/// A lookahead path: (stream index, position, confidence, next input).
-type Path = (usize, u64, f32, EventFeatures);
+/// A lookahead path: (position index, shard before, shard, confidence,
+/// next input).
+type Path = (usize, u64, u64, f32, EventFeatures);
 
 impl LstmPredictor {
     /// Build from the options (see [`ModelSource`]); sets the intra-op
@@ -450,6 +504,14 @@ impl LstmPredictor {
             rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5348_4152_4453),
             unnamed: Tensor::new(),
             clock: 0,
+            resident: match cfg.stage_capacity_shards {
+                0 => None,
+                n => Some(LruMap::new(
+                    usize::try_from(n).map_or(LSTM_RESIDENT_MAX_SHARDS, |n| {
+                        n.min(LSTM_RESIDENT_MAX_SHARDS)
+                    }),
+                )),
+            },
         }
         .with_unnamed())
     }
@@ -469,6 +531,7 @@ impl LstmPredictor {
         for (c, _) in self.feat.shards.assignments() {
             m[shape.shard_output(c)] = false;
         }
+        m[shape.repeat_output()] = false;
         Tensor::from_slice(&m).to_device(self.device())
     }
 
@@ -485,6 +548,11 @@ impl LstmPredictor {
     /// predictions withheld.
     pub fn gate_figures(&self) -> (f32, u64, u64) {
         (self.gate.precision, self.gate.resolved, self.gate.gated)
+    }
+
+    /// What the predictor did per scope class (region, volume).
+    pub fn scope_figures(&self) -> [ScopeFigures; LSTM_SCOPE_CLASSES as usize] {
+        self.gate.scopes
     }
 
     /// Where the starting weights came from.
@@ -561,16 +629,26 @@ impl LstmPredictor {
     }
 
     /// Next-event shards named by output classes `top` of a stream of
-    /// `volume` whose last event began at `base`: a delta class names
-    /// `base + delta`, a shard class its shard (of this volume); the
+    /// `volume` whose last event began at `base`, `last` shards after the
+    /// one before it: a delta class names `base + delta`, a shard class its
+    /// shard (of this volume), the repeat class `base + last`; the
     /// probabilities of classes naming the same shard add up. Most likely
     /// first; OOV and unassigned classes name nothing.
-    fn candidates(&self, top: &[(usize, f32)], base: u64, volume: u32) -> Vec<(u64, f32)> {
+    fn candidates(
+        &self,
+        top: &[(usize, f32)],
+        base: u64,
+        last: Option<i64>,
+        volume: u32,
+    ) -> Vec<(u64, f32)> {
         let v = self.model.net.shape.vocab as usize;
+        let repeat = self.model.net.shape.repeat_output();
         let mut c: Vec<(u64, f32)> = Vec::with_capacity(top.len());
         for &(idx, p) in top {
             let shard = if idx == OOV as usize {
                 None
+            } else if idx == repeat {
+                last.and_then(|d| base.checked_add_signed(d))
             } else if idx <= v {
                 self.feat
                     .vocab
@@ -595,11 +673,21 @@ impl LstmPredictor {
     }
 
     /// The input of a hypothetical next event at `next` after one at `pos`
-    /// (op, size, gap and scope as `like`; the nearest recent request taken
-    /// to be `pos`'s); the vocabularies do not grow.
-    fn input_at(&self, like: EventFeatures, pos: u64, next: u64, volume: u32) -> EventFeatures {
+    /// that followed one at `prev` (op, size, gap and scope as `like`; the
+    /// nearest recent request taken to be `pos`'s); the vocabularies do not
+    /// grow.
+    fn input_at(
+        &self,
+        like: EventFeatures,
+        prev: u64,
+        pos: u64,
+        next: u64,
+        volume: u32,
+    ) -> EventFeatures {
+        let d = shard_delta(pos, next);
         EventFeatures {
-            delta: shard_delta(pos, next).map_or(OOV, |d| self.feat.vocab.class_of(d)),
+            delta: d.map_or(OOV, |d| self.feat.vocab.class_of(d)),
+            repeat: repeat_class(shard_delta(prev, pos), d),
             near: near_class(next, &[pos]),
             shard: self.feat.shards.class_of(ShardKey {
                 volume,
@@ -628,6 +716,36 @@ impl LstmPredictor {
         let (h1, c1) = self.model.net.step(&x, &h0, &c0);
         scatter_state(&h1, h);
         scatter_state(&c1, c);
+    }
+
+    /// The hot tier after `batch` and the predictions `emitted` for it:
+    /// its reads are resident (demand caching), so are the predicted shards
+    /// (staged), the least recently used out.
+    fn note_resident(&mut self, batch: &[ShardEvent], emitted: &[Prediction]) {
+        let Some(res) = self.resident.as_mut() else {
+            return;
+        };
+        for ev in batch.iter().filter(|e| e.op == Op::Read) {
+            let n = u64::from(ev.shards.max(1)).min(res.capacity() as u64);
+            for shard in ev.shard..ev.shard.saturating_add(n) {
+                res.insert(
+                    ShardKey {
+                        volume: ev.volume,
+                        shard,
+                    },
+                    (),
+                );
+            }
+        }
+        for p in emitted {
+            res.insert(
+                ShardKey {
+                    volume: p.volume,
+                    shard: p.shard,
+                },
+                (),
+            );
+        }
     }
 
     fn top<'a>(&self, state_h: &'a [f32]) -> &'a [f32] {
@@ -741,6 +859,7 @@ impl Predictor for LstmPredictor {
         }
         self.reset_reassigned();
         if keys.is_empty() {
+            self.note_resident(batch, &[]);
             return;
         }
         let fed: usize = per.iter().map(Vec::len).sum();
@@ -916,7 +1035,15 @@ impl Predictor for LstmPredictor {
                     }
                 }
             }
-            let cands = self.candidates(&top[x], last_ev.shard, keys[i].volume);
+            // The shard before this event in the stream (its delta is what
+            // the repeat class repeats).
+            let prev = if position.at > 0 {
+                Some(per[i][position.at - 1].1.shard)
+            } else {
+                before[i]
+            };
+            let last = prev.and_then(|p| shard_delta(p, last_ev.shard));
+            let cands = self.candidates(&top[x], last_ev.shard, last, keys[i].volume);
             for &(pos, p) in cands.iter().take(depth) {
                 if p < floor {
                     break;
@@ -926,8 +1053,14 @@ impl Predictor for LstmPredictor {
             if let Some(&(pos, p)) = cands.first() {
                 let model = preds[x].iter().filter(|q| q.3 == Source::Model).count();
                 if p >= floor && self.opts.lookahead > 0 && model < depth {
-                    let next = self.input_at(last_f, last_ev.shard, pos, keys[i].volume);
-                    paths.push((x, pos, p, next));
+                    let next = self.input_at(
+                        last_f,
+                        prev.unwrap_or(last_ev.shard),
+                        last_ev.shard,
+                        pos,
+                        keys[i].volume,
+                    );
+                    paths.push((x, last_ev.shard, pos, p, next));
                     ph.push(position.h.clone());
                     pc.push(position.c.clone());
                 }
@@ -937,7 +1070,7 @@ impl Predictor for LstmPredictor {
             if paths.is_empty() {
                 break;
             }
-            let feats: Vec<EventFeatures> = paths.iter().map(|p| p.3).collect();
+            let feats: Vec<EventFeatures> = paths.iter().map(|p| p.4).collect();
             {
                 let mut hm: Vec<&mut Vec<f32>> = ph.iter_mut().collect();
                 let mut cm: Vec<&mut Vec<f32>> = pc.iter_mut().collect();
@@ -949,10 +1082,12 @@ impl Predictor for LstmPredictor {
             };
             let mut keep = vec![false; paths.len()];
             for (j, path) in paths.iter_mut().enumerate() {
-                let (x, pos, conf, like) = *path;
+                let (x, before_pos, pos, conf, like) = *path;
                 let i = positions[x].stream;
                 let width = per[i][positions[x].at].1.shards.max(1);
-                let Some(&(next, p)) = self.candidates(&pt[j], pos, keys[i].volume).first() else {
+                let last = shard_delta(before_pos, pos);
+                let Some(&(next, p)) = self.candidates(&pt[j], pos, last, keys[i].volume).first()
+                else {
                     continue;
                 };
                 let conf = conf * p;
@@ -966,9 +1101,10 @@ impl Predictor for LstmPredictor {
                 add(&mut preds[x], next, width, conf, step);
                 *path = (
                     x,
+                    pos,
                     next,
                     conf,
-                    self.input_at(like, pos, next, keys[i].volume),
+                    self.input_at(like, before_pos, pos, next, keys[i].volume),
                 );
                 keep[j] = preds[x].iter().filter(|q| q.3 == Source::Model).count() < depth;
             }
@@ -987,6 +1123,39 @@ impl Predictor for LstmPredictor {
                 j += 1;
                 keep[j - 1]
             });
+        }
+        // 4b. Candidates the hot tier probably holds already (read or
+        // predicted lately, or read in this batch up to the position) are
+        // neither emitted nor tracked: staging skips them, so calibration
+        // and the precision estimates measure what would be staged.
+        if let Some(res) = &self.resident {
+            let mut read_at: HashMap<ShardKey, u64> = HashMap::new();
+            let mut clock =
+                self.clock - batch.iter().filter(|e| op_class(e.op).is_some()).count() as u64;
+            for ev in batch {
+                if op_class(ev.op).is_none() {
+                    continue;
+                }
+                clock += 1;
+                if ev.op == Op::Read {
+                    for shard in ev.shard..=ev.last_shard() {
+                        read_at
+                            .entry(ShardKey {
+                                volume: ev.volume,
+                                shard,
+                            })
+                            .or_insert(clock);
+                    }
+                }
+            }
+            for (x, position) in positions.iter().enumerate() {
+                let (i, at) = (position.stream, position.at);
+                let (volume, now) = (keys[i].volume, clocks[i][at]);
+                preds[x].retain(|q| {
+                    let k = ShardKey { volume, shard: q.0 };
+                    !res.contains(&k) && read_at.get(&k).is_none_or(|&c| c > now)
+                });
+            }
         }
         // 5. In batch order, each event resolves its stream's tracked
         // predictions (as of its own clock), then a shadow position's
@@ -1059,6 +1228,22 @@ impl Predictor for LstmPredictor {
                 if eligible && open && !push_unique(out, start, p) {
                     continue;
                 }
+                let sf = &mut self.gate.scopes[scope as usize];
+                if eligible && open {
+                    sf.emitted += 1;
+                    if let Some(b) = buckets.into_iter().flatten().next() {
+                        let (_, source, step) = bucket_parts(b);
+                        sf.by_source[source] += 1;
+                        sf.by_step[step] += 1;
+                    }
+                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
+                        t.emitted = true;
+                    }
+                } else if eligible && deferred {
+                    sf.deferred += 1;
+                } else if eligible {
+                    sf.gated += 1;
+                }
                 if eligible
                     && open
                     && scope == volume_scope
@@ -1092,6 +1277,7 @@ impl Predictor for LstmPredictor {
             kept += 1;
         }
         out.truncate(kept);
+        self.note_resident(batch, &out[emitted_from..]);
         self.due_events += fed as u64;
         let ns = t0.elapsed().as_nanos();
         self.fig.batches += 1;

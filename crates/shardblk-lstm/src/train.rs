@@ -8,12 +8,14 @@
 //!   `T` events, targets the events that follow each one ([`targets_of`]).
 //!   Training starts from that (detached) state: truncated BPTT, the
 //!   same state the inference model carried.
-//! - The next event's shard can be named by up to two output classes: its
-//!   delta class and its shard class. The loss is the negative log of the
+//! - The next event's shard can be named by up to three output classes: its
+//!   delta class, its shard class and, when its delta repeats the current
+//!   one, the repeat class. The loss is the negative log of the
 //!   probability of the set of correct classes (marginal likelihood), so the
-//!   model is free to name a sequential step by its delta and a jump by the
-//!   target's own class, whichever it predicts better. OOV counts as
-//!   correct only when neither names the shard.
+//!   model is free to name a sequential step by its delta, a stride by
+//!   "the same delta again" (whatever the vocabulary holds) and a jump by
+//!   the target's own class, whichever it predicts better. OOV counts as
+//!   correct only when none names the shard.
 //! - [`OnlineTrainer::step`] samples a batch from the buffer (seeded) and
 //!   does one Adam step; the buffer keeps the most recent
 //!   `buffer_windows` windows. The caller swaps weights into the inference
@@ -22,14 +24,21 @@
 //!   in `lanes` parallel lanes and walks them in chunks of `T` events,
 //!   carrying each lane's state between chunks (truncated BPTT); a stream's
 //!   first event has the start class as input (the model learns to reset),
-//!   and no target crosses from one stream into the next.
+//!   and no target crosses from one stream into the next. In each chunk
+//!   `LSTM_TRAIN_HIDDEN_DELTA_PERCENT` % of the delta classes (seeded draw)
+//!   are hidden in region streams: out of vocabulary as inputs and not
+//!   correct as targets, as
+//!   for a delta the vocabulary does not hold when the model is used (a
+//!   stride is then named by the repeat class only).
 
 use crate::model::{Inputs, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shardblk::constants::LSTM_GRAD_CLIP_NORM;
+use shardblk::constants::{LSTM_GRAD_CLIP_NORM, LSTM_TRAIN_HIDDEN_DELTA_PERCENT};
 use shardblk::prefetch::lstm::config::{ModelShape, Streams};
-use shardblk::prefetch::lstm::features::{stream_keys, EventFeatures, FeatureState, Featurizer};
+use shardblk::prefetch::lstm::features::{
+    stream_keys, EventFeatures, FeatureState, Featurizer, Scope,
+};
 use shardblk::prefetch::lstm::vocab::OOV;
 use shardblk::prefetch::stream::LruMap;
 use shardblk::prefetch::{PrefetchConfig, StreamKey};
@@ -43,20 +52,35 @@ pub const IGNORE: i64 = -100;
 /// No second correct class.
 pub const NONE: i64 = -1;
 
+/// The correct output classes after an event of a stream.
+pub type Targets = [i64; 3];
+
 /// The correct output classes after an event whose successor in the stream
-/// is `next`: (first, second), `first` [`IGNORE`] when there is nothing to
-/// learn (a stream's start), `second` [`NONE`] when one class names it.
-pub fn targets_of(next: &EventFeatures, shape: &ModelShape, start: u32) -> (i64, i64) {
+/// is `next`: the first [`IGNORE`] when there is nothing to learn (a
+/// stream's start), then [`NONE`] for each class fewer than three that
+/// names it (the first is OOV when no class does).
+pub fn targets_of(next: &EventFeatures, shape: &ModelShape, start: u32) -> Targets {
     if next.delta == start {
-        return (IGNORE, NONE);
+        return [IGNORE, NONE, NONE];
     }
-    let shard = (next.shard != OOV && next.shard <= shape.shards)
-        .then(|| shape.shard_output(next.shard) as i64);
-    match (next.delta, shard) {
-        (OOV, Some(s)) => (s, NONE),
-        (d, Some(s)) => (i64::from(d), s),
-        (d, None) => (i64::from(d), NONE),
+    let mut t = [NONE; 3];
+    let mut n = 0;
+    if next.delta != OOV {
+        t[n] = i64::from(next.delta);
+        n += 1;
     }
+    if next.shard != OOV && next.shard <= shape.shards {
+        t[n] = shape.shard_output(next.shard) as i64;
+        n += 1;
+    }
+    if next.repeat == 1 {
+        t[n] = shape.repeat_output() as i64;
+        n += 1;
+    }
+    if n == 0 {
+        t[0] = i64::from(OOV);
+    }
+    t
 }
 
 /// One training window of a stream.
@@ -100,14 +124,13 @@ pub fn scatter_state(t: &Tensor, out: &mut [&mut Vec<f32>]) {
     }
 }
 
-/// Mean negative log-probability of the correct class sets (`first`,
-/// `second` as from [`targets_of`], `[B, T]` each; positions whose first is
-/// [`IGNORE`] excluded), and the final state.
+/// Mean negative log-probability of the correct class sets (`targets`
+/// `[B, T, 3]` as from [`targets_of`]; positions whose first is [`IGNORE`]
+/// excluded), and the final state.
 pub fn loss_of(
     model: &Model,
     inputs: &Inputs,
-    first: &Tensor,
-    second: &Tensor,
+    targets: &Tensor,
     h0: &Tensor,
     c0: &Tensor,
 ) -> (Tensor, Tensor, Tensor) {
@@ -115,32 +138,28 @@ pub fn loss_of(
     let logits = model.net.logits(&out);
     let classes = logits.size()[2];
     let logits = logits.view([-1, classes]);
-    let a = first.view([-1]);
-    let b = second.view([-1]);
-    let valid = a.ne(IGNORE).to_kind(Kind::Float);
+    let t = targets.view([-1, 3]);
+    let valid = t.select(1, 0).ne(IGNORE).to_kind(Kind::Float);
     let all = logits.logsumexp([-1], false);
-    let la = logits
-        .gather(1, &a.clamp_min(0).unsqueeze(1), false)
-        .squeeze_dim(1);
-    let lb = logits
-        .gather(1, &b.clamp_min(0).unsqueeze(1), false)
-        .squeeze_dim(1)
-        .masked_fill(&b.lt(0), f64::NEG_INFINITY);
-    let correct = Tensor::stack(&[la, lb], 1).logsumexp([1], false);
+    // Columns 1 and 2 may be NONE (no class); column 0 always picks one
+    // (an ignored position picks class 0 and is multiplied by 0): no row
+    // is all -inf, whose gradient would be NaN.
+    let none = t.lt(0);
+    let _ = none.select(1, 0).fill_(0);
+    let picked = logits
+        .gather(1, &t.clamp_min(0), false)
+        .masked_fill(&none, f64::NEG_INFINITY);
+    let correct = picked.logsumexp([1], false);
     let loss = ((all - correct) * &valid).sum(Kind::Float) / valid.sum(Kind::Float).clamp_min(1.0);
     (loss, h, c)
 }
 
-/// `[B, T]` target tensors of rows of (first, second) pairs.
-fn target_tensors(rows: &[Vec<(i64, i64)>], device: Device) -> (Tensor, Tensor) {
+/// `[B, T, 3]` target tensor of rows of [`Targets`].
+fn target_tensor(rows: &[Vec<Targets>], device: Device) -> Tensor {
     let b = rows.len() as i64;
     let t = rows.first().map_or(0, Vec::len) as i64;
-    let a: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|x| x.0)).collect();
-    let s: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|x| x.1)).collect();
-    (
-        Tensor::from_slice(&a).view([b, t]).to_device(device),
-        Tensor::from_slice(&s).view([b, t]).to_device(device),
-    )
+    let a: Vec<i64> = rows.iter().flatten().flatten().copied().collect();
+    Tensor::from_slice(&a).view([b, t, 3]).to_device(device)
 }
 
 /// The online trainer.
@@ -213,7 +232,7 @@ impl OnlineTrainer {
             .map(|w| &w.events[..w.events.len() - 1])
             .collect();
         let inputs = Inputs::from_rows(&rows, device);
-        let targets: Vec<Vec<(i64, i64)>> = wins
+        let targets: Vec<Vec<Targets>> = wins
             .iter()
             .map(|w| {
                 w.events[1..]
@@ -222,12 +241,12 @@ impl OnlineTrainer {
                     .collect()
             })
             .collect();
-        let (first, second) = target_tensors(&targets, device);
+        let targets = target_tensor(&targets, device);
         let h0: Vec<&[f32]> = wins.iter().map(|w| w.h0.as_slice()).collect();
         let c0: Vec<&[f32]> = wins.iter().map(|w| w.c0.as_slice()).collect();
         let h0 = gather_state(&h0, layers, hidden, device);
         let c0 = gather_state(&c0, layers, hidden, device);
-        let (loss, _, _) = loss_of(&self.model, &inputs, &first, &second, &h0, &c0);
+        let (loss, _, _) = loss_of(&self.model, &inputs, &targets, &h0, &c0);
         self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
         self.steps += 1;
         Some(loss.double_value(&[]) as f32)
@@ -235,7 +254,7 @@ impl OnlineTrainer {
 }
 
 /// One event of a training sequence and its targets.
-pub type Step = (EventFeatures, (i64, i64));
+pub type Step = (EventFeatures, Targets);
 
 /// Per-stream feature sequences of a trace with their targets (the next
 /// event of the stream, [`targets_of`]); `streams` says which streams.
@@ -262,7 +281,7 @@ pub fn stream_sequences(
                 if let Some(prev) = seqs[i].last_mut() {
                     prev.1 = targets_of(&f, shape, start);
                 }
-                seqs[i].push((f, (IGNORE, NONE)));
+                seqs[i].push((f, [IGNORE, NONE, NONE]));
             }
         }
     }
@@ -280,6 +299,39 @@ pub struct OfflineTrainer {
     h: Tensor,
     c: Tensor,
     pub steps: u64,
+    /// Draws the hidden delta classes of each chunk.
+    rng: ChaCha8Rng,
+}
+
+/// `step` with the delta classes `hidden` says are hidden: out of
+/// vocabulary as its input, removed from its targets (the first target
+/// becomes OOV when no class is left). Region streams only: a volume
+/// stream's repeats are mostly interleaved runs (a jump of the same size
+/// from region to region, until the cycle wraps), which its delta classes
+/// and state follow better than "the same delta again".
+pub fn hide_deltas(step: Step, vocab: u32, hidden: &dyn Fn(u32) -> bool) -> Step {
+    let (mut f, t) = step;
+    if f.scope != Scope::Region.class() {
+        return (f, t);
+    }
+    let is_hidden = |c: i64| c >= 1 && c <= i64::from(vocab) && hidden(c as u32);
+    if f.delta >= 1 && f.delta <= vocab && hidden(f.delta) {
+        f.delta = OOV;
+    }
+    if t[0] == IGNORE {
+        return (f, t);
+    }
+    let kept: Vec<i64> = t
+        .iter()
+        .copied()
+        .filter(|&c| c != NONE && !is_hidden(c))
+        .collect();
+    let mut out = [NONE; 3];
+    out[..kept.len()].copy_from_slice(&kept);
+    if kept.is_empty() {
+        out[0] = i64::from(OOV);
+    }
+    (f, out)
 }
 
 impl OfflineTrainer {
@@ -310,6 +362,7 @@ impl OfflineTrainer {
             h,
             c,
             steps: 0,
+            rng: ChaCha8Rng::seed_from_u64(lanes as u64 ^ 0x4849_4445),
         })
     }
 
@@ -331,13 +384,18 @@ impl OfflineTrainer {
             (self.h, self.c) = self.model.net.zero_state(self.lanes.len() as i64);
         }
         let (from, to) = (self.at, self.at + self.chunk);
-        let pad = (EventFeatures::default(), (IGNORE, NONE));
+        let pad = (EventFeatures::default(), [IGNORE, NONE, NONE]);
+        let vocab = self.model.net.shape.vocab;
+        let mask: Vec<bool> = (0..=vocab)
+            .map(|_| self.rng.random_range(0..100) < LSTM_TRAIN_HIDDEN_DELTA_PERCENT)
+            .collect();
+        let hidden = |c: u32| mask[c as usize];
         let rows: Vec<Vec<Step>> = self
             .lanes
             .iter()
             .map(|l| {
                 (from..to)
-                    .map(|i| l.get(i).copied().unwrap_or(pad))
+                    .map(|i| hide_deltas(l.get(i).copied().unwrap_or(pad), vocab, &hidden))
                     .collect()
             })
             .collect();
@@ -348,12 +406,12 @@ impl OfflineTrainer {
         let refs: Vec<&[EventFeatures]> = feats.iter().map(Vec::as_slice).collect();
         let device = self.model.net.device();
         let inputs = Inputs::from_rows(&refs, device);
-        let targets: Vec<Vec<(i64, i64)>> = rows
+        let targets: Vec<Vec<Targets>> = rows
             .iter()
             .map(|r| r.iter().map(|e| e.1).collect())
             .collect();
-        let any_target = targets.iter().flatten().any(|t| t.0 != IGNORE);
-        let (first, second) = target_tensors(&targets, device);
+        let any_target = targets.iter().flatten().any(|t| t[0] != IGNORE);
+        let targets = target_tensor(&targets, device);
         self.at = to;
         self.steps += 1;
         if !any_target {
@@ -362,10 +420,70 @@ impl OfflineTrainer {
             (self.h, self.c) = (h, c);
             return 0.0;
         }
-        let (loss, h, c) = loss_of(&self.model, &inputs, &first, &second, &self.h, &self.c);
+        let (loss, h, c) = loss_of(&self.model, &inputs, &targets, &self.h, &self.c);
         self.opt.backward_step_clip_norm(&loss, LSTM_GRAD_CLIP_NORM);
         self.h = h.detach();
         self.c = c.detach();
         loss.to_kind(Kind::Float).double_value(&[]) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_deltas_leave_the_input_and_the_targets() {
+        let shape = ModelShape {
+            vocab: 8,
+            shards: 4,
+            ..ModelShape::default()
+        };
+        let start = shape.vocab + 1;
+        let ev = |delta, shard, repeat| EventFeatures {
+            delta,
+            shard,
+            repeat,
+            ..EventFeatures::default()
+        };
+        // A stride step with a delta class, a shard class and a repeat.
+        let next = ev(3, 2, 1);
+        let t = targets_of(&next, &shape, start);
+        assert_eq!(
+            t,
+            [
+                3,
+                shape.shard_output(2) as i64,
+                shape.repeat_output() as i64
+            ]
+        );
+        assert_eq!(
+            targets_of(&ev(start, 0, 0), &shape, start),
+            [IGNORE, NONE, NONE]
+        );
+        assert_eq!(targets_of(&ev(OOV, 0, 0), &shape, start), [0, NONE, NONE]);
+        let hide3 = |c: u32| c == 3;
+        let (f, h) = hide_deltas((next, t), shape.vocab, &hide3);
+        assert_eq!(f.delta, OOV);
+        assert_eq!(
+            h,
+            [
+                shape.shard_output(2) as i64,
+                shape.repeat_output() as i64,
+                NONE
+            ]
+        );
+        // Nothing left: OOV is the target; the start class is never hidden.
+        let (_, h) = hide_deltas((ev(5, 0, 0), [3, NONE, NONE]), shape.vocab, &hide3);
+        assert_eq!(h, [i64::from(OOV), NONE, NONE]);
+        let all = |_: u32| true;
+        let (f, h) = hide_deltas((ev(start, 0, 0), [IGNORE, NONE, NONE]), shape.vocab, &all);
+        assert_eq!((f.delta, h), (start, [IGNORE, NONE, NONE]));
+        // Volume streams keep their classes.
+        let vol = EventFeatures {
+            scope: Scope::Volume.class(),
+            ..next
+        };
+        assert_eq!(hide_deltas((vol, t), shape.vocab, &all), (vol, t));
     }
 }

@@ -85,9 +85,15 @@ impl ModelShape {
         2 * self.layers as usize * self.hidden as usize
     }
 
-    /// Output classes: OOV, the delta classes, then the shard classes.
+    /// Output classes: OOV, the delta classes, the shard classes, then the
+    /// repeat class (the stream's last delta again).
     pub fn outputs(&self) -> usize {
-        1 + self.vocab as usize + self.shards as usize
+        1 + self.vocab as usize + self.shards as usize + 1
+    }
+
+    /// Output index of the repeat class (the last).
+    pub fn repeat_output(&self) -> usize {
+        self.outputs() - 1
     }
 
     /// Output index of shard class `c` (1..=shards).
@@ -340,7 +346,12 @@ mod tests {
         assert!(delta_only.validate().is_ok());
         assert_eq!(
             delta_only.outputs(),
-            1 + LSTM_VOCAB_DEFAULT_CLASSES as usize
+            2 + LSTM_VOCAB_DEFAULT_CLASSES as usize
+        );
+        assert_eq!(delta_only.repeat_output(), delta_only.outputs() - 1);
+        assert_eq!(
+            ok.shape.repeat_output(),
+            1 + (LSTM_VOCAB_DEFAULT_CLASSES + LSTM_SHARD_VOCAB_DEFAULT_CLASSES) as usize
         );
         assert_eq!(
             ok.shape.shard_output(1),

@@ -11,7 +11,10 @@
 //! closest of the stream's last `LSTM_NEAR_RECENT` requests' last shards,
 //! so a request that continues one of several interleaved runs in a region
 //! says so even when another run's request came in between) and the
-//! stream's scope ([`Scope`]: an address region, or the whole volume). An event on the same first shard as the stream's
+//! stream's scope ([`Scope`]: an address region, or the whole volume) and
+//! whether its delta *repeats* the stream's previous delta (a stride step,
+//! told whether or not the vocabulary holds the delta: the model's repeat
+//! output class names the same delta again). An event on the same first shard as the stream's
 //! previous one is not an input (a re-read inside the shard is not a
 //! transition, as for the Markov baseline). [`FeatureState`] is the per-stream memory this
 //! needs (last shard, last time); [`Featurizer`] owns the vocabularies and
@@ -26,7 +29,7 @@ use super::config::Streams;
 use super::vocab::{DeltaVocab, ShardKey, ShardVocab, OOV};
 use crate::constants::{
     LSTM_GAP_BUCKETS, LSTM_NEAR_CLASSES, LSTM_NEAR_MAX_SHARDS, LSTM_NEAR_RECENT, LSTM_OP_CLASSES,
-    LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS, PREFETCH_STREAMS_MAX,
+    LSTM_REPEAT_CLASSES, LSTM_SCOPE_CLASSES, LSTM_SIZE_BUCKETS, PREFETCH_STREAMS_MAX,
 };
 use crate::prefetch::{PrefetchConfig, ShardEvent, StreamKey};
 use crate::trace::Op;
@@ -100,6 +103,16 @@ pub struct EventFeatures {
     pub near: u32,
     /// [`Scope::class`] of the stream.
     pub scope: u32,
+    /// [`repeat_class`]: 1 when the delta equals the stream's previous delta.
+    pub repeat: u32,
+}
+
+/// Repeat class of a delta `d` after the stream's previous delta `prev`
+/// (None: the stream's first or second event): 1 when they are equal.
+pub fn repeat_class(prev: Option<i64>, d: Option<i64>) -> u32 {
+    let c = u32::from(prev.is_some() && prev == d);
+    debug_assert!(c < LSTM_REPEAT_CLASSES);
+    c
 }
 
 /// Nearest-delta class: 0 when no recent request is within
@@ -146,6 +159,8 @@ pub fn gap_bucket(gap_ns: u64) -> u32 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FeatureState {
     last_shard: Option<u64>,
+    /// Delta of the stream's previous event (None: its first, or out of range).
+    last_delta: Option<i64>,
     last_ts_ns: u64,
     /// Last shards of the stream's recent requests (a ring of `ends`).
     recent_ends: [u64; LSTM_NEAR_RECENT],
@@ -156,6 +171,11 @@ impl FeatureState {
     /// First shard of the stream's previous event.
     pub fn last_shard(&self) -> Option<u64> {
         self.last_shard
+    }
+
+    /// Delta of the stream's previous event from the one before.
+    pub fn last_delta(&self) -> Option<i64> {
+        self.last_delta
     }
 }
 
@@ -226,6 +246,8 @@ impl Featurizer {
             // requests inside one shard): no input, no new prediction.
             return None;
         }
+        let d = st.last_shard.and_then(|last| shard_delta(last, ev.shard));
+        let repeat = repeat_class(st.last_delta, d);
         let delta = match st.last_shard {
             None => self.start(),
             Some(last) => match shard_delta(last, ev.shard) {
@@ -244,6 +266,7 @@ impl Featurizer {
         st.recent_ends[st.ends % LSTM_NEAR_RECENT] = ev.last_shard();
         st.ends += 1;
         st.last_shard = Some(ev.shard);
+        st.last_delta = d;
         st.last_ts_ns = ev.ts_ns;
         Some(EventFeatures {
             near,
@@ -253,6 +276,7 @@ impl Featurizer {
             size: size_bucket(ev.shards),
             gap,
             scope: scope.class(),
+            repeat,
         })
     }
 }
@@ -310,6 +334,7 @@ mod tests {
                 gap: 0,
                 near: 0,
                 scope: 0,
+                repeat: 0,
             }
         );
         let b = f
@@ -375,14 +400,20 @@ mod tests {
     fn online_growth_gives_a_repeated_delta_a_class() {
         let mut f = Featurizer::new(DeltaVocab::new(8, 64, 2), ShardVocab::new(0, 1, 1), true);
         let mut st = FeatureState::default();
-        let classes: Vec<u32> = (0..5u64)
-            .map(|i| {
-                f.features(&mut st, &ev(i, Op::Read, 7 * i, 1), 0, Scope::Region)
+        let feats: Vec<EventFeatures> = [0u64, 7, 14, 21, 28, 30, 32]
+            .iter()
+            .map(|&s| {
+                f.features(&mut st, &ev(s, Op::Read, s, 1), 0, Scope::Region)
                     .unwrap()
-                    .delta
             })
             .collect();
-        assert_eq!(classes, vec![9, OOV, 1, 1, 1]);
+        let classes: Vec<u32> = feats.iter().map(|e| e.delta).collect();
+        assert_eq!(&classes[..5], &[9, OOV, 1, 1, 1]);
+        // A repeat is told before the delta has a class (the second +7 is
+        // out of vocabulary) and after a new stride's second step.
+        let repeats: Vec<u32> = feats.iter().map(|e| e.repeat).collect();
+        assert_eq!(repeats, vec![0, 0, 1, 1, 1, 0, 1]);
+        assert_eq!(st.last_delta(), Some(2));
         assert_eq!(f.vocab.delta_of(1), Some(7));
     }
 }

@@ -18,9 +18,11 @@
 //!   ndim u8, dims i64 x ndim, data f32 x product(dims)
 //! ```
 //!
-//! Version 1 (the delta-only LSTM, 72-byte header) is refused with
-//! [`FileError::Version`], whose message says to retrain: its network has
-//! no shard classes and no scope input, so its weights do not fit.
+//! Versions 1 (the delta-only LSTM, 72-byte header) and 2 (no repeat input
+//! nor repeat output class, same header) are refused with
+//! [`FileError::Version`], whose message says to retrain: their weights do
+//! not fit the network (version 3 added the repeat class: a stride named
+//! as "the stream's last delta again", whatever the delta vocabulary holds).
 //!
 //! Contract: [`ModelFile::decode`] never panics; a short, corrupt, foreign,
 //! older, newer or internally inconsistent file is a typed [`FileError`]. A file is
@@ -40,7 +42,7 @@ use std::path::Path;
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"SHBKLSTM";
 /// Format version written (and the only one read).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Header bytes.
 pub const HEADER_BYTES: usize = 80;
 
@@ -512,11 +514,17 @@ mod tests {
             Err(FileError::BadMagic)
         ));
         let mut img = sample().encode();
-        img[8..12].copy_from_slice(&3u32.to_le_bytes());
+        img[8..12].copy_from_slice(&4u32.to_le_bytes());
         assert!(matches!(
             ModelFile::decode(&img),
-            Err(FileError::Version { found: 3, .. })
+            Err(FileError::Version { found: 4, .. })
         ));
+        // A version 2 file (no repeat class) is refused the same way.
+        let mut v2 = sample().encode();
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let e = ModelFile::decode(&v2).unwrap_err();
+        assert!(matches!(e, FileError::Version { found: 2, .. }));
+        assert!(e.to_string().contains("trace train"), "{e}");
         // A version 1 file (the delta-only model, shorter header) is
         // refused by its version, with the way out in the message.
         let mut v1 = sample().encode();
