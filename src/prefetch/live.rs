@@ -1200,6 +1200,15 @@ mod tests {
         steps: AtomicUsize,
     }
 
+    impl Batches {
+        fn new() -> Arc<Batches> {
+            Arc::new(Batches {
+                sizes: Mutex::new(Vec::new()),
+                steps: AtomicUsize::new(0),
+            })
+        }
+    }
+
     struct Slow {
         log: Arc<Batches>,
         busy: Duration,
@@ -1369,10 +1378,7 @@ mod tests {
 
     #[test]
     fn an_expensive_predictor_steps_on_a_batch_not_the_first_event() {
-        let log = Arc::new(Batches {
-            sizes: Mutex::new(Vec::new()),
-            steps: AtomicUsize::new(0),
-        });
+        let log = Batches::new();
         let (mut tp, _shared, stop, h, _rx) = spawn(Slow {
             log: log.clone(),
             busy: Duration::from_millis(1),
@@ -1410,10 +1416,7 @@ mod tests {
         // about a second of sleep; the events read meanwhile make the next
         // step's batch (its newest `max`), and only the older ones are
         // counted as skipped.
-        let log = Arc::new(Batches {
-            sizes: Mutex::new(Vec::new()),
-            steps: AtomicUsize::new(0),
-        });
+        let log = Batches::new();
         let (mut tp, shared, stop, h, _rx) = spawn(Slow {
             log: log.clone(),
             busy: Duration::from_millis(30),
@@ -1466,10 +1469,7 @@ mod tests {
         // Training stretches of 40 ms (one step that cannot be cut short)
         // against 2 ms steps: with events to step, training waits until the
         // steps have had their share of the model time.
-        let log = Arc::new(Batches {
-            sizes: Mutex::new(Vec::new()),
-            steps: AtomicUsize::new(0),
-        });
+        let log = Batches::new();
         let (mut tp, shared, stop, h, _rx) = spawn(Slow {
             log: log.clone(),
             busy: Duration::from_millis(2),
