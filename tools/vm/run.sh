@@ -15,7 +15,8 @@
 # benchmarks: under TCG every guest wake-up waits for a host CPU, so other
 # work on the host (even niced builds) spread one target's rounds 2-3x; at
 # real-time priority the rounds of a loaded host agree within a few percent
-# (bench/RESULTS.md). The kernel's RT throttling still leaves the host 5 %.
+# (bench/RESULTS.md). The kernel's RT throttling leaves the host only 5 %:
+# other work on the host (tests, builds) nearly stops while the guest runs.
 # Without the privilege it says so and runs at normal priority.
 #
 # Inside the guest:
