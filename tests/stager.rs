@@ -71,15 +71,6 @@ enum Reads {
 
 const HOT_SHARDS: u64 = 6;
 
-/// The nice value of thread `tid` of this process (field 19 of its stat
-/// line).
-fn nice_of(tid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    // fields from the 3rd on; nice is the 19th
-    after.split_whitespace().nth(19 - 3)?.parse().ok()
-}
-
 /// Run the workload against `vol` with the live engine on (`kind`, demand
 /// promotion after `promote_reads` cold reads); returns the stats.
 fn run(
@@ -104,7 +95,7 @@ fn run(
     let live = Live::start(Some(&cfg), vol.clone(), vec![c0, c1], start).expect("live start");
     let shared = live.shared();
     assert_eq!(
-        nice_of(shared.inference_tid().expect("inference thread id")),
+        shardblk::threads::thread_nice(shared.inference_tid().expect("inference thread id")).ok(),
         Some(19),
         "the inference thread runs at the lowest normal priority"
     );

@@ -1555,7 +1555,28 @@ impl<D: Clone> Attacher<D> {
                     .map(|(n, _)| n.clone())
                     .collect();
                 round.given_up.extend(failed);
-                if round.pending().next().is_some() {
+                let acked: Vec<NodeId> = round
+                    .sent
+                    .keys()
+                    .filter(|n| !round.given_up.contains(*n))
+                    .cloned()
+                    .collect();
+                let key = self.key(shard);
+                // Wait for replies still due, and (degraded: the smaller
+                // set is committed before acknowledging) for a commit of
+                // the shard still out. Concurrent writes of the shard commit
+                // one at a time, each keeping only members of the set
+                // committed before it that it reached (its set only shrinks
+                // while it is out: a copy or move waits for it), so every
+                // member of every committed set holds every write
+                // acknowledged through it.
+                let degraded = !acked.is_empty() && !round.given_up.is_empty();
+                if round.pending().next().is_some()
+                    || (degraded
+                        && self.ops.values().any(|(_, o)| {
+                            matches!(o, Op::Commit { key: k, after: After::Wrote { .. } | After::Settle, .. } if *k == key)
+                        }))
+                {
                     let w = Op::Write {
                         op,
                         shard,
@@ -1565,12 +1586,6 @@ impl<D: Clone> Attacher<D> {
                     self.keep_waiting(At { slot, started }, w, timed_out);
                     return;
                 }
-                let acked: Vec<NodeId> = round
-                    .sent
-                    .keys()
-                    .filter(|n| !round.given_up.contains(*n))
-                    .cloned()
-                    .collect();
                 if acked.is_empty() {
                     self.events.push(Event::Failed {
                         op,
@@ -1580,26 +1595,6 @@ impl<D: Clone> Attacher<D> {
                 }
                 if round.given_up.is_empty() {
                     self.events.push(Event::Wrote { op, version });
-                    return;
-                }
-                // degraded: commit the smaller set before acknowledging.
-                // Concurrent writes of the shard commit one at a time, each
-                // keeping only members of the set committed before it that
-                // it reached (its set only shrinks while it is out: a copy
-                // or move waits for it), so every member of every
-                // committed set holds every write acknowledged through it.
-                let key = self.key(shard);
-                let committing = self.ops.values().any(|(_, o)| {
-                    matches!(o, Op::Commit { key: k, after: After::Wrote { .. } | After::Settle, .. } if *k == key)
-                });
-                if committing {
-                    let w = Op::Write {
-                        op,
-                        shard,
-                        version,
-                        round,
-                    };
-                    self.keep_waiting(At { slot, started }, w, timed_out);
                     return;
                 }
                 let set = self.replicas_of(&key);

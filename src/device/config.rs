@@ -106,8 +106,13 @@ impl DeviceConfig {
 
     /// The CPU queue `q` is pinned to.
     pub fn cpu_of_queue(&self, q: u16) -> usize {
-        self.cpus[q as usize % self.cpus.len()]
+        queue_cpu(&self.cpus, q)
     }
+}
+
+/// The CPU of queue `q` on the CPU list `cpus`: `cpus[q mod len]`.
+pub fn queue_cpu(cpus: &[usize], q: u16) -> usize {
+    cpus[q as usize % cpus.len()]
 }
 
 /// Whether this build serves requests with zero copy (`UBLK_F_AUTO_BUF_REG`:

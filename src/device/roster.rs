@@ -14,6 +14,7 @@
 //!   and reads [`QueueRoster::snapshots`] for the control socket.
 //! - Every queue thread's io_uring is built by [`init_queue_ring`].
 
+use crate::device::config::queue_cpu;
 use crate::device::metrics::{QueueMetrics, QueueSnapshot, TraceProducer};
 use crate::device::queue::{pin_current, pin_thread};
 use crate::device::DeviceError;
@@ -44,7 +45,7 @@ impl QueueRoster {
 
     /// The CPU queue `q` runs on.
     pub fn cpu_of(&self, q: u16) -> usize {
-        self.cpus[q as usize % self.cpus.len()]
+        queue_cpu(&self.cpus, q)
     }
 
     /// The start of queue thread `qid`: pin the calling thread to its CPU

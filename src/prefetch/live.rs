@@ -670,25 +670,14 @@ fn block_stop_signals() {
     }
 }
 
-/// Give the calling thread the lowest normal priority (nice 19): under CPU
-/// contention it gets about 1/70 of what a queue thread or the application
-/// gets (CFS weights 15 against 1024), so a predictor's inference or
-/// training does not take their cores, yet it is never starved outright
-/// (the idle class, `SCHED_IDLE`, can starve it for as long as the machine
-/// is busy, and a learned prefetcher that never steps is worth nothing).
+/// Give the calling thread the lowest normal priority (nice 19, see
+/// [`crate::threads`]): a predictor's inference or training does not take
+/// the cores of the queue threads or the application, yet is never starved
+/// outright (a learned prefetcher that never steps is worth nothing).
 /// Threads it spawns (libtorch's) inherit it. A refusal is a warning.
 fn lower_priority() {
-    // SAFETY: plain syscalls on this thread's own id; on Linux setpriority
-    // on a tid changes that thread only; no memory is handed over.
-    let r = unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, PREFETCH_THREAD_NICE)
-    };
-    if r != 0 {
-        tracing::warn!(
-            "inference thread: nice {PREFETCH_THREAD_NICE} refused: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = crate::threads::lower_current_priority(PREFETCH_THREAD_NICE) {
+        tracing::warn!("inference thread: nice {PREFETCH_THREAD_NICE} refused: {e}");
     }
 }
 
