@@ -21,7 +21,9 @@
 # 2. A purely random workload (fio randread 4 KiB QD16, 8 s) with prefetch
 #    off and each predictor, SHARDBLK_PF_ROUNDS paired rounds (default 4):
 #    IOPS, the ratio to the same round's off, the daemon's CPU seconds.
-# SHARDBLK_PF_TRACE_NAMES="fiu-homes" picks part 1's traces.
+# SHARDBLK_PF_TRACE_NAMES="fiu-homes" picks part 1's traces,
+# SHARDBLK_PF_RANDOM_ROWS="off lstm/np" part 2's rows (default: off and
+# every predictor without demand promotion).
 # Per row, $SHARDBLK_VM_OUT/rows/ keeps the daemon's stats, its threads'
 # CPU seconds and the guest CPUs' busy share during the replay.
 # SHARDBLK_PF_ONLY=random runs part 2 alone, =replay part 1 alone;
@@ -254,14 +256,17 @@ echo | tee -a "$OUT/prefetch_replay.txt"
 # Paired rounds: every predictor once per round, the order reversed every
 # other round; each round's IOPS is divided by the same round's `off`, so the
 # guest's drift between rounds cancels. CPU: the daemon's user+system seconds
-# over the run, and its inference thread's (`shardblk-infer`) alone.
+# over the run, its drain thread's (`shardblk-infer`) and its model
+# thread's (`shardblk-model`) alone.
 # The predictors' own cost: demand promotion off (it would promote the
 # re-read shards of a random workload over a small volume, a different
 # effect).
 rrows=(off)
 for p in "${predictors[@]:1}"; do rrows+=("$p/np"); done
+if [ -n "${SHARDBLK_PF_RANDOM_ROWS:-}" ]; then read -r -a rrows <<<"$SHARDBLK_PF_RANDOM_ROWS"; fi
+[ "${rrows[0]}" = off ] || die "SHARDBLK_PF_RANDOM_ROWS must start with off (the ratios' base)"
 ROUNDS="${SHARDBLK_PF_ROUNDS:-4}"
-cpu_cols() { # -> "daemon_cpu_s infer_cpu_s" of the device 0 daemon
+cpu_cols() { # -> "daemon_cpu_s infer_cpu_s model_cpu_s" of the device 0 daemon
     local pid
     pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb0.json")"
     python3 - "$pid" <<'PY'
@@ -272,14 +277,15 @@ def ticks(path):
     f = open(path).read().rsplit(")", 1)[1].split()
     return int(f[11]) + int(f[12])  # utime, stime
 total = ticks(f"/proc/{pid}/stat")
-infer = 0
+of = {"shardblk-infer": 0, "shardblk-model": 0}
 for t in os.listdir(f"/proc/{pid}/task"):
-    if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "shardblk-infer":
-        infer += ticks(f"/proc/{pid}/task/{t}/stat")
-print("%.2f %.2f" % (total / hz, infer / hz))
+    comm = open(f"/proc/{pid}/task/{t}/comm").read().strip()
+    if comm in of:
+        of[comm] += ticks(f"/proc/{pid}/task/{t}/stat")
+print("%.2f %.2f %.2f" % (total / hz, of["shardblk-infer"] / hz, of["shardblk-model"] / hz))
 PY
 }
-printf '%-28s %-12s %9s %9s %7s %7s %9s %9s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT CPU_s INFER_s | tee -a "$OUT/prefetch_replay.txt"
+printf '%-28s %-12s %9s %9s %7s %7s %9s %9s %9s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT CPU_s INFER_s MODEL_s | tee -a "$OUT/prefetch_replay.txt"
 declare -A ratios=()
 for round in $(seq "$ROUNDS"); do
     order=("${rrows[@]}")
@@ -296,18 +302,22 @@ for round in $(seq "$ROUNDS"); do
             --output-format=json >"$W/rand.json") || die "randread $p"
         cols="$(stats_cols)"
         cpu="$(cpu_cols)"
+        {
+            echo "daemon threads cpu_s: $(thread_cpu)"
+            "$B" stats -n 0 --json
+        } >"$OUT/rows/random-$round-${p//\//_}.txt" 2>&1 || true
         "$B" del -n 0
         iops_of[$p]="$(python3 -c 'import json,sys; print("%.0f" % json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"])' "$W/rand.json")"
         read -r staged _ _ _ npred <<<"$cols"
-        read -r dcpu icpu <<<"$cpu"
-        line_of[$p]="$staged $npred $dcpu $icpu"
+        read -r dcpu icpu mcpu <<<"$cpu"
+        line_of[$p]="$staged $npred $dcpu $icpu $mcpu"
     done
     for p in "${rrows[@]}"; do
         r="$(python3 -c "print('%.3f' % (${iops_of[$p]} / ${iops_of[off]}))")"
         ratios[$p]="${ratios[$p]:-} $r"
-        read -r staged npred dcpu icpu <<<"${line_of[$p]}"
-        printf '%-28s %-12s %9s %9s %7s %7s %9s %9s\n' "round $round" "$p" "${iops_of[$p]}" "$r" \
-            "$staged" "$npred" "$dcpu" "$icpu" | tee -a "$OUT/prefetch_replay.txt"
+        read -r staged npred dcpu icpu mcpu <<<"${line_of[$p]}"
+        printf '%-28s %-12s %9s %9s %7s %7s %9s %9s %9s\n' "round $round" "$p" "${iops_of[$p]}" "$r" \
+            "$staged" "$npred" "$dcpu" "$icpu" "$mcpu" | tee -a "$OUT/prefetch_replay.txt"
     done
 done
 for p in "${rrows[@]}"; do

@@ -541,6 +541,17 @@ const _: () = assert!(
     DEVICE_TRACE_RING_EVENTS as u64 * 1_000_000 / PREFETCH_DRAIN_ONLY_SLEEP_US >= 1_000_000
 );
 const _: () = assert!(PREFETCH_DRAIN_ONLY_SLEEP_US >= PREFETCH_IDLE_SLEEP_US);
+/// Events buffered between the drain thread and the model thread (the
+/// hand-off, lock-free and bounded): what arrives while a step runs beyond
+/// this is skipped and counted. The model thread keeps taking events while
+/// it sleeps off its CPU debt, so this covers one step: two full batches
+/// (e.g. a 0.4 s step under TCG at 20 k reads per second).
+pub const PREFETCH_HANDOFF_EVENTS: usize = 2 * PREFETCH_BATCH_EVENTS_MAX;
+/// The model thread with nothing gathered parks this long at most (the
+/// drain thread unparks it once a step's minimum is handed off; the timeout
+/// only bounds how late it notices background work), microseconds.
+pub const PREFETCH_MODEL_PARK_US: u64 = 50_000;
+const _: () = assert!(PREFETCH_MODEL_PARK_US >= PREFETCH_IDLE_SLEEP_US);
 /// Background (online training) budget per idle turn (milliseconds).
 pub const PREFETCH_BACKGROUND_BUDGET_MS: u64 = 20;
 /// Default hot-tier budget of staged shards: this percent of the hot tier.

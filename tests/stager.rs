@@ -99,6 +99,11 @@ fn run(
         Some(19),
         "the inference thread runs at the lowest normal priority"
     );
+    assert_eq!(
+        shardblk::threads::thread_nice(shared.model_tid().expect("model thread id")).ok(),
+        Some(19),
+        "the model thread runs at the lowest normal priority"
+    );
     let stop = AtomicBool::new(false);
     // Even blocks belong to the reader, odd blocks to the writer.
     let mut reader_model = vec![1u64; BLOCKS as usize];

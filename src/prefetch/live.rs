@@ -3,85 +3,93 @@
 //!
 //! Contract:
 //! - [`Live::start`] takes the consumer ends of the device's trace rings
-//!   (one per queue) and the volume. It spawns the inference thread
-//!   (`shardblk-infer`), which builds the predictor itself (so a model that
-//!   runs on CUDA is created on the thread that uses it) and reports the
-//!   build before `start` returns: an unknown or unloadable predictor fails
-//!   `start`, before the device exists. With prefetching on it also spawns
-//!   the stager thread (`shardblk-stager`, its own io_uring engine). With
-//!   prefetching off, the inference thread only drains the rings (and feeds
-//!   recordings).
-//! - Inference thread: each turn drains the rings (at most
-//!   `PREFETCH_BATCH_EVENTS_MAX` events fed to the predictor; beyond a
-//!   backlog of `PREFETCH_BACKLOG_EVENTS_MAX` the excess is popped without
-//!   feeding the predictor and counted as skipped; of a batch larger than
-//!   [`Predictor::step_events_max`] only the newest events are fed, the
-//!   older counted as skipped), turns every op into a
-//!   [`ShardEvent`] (time order across queues) and gathers them for the
-//!   next step: it calls [`Predictor::step`] once
+//!   (one per queue) and the volume. With prefetching on it spawns the
+//!   model thread (`shardblk-model`), which builds the predictor itself (so
+//!   a model that runs on CUDA is created on the thread that uses it) and
+//!   reports the build before `start` returns: an unknown or unloadable
+//!   predictor fails `start`, before the device exists; then the drain
+//!   thread (`shardblk-infer`) and the stager thread (`shardblk-stager`,
+//!   its own io_uring engine). With prefetching off only the drain thread
+//!   runs, and only drains the rings (and feeds recordings).
+//! - Drain thread: each turn drains the rings (at most
+//!   `PREFETCH_BATCH_EVENTS_MAX` events handed on; beyond a backlog of
+//!   `PREFETCH_BACKLOG_EVENTS_MAX` the excess is popped without being
+//!   handed on and counted as skipped), records, promotes on demand,
+//!   forwards read notices, turns every op into a [`ShardEvent`] (time
+//!   order across queues) and hands them to the model thread through a
+//!   bounded lock-free hand-off (`PREFETCH_HANDOFF_EVENTS`; what does not
+//!   fit is skipped and counted), unparking it once its step minimum is
+//!   waiting. It never runs a predictor and never waits for the model
+//!   thread: a model step of seconds (TCG) delays no promotion, notice,
+//!   recording or count.
+//! - Model thread: takes what the hand-off holds into the batch it gathers
+//!   (of more than [`Predictor::step_events_max`] only the newest are kept,
+//!   the older counted as skipped) and calls [`Predictor::step`] once
 //!   [`Predictor::step_events_min`] events are gathered (1 for the
 //!   baselines, `LSTM_LIVE_STEP_EVENTS_MIN` for the LSTM) or the oldest has
 //!   waited `PREFETCH_STEP_WAIT_MAX_MS`, and the thread owes no pacing
-//!   sleep ([`super::pace::Cadence`]); events read while it owes are kept
-//!   (the newest [`Predictor::step_events_max`], the older counted as
-//!   skipped), so the step after a paced stretch sees the latest batch.
-//!   It drops predictions below the confidence threshold
+//!   sleep ([`super::pace::Cadence`]); events handed off while it owes are
+//!   kept the same way, so the step after a paced stretch sees the latest
+//!   batch. It drops predictions below the confidence threshold
 //!   or for shards that are unmapped, split or already on the hot tier (one
-//!   table load each), and pushes the rest into the prefetch ring
-//!   ([`super::ring`]: bounded, lock-free, de-duplicated). Between batches it
-//!   gives the predictor [`Predictor::background`] time (online training:
-//!   at most `PREFETCH_TRAIN_SHARE_PERCENT` of the thread's model time, as
-//!   one training step cannot be cut short). An expensive predictor (step
-//!   minimum above 1: the LSTM) has a throwaway copy stepped on synthetic
-//!   events before `start` returns, so libtorch's lazy initialisation is
-//!   paid before the device is live, not charged to the first live step
-//!   (`warm_up_ms`). After each step
-//!   and each background stretch it sleeps to stay within its share of one
-//!   core ([`super::pace`]: 25 % while its predictions are queued, 3 % while
+//!   table load each), and pushes the rest into its lane of the prefetch
+//!   ring ([`super::ring`]: bounded, lock-free, de-duplicated). Between
+//!   batches it gives the predictor [`Predictor::background`] time (online
+//!   training: at most `PREFETCH_TRAIN_SHARE_PERCENT` of the thread's model
+//!   time, as one training step cannot be cut short). An expensive
+//!   predictor (step minimum above 1: the LSTM) has a throwaway copy
+//!   stepped on synthetic events before `start` returns, so libtorch's lazy
+//!   initialisation is paid before the device is live, not charged to the
+//!   first live step (`warm_up_ms`). After each step and each background
+//!   stretch it sleeps to stay within its share of one core
+//!   ([`super::pace`]: 25 % while its predictions are queued, 3 % while
 //!   they are not, unless the predictor says it is [`Predictor::promising`]
 //!   after a step, counted in `promising_steps`; the first
-//!   `PREFETCH_LEARN_STEPS` steps are charged at the full share). It runs at nice `PREFETCH_THREAD_NICE` (19), so under
-//!   contention the queue threads and the application come first. The queue threads
-//!   never signal it: after a turn that found less than a full batch it
-//!   sleeps `PREFETCH_POLL_INTERVAL_US` (`PREFETCH_IDLE_SLEEP_US` after an
-//!   empty one), so it wakes at most that often unless the rings fill
-//!   faster. With prefetching off and no recording it only empties the
-//!   rings, every `PREFETCH_DRAIN_ONLY_SLEEP_US` (its wakeups land on the
-//!   queue threads' and the application's CPUs). It never blocks the queue threads: the trace rings drop when
-//!   full. When it queued a prediction it unparks the stager, which
-//!   otherwise wakes every `STAGER_IDLE_PARK_MS`.
+//!   `PREFETCH_LEARN_STEPS` steps are charged at the full share).
+//! - Both threads run at nice `PREFETCH_THREAD_NICE` (19), so under
+//!   contention the queue threads and the application come first. The
+//!   queue threads never signal the drain thread: after a turn that found
+//!   less than a full batch it sleeps `PREFETCH_POLL_INTERVAL_US`
+//!   (`PREFETCH_IDLE_SLEEP_US` after an empty one). With prefetching off
+//!   and no recording it only empties the rings, every
+//!   `PREFETCH_DRAIN_ONLY_SLEEP_US` (its wakeups land on the queue threads'
+//!   and the application's CPUs). It never blocks the queue threads: the
+//!   trace rings drop when full. A thread that queued a prediction unparks
+//!   the stager, which otherwise wakes every `STAGER_IDLE_PARK_MS`.
+//! - Statistics: each thread publishes its own figures; [`LiveShared::stats`]
+//!   merges them (skipped events of both add up).
 //! - Demand promotion ([`super::demand`], `LiveConfig::promote_reads`):
 //!   every drained read, skipped or fed, is also looked up in the table
 //!   shard by shard; reads of shards on a colder tier count towards staging
 //!   them, and a shard the promoter names is pushed into the same prefetch
-//!   ring (confidence 1), so the stager's budget, throttle and precision
-//!   cover it too. It does not raise the inference thread's CPU share.
-//! - Hits: the inference thread forwards every read (volume, shards, start
+//!   ring (confidence 1; the drain thread's lane, which the stager takes
+//!   first), so the stager's budget, throttle and precision cover it too.
+//! - Hits: the drain thread forwards every read (volume, shards, start
 //!   time) to the stager through a second bounded ring (dropped and counted
 //!   when full); the stager matches them against what it staged. The queue
 //!   threads do no extra work.
 //! - Recording: [`LiveShared::start_recording`] tees every drained event
 //!   (all queues, skipped ones included) into a bounded channel; events that
 //!   do not fit are dropped and counted; one recording at a time.
-//! - Stopping: dropping [`Live`] stops both threads and joins them (a
-//!   staging in progress finishes first). Both threads block SIGINT and
+//! - Stopping: dropping [`Live`] stops its threads and joins them (a
+//!   staging in progress finishes first). All of them block SIGINT and
 //!   SIGTERM, which belong to the daemon's signal thread.
 
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
     PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_IDLE_SLEEP_US, PREFETCH_LEARN_STEPS,
-    PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS,
-    PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS,
-    PREFETCH_THREAD_NICE, PREFETCH_TRAIN_SHARE_PERCENT, PREFETCH_WARM_UP_EVENTS,
-    STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS,
-    TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_HANDOFF_EVENTS, PREFETCH_IDLE_SLEEP_US,
+    PREFETCH_LEARN_STEPS, PREFETCH_MODEL_PARK_US, PREFETCH_POLL_INTERVAL_US,
+    PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES,
+    PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS, PREFETCH_THREAD_NICE,
+    PREFETCH_TRAIN_SHARE_PERCENT, PREFETCH_WARM_UP_EVENTS, STAGER_BUDGET_DEFAULT_PERCENT,
+    STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
 use crate::prefetch::pace::{Cadence, Pacer};
 use crate::prefetch::remote::RemoteStageStats;
-use crate::prefetch::ring::{prediction_ring, PredictionRx, PredictionTx, RingCounters};
+use crate::prefetch::ring::{prediction_rings, PredictionRx, PredictionTx, RingCounters};
 use crate::prefetch::stager::{Plan, StagerCore, StagerParams, StagerStats};
 use crate::prefetch::{
     Prediction, Predictor, PredictorKind, PrefetchConfig, PrefetchError, ShardEvent,
@@ -219,7 +227,10 @@ struct Recording {
 pub struct LiveShared {
     /// `None` when prefetching is off.
     predictor: Option<&'static str>,
+    /// The drain thread's figures, and the model thread's
+    /// ([`merge_figures`]).
     infer: Mutex<PrefetchStats>,
+    model: Mutex<PrefetchStats>,
     stager: Mutex<StagerStats>,
     ring: Option<Arc<RingCounters>>,
     recording_on: AtomicBool,
@@ -227,8 +238,10 @@ pub struct LiveShared {
     recording_dropped: AtomicU64,
     /// The stager's thread, unparked when predictions are queued.
     stager_thread: std::sync::OnceLock<std::thread::Thread>,
-    /// The inference thread's kernel thread id (set before `start` returns).
+    /// The drain and model threads' kernel thread ids (set before `start`
+    /// returns; the model thread's with prefetching on).
     infer_tid: std::sync::OnceLock<i32>,
+    model_tid: std::sync::OnceLock<i32>,
     /// Remote staging: its figures (published by the network thread) and
     /// how to wake the network thread when predictions are queued.
     remote: Mutex<Option<RemoteStageStats>>,
@@ -253,6 +266,9 @@ pub enum Place {
 pub trait ShardPlaces: Send + 'static {
     fn volume_id(&self) -> u32;
     fn place(&self, shard: u64) -> Place;
+    /// Another handle on the same places (the drain and the model thread
+    /// each hold one).
+    fn boxed(&self) -> Box<dyn ShardPlaces>;
 }
 
 impl ShardPlaces for Volume {
@@ -266,6 +282,9 @@ impl ShardPlaces for Volume {
             Ok(SlotView::Mapped(_)) => Place::Cold,
             Ok(SlotView::Split(_)) | Ok(SlotView::Unmapped) | Err(_) => Place::Absent,
         }
+    }
+    fn boxed(&self) -> Box<dyn ShardPlaces> {
+        Box::new(self.clone())
     }
 }
 
@@ -294,6 +313,7 @@ impl LiveShared {
         LiveShared {
             predictor,
             infer: Mutex::default(),
+            model: Mutex::default(),
             stager: Mutex::default(),
             ring,
             recording_on: AtomicBool::new(false),
@@ -301,6 +321,7 @@ impl LiveShared {
             recording_dropped: AtomicU64::new(0),
             stager_thread: std::sync::OnceLock::new(),
             infer_tid: std::sync::OnceLock::new(),
+            model_tid: std::sync::OnceLock::new(),
             remote: Mutex::new(None),
             remote_wake: None,
         }
@@ -326,7 +347,10 @@ impl LiveShared {
     /// Prefetch statistics, `None` when prefetching is off.
     pub fn stats(&self) -> Option<PrefetchStats> {
         let name = self.predictor?;
-        let mut s = self.infer.lock().expect("infer stats").clone();
+        let mut s = merge_figures(
+            &self.infer.lock().expect("infer stats"),
+            &self.model.lock().expect("model stats"),
+        );
         s.predictor = name.to_string();
         if let Some(r) = &self.ring {
             let (queued, duplicates, dropped, _) = r.get();
@@ -339,9 +363,14 @@ impl LiveShared {
         Some(s)
     }
 
-    /// The inference thread's kernel thread id.
+    /// The drain thread's kernel thread id.
     pub fn inference_tid(&self) -> Option<i32> {
         self.infer_tid.get().copied()
+    }
+
+    /// The model thread's kernel thread id (prefetching on).
+    pub fn model_tid(&self) -> Option<i32> {
+        self.model_tid.get().copied()
     }
 
     /// Whether a recording is running.
@@ -413,12 +442,8 @@ impl Live {
                     stage_capacity_shards: budget / volume.shard_size(),
                     ..pcfg
                 };
-                let (tx, rx) = prediction_ring(
-                    PREFETCH_RING_PREDICTIONS,
-                    PREFETCH_DEDUP_SLOTS,
-                    PREFETCH_DEDUP_WINDOW_MS * 1_000_000,
-                );
-                let shared = Arc::new(LiveShared::new(Some(c.kind.name()), Some(tx.counters())));
+                let (tx, rx) = lanes();
+                let shared = Arc::new(LiveShared::new(Some(c.kind.name()), Some(rx.counters())));
                 (
                     Some((tx, c.kind, pcfg)),
                     Some((rx, budget / UNIT_SIZE_BYTES)),
@@ -434,7 +459,7 @@ impl Live {
             }
             false => (None, None),
         };
-        let infer = spawn_inference(
+        threads.extend(spawn_inference(
             cfg,
             &stop,
             &shared,
@@ -443,8 +468,7 @@ impl Live {
             ring_tx,
             notice_tx,
             start,
-        )?;
-        threads.push(infer);
+        )?);
         let mut live = Live {
             stop,
             threads,
@@ -485,16 +509,12 @@ impl Live {
         if cfg.model.is_some() && cfg.kind != PredictorKind::Lstm {
             return Err(LiveError::ModelUnused(cfg.kind.name()));
         }
-        let (tx, rx) = prediction_ring(
-            PREFETCH_RING_PREDICTIONS,
-            PREFETCH_DEDUP_SLOTS,
-            PREFETCH_DEDUP_WINDOW_MS * 1_000_000,
-        );
-        let mut shared = LiveShared::new(Some(cfg.kind.name()), Some(tx.counters()));
+        let (tx, rx) = lanes();
+        let mut shared = LiveShared::new(Some(cfg.kind.name()), Some(rx.counters()));
         shared.remote_wake = Some(wake);
         let shared = Arc::new(shared);
         let stop = Arc::new(AtomicBool::new(false));
-        let infer = spawn_inference(
+        let threads = spawn_inference(
             Some(cfg),
             &stop,
             &shared,
@@ -507,7 +527,7 @@ impl Live {
         Ok((
             Live {
                 stop,
-                threads: vec![infer],
+                threads,
                 shared,
             },
             rx,
@@ -519,8 +539,24 @@ impl Live {
     }
 }
 
-/// Spawn the inference thread over `consumers` (predicting into `ring_tx`
-/// when prefetching is on) and wait for its report.
+/// The prefetch ring's lanes: the drain thread's (demand promotion, taken
+/// first) and the model thread's.
+fn lanes() -> ([PredictionTx; 2], PredictionRx) {
+    let (txs, rx) = prediction_rings(
+        2,
+        PREFETCH_RING_PREDICTIONS,
+        PREFETCH_DEDUP_SLOTS,
+        PREFETCH_DEDUP_WINDOW_MS * 1_000_000,
+    );
+    let Ok(txs) = <[PredictionTx; 2]>::try_from(txs) else {
+        unreachable!("two lanes were made")
+    };
+    (txs, rx)
+}
+
+/// Spawn the drain thread over `consumers` and, with prefetching on
+/// (`lanes`: the demand lane, the model lane), the model thread, which
+/// builds the predictor and reports before this returns.
 #[allow(clippy::too_many_arguments)]
 fn spawn_inference(
     cfg: Option<&LiveConfig>,
@@ -528,23 +564,39 @@ fn spawn_inference(
     shared: &Arc<LiveShared>,
     places: Box<dyn ShardPlaces>,
     consumers: Vec<TraceConsumer>,
-    ring_tx: Option<(PredictionTx, PredictorKind, PrefetchConfig)>,
+    lanes: Option<([PredictionTx; 2], PredictorKind, PrefetchConfig)>,
     notice_tx: Option<rtrb::Producer<ReadNotice>>,
     start: Instant,
-) -> Result<JoinHandle<()>, LiveError> {
-    // The inference thread builds its predictor and reports.
-    // The LSTM's starting weights: the given model file, else the
-    // shipped default (see `prefetch::lstm`).
+) -> Result<Vec<JoinHandle<()>>, LiveError> {
     let promote_reads = cfg.map_or(0, |c| c.promote_reads);
-    let lstm_opts = crate::prefetch::lstm::LstmOptions {
-        model: match cfg.and_then(|c| c.model.clone()) {
-            Some(p) => crate::prefetch::lstm::ModelSource::File(p),
-            None => crate::prefetch::lstm::ModelSource::Default,
-        },
-        ..Default::default()
+    let mut threads = Vec::new();
+    let (demand_ring, handoff) = match lanes {
+        Some(([demand_tx, model_tx], kind, pcfg)) => {
+            let (h_tx, h_rx) = rtrb::RingBuffer::new(PREFETCH_HANDOFF_EVENTS);
+            let (model, wake_at) = spawn_model(
+                cfg,
+                stop,
+                shared,
+                places.boxed(),
+                (model_tx, kind, pcfg),
+                h_rx,
+                start,
+            )?;
+            let thread = model.thread().clone();
+            threads.push(model);
+            (
+                Some((demand_tx, pcfg)),
+                Some(Handoff {
+                    tx: h_tx,
+                    model: thread,
+                    wake_at,
+                }),
+            )
+        }
+        None => (None, None),
     };
-    let (report_tx, report_rx) = std::sync::mpsc::channel::<Result<(), PrefetchError>>();
-    let infer = {
+    let (report_tx, report_rx) = std::sync::mpsc::channel::<()>();
+    let drain = {
         let stop = stop.clone();
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -554,66 +606,109 @@ fn spawn_inference(
                 lower_priority();
                 // SAFETY: gettid has no preconditions.
                 let _ = shared.infer_tid.set(unsafe { libc::gettid() });
-                let mut warm_up_ms = 0;
-                let pred = match &ring_tx {
-                    Some((_, kind, pcfg)) => match kind.build_with(pcfg, &lstm_opts) {
-                        Ok(p) => {
-                            if p.step_events_min() > 1 {
-                                let t0 = Instant::now();
-                                warm_up(*kind, pcfg, &lstm_opts);
-                                warm_up_ms = t0.elapsed().as_millis() as u64;
-                            }
-                            Some(p)
-                        }
-                        Err(e) => {
-                            let _ = report_tx.send(Err(e));
-                            return;
-                        }
-                    },
-                    None => None,
-                };
-                let _ = report_tx.send(Ok(()));
-                let cadence = Cadence::new(
-                    pred.as_ref().map_or(1, |p| p.step_events_min()),
-                    PREFETCH_STEP_WAIT_MAX_MS * 1_000_000,
-                );
-                let mut t = Inference {
-                    demand: DemandPromoter::new(
-                        promote_reads,
-                        PREFETCH_PROMOTE_WINDOW_MS * 1_000_000,
-                        PREFETCH_PROMOTE_TRACKED_SHARDS,
-                    ),
+                let _ = report_tx.send(());
+                let mut d = Drain {
                     places,
                     consumers,
-                    pred,
-                    ring: ring_tx.map(|(tx, _, c)| (tx, c)),
+                    ring: demand_ring,
+                    handoff,
                     notices: notice_tx,
                     shared,
                     start,
                     st: PrefetchStats {
                         promote_reads,
-                        warm_up_ms,
                         ..Default::default()
                     },
-                    hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
-                        .expect("histogram bounds"),
-                    pacer: Pacer::new(ns_since(start)),
-                    cadence,
-                    step_busy: Duration::ZERO,
-                    train_busy: Duration::ZERO,
+                    demand: DemandPromoter::new(
+                        promote_reads,
+                        PREFETCH_PROMOTE_WINDOW_MS * 1_000_000,
+                        PREFETCH_PROMOTE_TRACKED_SHARDS,
+                    ),
                 };
-                t.run(&stop);
+                d.run(&stop);
             })
-            .map_err(|e| LiveError::Spawn("inference", e))?
+    };
+    let drain = match drain {
+        Ok(t) => t,
+        Err(e) => {
+            stop_and_join(stop, threads);
+            return Err(LiveError::Spawn("inference", e));
+        }
+    };
+    let _ = report_rx.recv();
+    threads.push(drain);
+    Ok(threads)
+}
+
+/// Stop and join threads already spawned (a later spawn failed).
+fn stop_and_join(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.thread().unpark();
+        let _ = t.join();
+    }
+}
+
+/// Spawn the model thread: it builds the predictor (a model that runs on
+/// CUDA is created on the thread that uses it), warms up a throwaway copy
+/// of an expensive one, and reports; returns it with its step minimum.
+fn spawn_model(
+    cfg: Option<&LiveConfig>,
+    stop: &Arc<AtomicBool>,
+    shared: &Arc<LiveShared>,
+    places: Box<dyn ShardPlaces>,
+    (tx, kind, pcfg): (PredictionTx, PredictorKind, PrefetchConfig),
+    handoff: rtrb::Consumer<ShardEvent>,
+    start: Instant,
+) -> Result<(JoinHandle<()>, usize), LiveError> {
+    // The LSTM's starting weights: the given model file, else the
+    // shipped default (see `prefetch::lstm`).
+    let lstm_opts = crate::prefetch::lstm::LstmOptions {
+        model: match cfg.and_then(|c| c.model.clone()) {
+            Some(p) => crate::prefetch::lstm::ModelSource::File(p),
+            None => crate::prefetch::lstm::ModelSource::Default,
+        },
+        ..Default::default()
+    };
+    let (report_tx, report_rx) = std::sync::mpsc::channel::<Result<usize, PrefetchError>>();
+    let model = {
+        let stop = stop.clone();
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("shardblk-model".into())
+            .spawn(move || {
+                block_stop_signals();
+                lower_priority();
+                // SAFETY: gettid has no preconditions.
+                let _ = shared.model_tid.set(unsafe { libc::gettid() });
+                let pred = match kind.build_with(&pcfg, &lstm_opts) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = report_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut warm_up_ms = 0;
+                if pred.step_events_min() > 1 {
+                    let t0 = Instant::now();
+                    warm_up(kind, &pcfg, &lstm_opts);
+                    warm_up_ms = t0.elapsed().as_millis() as u64;
+                }
+                let _ = report_tx.send(Ok(pred.step_events_min()));
+                let mut m =
+                    Model::new(pred, places, (tx, pcfg), handoff, shared, start, warm_up_ms);
+                m.run(&stop);
+            })
+            .map_err(|e| LiveError::Spawn("model", e))?
     };
     match report_rx.recv() {
-        Ok(Ok(())) => Ok(infer),
+        Ok(Ok(min)) => Ok((model, min)),
         Ok(Err(e)) => {
-            let _ = infer.join();
+            let _ = model.join();
             Err(e.into())
         }
         Err(_) => {
-            let _ = infer.join();
+            let _ = model.join();
             Err(LiveError::NoReport)
         }
     }
@@ -705,35 +800,42 @@ pub fn trace_event_of(e: &DevEvent) -> TraceEvent {
     }
 }
 
-struct Inference {
+/// The drain thread (`shardblk-infer`): empties the trace rings, records,
+/// promotes on demand, forwards read notices, and hands the events to be
+/// stepped to the model thread. It never runs a predictor.
+struct Drain {
     places: Box<dyn ShardPlaces>,
     consumers: Vec<TraceConsumer>,
-    pred: Option<Box<dyn Predictor>>,
+    /// Its lane of the prefetch ring (demand promotion) and the predictor
+    /// configuration (shard events); `None` with prefetching off.
     ring: Option<(PredictionTx, PrefetchConfig)>,
+    /// The hand-off to the model thread (`None` with prefetching off),
+    /// the model thread to wake, and how many waiting events are worth
+    /// waking it for (its step minimum).
+    handoff: Option<Handoff>,
     notices: Option<rtrb::Producer<ReadNotice>>,
     shared: Arc<LiveShared>,
     start: Instant,
+    /// Its figures: `events`, `skipped_events` (backlog and a full
+    /// hand-off), `read_notices_dropped`, `promote_reads`, `demand_queued`.
     st: PrefetchStats,
-    hist: hdrhistogram::Histogram<u64>,
-    /// Keeps the thread within its CPU share ([`super::pace`]).
-    pacer: Pacer,
-    /// When to step on the gathered events ([`super::pace::Cadence`]).
-    cadence: Cadence,
-    /// Model time in steps and in background training.
-    step_busy: Duration,
-    train_busy: Duration,
     /// Stages cold shards read again soon ([`super::demand`]).
     demand: DemandPromoter,
 }
 
-impl Inference {
+/// The drain thread's end of the hand-off to the model thread.
+struct Handoff {
+    tx: rtrb::Producer<ShardEvent>,
+    model: std::thread::Thread,
+    wake_at: usize,
+}
+
+impl Drain {
     fn run(&mut self, stop: &AtomicBool) {
         let mut lens = vec![0usize; self.consumers.len()];
-        // Events gathered for the next step (kept across turns while the
-        // cadence waits for a batch or the pacer for its debt).
-        let mut batch: Vec<ShardEvent> =
+        // The events of one turn to hand off (time order across queues).
+        let mut gathered: Vec<ShardEvent> =
             Vec::with_capacity(PREFETCH_BATCH_EVENTS_MAX + self.consumers.len());
-        let mut out: Vec<Prediction> = Vec::new();
         let mut last_publish = Instant::now();
         let publish_every = Duration::from_millis(DEVICE_STATS_PUBLISH_MS);
         while !stop.load(Ordering::Relaxed) {
@@ -746,26 +848,7 @@ impl Inference {
                 last_publish = Instant::now();
             }
             if total == 0 {
-                if self.owes_sleep() {
-                    continue;
-                }
-                // A trickle gathered earlier whose wait is over.
-                if self.try_step(&mut batch, &mut out) {
-                    continue;
-                }
-                let t0 = Instant::now();
-                let worked = self.training_allowed()
-                    && self.pred.as_mut().is_some_and(|p| {
-                        p.background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS))
-                    });
-                if worked {
-                    let busy = t0.elapsed();
-                    self.train_busy += busy;
-                    self.st.train_ms = self.train_busy.as_millis() as u64;
-                    self.worked(busy);
-                } else {
-                    std::thread::sleep(self.nap(PREFETCH_IDLE_SLEEP_US));
-                }
+                std::thread::sleep(self.nap(PREFETCH_IDLE_SLEEP_US));
                 continue;
             }
             if self.drain_only() {
@@ -779,7 +862,6 @@ impl Inference {
             }
             let feed = total.min(PREFETCH_BATCH_EVENTS_MAX);
             let overloaded = total > PREFETCH_BACKLOG_EVENTS_MAX;
-            let gathered_before = batch.len();
             let mut recording = if self.shared.recording_on.load(Ordering::Relaxed) {
                 Some(self.shared.recording.lock().expect("recording"))
             } else {
@@ -844,42 +926,187 @@ impl Inference {
                     if k < skip_i {
                         self.st.skipped_events += 1;
                     } else {
-                        batch.push(se);
+                        gathered.push(se);
                     }
                 }
             }
             drop(recording);
-            if batch.len() > gathered_before {
-                self.cadence.gathered(ns_since(self.start));
-                if self.consumers.len() > 1 {
-                    batch.sort_by_key(|e| e.ts_ns);
-                }
-                // The newest a step takes; older ones (also those gathered
-                // while the model's CPU share was spent) were recorded,
-                // promoted on demand and noticed, not stepped.
-                let cap = self
-                    .pred
-                    .as_ref()
-                    .map_or(usize::MAX, |p| p.step_events_max())
-                    .min(PREFETCH_BATCH_EVENTS_MAX);
-                if batch.len() > cap {
-                    let older = batch.len() - cap;
-                    self.st.skipped_events += older as u64;
-                    batch.drain(..older);
-                }
-            }
-            self.try_step(&mut batch, &mut out);
-            if self.owes_sleep() {
-                continue;
-            }
+            self.hand_off(&mut gathered);
             // Less than a full batch waiting: let events gather rather than
             // waking per request (bounds the thread's CPU share at low and
-            // moderate rates; a prediction is at most a sleep late).
+            // moderate rates; a promotion is at most a sleep late).
             if total < PREFETCH_BATCH_EVENTS_MAX {
                 std::thread::sleep(self.nap(PREFETCH_POLL_INTERVAL_US));
             }
         }
         self.publish();
+    }
+
+    /// Hand the turn's events to the model thread (time order across
+    /// queues); what does not fit is skipped and counted. The model thread
+    /// is woken once its step minimum is waiting.
+    fn hand_off(&mut self, gathered: &mut Vec<ShardEvent>) {
+        if gathered.is_empty() {
+            return;
+        }
+        if self.consumers.len() > 1 {
+            gathered.sort_by_key(|e| e.ts_ns);
+        }
+        let Some(h) = self.handoff.as_mut() else {
+            gathered.clear();
+            return;
+        };
+        for (i, e) in gathered.iter().enumerate() {
+            if h.tx.push(*e).is_err() {
+                self.st.skipped_events += (gathered.len() - i) as u64;
+                break;
+            }
+        }
+        gathered.clear();
+        if h.tx.buffer().capacity() - h.tx.slots() >= h.wake_at {
+            h.model.unpark();
+        }
+    }
+
+    /// Prefetching is off and nothing records: the thread only keeps the
+    /// trace rings from filling.
+    fn drain_only(&self) -> bool {
+        self.ring.is_none() && !self.shared.recording_on.load(Ordering::Relaxed)
+    }
+
+    /// How long to sleep between turns: `us`, or the longer drain-only
+    /// interval when nothing but emptying the rings is to be done.
+    fn nap(&self, us: u64) -> Duration {
+        Duration::from_micros(if self.drain_only() {
+            PREFETCH_DRAIN_ONLY_SLEEP_US
+        } else {
+            us
+        })
+    }
+
+    fn publish(&mut self) {
+        *self.shared.infer.lock().expect("infer stats") = self.st.clone();
+    }
+}
+
+/// The model thread (`shardblk-model`): owns the predictor, takes the
+/// drain thread's events from the hand-off, steps, trains in the
+/// background, paces itself, and queues predictions into its lane of the
+/// prefetch ring.
+struct Model {
+    places: Box<dyn ShardPlaces>,
+    pred: Box<dyn Predictor>,
+    ring: (PredictionTx, PrefetchConfig),
+    handoff: rtrb::Consumer<ShardEvent>,
+    shared: Arc<LiveShared>,
+    start: Instant,
+    /// Its figures (see [`merge_figures`]).
+    st: PrefetchStats,
+    hist: hdrhistogram::Histogram<u64>,
+    /// Keeps the thread within its CPU share ([`super::pace`]).
+    pacer: Pacer,
+    /// When to step on the gathered events ([`super::pace::Cadence`]).
+    cadence: Cadence,
+    /// Model time in steps and in background training.
+    step_busy: Duration,
+    train_busy: Duration,
+}
+
+impl Model {
+    fn new(
+        pred: Box<dyn Predictor>,
+        places: Box<dyn ShardPlaces>,
+        ring: (PredictionTx, PrefetchConfig),
+        handoff: rtrb::Consumer<ShardEvent>,
+        shared: Arc<LiveShared>,
+        start: Instant,
+        warm_up_ms: u64,
+    ) -> Model {
+        let cadence = Cadence::new(
+            pred.step_events_min(),
+            PREFETCH_STEP_WAIT_MAX_MS * 1_000_000,
+        );
+        Model {
+            places,
+            pred,
+            ring,
+            handoff,
+            shared,
+            start,
+            st: PrefetchStats {
+                warm_up_ms,
+                ..Default::default()
+            },
+            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2)
+                .expect("histogram bounds"),
+            pacer: Pacer::new(ns_since(start)),
+            cadence,
+            step_busy: Duration::ZERO,
+            train_busy: Duration::ZERO,
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        // Events gathered for the next step (kept across turns while the
+        // cadence waits for a batch or the pacer for its debt).
+        let mut batch: Vec<ShardEvent> = Vec::with_capacity(PREFETCH_HANDOFF_EVENTS);
+        let mut out: Vec<Prediction> = Vec::new();
+        let mut last_publish = Instant::now();
+        let publish_every = Duration::from_millis(DEVICE_STATS_PUBLISH_MS);
+        while !stop.load(Ordering::Relaxed) {
+            if last_publish.elapsed() >= publish_every {
+                self.publish();
+                last_publish = Instant::now();
+            }
+            self.take(&mut batch);
+            if self.owes_sleep() {
+                continue;
+            }
+            if self.try_step(&mut batch, &mut out) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let worked = self.training_allowed()
+                && self
+                    .pred
+                    .background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS));
+            if worked {
+                let busy = t0.elapsed();
+                self.train_busy += busy;
+                self.st.train_ms = self.train_busy.as_millis() as u64;
+                self.worked(busy);
+                continue;
+            }
+            // Nothing to do until the drain thread hands off a step's
+            // worth (it unparks this thread) or a trickle's wait is over.
+            std::thread::park_timeout(Duration::from_micros(if batch.is_empty() {
+                PREFETCH_MODEL_PARK_US
+            } else {
+                PREFETCH_IDLE_SLEEP_US
+            }));
+        }
+        self.publish();
+    }
+
+    /// Move what waits in the hand-off into `batch`, keeping the newest a
+    /// step takes (the older ones, also those gathered while the model's
+    /// CPU share was spent, were recorded, promoted on demand and noticed
+    /// by the drain thread, not stepped: counted as skipped).
+    fn take(&mut self, batch: &mut Vec<ShardEvent>) {
+        let before = batch.len();
+        while let Ok(e) = self.handoff.pop() {
+            batch.push(e);
+        }
+        if batch.len() == before {
+            return;
+        }
+        self.cadence.gathered(ns_since(self.start));
+        let cap = self.pred.step_events_max().min(PREFETCH_BATCH_EVENTS_MAX);
+        if batch.len() > cap {
+            let older = batch.len() - cap;
+            self.st.skipped_events += older as u64;
+            batch.drain(..older);
+        }
     }
 
     /// Whether background work (online training) may run now: while it has
@@ -911,25 +1138,6 @@ impl Inference {
         true
     }
 
-    /// How long to sleep between turns: `us`, or the longer drain-only
-    /// interval when nothing but emptying the rings is to be done.
-    /// Prefetching is off and nothing records: the thread only keeps the
-    /// trace rings from filling.
-    fn drain_only(&self) -> bool {
-        self.pred.is_none()
-            && self.ring.is_none()
-            && !self.shared.recording_on.load(Ordering::Relaxed)
-    }
-
-    fn nap(&self, us: u64) -> Duration {
-        let drain_only = self.pred.is_none() && !self.shared.recording_on.load(Ordering::Relaxed);
-        Duration::from_micros(if drain_only {
-            PREFETCH_DRAIN_ONLY_SLEEP_US
-        } else {
-            us
-        })
-    }
-
     /// Account for `busy` of model work (a step, background training): the
     /// pacer adds the sleep owed for it beyond the thread's CPU share.
     fn worked(&mut self, busy: Duration) {
@@ -937,11 +1145,9 @@ impl Inference {
     }
 
     /// Sleep one slice of what the thread owes, if it owes any (true).
-    /// Slices are at most `PREFETCH_PACE_SLEEP_MAX_MS`, and between them
-    /// the loop still drains the trace rings, feeds demand promotion, the
-    /// hit notices and recording, and publishes its statistics: only model
-    /// steps wait for the debt (a step of seconds under TCG used to stop
-    /// all of that for the half minute of sleep it was charged).
+    /// Slices are at most `PREFETCH_PACE_SLEEP_MAX_MS`; between them the
+    /// thread takes what the drain thread handed off (the newest a step
+    /// takes) and publishes its statistics.
     fn owes_sleep(&mut self) -> bool {
         let d = self.pacer.next_sleep();
         self.st.paced_ms = self.pacer.paced.as_millis() as u64;
@@ -954,12 +1160,10 @@ impl Inference {
 
     /// One predictor step over `batch`, then the filters and the ring.
     fn step(&mut self, batch: &[ShardEvent], out: &mut Vec<Prediction>) {
-        let (Some(pred), Some((tx, pcfg))) = (self.pred.as_mut(), self.ring.as_mut()) else {
-            return;
-        };
+        let (tx, pcfg) = &mut self.ring;
         let t0 = Instant::now();
         out.clear();
-        pred.step(batch, out);
+        self.pred.step(batch, out);
         self.st.events_fed += batch.len() as u64;
         let now = ns_since(self.start);
         let mut queued = false;
@@ -984,7 +1188,7 @@ impl Inference {
         if queued {
             self.pacer.queued(now);
             self.shared.wake_stager();
-        } else if pred.promising() {
+        } else if self.pred.promising() {
             // calibrating on a workload it measures as predictable: the
             // full share, so it gets to emit (see `super::pace`)
             self.pacer.queued(now);
@@ -1000,20 +1204,41 @@ impl Inference {
     }
 
     fn publish(&mut self) {
-        if let Some(p) = &self.pred {
-            let f = p.figures();
-            self.st.train_steps = f.train_steps;
-            self.st.train_loss = f.train_loss;
-            self.st.predictor_skipped = f.skipped;
-        }
+        let f = self.pred.figures();
+        self.st.train_steps = f.train_steps;
+        self.st.train_loss = f.train_loss;
+        self.st.predictor_skipped = f.skipped;
         if !self.hist.is_empty() {
             self.st.batch_us_mean = self.hist.mean() / 1000.0;
             self.st.batch_us_p99 = self.hist.value_at_quantile(0.99) as f64 / 1000.0;
         }
-        *self.shared.infer.lock().expect("infer stats") = self.st.clone();
+        *self.shared.model.lock().expect("model stats") = self.st.clone();
     }
 }
 
+/// The statistics of a device: the drain thread's figures (`drain`) with
+/// the model thread's (`model`) merged in; events skipped by either add up.
+fn merge_figures(drain: &PrefetchStats, model: &PrefetchStats) -> PrefetchStats {
+    PrefetchStats {
+        events_fed: model.events_fed,
+        skipped_events: drain.skipped_events + model.skipped_events,
+        predictions: model.predictions,
+        below_confidence: model.below_confidence,
+        already_hot: model.already_hot,
+        unmapped: model.unmapped,
+        batches: model.batches,
+        batch_us_mean: model.batch_us_mean,
+        batch_us_p99: model.batch_us_p99,
+        train_steps: model.train_steps,
+        train_loss: model.train_loss,
+        predictor_skipped: model.predictor_skipped,
+        paced_ms: model.paced_ms,
+        promising_steps: model.promising_steps,
+        train_ms: model.train_ms,
+        warm_up_ms: model.warm_up_ms,
+        ..drain.clone()
+    }
+}
 /// Feed a read to the demand promoter, one call per shard on a colder tier
 /// (one table load per shard touched), and queue the shards it names for
 /// the stager. Shards already hot, unmapped or split are not counted.
@@ -1186,6 +1411,8 @@ mod tests {
 
     struct Batches {
         sizes: Mutex<Vec<usize>>,
+        /// Steps begun, steps done.
+        started: AtomicUsize,
         steps: AtomicUsize,
     }
 
@@ -1193,6 +1420,7 @@ mod tests {
         fn new() -> Arc<Batches> {
             Arc::new(Batches {
                 sizes: Mutex::new(Vec::new()),
+                started: AtomicUsize::new(0),
                 steps: AtomicUsize::new(0),
             })
         }
@@ -1213,6 +1441,7 @@ mod tests {
             "slow"
         }
         fn step(&mut self, batch: &[ShardEvent], _out: &mut Vec<Prediction>) {
+            self.log.started.fetch_add(1, Ordering::SeqCst);
             let t0 = Instant::now();
             while t0.elapsed() < self.busy {
                 std::hint::spin_loop();
@@ -1246,51 +1475,93 @@ mod tests {
         fn place(&self, _shard: u64) -> Place {
             Place::Cold
         }
+        fn boxed(&self) -> Box<dyn ShardPlaces> {
+            Box::new(AllCold)
+        }
     }
 
     /// An inference thread over one trace ring with `pred`; returns the
     /// ring's producer, the shared state and the stop flag.
+    /// The drain and model threads, joined together.
+    struct Threads(Vec<JoinHandle<()>>);
+
+    impl Threads {
+        fn join(self) -> std::thread::Result<()> {
+            for t in self.0 {
+                t.join()?;
+            }
+            Ok(())
+        }
+    }
+
     fn spawn(
         pred: Slow,
     ) -> (
         TraceProducer,
         Arc<LiveShared>,
         Arc<AtomicBool>,
-        JoinHandle<()>,
+        Threads,
+        PredictionRx,
+    ) {
+        spawn_with(pred, 0)
+    }
+
+    /// A drain thread over one trace ring (demand promotion after
+    /// `promote_reads` cold reads, 0 = off) and a model thread with
+    /// `pred`; returns the ring's producer, the shared state, the stop
+    /// flag, both threads and the prefetch ring's consumer.
+    fn spawn_with(
+        pred: Slow,
+        promote_reads: u32,
+    ) -> (
+        TraceProducer,
+        Arc<LiveShared>,
+        Arc<AtomicBool>,
+        Threads,
         PredictionRx,
     ) {
         let start = Instant::now();
         let (tp, c) = trace_ring(1 << 16);
-        let (tx, rx) = prediction_ring(64, 64, 1_000_000);
-        let shared = Arc::new(LiveShared::new(Some("slow"), Some(tx.counters())));
+        let (mut txs, rx) = prediction_rings(2, 64, 64, 1_000_000);
+        let model_tx = txs.pop().unwrap();
+        let demand_tx = txs.pop().unwrap();
+        let shared = Arc::new(LiveShared::new(Some("slow"), Some(rx.counters())));
         let pcfg = PrefetchConfig {
             shard_bytes: MIB,
             ..Default::default()
         };
-        let cadence = Cadence::new(
-            pred.step_events_min(),
-            PREFETCH_STEP_WAIT_MAX_MS * 1_000_000,
+        let (h_tx, h_rx) = rtrb::RingBuffer::new(PREFETCH_HANDOFF_EVENTS);
+        let wake_at = pred.step_events_min();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut model = Model::new(
+            Box::new(pred),
+            Box::new(AllCold),
+            (model_tx, pcfg),
+            h_rx,
+            shared.clone(),
+            start,
+            0,
         );
-        let mut inf = Inference {
+        let s2 = stop.clone();
+        let m = std::thread::spawn(move || model.run(&s2));
+        let mut drain = Drain {
             places: Box::new(AllCold),
             consumers: vec![c],
-            pred: Some(Box::new(pred)),
-            ring: Some((tx, pcfg)),
+            ring: Some((demand_tx, pcfg)),
+            handoff: Some(Handoff {
+                tx: h_tx,
+                model: m.thread().clone(),
+                wake_at,
+            }),
             notices: None,
             shared: shared.clone(),
             start,
             st: PrefetchStats::default(),
-            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap(),
-            pacer: Pacer::new(0),
-            cadence,
-            step_busy: Duration::ZERO,
-            train_busy: Duration::ZERO,
-            demand: DemandPromoter::new(0, 1, 1),
+            demand: DemandPromoter::new(promote_reads, 10_000_000_000, 1024),
         };
-        let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
-        let h = std::thread::spawn(move || inf.run(&s2));
-        (tp, shared, stop, h, rx)
+        let d = std::thread::spawn(move || drain.run(&s2));
+        (tp, shared, stop, Threads(vec![m, d]), rx)
     }
 
     /// Prefetching off, nothing recording: the thread lets every event go
@@ -1300,20 +1571,15 @@ mod tests {
         let start = Instant::now();
         let (mut tp, c) = trace_ring(4096);
         let shared = Arc::new(LiveShared::new(None, None));
-        let mut inf = Inference {
+        let mut inf = Drain {
             places: Box::new(AllCold),
             consumers: vec![c],
-            pred: None,
             ring: None,
+            handoff: None,
             notices: None,
             shared: shared.clone(),
             start,
             st: PrefetchStats::default(),
-            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap(),
-            pacer: Pacer::new(0),
-            cadence: Cadence::new(1, PREFETCH_STEP_WAIT_MAX_MS * 1_000_000),
-            step_busy: Duration::ZERO,
-            train_busy: Duration::ZERO,
             demand: DemandPromoter::new(0, 1, 1),
         };
         assert!(inf.drain_only());
@@ -1363,6 +1629,64 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The model step runs on its own thread: while a step of seconds
+    /// runs, the drain thread goes on emptying the rings, counting, and
+    /// promoting re-read cold shards (before, one thread did both, and
+    /// promotions waited for the step).
+    #[test]
+    fn promotions_keep_flowing_while_a_step_is_slow() {
+        let log = Batches::new();
+        let (mut tp, shared, stop, h, mut rx) = spawn_with(
+            Slow {
+                log: log.clone(),
+                busy: Duration::from_secs(3),
+                min: 1,
+                max: 64,
+                promising: false,
+                train: Duration::ZERO,
+            },
+            2,
+        );
+        read(&mut tp, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.started.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the step never began");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Shard 5 read twice while the step runs: demand promotion (after
+        // 2 cold reads) queues it at once, long before the step ends.
+        let t0 = Instant::now();
+        read(&mut tp, 5);
+        read(&mut tp, 5);
+        let got = loop {
+            if let Some(p) = rx.pop() {
+                break p;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_millis(1500),
+                "no promotion while the step ran"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(got.shard, 5);
+        assert_eq!(got.confidence, 1.0);
+        assert_eq!(log.steps.load(Ordering::SeqCst), 0, "the step was over");
+        // and its counts are published meanwhile
+        while shared.stats().unwrap().events < 3 {
+            assert!(
+                t0.elapsed() < Duration::from_millis(2500),
+                "events not counted while the step ran"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(log.steps.load(Ordering::SeqCst), 0, "the step was over");
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let st = shared.stats().unwrap();
+        assert_eq!(st.demand_queued, 1, "{st:?}");
+        assert_eq!(st.events, 3, "{st:?}");
     }
 
     #[test]
@@ -1445,7 +1769,7 @@ mod tests {
             sizes[first as usize], 32,
             "the step after pacing: {sizes:?}"
         );
-        let st = shared.infer.lock().unwrap().clone();
+        let st = shared.stats().unwrap();
         assert_eq!(st.events, i, "{st:?}");
         assert!(st.paced_ms >= 500, "{st:?}");
         // all fed or skipped (nothing came after that step)
@@ -1476,7 +1800,7 @@ mod tests {
         }
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
-        let st = shared.infer.lock().unwrap().clone();
+        let st = shared.stats().unwrap();
         // the steps' measured time (a loaded machine stretches the 2 ms)
         let steps_ms = (st.batches as f64 * st.batch_us_mean / 1000.0) as u64;
         assert!(st.train_ms >= 40, "training never ran: {st:?}");
@@ -1500,10 +1824,7 @@ mod tests {
         // after that only a promising predictor keeps it: two batches
         // 150 ms apart are both stepped by it, only the first otherwise.
         for promising in [false, true] {
-            let log = Arc::new(Batches {
-                sizes: Mutex::new(Vec::new()),
-                steps: AtomicUsize::new(0),
-            });
+            let log = Batches::new();
             let (mut tp, shared, stop, h, _rx) = spawn(Slow {
                 log: log.clone(),
                 busy: Duration::from_millis(20),
@@ -1533,7 +1854,7 @@ mod tests {
             let steps = log.steps.load(Ordering::SeqCst);
             stop.store(true, Ordering::SeqCst);
             h.join().unwrap();
-            let st = shared.infer.lock().unwrap().clone();
+            let st = shared.stats().unwrap();
             if promising {
                 assert_eq!(steps, learn + 2, "{st:?}");
                 assert_eq!(st.promising_steps, learn as u64 + 2, "{st:?}");

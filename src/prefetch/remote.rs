@@ -533,6 +533,9 @@ impl ShardPlaces for StagedSet {
             _ => Place::Hot,
         }
     }
+    fn boxed(&self) -> Box<dyn ShardPlaces> {
+        Box::new(self.clone())
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! The prefetch ring: predictions from the inference thread to the stager.
 //!
 //! Contract:
-//! - One producer ([`PredictionTx`], the inference thread) and one consumer
-//!   ([`PredictionRx`], the stager); lock-free and bounded (`rtrb`). A push
-//!   to a full ring drops the prediction and counts it: the inference thread
-//!   never waits for the stager.
-//! - De-duplicated: the producer remembers recently queued `(volume, shard)`
+//! - One consumer ([`PredictionRx`], the stager) and one or more producers
+//!   ([`PredictionTx`]: the drain thread's demand promotion and the model
+//!   thread's predictions, [`prediction_rings`]), each with its own
+//!   single-producer lane, lock-free and bounded (`rtrb`); the consumer
+//!   takes from the first lane with anything waiting (the first producer's
+//!   predictions come first). A push to a full lane drops the prediction
+//!   and counts it: no producer ever waits for the stager.
+//! - De-duplicated: each producer remembers recently queued `(volume, shard)`
 //!   keys in a direct-mapped table of a fixed number of slots; a key queued
 //!   less than the dedup window ago is not queued again (counted as a
 //!   duplicate). A collision replaces the older key, so the table can only
@@ -49,7 +52,7 @@ impl RingCounters {
     }
 }
 
-/// The inference thread's end.
+/// A producer's end (one lane).
 pub struct PredictionTx {
     ring: rtrb::Producer<Prediction>,
     /// `(key + 1, queued at ns)`; key 0 = empty slot.
@@ -58,9 +61,9 @@ pub struct PredictionTx {
     counters: Arc<RingCounters>,
 }
 
-/// The stager's end.
+/// The stager's end (every lane).
 pub struct PredictionRx {
-    ring: rtrb::Consumer<Prediction>,
+    lanes: Vec<rtrb::Consumer<Prediction>>,
     counters: Arc<RingCounters>,
 }
 
@@ -71,18 +74,35 @@ pub fn prediction_ring(
     dedup_slots: usize,
     window_ns: u64,
 ) -> (PredictionTx, PredictionRx) {
+    let (mut tx, rx) = prediction_rings(1, capacity, dedup_slots, window_ns);
+    (tx.pop().expect("one producer"), rx)
+}
+
+/// A ring of `producers` lanes of `capacity` predictions each, every
+/// producer with `dedup_slots` (a power of two) remembered keys for
+/// `window_ns`; one consumer, counters shared.
+pub fn prediction_rings(
+    producers: usize,
+    capacity: usize,
+    dedup_slots: usize,
+    window_ns: u64,
+) -> (Vec<PredictionTx>, PredictionRx) {
     assert!(dedup_slots.is_power_of_two(), "dedup slots: a power of two");
-    let (p, c) = rtrb::RingBuffer::new(capacity.max(1));
+    assert!(producers >= 1, "at least one producer");
     let counters = Arc::new(RingCounters::default());
-    (
-        PredictionTx {
+    let mut txs = Vec::with_capacity(producers);
+    let mut lanes = Vec::with_capacity(producers);
+    for _ in 0..producers {
+        let (p, c) = rtrb::RingBuffer::new(capacity.max(1));
+        txs.push(PredictionTx {
             ring: p,
             recent: vec![(0, 0); dedup_slots].into_boxed_slice(),
             window_ns,
             counters: counters.clone(),
-        },
-        PredictionRx { ring: c, counters },
-    )
+        });
+        lanes.push(c);
+    }
+    (txs, PredictionRx { lanes, counters })
 }
 
 /// The dedup key of a shard (shard indices stay below 2^40: volumes are at
@@ -127,16 +147,17 @@ impl PredictionTx {
 }
 
 impl PredictionRx {
+    /// The next prediction, from the first lane with any waiting.
     pub fn pop(&mut self) -> Option<Prediction> {
-        let p = self.ring.pop().ok()?;
+        let p = self.lanes.iter_mut().find_map(|l| l.pop().ok())?;
         self.counters.taken.fetch_add(1, Ordering::Relaxed);
         Some(p)
     }
     pub fn len(&self) -> usize {
-        self.ring.slots()
+        self.lanes.iter().map(|l| l.slots()).sum()
     }
     pub fn is_empty(&self) -> bool {
-        self.ring.is_empty()
+        self.lanes.iter().all(|l| l.is_empty())
     }
     pub fn counters(&self) -> Arc<RingCounters> {
         self.counters.clone()
@@ -173,6 +194,29 @@ mod tests {
         let got: Vec<u64> = std::iter::from_fn(|| rx.pop()).map(|q| q.shard).collect();
         assert_eq!(got, vec![1, 1, 2, 3]);
         assert_eq!(tx.counters().get(), (5, 1, 1, 5));
+    }
+
+    #[test]
+    fn lanes_of_two_producers_reach_one_consumer_first_lane_first() {
+        let (mut txs, mut rx) = prediction_rings(2, 2, 64, 100);
+        let mut model = txs.pop().unwrap();
+        let mut demand = txs.pop().unwrap();
+        assert_eq!(model.push(p(0, 7), 0), Push::Queued);
+        assert_eq!(model.push(p(0, 8), 0), Push::Queued);
+        assert_eq!(model.push(p(0, 9), 0), Push::Full, "its own lane is full");
+        assert_eq!(
+            demand.push(p(0, 1), 0),
+            Push::Queued,
+            "the other lane is not"
+        );
+        // each producer dedups its own pushes
+        assert_eq!(demand.push(p(0, 1), 1), Push::Duplicate);
+        assert_eq!(demand.push(p(0, 7), 1), Push::Queued);
+        assert_eq!(rx.len(), 4);
+        let got: Vec<u64> = std::iter::from_fn(|| rx.pop()).map(|q| q.shard).collect();
+        assert_eq!(got, vec![1, 7, 7, 8], "the first lane first");
+        assert!(rx.is_empty());
+        assert_eq!(rx.counters().get(), (4, 1, 1, 4));
     }
 
     /// Against a model: whatever the collisions, a shard never queued within
