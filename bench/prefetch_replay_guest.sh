@@ -18,7 +18,8 @@
 #    latency with a cache the size of the stager's budget. One table: mean
 #    and p99 read latency, what the stager did (dm-cache: promotions, read
 #    hits, read hit ratio).
-# 2. A purely random workload (fio randread 4 KiB QD16, 8 s) with prefetch
+# 2. A purely random workload (fio randread 4 KiB QD16, SHARDBLK_PF_RANDOM_SECS
+#    seconds, default 8) with prefetch
 #    off and each predictor, SHARDBLK_PF_ROUNDS paired rounds (default 4):
 #    IOPS, the ratio to the same round's off, the daemon's CPU seconds.
 # SHARDBLK_PF_TRACE_NAMES="fiu-homes" picks part 1's traces,
@@ -266,6 +267,7 @@ for p in "${predictors[@]:1}"; do rrows+=("$p/np"); done
 if [ -n "${SHARDBLK_PF_RANDOM_ROWS:-}" ]; then read -r -a rrows <<<"$SHARDBLK_PF_RANDOM_ROWS"; fi
 [ "${rrows[0]}" = off ] || die "SHARDBLK_PF_RANDOM_ROWS must start with off (the ratios' base)"
 ROUNDS="${SHARDBLK_PF_ROUNDS:-4}"
+RSECS="${SHARDBLK_PF_RANDOM_SECS:-8}"
 cpu_cols() { # -> "daemon_cpu_s infer_cpu_s model_cpu_s" of the device 0 daemon
     local pid
     pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb0.json")"
@@ -285,7 +287,7 @@ for t in os.listdir(f"/proc/{pid}/task"):
 print("%.2f %.2f %.2f" % (total / hz, of["shardblk-infer"] / hz, of["shardblk-model"] / hz))
 PY
 }
-printf '%-28s %-12s %9s %9s %7s %7s %9s %9s %9s\n' "RANDOM (randread 4k QD16)" PREFETCH IOPS vs_off STAGED PREDICT CPU_s INFER_s MODEL_s | tee -a "$OUT/prefetch_replay.txt"
+printf '%-28s %-12s %9s %9s %7s %7s %9s %9s %9s\n' "RANDOM (randread 4k QD16 ${RSECS}s)" PREFETCH IOPS vs_off STAGED PREDICT CPU_s INFER_s MODEL_s | tee -a "$OUT/prefetch_replay.txt"
 declare -A ratios=()
 for round in $(seq "$ROUNDS"); do
     order=("${rrows[@]}")
@@ -298,7 +300,7 @@ for round in $(seq "$ROUNDS"); do
         fresh_volume
         start_dev "$p"
         (cd "$W" && fio --name=rand --filename=/dev/ublkb0 --rw=randread --bs=4k --direct=1 \
-            --ioengine=io_uring --iodepth=16 --time_based --runtime=8 --randseed=$round \
+            --ioengine=io_uring --iodepth=16 --time_based --runtime="$RSECS" --randseed=$round \
             --output-format=json >"$W/rand.json") || die "randread $p"
         cols="$(stats_cols)"
         cpu="$(cpu_cols)"
