@@ -63,8 +63,7 @@ fn main() {
         evs.len(),
         distinct.len()
     );
-    let mut lstm =
-        shardblk_lstm::LstmPredictor::new(&cfg, &LstmOptions::default()).expect("lstm");
+    let mut lstm = shardblk_lstm::LstmPredictor::new(&cfg, &LstmOptions::default()).expect("lstm");
     let mut markov = PredictorKind::Markov.build(&cfg).expect("markov");
     let mut tally = [Tally::default(), Tally::default()];
     let mut out: Vec<Prediction> = Vec::new();
