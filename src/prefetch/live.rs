@@ -1850,7 +1850,9 @@ mod tests {
             wait_steps(&log, learn + 1, 10);
             std::thread::sleep(Duration::from_millis(150));
             batch(&mut tp);
-            std::thread::sleep(Duration::from_millis(200));
+            // the promising one steps within this (it owes 60 ms), the
+            // other one not (it owes ~650 ms from 150 ms before)
+            std::thread::sleep(Duration::from_millis(300));
             let steps = log.steps.load(Ordering::SeqCst);
             stop.store(true, Ordering::SeqCst);
             h.join().unwrap();
