@@ -510,22 +510,23 @@ const _: () = assert!(CLUSTER_SHARD_BYTES as usize <= CLUSTER_IO_MAX_BYTES);
 const _: () = assert!(CLUSTER_OP_TIMEOUT_MS > 4 * CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES % SHARD_SIZE_DEFAULT_BYTES == 0);
 // --- stager ---
-/// Predictions buffered between the inference thread and the stager (the
-/// prefetch ring); more are dropped and counted.
+/// Predictions buffered per lane between the drain or model thread and the
+/// stager (the prefetch ring); more are dropped and counted.
 pub const PREFETCH_RING_PREDICTIONS: usize = 1024;
 /// De-duplication of the prefetch ring: slots of the direct-mapped table of
 /// recently queued shards, and how long a queued shard is not queued again.
 pub const PREFETCH_DEDUP_SLOTS: usize = 4096;
 pub const PREFETCH_DEDUP_WINDOW_MS: u64 = 2_000;
-/// Read notices (inference thread -> stager, for hit accounting) buffered;
+/// Read notices (drain thread -> stager, for hit accounting) buffered;
 /// more are dropped and counted.
 pub const PREFETCH_READ_NOTICES: usize = 1 << 16;
-/// Most trace events the inference thread feeds the predictor in one batch.
+/// Most trace events the drain thread hands on in one turn (and a model
+/// step takes at most).
 pub const PREFETCH_BATCH_EVENTS_MAX: usize = 4096;
 /// Overload: when more than this many events wait in the trace rings, the
 /// excess is skipped (not fed to the predictor) and counted.
 pub const PREFETCH_BACKLOG_EVENTS_MAX: usize = 16_384;
-/// The inference thread polls the trace rings (the queue threads never
+/// The drain thread polls the trace rings (the queue threads never
 /// signal it): after a turn that found less than a full batch it sleeps
 /// this long, and after a turn that found nothing (and the predictor had no
 /// background work) the longer idle sleep (microseconds). Wakeups, not
@@ -595,7 +596,7 @@ pub const PREFETCH_LEARN_STEPS: u64 = 2;
 /// Longest an event gathered for a predictor step waits for the batch to
 /// fill before a smaller batch is stepped (milliseconds).
 pub const PREFETCH_STEP_WAIT_MAX_MS: u64 = 1_000;
-/// Most of the inference thread's model time (steps and training) that
+/// Most of the model thread's time (steps and training) that
 /// online training may take (percent).
 pub const PREFETCH_TRAIN_SHARE_PERCENT: u32 = 50;
 const _: () = assert!(PREFETCH_TRAIN_SHARE_PERCENT <= 100);
@@ -603,7 +604,8 @@ const _: () = assert!(PREFETCH_TRAIN_SHARE_PERCENT <= 100);
 /// on before the device goes live (libtorch's lazy initialisation).
 pub const PREFETCH_WARM_UP_EVENTS: usize = 32;
 const _: () = assert!(PREFETCH_WARM_UP_EVENTS >= 2);
-/// Nice value of the inference thread (and of libtorch's threads it starts):
+/// Nice value of the drain and model threads (and of libtorch's threads the
+/// model thread starts):
 /// the lowest normal priority, below the queue threads and the application.
 pub const PREFETCH_THREAD_NICE: i32 = 19;
 /// Demand promotion ([`crate::prefetch::demand`]): a cold shard read this
@@ -640,7 +642,7 @@ const _: () = assert!(STAGER_BURST_SHARDS >= 1);
 /// The stager commits (making its `Map` records durable, so the extents it
 /// released return to the allocators) at most this often after moving data.
 pub const STAGER_COMMIT_INTERVAL_MS: u64 = 2_000;
-/// The stager parks when it has no prediction; the inference thread wakes it
+/// The stager parks when it has no prediction; the drain or model thread wakes it
 /// when it queues one, else it wakes after this long to account reads,
 /// age its shards and publish statistics (milliseconds).
 pub const STAGER_IDLE_PARK_MS: u64 = 50;
@@ -718,7 +720,7 @@ const _: () = assert!(CLUSTER_OUT_AFTER_MS > CLUSTER_FAIL_AFTER_MS);
 const _: () = assert!(CLUSTER_LOCAL_VOLUME_BYTES / CLUSTER_SHARD_BYTES < CLUSTER_BASIS_SHARD);
 
 // --- prefetch CPU pacing ---
-/// Share of one core the prefetch inference thread (predictor steps and
+/// Share of one core the prefetch model thread (predictor steps and
 /// background training) may use while its predictions are being queued
 /// (percent).
 pub const PREFETCH_CPU_SHARE_PERCENT: u32 = 25;

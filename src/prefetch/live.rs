@@ -1,4 +1,5 @@
-//! The live prefetch engine of one device: the inference thread, the stager
+//! The live prefetch engine of one device: the drain and model threads (the
+//! inference side), the stager
 //! thread, their shared statistics, and trace recording.
 //!
 //! Contract:
@@ -121,7 +122,7 @@ pub enum LiveError {
     ModelUnused(&'static str),
     #[error("spawning the {0} thread: {1}")]
     Spawn(&'static str, std::io::Error),
-    #[error("the inference thread ended before reporting its predictor")]
+    #[error("the model thread ended before reporting its predictor")]
     NoReport,
 }
 
@@ -186,7 +187,7 @@ pub struct PrefetchStats {
     pub promote_reads: u32,
     #[serde(default)]
     pub demand_queued: u64,
-    /// Time the inference thread slept to stay within its CPU share
+    /// Time the model thread slept to stay within its CPU share
     /// (`PREFETCH_CPU_SHARE_PERCENT`, `..._IDLE_PERCENT` while it queues
     /// nothing), milliseconds.
     pub paced_ms: u64,
@@ -251,7 +252,7 @@ pub struct LiveShared {
 /// Wakes the consumer of the prefetch ring when it is not a stager thread.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
-/// Where a shard of the device's volume is, for the inference thread's
+/// Where a shard of the device's volume is, for the model thread's
 /// filters (predictions of shards already hot or absent are dropped) and
 /// demand promotion (reads of cold shards count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +263,7 @@ pub enum Place {
     Absent,
 }
 
-/// The inference thread's view of a volume's shards.
+/// The drain and model threads' view of a volume's shards.
 pub trait ShardPlaces: Send + 'static {
     fn volume_id(&self) -> u32;
     fn place(&self, shard: u64) -> Place;
@@ -403,7 +404,8 @@ pub struct Live {
 }
 
 impl Live {
-    /// Start the inference thread (and the stager when `cfg` is set) over
+    /// Start the drain thread (and the model thread and the stager when
+    /// `cfg` is set) over
     /// the trace `consumers` of `volume`'s device. Times are nanoseconds
     /// since `start` (the device clock of the trace events).
     pub fn start(
@@ -491,7 +493,7 @@ impl Live {
     }
 
     /// Start prefetching for a cluster volume whose shards are staged by
-    /// the device's network thread: the inference thread alone (predictors
+    /// the device's network thread: the drain and model threads alone (predictors
     /// and demand promotion as for a pool's volume, over `places`), whose
     /// predictions the caller pops from the returned ring; `wake` is called
     /// when it queued some. Read notices are not forwarded: the network
@@ -772,7 +774,7 @@ fn block_stop_signals() {
 /// Threads it spawns (libtorch's) inherit it. A refusal is a warning.
 fn lower_priority() {
     if let Err(e) = crate::threads::lower_current_priority(PREFETCH_THREAD_NICE) {
-        tracing::warn!("inference thread: nice {PREFETCH_THREAD_NICE} refused: {e}");
+        tracing::warn!("prefetch thread: nice {PREFETCH_THREAD_NICE} refused: {e}");
     }
 }
 
@@ -1480,7 +1482,7 @@ mod tests {
         }
     }
 
-    /// An inference thread over one trace ring with `pred`; returns the
+    /// The drain and model threads over one trace ring with `pred`; returns the
     /// ring's producer, the shared state and the stop flag.
     /// The drain and model threads, joined together.
     struct Threads(Vec<JoinHandle<()>>);

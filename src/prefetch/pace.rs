@@ -1,4 +1,4 @@
-//! CPU pacing of the prefetch inference thread: a pure state machine (time
+//! CPU pacing of the prefetch model thread: a pure state machine (time
 //! passed in) that says how long to sleep after a stretch of work so the
 //! thread uses at most its share of one core.
 //!

@@ -1,4 +1,5 @@
-//! The prefetch ring: predictions from the inference thread to the stager.
+//! The prefetch ring: predictions from the drain thread (demand promotion)
+//! and the model thread to the stager.
 //!
 //! Contract:
 //! - One consumer ([`PredictionRx`], the stager) and one or more producers
