@@ -18,6 +18,9 @@
 # SHARDBLK_CMP_RUBLK_FLOAT=1 adds `rublkfl`: a second rublk device whose
 # threads keep libublk's affinity (every CPU of the queue's blk-mq map, so
 # the scheduler can run it beside fio).
+# SHARDBLK_CMP_RUBLK_ZC=1 adds `rublkzc`: a second rublk device with its zero
+# copy on (`-z`, UBLK_F_AUTO_BUF_REG, as shardblk's default), pinned like
+# `rublk`.
 . "$(dirname "$0")/../tests/vm/lib.sh"
 R="${SHARDBLK_RUBLK:?set SHARDBLK_RUBLK}"
 [ -x "$R" ] || die "no rublk at $R"
@@ -86,11 +89,23 @@ if [ "${SHARDBLK_CMP_RUBLK_FLOAT:-0}" = 1 ]; then
     "$R" add loop --quiet -n 12 -q 1 -f "$W/rublkfl.img" >/dev/null 2>&1 || die "rublk add (float)"
     wait_dev /dev/ublkb12
     rf=/dev/ublkb12
+    rf_pid="$(pgrep -n -x rublk)"
     targets="$targets rublkfl"
+fi
+rz=""
+if [ "${SHARDBLK_CMP_RUBLK_ZC:-0}" = 1 ]; then
+    dd if=/dev/urandom of="$W/rublkzc.img" bs=1M count=$SIZE_MB status=none
+    "$R" add loop --quiet -n 13 -q 1 -z -f "$W/rublkzc.img" >/dev/null 2>&1 || die "rublk add (zero copy)"
+    wait_dev /dev/ublkb13
+    rz=/dev/ublkb13
+    rz_pid="$(pgrep -n -x rublk)"
+    taskset -a -pc 1 "$rz_pid" >/dev/null || die "pinning rublk (zero copy)"
+    targets="$targets rublkzc"
 fi
 cleanup_all() {
     "$R" del -n 4 >/dev/null 2>&1 || true
     [ -z "$rf" ] || "$R" del -n 12 >/dev/null 2>&1 || true
+    [ -z "$rz" ] || "$R" del -n 13 >/dev/null 2>&1 || true
     [ -z "$lo" ] || losetup -d "$lo" 2>/dev/null || true
     local d
     for d in "${vdev[@]}"; do "$B" del -n "${d#/dev/ublkb}" >/dev/null 2>&1 || true; done
@@ -115,7 +130,8 @@ dpid[shardblk]="$(daemon_of "$B" 3)"
 [ -z "$BB" ] || dpid[before]="$(daemon_of "$BB" 5)"
 for name in "${!vdev[@]}"; do dpid[$name]="$(daemon_of "$B" "${vdev[$name]#/dev/ublkb}")"; done
 dpid[rublk]="$ru_pid"
-[ -z "$rf" ] || dpid[rublkfl]="$(pgrep -n -x rublk)"
+[ -z "$rf" ] || dpid[rublkfl]="$rf_pid"
+[ -z "$rz" ] || dpid[rublkzc]="$rz_pid"
 
 run_fio() { # target rw bs qd [daemon pid] [bins file] -> "iops bw_MBps p50_us p99_us cpu_us_per_io"
     # With a bins file, the round's whole completion-latency histogram (fio's
@@ -160,7 +176,7 @@ for job in ${jobs//,/ }; do
     for r in $(seq "$ROUNDS"); do
         for t in $order; do
             case $t in
-                rublk) dev=$ru ;; rublkfl) dev=$rf ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
+                rublk) dev=$ru ;; rublkfl) dev=$rf ;; rublkzc) dev=$rz ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
                 *) dev=${vdev[$t]} ;;
             esac
             res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3" "${dpid[$t]:-}" "$W/bins-$t");"
@@ -224,6 +240,9 @@ for t in targets:
         paired = [a / b for a, b in zip(per[t], per["rublk"])]
         below = sum(1 for x in paired if x < 1)
         line += f"  pooled p99/ru {ratio:.2f}  paired p99/ru median {statistics.median(paired):.2f} ({below} of {len(paired)} rounds below 1)"
+    # like for like: zero copy against rublk's zero copy (`-z`)
+    if "rublkzc" in pooled and t not in ("rublk", "rublkzc", "loop"):
+        line += f"  pooled p99/ru-zc {pct(pooled[t], 0.99) / pct(pooled['rublkzc'], 0.99):.2f}"
     print(line)
 PY
     rm -f "$W"/bins-*
