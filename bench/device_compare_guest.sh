@@ -18,6 +18,9 @@
 # SHARDBLK_CMP_RUBLK_FLOAT=1 adds `rublkfl`: a second rublk device whose
 # threads keep libublk's affinity (every CPU of the queue's blk-mq map, so
 # the scheduler can run it beside fio).
+# SHARDBLK_CMP_RUBLK_ZC=1 adds `rublkzc`: a second rublk device with its zero
+# copy on (`-z`, UBLK_F_AUTO_BUF_REG, as shardblk's default), pinned like
+# `rublk`.
 . "$(dirname "$0")/../tests/vm/lib.sh"
 R="${SHARDBLK_RUBLK:?set SHARDBLK_RUBLK}"
 [ -x "$R" ] || die "no rublk at $R"
@@ -86,11 +89,23 @@ if [ "${SHARDBLK_CMP_RUBLK_FLOAT:-0}" = 1 ]; then
     "$R" add loop --quiet -n 12 -q 1 -f "$W/rublkfl.img" >/dev/null 2>&1 || die "rublk add (float)"
     wait_dev /dev/ublkb12
     rf=/dev/ublkb12
+    rf_pid="$(pgrep -n -x rublk)"
     targets="$targets rublkfl"
+fi
+rz=""
+if [ "${SHARDBLK_CMP_RUBLK_ZC:-0}" = 1 ]; then
+    dd if=/dev/urandom of="$W/rublkzc.img" bs=1M count=$SIZE_MB status=none
+    "$R" add loop --quiet -n 13 -q 1 -z -f "$W/rublkzc.img" >/dev/null 2>&1 || die "rublk add (zero copy)"
+    wait_dev /dev/ublkb13
+    rz=/dev/ublkb13
+    rz_pid="$(pgrep -n -x rublk)"
+    taskset -a -pc 1 "$rz_pid" >/dev/null || die "pinning rublk (zero copy)"
+    targets="$targets rublkzc"
 fi
 cleanup_all() {
     "$R" del -n 4 >/dev/null 2>&1 || true
     [ -z "$rf" ] || "$R" del -n 12 >/dev/null 2>&1 || true
+    [ -z "$rz" ] || "$R" del -n 13 >/dev/null 2>&1 || true
     [ -z "$lo" ] || losetup -d "$lo" 2>/dev/null || true
     local d
     for d in "${vdev[@]}"; do "$B" del -n "${d#/dev/ublkb}" >/dev/null 2>&1 || true; done
@@ -115,21 +130,28 @@ dpid[shardblk]="$(daemon_of "$B" 3)"
 [ -z "$BB" ] || dpid[before]="$(daemon_of "$BB" 5)"
 for name in "${!vdev[@]}"; do dpid[$name]="$(daemon_of "$B" "${vdev[$name]#/dev/ublkb}")"; done
 dpid[rublk]="$ru_pid"
-[ -z "$rf" ] || dpid[rublkfl]="$(pgrep -n -x rublk)"
+[ -z "$rf" ] || dpid[rublkfl]="$rf_pid"
+[ -z "$rz" ] || dpid[rublkzc]="$rz_pid"
 
-run_fio() { # target rw bs qd [daemon pid] -> "iops bw_MBps p50_us p99_us cpu_us_per_io"
+run_fio() { # target rw bs qd [daemon pid] [bins file] -> "iops bw_MBps p50_us p99_us cpu_us_per_io"
+    # With a bins file, the round's whole completion-latency histogram (fio's
+    # json+ bins) is appended to it, one JSON object per line, for the
+    # pooled percentiles over all rounds.
     local t0=0
     [ -z "${5:-}" ] || t0="$(ticks "$5")"
     (cd "$W" && fio --name=c --filename="$1" --direct=1 --ioengine=io_uring --rw="$2" --bs="$3" \
-        --iodepth="$4" --time_based --runtime=4 --cpus_allowed=0 --output-format=json >"$W/c.json") ||
+        --iodepth="$4" --time_based --runtime=4 --cpus_allowed=0 --output-format=json+ >"$W/c.json") ||
         die "fio $*"
-    (python3 - "$2" "$W/c.json" <<'PY'
+    (python3 - "$2" "$W/c.json" "${6:-}" <<'PY'
 import json, sys
-rw, path = sys.argv[1:]
+rw, path, bins = sys.argv[1:]
 j = json.load(open(path))["jobs"][0]
 r = j["write" if "write" in rw else "read"]
 p = r["clat_ns"]["percentile"]
 print(f"{r['iops']:.0f} {r['bw_bytes']/1e6:.1f} {p['50.000000']/1000:.1f} {p['99.000000']/1000:.1f} {r['total_ios']}")
+if bins:
+    with open(bins, "a") as f:
+        f.write(json.dumps(r["clat_ns"].get("bins", {})) + "\n")
 PY
     ) >"$W/c.txt"
     local ios cpu="-"
@@ -154,10 +176,10 @@ for job in ${jobs//,/ }; do
     for r in $(seq "$ROUNDS"); do
         for t in $order; do
             case $t in
-                rublk) dev=$ru ;; rublkfl) dev=$rf ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
+                rublk) dev=$ru ;; rublkfl) dev=$rf ;; rublkzc) dev=$rz ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
                 *) dev=${vdev[$t]} ;;
             esac
-            res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3" "${dpid[$t]:-}");"
+            res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3" "${dpid[$t]:-}" "$W/bins-$t");"
         done
         order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
     done
@@ -181,6 +203,49 @@ print(" ".join(m(i) for i in range(5)))' "$1"
         echo "${res[$t]}" | tr ';' '\n' | awk -v j="$1 $2 QD$3" -v t="$t" \
             'NF { r = r " " int($1); q = q " " int($4) } END { printf "#  %-17s %-10s rounds:%s  p99us:%s\n", j, t, r, q }' >>"$W/rounds.txt"
     done
+    # p99 of all rounds' completions pooled (every round's fio histogram
+    # summed): one estimate over ROUNDS x the samples of a round, steadier
+    # than the median of per-round p99s; and the per-round paired p99 ratios
+    # (each round's shardblk p99 over the same round's rublk p99).
+    python3 - "$W" "$1 $2 QD$3" $targets <<'PY' >>"$W/rounds.txt"
+import json, statistics, sys
+w, job, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+def rounds(t):
+    with open(f"{w}/bins-{t}") as f:
+        return [{int(k): v for k, v in json.loads(l).items()} for l in f if l.strip()]
+def pct(h, q):
+    n = sum(h.values())
+    if n == 0:
+        return float("nan")
+    need, seen = q * n, 0
+    for k in sorted(h):
+        seen += h[k]
+        if seen >= need:
+            return k / 1000
+    return max(h) / 1000
+pooled, per = {}, {}
+for t in targets:
+    rs = rounds(t)
+    h = {}
+    for r in rs:
+        for k, v in r.items():
+            h[k] = h.get(k, 0) + v
+    pooled[t] = h
+    per[t] = [pct(r, 0.99) for r in rs]
+ru = pooled.get("rublk")
+for t in targets:
+    line = f"#  {job:<17} {t:<10} pooled p50us {pct(pooled[t], 0.5):.0f} p99us {pct(pooled[t], 0.99):.0f} p99.9us {pct(pooled[t], 0.999):.0f}"
+    if ru and t != "rublk":
+        ratio = pct(pooled[t], 0.99) / pct(ru, 0.99)
+        paired = [a / b for a, b in zip(per[t], per["rublk"])]
+        below = sum(1 for x in paired if x < 1)
+        line += f"  pooled p99/ru {ratio:.2f}  paired p99/ru median {statistics.median(paired):.2f} ({below} of {len(paired)} rounds below 1)"
+    # like for like: zero copy against rublk's zero copy (`-z`)
+    if "rublkzc" in pooled and t not in ("rublk", "rublkzc", "loop"):
+        line += f"  pooled p99/ru-zc {pct(pooled[t], 0.99) / pct(pooled['rublkzc'], 0.99):.2f}"
+    print(line)
+PY
+    rm -f "$W"/bins-*
     unset res
 done
 cat "$W/rounds.txt"
