@@ -1249,7 +1249,9 @@ impl Predictor for LstmPredictor {
             // volume stream's (another region's event followed) predicts its
             // own continuation: the volume's candidates are about what
             // follows that later event.
-            let deferred = speaker.get(&(key.volume, last_clock)).is_some_and(|&s| s != i);
+            let deferred = speaker
+                .get(&(key.volume, last_clock))
+                .is_some_and(|&s| s != i);
             let open =
                 !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
             let deadline = self.clock + deadline_events;
