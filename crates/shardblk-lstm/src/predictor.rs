@@ -1300,7 +1300,7 @@ impl Predictor for LstmPredictor {
                 if eligible && open {
                     speaker.entry((key.volume, last_clock)).or_insert(i);
                 }
-                self.gate.gated += u64::from(eligible && !(eligible && open));
+                self.gate.gated += u64::from(eligible && !open);
                 st.recent.push_back((shard, confidence));
                 if st.recent.len() > 2 * depth {
                     st.recent.pop_front();
