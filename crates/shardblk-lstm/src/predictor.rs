@@ -77,11 +77,10 @@
 //! - With both streams, the volume stream and the region stream whose last
 //!   events in a step are the same event speak one at a time, the more
 //!   precise first: ranked by [`stream_estimate`] (the volume stream on a
-//!   tie). Where the first
-//!   emits a candidate the other only tracks its candidates (in shadow) in
-//!   that step; where it has nothing to emit, the other speaks. A region
-//!   stream whose last event in the batch came earlier (many events per
-//!   step, interleaved regions) emits its own.
+//!   tie). Where the first emits a candidate the other only tracks its
+//!   candidates (in shadow) in that step; where it has nothing to emit, the
+//!   other speaks. A region stream whose last event in the batch came
+//!   earlier (many events per step, interleaved regions) emits its own.
 //! - A step's predictions (all streams) come out one per shard, the most
 //!   confident, in address order (so the stager reads neighbouring shards
 //!   in one pass).
