@@ -69,12 +69,18 @@
 //!   stream's predictions are emitted only while it is at least the gate,
 //!   and tracked in shadow otherwise, so a stream that becomes predictable is
 //!   let through again. This keeps staging precision near the gate on
-//!   traces the model cannot predict, at no model cost.
-//! - With both streams, a volume stream that emits a candidate in a step
-//!   has priority: the region stream of its last event (the same point in
-//!   the sequence) only tracks its candidates (in shadow) in that step; a
-//!   region stream whose last event in the batch came earlier (many
-//!   events per step, interleaved regions) emits its own.
+//!   traces the model cannot predict, at no model cost. A second moving
+//!   average per stream, the *fresh* estimate, follows only the eligible
+//!   candidates it would stage (that named a shard it had not just
+//!   predicted), emitted or withheld; it starts from the precision
+//!   estimate and ranks the two streams of an event (below).
+//! - With both streams, the volume stream and the region stream whose last
+//!   events in a step are the same event speak one at a time, the more
+//!   precise first: ranked by [`stream_estimate`] (the volume stream on a
+//!   tie). Where the first emits a candidate the other only tracks its
+//!   candidates (in shadow) in that step; where it has nothing to emit, the
+//!   other speaks. A region stream whose last event in the batch came
+//!   earlier (many events per step, interleaved regions) emits its own.
 //! - A step's predictions (all streams) come out one per shard, the most
 //!   confident, in address order (so the stager reads neighbouring shards
 //!   in one pass).
@@ -136,6 +142,10 @@ struct Stream {
     tracked: VecDeque<Tracked>,
     /// Precision estimate (None: the predictor-wide one).
     precision: Option<f32>,
+    /// Precision estimate of what the stream would stage: its candidates
+    /// that passed and named a shard it had not just predicted, emitted or
+    /// withheld (None: not measured yet).
+    fresh: Option<f32>,
     /// A volume stream's memory of its contexts (None: other streams, or off).
     memory: Option<StateMemory>,
 }
@@ -172,6 +182,9 @@ struct Tracked {
     counted: bool,
     /// Emitted (not only tracked): counted in [`ScopeFigures`].
     emitted: bool,
+    /// Would have been emitted had the stream spoken (passed, not a repeat
+    /// of its recent predictions): counted in [`Stream::fresh`].
+    fresh: bool,
 }
 
 /// What the predictor did per stream scope (diagnostics: which streams'
@@ -183,8 +196,8 @@ pub struct ScopeFigures {
     /// Emitted predictions resolved, and those read in time.
     pub emitted_resolved: u64,
     pub emitted_correct: u64,
-    /// Eligible candidates withheld because the volume stream emitted for
-    /// the same event.
+    /// Eligible candidates withheld because the event's other stream (the
+    /// more precise, see the module doc) emitted for it.
     pub deferred: u64,
     /// Eligible candidates withheld by the precision gate.
     pub gated: u64,
@@ -271,14 +284,27 @@ fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
         let w = 1.0 / (*n).min(LSTM_CALIBRATION_AVERAGE_PREDICTIONS) as f32;
         *c += w * (x - *c);
     }
+    let w = 1.0 / LSTM_PRECISION_AVERAGE_PREDICTIONS as f32;
+    if t.fresh {
+        let f = st
+            .fresh
+            .unwrap_or_else(|| st.precision.unwrap_or(gate.precision));
+        st.fresh = Some(f + w * (x - f));
+    }
     if !t.counted {
         return;
     }
-    let w = 1.0 / LSTM_PRECISION_AVERAGE_PREDICTIONS as f32;
     let p = st.precision.unwrap_or(gate.precision);
     st.precision = Some(p + w * (x - p));
     gate.precision += w * (x - gate.precision);
     gate.resolved += 1;
+}
+
+/// The precision of what the stream would stage (ranks the two streams of
+/// an event): its fresh estimate, its precision estimate before any fresh
+/// candidate resolved, the predictor-wide one before that.
+fn stream_estimate(st: &Stream, gate: &Gate) -> f32 {
+    st.fresh.or(st.precision).unwrap_or(gate.precision)
 }
 
 /// Account for one event of the stream at predictor event `clock`: resolve
@@ -361,6 +387,7 @@ fn track(
             buckets: bs,
             counted: eligible,
             emitted: false,
+            fresh: false,
         });
     }
 }
@@ -1182,15 +1209,33 @@ impl Predictor for LstmPredictor {
         // 6. Store the states; emit what passes at each stream's last
         // position, de-duplicated per stream; track everything.
         let emitted_from = out.len();
-        // Volume streams first: where one emits, its volume's region streams
-        // only track (their candidates are the volume's, or worse: a region
-        // cannot see that a run ended with a jump elsewhere).
+        // The two streams of one event (its volume's and its region's, when
+        // that event is the last of both in the batch) speak one at a time:
+        // the more precise by what it would stage first (measured in shadow
+        // while withheld), the volume stream on a tie; where one emits, the
+        // other only tracks. Always the volume stream first made a volume
+        // that interleaves steady readers (each region precise, the volume
+        // far less) withhold the regions' candidates (lstm5's synth-strided
+        // miss).
         let volume_scope = Scope::Volume.class();
+        let estimates: Vec<f32> = keys
+            .iter()
+            .map(|k| {
+                self.streams
+                    .peek(k)
+                    .map_or(self.gate.precision, |st| stream_estimate(st, &self.gate))
+            })
+            .collect();
         let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_by_key(|&i| per[i].last().map_or(0, |e| e.0.scope) != volume_scope);
-        // (volume, clock of its volume stream's last event) where that
-        // stream emitted.
-        let mut confident: Vec<(u32, u64)> = Vec::new();
+        order.sort_by(|&a, &b| {
+            estimates[b].total_cmp(&estimates[a]).then_with(|| {
+                let volume = |i: usize| per[i].last().map_or(0, |e| e.0.scope) == volume_scope;
+                volume(b).cmp(&volume(a))
+            })
+        });
+        // (volume, clock of the stream's last event) -> the stream that
+        // spoke for that event: the first in that order that emitted.
+        let mut speaker: HashMap<(u32, u64), usize> = HashMap::new();
         for i in order {
             let key = &keys[i];
             let st = self.streams.get_or_insert_with(key, Stream::default);
@@ -1203,7 +1248,9 @@ impl Predictor for LstmPredictor {
             // volume stream's (another region's event followed) predicts its
             // own continuation: the volume's candidates are about what
             // follows that later event.
-            let deferred = scope != volume_scope && confident.contains(&(key.volume, last_clock));
+            let deferred = speaker
+                .get(&(key.volume, last_clock))
+                .is_some_and(|&s| s != i);
             let open =
                 !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
             let deadline = self.clock + deadline_events;
@@ -1219,6 +1266,11 @@ impl Predictor for LstmPredictor {
                     .any(|&(r, c)| r == shard && c >= confidence)
                 {
                     continue;
+                }
+                if eligible {
+                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
+                        t.fresh = true;
+                    }
                 }
                 let p = Prediction {
                     volume: key.volume,
@@ -1244,12 +1296,8 @@ impl Predictor for LstmPredictor {
                 } else if eligible {
                     sf.gated += 1;
                 }
-                if eligible
-                    && open
-                    && scope == volume_scope
-                    && !confident.contains(&(key.volume, last_clock))
-                {
-                    confident.push((key.volume, last_clock));
+                if eligible && open {
+                    speaker.entry((key.volume, last_clock)).or_insert(i);
                 }
                 self.gate.gated += u64::from(eligible && !open);
                 st.recent.push_back((shard, confidence));
