@@ -31,7 +31,7 @@
 use shardblk::constants::{BENCH_HOT_TIER_WORKING_SET_PERCENT, PREFETCH_REGION_SHIFT_MAX_BITS};
 use shardblk::prefetch::eval::{eval_trace_with, EvalRow, EvalTable};
 use shardblk::prefetch::lstm::LstmOptions;
-use shardblk::prefetch::sim::{hot_shards_for_working_set, read_working_set_shards, SimConfig};
+use shardblk::prefetch::sim::SimConfig;
 use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
 use shardblk::prefetch::{PredictorKind, PrefetchConfig};
 use shardblk::trace::{
@@ -137,19 +137,7 @@ fn main() {
     for (name, src) in &traces {
         for shard_bytes in SHARD_SIZES {
             let ev = src.events(shard_bytes);
-            let prefetch = PrefetchConfig {
-                shard_bytes,
-                ..Default::default()
-            };
-            let working_set = read_working_set_shards(&ev, &prefetch);
-            let cfg = SimConfig {
-                prefetch,
-                hot_shards: hot_shards_for_working_set(
-                    working_set,
-                    BENCH_HOT_TIER_WORKING_SET_PERCENT,
-                ),
-                ..Default::default()
-            };
+            let cfg = SimConfig::for_bench(&ev, shard_bytes);
             events += ev.len();
             table.rows.extend(
                 eval_trace_with(name, &ev, &cfg, &PredictorKind::ALL, &lstm_opts).expect("eval"),

@@ -9,7 +9,7 @@
 
 use super::lstm::LstmOptions;
 use super::sim::{simulate, SimConfig, SimStats};
-use super::{PredictorFigures, PredictorKind, PrefetchConfig, PrefetchError};
+use super::{PredictorFigures, PredictorKind, PrefetchError};
 use crate::trace::TraceEvent;
 use std::fmt;
 
@@ -49,11 +49,7 @@ pub fn eval_trace_with(
     kinds: &[PredictorKind],
     lstm: &LstmOptions,
 ) -> Result<Vec<EvalRow>, PrefetchError> {
-    // The predictors know how many staged shards the hot tier holds.
-    let pc = PrefetchConfig {
-        stage_capacity_shards: cfg.hot_shards,
-        ..cfg.prefetch
-    };
+    let pc = cfg.predictor_config();
     kinds
         .iter()
         .map(|k| {

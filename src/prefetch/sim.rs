@@ -34,8 +34,8 @@
 use super::stream::LruMap;
 use super::{Prediction, Predictor, PrefetchConfig, PrefetchError};
 use crate::constants::{
-    SIM_BACKGROUND_BUDGET_DEFAULT_NS, SIM_COLD_ACCESS_DEFAULT_NS,
-    SIM_COLD_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_ACCESS_DEFAULT_NS,
+    BENCH_HOT_TIER_WORKING_SET_PERCENT, SIM_BACKGROUND_BUDGET_DEFAULT_NS,
+    SIM_COLD_ACCESS_DEFAULT_NS, SIM_COLD_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_ACCESS_DEFAULT_NS,
     SIM_HOT_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_HOT_SHARDS_DEFAULT, SIM_LATENCY_MAX_NS,
     SIM_STAGE_BANDWIDTH_DEFAULT_BYTES_PER_S, SIM_STAGE_QUEUE_MAX_SHARDS,
 };
@@ -83,6 +83,33 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// The trace benchmark's setup for `trace` at `shard_bytes`: default
+    /// latencies and bandwidths, a hot tier of
+    /// `BENCH_HOT_TIER_WORKING_SET_PERCENT` % of the trace's read working set.
+    pub fn for_bench(trace: &[TraceEvent], shard_bytes: u64) -> SimConfig {
+        let prefetch = PrefetchConfig {
+            shard_bytes,
+            ..Default::default()
+        };
+        SimConfig {
+            prefetch,
+            hot_shards: hot_shards_for_working_set(
+                read_working_set_shards(trace, &prefetch),
+                BENCH_HOT_TIER_WORKING_SET_PERCENT,
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// The predictors' configuration: they know how many staged shards the
+    /// hot tier holds.
+    pub fn predictor_config(&self) -> PrefetchConfig {
+        PrefetchConfig {
+            stage_capacity_shards: self.hot_shards,
+            ..self.prefetch
+        }
+    }
+
     pub fn validate(&self) -> Result<(), PrefetchError> {
         self.prefetch.validate()?;
         let bad = |s: &str| Err(PrefetchError::Config(s.to_string()));

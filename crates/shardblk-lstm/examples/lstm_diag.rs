@@ -9,11 +9,8 @@
 //! `SHARDBLK_BENCH_LSTM_STREAMS`, `SHARDBLK_BENCH_LSTM_GATE` as in the bench,
 //! `SHARDBLK_DIAG_LOOKAHEAD=N` the lookahead.
 
-use shardblk::constants::BENCH_HOT_TIER_WORKING_SET_PERCENT;
 use shardblk::prefetch::lstm::LstmOptions;
-use shardblk::prefetch::sim::{
-    hot_shards_for_working_set, read_working_set_shards, simulate, SimConfig,
-};
+use shardblk::prefetch::sim::{simulate, SimConfig};
 use shardblk::prefetch::stream::LruMap;
 use shardblk::prefetch::synth::{generate, SynthConfig};
 use shardblk::prefetch::{
@@ -136,20 +133,8 @@ fn main() {
             read_csv(BufReader::new(std::fs::File::open(trace).expect("open"))).expect("trace")
         }
     };
-    let prefetch = PrefetchConfig {
-        shard_bytes,
-        ..Default::default()
-    };
-    let ws = read_working_set_shards(&events, &prefetch);
-    let cfg = SimConfig {
-        prefetch,
-        hot_shards: hot_shards_for_working_set(ws, BENCH_HOT_TIER_WORKING_SET_PERCENT),
-        ..Default::default()
-    };
-    let pc = PrefetchConfig {
-        stage_capacity_shards: cfg.hot_shards,
-        ..prefetch
-    };
+    let cfg = SimConfig::for_bench(&events, shard_bytes);
+    let pc = cfg.predictor_config();
     let mut opts = LstmOptions::default();
     if let Some(g) = std::env::var("SHARDBLK_BENCH_LSTM_GATE")
         .ok()

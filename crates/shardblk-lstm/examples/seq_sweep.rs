@@ -17,11 +17,9 @@
 //! Run: `cargo run --release -p shardblk-lstm --example seq_sweep -- TRACE SHARD_BYTES`
 //! (`TRACE`: a synthetic kind, seed 7 as in the bench, or a `.csv.gz` path).
 
-use shardblk::constants::{BENCH_HOT_TIER_WORKING_SET_PERCENT, PREFETCH_TRACKERS_PER_STREAM};
+use shardblk::constants::PREFETCH_TRACKERS_PER_STREAM;
 use shardblk::prefetch::readahead::Readahead;
-use shardblk::prefetch::sim::{
-    hot_shards_for_working_set, read_working_set_shards, simulate, SimConfig,
-};
+use shardblk::prefetch::sim::{simulate, SimConfig};
 use shardblk::prefetch::stream::LruMap;
 use shardblk::prefetch::synth::{generate, SynthConfig};
 use shardblk::prefetch::{Prediction, Predictor, PrefetchConfig, ShardEvent, StreamKey};
@@ -102,16 +100,7 @@ fn main() {
             read_csv(BufReader::new(std::fs::File::open(trace).expect("open"))).expect("trace")
         }
     };
-    let prefetch = PrefetchConfig {
-        shard_bytes,
-        ..Default::default()
-    };
-    let ws = read_working_set_shards(&events, &prefetch);
-    let cfg = SimConfig {
-        prefetch,
-        hot_shards: hot_shards_for_working_set(ws, BENCH_HOT_TIER_WORKING_SET_PERCENT),
-        ..Default::default()
-    };
+    let cfg = SimConfig::for_bench(&events, shard_bytes);
     let show = |name: &str, p: &mut dyn Predictor| {
         let s = simulate(&events, &cfg, p).expect("simulate");
         println!(
@@ -126,15 +115,15 @@ fn main() {
     };
     println!("{trace} {shard_bytes} hot {}", cfg.hot_shards);
     let none = show("none", &mut shardblk::prefetch::NonePredictor);
-    show("readahead", &mut Readahead::new(&prefetch));
+    show("readahead", &mut Readahead::new(&cfg.prefetch));
     let mut best: Option<(f64, f64, u32, u64)> = None;
     for k in [0u32, 1, 2, 3, 4, 6, 8, 12, 16] {
         for n in [1u64, 2, 4, 8, 16, 32] {
             let mut p = RunGated {
-                cfg: prefetch,
+                cfg: cfg.prefetch,
                 k,
                 n,
-                streams: LruMap::new(prefetch.streams_max),
+                streams: LruMap::new(cfg.prefetch.streams_max),
             };
             let s = show(&format!("k={k} n={n}"), &mut p);
             if s.precision >= 0.5 && best.is_none_or(|b| s.hit_ratio > b.0) {

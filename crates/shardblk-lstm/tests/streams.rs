@@ -12,14 +12,10 @@
 //! the stride detector's 0.996 at precision 0.512; after, 0.939 at 0.785;
 //! the bounds sit between the two.
 
-use shardblk::constants::BENCH_HOT_TIER_WORKING_SET_PERCENT;
 use shardblk::prefetch::lstm::LstmOptions;
-use shardblk::prefetch::sim::{
-    hot_shards_for_working_set, read_working_set_shards, simulate, SimConfig,
-};
+use shardblk::prefetch::sim::{simulate, SimConfig};
 use shardblk::prefetch::stride::Stride;
 use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
-use shardblk::prefetch::PrefetchConfig;
 use shardblk_lstm::LstmPredictor;
 
 /// Reads of the trace.
@@ -32,20 +28,8 @@ fn the_more_precise_stream_of_an_event_speaks() {
         events: EVENTS,
         ..SynthConfig::new(SynthKind::Strided, 7)
     });
-    let prefetch = PrefetchConfig {
-        shard_bytes: 64 << 10,
-        ..Default::default()
-    };
-    let ws = read_working_set_shards(&events, &prefetch);
-    let cfg = SimConfig {
-        prefetch,
-        hot_shards: hot_shards_for_working_set(ws, BENCH_HOT_TIER_WORKING_SET_PERCENT),
-        ..Default::default()
-    };
-    let pc = PrefetchConfig {
-        stage_capacity_shards: cfg.hot_shards,
-        ..prefetch
-    };
+    let cfg = SimConfig::for_bench(&events, 64 << 10);
+    let pc = cfg.predictor_config();
     // The shipped model, no online training: deterministic.
     let mut lstm = LstmPredictor::new(
         &pc,
@@ -56,7 +40,7 @@ fn the_more_precise_stream_of_an_event_speaks() {
     )
     .expect("lstm");
     let s = simulate(&events, &cfg, &mut lstm).expect("simulate");
-    let b = simulate(&events, &cfg, &mut Stride::new(&prefetch)).expect("simulate");
+    let b = simulate(&events, &cfg, &mut Stride::new(&cfg.prefetch)).expect("simulate");
     let [region, volume] = lstm.scope_figures();
     eprintln!(
         "lstm ({:?}): hit {:.3} precision {:.3}; stride {:.3} / {:.3}; region {region:?}; volume {volume:?}",
