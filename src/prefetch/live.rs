@@ -604,10 +604,7 @@ fn spawn_inference(
         std::thread::Builder::new()
             .name("shardblk-infer".into())
             .spawn(move || {
-                block_stop_signals();
-                lower_priority();
-                // SAFETY: gettid has no preconditions.
-                let _ = shared.infer_tid.set(unsafe { libc::gettid() });
+                enter_prefetch_thread(&shared.infer_tid);
                 let _ = report_tx.send(());
                 let mut d = Drain {
                     places,
@@ -679,10 +676,7 @@ fn spawn_model(
         std::thread::Builder::new()
             .name("shardblk-model".into())
             .spawn(move || {
-                block_stop_signals();
-                lower_priority();
-                // SAFETY: gettid has no preconditions.
-                let _ = shared.model_tid.set(unsafe { libc::gettid() });
+                enter_prefetch_thread(&shared.model_tid);
                 let pred = match kind.build_with(&pcfg, &lstm_opts) {
                     Ok(p) => p,
                     Err(e) => {
@@ -772,10 +766,15 @@ fn block_stop_signals() {
 /// the cores of the queue threads or the application, yet is never starved
 /// outright (a learned prefetcher that never steps is worth nothing).
 /// Threads it spawns (libtorch's) inherit it. A refusal is a warning.
-fn lower_priority() {
+/// The start of the drain and model threads: stop signals blocked, nice
+/// `PREFETCH_THREAD_NICE`, the thread's id recorded in `tid`.
+fn enter_prefetch_thread(tid: &std::sync::OnceLock<i32>) {
+    block_stop_signals();
     if let Err(e) = crate::threads::lower_current_priority(PREFETCH_THREAD_NICE) {
         tracing::warn!("prefetch thread: nice {PREFETCH_THREAD_NICE} refused: {e}");
     }
+    // SAFETY: gettid has no preconditions.
+    let _ = tid.set(unsafe { libc::gettid() });
 }
 
 fn ns_since(start: Instant) -> u64 {
