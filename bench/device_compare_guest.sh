@@ -75,39 +75,34 @@ if [ "${SHARDBLK_CMP_NO_LOOP:-0}" != 1 ]; then
     lo="$(losetup --direct-io=on -f --show "$W/loop.img")" || die "losetup"
 fi
 
-dd if=/dev/urandom of="$W/rublk.img" bs=1M count=$SIZE_MB status=none
-"$R" add loop --quiet -n 4 -q 1 -f "$W/rublk.img" >/dev/null 2>&1 || die "rublk add"
-wait_dev /dev/ublkb4
-ru=/dev/ublkb4
-# The same placement as shardblk's queue: every thread of the rublk daemon
-# (the newest rublk process) on CPU 1.
-ru_pid="$(pgrep -n -x rublk)"
-taskset -a -pc 1 "$ru_pid" >/dev/null || die "pinning rublk"
-rf=""
+# The rublk devices (rublk, and rublkfl/rublkzc when asked): each a loop
+# target with one queue over its own fully written file. Pinned ones get the
+# same placement as shardblk's queue: every thread of the daemon (the newest
+# rublk process) on CPU 1.
+declare -A rdev=() rpid=()
+add_rublk() { # name number pin|float [rublk add flags...]
+    local name=$1 n=$2 pin=$3
+    shift 3
+    dd if=/dev/urandom of="$W/$name.img" bs=1M count=$SIZE_MB status=none
+    "$R" add loop --quiet -n "$n" -q 1 "$@" -f "$W/$name.img" >/dev/null 2>&1 || die "rublk add ($name)"
+    wait_dev "/dev/ublkb$n"
+    rdev[$name]=/dev/ublkb$n
+    rpid[$name]="$(pgrep -n -x rublk)"
+    [ "$pin" = float ] || taskset -a -pc 1 "${rpid[$name]}" >/dev/null || die "pinning $name"
+}
+add_rublk rublk 4 pin
 if [ "${SHARDBLK_CMP_RUBLK_FLOAT:-0}" = 1 ]; then
-    dd if=/dev/urandom of="$W/rublkfl.img" bs=1M count=$SIZE_MB status=none
-    "$R" add loop --quiet -n 12 -q 1 -f "$W/rublkfl.img" >/dev/null 2>&1 || die "rublk add (float)"
-    wait_dev /dev/ublkb12
-    rf=/dev/ublkb12
-    rf_pid="$(pgrep -n -x rublk)"
+    add_rublk rublkfl 12 float
     targets="$targets rublkfl"
 fi
-rz=""
 if [ "${SHARDBLK_CMP_RUBLK_ZC:-0}" = 1 ]; then
-    dd if=/dev/urandom of="$W/rublkzc.img" bs=1M count=$SIZE_MB status=none
-    "$R" add loop --quiet -n 13 -q 1 -z -f "$W/rublkzc.img" >/dev/null 2>&1 || die "rublk add (zero copy)"
-    wait_dev /dev/ublkb13
-    rz=/dev/ublkb13
-    rz_pid="$(pgrep -n -x rublk)"
-    taskset -a -pc 1 "$rz_pid" >/dev/null || die "pinning rublk (zero copy)"
+    add_rublk rublkzc 13 pin -z
     targets="$targets rublkzc"
 fi
 cleanup_all() {
-    "$R" del -n 4 >/dev/null 2>&1 || true
-    [ -z "$rf" ] || "$R" del -n 12 >/dev/null 2>&1 || true
-    [ -z "$rz" ] || "$R" del -n 13 >/dev/null 2>&1 || true
-    [ -z "$lo" ] || losetup -d "$lo" 2>/dev/null || true
     local d
+    for d in "${rdev[@]}"; do "$R" del -n "${d#/dev/ublkb}" >/dev/null 2>&1 || true; done
+    [ -z "$lo" ] || losetup -d "$lo" 2>/dev/null || true
     for d in "${vdev[@]}"; do "$B" del -n "${d#/dev/ublkb}" >/dev/null 2>&1 || true; done
     [ -z "$BB" ] || "$BB" del -n 5 >/dev/null 2>&1 || true
     cleanup
@@ -129,9 +124,7 @@ declare -A dpid=()
 dpid[shardblk]="$(daemon_of "$B" 3)"
 [ -z "$BB" ] || dpid[before]="$(daemon_of "$BB" 5)"
 for name in "${!vdev[@]}"; do dpid[$name]="$(daemon_of "$B" "${vdev[$name]#/dev/ublkb}")"; done
-dpid[rublk]="$ru_pid"
-[ -z "$rf" ] || dpid[rublkfl]="$rf_pid"
-[ -z "$rz" ] || dpid[rublkzc]="$rz_pid"
+for name in "${!rpid[@]}"; do dpid[$name]="${rpid[$name]}"; done
 
 run_fio() { # target rw bs qd [daemon pid] [bins file] -> "iops bw_MBps p50_us p99_us cpu_us_per_io"
     # With a bins file, the round's whole completion-latency histogram (fio's
@@ -176,7 +169,7 @@ for job in ${jobs//,/ }; do
     for r in $(seq "$ROUNDS"); do
         for t in $order; do
             case $t in
-                rublk) dev=$ru ;; rublkfl) dev=$rf ;; rublkzc) dev=$rz ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
+                rublk | rublkfl | rublkzc) dev=${rdev[$t]} ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
                 *) dev=${vdev[$t]} ;;
             esac
             res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3" "${dpid[$t]:-}" "$W/bins-$t");"
@@ -241,7 +234,7 @@ for t in targets:
         below = sum(1 for x in paired if x < 1)
         line += f"  pooled p99/ru {ratio:.2f}  paired p99/ru median {statistics.median(paired):.2f} ({below} of {len(paired)} rounds below 1)"
     # like for like: zero copy against rublk's zero copy (`-z`)
-    if "rublkzc" in pooled and t not in ("rublk", "rublkzc", "loop"):
+    if "rublkzc" in pooled and not t.startswith("rublk") and t != "loop":
         line += f"  pooled p99/ru-zc {pct(pooled[t], 0.99) / pct(pooled['rublkzc'], 0.99):.2f}"
     print(line)
 PY
@@ -255,7 +248,7 @@ cat "$W/rounds.txt"
 if [ "${SHARDBLK_CMP_PROFILE:-0}" = 1 ]; then
     for t in shardblk rublk; do
         dev=$sb
-        [ "$t" = rublk ] && dev=$ru
+        [ "$t" = rublk ] && dev=${rdev[rublk]}
         perf record -q -e cpu-clock -F 2000 -g -p "${dpid[$t]}" -o "$W/perf-$t.data" -- sleep 5 &
         prec=$!
         sleep 0.5
