@@ -389,6 +389,7 @@ fn stage_table(dir: &Path, quick: bool) {
         budget_bytes: None,
         model: None,
         promote_reads: 1,
+        lstm: Default::default(),
     };
     let vid = crc32c::crc32c(src.volume.as_bytes());
     let start = Instant::now();

@@ -30,8 +30,8 @@
 # SHARDBLK_PF_ONLY=random runs part 2 alone, =replay part 1 alone;
 # SHARDBLK_PF_ROWS="off none readahead/np dm-cache ..." picks part 1's rows
 # (`X`: --prefetch X with demand promotion after SHARDBLK_PF_PROMOTE cold
-# reads, default 2; `X/np`: without it; `policy`: no stager, the tier
-# policy's windowed promotion).
+# reads, default 2; `X/np`: without it; `lstm@K`: lstm with --lstm-lookahead K;
+# `policy`: no stager, the tier policy's windowed promotion).
 . "$(dirname "$0")/../tests/vm/lib.sh"
 COLD_MS="${SHARDBLK_PF_COLD_MS:-8}"
 TRACES="${SHARDBLK_PF_TRACES:-/work/shared/traces}"
@@ -113,11 +113,16 @@ if out="$("$B" add --volume nosuch -n 9 --prefetch lstm 2>&1)" || ! grep -q 'unk
 else
     echo "lstm: not in this build ($out)"
 fi
-prefetch_args() { # predictor[/np] (np: no demand promotion)
-    local p="${1%/np}"
+prefetch_args() { # predictor[@K][/np] (np: no demand promotion; lstm@K: --lstm-lookahead K)
+    local p="${1%/np}" k=""
     [ "$p" = off ] && return 0
+    if [ "${p#*@}" != "$p" ]; then
+        k="${p#*@}"
+        p="${p%@*}"
+    fi
     printf '%s\n' --prefetch "$p"
-    if [ "$p" != "$1" ]; then
+    [ -n "$k" ] && printf '%s\n' --lstm-lookahead "$k"
+    if [ "${1%/np}" != "$1" ]; then
         printf '%s\n' --prefetch-promote 0
     else
         printf '%s\n' --prefetch-promote "$PROMOTE_READS"

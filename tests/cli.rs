@@ -290,3 +290,31 @@ fn stage_tier_flags_are_checked_before_a_daemon_starts() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--seed"));
     assert!(!tier.exists());
 }
+
+/// The lstm predictor's `--lstm-*` flags: refused with one line before any
+/// daemon starts when the predictor is another, prefetching is off, or a
+/// value is out of range.
+#[test]
+fn lstm_flags_are_checked_before_a_daemon_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("none");
+    let add = |more: &[&str]| {
+        let mut a = vec!["add", "--volume", "v"];
+        a.extend_from_slice(more);
+        shardblk(&p, &a)
+    };
+    refused(
+        &add(&["--lstm-lookahead", "0"]),
+        "--lstm-* flags need --prefetch lstm",
+    );
+    refused(
+        &add(&["--prefetch", "markov", "--lstm-no-online"]),
+        "apply to --prefetch lstm only, not markov",
+    );
+    refused(
+        &add(&["--prefetch", "readahead", "--lstm-streams", "regions"]),
+        "not readahead",
+    );
+    refused(&add(&["--lstm-streams", "region"]), "unknown lstm streams");
+    assert!(!dir.path().join("none").exists());
+}

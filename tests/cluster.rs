@@ -1311,6 +1311,7 @@ fn staged_cluster_shards_serve_reads_locally_and_stay_coherent_under_writes() {
         budget_bytes: None,
         model: None,
         promote_reads: 1,
+        lstm: Default::default(),
     };
     let volume_id = crc32c::crc32c(src.volume.as_bytes());
     let start = std::time::Instant::now();

@@ -91,6 +91,7 @@ fn run(
         budget_bytes: Some(budget),
         model: None,
         promote_reads,
+        lstm: Default::default(),
     };
     let live = Live::start(Some(&cfg), vol.clone(), vec![c0, c1], start).expect("live start");
     let shared = live.shared();

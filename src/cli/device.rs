@@ -19,6 +19,7 @@ use crate::device::registry::{run_dir, thread_cpus, DeviceRecord};
 use crate::device::serve::{delete, device_state, serve, Ready, ServeOptions};
 use crate::device::DeviceError;
 use crate::prefetch::live::LiveConfig;
+use crate::prefetch::lstm::{LstmTuning, Streams};
 use crate::prefetch::{PredictorKind, PrefetchConfig};
 use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
@@ -140,6 +141,67 @@ pub struct AddArgs {
     /// first read).
     #[arg(long = "prefetch-promote", default_value_t = PREFETCH_PROMOTE_READS_DEFAULT)]
     prefetch_promote: u32,
+    #[command(flatten)]
+    lstm: LstmFlags,
+}
+
+/// `add`'s knobs of the lstm predictor (the model's shape comes from its
+/// file); each left out keeps the default of `trace eval --help`.
+#[derive(Args, Clone, Default)]
+pub struct LstmFlags {
+    /// lstm: extra model steps along the most likely path, to predict
+    /// further ahead (0: the next event only, the cheapest step).
+    #[arg(long = "lstm-lookahead")]
+    lookahead: Option<u32>,
+    /// lstm: streams followed: regions, volume or both.
+    #[arg(long = "lstm-streams")]
+    streams: Option<Streams>,
+    /// lstm: precision gate with confidence calibration (0..1; 0: off).
+    #[arg(long = "lstm-gate")]
+    gate: Option<f32>,
+    /// lstm: no online training (inference only, from the model file's weights).
+    #[arg(long = "lstm-no-online")]
+    no_online: bool,
+    /// lstm: one online training step per this many events.
+    #[arg(long = "lstm-train-interval")]
+    train_interval: Option<u32>,
+    /// lstm: Adam learning rate of online training.
+    #[arg(long = "lstm-learning-rate")]
+    learning_rate: Option<f64>,
+    /// lstm: libtorch intra-op threads of the model thread.
+    #[arg(long = "lstm-threads")]
+    threads: Option<u32>,
+    /// lstm: entries of a volume stream's memory of its states (0: none).
+    #[arg(long = "lstm-memory")]
+    memory: Option<u32>,
+}
+
+impl LstmFlags {
+    fn tuning(&self) -> LstmTuning {
+        LstmTuning {
+            lookahead: self.lookahead,
+            streams: self.streams,
+            precision_gate: self.gate,
+            online: self.no_online.then_some(false),
+            train_interval_events: self.train_interval,
+            learning_rate: self.learning_rate,
+            threads: self.threads,
+            memory_entries: self.memory,
+        }
+    }
+
+    fn of(t: &LstmTuning) -> LstmFlags {
+        LstmFlags {
+            lookahead: t.lookahead,
+            streams: t.streams,
+            gate: t.precision_gate,
+            no_online: t.online == Some(false),
+            train_interval: t.train_interval_events,
+            learning_rate: t.learning_rate,
+            threads: t.threads,
+            memory: t.memory_entries,
+        }
+    }
 }
 
 impl DeviceCmd {
@@ -220,6 +282,10 @@ pub fn run(c: DeviceCmd) -> Result<()> {
                 prefetch_promote: p
                     .as_ref()
                     .map_or(PREFETCH_PROMOTE_READS_DEFAULT, |p| p.promote_reads),
+                lstm: p
+                    .as_ref()
+                    .map(|p| LstmFlags::of(&p.lstm))
+                    .unwrap_or_default(),
                 prefetch_model: p.and_then(|p| p.model),
             };
             start(args, true)
@@ -269,9 +335,13 @@ fn config_of(a: &AddArgs) -> Result<DeviceConfig> {
 /// The prefetch settings of `add` (`None`: off). Checks what can be checked
 /// without the pool, so bad flags fail before a daemon starts.
 fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
+    let lstm = a.lstm.tuning();
     if a.prefetch == "off" {
         if a.prefetch_model.is_some() || a.prefetch_budget.is_some() {
             bail!("--prefetch-model and --prefetch-budget need --prefetch other than off");
+        }
+        if !lstm.is_empty() {
+            bail!("--lstm-* flags need --prefetch lstm");
         }
         return Ok(None);
     }
@@ -293,6 +363,13 @@ fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
         ..Default::default()
     };
     prefetch.validate()?;
+    if kind != PredictorKind::Lstm && !lstm.is_empty() {
+        bail!(
+            "--lstm-* flags apply to --prefetch lstm only, not {}",
+            kind.name()
+        );
+    }
+    lstm.validate().map_err(anyhow::Error::msg)?;
     if let Some(m) = &a.prefetch_model {
         if !m.is_file() {
             bail!("--prefetch-model {}: no such file", m.display());
@@ -304,6 +381,7 @@ fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
         budget_bytes: a.prefetch_budget,
         model: a.prefetch_model.clone(),
         promote_reads: a.prefetch_promote,
+        lstm,
     }))
 }
 
@@ -490,6 +568,7 @@ fn list(json: bool) -> Result<()> {
                 "poll": r.poll,
                 "zero_copy": r.zero_copy,
                 "prefetch": r.prefetch.as_ref().map_or("off", |p| p.predictor.as_str()),
+                "prefetch_settings": r.prefetch,
                 "state": state,
                 "daemon": if alive { serde_json::json!(r.pid) } else { serde_json::json!(null) },
             })

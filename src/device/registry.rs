@@ -8,6 +8,7 @@
 
 use crate::device::config::{PollMode, ZeroCopyMode};
 use crate::device::DeviceError;
+use crate::prefetch::lstm::LstmTuning;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -64,6 +65,9 @@ pub struct PrefetchRecord {
     /// the default).
     #[serde(default = "promote_reads_default")]
     pub promote_reads: u32,
+    /// `--lstm-*` (absent: none given, or a record older than the flags).
+    #[serde(default, skip_serializing_if = "LstmTuning::is_empty")]
+    pub lstm: LstmTuning,
 }
 
 impl PrefetchRecord {
@@ -76,6 +80,7 @@ impl PrefetchRecord {
             budget_bytes: l.budget_bytes,
             model: l.model.clone(),
             promote_reads: l.promote_reads,
+            lstm: l.lstm,
         }
     }
 }
@@ -174,6 +179,11 @@ mod tests {
                 budget_bytes: Some(32 << 20),
                 model: None,
                 promote_reads: 3,
+                lstm: LstmTuning {
+                    lookahead: Some(0),
+                    online: Some(false),
+                    ..Default::default()
+                },
             }),
             cluster: None,
         };

@@ -88,6 +88,7 @@ use crate::constants::{
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
+use crate::prefetch::lstm::{LstmOptions, LstmTuning, ModelSource};
 use crate::prefetch::pace::{Cadence, Pacer};
 use crate::prefetch::remote::RemoteStageStats;
 use crate::prefetch::ring::{prediction_rings, PredictionRx, PredictionTx, RingCounters};
@@ -120,6 +121,10 @@ pub enum LiveError {
     BudgetTooLarge { budget: u64, hot: u64 },
     #[error("--prefetch-model applies to the lstm predictor only, not {0}")]
     ModelUnused(&'static str),
+    #[error("--lstm-* flags apply to the lstm predictor only, not {0}")]
+    LstmUnused(&'static str),
+    #[error("{0}")]
+    Lstm(String),
     #[error("spawning the {0} thread: {1}")]
     Spawn(&'static str, std::io::Error),
     #[error("the model thread ended before reporting its predictor")]
@@ -140,9 +145,25 @@ pub struct LiveConfig {
     /// Demand promotion ([`super::demand`]): a cold shard read this many
     /// times within `PREFETCH_PROMOTE_WINDOW_MS` is staged (0 = off).
     pub promote_reads: u32,
+    /// The lstm predictor's knobs (`--lstm-*`; empty for the others).
+    pub lstm: LstmTuning,
 }
 
 impl LiveConfig {
+    /// A model file and `--lstm-*` knobs are for the lstm predictor only,
+    /// and the knobs within their limits.
+    fn check_lstm_only(&self) -> Result<(), LiveError> {
+        if self.kind != PredictorKind::Lstm {
+            if self.model.is_some() {
+                return Err(LiveError::ModelUnused(self.kind.name()));
+            }
+            if !self.lstm.is_empty() {
+                return Err(LiveError::LstmUnused(self.kind.name()));
+            }
+        }
+        self.lstm.validate().map_err(LiveError::Lstm)
+    }
+
     /// The predictor configuration for a volume of `shard_bytes` shards.
     pub fn for_volume(&self, shard_bytes: u64) -> PrefetchConfig {
         let mut c = self.prefetch;
@@ -420,9 +441,7 @@ impl Live {
             Some(c) => {
                 let pcfg = c.for_volume(volume.shard_size());
                 pcfg.validate()?;
-                if c.model.is_some() && c.kind != PredictorKind::Lstm {
-                    return Err(LiveError::ModelUnused(c.kind.name()));
-                }
+                c.check_lstm_only()?;
                 let pool = volume.pool();
                 if pool.tiers().len() < 2 {
                     return Err(LiveError::OneTier);
@@ -508,9 +527,7 @@ impl Live {
     ) -> Result<(Live, PredictionRx), LiveError> {
         let pcfg = cfg.for_volume(shard_bytes);
         pcfg.validate()?;
-        if cfg.model.is_some() && cfg.kind != PredictorKind::Lstm {
-            return Err(LiveError::ModelUnused(cfg.kind.name()));
-        }
+        cfg.check_lstm_only()?;
         let (tx, rx) = lanes();
         let mut shared = LiveShared::new(Some(cfg.kind.name()), Some(rx.counters()));
         shared.remote_wake = Some(wake);
@@ -662,13 +679,30 @@ fn spawn_model(
 ) -> Result<(JoinHandle<()>, usize), LiveError> {
     // The LSTM's starting weights: the given model file, else the
     // shipped default (see `prefetch::lstm`).
-    let lstm_opts = crate::prefetch::lstm::LstmOptions {
-        model: match cfg.and_then(|c| c.model.clone()) {
-            Some(p) => crate::prefetch::lstm::ModelSource::File(p),
-            None => crate::prefetch::lstm::ModelSource::Default,
-        },
-        ..Default::default()
-    };
+    let lstm_opts = cfg
+        .map_or_else(LstmTuning::default, |c| c.lstm)
+        .apply(&LstmOptions {
+            model: match cfg.and_then(|c| c.model.clone()) {
+                Some(p) => ModelSource::File(p),
+                None => ModelSource::Default,
+            },
+            ..Default::default()
+        });
+    if kind == PredictorKind::Lstm {
+        let o = &lstm_opts;
+        tracing::info!(
+            "lstm: lookahead {} steps, streams {}, gate {}, online {}, train every {} events, \
+             learning rate {}, {} threads, memory {} entries",
+            o.lookahead,
+            o.streams.name(),
+            o.precision_gate,
+            o.online,
+            o.train_interval_events,
+            o.learning_rate,
+            o.threads,
+            o.memory_entries
+        );
+    }
     let (report_tx, report_rx) = std::sync::mpsc::channel::<Result<usize, PrefetchError>>();
     let model = {
         let stop = stop.clone();
@@ -717,7 +751,7 @@ fn spawn_model(
 /// would otherwise charge to the live thread's first step (about 40 s of
 /// pacing at the idle share) while the device serves I/O. The predictor
 /// that serves the device keeps its state untouched.
-fn warm_up(kind: PredictorKind, pcfg: &PrefetchConfig, opts: &crate::prefetch::lstm::LstmOptions) {
+fn warm_up(kind: PredictorKind, pcfg: &PrefetchConfig, opts: &LstmOptions) {
     let Ok(mut p) = kind.build_with(pcfg, opts) else {
         return;
     };

@@ -37,6 +37,8 @@ refuse --prefetch bogus || die "--prefetch bogus accepted"
 refuse --prefetch readahead --prefetch-budget 1G || die "a budget above the hot tier accepted"
 refuse --prefetch markov --prefetch-depth 0 || die "depth 0 accepted"
 refuse --prefetch lstm --prefetch-model "$W/no-such-model.sbm" || die "a missing model file accepted"
+refuse --prefetch lstm --lstm-lookahead 99 || die "an lstm lookahead out of range accepted"
+refuse --prefetch markov --lstm-gate 0.4 || die "an lstm flag accepted for markov"
 
 step "device with --prefetch readahead, 32 MiB budget; write 64 MiB (fio, crc32c)"
 dev="$("$B" add --volume pvol -n 1 --prefetch readahead --prefetch-budget 32M)" || die "add"
@@ -121,8 +123,17 @@ dd if="$dev" bs=1M skip=96 count=8 iflag=direct status=none | cmp - "$W/hotset" 
 "$B" del -n 2
 
 step "device with --prefetch lstm (shardblk hands it to shardblk-lstm): sequential passes"
-dev="$("$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M)" || die "add lstm (exit status $?)"
+dev="$(SHARDBLK_LOG=warn,shardblk::prefetch::live=info "$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M --lstm-lookahead 7 \
+    --lstm-streams both)" || die "add lstm (exit status $?)"
 wait_dev "$dev"
+"$B" list --json | python3 -c '
+if 1:
+    import json, sys
+    d = [d for d in json.load(sys.stdin) if d["number"] == 3][0]
+    assert d["prefetch_settings"]["lstm"] == {"lookahead": 7, "streams": "Both"}, d
+    ' || die "the --lstm-* flags are not in the device record"
+grep -q "lstm: lookahead 7 steps, streams both" "$SHARDBLK_RUN_DIR/shardblk.log" ||
+    die "the model thread did not log its --lstm-* settings"
 pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 exe="$(readlink "/proc/$pid/exe")"
 [ "${exe##*/}" = shardblk-lstm ] || die "the lstm daemon (pid $pid) runs $exe, comm $(cat "/proc/$pid/comm")"

@@ -31,6 +31,7 @@ fn live_lstm_steps_on_batches_and_keeps_data() {
         budget_bytes: Some(8 * MIB),
         model: None,
         promote_reads: 0, // what is staged here was predicted
+        lstm: Default::default(),
     };
     let live = Live::start(Some(&cfg), vol.clone(), vec![c], start).expect("live start");
     let shared = live.shared();

@@ -273,6 +273,82 @@ impl LstmOptions {
     }
 }
 
+/// The LSTM knobs of a live device (`shardblk add --lstm-*`), each `None`
+/// where not given: the default of the running version applies then, also
+/// after an upgrade changes it. A device's record keeps them, so `recover`
+/// restarts the model the same way. The shape is not among them: it comes
+/// from the model file.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LstmTuning {
+    /// [`LstmOptions::lookahead`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookahead: Option<u32>,
+    /// [`LstmOptions::streams`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Streams>,
+    /// [`LstmOptions::precision_gate`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision_gate: Option<f32>,
+    /// [`LstmOptions::online`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+    /// [`LstmOptions::train_interval_events`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_interval_events: Option<u32>,
+    /// [`LstmOptions::learning_rate`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    /// [`LstmOptions::threads`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    /// [`LstmOptions::memory_entries`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_entries: Option<u32>,
+}
+
+impl LstmTuning {
+    /// Nothing given.
+    pub fn is_empty(&self) -> bool {
+        *self == LstmTuning::default()
+    }
+
+    /// `base` with the given knobs set.
+    pub fn apply(&self, base: &LstmOptions) -> LstmOptions {
+        let mut o = base.clone();
+        if let Some(v) = self.lookahead {
+            o.lookahead = v;
+        }
+        if let Some(v) = self.streams {
+            o.streams = v;
+        }
+        if let Some(v) = self.precision_gate {
+            o.precision_gate = v;
+        }
+        if let Some(v) = self.online {
+            o.online = v;
+        }
+        if let Some(v) = self.train_interval_events {
+            o.train_interval_events = v;
+        }
+        if let Some(v) = self.learning_rate {
+            o.learning_rate = v;
+        }
+        if let Some(v) = self.threads {
+            o.threads = v;
+        }
+        if let Some(v) = self.memory_entries {
+            o.memory_entries = v;
+        }
+        o
+    }
+
+    /// Check the given knobs against their limits (as the defaults' options).
+    pub fn validate(&self) -> Result<(), String> {
+        self.apply(&LstmOptions::default()).validate()
+    }
+}
+
 /// The shipped default model's path: `$SHARDBLK_LSTM_MODEL`, else
 /// `LSTM_DEFAULT_MODEL_PATH` under the crate root.
 pub fn default_model_path() -> PathBuf {
@@ -359,5 +435,53 @@ mod tests {
         );
         assert_eq!("volume".parse::<Streams>(), Ok(Streams::Volume));
         assert!("region".parse::<Streams>().is_err());
+    }
+
+    #[test]
+    fn tuning_sets_only_what_was_given_and_survives_its_record() {
+        let base = LstmOptions::default();
+        assert!(LstmTuning::default().is_empty());
+        assert_eq!(LstmTuning::default().apply(&base), base);
+        let t = LstmTuning {
+            lookahead: Some(0),
+            streams: Some(Streams::Regions),
+            online: Some(false),
+            ..Default::default()
+        };
+        let o = t.apply(&base);
+        assert_eq!(
+            (o.lookahead, o.streams, o.online),
+            (0, Streams::Regions, false)
+        );
+        assert_eq!(o.precision_gate, base.precision_gate);
+        assert_eq!(o.threads, base.threads);
+        assert!(t.validate().is_ok());
+        // Only the given knobs are written: a record keeps no defaults.
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(
+            json,
+            r#"{"lookahead":0,"streams":"Regions","online":false}"#
+        );
+        assert_eq!(serde_json::from_str::<LstmTuning>(&json).unwrap(), t);
+        assert_eq!(
+            serde_json::from_str::<LstmTuning>("{}").unwrap(),
+            LstmTuning::default()
+        );
+        let bad = |t: LstmTuning| t.validate().unwrap_err();
+        assert!(bad(LstmTuning {
+            lookahead: Some(LSTM_LOOKAHEAD_MAX_STEPS + 1),
+            ..Default::default()
+        })
+        .contains("lookahead"));
+        assert!(bad(LstmTuning {
+            precision_gate: Some(1.5),
+            ..Default::default()
+        })
+        .contains("gate"));
+        assert!(bad(LstmTuning {
+            threads: Some(0),
+            ..Default::default()
+        })
+        .contains("threads"));
     }
 }

@@ -18,7 +18,7 @@ pub mod file;
 pub mod vocab;
 
 pub use backend::{backend, register, vocabs_of, LstmBackend, OfflineJob, OfflineResult};
-pub use config::{default_model_path, LstmOptions, ModelShape, ModelSource, Streams};
+pub use config::{default_model_path, LstmOptions, LstmTuning, ModelShape, ModelSource, Streams};
 pub use file::{FileError, ModelFile};
 
 /// Errors of the LSTM predictor and its training.
