@@ -7,9 +7,10 @@
 # (the tier policy's promotion off except in the `policy` row),
 # fresh for every run.
 # 1. Replays (fio read_iolog, QD1) of: the first 2000 requests of the FIU
-#    homes trace (../shared/traces, 85 % sequential) and a synthetic
-#    `repeated` trace (a random sequence of 375 64 KiB reads run 4 times),
-#    offsets folded into the volume; with prefetch off, readahead, markov and
+#    homes trace (../shared/traces, 85 % sequential; back to back) and a
+#    synthetic `repeated` trace (a random sequence of 375 64 KiB reads run 4
+#    times, about 21 ms apart on average: replayed with its timing as fio
+#    `wait`s unless SHARDBLK_PF_TIMING=0), offsets folded into the volume; with prefetch off, readahead, markov and
 #    lstm when this build has it (with the stager's demand promotion, and
 #    readahead without it), `none` (demand promotion alone), `policy` (no
 #    stager: the tier policy's windowed promotion, SHARDBLK_PF_PROMOTE reads
@@ -102,8 +103,12 @@ if [ -r "$TRACES/fiu_homes_cheetah_10k.csv.gz" ]; then
 fi
 if [ -n "${SHARDBLK_PF_TRACE_NAMES:-}" ]; then read -r -a traces <<<"$SHARDBLK_PF_TRACE_NAMES"; fi
 for t in "${traces[@]}"; do
+    # The synthetic trace keeps its think time (fio `wait`s): a job that
+    # computes between reads, the time a prefetcher has to stage the next.
+    timing=()
+    [ "$t" = repeated ] && [ "${SHARDBLK_PF_TIMING:-1}" = 1 ] && timing=(--fio-timing)
     "$B" trace convert --from csv "$W/$t.csv" --to fio --fio-filename /dev/ublkb0 \
-        --fio-wrap $VOL -o "$W/$t.iolog" 2>/dev/null || die "convert $t"
+        --fio-wrap $VOL "${timing[@]}" -o "$W/$t.iolog" 2>/dev/null || die "convert $t"
     sed 's|/dev/ublkb0|/dev/mapper/pfcache|' "$W/$t.iolog" >"$W/$t.dmcache.iolog"
 done
 

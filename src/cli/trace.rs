@@ -191,6 +191,10 @@ pub enum TraceCmd {
         /// fio output: fold offsets into a device of this size (suffixes K, M, G).
         #[arg(long, value_parser = parse_size)]
         fio_wrap: Option<u64>,
+        /// fio output: keep the trace's time between requests as `wait`s
+        /// (default: fio replays the requests back to back).
+        #[arg(long)]
+        fio_timing: bool,
     },
     /// Evaluate predictors on traces with the offline tier simulator.
     Eval {
@@ -445,6 +449,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
             blk_action,
             fio_filename,
             fio_wrap,
+            fio_timing,
         } => {
             let r = trace::csv::maybe_gunzip(open_in(&input)?)?;
             let events = match from {
@@ -478,6 +483,7 @@ pub fn run(cmd: TraceCmd) -> Result<()> {
                         filename: fio_filename,
                         wrap_bytes: fio_wrap,
                         align_bytes: 4096,
+                        timing: fio_timing,
                     };
                     if fio_wrap.is_some_and(|b| b < 4096) {
                         bail!("--fio-wrap must be at least 4K");

@@ -135,10 +135,17 @@ pub struct FioWriteOptions {
     pub wrap_bytes: Option<u64>,
     /// Alignment of folded offsets (e.g. 4096 for `O_DIRECT`).
     pub align_bytes: u64,
+    /// Keep the trace's timing: a `wait` of the gap (whole microseconds)
+    /// before every I/O that comes later than the one before it. fio waits
+    /// that long after issuing the previous I/O (less the time already
+    /// passed since), so a replay at queue depth 1 keeps the think time
+    /// between requests that completed within it.
+    pub timing: bool,
 }
 
-/// Write events as a fio version 2 iolog targeting one file. Writes carry no
-/// timing (version 2 has none). Flushes become `sync`, discards `trim`.
+/// Write events as a fio version 2 iolog targeting one file. Timing only
+/// as `wait`s (with [`FioWriteOptions::timing`]; version 2 has no
+/// timestamps). Flushes become `sync`, discards `trim`.
 pub fn write_fio_iolog_v2<W: Write>(
     mut w: W,
     events: &[TraceEvent],
@@ -155,7 +162,15 @@ pub fn write_fio_iolog_v2<W: Write>(
     writeln!(w, "fio version 2 iolog")?;
     writeln!(w, "{name} add")?;
     writeln!(w, "{name} open")?;
+    let mut prev_ts = events.first().map_or(0, |e| e.ts_ns);
     for e in events {
+        if opts.timing {
+            let gap_us = e.ts_ns.saturating_sub(prev_ts) / 1000;
+            if gap_us > 0 {
+                writeln!(w, "{name} wait {gap_us} 0")?;
+            }
+            prev_ts += gap_us * 1000;
+        }
         let action = match e.op {
             Op::Read => "read",
             Op::Write => "write",
@@ -299,6 +314,7 @@ mod tests {
             filename: "/dev/ublkb0".into(),
             wrap_bytes: None,
             align_bytes: 4096,
+            timing: false,
         };
         let mut buf = Vec::new();
         write_fio_iolog_v2(&mut buf, &events, &opts).unwrap();
@@ -333,5 +349,55 @@ mod tests {
                 len: 4096
             }]
         );
+    }
+
+    #[test]
+    fn v2_writer_keeps_the_timing_as_waits() {
+        // Gaps of 2.5 ms, 0, 10 ms and 1.9999 us from a start at 7 ms:
+        // whole microseconds, the remainders carried to the next gap.
+        let at = |ts_ns: u64, offset: u64| TraceEvent {
+            ts_ns,
+            op: Op::Read,
+            offset,
+            len: 4096,
+        };
+        let events = vec![
+            at(7_000_000, 0),
+            at(9_500_000, 4096),
+            at(9_500_000, 8192),
+            at(19_500_000, 0),
+            at(19_501_999, 4096),
+        ];
+        let opts = FioWriteOptions {
+            filename: "f".into(),
+            wrap_bytes: None,
+            align_bytes: 4096,
+            timing: true,
+        };
+        let mut buf = Vec::new();
+        write_fio_iolog_v2(&mut buf, &events, &opts).unwrap();
+        let text = String::from_utf8(buf.clone()).unwrap();
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains(" wait "))
+                .collect::<Vec<_>>(),
+            ["f wait 2500 0", "f wait 10000 0", "f wait 1 0"]
+        );
+        // Read back with no time per I/O: the waits alone give the times.
+        let back = from_fio_iolog(&buf[..], FioOptions { interarrival_ns: 0 }).unwrap();
+        let times: Vec<u64> = back.iter().map(|e| e.ts_ns).collect();
+        assert_eq!(times, [0, 2_500_000, 2_500_000, 12_500_000, 12_501_000]);
+        // Without timing, no waits.
+        let mut plain = Vec::new();
+        write_fio_iolog_v2(
+            &mut plain,
+            &events,
+            &FioWriteOptions {
+                timing: false,
+                ..opts
+            },
+        )
+        .unwrap();
+        assert!(!String::from_utf8(plain).unwrap().contains(" wait "));
     }
 }
