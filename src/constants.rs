@@ -732,11 +732,21 @@ pub const PREFETCH_PRODUCTIVE_WINDOW_MS: u64 = 2_000;
 /// Longest pacing sleep, so the thread stays responsive to a changed
 /// workload and to stopping (milliseconds).
 pub const PREFETCH_PACE_SLEEP_MAX_MS: u64 = 100;
+/// Spare CPU: the idle CPU time of the machine (percent of one core,
+/// summed over its CPUs, plus what the model thread itself used) beyond
+/// this reserve is the model thread's share when that is more than the
+/// above, up to one core: a machine with a core to spare lets the model
+/// keep up with every event, a busy one keeps it at its share (percent of
+/// one core).
+pub const PREFETCH_CPU_SPARE_RESERVE_PERCENT: u32 = 100;
+/// How often the machine's idle CPU is sampled (`/proc/stat`; milliseconds).
+pub const PREFETCH_CPU_SAMPLE_MS: u64 = 500;
 const _: () = assert!(
     0 < PREFETCH_CPU_SHARE_IDLE_PERCENT
         && PREFETCH_CPU_SHARE_IDLE_PERCENT <= PREFETCH_CPU_SHARE_PERCENT
         && PREFETCH_CPU_SHARE_PERCENT <= 100
 );
+const _: () = assert!(PREFETCH_CPU_SPARE_RESERVE_PERCENT >= 100 && PREFETCH_CPU_SAMPLE_MS > 0);
 
 // --- part ---
 /// How often an attacher scans its volume's members for orphan copies

@@ -1,4 +1,5 @@
-//! Priorities of the daemon's background threads.
+//! Priorities of the daemon's background threads, and the machine's idle
+//! CPU they may use ([`CpuTimes`]).
 //!
 //! Contract: [`lower_current_priority`] gives the calling thread a nice
 //! value (a higher one than the queue threads' 0) and only that thread (on
@@ -78,5 +79,80 @@ mod tests {
     fn unsafe_gettid() -> i32 {
         // SAFETY: gettid has no preconditions.
         unsafe { libc::gettid() }
+    }
+}
+
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`
+/// (clock ticks summed over the CPUs): idle (idle and iowait) and total
+/// (user, nice, system, idle, iowait, irq, softirq, steal), and how many CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub idle: u64,
+    pub total: u64,
+    pub cpus: u32,
+}
+
+impl CpuTimes {
+    /// Read `/proc/stat` (None where it is missing or unreadable).
+    pub fn now() -> Option<CpuTimes> {
+        CpuTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// Parse the text of `/proc/stat`.
+    pub fn parse(stat: &str) -> Option<CpuTimes> {
+        let mut lines = stat.lines();
+        let f: Vec<u64> = lines
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .take(8)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        if f.len() < 5 {
+            return None;
+        }
+        let cpus = lines
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count() as u32;
+        Some(CpuTimes {
+            idle: f[3] + f[4],
+            total: f.iter().sum(),
+            cpus: cpus.max(1),
+        })
+    }
+
+    /// Idle CPU between `earlier` and `self`, in percent of one core
+    /// (200 on an idle two-CPU machine); None when no time passed.
+    pub fn idle_percent_since(&self, earlier: &CpuTimes) -> Option<u32> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let idle = self.idle.checked_sub(earlier.idle)?.min(total);
+        if total == 0 {
+            return None;
+        }
+        Some((idle * 100 * u64::from(self.cpus) / total) as u32)
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn idle_cpu_is_read_in_percent_of_one_core() {
+        let a = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n\
+                 cpu1 50 0 25 400 25 0 0 0 0 0\nintr 1 2 3\n";
+        let b = "cpu  400 0 100 900 100 0 0 0 0 0\ncpu0 200 0 50 450 50 0 0 0 0 0\n\
+                 cpu1 200 0 50 450 50 0 0 0 0 0\nintr 1 2 3\n";
+        let (a, b) = (CpuTimes::parse(a).unwrap(), CpuTimes::parse(b).unwrap());
+        assert_eq!((a.idle, a.total, a.cpus), (850, 1000, 2));
+        // 500 ticks passed on two CPUs, 150 of them idle: 60 % of one core.
+        assert_eq!(b.idle_percent_since(&a), Some(60));
+        assert_eq!(a.idle_percent_since(&a), None);
+        assert_eq!(a.idle_percent_since(&b), None);
+        assert!(CpuTimes::parse("intr 1\n").is_none());
+        assert!(CpuTimes::parse("cpu  1 2\n").is_none());
+        // This machine's own.
+        let now = CpuTimes::now().expect("/proc/stat");
+        assert!(now.cpus >= 1 && now.idle <= now.total);
     }
 }

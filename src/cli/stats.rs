@@ -230,14 +230,15 @@ fn print_prefetch(p: &PrefetchStats) {
     let s = &p.stager;
     let pct = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
     println!(
-        "prefetch {}: {} events ({} skipped under overload), {} batches, batch latency mean {:.1} us p99 {:.1} us, paced {:.1} s",
+        "prefetch {}: {} events ({} skipped under overload), {} batches, batch latency mean {:.1} us p99 {:.1} us, paced {:.1} s (idle CPU {} % of a core)",
         p.predictor,
         p.events,
         p.skipped_events,
         p.batches,
         p.batch_us_mean,
         p.batch_us_p99,
-        p.paced_ms as f64 / 1000.0
+        p.paced_ms as f64 / 1000.0,
+        p.spare_cpu_percent
     );
     println!(
         "  predictions {} (below confidence {}, already hot {}, unmapped {}), queued {}, duplicates {}, dropped {}",

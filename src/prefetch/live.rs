@@ -78,13 +78,14 @@
 
 use crate::constants::{
     DEVICE_STATS_PUBLISH_MS, PREFETCH_BACKGROUND_BUDGET_MS, PREFETCH_BACKLOG_EVENTS_MAX,
-    PREFETCH_BATCH_EVENTS_MAX, PREFETCH_DEDUP_SLOTS, PREFETCH_DEDUP_WINDOW_MS,
-    PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_HANDOFF_EVENTS, PREFETCH_IDLE_SLEEP_US,
-    PREFETCH_LEARN_STEPS, PREFETCH_MODEL_PARK_US, PREFETCH_POLL_INTERVAL_US,
-    PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS, PREFETCH_READ_NOTICES,
-    PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS, PREFETCH_THREAD_NICE,
-    PREFETCH_TRAIN_SHARE_PERCENT, PREFETCH_WARM_UP_EVENTS, STAGER_BUDGET_DEFAULT_PERCENT,
-    STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS, TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
+    PREFETCH_BATCH_EVENTS_MAX, PREFETCH_CPU_SAMPLE_MS, PREFETCH_DEDUP_SLOTS,
+    PREFETCH_DEDUP_WINDOW_MS, PREFETCH_DRAIN_ONLY_SLEEP_US, PREFETCH_HANDOFF_EVENTS,
+    PREFETCH_IDLE_SLEEP_US, PREFETCH_LEARN_STEPS, PREFETCH_MODEL_PARK_US,
+    PREFETCH_POLL_INTERVAL_US, PREFETCH_PROMOTE_TRACKED_SHARDS, PREFETCH_PROMOTE_WINDOW_MS,
+    PREFETCH_READ_NOTICES, PREFETCH_RING_PREDICTIONS, PREFETCH_STEP_WAIT_MAX_MS,
+    PREFETCH_THREAD_NICE, PREFETCH_TRAIN_SHARE_PERCENT, PREFETCH_WARM_UP_EVENTS,
+    STAGER_BUDGET_DEFAULT_PERCENT, STAGER_COMMIT_INTERVAL_MS, STAGER_IDLE_PARK_MS,
+    TRACE_RECORD_BUFFER_EVENTS, UNIT_SIZE_BYTES,
 };
 use crate::device::metrics::{Op as DevOp, TraceConsumer, TraceEvent as DevEvent};
 use crate::prefetch::demand::DemandPromoter;
@@ -97,6 +98,7 @@ use crate::prefetch::{
     Prediction, Predictor, PredictorKind, PrefetchConfig, PrefetchError, ShardEvent,
 };
 use crate::shard::lifecycle::{self, Outcome};
+use crate::threads::CpuTimes;
 use crate::trace::{Op as TraceOp, TraceEvent};
 use crate::volume::handle::Volume;
 use crate::volume::table::{Loc, SlotView};
@@ -212,6 +214,11 @@ pub struct PrefetchStats {
     /// (`PREFETCH_CPU_SHARE_PERCENT`, `..._IDLE_PERCENT` while it queues
     /// nothing), milliseconds.
     pub paced_ms: u64,
+    /// The machine's idle CPU at the model thread's last sample, its own
+    /// use included (percent of one core; beyond
+    /// `PREFETCH_CPU_SPARE_RESERVE_PERCENT` it is the thread's share).
+    #[serde(default)]
+    pub spare_cpu_percent: u32,
     /// Steps after which the predictor measured itself promising without
     /// having queued anything (the LSTM calibrating): they kept the full
     /// CPU share.
@@ -1045,6 +1052,12 @@ struct Model {
     /// Model time in steps and in background training.
     step_busy: Duration,
     train_busy: Duration,
+    /// The machine's CPU times at the last sample, and the model time
+    /// since (counted as idle: the thread's own use is spare for it).
+    cpu_sample: Option<(Instant, CpuTimes)>,
+    busy_since_sample: Duration,
+    /// Where the machine's CPU times come from (`/proc/stat`; a fake in tests).
+    cpu_times: fn() -> Option<CpuTimes>,
 }
 
 impl Model {
@@ -1078,7 +1091,34 @@ impl Model {
             cadence,
             step_busy: Duration::ZERO,
             train_busy: Duration::ZERO,
+            cpu_sample: None,
+            busy_since_sample: Duration::ZERO,
+            cpu_times: CpuTimes::now,
         }
+    }
+
+    /// Every `PREFETCH_CPU_SAMPLE_MS`: the machine's idle CPU since the
+    /// last sample, plus the model's own time, tells the pacer what is
+    /// spare ([`super::pace`]).
+    fn sample_cpu(&mut self) {
+        let Some((at, before)) = self.cpu_sample else {
+            self.cpu_sample = (self.cpu_times)().map(|c| (Instant::now(), c));
+            return;
+        };
+        let window = at.elapsed();
+        if window < Duration::from_millis(PREFETCH_CPU_SAMPLE_MS) {
+            return;
+        }
+        let Some(now) = (self.cpu_times)() else {
+            return;
+        };
+        if let Some(idle) = now.idle_percent_since(&before) {
+            let own = (self.busy_since_sample.as_nanos() * 100 / window.as_nanos().max(1)) as u32;
+            self.pacer.spare(idle.saturating_add(own));
+            self.st.spare_cpu_percent = idle.saturating_add(own);
+        }
+        self.cpu_sample = Some((Instant::now(), now));
+        self.busy_since_sample = Duration::ZERO;
     }
 
     fn run(&mut self, stop: &AtomicBool) {
@@ -1094,6 +1134,7 @@ impl Model {
                 last_publish = Instant::now();
             }
             self.take(&mut batch);
+            self.sample_cpu();
             if self.owes_sleep() {
                 continue;
             }
@@ -1176,6 +1217,7 @@ impl Model {
     /// Account for `busy` of model work (a step, background training): the
     /// pacer adds the sleep owed for it beyond the thread's CPU share.
     fn worked(&mut self, busy: Duration) {
+        self.busy_since_sample += busy;
         self.pacer.worked(busy, ns_since(self.start));
     }
 
@@ -1268,6 +1310,7 @@ fn merge_figures(drain: &PrefetchStats, model: &PrefetchStats) -> PrefetchStats 
         train_loss: model.train_loss,
         predictor_skipped: model.predictor_skipped,
         paced_ms: model.paced_ms,
+        spare_cpu_percent: model.spare_cpu_percent,
         promising_steps: model.promising_steps,
         train_ms: model.train_ms,
         warm_up_ms: model.warm_up_ms,
@@ -1555,6 +1598,37 @@ mod tests {
         Threads,
         PredictionRx,
     ) {
+        spawn_on(pred, promote_reads, no_cpu_times)
+    }
+
+    /// No CPU times known: the pacer keeps its own shares.
+    fn no_cpu_times() -> Option<CpuTimes> {
+        None
+    }
+
+    /// A two-CPU machine that is always idle (but for the model thread).
+    fn idle_machine() -> Option<CpuTimes> {
+        static TICKS: AtomicU64 = AtomicU64::new(0);
+        let t = TICKS.fetch_add(100, Ordering::Relaxed) + 100;
+        Some(CpuTimes {
+            idle: t,
+            total: t,
+            cpus: 2,
+        })
+    }
+
+    /// [`spawn_with`] on a machine whose CPU times come from `cpu_times`.
+    fn spawn_on(
+        pred: Slow,
+        promote_reads: u32,
+        cpu_times: fn() -> Option<CpuTimes>,
+    ) -> (
+        TraceProducer,
+        Arc<LiveShared>,
+        Arc<AtomicBool>,
+        Threads,
+        PredictionRx,
+    ) {
         let start = Instant::now();
         let (tp, c) = trace_ring(1 << 16);
         let (mut txs, rx) = prediction_rings(2, 64, 64, 1_000_000);
@@ -1577,6 +1651,7 @@ mod tests {
             start,
             0,
         );
+        model.cpu_times = cpu_times;
         let s2 = stop.clone();
         let m = std::thread::spawn(move || model.run(&s2));
         let mut drain = Drain {
@@ -1900,5 +1975,52 @@ mod tests {
                 assert_eq!(st.promising_steps, 0, "{st:?}");
             }
         }
+    }
+
+    #[test]
+    fn on_a_machine_with_a_core_to_spare_the_model_is_not_paced() {
+        // As the unpromising case above (20 ms steps, at the idle share
+        // after the learning steps: the batch 150 ms after a step waits
+        // ~650 ms), on an idle two-CPU machine: a core is spare, so it
+        // steps both batches and owes no sleep.
+        let log = Batches::new();
+        let (mut tp, shared, stop, h, _rx) = spawn_on(
+            Slow {
+                log: log.clone(),
+                busy: Duration::from_millis(20),
+                min: 8,
+                max: 8,
+                promising: false,
+                train: Duration::ZERO,
+            },
+            0,
+            idle_machine,
+        );
+        let learn = PREFETCH_LEARN_STEPS as usize;
+        let mut i = 0;
+        let mut batch = |tp: &mut TraceProducer| {
+            for _ in 0..8 {
+                read(tp, i);
+                i += 1;
+            }
+        };
+        for k in 0..learn {
+            batch(&mut tp);
+            wait_steps(&log, k + 1, 10);
+        }
+        std::thread::sleep(Duration::from_millis(PREFETCH_PRODUCTIVE_WINDOW_MS + 200));
+        let paced_before = shared.stats().unwrap().paced_ms;
+        batch(&mut tp);
+        wait_steps(&log, learn + 1, 10);
+        std::thread::sleep(Duration::from_millis(150));
+        batch(&mut tp);
+        std::thread::sleep(Duration::from_millis(300));
+        let steps = log.steps.load(Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        let st = shared.stats().unwrap();
+        assert_eq!(steps, learn + 2, "{st:?}");
+        assert_eq!(st.paced_ms, paced_before, "{st:?}");
+        assert!(st.spare_cpu_percent >= 190, "{st:?}");
     }
 }

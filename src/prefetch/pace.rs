@@ -25,6 +25,13 @@
 //! predictable workload runs at the full share, an unpredictable one at the
 //! idle share.
 //!
+//! Spare CPU ([`Pacer::spare`]): where the machine has idle CPU beyond
+//! `PREFETCH_CPU_SPARE_RESERVE_PERCENT` (the caller measures it, counting
+//! the thread's own use as idle), that much of a core, up to a whole one,
+//! is the share when it is larger: on a machine with a core to spare the
+//! model sees every event, while a busy machine (a random workload driving
+//! the queue threads) leaves it at the shares above.
+//!
 //! [`Cadence`] says when an expensive predictor steps: once at least its
 //! `min_events` are gathered, or the oldest gathered event has waited
 //! `wait_max`; a predictor that takes any batch (min 1) steps on every turn
@@ -33,8 +40,8 @@
 //! a full batch of the latest events, not the one that came in last.
 
 use crate::constants::{
-    PREFETCH_CPU_SHARE_IDLE_PERCENT, PREFETCH_CPU_SHARE_PERCENT, PREFETCH_PACE_SLEEP_MAX_MS,
-    PREFETCH_PRODUCTIVE_WINDOW_MS,
+    PREFETCH_CPU_SHARE_IDLE_PERCENT, PREFETCH_CPU_SHARE_PERCENT,
+    PREFETCH_CPU_SPARE_RESERVE_PERCENT, PREFETCH_PACE_SLEEP_MAX_MS, PREFETCH_PRODUCTIVE_WINDOW_MS,
 };
 use std::time::Duration;
 
@@ -42,6 +49,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Pacer {
     productive_until_ns: u64,
+    /// Spare CPU measured last (percent of one core, at most 100).
+    spare_percent: u32,
     owed: Duration,
     /// Total sleep handed out (for the statistics).
     pub paced: Duration,
@@ -52,6 +61,7 @@ impl Pacer {
     pub fn new(now_ns: u64) -> Pacer {
         Pacer {
             productive_until_ns: now_ns,
+            spare_percent: 0,
             owed: Duration::ZERO,
             paced: Duration::ZERO,
         }
@@ -62,13 +72,22 @@ impl Pacer {
         self.productive_until_ns = now_ns + PREFETCH_PRODUCTIVE_WINDOW_MS * 1_000_000;
     }
 
+    /// The machine's idle CPU was measured: `idle_percent` of one core
+    /// (summed over its CPUs, the thread's own use counted as idle).
+    pub fn spare(&mut self, idle_percent: u32) {
+        self.spare_percent = idle_percent
+            .saturating_sub(PREFETCH_CPU_SPARE_RESERVE_PERCENT)
+            .min(100);
+    }
+
     /// The share of one core at `now_ns` (percent).
     pub fn share_percent(&self, now_ns: u64) -> u32 {
-        if now_ns < self.productive_until_ns {
+        let base = if now_ns < self.productive_until_ns {
             PREFETCH_CPU_SHARE_PERCENT
         } else {
             PREFETCH_CPU_SHARE_IDLE_PERCENT
-        }
+        };
+        base.max(self.spare_percent)
     }
 
     /// `busy` of work ended at `now_ns`: the sleep it costs is owed.
@@ -176,6 +195,35 @@ mod tests {
             assert!(d <= Duration::from_millis(PREFETCH_PACE_SLEEP_MAX_MS));
             t += d;
         }
+    }
+
+    #[test]
+    fn spare_cpu_beyond_the_reserve_raises_the_share_up_to_a_core() {
+        let mut p = Pacer::new(0);
+        let busy = Duration::from_millis(10);
+        // Idle two-CPU machine (200 % of a core idle): a whole core, no sleep owed.
+        p.spare(200);
+        assert_eq!(p.share_percent(0), 100);
+        p.worked(busy, 0);
+        assert!(p.owed().is_zero());
+        // 160 % idle: 60 % of a core; 10 ms of work owes 10 * 40 / 60 ms.
+        p.spare(160);
+        assert_eq!(p.share_percent(0), 60);
+        p.worked(busy, 0);
+        assert_eq!(p.owed(), busy * 40 / 60);
+        // At most the reserve idle (a busy machine): the idle share, or the
+        // full share while productive; never less than those.
+        p.spare(PREFETCH_CPU_SPARE_RESERVE_PERCENT);
+        assert_eq!(p.share_percent(0), PREFETCH_CPU_SHARE_IDLE_PERCENT);
+        p.spare(PREFETCH_CPU_SPARE_RESERVE_PERCENT + 10);
+        assert_eq!(p.share_percent(0), 10);
+        p.queued(0);
+        assert_eq!(p.share_percent(1), PREFETCH_CPU_SHARE_PERCENT);
+        p.spare(0);
+        assert_eq!(p.share_percent(1), PREFETCH_CPU_SHARE_PERCENT);
+        // Far more idle than a core (a big machine): still one core.
+        p.spare(6400);
+        assert_eq!(p.share_percent(1), 100);
     }
 
     #[test]

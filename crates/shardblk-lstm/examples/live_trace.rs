@@ -16,6 +16,7 @@
 //! shard transitions (what there is to predict at all).
 //!
 //! `cargo run --release -p shardblk-lstm --example live_trace -- TRACE [N] [B] [VOL]`
+//! (`SHARDBLK_LIVE_TRACE_NO_ONLINE=1`: no online training, as `add --lstm-no-online`)
 use shardblk::prefetch::lstm::LstmOptions;
 use shardblk::prefetch::{Prediction, Predictor, PredictorKind, PrefetchConfig, ShardEvent};
 use std::collections::VecDeque;
@@ -63,7 +64,12 @@ fn main() {
         evs.len(),
         distinct.len()
     );
-    let mut lstm = shardblk_lstm::LstmPredictor::new(&cfg, &LstmOptions::default()).expect("lstm");
+    // `SHARDBLK_LIVE_TRACE_NO_ONLINE=1`: as `add --lstm-no-online`.
+    let opts = LstmOptions {
+        online: std::env::var_os("SHARDBLK_LIVE_TRACE_NO_ONLINE").is_none(),
+        ..Default::default()
+    };
+    let mut lstm = shardblk_lstm::LstmPredictor::new(&cfg, &opts).expect("lstm");
     let mut markov = PredictorKind::Markov.build(&cfg).expect("markov");
     let mut tally = [Tally::default(), Tally::default()];
     let mut out: Vec<Prediction> = Vec::new();
@@ -74,12 +80,14 @@ fn main() {
         let t = Instant::now();
         lstm.step(batch, &mut out);
         let s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let _ = lstm.background(Duration::from_millis(20));
+        let tr = t.elapsed().as_secs_f64();
         let emitted = above(&out, &cfg);
         tally[0].judge(&evs, at, &emitted);
         let (prec, resolved, gated) = lstm.gate_figures();
         println!(
-            "step {k:3} ({at:5} events fed) {s:6.3} s  emitted {:2}  promising {:5}  gate precision {prec:.2} resolved {resolved:3} withheld {gated}",
+            "step {k:3} ({at:5} events fed) {s:6.3} s  train {tr:6.3} s  emitted {:2}  promising {:5}  gate precision {prec:.2} resolved {resolved:3} withheld {gated}",
             emitted.len(),
             lstm.promising(),
         );
