@@ -123,16 +123,16 @@ dd if="$dev" bs=1M skip=96 count=8 iflag=direct status=none | cmp - "$W/hotset" 
 "$B" del -n 2
 
 step "device with --prefetch lstm (shardblk hands it to shardblk-lstm): sequential passes"
-dev="$(SHARDBLK_LOG=warn,shardblk::prefetch::live=info "$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M --lstm-lookahead 7 \
+dev="$(SHARDBLK_LOG=warn,shardblk::prefetch::live=info "$B" add --volume pvol -n 3 --prefetch lstm --prefetch-budget 32M --lstm-lookahead 3 \
     --lstm-streams both)" || die "add lstm (exit status $?)"
 wait_dev "$dev"
 "$B" list --json | python3 -c '
 if 1:
     import json, sys
     d = [d for d in json.load(sys.stdin) if d["number"] == 3][0]
-    assert d["prefetch_settings"]["lstm"] == {"lookahead": 7, "streams": "Both"}, d
+    assert d["prefetch_settings"]["lstm"] == {"lookahead": 3, "streams": "Both"}, d
     ' || die "the --lstm-* flags are not in the device record"
-grep -q "lstm: lookahead 7 steps, streams both" "$SHARDBLK_RUN_DIR/shardblk.log" ||
+grep -q "lstm: lookahead 3 steps, streams both" "$SHARDBLK_RUN_DIR/shardblk.log" ||
     die "the model thread did not log its --lstm-* settings"
 pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
 exe="$(readlink "/proc/$pid/exe")"
@@ -170,6 +170,22 @@ if 1:
     assert s["resident_units"] <= s["budget_units"], s
     ' "$passes" || die "lstm prefetch stats"
 verify_64m "$dev" || die "verify (lstm)"
+step "kill -9 of the lstm daemon, recover: the new daemon runs the model with the same --lstm-* flags"
+kill -9 "$pid"
+state=""
+for _ in $(seq 100); do
+    state="$("$B" list --json | python3 -c 'import json,sys; print([d for d in json.load(sys.stdin) if d["number"] == 3][0]["state"])')"
+    [ "$state" = quiesced ] && break
+    sleep 0.2
+done
+[ "$state" = quiesced ] || die "lstm device not quiesced after the daemon died ($state)"
+SHARDBLK_LOG=warn,shardblk::prefetch::live=info "$B" recover -n 3 || die "recover (lstm)"
+[ "$(grep -c "lstm: lookahead 3 steps, streams both" "$SHARDBLK_RUN_DIR/shardblk.log")" -ge 2 ] ||
+    die "the recovered model thread did not run with --lstm-lookahead 3"
+pid2="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$SHARDBLK_RUN_DIR/ublkb3.json")"
+exe="$(readlink "/proc/$pid2/exe")"
+[ "$pid2" != "$pid" ] && [ "${exe##*/}" = shardblk-lstm ] || die "recover did not start a new lstm daemon ($pid2, $exe)"
+verify_64m "$dev" || die "verify (lstm, recovered)"
 "$B" del -n 3
 
 step "prefetch off: trace record still works (the daemon's tap drains the rings)"
