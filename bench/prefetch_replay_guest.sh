@@ -32,6 +32,7 @@
 # SHARDBLK_PF_ROWS="off none readahead/np dm-cache ..." picks part 1's rows
 # (`X`: --prefetch X with demand promotion after SHARDBLK_PF_PROMOTE cold
 # reads, default 2; `X/np`: without it; `lstm@K`: lstm with --lstm-lookahead K;
+# SHARDBLK_PF_LSTM_FLAGS="--lstm-no-online ..." are added to every lstm row;
 # `policy`: no stager, the tier policy's windowed promotion).
 . "$(dirname "$0")/../tests/vm/lib.sh"
 COLD_MS="${SHARDBLK_PF_COLD_MS:-8}"
@@ -133,6 +134,8 @@ prefetch_args() { # predictor[@K][/np] (np: no demand promotion; lstm@K: --lstm-
         printf '%s\n' --prefetch-promote "$PROMOTE_READS"
     fi
     [ "$p" = lstm ] && [ -n "${SHARDBLK_PF_LSTM_MODEL:-}" ] && printf '%s\n' --prefetch-model "$SHARDBLK_PF_LSTM_MODEL"
+    # shellcheck disable=SC2086 # flags, one per word
+    [ "$p" = lstm ] && [ -n "${SHARDBLK_PF_LSTM_FLAGS:-}" ] && printf '%s\n' $SHARDBLK_PF_LSTM_FLAGS
     return 0
 }
 
