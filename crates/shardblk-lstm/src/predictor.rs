@@ -44,8 +44,9 @@
 //!   second or third shard of a sequential run, whose raw next-event
 //!   probability is low but which is nearly always read soon, is staged,
 //!   and a confident class that is rarely read in time is not. A shard
-//!   already predicted for the stream among its last `2 * depth`
-//!   predictions is not predicted again unless its confidence has risen.
+//!   already emitted for the stream among its last `2 * depth`
+//!   emitted predictions is not emitted again unless its confidence has
+//!   risen (a withheld one may be emitted once the stream speaks).
 //! - Resident shards: when the hot tier's size is known
 //!   (`stage_capacity_shards`), the predictor models its contents as the
 //!   last that many distinct shards read or predicted (at most
@@ -65,14 +66,15 @@
 //!   is unknown.
 //!   Every resolution updates its calibration bucket. A moving average of
 //!   the correctness of the stream's calibrated-eligible candidates (a new stream
-//!   starts from the predictor-wide average, which starts at 1) decides: the
+//!   starts from the predictor-wide estimate: the mean of the first resolved
+//!   ones, then a moving average, as a bucket's) decides: the
 //!   stream's predictions are emitted only while it is at least the gate,
 //!   and tracked in shadow otherwise, so a stream that becomes predictable is
-//!   let through again. Nothing is emitted before the predictor-wide average
-//!   has [`LSTM_PRECISION_WARMUP_RESOLVED`] resolved candidates behind it
-//!   (warm-up in shadow): until then it is mostly its starting value, and
-//!   every new stream took it over (umass websearch at 1 MiB staged its 32
-//!   shards, 25 % of them read, in its first 32 resolutions and nothing after). This keeps staging precision near the gate on
+//!   let through again. Nothing is emitted before the predictor-wide
+//!   estimate has [`LSTM_PRECISION_WARMUP_RESOLVED`] resolved candidates
+//!   behind it (warm-up in shadow): it used to start at 1 on no evidence,
+//!   and umass websearch at 1 MiB staged its 32 shards (25 % of them read)
+//!   before the first of its candidates had resolved. This keeps staging precision near the gate on
 //!   traces the model cannot predict, at no model cost. A second moving
 //!   average per stream, the *fresh* estimate, follows only the eligible
 //!   candidates it would stage (that named a shard it had not just
@@ -109,10 +111,9 @@ use shardblk::constants::{
     LSTM_CALIBRATION_MIN_RESOLVED, LSTM_CALIBRATION_STEP_BUCKETS, LSTM_CANDIDATE_CLASSES_PER_DEPTH,
     LSTM_LIVE_STEP_EVENTS_MAX, LSTM_LIVE_STEP_EVENTS_MIN, LSTM_PRECISION_AVERAGE_PREDICTIONS,
     LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX,
-    LSTM_PRECISION_WARMUP_RESOLVED, LSTM_RESIDENT_MAX_SHARDS,
-    LSTM_SCOPE_CLASSES, LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS,
-    LSTM_TRACK_CONFIDENCE_MIN, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
-    LSTM_VOCAB_WINDOW_EVENTS,
+    LSTM_PRECISION_WARMUP_RESOLVED, LSTM_RESIDENT_MAX_SHARDS, LSTM_SCOPE_CLASSES,
+    LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRACK_CONFIDENCE_MIN,
+    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
@@ -310,8 +311,13 @@ fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     }
     let p = st.precision.unwrap_or(gate.precision);
     st.precision = Some(p + w * (x - p));
-    gate.precision += w * (x - gate.precision);
+    // The mean of the first ones, then a moving average.
     gate.resolved += 1;
+    let w = 1.0
+        / gate
+            .resolved
+            .min(u64::from(LSTM_PRECISION_AVERAGE_PREDICTIONS)) as f32;
+    gate.precision += w * (x - gate.precision);
 }
 
 /// The precision of what the stream would stage (ranks the two streams of
@@ -1316,6 +1322,11 @@ impl Predictor for LstmPredictor {
                     speaker.entry((key.volume, last_clock)).or_insert(i);
                 }
                 self.gate.gated += u64::from(eligible && !open);
+                // Only what was emitted: a shard withheld (the stream closed,
+                // warming up or deferring) may be emitted once it speaks.
+                if !(eligible && open) {
+                    continue;
+                }
                 st.recent.push_back((shard, confidence));
                 if st.recent.len() > 2 * depth {
                     st.recent.pop_front();
@@ -1584,8 +1595,8 @@ mod tests {
     }
 
     /// With the gate, nothing is emitted before the predictor-wide precision
-    /// estimate has one averaging window of resolved candidates behind it
-    /// (`LSTM_PRECISION_WARMUP_RESOLVED`); a sequential reader is staged after. Before (lstm6), the
+    /// estimate has as many resolved candidates behind it as a calibration
+    /// bucket needs (`LSTM_PRECISION_WARMUP_RESOLVED`); a sequential reader is staged after. Before (lstm6), the
     /// first emissions came as soon as a calibration bucket passed, the
     /// estimate still at its starting value 1 on no resolution at all.
     #[test]
@@ -1612,8 +1623,8 @@ mod tests {
             p.background(Duration::from_secs(1));
             let (_, resolved, _) = p.gate_figures();
             emitted += out.len();
-            // One averaging window of the estimate (what the warm-up waits for).
-            if !out.is_empty() && resolved < u64::from(LSTM_PRECISION_AVERAGE_PREDICTIONS) {
+            // As many as a calibration bucket needs (what the warm-up waits for).
+            if !out.is_empty() && resolved < u64::from(LSTM_CALIBRATION_MIN_RESOLVED) {
                 early.push((i, resolved, out.len()));
             }
         }
