@@ -664,10 +664,6 @@ pub const LSTM_PRECISION_GATE_DEFAULT: f32 = 0.5;
 pub const LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH: u64 = 16;
 /// The precision estimate is a moving average over about this many resolved predictions.
 pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;
-/// Nothing is emitted (with the precision gate) before the predictor-wide
-/// precision estimate has this many resolved predictions behind it: as many
-/// as a calibration bucket needs before its precision is trusted.
-pub const LSTM_PRECISION_WARMUP_RESOLVED: u64 = LSTM_CALIBRATION_MIN_RESOLVED as u64;
 /// Predictions tracked at once per stream; candidates beyond are not
 /// tracked (calibration learns from a sample) until some resolve.
 pub const LSTM_PRECISION_TRACKED_MAX: usize = 256;

@@ -44,9 +44,8 @@
 //!   second or third shard of a sequential run, whose raw next-event
 //!   probability is low but which is nearly always read soon, is staged,
 //!   and a confident class that is rarely read in time is not. A shard
-//!   already emitted for the stream among its last `2 * depth`
-//!   emitted predictions is not emitted again unless its confidence has
-//!   risen (a withheld one may be emitted once the stream speaks).
+//!   already predicted for the stream among its last `2 * depth`
+//!   predictions is not predicted again unless its confidence has risen.
 //! - Resident shards: when the hot tier's size is known
 //!   (`stage_capacity_shards`), the predictor models its contents as the
 //!   last that many distinct shards read or predicted (at most
@@ -66,15 +65,10 @@
 //!   is unknown.
 //!   Every resolution updates its calibration bucket. A moving average of
 //!   the correctness of the stream's calibrated-eligible candidates (a new stream
-//!   starts from the predictor-wide estimate: the mean of the first resolved
-//!   ones, then a moving average, as a bucket's) decides: the
+//!   starts from the predictor-wide average, which starts at 1) decides: the
 //!   stream's predictions are emitted only while it is at least the gate,
 //!   and tracked in shadow otherwise, so a stream that becomes predictable is
-//!   let through again. Nothing is emitted before the predictor-wide
-//!   estimate has [`LSTM_PRECISION_WARMUP_RESOLVED`] resolved candidates
-//!   behind it (warm-up in shadow): it used to start at 1 on no evidence,
-//!   and umass websearch at 1 MiB staged its 32 shards (25 % of them read)
-//!   before the first of its candidates had resolved. This keeps staging precision near the gate on
+//!   let through again. This keeps staging precision near the gate on
 //!   traces the model cannot predict, at no model cost. A second moving
 //!   average per stream, the *fresh* estimate, follows only the eligible
 //!   candidates it would stage (that named a shard it had not just
@@ -110,10 +104,10 @@ use shardblk::constants::{
     LSTM_CALIBRATION_AVERAGE_PREDICTIONS, LSTM_CALIBRATION_CONFIDENCE_BUCKETS,
     LSTM_CALIBRATION_MIN_RESOLVED, LSTM_CALIBRATION_STEP_BUCKETS, LSTM_CANDIDATE_CLASSES_PER_DEPTH,
     LSTM_LIVE_STEP_EVENTS_MAX, LSTM_LIVE_STEP_EVENTS_MIN, LSTM_PRECISION_AVERAGE_PREDICTIONS,
-    LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX,
-    LSTM_PRECISION_WARMUP_RESOLVED, LSTM_RESIDENT_MAX_SHARDS, LSTM_SCOPE_CLASSES,
-    LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRACK_CONFIDENCE_MIN,
-    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
+    LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX, LSTM_RESIDENT_MAX_SHARDS,
+    LSTM_SCOPE_CLASSES, LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS,
+    LSTM_TRACK_CONFIDENCE_MIN, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
+    LSTM_VOCAB_WINDOW_EVENTS,
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
@@ -205,7 +199,7 @@ pub struct ScopeFigures {
     /// Eligible candidates withheld because the event's other stream (the
     /// more precise, see the module doc) emitted for it.
     pub deferred: u64,
-    /// Eligible candidates withheld by the precision gate (or the warm-up).
+    /// Eligible candidates withheld by the precision gate.
     pub gated: u64,
     /// Counted candidates (those the precision estimates follow: they
     /// passed calibration, emitted or not) resolved, and those read in time.
@@ -311,13 +305,8 @@ fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     }
     let p = st.precision.unwrap_or(gate.precision);
     st.precision = Some(p + w * (x - p));
-    // The mean of the first ones, then a moving average.
-    gate.resolved += 1;
-    let w = 1.0
-        / gate
-            .resolved
-            .min(u64::from(LSTM_PRECISION_AVERAGE_PREDICTIONS)) as f32;
     gate.precision += w * (x - gate.precision);
+    gate.resolved += 1;
 }
 
 /// The precision of what the stream would stage (ranks the two streams of
@@ -1271,10 +1260,8 @@ impl Predictor for LstmPredictor {
             let deferred = speaker
                 .get(&(key.volume, last_clock))
                 .is_some_and(|&s| s != i);
-            let open = !calibrated
-                || (!deferred
-                    && self.gate.resolved >= LSTM_PRECISION_WARMUP_RESOLVED
-                    && st.precision.unwrap_or(self.gate.precision) >= gate);
+            let open =
+                !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
             let deadline = self.clock + deadline_events;
             let x = position_of[&(i, per[i].len() - 1)];
             for (shard, confidence, buckets) in
@@ -1322,11 +1309,6 @@ impl Predictor for LstmPredictor {
                     speaker.entry((key.volume, last_clock)).or_insert(i);
                 }
                 self.gate.gated += u64::from(eligible && !open);
-                // Only what was emitted: a shard withheld (the stream closed,
-                // warming up or deferring) may be emitted once it speaks.
-                if !(eligible && open) {
-                    continue;
-                }
                 st.recent.push_back((shard, confidence));
                 if st.recent.len() > 2 * depth {
                     st.recent.pop_front();
@@ -1592,48 +1574,6 @@ mod tests {
             }
         )
         .is_err());
-    }
-
-    /// With the gate, nothing is emitted before the predictor-wide precision
-    /// estimate has as many resolved candidates behind it as a calibration
-    /// bucket needs (`LSTM_PRECISION_WARMUP_RESOLVED`); a sequential reader is staged after. Before (lstm6), the
-    /// first emissions came as soon as a calibration bucket passed, the
-    /// estimate still at its starting value 1 on no resolution at all.
-    #[test]
-    fn nothing_is_emitted_before_the_precision_estimate_warms_up() {
-        let ev: Vec<ShardEvent> = (0..400u64)
-            .map(|i| ShardEvent {
-                ts_ns: i * 1_000_000,
-                volume: 0,
-                op: Op::Read,
-                shard: 5000 + i,
-                shards: 1,
-            })
-            .collect();
-        let cfg = PrefetchConfig {
-            stage_capacity_shards: 64,
-            ..cfg()
-        };
-        let mut p = LstmPredictor::new(&cfg, &small()).unwrap();
-        let (mut emitted, mut early) = (0, Vec::new());
-        let mut out = Vec::new();
-        for (i, e) in ev.iter().enumerate() {
-            out.clear();
-            p.step(std::slice::from_ref(e), &mut out);
-            p.background(Duration::from_secs(1));
-            let (_, resolved, _) = p.gate_figures();
-            emitted += out.len();
-            // As many as a calibration bucket needs (what the warm-up waits for).
-            if !out.is_empty() && resolved < u64::from(LSTM_CALIBRATION_MIN_RESOLVED) {
-                early.push((i, resolved, out.len()));
-            }
-        }
-        let (estimate, resolved, gated) = p.gate_figures();
-        eprintln!(
-            "{emitted} emitted; estimate {estimate:.3}, {resolved} resolved, {gated} withheld; (event, resolved, emitted) before the warm-up: {early:?}"
-        );
-        assert!(early.is_empty(), "emitted during the warm-up: {early:?}");
-        assert!(emitted > 100, "{emitted} emitted");
     }
 
     /// The network's raw next-event probabilities (no gate, no memory) name
