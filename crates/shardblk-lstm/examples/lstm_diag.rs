@@ -207,10 +207,12 @@ fn main() {
     println!("gate: estimate {p:.3} resolved {resolved} gated {gated}");
     for (name, f) in ["region", "volume"].iter().zip(rec.inner.scope_figures()) {
         println!(
-            "{name}: emitted {} read in time {:.1} % ({} resolved), deferred {}, gated {}, by source {:?}, by step {:?}",
+            "{name}: emitted {} read in time {:.1} % ({} resolved), counted read in time {:.1} % ({} resolved), deferred {}, gated {}, by source {:?}, by step {:?}",
             f.emitted,
             100.0 * f.emitted_correct as f64 / f.emitted_resolved.max(1) as f64,
             f.emitted_resolved,
+            100.0 * f.counted_correct as f64 / f.counted_resolved.max(1) as f64,
+            f.counted_resolved,
             f.deferred,
             f.gated,
             f.by_source,

@@ -201,6 +201,10 @@ pub struct ScopeFigures {
     pub deferred: u64,
     /// Eligible candidates withheld by the precision gate.
     pub gated: u64,
+    /// Counted candidates (those the precision estimates follow: they
+    /// passed calibration, emitted or not) resolved, and those read in time.
+    pub counted_resolved: u64,
+    pub counted_correct: u64,
     /// Emitted predictions per source (model, memory) and per step ahead.
     pub by_source: [u64; SOURCES],
     pub by_step: [u64; LSTM_CALIBRATION_STEP_BUCKETS],
@@ -293,6 +297,11 @@ fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     }
     if !t.counted {
         return;
+    }
+    if let Some(b) = t.buckets[0] {
+        let f = &mut gate.scopes[bucket_parts(b).0];
+        f.counted_resolved += 1;
+        f.counted_correct += u64::from(correct);
     }
     let p = st.precision.unwrap_or(gate.precision);
     st.precision = Some(p + w * (x - p));
