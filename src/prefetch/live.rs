@@ -802,13 +802,13 @@ fn block_stop_signals() {
     }
 }
 
-/// Give the calling thread the lowest normal priority (nice 19, see
-/// [`crate::threads`]): a predictor's inference or training does not take
-/// the cores of the queue threads or the application, yet is never starved
-/// outright (a learned prefetcher that never steps is worth nothing).
-/// Threads it spawns (libtorch's) inherit it. A refusal is a warning.
-/// The start of the drain and model threads: stop signals blocked, nice
-/// `PREFETCH_THREAD_NICE`, the thread's id recorded in `tid`.
+/// The start of the drain and model threads: stop signals blocked, the
+/// thread's id recorded in `tid`, and the lowest normal priority
+/// (`PREFETCH_THREAD_NICE`, see [`crate::threads`]): a predictor's
+/// inference or training does not take the cores of the queue threads or
+/// the application, yet is never starved outright (a learned prefetcher
+/// that never steps is worth nothing). Threads it spawns (libtorch's)
+/// inherit it. A refusal is a warning.
 fn enter_prefetch_thread(tid: &std::sync::OnceLock<i32>) {
     block_stop_signals();
     if let Err(e) = crate::threads::lower_current_priority(PREFETCH_THREAD_NICE) {
@@ -1114,8 +1114,8 @@ impl Model {
         };
         if let Some(idle) = now.idle_percent_since(&before) {
             let own = (self.busy_since_sample.as_nanos() * 100 / window.as_nanos().max(1)) as u32;
-            self.pacer.spare(idle.saturating_add(own));
             self.st.spare_cpu_percent = idle.saturating_add(own);
+            self.pacer.spare(self.st.spare_cpu_percent);
         }
         self.cpu_sample = Some((Instant::now(), now));
         self.busy_since_sample = Duration::ZERO;
