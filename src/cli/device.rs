@@ -363,26 +363,22 @@ fn live_config_of(a: &AddArgs) -> Result<Option<LiveConfig>> {
         ..Default::default()
     };
     prefetch.validate()?;
-    if kind != PredictorKind::Lstm && !lstm.is_empty() {
-        bail!(
-            "--lstm-* flags apply to --prefetch lstm only, not {}",
-            kind.name()
-        );
-    }
-    lstm.validate().map_err(anyhow::Error::msg)?;
     if let Some(m) = &a.prefetch_model {
         if !m.is_file() {
             bail!("--prefetch-model {}: no such file", m.display());
         }
     }
-    Ok(Some(LiveConfig {
+    let c = LiveConfig {
         kind,
         prefetch,
         budget_bytes: a.prefetch_budget,
         model: a.prefetch_model.clone(),
         promote_reads: a.prefetch_promote,
         lstm,
-    }))
+    };
+    // The daemon checks it again when it starts; here it fails before one does.
+    c.check_lstm_only()?;
+    Ok(Some(c))
 }
 
 /// The cluster volume `add` serves (`None`: a pool's volume). The gossip

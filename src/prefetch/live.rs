@@ -123,7 +123,7 @@ pub enum LiveError {
     BudgetTooLarge { budget: u64, hot: u64 },
     #[error("--prefetch-model applies to the lstm predictor only, not {0}")]
     ModelUnused(&'static str),
-    #[error("--lstm-* flags apply to the lstm predictor only, not {0}")]
+    #[error("--lstm-* flags apply to --prefetch lstm only, not {0}")]
     LstmUnused(&'static str),
     #[error("{0}")]
     Lstm(String),
@@ -153,8 +153,9 @@ pub struct LiveConfig {
 
 impl LiveConfig {
     /// A model file and `--lstm-*` knobs are for the lstm predictor only,
-    /// and the knobs within their limits.
-    fn check_lstm_only(&self) -> Result<(), LiveError> {
+    /// and the knobs within their limits (checked by [`Live::start`] and
+    /// [`Live::start_remote`], and by `add` before it starts a daemon).
+    pub fn check_lstm_only(&self) -> Result<(), LiveError> {
         if self.kind != PredictorKind::Lstm {
             if self.model.is_some() {
                 return Err(LiveError::ModelUnused(self.kind.name()));
