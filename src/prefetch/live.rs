@@ -1927,63 +1927,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_promising_predictor_is_paced_at_the_full_share() {
-        // Steps of 20 ms: at the full share one owes 60 ms, at the idle
-        // share about 650 ms. The first PREFETCH_LEARN_STEPS steps are at
-        // the full share either way (for PREFETCH_PRODUCTIVE_WINDOW_MS);
-        // after that only a promising predictor keeps it: two batches
-        // 150 ms apart are both stepped by it, only the first otherwise.
-        for promising in [false, true] {
-            let log = Batches::new();
-            let (mut tp, shared, stop, h, _rx) = spawn(Slow {
-                log: log.clone(),
-                busy: Duration::from_millis(20),
-                min: 8,
-                max: 8,
-                promising,
-                train: Duration::ZERO,
-            });
-            let learn = PREFETCH_LEARN_STEPS as usize;
-            let mut i = 0;
-            let mut batch = |tp: &mut TraceProducer| {
-                for _ in 0..8 {
-                    read(tp, i);
-                    i += 1;
-                }
-            };
-            for k in 0..learn {
-                batch(&mut tp);
-                wait_steps(&log, k + 1, 10);
-            }
-            std::thread::sleep(Duration::from_millis(PREFETCH_PRODUCTIVE_WINDOW_MS + 200));
-            batch(&mut tp);
-            wait_steps(&log, learn + 1, 10);
-            std::thread::sleep(Duration::from_millis(150));
-            batch(&mut tp);
-            // the promising one steps within this (it owes 60 ms), the
-            // other one not (it owes ~650 ms from 150 ms before)
-            std::thread::sleep(Duration::from_millis(300));
-            let steps = log.steps.load(Ordering::SeqCst);
-            stop.store(true, Ordering::SeqCst);
-            h.join().unwrap();
-            let st = shared.stats().unwrap();
-            if promising {
-                assert_eq!(steps, learn + 2, "{st:?}");
-                assert_eq!(st.promising_steps, learn as u64 + 2, "{st:?}");
-            } else {
-                assert_eq!(steps, learn + 1, "{st:?}");
-                assert_eq!(st.promising_steps, 0, "{st:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn on_a_machine_with_a_core_to_spare_the_model_is_not_paced() {
-        // As the unpromising case above (20 ms steps, at the idle share
-        // after the learning steps: the batch 150 ms after a step waits
-        // ~650 ms), on an idle two-CPU machine: a core is spare, so it
-        // steps both batches and owes no sleep.
+    /// Steps of 20 ms over batches of 8 events on a machine whose CPU
+    /// times come from `cpu_times`: the learning steps, their full share
+    /// lapsing, then two batches 150 ms apart. Returns the steps taken, the
+    /// time paced before those two batches and the final figures.
+    fn two_batches_after_learning(
+        promising: bool,
+        cpu_times: fn() -> Option<CpuTimes>,
+    ) -> (usize, u64, PrefetchStats) {
         let log = Batches::new();
         let (mut tp, shared, stop, h, _rx) = spawn_on(
             Slow {
@@ -1991,11 +1942,11 @@ mod tests {
                 busy: Duration::from_millis(20),
                 min: 8,
                 max: 8,
-                promising: false,
+                promising,
                 train: Duration::ZERO,
             },
             0,
-            idle_machine,
+            cpu_times,
         );
         let learn = PREFETCH_LEARN_STEPS as usize;
         let mut i = 0;
@@ -2015,12 +1966,43 @@ mod tests {
         wait_steps(&log, learn + 1, 10);
         std::thread::sleep(Duration::from_millis(150));
         batch(&mut tp);
+        // the second is stepped within this when the thread owes 60 ms
+        // (full share), not when it owes ~650 ms from 150 ms before
         std::thread::sleep(Duration::from_millis(300));
         let steps = log.steps.load(Ordering::SeqCst);
         stop.store(true, Ordering::SeqCst);
         h.join().unwrap();
-        let st = shared.stats().unwrap();
-        assert_eq!(steps, learn + 2, "{st:?}");
+        (steps, paced_before, shared.stats().unwrap())
+    }
+
+    #[test]
+    fn a_promising_predictor_is_paced_at_the_full_share() {
+        // Steps of 20 ms: at the full share one owes 60 ms, at the idle
+        // share about 650 ms. The first PREFETCH_LEARN_STEPS steps are at
+        // the full share either way (for PREFETCH_PRODUCTIVE_WINDOW_MS);
+        // after that only a promising predictor keeps it: two batches
+        // 150 ms apart are both stepped by it, only the first otherwise.
+        let learn = PREFETCH_LEARN_STEPS as usize;
+        for promising in [false, true] {
+            let (steps, _, st) = two_batches_after_learning(promising, no_cpu_times);
+            if promising {
+                assert_eq!(steps, learn + 2, "{st:?}");
+                assert_eq!(st.promising_steps, learn as u64 + 2, "{st:?}");
+            } else {
+                assert_eq!(steps, learn + 1, "{st:?}");
+                assert_eq!(st.promising_steps, 0, "{st:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn on_a_machine_with_a_core_to_spare_the_model_is_not_paced() {
+        // As the unpromising case above (20 ms steps, at the idle share
+        // after the learning steps: the batch 150 ms after a step waits
+        // ~650 ms), on an idle two-CPU machine: a core is spare, so it
+        // steps both batches and owes no sleep.
+        let (steps, paced_before, st) = two_batches_after_learning(false, idle_machine);
+        assert_eq!(steps, PREFETCH_LEARN_STEPS as usize + 2, "{st:?}");
         assert_eq!(st.paced_ms, paced_before, "{st:?}");
         assert!(st.spare_cpu_percent >= 190, "{st:?}");
     }
