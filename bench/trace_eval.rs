@@ -28,7 +28,9 @@
 //! skips the inference bench.
 //! Run: `cargo bench -p shardblk-lstm --bench trace_eval`.
 
-use shardblk::constants::{BENCH_HOT_TIER_WORKING_SET_PERCENT, PREFETCH_REGION_SHIFT_MAX_BITS};
+use shardblk::constants::{
+    BENCH_HOT_TIER_WORKING_SET_PERCENT, PREFETCH_REGION_SHIFT_MAX_BITS, SYNTH_BENCH_SEED,
+};
 use shardblk::prefetch::eval::{eval_trace_with, EvalRow, EvalTable};
 use shardblk::prefetch::lstm::LstmOptions;
 use shardblk::prefetch::sim::SimConfig;
@@ -50,7 +52,6 @@ const MARKOV_VOLUME: &str = "markov-vol";
 fn repeated_pattern(trace: &str) -> bool {
     trace.contains("repeated") || trace.contains("boot")
 }
-const SYNTH_SEED: u64 = 7;
 
 /// A trace: events fixed in bytes, or a LIRS block list converted per shard size.
 enum Source {
@@ -106,7 +107,7 @@ fn main() {
     for kind in SynthKind::ALL {
         traces.push((
             format!("synth-{}", kind.name()),
-            Source::Events(generate(&SynthConfig::new(kind, SYNTH_SEED))),
+            Source::Events(generate(&SynthConfig::new(kind, SYNTH_BENCH_SEED))),
         ));
     }
     if let Ok(f) = std::env::var("SHARDBLK_BENCH_FILTER") {

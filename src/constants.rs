@@ -221,6 +221,9 @@ pub const SYNTH_INTERARRIVAL_DEFAULT_NS: u64 = 1_000_000;
 /// the staging channel, 13 ms with the simulator defaults), so a predictor
 /// that knows the next burst can stage it in time.
 pub const SYNTH_THINK_DEFAULT_NS: u64 = 20_000_000;
+/// Seed of the trace benchmark's synthetic workloads (`bench/trace_eval.rs`,
+/// and the diagnostics and tests that reproduce its rows).
+pub const SYNTH_BENCH_SEED: u64 = 7;
 const _: () = assert!(
     SYNTH_THINK_DEFAULT_NS
         > SIM_COLD_ACCESS_DEFAULT_NS

@@ -27,9 +27,9 @@ use crate::constants::{
 };
 use crate::constants::{
     PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
-    PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, SYNTH_INTERARRIVAL_DEFAULT_NS,
-    SYNTH_THINK_DEFAULT_NS, TRACE_INTERARRIVAL_DEFAULT_NS, TRACE_RECORD_EVENTS_MAX,
-    TRACE_RECORD_SECONDS_MAX,
+    PREFETCH_REGION_SHIFT_DEFAULT_BITS, SIM_HOT_SHARDS_DEFAULT, SYNTH_BENCH_SEED,
+    SYNTH_INTERARRIVAL_DEFAULT_NS, SYNTH_THINK_DEFAULT_NS, TRACE_INTERARRIVAL_DEFAULT_NS,
+    TRACE_RECORD_EVENTS_MAX, TRACE_RECORD_SECONDS_MAX,
 };
 use crate::prefetch::eval::{eval_trace_with, EvalTable};
 use crate::prefetch::lstm::{LstmOptions, ModelShape, ModelSource, Streams};
@@ -306,6 +306,16 @@ pub fn read_trace_file(path: &Path) -> Result<Vec<TraceEvent>> {
         trace::csv::read_csv(r)
     };
     ev.with_context(|| format!("read trace {}", path.display()))
+}
+
+/// A trace as the trace benchmark names it: a synthetic kind (`strided`,
+/// `repeated`, ...: generated with `SYNTH_BENCH_SEED`, as its `synth-*`
+/// rows) or a trace file ([`read_trace_file`]).
+pub fn read_trace_or_synth(name_or_path: &str) -> Result<Vec<TraceEvent>> {
+    match name_or_path.parse::<SynthKind>() {
+        Ok(kind) => Ok(generate(&SynthConfig::new(kind, SYNTH_BENCH_SEED))),
+        Err(_) => read_trace_file(Path::new(name_or_path)),
+    }
 }
 
 /// Write `body` to `path`, gzip-compressed if the name ends in `.gz`.

@@ -5,21 +5,20 @@
 //! vocabulary's coverage of the region streams' deltas.
 //!
 //! Run: `cargo run --release -p shardblk-lstm --example lstm_diag -- TRACE SHARD_BYTES`
-//! (`TRACE`: a synthetic kind, seed 7 as in the bench, or a `.csv.gz` path);
+//! (`TRACE`: a synthetic kind, seed `SYNTH_BENCH_SEED` as in the bench, or a trace file);
 //! `SHARDBLK_BENCH_LSTM_STREAMS`, `SHARDBLK_BENCH_LSTM_GATE` as in the bench,
 //! `SHARDBLK_DIAG_LOOKAHEAD=N` the lookahead.
 
+use shardblk::cli::trace::read_trace_or_synth;
 use shardblk::prefetch::lstm::LstmOptions;
 use shardblk::prefetch::sim::{simulate, SimConfig};
 use shardblk::prefetch::stream::LruMap;
-use shardblk::prefetch::synth::{generate, SynthConfig};
 use shardblk::prefetch::{
     Prediction, Predictor, PredictorFigures, PrefetchConfig, ShardEvent, StreamKey,
 };
-use shardblk::trace::{csv::read_csv, Op, TraceEvent};
+use shardblk::trace::{Op, TraceEvent};
 use shardblk_lstm::LstmPredictor;
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::time::Duration;
 
 /// The LSTM with a model of the hot tier's contents (demand reads and
@@ -127,12 +126,7 @@ fn main() {
     let shard_bytes: u64 = args
         .get(2)
         .map_or(1 << 16, |s| s.parse().expect("SHARD_BYTES"));
-    let events: Vec<TraceEvent> = match trace.parse() {
-        Ok(kind) => generate(&SynthConfig::new(kind, 7)),
-        Err(_) => {
-            read_csv(BufReader::new(std::fs::File::open(trace).expect("open"))).expect("trace")
-        }
-    };
+    let events: Vec<TraceEvent> = read_trace_or_synth(trace).expect("trace");
     let cfg = SimConfig::for_bench(&events, shard_bytes);
     let pc = cfg.predictor_config();
     let mut opts = LstmOptions::default();

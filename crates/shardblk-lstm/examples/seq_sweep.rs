@@ -15,16 +15,15 @@
 //! Only reads are observed. The readahead baseline is printed alongside.
 //!
 //! Run: `cargo run --release -p shardblk-lstm --example seq_sweep -- TRACE SHARD_BYTES`
-//! (`TRACE`: a synthetic kind, seed 7 as in the bench, or a `.csv.gz` path).
+//! (`TRACE`: a synthetic kind, seed `SYNTH_BENCH_SEED` as in the bench, or a trace file).
 
+use shardblk::cli::trace::read_trace_or_synth;
 use shardblk::constants::PREFETCH_TRACKERS_PER_STREAM;
 use shardblk::prefetch::readahead::Readahead;
 use shardblk::prefetch::sim::{simulate, SimConfig};
 use shardblk::prefetch::stream::LruMap;
-use shardblk::prefetch::synth::{generate, SynthConfig};
 use shardblk::prefetch::{Prediction, Predictor, PrefetchConfig, ShardEvent, StreamKey};
-use shardblk::trace::{csv::read_csv, Op, TraceEvent};
-use std::io::BufReader;
+use shardblk::trace::{Op, TraceEvent};
 
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -94,12 +93,7 @@ fn main() {
     let shard_bytes: u64 = args
         .get(2)
         .map_or(1 << 16, |s| s.parse().expect("SHARD_BYTES"));
-    let events: Vec<TraceEvent> = match trace.parse() {
-        Ok(kind) => generate(&SynthConfig::new(kind, 7)),
-        Err(_) => {
-            read_csv(BufReader::new(std::fs::File::open(trace).expect("open"))).expect("trace")
-        }
-    };
+    let events: Vec<TraceEvent> = read_trace_or_synth(trace).expect("trace");
     let cfg = SimConfig::for_bench(&events, shard_bytes);
     let show = |name: &str, p: &mut dyn Predictor| {
         let s = simulate(&events, &cfg, p).expect("simulate");

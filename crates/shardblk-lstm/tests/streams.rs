@@ -12,6 +12,7 @@
 //! the stride detector's 0.996 at precision 0.512; after, 0.939 at 0.785;
 //! the bounds sit between the two.
 
+use shardblk::constants::SYNTH_BENCH_SEED;
 use shardblk::prefetch::lstm::LstmOptions;
 use shardblk::prefetch::sim::{simulate, SimConfig};
 use shardblk::prefetch::stride::Stride;
@@ -26,7 +27,7 @@ fn the_more_precise_stream_of_an_event_speaks() {
     shardblk_lstm::register();
     let events = generate(&SynthConfig {
         events: EVENTS,
-        ..SynthConfig::new(SynthKind::Strided, 7)
+        ..SynthConfig::new(SynthKind::Strided, SYNTH_BENCH_SEED)
     });
     let cfg = SimConfig::for_bench(&events, 64 << 10);
     let pc = cfg.predictor_config();
