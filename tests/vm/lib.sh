@@ -44,3 +44,16 @@ wait_dev() {
     for i in $(seq 100); do [ -b "$1" ] && return 0; sleep 0.1; done
     die "$1 did not appear"
 }
+
+# wait_quiesced N: after its daemon died, /dev/ublkbN is quiesced (the
+# kernel holds its I/O for a `recover`), as `list --json` says, within 20 s.
+wait_quiesced() {
+    local state="" i
+    for i in $(seq 100); do
+        state="$("$B" list --json | python3 -c 'import json,sys; print([d for d in json.load(sys.stdin) if d["number"] == int(sys.argv[1])][0]["state"])' "$1")"
+        [ "$state" = quiesced ] && break
+        sleep 0.2
+    done
+    echo "   state after kill: $state"
+    [ "$state" = quiesced ] || die "/dev/ublkb$1 not quiesced after the daemon died ($state)"
+}

@@ -172,13 +172,7 @@ if 1:
 verify_64m "$dev" || die "verify (lstm)"
 step "kill -9 of the lstm daemon, recover: the new daemon runs the model with the same --lstm-* flags"
 kill -9 "$pid"
-state=""
-for _ in $(seq 100); do
-    state="$("$B" list --json | python3 -c 'import json,sys; print([d for d in json.load(sys.stdin) if d["number"] == 3][0]["state"])')"
-    [ "$state" = quiesced ] && break
-    sleep 0.2
-done
-[ "$state" = quiesced ] || die "lstm device not quiesced after the daemon died ($state)"
+wait_quiesced 3
 SHARDBLK_LOG=warn,shardblk::prefetch::live=info "$B" recover -n 3 || die "recover (lstm)"
 [ "$(grep -c "lstm: lookahead 3 steps, streams both" "$SHARDBLK_RUN_DIR/shardblk.log")" -ge 2 ] ||
     die "the recovered model thread did not run with --lstm-lookahead 3"

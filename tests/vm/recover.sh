@@ -30,14 +30,7 @@ fio_pid=$!
 sleep 3
 kill -0 "$fio_pid" 2>/dev/null || die "fio ended before the kill; make the job longer"
 kill -9 "$pid"
-state=""
-for _ in $(seq 100); do
-    state="$("$B" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["state"])')"
-    [ "$state" = quiesced ] && break
-    sleep 0.2
-done
-echo "   state after kill: $state"
-[ "$state" = quiesced ] || die "device not quiesced after the daemon died ($state)"
+wait_quiesced 3
 sleep 1
 kill -0 "$fio_pid" 2>/dev/null || die "fio ended while the device had no daemon"
 "$B" recover -n 3 || die "recover failed"
