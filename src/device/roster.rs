@@ -106,15 +106,38 @@ impl QueueRoster {
 /// every tag's command plus a few target SQEs each, and a completion queue
 /// twice that (libublk's default sizes both to the depth). Target SQEs
 /// beyond the SQ size are flushed and retried by the queues.
+///
+/// The ring has one issuer (this thread) and defers the kernel's task work
+/// (the ublk commands' delivery, completions) to the moments the thread
+/// enters the ring for completions (`DEFER_TASKRUN`, 6.1), flagging pending
+/// work in the SQ ring (`TASKRUN_FLAG`) so the busy and adaptive spins,
+/// which enter without waiting, still run it: no task-work interrupt per
+/// request (bench/RESULTS.md "Queue rings that defer their task work").
+/// A kernel that refuses those flags gets `COOP_TASKRUN` alone, with a
+/// message.
 pub fn init_queue_ring(depth: u16) -> Result<(), UblkError> {
     let sq = (u32::from(depth) * 2).next_power_of_two().max(8);
     libublk::ublk_init_task_ring(|cell| {
         if cell.get().is_none() {
-            let ring = io_uring::IoUring::<squeue::Entry>::builder()
-                .setup_cqsize(sq * 2)
-                .setup_coop_taskrun()
-                .build(sq)
-                .map_err(UblkError::IOError)?;
+            let mut b = io_uring::IoUring::<squeue::Entry>::builder();
+            b.setup_cqsize(sq * 2).setup_coop_taskrun();
+            let deferred = b
+                .clone()
+                .setup_taskrun_flag()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(sq);
+            let ring = match deferred {
+                Ok(ring) => ring,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!(
+                        "queue ring: the kernel refused SINGLE_ISSUER/DEFER_TASKRUN ({e}); \
+                         using COOP_TASKRUN alone"
+                    );
+                    b.build(sq).map_err(UblkError::IOError)?
+                }
+                Err(e) => return Err(UblkError::IOError(e)),
+            };
             cell.set(std::cell::RefCell::new(ring))
                 .map_err(|_| UblkError::OtherError(-libc::EEXIST))?;
         }

@@ -157,6 +157,25 @@ orderly_stop() {
 }
 orderly_stop
 
+# Every poll mode serves I/O: busy and adaptive spin on the queue's ring,
+# which runs the kernel's deferred task work (the ublk commands) only when
+# entered for completions.
+poll_modes() {
+    local poll
+    make_pool 128M 128M
+    "$B" volume create pvol --size 256M --shard-size 256K >/dev/null
+    for poll in busy adaptive interrupt; do
+        step "--poll $poll: random 4k writes then verify (QD 8)"
+        dev="$("$B" add --volume pvol -n 8 --queues 1 --cpus 1 --poll "$poll" 2>/dev/null)" ||
+            die "add --poll $poll"
+        wait_dev "$dev"
+        "$B" list --json | grep "\"poll\": \"$poll\"" >/dev/null || die "list does not show --poll $poll"
+        fio_verify "poll_$poll" --rw=randwrite --bs=4k --iodepth=8 --size=16M --offset=0
+        "$B" del -n 8
+    done
+}
+poll_modes
+
 suite off
 if "$B" features | grep -w AUTO_BUF_REG >/dev/null; then
     suite on
