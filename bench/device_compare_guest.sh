@@ -21,6 +21,11 @@
 # SHARDBLK_CMP_RUBLK_ZC=1 adds `rublkzc`: a second rublk device with its zero
 # copy on (`-z`, UBLK_F_AUTO_BUF_REG, as shardblk's default), pinned like
 # `rublk`.
+# I/O schedulers: each target keeps its own default. shardblk sets `none` on
+# its disk (`add --io-scheduler`); rublk leaves the kernel's, mq-deadline for
+# a one-queue disk. SHARDBLK_CMP_RUBLK_NONE=1 adds `rublknone`: a second
+# rublk device with the scheduler `none`, pinned like `rublk` (like for like;
+# `SHARDBLK_CMP_VARIANTS='deadline=--io-scheduler kernel'` is the converse).
 . "$(dirname "$0")/../tests/vm/lib.sh"
 R="${SHARDBLK_RUBLK:?set SHARDBLK_RUBLK}"
 [ -x "$R" ] || die "no rublk at $R"
@@ -99,6 +104,16 @@ if [ "${SHARDBLK_CMP_RUBLK_ZC:-0}" = 1 ]; then
     add_rublk rublkzc 13 pin -z
     targets="$targets rublkzc"
 fi
+if [ "${SHARDBLK_CMP_RUBLK_NONE:-0}" = 1 ]; then
+    add_rublk rublknone 14 pin
+    targets="$targets rublknone"
+    echo none >/sys/block/ublkb14/queue/scheduler || die "scheduler none on rublknone"
+fi
+# What each disk runs with (the active scheduler is in brackets).
+for d in "$sb" ${bb:-} "${rdev[@]}" "${vdev[@]}"; do
+    [ -n "$d" ] || continue
+    echo "# scheduler $d: $(cat "/sys/block/${d#/dev/}/queue/scheduler")"
+done
 cleanup_all() {
     local d
     for d in "${rdev[@]}"; do "$R" del -n "${d#/dev/ublkb}" >/dev/null 2>&1 || true; done
@@ -169,7 +184,7 @@ for job in ${jobs//,/ }; do
     for r in $(seq "$ROUNDS"); do
         for t in $order; do
             case $t in
-                rublk | rublkfl | rublkzc) dev=${rdev[$t]} ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
+                rublk | rublkfl | rublkzc | rublknone) dev=${rdev[$t]} ;; loop) dev=$lo ;; shardblk) dev=$sb ;; before) dev=$bb ;;
                 *) dev=${vdev[$t]} ;;
             esac
             res[$t]="${res[$t]:-}$(run_fio "$dev" "$1" "$2" "$3" "${dpid[$t]:-}" "$W/bins-$t");"

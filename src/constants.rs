@@ -271,6 +271,19 @@ pub const DEVICE_STATS_PENDING_RECORDS: usize = 16_384;
 pub const DEVICE_LATENCY_MAX_NS: u64 = 60_000_000_000;
 /// Significant decimal digits of the latency histograms.
 pub const DEVICE_LATENCY_SIGFIG: u8 = 3;
+/// The block-layer I/O scheduler the daemon gives its disk once live
+/// (`add --io-scheduler`; `kernel` keeps the kernel's choice, which is
+/// mq-deadline for a one-queue device). `none` suits a device whose tiers
+/// do their own scheduling, as NVMe disks default to it: measured under TCG,
+/// mq-deadline cost a one-queue device half its IOPS at QD32
+/// (`bench/RESULTS.md`, "The I/O scheduler").
+pub const DEVICE_IO_SCHEDULER_DEFAULT: &str = "none";
+/// Longest I/O scheduler name accepted (bytes; the kernel's elevator names are shorter).
+pub const DEVICE_IO_SCHEDULER_NAME_MAX_BYTES: usize = 32;
+const _: () = assert!(
+    !DEVICE_IO_SCHEDULER_DEFAULT.is_empty()
+        && DEVICE_IO_SCHEDULER_DEFAULT.len() <= DEVICE_IO_SCHEDULER_NAME_MAX_BYTES
+);
 /// `--poll adaptive`: spin this long after the last completion before sleeping (microseconds).
 pub const DEVICE_ADAPTIVE_SPIN_US: u64 = 50;
 /// How long `shardblk add` waits for the daemon to report the device live (seconds).

@@ -6,9 +6,9 @@
 //! The daemon's stderr goes to `shardblk.log` in the run directory.
 
 use crate::constants::{
-    CLUSTER_REPLICAS_DEFAULT, DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_START_TIMEOUT_S,
-    PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS, PREFETCH_PROMOTE_READS_DEFAULT,
-    PREFETCH_PROMOTE_READS_MAX,
+    CLUSTER_REPLICAS_DEFAULT, DEVICE_DEPTH_DEFAULT_REQUESTS, DEVICE_IO_SCHEDULER_DEFAULT,
+    DEVICE_START_TIMEOUT_S, PREFETCH_CONFIDENCE_MIN_DEFAULT, PREFETCH_DEPTH_DEFAULT_SHARDS,
+    PREFETCH_PROMOTE_READS_DEFAULT, PREFETCH_PROMOTE_READS_MAX,
 };
 use crate::device::config::{
     format_cpu_list, online_cpus, parse_cpu_list, DeviceConfig, PollMode, ZeroCopyMode,
@@ -16,7 +16,7 @@ use crate::device::config::{
 use crate::device::features::{driver_present, probe};
 use crate::device::net::ClusterSource;
 use crate::device::registry::{run_dir, thread_cpus, DeviceRecord};
-use crate::device::serve::{delete, device_state, serve, Ready, ServeOptions};
+use crate::device::serve::{delete, device_state, scheduler_of, serve, Ready, ServeOptions};
 use crate::device::DeviceError;
 use crate::prefetch::live::LiveConfig;
 use crate::prefetch::lstm::{LstmTuning, Streams};
@@ -115,6 +115,11 @@ pub struct AddArgs {
     poll: PollMode,
     #[arg(long = "zero-copy", value_enum, default_value_t = ZeroCopyMode::Auto)]
     zero_copy: ZeroCopyMode,
+    /// Block-layer I/O scheduler of the disk (none, mq-deadline, kyber, bfq:
+    /// what the kernel has), or `kernel` to keep the kernel's choice
+    /// (mq-deadline for one queue).
+    #[arg(long = "io-scheduler", default_value = DEVICE_IO_SCHEDULER_DEFAULT)]
+    io_scheduler: String,
     /// Stay in the foreground (default: run as a daemon once the device is live).
     #[arg(long)]
     foreground: bool,
@@ -268,6 +273,10 @@ pub fn run(c: DeviceCmd) -> Result<()> {
                 })),
                 poll: r.poll,
                 zero_copy: r.zero_copy_requested,
+                io_scheduler: r
+                    .scheduler
+                    .clone()
+                    .unwrap_or_else(|| IO_SCHEDULER_KERNEL.into()),
                 foreground,
                 prefetch: p
                     .as_ref()
@@ -317,6 +326,9 @@ fn add(a: AddArgs) -> Result<()> {
     start(a, false)
 }
 
+/// `--io-scheduler` value that keeps the kernel's choice.
+const IO_SCHEDULER_KERNEL: &str = "kernel";
+
 fn config_of(a: &AddArgs) -> Result<DeviceConfig> {
     let cpus = match &a.cpus {
         Some(s) => parse_cpu_list(s)?,
@@ -329,6 +341,7 @@ fn config_of(a: &AddArgs) -> Result<DeviceConfig> {
         cpus,
         poll: a.poll,
         zero_copy: a.zero_copy,
+        scheduler: (a.io_scheduler != IO_SCHEDULER_KERNEL).then(|| a.io_scheduler.clone()),
     })
 }
 
@@ -563,6 +576,9 @@ fn list(json: bool) -> Result<()> {
                 "pinned": pinned,
                 "poll": r.poll,
                 "zero_copy": r.zero_copy,
+                // In use now (sysfs), and what `add` asked for.
+                "scheduler": scheduler_of(r.number).map(|(active, _)| active),
+                "scheduler_requested": r.scheduler,
                 "prefetch": r.prefetch.as_ref().map_or("off", |p| p.predictor.as_str()),
                 "prefetch_settings": r.prefetch,
                 "state": state,

@@ -9,8 +9,13 @@
 //! - Pinning: queue `q` runs on `cpus[q % cpus.len()]`. The default CPU list
 //!   is every online CPU in order, so queues spread over the cores round
 //!   robin (one queue per core while there are as many cores as queues).
+//! - The I/O scheduler name is checked for shape here; whether the kernel
+//!   has that scheduler shows only when the live disk is given it
+//!   (`device::serve::publish`).
 
-use crate::constants::{DEVICE_DEPTH_MAX_REQUESTS, DEVICE_QUEUES_MAX};
+use crate::constants::{
+    DEVICE_DEPTH_MAX_REQUESTS, DEVICE_IO_SCHEDULER_NAME_MAX_BYTES, DEVICE_QUEUES_MAX,
+};
 use crate::device::features::{Features, UBLK_F_AUTO_BUF_REG};
 use crate::device::DeviceError;
 use serde::{Deserialize, Serialize};
@@ -50,6 +55,10 @@ pub struct DeviceConfig {
     pub cpus: Vec<usize>,
     pub poll: PollMode,
     pub zero_copy: ZeroCopyMode,
+    /// I/O scheduler set on the disk once it is live (`None`: the kernel's
+    /// choice). Absent in older records: the kernel's.
+    #[serde(default)]
+    pub scheduler: Option<String>,
 }
 
 /// Parse a CPU list like `0,2-3` (sorted, duplicates removed).
@@ -101,12 +110,30 @@ impl DeviceConfig {
                 online: format_cpu_list(online),
             });
         }
+        if let Some(s) = &self.scheduler {
+            check_scheduler_name(s)?;
+        }
         decide_zero_copy(self.zero_copy, features)
     }
 
     /// The CPU queue `q` is pinned to.
     pub fn cpu_of_queue(&self, q: u16) -> usize {
         queue_cpu(&self.cpus, q)
+    }
+}
+
+/// An I/O scheduler name as sysfs takes it: 1 to
+/// `DEVICE_IO_SCHEDULER_NAME_MAX_BYTES` of `[a-z0-9_-]` (whether the kernel
+/// has it is known only once the disk exists).
+pub fn check_scheduler_name(s: &str) -> Result<(), DeviceError> {
+    let ok = !s.is_empty()
+        && s.len() <= DEVICE_IO_SCHEDULER_NAME_MAX_BYTES
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(DeviceError::BadScheduler(s.to_string()))
     }
 }
 
@@ -184,6 +211,7 @@ mod tests {
             cpus,
             poll: PollMode::Interrupt,
             zero_copy: ZeroCopyMode::Auto,
+            scheduler: Some("none".into()),
         }
     }
 
@@ -212,6 +240,26 @@ mod tests {
         let mut c = cfg(vec![0]);
         c.queues = 0;
         assert!(matches!(c.validate(&[0], f), Err(DeviceError::Queues(0))));
+        for ok in [
+            None,
+            Some("mq-deadline"),
+            Some("bfq"),
+            Some("kyber"),
+            Some("none"),
+        ] {
+            let mut c = cfg(vec![0]);
+            c.scheduler = ok.map(String::from);
+            assert!(c.validate(&[0], f).is_ok(), "{ok:?}");
+        }
+        let long = "x".repeat(DEVICE_IO_SCHEDULER_NAME_MAX_BYTES + 1);
+        for bad in ["", "None", "mq deadline", "../x", "bfq\n", long.as_str()] {
+            let mut c = cfg(vec![0]);
+            c.scheduler = Some(bad.into());
+            assert!(
+                matches!(c.validate(&[0], f), Err(DeviceError::BadScheduler(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub enum DeviceError {
     BadCpuList(String),
     #[error("CPU {cpu} is not online (online: {online})")]
     CpuOffline { cpu: usize, online: String },
+    #[error(
+        "invalid I/O scheduler name {0:?} (expected e.g. none, mq-deadline, kyber, bfq, or kernel)"
+    )]
+    BadScheduler(String),
     #[error("queue depth {0} is out of range 1..={max}", max = crate::constants::DEVICE_DEPTH_MAX_REQUESTS)]
     Depth(u16),
     #[error("queue count {0} is out of range 1..={max}", max = crate::constants::DEVICE_QUEUES_MAX)]

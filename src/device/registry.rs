@@ -47,6 +47,10 @@ pub struct DeviceRecord {
     /// they were kept: read as off.
     #[serde(default)]
     pub prefetch: Option<PrefetchRecord>,
+    /// The I/O scheduler `add` asked for (`None`: the kernel's, or a record
+    /// older than the flag), so `recover` asks again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
     /// The cluster volume served (then `pool` is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::device::net::ClusterSource>,
@@ -185,6 +189,7 @@ mod tests {
                     ..Default::default()
                 },
             }),
+            scheduler: Some("mq-deadline".into()),
             cluster: None,
         };
         r.write().unwrap();
@@ -219,6 +224,11 @@ mod tests {
         let back = DeviceRecord::read(3).unwrap();
         assert_eq!(back.prefetch, None);
         assert_eq!(back.volume, r.volume);
+        // One written before the I/O scheduler was kept: the kernel's.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().remove("scheduler");
+        std::fs::write(record_path(3), serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(DeviceRecord::read(3).unwrap().scheduler, None);
         // One written before demand promotion reads with its default.
         let mut old = serde_json::to_value(&r).unwrap();
         old["prefetch"]

@@ -295,7 +295,7 @@ fn run(
                 cluster: None,
             },
         );
-        tell2(r.map(|()| (n, message)));
+        tell2(r.map(|warning| (n, join_messages(message.clone(), warning))));
     };
     stop_on_signal(signals, number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);
@@ -444,13 +444,22 @@ pub(crate) struct Publication {
 }
 
 /// The device is live: pin the queue threads (again: libublk applied the
-/// kernel's default affinity), open the control socket, write the record.
+/// kernel's default affinity), give the disk its I/O scheduler, open the
+/// control socket, write the record. Returns a warning when the scheduler
+/// could not be set (the disk then keeps the kernel's).
 pub(crate) fn publish(
     roster: &QueueRoster,
     cfg: &DeviceConfig,
     p: Publication,
-) -> Result<(), DeviceError> {
+) -> Result<Option<String>, DeviceError> {
     let (tids, cpus) = roster.pin_all()?;
+    let warning = cfg
+        .scheduler
+        .as_deref()
+        .and_then(|s| set_scheduler(p.number, s).err());
+    if let Some(w) = &warning {
+        tracing::warn!("{w}");
+    }
     std::fs::create_dir_all(crate::device::registry::run_dir())
         .map_err(|e| DeviceError::Os("creating the run directory".into(), e))?;
     spawn_server(
@@ -476,7 +485,58 @@ pub(crate) fn publish(
         zero_copy: p.zero_copy,
         pid: std::process::id(),
         prefetch: p.prefetch,
+        scheduler: cfg.scheduler.clone(),
         cluster: p.cluster,
     }
-    .write()
+    .write()?;
+    Ok(warning)
+}
+
+/// Path of disk `n`'s I/O scheduler attribute.
+fn scheduler_path(n: u32) -> String {
+    format!("/sys/block/ublkb{n}/queue/scheduler")
+}
+
+/// The I/O scheduler in use on disk `n` and those the kernel offers for it
+/// (sysfs lists them with the active one in brackets).
+pub fn scheduler_of(n: u32) -> Option<(String, Vec<String>)> {
+    let s = std::fs::read_to_string(scheduler_path(n)).ok()?;
+    let mut active = None;
+    let mut all = Vec::new();
+    for w in s.split_whitespace() {
+        let name = w.trim_start_matches('[').trim_end_matches(']');
+        if w.starts_with('[') {
+            active = Some(name.to_string());
+        }
+        all.push(name.to_string());
+    }
+    Some((active?, all))
+}
+
+/// Give disk `n` the I/O scheduler `name`; Err: why not, in one line.
+fn set_scheduler(n: u32, name: &str) -> Result<(), String> {
+    let path = scheduler_path(n);
+    if let Err(e) = std::fs::write(&path, name) {
+        let offered = scheduler_of(n).map_or_else(String::new, |(_, all)| {
+            format!(" (this kernel offers: {})", all.join(", "))
+        });
+        return Err(format!(
+            "I/O scheduler {name:?} not set on /dev/ublkb{n}: {e}{offered}; the disk keeps the kernel's"
+        ));
+    }
+    match scheduler_of(n) {
+        Some((active, _)) if active == name => Ok(()),
+        Some((active, _)) => Err(format!(
+            "I/O scheduler {name:?} not set on /dev/ublkb{n}: {active} is in use"
+        )),
+        None => Err(format!("I/O scheduler of /dev/ublkb{n}: {path} unreadable")),
+    }
+}
+
+/// The start-up messages (zero copy fallback, scheduler) in one.
+pub(crate) fn join_messages(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}\n{b}")),
+        (a, b) => a.or(b),
+    }
 }

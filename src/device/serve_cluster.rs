@@ -178,7 +178,12 @@ fn run(
                 cluster: Some(src2.clone()),
             },
         );
-        tell2(r.map(|()| (n, message)));
+        tell2(r.map(|warning| {
+            (
+                n,
+                crate::device::serve::join_messages(message.clone(), warning),
+            )
+        }));
     };
     stop_on_signal(signals, number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);

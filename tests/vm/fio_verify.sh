@@ -170,11 +170,48 @@ poll_modes() {
             die "add --poll $poll"
         wait_dev "$dev"
         "$B" list --json | grep "\"poll\": \"$poll\"" >/dev/null || die "list does not show --poll $poll"
+        grep -q '\[none\]' /sys/block/ublkb8/queue/scheduler ||
+            die "default I/O scheduler is not none: $(cat /sys/block/ublkb8/queue/scheduler)"
         fio_verify "poll_$poll" --rw=randwrite --bs=4k --iodepth=8 --size=16M --offset=0
         "$B" del -n 8
     done
 }
 poll_modes
+
+# --io-scheduler: `none` by default (checked above), another on request, the
+# kernel's with `kernel`; a malformed name is refused before anything exists,
+# and a name the kernel lacks leaves the kernel's with a warning.
+schedulers() {
+    local s
+    for s in mq-deadline kernel; do
+        step "--io-scheduler $s: random 4k writes then verify (QD 8)"
+        dev="$("$B" add --volume pvol -n 8 --queues 1 --cpus 1 --io-scheduler "$s" 2>/dev/null)" ||
+            die "add --io-scheduler $s"
+        wait_dev "$dev"
+        # One queue: the kernel's choice is mq-deadline too.
+        grep -q '\[mq-deadline\]' /sys/block/ublkb8/queue/scheduler ||
+            die "--io-scheduler $s: $(cat /sys/block/ublkb8/queue/scheduler)"
+        "$B" list --json | grep '"scheduler": "mq-deadline"' >/dev/null ||
+            die "list does not show the scheduler in use"
+        fio_verify "sched_$s" --rw=randwrite --bs=4k --iodepth=8 --size=16M --offset=0
+        "$B" del -n 8
+    done
+    step "--io-scheduler 'No Such' is refused, nothing created"
+    if "$B" add --volume pvol -n 8 --io-scheduler 'No Such' 2>"$W/sched.err"; then
+        die "a malformed scheduler name was accepted"
+    fi
+    grep -q "invalid I/O scheduler name" "$W/sched.err" || die "unclear refusal: $(cat "$W/sched.err")"
+    [ ! -e /sys/class/ublk-char/ublkc8 ] || die "a refused add left /dev/ublkc8"
+    step "--io-scheduler nosuch: the disk keeps the kernel's, with a warning"
+    dev="$("$B" add --volume pvol -n 8 --queues 1 --cpus 1 --io-scheduler nosuch 2>"$W/sched.err")" ||
+        die "add --io-scheduler nosuch failed: $(cat "$W/sched.err")"
+    wait_dev "$dev"
+    grep -q 'I/O scheduler "nosuch" not set on /dev/ublkb8' "$W/sched.err" ||
+        die "no warning for a scheduler the kernel lacks: $(cat "$W/sched.err")"
+    grep -q '\[mq-deadline\]' /sys/block/ublkb8/queue/scheduler || die "nosuch changed the scheduler"
+    "$B" del -n 8
+}
+schedulers
 
 suite off
 if "$B" features | grep -w AUTO_BUF_REG >/dev/null; then

@@ -38,6 +38,8 @@ kill -0 "$fio_pid" 2>/dev/null || die "fio ended while the device had no daemon"
 # The recovered daemon runs with the prefetch settings `add` was given.
 "$B" list --json | python3 -c 'import json,sys; d=json.load(sys.stdin)[0]; assert d["prefetch"] == "readahead", d' ||
     die "recover dropped --prefetch readahead"
+"$B" list --json | python3 -c 'import json,sys; d=json.load(sys.stdin)[0]; assert d["scheduler"] == d["scheduler_requested"] == "none", d' ||
+    die "the recovered disk's I/O scheduler is not none"
 "$B" stats -n 3 --json | python3 -c 'import json,sys; p=json.load(sys.stdin)["prefetch"]; assert p["predictor"] == "readahead", p' ||
     die "the recovered daemon does not run readahead"
 python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["prefetch"]; assert p["depth"] == 3 and p["budget_bytes"] == 16 << 20, p' \
