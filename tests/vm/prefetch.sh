@@ -146,11 +146,15 @@ lstm_made() { # -> "batches predictions"
 # Under TCG (portable libtorch kernels, see tools/vm/run.sh) a step takes
 # about a second, and the thread is paced to a CPU share (the full one once
 # its candidates measure as precise, while it calibrates), so this takes a
-# few passes.
+# few passes. Each pass is followed by a second's pause: back to back, the
+# passes kept both vCPUs busy (more so once the disk's scheduler became
+# `none`), the paced thread stepped 4 times in 40 passes and had emitted
+# nothing yet (CI, session 10).
 passes=0
 while read -r nb np < <(lstm_made) && { [ "$nb" -lt 3 ] || [ "$np" -eq 0 ]; } && [ "$passes" -lt 40 ]; do
     dd if="$dev" of=/dev/null bs=64k count=1024 iflag=direct status=none || die "dd lstm pass"
     passes=$((passes + 1))
+    sleep 1
 done
 sleep 1
 "$B" stats -n 3 --json | python3 -c '
