@@ -111,7 +111,6 @@ if [ "${SHARDBLK_CMP_RUBLK_NONE:-0}" = 1 ]; then
 fi
 # What each disk runs with (the active scheduler is in brackets).
 for d in "$sb" ${bb:-} "${rdev[@]}" "${vdev[@]}"; do
-    [ -n "$d" ] || continue
     echo "# scheduler $d: $(cat "/sys/block/${d#/dev/}/queue/scheduler")"
 done
 cleanup_all() {

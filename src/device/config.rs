@@ -56,8 +56,7 @@ pub struct DeviceConfig {
     pub poll: PollMode,
     pub zero_copy: ZeroCopyMode,
     /// I/O scheduler set on the disk once it is live (`None`: the kernel's
-    /// choice). Absent in older records: the kernel's.
-    #[serde(default)]
+    /// choice).
     pub scheduler: Option<String>,
 }
 
