@@ -685,11 +685,17 @@ pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;
 pub const LSTM_PRECISION_TRACKED_MAX: usize = 256;
 /// Confidence calibration (with the precision gate on): predictions are
 /// bucketed by steps along the predicted path (0: direct, the last bucket
-/// open-ended) and by raw confidence (equal-width buckets of 0..1); each
+/// open-ended), by raw confidence (equal-width buckets of 0..1) and by the
+/// length of the run the stream's request continued (earlier requests of
+/// the run, each on its last shard or the next; 0: the request started
+/// one; the last bucket open-ended: a run that goes on reading is judged
+/// again at each request, re-reads of a shard too, see the LSTM
+/// predictor); each
 /// bucket's measured precision is a moving average over about
 /// `LSTM_CALIBRATION_AVERAGE_PREDICTIONS` resolved predictions.
 pub const LSTM_CALIBRATION_STEP_BUCKETS: usize = 8;
 pub const LSTM_CALIBRATION_CONFIDENCE_BUCKETS: usize = 10;
+pub const LSTM_CALIBRATION_RUN_BUCKETS: usize = 4;
 pub const LSTM_CALIBRATION_AVERAGE_PREDICTIONS: u32 = 64;
 /// A bucket's precision is trusted (its candidates emitted) once this many
 /// of its candidates resolved.
@@ -708,6 +714,7 @@ const _: () = assert!(LSTM_PRECISION_GATE_DEFAULT >= 0.0 && LSTM_PRECISION_GATE_
 const _: () = assert!(
     LSTM_CALIBRATION_STEP_BUCKETS >= 1
         && LSTM_CALIBRATION_CONFIDENCE_BUCKETS >= 1
+        && LSTM_CALIBRATION_RUN_BUCKETS >= 1
         && LSTM_CALIBRATION_AVERAGE_PREDICTIONS >= 1
         && LSTM_CALIBRATION_MIN_RESOLVED >= 1
 );

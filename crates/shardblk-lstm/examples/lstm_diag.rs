@@ -201,7 +201,7 @@ fn main() {
     println!("gate: estimate {p:.3} resolved {resolved} gated {gated}");
     for (name, f) in ["region", "volume"].iter().zip(rec.inner.scope_figures()) {
         println!(
-            "{name}: emitted {} read in time {:.1} % ({} resolved), counted read in time {:.1} % ({} resolved), deferred {}, gated {}, by source {:?}, by step {:?}",
+            "{name}: emitted {} read in time {:.1} % ({} resolved), counted read in time {:.1} % ({} resolved), deferred {}, gated {}, by source {:?}, by step {:?}, by run {:?}",
             f.emitted,
             100.0 * f.emitted_correct as f64 / f.emitted_resolved.max(1) as f64,
             f.emitted_resolved,
@@ -210,7 +210,8 @@ fn main() {
             f.deferred,
             f.gated,
             f.by_source,
-            f.by_step
+            f.by_step,
+            f.by_run
         );
     }
     println!("{:?}", rec.inner.figures());

@@ -37,7 +37,7 @@
 //!   emitted with their raw confidence. With it, candidates down to
 //!   [`LSTM_TRACK_CONFIDENCE_MIN`] are kept and *calibrated*: the emitted
 //!   confidence is the measured precision of the candidate's bucket (stream
-//!   scope x source x steps ahead x raw confidence decile; a bucket with
+//!   scope x source x steps ahead x run length x raw confidence decile; a bucket with
 //!   fewer than `LSTM_CALIBRATION_MIN_RESOLVED` resolved candidates has
 //!   none), and a candidate is emitted when that reaches both
 //!   `confidence_min` and the gate. So a
@@ -46,6 +46,17 @@
 //!   and a confident class that is rarely read in time is not. A shard
 //!   already predicted for the stream among its last `2 * depth`
 //!   predictions is not predicted again unless its confidence has risen.
+//! - Runs: each stream follows its last [`LSTM_NEAR_RECENT`] runs of
+//!   requests ([`continue_run`]: a request on a run's last shard or the
+//!   next continues it; re-reads of a shard too, which are no model
+//!   inputs). A candidate is calibrated in the bucket of the run its
+//!   stream's request continued, so the continuation of a run that has
+//!   gone on for a few requests is measured apart from that of a one-off
+//!   read, also where other readers' requests come in between (session 11:
+//!   umass websearch at 64 KiB shards, 36 % -> 51 % precision). Judging a
+//!   stream's candidates again at each re-read of its shard was tried and
+//!   not kept: it did not move umass, and the early stagings cost synth-boot
+//!   at 1 MiB (a 16-shard hot tier) 7 points of hit ratio.
 //! - Resident shards: when the hot tier's size is known
 //!   (`stage_capacity_shards`), the predictor models its contents as the
 //!   last that many distinct shards read or predicted (at most
@@ -58,11 +69,19 @@
 //! - Precision gate (`precision_gate`, 0: off): every new candidate of a
 //!   stream is tracked, emitted or not (up to [`LSTM_PRECISION_TRACKED_MAX`]
 //!   at once per stream: beyond, a sample); it is correct when the stream
-//!   reads the shard within the predictor's next
-//!   `PrefetchConfig::stage_capacity_shards` events (all streams; about when
-//!   a staged shard would be evicted: a region's next file may come long
-//!   after), or `LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * depth` when that
-//!   is unknown.
+//!   reads the shard before `PrefetchConfig::stage_capacity_shards` shards
+//!   were touched since (all streams: each shard a read touches, each
+//!   predicted shard staged, except the first read of a staged shard,
+//!   whose staging counted; see `note_resident`): about when a
+//!   least-recently-used hot tier evicts a staged, unread shard. Until
+//!   session 11 the deadline was that many *events*: a request over many
+//!   shards counted once, so on msn at 64 KiB shards candidates were
+//!   tracked as read in time far more often than the staged shards were
+//!   read (71 % against 53 %). Counting only the shards the tier took in
+//!   was tried and is wrong where reads mostly hit (fiu at 1 MiB: 85.7 %
+//!   precision -> 12.5 %): the tier's own reads age a staged shard too.
+//!   Without a known capacity: `LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH *
+//!   depth` events.
 //!   Every resolution updates its calibration bucket. A moving average of
 //!   the correctness of the stream's calibrated-eligible candidates (a new stream
 //!   starts from the predictor-wide average, which starts at 1) decides: the
@@ -102,12 +121,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shardblk::constants::{
     LSTM_CALIBRATION_AVERAGE_PREDICTIONS, LSTM_CALIBRATION_CONFIDENCE_BUCKETS,
-    LSTM_CALIBRATION_MIN_RESOLVED, LSTM_CALIBRATION_STEP_BUCKETS, LSTM_CANDIDATE_CLASSES_PER_DEPTH,
-    LSTM_LIVE_STEP_EVENTS_MAX, LSTM_LIVE_STEP_EVENTS_MIN, LSTM_PRECISION_AVERAGE_PREDICTIONS,
-    LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH, LSTM_PRECISION_TRACKED_MAX, LSTM_RESIDENT_MAX_SHARDS,
-    LSTM_SCOPE_CLASSES, LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS,
-    LSTM_TRACK_CONFIDENCE_MIN, LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT,
-    LSTM_VOCAB_WINDOW_EVENTS,
+    LSTM_CALIBRATION_MIN_RESOLVED, LSTM_CALIBRATION_RUN_BUCKETS, LSTM_CALIBRATION_STEP_BUCKETS,
+    LSTM_CANDIDATE_CLASSES_PER_DEPTH, LSTM_LIVE_STEP_EVENTS_MAX, LSTM_LIVE_STEP_EVENTS_MIN,
+    LSTM_NEAR_RECENT, LSTM_PRECISION_AVERAGE_PREDICTIONS, LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH,
+    LSTM_PRECISION_TRACKED_MAX, LSTM_RESIDENT_MAX_SHARDS, LSTM_SCOPE_CLASSES,
+    LSTM_SHADOW_POSITIONS_MAX, LSTM_SHARD_VOCAB_WINDOW_EVENTS, LSTM_TRACK_CONFIDENCE_MIN,
+    LSTM_TRAIN_BACKLOG_MAX_STEPS, LSTM_VOCAB_MIN_COUNT, LSTM_VOCAB_WINDOW_EVENTS,
 };
 use shardblk::prefetch::lstm::config::{default_model_path, LstmOptions, ModelShape, ModelSource};
 use shardblk::prefetch::lstm::features::{
@@ -148,6 +167,22 @@ struct Stream {
     fresh: Option<f32>,
     /// A volume stream's memory of its contexts (None: other streams, or off).
     memory: Option<StateMemory>,
+    /// Earlier requests of the run its last request continued (see
+    /// [`continue_run`]; 0: it started one).
+    run: u32,
+    /// The stream's recent runs: (last shard, requests so far), most recent last.
+    runs: VecDeque<(u64, u32)>,
+}
+
+/// A stream that speaks in a step: its candidates at its last position.
+struct Speaker {
+    key: StreamKey,
+    scope: u32,
+    /// [`Stream::run`] after its last event in the batch.
+    run: u32,
+    /// The predictor's clock at the stream's last event in the batch.
+    clock: u64,
+    preds: Vec<Candidate>,
 }
 
 /// Where a candidate comes from.
@@ -172,8 +207,10 @@ type Candidate = (u64, f32, usize, Source);
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
     shard: u64,
-    /// Expiry, in the predictor's events (all streams): a prediction read
-    /// only later is as good as wrong (its shard would be evicted).
+    /// Expiry, on the hot tier's touch clock ([`LstmPredictor::hot_clock`];
+    /// the predictor's events when the tier's size is unknown): a
+    /// prediction read only later is as good as wrong (its shard would be
+    /// evicted).
     deadline: u64,
     /// Calibration buckets ([`bucket`]) it was predicted in while tracked
     /// (a shard is often predicted again, nearer: each bucket learns).
@@ -208,16 +245,24 @@ pub struct ScopeFigures {
     /// Emitted predictions per source (model, memory) and per step ahead.
     pub by_source: [u64; SOURCES],
     pub by_step: [u64; LSTM_CALIBRATION_STEP_BUCKETS],
+    /// Emitted predictions per run bucket (earlier requests of the run the
+    /// stream's request continued when they were judged; see [`bucket`]).
+    pub by_run: [u64; LSTM_CALIBRATION_RUN_BUCKETS],
 }
 
 /// Calibration bucket of a candidate of a stream of scope class `scope`
 /// from `source`, `step` steps ahead (0: the next event) with raw
-/// confidence `p` (a probability for the model, a similarity for the memory).
-fn bucket(scope: u32, source: Source, step: usize, p: f32) -> usize {
+/// confidence `p` (a probability for the model, a similarity for the memory),
+/// judged at a request that continued a run of `run` earlier requests of
+/// the stream (0: it started one; [`continue_run`]).
+fn bucket(scope: u32, source: Source, step: usize, run: u32, p: f32) -> usize {
     let decile = ((p.clamp(0.0, 1.0) * LSTM_CALIBRATION_CONFIDENCE_BUCKETS as f32) as usize)
         .min(LSTM_CALIBRATION_CONFIDENCE_BUCKETS - 1);
     let step = step.min(LSTM_CALIBRATION_STEP_BUCKETS - 1);
-    (((scope as usize * SOURCES) + source as usize) * LSTM_CALIBRATION_STEP_BUCKETS + step)
+    let run = (run as usize).min(LSTM_CALIBRATION_RUN_BUCKETS - 1);
+    ((((scope as usize * SOURCES) + source as usize) * LSTM_CALIBRATION_STEP_BUCKETS + step)
+        * LSTM_CALIBRATION_RUN_BUCKETS
+        + run)
         * LSTM_CALIBRATION_CONFIDENCE_BUCKETS
         + decile
 }
@@ -236,11 +281,14 @@ struct Gate {
     scopes: [ScopeFigures; LSTM_SCOPE_CLASSES as usize],
 }
 
-/// (scope class, source, step) of calibration bucket `b` ([`bucket`]).
-fn bucket_parts(b: usize) -> (usize, usize, usize) {
-    let step = (b / LSTM_CALIBRATION_CONFIDENCE_BUCKETS) % LSTM_CALIBRATION_STEP_BUCKETS;
-    let rest = b / (LSTM_CALIBRATION_CONFIDENCE_BUCKETS * LSTM_CALIBRATION_STEP_BUCKETS);
-    (rest / SOURCES, rest % SOURCES, step)
+/// (scope class, source, step, run) of calibration bucket `b` ([`bucket`]).
+fn bucket_parts(b: usize) -> (usize, usize, usize, usize) {
+    let rest = b / LSTM_CALIBRATION_CONFIDENCE_BUCKETS;
+    let run = rest % LSTM_CALIBRATION_RUN_BUCKETS;
+    let rest = rest / LSTM_CALIBRATION_RUN_BUCKETS;
+    let step = rest % LSTM_CALIBRATION_STEP_BUCKETS;
+    let rest = rest / LSTM_CALIBRATION_STEP_BUCKETS;
+    (rest / SOURCES, rest % SOURCES, step, run)
 }
 
 impl Gate {
@@ -255,6 +303,7 @@ impl Gate {
                 LSTM_SCOPE_CLASSES as usize
                     * SOURCES
                     * LSTM_CALIBRATION_STEP_BUCKETS
+                    * LSTM_CALIBRATION_RUN_BUCKETS
                     * LSTM_CALIBRATION_CONFIDENCE_BUCKETS
             ],
         }
@@ -316,9 +365,9 @@ fn stream_estimate(st: &Stream, gate: &Gate) -> f32 {
     st.fresh.or(st.precision).unwrap_or(gate.precision)
 }
 
-/// Account for one event of the stream at predictor event `clock`: resolve
-/// tracked predictions of the shards it reads as correct, expired ones as
-/// wrong.
+/// Account for one event of the stream at `clock` (the expiry clock, see
+/// [`Tracked::deadline`]): resolve tracked predictions of the shards it
+/// reads as correct, expired ones as wrong.
 fn observe(gate: &mut Gate, st: &mut Stream, ev: &ShardEvent, clock: u64) {
     st.events += 1;
     let mut done = Vec::new();
@@ -343,12 +392,13 @@ fn calibrate(
     gate: &Gate,
     calibrated: bool,
     scope: u32,
+    run: u32,
     preds: &[Candidate],
     depth: usize,
 ) -> Vec<(u64, f32, [Option<usize>; SOURCES])> {
     let mut cands: Vec<(u64, f32, [Option<usize>; SOURCES])> = Vec::with_capacity(preds.len());
     for &(shard, raw, step, source) in preds {
-        let b = bucket(scope, source, step, raw);
+        let b = bucket(scope, source, step, run, raw);
         let confidence = if calibrated { gate.confidence(b) } else { raw };
         match cands.iter_mut().find(|c| c.0 == shard) {
             Some(c) => {
@@ -399,6 +449,28 @@ fn track(
             fresh: false,
         });
     }
+}
+
+/// The run of `runs` that `ev` continues is extended, or `ev` starts one in
+/// place of the least recent (at most [`LSTM_NEAR_RECENT`] runs): the run's
+/// earlier requests. A run is its last shard and its requests so far; `ev`
+/// continues it when its first shard is the run's last or the next (in
+/// shards, not bytes: a temporary variant with byte offsets on the events
+/// found fewer long runs on umass websearch at 64 KiB shards and judged
+/// worse, session 11).
+fn continue_run(runs: &mut VecDeque<(u64, u32)>, ev: &ShardEvent) -> u32 {
+    let at = runs
+        .iter()
+        .rposition(|&(last, _)| ev.shard == last || Some(ev.shard) == last.checked_add(1));
+    let n = match at.and_then(|j| runs.remove(j)) {
+        Some((_, n)) => n.saturating_add(1),
+        None => 0,
+    };
+    if runs.len() >= LSTM_NEAR_RECENT {
+        runs.pop_front();
+    }
+    runs.push_back((ev.last_shard(), n));
+    n
 }
 
 /// Whether position `r` of a stream's `n` events in a batch is a shadow
@@ -454,7 +526,12 @@ pub struct LstmPredictor {
     clock: u64,
     /// Shards probably on the hot tier (None: its size is unknown): the
     /// last `stage_capacity_shards` distinct shards read or predicted.
-    resident: Option<LruMap<ShardKey, ()>>,
+    /// (The value: staged and not read since.)
+    resident: Option<LruMap<ShardKey, bool>>,
+    /// Shards touched in that model of the hot tier (see `note_resident`):
+    /// with it, a tracked prediction expires when its capacity of shards
+    /// were touched since.
+    hot_clock: u64,
 }
 
 /// A lookahead path: (position index, shard before, shard, confidence,
@@ -540,6 +617,7 @@ impl LstmPredictor {
             rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5348_4152_4453),
             unnamed: Tensor::new(),
             clock: 0,
+            hot_clock: 0,
             resident: match cfg.stage_capacity_shards {
                 0 => None,
                 n => Some(LruMap::new(
@@ -573,6 +651,13 @@ impl LstmPredictor {
 
     /// Predictor events within which a prediction must be read to count as
     /// correct.
+    /// The clock tracked predictions expire by when it is not the events':
+    /// the shards touched in the hot tier ([`LstmPredictor::hot_clock`]),
+    /// when its size is known.
+    fn expiry_base(&self) -> Option<u64> {
+        self.resident.as_ref().map(|_| self.hot_clock)
+    }
+
     pub fn deadline_events(&self) -> u64 {
         match self.cfg.stage_capacity_shards {
             0 => LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * u64::from(self.cfg.depth),
@@ -756,32 +841,183 @@ impl LstmPredictor {
 
     /// The hot tier after `batch` and the predictions `emitted` for it:
     /// its reads are resident (demand caching), so are the predicted shards
-    /// (staged), the least recently used out.
+    /// (staged), the least recently used out. The expiry clock
+    /// ([`LstmPredictor::hot_clock`]) counts the shards touched: each shard
+    /// a read touches, and each predicted shard the tier did not hold,
+    /// except the first read of a staged shard (its staging was counted).
     fn note_resident(&mut self, batch: &[ShardEvent], emitted: &[Prediction]) {
         let Some(res) = self.resident.as_mut() else {
             return;
         };
+        let mut touched = 0u64;
         for ev in batch.iter().filter(|e| e.op == Op::Read) {
             let n = u64::from(ev.shards.max(1)).min(res.capacity() as u64);
             for shard in ev.shard..ev.shard.saturating_add(n) {
-                res.insert(
-                    ShardKey {
-                        volume: ev.volume,
-                        shard,
-                    },
-                    (),
-                );
+                let k = ShardKey {
+                    volume: ev.volume,
+                    shard,
+                };
+                let staged = res.peek(&k).copied().unwrap_or(false);
+                touched += u64::from(!staged);
+                res.insert(k, false);
             }
         }
         for p in emitted {
-            res.insert(
-                ShardKey {
-                    volume: p.volume,
-                    shard: p.shard,
-                },
-                (),
-            );
+            let k = ShardKey {
+                volume: p.volume,
+                shard: p.shard,
+            };
+            if res.contains(&k) {
+                // Staging skips it; the prediction keeps it recent.
+                res.get_mut(&k);
+            } else {
+                touched += 1;
+                res.insert(k, true);
+            }
         }
+        self.hot_clock += touched;
+    }
+
+    /// Emit what passes of each speaker's candidates, de-duplicated per
+    /// stream; track everything. The two streams of one event (its
+    /// volume's and its region's, when that event is the last of both in
+    /// the batch) speak one at a time: the more precise by what it would
+    /// stage first (measured in shadow while withheld), the volume stream
+    /// on a tie; where one emits, the other only tracks. Always the volume
+    /// stream first made a volume that interleaves steady readers (each
+    /// region precise, the volume far less) withhold the regions'
+    /// candidates (lstm5's synth-strided miss).
+    fn speak(&mut self, speakers: Vec<Speaker>, out: &mut Vec<Prediction>) {
+        let calibrated = self.opts.precision_gate > 0.0;
+        let gate = self.opts.precision_gate;
+        let conf_min = self.cfg.confidence_min;
+        let depth = self.cfg.depth as usize;
+        let deadline = self.expiry_base().unwrap_or(self.clock) + self.deadline_events();
+        let volume_scope = Scope::Volume.class();
+        let estimates: Vec<f32> = speakers
+            .iter()
+            .map(|sp| {
+                self.streams
+                    .peek(&sp.key)
+                    .map_or(self.gate.precision, |st| stream_estimate(st, &self.gate))
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..speakers.len()).collect();
+        order.sort_by(|&a, &b| {
+            estimates[b].total_cmp(&estimates[a]).then_with(|| {
+                let volume = |i: usize| speakers[i].scope == volume_scope;
+                volume(b).cmp(&volume(a))
+            })
+        });
+        // (volume, clock of the stream's last event) -> the speaker for
+        // that event: the first in that order that emitted.
+        let mut speaker: HashMap<(u32, u64), usize> = HashMap::new();
+        for i in order {
+            let sp = &speakers[i];
+            let key = &sp.key;
+            let st = self.streams.get_or_insert_with(key, Stream::default);
+            let start = out.len();
+            let scope = sp.scope;
+            // A region stream whose last event in the batch came before the
+            // volume stream's (another region's event followed) predicts its
+            // own continuation: the volume's candidates are about what
+            // follows that later event.
+            let deferred = speaker
+                .get(&(key.volume, sp.clock))
+                .is_some_and(|&s| s != i);
+            let open =
+                !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
+            for (shard, confidence, buckets) in
+                calibrate(&self.gate, calibrated, scope, sp.run, &sp.preds, depth)
+            {
+                let eligible = confidence >= conf_min && confidence >= gate;
+                track(st, shard, buckets, eligible, deadline);
+                if st
+                    .recent
+                    .iter()
+                    .any(|&(r, c)| r == shard && c >= confidence)
+                {
+                    continue;
+                }
+                if eligible {
+                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
+                        t.fresh = true;
+                    }
+                }
+                let p = Prediction {
+                    volume: key.volume,
+                    shard,
+                    confidence,
+                };
+                if eligible && open && !push_unique(out, start, p) {
+                    continue;
+                }
+                let sf = &mut self.gate.scopes[scope as usize];
+                if eligible && open {
+                    sf.emitted += 1;
+                    if let Some(b) = buckets.into_iter().flatten().next() {
+                        let (_, source, step, run) = bucket_parts(b);
+                        sf.by_source[source] += 1;
+                        sf.by_step[step] += 1;
+                        sf.by_run[run] += 1;
+                    }
+                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
+                        t.emitted = true;
+                    }
+                } else if eligible && deferred {
+                    sf.deferred += 1;
+                } else if eligible {
+                    sf.gated += 1;
+                }
+                if eligible && open {
+                    speaker.entry((key.volume, sp.clock)).or_insert(i);
+                }
+                self.gate.gated += u64::from(eligible && !open);
+                st.recent.push_back((shard, confidence));
+                if st.recent.len() > 2 * depth {
+                    st.recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// After a step: one prediction per shard (the most confident), in
+    /// address order (the stager reads runs of neighbouring shards without
+    /// seeking); the hot tier's model; the figures of a step that fed
+    /// `fed` events (at least one) to the model.
+    fn finish(
+        &mut self,
+        batch: &[ShardEvent],
+        out: &mut Vec<Prediction>,
+        emitted_from: usize,
+        fed: usize,
+        t0: Instant,
+    ) {
+        let step_out = &mut out[emitted_from..];
+        step_out.sort_by(|a, b| {
+            (a.volume, a.shard)
+                .cmp(&(b.volume, b.shard))
+                .then(b.confidence.total_cmp(&a.confidence))
+        });
+        let mut kept = emitted_from;
+        for j in emitted_from..out.len() {
+            if kept > emitted_from
+                && (out[kept - 1].volume, out[kept - 1].shard) == (out[j].volume, out[j].shard)
+            {
+                continue;
+            }
+            out[kept] = out[j];
+            kept += 1;
+        }
+        out.truncate(kept);
+        self.note_resident(batch, &out[emitted_from..]);
+        self.due_events += fed as u64;
+        let ns = t0.elapsed().as_nanos();
+        self.fig.batches += 1;
+        self.fig.events += fed as u64;
+        self.fig.batch_ns_last = ns.min(u128::from(u64::MAX)) as u64;
+        self.batch_ns_total += ns;
+        self.fig.batch_ns_mean = (self.batch_ns_total / u128::from(self.fig.batches)) as u64;
     }
 
     fn top<'a>(&self, state_h: &'a [f32]) -> &'a [f32] {
@@ -863,6 +1099,8 @@ impl Predictor for LstmPredictor {
         // The predictor's clock at each of them, and (stream, position) in
         // batch order: tracked predictions are resolved in that order.
         let mut clocks: Vec<Vec<u64>> = Vec::new();
+        // The run length ([`continue_run`]) at each of them.
+        let mut runs: Vec<Vec<u32>> = Vec::new();
         let mut seq: Vec<(usize, usize)> = Vec::new();
         // Each stream's first shard before this batch (the memory's context).
         let mut before: Vec<Option<u64>> = Vec::new();
@@ -878,6 +1116,11 @@ impl Predictor for LstmPredictor {
             {
                 let st = self.streams.get_or_insert_with(&key, Stream::default);
                 let last = st.fs.last_shard();
+                if op_class(ev.op).is_some() {
+                    // Re-reads of the stream's shard too: no model input
+                    // (see the features), but the run goes on.
+                    st.run = continue_run(&mut st.runs, ev);
+                }
                 let Some(f) = self.feat.features(&mut st.fs, ev, shard, scope) else {
                     continue;
                 };
@@ -885,12 +1128,14 @@ impl Predictor for LstmPredictor {
                     keys.push(key);
                     per.push(Vec::new());
                     clocks.push(Vec::new());
+                    runs.push(Vec::new());
                     before.push(last);
                     keys.len() - 1
                 });
                 seq.push((i, per[i].len()));
                 per[i].push((f, *ev));
                 clocks[i].push(self.clock);
+                runs[i].push(st.run);
             }
         }
         self.reset_reassigned();
@@ -1198,9 +1443,15 @@ impl Predictor for LstmPredictor {
         // candidates are tracked (never emitted).
         let gate = self.opts.precision_gate;
         let deadline_events = self.deadline_events();
+        let base = self.expiry_base();
         for &(i, r) in &seq {
             let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
-            observe(&mut self.gate, st, &per[i][r].1, clocks[i][r]);
+            observe(
+                &mut self.gate,
+                st,
+                &per[i][r].1,
+                base.unwrap_or(clocks[i][r]),
+            );
             if r + 1 == per[i].len() {
                 continue;
             }
@@ -1209,139 +1460,38 @@ impl Predictor for LstmPredictor {
             };
             let scope = per[i][r].0.scope;
             for (shard, confidence, buckets) in
-                calibrate(&self.gate, calibrated, scope, &preds[x], depth)
+                calibrate(&self.gate, calibrated, scope, runs[i][r], &preds[x], depth)
             {
                 let eligible = confidence >= conf_min && confidence >= gate;
-                track(st, shard, buckets, eligible, clocks[i][r] + deadline_events);
+                track(
+                    st,
+                    shard,
+                    buckets,
+                    eligible,
+                    base.unwrap_or(clocks[i][r]) + deadline_events,
+                );
             }
         }
-        // 6. Store the states; emit what passes at each stream's last
-        // position, de-duplicated per stream; track everything.
+        // 6. Store the states; the streams speak from their last position
+        // (see [`Self::speak`]).
         let emitted_from = out.len();
-        // The two streams of one event (its volume's and its region's, when
-        // that event is the last of both in the batch) speak one at a time:
-        // the more precise by what it would stage first (measured in shadow
-        // while withheld), the volume stream on a tie; where one emits, the
-        // other only tracks. Always the volume stream first made a volume
-        // that interleaves steady readers (each region precise, the volume
-        // far less) withhold the regions' candidates (lstm5's synth-strided
-        // miss).
-        let volume_scope = Scope::Volume.class();
-        let estimates: Vec<f32> = keys
-            .iter()
-            .map(|k| {
-                self.streams
-                    .peek(k)
-                    .map_or(self.gate.precision, |st| stream_estimate(st, &self.gate))
-            })
-            .collect();
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_by(|&a, &b| {
-            estimates[b].total_cmp(&estimates[a]).then_with(|| {
-                let volume = |i: usize| per[i].last().map_or(0, |e| e.0.scope) == volume_scope;
-                volume(b).cmp(&volume(a))
-            })
-        });
-        // (volume, clock of the stream's last event) -> the stream that
-        // spoke for that event: the first in that order that emitted.
-        let mut speaker: HashMap<(u32, u64), usize> = HashMap::new();
-        for i in order {
-            let key = &keys[i];
+        let mut speakers: Vec<Speaker> = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
             let st = self.streams.get_or_insert_with(key, Stream::default);
             st.h = std::mem::take(&mut hs[i]);
             st.c = std::mem::take(&mut cs[i]);
-            let start = out.len();
             let scope = per[i].last().map_or(0, |e| e.0.scope);
-            let last_clock = clocks[i].last().copied().unwrap_or(self.clock);
-            // A region stream whose last event in the batch came before the
-            // volume stream's (another region's event followed) predicts its
-            // own continuation: the volume's candidates are about what
-            // follows that later event.
-            let deferred = speaker
-                .get(&(key.volume, last_clock))
-                .is_some_and(|&s| s != i);
-            let open =
-                !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
-            let deadline = self.clock + deadline_events;
             let x = position_of[&(i, per[i].len() - 1)];
-            for (shard, confidence, buckets) in
-                calibrate(&self.gate, calibrated, scope, &preds[x], depth)
-            {
-                let eligible = confidence >= conf_min && confidence >= gate;
-                track(st, shard, buckets, eligible, deadline);
-                if st
-                    .recent
-                    .iter()
-                    .any(|&(r, c)| r == shard && c >= confidence)
-                {
-                    continue;
-                }
-                if eligible {
-                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
-                        t.fresh = true;
-                    }
-                }
-                let p = Prediction {
-                    volume: key.volume,
-                    shard,
-                    confidence,
-                };
-                if eligible && open && !push_unique(out, start, p) {
-                    continue;
-                }
-                let sf = &mut self.gate.scopes[scope as usize];
-                if eligible && open {
-                    sf.emitted += 1;
-                    if let Some(b) = buckets.into_iter().flatten().next() {
-                        let (_, source, step) = bucket_parts(b);
-                        sf.by_source[source] += 1;
-                        sf.by_step[step] += 1;
-                    }
-                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
-                        t.emitted = true;
-                    }
-                } else if eligible && deferred {
-                    sf.deferred += 1;
-                } else if eligible {
-                    sf.gated += 1;
-                }
-                if eligible && open {
-                    speaker.entry((key.volume, last_clock)).or_insert(i);
-                }
-                self.gate.gated += u64::from(eligible && !open);
-                st.recent.push_back((shard, confidence));
-                if st.recent.len() > 2 * depth {
-                    st.recent.pop_front();
-                }
-            }
+            speakers.push(Speaker {
+                key: *key,
+                scope,
+                run: st.run,
+                clock: clocks[i].last().copied().unwrap_or(self.clock),
+                preds: std::mem::take(&mut preds[x]),
+            });
         }
-        // One prediction per shard (the most confident), in address order:
-        // the stager reads runs of neighbouring shards without seeking.
-        let step_out = &mut out[emitted_from..];
-        step_out.sort_by(|a, b| {
-            (a.volume, a.shard)
-                .cmp(&(b.volume, b.shard))
-                .then(b.confidence.total_cmp(&a.confidence))
-        });
-        let mut kept = emitted_from;
-        for j in emitted_from..out.len() {
-            if kept > emitted_from
-                && (out[kept - 1].volume, out[kept - 1].shard) == (out[j].volume, out[j].shard)
-            {
-                continue;
-            }
-            out[kept] = out[j];
-            kept += 1;
-        }
-        out.truncate(kept);
-        self.note_resident(batch, &out[emitted_from..]);
-        self.due_events += fed as u64;
-        let ns = t0.elapsed().as_nanos();
-        self.fig.batches += 1;
-        self.fig.events += fed as u64;
-        self.fig.batch_ns_last = ns.min(u128::from(u64::MAX)) as u64;
-        self.batch_ns_total += ns;
-        self.fig.batch_ns_mean = (self.batch_ns_total / u128::from(self.fig.batches)) as u64;
+        self.speak(speakers, out);
+        self.finish(batch, out, emitted_from, fed, t0);
     }
 
     fn background(&mut self, budget: Duration) -> bool {
@@ -1759,5 +1909,159 @@ mod tests {
         eprintln!("seed {seed}: last run's jumps staged: memory {with:.3}, none {without:.3}");
         assert!(with > 0.7, "seed {seed}: {with}");
         assert!(with > without + 0.5, "seed {seed}: {with} vs {without}");
+    }
+
+    #[test]
+    fn runs_are_followed_in_requests() {
+        let ev = |shard: u64, shards: u32| ShardEvent {
+            ts_ns: 0,
+            volume: 0,
+            op: Op::Read,
+            shard,
+            shards,
+        };
+        let mut runs = VecDeque::new();
+        assert_eq!(continue_run(&mut runs, &ev(10, 1)), 0, "a new run");
+        assert_eq!(continue_run(&mut runs, &ev(10, 1)), 1, "inside its shard");
+        assert_eq!(continue_run(&mut runs, &ev(500, 1)), 0, "another run");
+        assert_eq!(continue_run(&mut runs, &ev(11, 2)), 2, "the next shard");
+        assert_eq!(
+            continue_run(&mut runs, &ev(13, 1)),
+            3,
+            "after a two-shard request"
+        );
+        assert_eq!(continue_run(&mut runs, &ev(501, 1)), 1, "interleaved runs");
+        assert_eq!(continue_run(&mut runs, &ev(15, 1)), 0, "a gap starts a run");
+        for s in 0..LSTM_NEAR_RECENT as u64 {
+            continue_run(&mut runs, &ev(1000 + 10 * s, 1));
+        }
+        assert_eq!(runs.len(), LSTM_NEAR_RECENT);
+        assert_eq!(
+            continue_run(&mut runs, &ev(14, 1)),
+            0,
+            "the run was forgotten"
+        );
+    }
+
+    /// Four readers interleave in one region; each scans 2 or 10 shards
+    /// from a random start, one request per shard. After a scan's second
+    /// shard the next is read half the time, after its fourth nearly
+    /// always: the run buckets measure that apart, although the stream's
+    /// own deltas jump between the readers.
+    #[test]
+    fn run_buckets_tell_long_runs_from_short_ones_across_interleaved_readers() {
+        let seed = 43;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // (next shard, shards left) per reader.
+        let mut readers = [(0u64, 0u64); 4];
+        let mut ev = Vec::new();
+        for i in 0..6000u64 {
+            let r = &mut readers[rand::Rng::random_range(&mut rng, 0..4usize)];
+            if r.1 == 0 {
+                let len = if rand::Rng::random_bool(&mut rng, 0.5) {
+                    2
+                } else {
+                    10
+                };
+                *r = (rand::Rng::random_range(&mut rng, 0..16_000u64), len);
+            }
+            ev.push(ShardEvent {
+                ts_ns: i * 1_000_000,
+                volume: 0,
+                op: Op::Read,
+                shard: r.0,
+                shards: 1,
+            });
+            *r = (r.0 + 1, r.1 - 1);
+        }
+        let mut p = LstmPredictor::new(
+            &PrefetchConfig {
+                stage_capacity_shards: 256,
+                ..cfg()
+            },
+            &LstmOptions {
+                streams: Streams::Regions,
+                ..small()
+            },
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        for e in &ev {
+            out.clear();
+            p.step(std::slice::from_ref(e), &mut out);
+            p.background(Duration::from_secs(1));
+        }
+        // The measured precision of the model's next-shard candidates per
+        // run bucket, over the confidence deciles.
+        let measured = |run: u32| {
+            let (mut sum, mut n) = (0f64, 0u64);
+            for d in 0..LSTM_CALIBRATION_CONFIDENCE_BUCKETS {
+                let p_mid = (d as f32 + 0.5) / LSTM_CALIBRATION_CONFIDENCE_BUCKETS as f32;
+                let (c, k) =
+                    p.gate.calibration[bucket(Scope::Region.class(), Source::Model, 0, run, p_mid)];
+                sum += f64::from(c) * f64::from(k.min(LSTM_CALIBRATION_AVERAGE_PREDICTIONS));
+                n += u64::from(k.min(LSTM_CALIBRATION_AVERAGE_PREDICTIONS));
+            }
+            (sum / n.max(1) as f64, n)
+        };
+        let (short, n1) = measured(1);
+        let (long, n3) = measured(3);
+        eprintln!("seed {seed}: run 1 {short:.3} ({n1}), run 3+ {long:.3} ({n3})");
+        assert!(n1 >= 50 && n3 >= 50, "seed {seed}: {n1} {n3}");
+        assert!(long > 0.75, "seed {seed}: {long}");
+        assert!(long > short + 0.2, "seed {seed}: {long} vs {short}");
+    }
+
+    /// Tracked predictions expire on the expiry clock: the shards reads
+    /// touch and the predicted shards staged, not events.
+    #[test]
+    fn the_expiry_clock_counts_shards_touched() {
+        let unknown = LstmPredictor::new(&cfg(), &small()).unwrap();
+        assert_eq!(unknown.expiry_base(), None, "no capacity: events");
+        let mut p = LstmPredictor::new(
+            &PrefetchConfig {
+                stage_capacity_shards: 64,
+                ..cfg()
+            },
+            &small(),
+        )
+        .unwrap();
+        let read = |shard: u64, shards: u32| ShardEvent {
+            ts_ns: 0,
+            volume: 0,
+            op: Op::Read,
+            shard,
+            shards,
+        };
+        let predicted = |shard: u64| Prediction {
+            volume: 0,
+            shard,
+            confidence: 1.0,
+        };
+        assert_eq!(p.expiry_base(), Some(0));
+        p.note_resident(&[read(100, 4)], &[]);
+        assert_eq!(p.expiry_base(), Some(4), "a four-shard read");
+        p.note_resident(&[read(101, 2), read(100, 1)], &[predicted(103)]);
+        assert_eq!(
+            p.expiry_base(),
+            Some(7),
+            "reads touch, a resident shard is not staged"
+        );
+        p.note_resident(
+            &[ShardEvent {
+                op: Op::Write,
+                ..read(500, 1)
+            }],
+            &[predicted(104), predicted(105)],
+        );
+        assert_eq!(
+            p.expiry_base(),
+            Some(9),
+            "two staged, a write touches nothing"
+        );
+        p.note_resident(&[read(104, 1)], &[]);
+        assert_eq!(p.expiry_base(), Some(9), "a staged shard's first read");
+        p.note_resident(&[read(104, 1)], &[]);
+        assert_eq!(p.expiry_base(), Some(10), "then a read like any other");
     }
 }
