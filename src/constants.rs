@@ -673,10 +673,10 @@ const _: () =
 /// LSTM precision gate: a stream's predictions are staged only while the
 /// estimated precision of its recent predictions is at least this (0: never gated).
 pub const LSTM_PRECISION_GATE_DEFAULT: f32 = 0.5;
-/// A prediction counts as correct when its stream reads the shard within the
-/// predictor's next `PrefetchConfig::stage_capacity_shards` events (about
-/// when LRU would evict it), or within this many per shard of depth when
-/// the capacity is unknown.
+/// A prediction counts as correct when its stream reads the shard before
+/// `PrefetchConfig::stage_capacity_shards` shards were touched in the hot
+/// tier since (about when LRU would evict it; see the LSTM predictor), or
+/// within this many events per shard of depth when the capacity is unknown.
 pub const LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH: u64 = 16;
 /// The precision estimate is a moving average over about this many resolved predictions.
 pub const LSTM_PRECISION_AVERAGE_PREDICTIONS: u32 = 32;

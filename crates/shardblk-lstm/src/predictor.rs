@@ -658,6 +658,9 @@ impl LstmPredictor {
         self.resident.as_ref().map(|_| self.hot_clock)
     }
 
+    /// How long a tracked prediction has to be read: the hot tier's
+    /// capacity in shards touched when it is known ([`Self::expiry_base`]),
+    /// else a number of events.
     pub fn deadline_events(&self) -> u64 {
         match self.cfg.stage_capacity_shards {
             0 => LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * u64::from(self.cfg.depth),
