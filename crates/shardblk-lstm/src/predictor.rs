@@ -167,22 +167,17 @@ struct Stream {
     fresh: Option<f32>,
     /// A volume stream's memory of its contexts (None: other streams, or off).
     memory: Option<StateMemory>,
-    /// Earlier requests of the run its last request continued (see
-    /// [`continue_run`]; 0: it started one).
-    run: u32,
-    /// The stream's recent runs: (last shard, requests so far), most recent last.
+    /// The stream's recent runs: (last shard, earlier requests), the one
+    /// its last request continued or started last ([`continue_run`]).
     runs: VecDeque<(u64, u32)>,
 }
 
-/// A stream that speaks in a step: its candidates at its last position.
-struct Speaker {
-    key: StreamKey,
-    scope: u32,
-    /// [`Stream::run`] after its last event in the batch.
-    run: u32,
-    /// The predictor's clock at the stream's last event in the batch.
-    clock: u64,
-    preds: Vec<Candidate>,
+impl Stream {
+    /// Earlier requests of the run the stream's last request continued
+    /// (0: it started one, or no request yet).
+    fn run(&self) -> u32 {
+        self.runs.back().map_or(0, |&(_, n)| n)
+    }
 }
 
 /// Where a candidate comes from.
@@ -881,148 +876,6 @@ impl LstmPredictor {
         self.hot_clock += touched;
     }
 
-    /// Emit what passes of each speaker's candidates, de-duplicated per
-    /// stream; track everything. The two streams of one event (its
-    /// volume's and its region's, when that event is the last of both in
-    /// the batch) speak one at a time: the more precise by what it would
-    /// stage first (measured in shadow while withheld), the volume stream
-    /// on a tie; where one emits, the other only tracks. Always the volume
-    /// stream first made a volume that interleaves steady readers (each
-    /// region precise, the volume far less) withhold the regions'
-    /// candidates (lstm5's synth-strided miss).
-    fn speak(&mut self, speakers: Vec<Speaker>, out: &mut Vec<Prediction>) {
-        let calibrated = self.opts.precision_gate > 0.0;
-        let gate = self.opts.precision_gate;
-        let conf_min = self.cfg.confidence_min;
-        let depth = self.cfg.depth as usize;
-        let deadline = self.expiry_base().unwrap_or(self.clock) + self.deadline_events();
-        let volume_scope = Scope::Volume.class();
-        let estimates: Vec<f32> = speakers
-            .iter()
-            .map(|sp| {
-                self.streams
-                    .peek(&sp.key)
-                    .map_or(self.gate.precision, |st| stream_estimate(st, &self.gate))
-            })
-            .collect();
-        let mut order: Vec<usize> = (0..speakers.len()).collect();
-        order.sort_by(|&a, &b| {
-            estimates[b].total_cmp(&estimates[a]).then_with(|| {
-                let volume = |i: usize| speakers[i].scope == volume_scope;
-                volume(b).cmp(&volume(a))
-            })
-        });
-        // (volume, clock of the stream's last event) -> the speaker for
-        // that event: the first in that order that emitted.
-        let mut speaker: HashMap<(u32, u64), usize> = HashMap::new();
-        for i in order {
-            let sp = &speakers[i];
-            let key = &sp.key;
-            let st = self.streams.get_or_insert_with(key, Stream::default);
-            let start = out.len();
-            let scope = sp.scope;
-            // A region stream whose last event in the batch came before the
-            // volume stream's (another region's event followed) predicts its
-            // own continuation: the volume's candidates are about what
-            // follows that later event.
-            let deferred = speaker
-                .get(&(key.volume, sp.clock))
-                .is_some_and(|&s| s != i);
-            let open =
-                !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
-            for (shard, confidence, buckets) in
-                calibrate(&self.gate, calibrated, scope, sp.run, &sp.preds, depth)
-            {
-                let eligible = confidence >= conf_min && confidence >= gate;
-                track(st, shard, buckets, eligible, deadline);
-                if st
-                    .recent
-                    .iter()
-                    .any(|&(r, c)| r == shard && c >= confidence)
-                {
-                    continue;
-                }
-                if eligible {
-                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
-                        t.fresh = true;
-                    }
-                }
-                let p = Prediction {
-                    volume: key.volume,
-                    shard,
-                    confidence,
-                };
-                if eligible && open && !push_unique(out, start, p) {
-                    continue;
-                }
-                let sf = &mut self.gate.scopes[scope as usize];
-                if eligible && open {
-                    sf.emitted += 1;
-                    if let Some(b) = buckets.into_iter().flatten().next() {
-                        let (_, source, step, run) = bucket_parts(b);
-                        sf.by_source[source] += 1;
-                        sf.by_step[step] += 1;
-                        sf.by_run[run] += 1;
-                    }
-                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
-                        t.emitted = true;
-                    }
-                } else if eligible && deferred {
-                    sf.deferred += 1;
-                } else if eligible {
-                    sf.gated += 1;
-                }
-                if eligible && open {
-                    speaker.entry((key.volume, sp.clock)).or_insert(i);
-                }
-                self.gate.gated += u64::from(eligible && !open);
-                st.recent.push_back((shard, confidence));
-                if st.recent.len() > 2 * depth {
-                    st.recent.pop_front();
-                }
-            }
-        }
-    }
-
-    /// After a step: one prediction per shard (the most confident), in
-    /// address order (the stager reads runs of neighbouring shards without
-    /// seeking); the hot tier's model; the figures of a step that fed
-    /// `fed` events (at least one) to the model.
-    fn finish(
-        &mut self,
-        batch: &[ShardEvent],
-        out: &mut Vec<Prediction>,
-        emitted_from: usize,
-        fed: usize,
-        t0: Instant,
-    ) {
-        let step_out = &mut out[emitted_from..];
-        step_out.sort_by(|a, b| {
-            (a.volume, a.shard)
-                .cmp(&(b.volume, b.shard))
-                .then(b.confidence.total_cmp(&a.confidence))
-        });
-        let mut kept = emitted_from;
-        for j in emitted_from..out.len() {
-            if kept > emitted_from
-                && (out[kept - 1].volume, out[kept - 1].shard) == (out[j].volume, out[j].shard)
-            {
-                continue;
-            }
-            out[kept] = out[j];
-            kept += 1;
-        }
-        out.truncate(kept);
-        self.note_resident(batch, &out[emitted_from..]);
-        self.due_events += fed as u64;
-        let ns = t0.elapsed().as_nanos();
-        self.fig.batches += 1;
-        self.fig.events += fed as u64;
-        self.fig.batch_ns_last = ns.min(u128::from(u64::MAX)) as u64;
-        self.batch_ns_total += ns;
-        self.fig.batch_ns_mean = (self.batch_ns_total / u128::from(self.fig.batches)) as u64;
-    }
-
     fn top<'a>(&self, state_h: &'a [f32]) -> &'a [f32] {
         let hidden = self.model.net.shape.hidden as usize;
         &state_h[state_h.len() - hidden..]
@@ -1122,7 +975,7 @@ impl Predictor for LstmPredictor {
                 if op_class(ev.op).is_some() {
                     // Re-reads of the stream's shard too: no model input
                     // (see the features), but the run goes on.
-                    st.run = continue_run(&mut st.runs, ev);
+                    continue_run(&mut st.runs, ev);
                 }
                 let Some(f) = self.feat.features(&mut st.fs, ev, shard, scope) else {
                     continue;
@@ -1138,7 +991,7 @@ impl Predictor for LstmPredictor {
                 seq.push((i, per[i].len()));
                 per[i].push((f, *ev));
                 clocks[i].push(self.clock);
-                runs[i].push(st.run);
+                runs[i].push(st.run());
             }
         }
         self.reset_reassigned();
@@ -1475,26 +1328,134 @@ impl Predictor for LstmPredictor {
                 );
             }
         }
-        // 6. Store the states; the streams speak from their last position
-        // (see [`Self::speak`]).
+        // 6. Store the states; emit what passes at each stream's last
+        // position, de-duplicated per stream; track everything.
         let emitted_from = out.len();
-        let mut speakers: Vec<Speaker> = Vec::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
+        // The two streams of one event (its volume's and its region's, when
+        // that event is the last of both in the batch) speak one at a time:
+        // the more precise by what it would stage first (measured in shadow
+        // while withheld), the volume stream on a tie; where one emits, the
+        // other only tracks. Always the volume stream first made a volume
+        // that interleaves steady readers (each region precise, the volume
+        // far less) withhold the regions' candidates (lstm5's synth-strided
+        // miss).
+        let volume_scope = Scope::Volume.class();
+        let deadline = base.unwrap_or(self.clock) + deadline_events;
+        let estimates: Vec<f32> = keys
+            .iter()
+            .map(|k| {
+                self.streams
+                    .peek(k)
+                    .map_or(self.gate.precision, |st| stream_estimate(st, &self.gate))
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| {
+            estimates[b].total_cmp(&estimates[a]).then_with(|| {
+                let volume = |i: usize| per[i].last().map_or(0, |e| e.0.scope) == volume_scope;
+                volume(b).cmp(&volume(a))
+            })
+        });
+        // (volume, clock of the stream's last event) -> the stream that
+        // spoke for that event: the first in that order that emitted.
+        let mut speaker: HashMap<(u32, u64), usize> = HashMap::new();
+        for i in order {
+            let key = &keys[i];
             let st = self.streams.get_or_insert_with(key, Stream::default);
             st.h = std::mem::take(&mut hs[i]);
             st.c = std::mem::take(&mut cs[i]);
+            let start = out.len();
             let scope = per[i].last().map_or(0, |e| e.0.scope);
+            let last_clock = clocks[i].last().copied().unwrap_or(self.clock);
+            // A region stream whose last event in the batch came before the
+            // volume stream's (another region's event followed) predicts its
+            // own continuation: the volume's candidates are about what
+            // follows that later event.
+            let deferred = speaker
+                .get(&(key.volume, last_clock))
+                .is_some_and(|&s| s != i);
+            let open =
+                !calibrated || (!deferred && st.precision.unwrap_or(self.gate.precision) >= gate);
             let x = position_of[&(i, per[i].len() - 1)];
-            speakers.push(Speaker {
-                key: *key,
-                scope,
-                run: st.run,
-                clock: clocks[i].last().copied().unwrap_or(self.clock),
-                preds: std::mem::take(&mut preds[x]),
-            });
+            for (shard, confidence, buckets) in
+                calibrate(&self.gate, calibrated, scope, st.run(), &preds[x], depth)
+            {
+                let eligible = confidence >= conf_min && confidence >= gate;
+                track(st, shard, buckets, eligible, deadline);
+                if st
+                    .recent
+                    .iter()
+                    .any(|&(r, c)| r == shard && c >= confidence)
+                {
+                    continue;
+                }
+                if eligible {
+                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
+                        t.fresh = true;
+                    }
+                }
+                let p = Prediction {
+                    volume: key.volume,
+                    shard,
+                    confidence,
+                };
+                if eligible && open && !push_unique(out, start, p) {
+                    continue;
+                }
+                let sf = &mut self.gate.scopes[scope as usize];
+                if eligible && open {
+                    sf.emitted += 1;
+                    if let Some(b) = buckets.into_iter().flatten().next() {
+                        let (_, source, step, run) = bucket_parts(b);
+                        sf.by_source[source] += 1;
+                        sf.by_step[step] += 1;
+                        sf.by_run[run] += 1;
+                    }
+                    if let Some(t) = st.tracked.iter_mut().find(|t| t.shard == shard) {
+                        t.emitted = true;
+                    }
+                } else if eligible && deferred {
+                    sf.deferred += 1;
+                } else if eligible {
+                    sf.gated += 1;
+                }
+                if eligible && open {
+                    speaker.entry((key.volume, last_clock)).or_insert(i);
+                }
+                self.gate.gated += u64::from(eligible && !open);
+                st.recent.push_back((shard, confidence));
+                if st.recent.len() > 2 * depth {
+                    st.recent.pop_front();
+                }
+            }
         }
-        self.speak(speakers, out);
-        self.finish(batch, out, emitted_from, fed, t0);
+        // One prediction per shard (the most confident), in address order:
+        // the stager reads runs of neighbouring shards without seeking.
+        let step_out = &mut out[emitted_from..];
+        step_out.sort_by(|a, b| {
+            (a.volume, a.shard)
+                .cmp(&(b.volume, b.shard))
+                .then(b.confidence.total_cmp(&a.confidence))
+        });
+        let mut kept = emitted_from;
+        for j in emitted_from..out.len() {
+            if kept > emitted_from
+                && (out[kept - 1].volume, out[kept - 1].shard) == (out[j].volume, out[j].shard)
+            {
+                continue;
+            }
+            out[kept] = out[j];
+            kept += 1;
+        }
+        out.truncate(kept);
+        self.note_resident(batch, &out[emitted_from..]);
+        self.due_events += fed as u64;
+        let ns = t0.elapsed().as_nanos();
+        self.fig.batches += 1;
+        self.fig.events += fed as u64;
+        self.fig.batch_ns_last = ns.min(u128::from(u64::MAX)) as u64;
+        self.batch_ns_total += ns;
+        self.fig.batch_ns_mean = (self.batch_ns_total / u128::from(self.fig.batches)) as u64;
     }
 
     fn background(&mut self, budget: Duration) -> bool {
