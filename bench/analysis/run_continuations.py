@@ -21,7 +21,11 @@ Run (needs numpy and scikit-learn, e.g. in a venv):
     python3 -m venv /tmp/ana && /tmp/ana/bin/pip install numpy scikit-learn
     /tmp/ana/bin/python bench/analysis/run_continuations.py \
         ../shared/traces/umass_websearch_mqsim.csv.gz [D] [--quick]
-(about 5 min on the development machine; --quick skips the prequential and online parts).
+(about 3.5 min on the development machine; --quick skips the prequential and online parts).
+--export=PATH also writes the prequential boosting's probabilities, one line
+`read shard steps p` per candidate (read: index among the trace's reads); the
+session-12 experiment fed them to the LSTM predictor's run source in place of
+its own network (RESULTS, part 5).
 """
 import bisect
 import collections
@@ -44,6 +48,7 @@ args = [a for a in sys.argv[1:] if not a.startswith("--")]
 TRACE = args[0] if args else "../shared/traces/umass_websearch_mqsim.csv.gz"
 D = int(args[1]) if len(args) > 1 else 1000
 QUICK = "--quick" in sys.argv
+EXPORT = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--export=")), None)
 
 ev = []
 for line in gzip.open(TRACE, "rt"):
@@ -171,9 +176,14 @@ def prequential(make, Xf, name, every=2000):
         p[m] = model.predict_proba(Xf[m])[:, 1] if model is not None else 0
     for tau in (0.4, 0.45, 0.5):
         evaluate(p >= tau, "%s, %.2f" % (name, tau))
+    return p
 
 
-prequential(lambda: HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=0), X, "prequential boosting, all")
+p = prequential(lambda: HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=0), X, "prequential boosting, all")
+if EXPORT:
+    with open(EXPORT, "w") as f:
+        for k, (i, c, j, _) in enumerate(rows):
+            f.write("%d %d %d %.4f\n" % (i, c, j, p[k]))
 prequential(lambda: MLPClassifier((32,), max_iter=300, random_state=0, alpha=1e-3), F, "prequential MLP, no size/bytes")
 
 
