@@ -687,11 +687,9 @@ pub const LSTM_PRECISION_TRACKED_MAX: usize = 256;
 /// bucketed by steps along the predicted path (0: direct, the last bucket
 /// open-ended), by raw confidence (equal-width buckets of 0..1) and by the
 /// length of the run the stream's request continued (earlier requests of
-/// the run, each on its last shard or the next; 0: the request started
-/// one; the last bucket open-ended: a run that goes on reading is judged
-/// again at each request, re-reads of a shard too, see the LSTM
-/// predictor); each
-/// bucket's measured precision is a moving average over about
+/// the run, each on its last shard or the next, re-reads of a shard
+/// included; 0: the request started one; the last bucket open-ended; see
+/// the LSTM predictor); each bucket's measured precision is a moving average over about
 /// `LSTM_CALIBRATION_AVERAGE_PREDICTIONS` resolved predictions.
 pub const LSTM_CALIBRATION_STEP_BUCKETS: usize = 8;
 pub const LSTM_CALIBRATION_CONFIDENCE_BUCKETS: usize = 10;

@@ -644,8 +644,6 @@ impl LstmPredictor {
         Tensor::from_slice(&m).to_device(self.device())
     }
 
-    /// Predictor events within which a prediction must be read to count as
-    /// correct.
     /// The clock tracked predictions expire by when it is not the events':
     /// the shards touched in the hot tier ([`LstmPredictor::hot_clock`]),
     /// when its size is known.
@@ -855,9 +853,10 @@ impl LstmPredictor {
                     volume: ev.volume,
                     shard,
                 };
-                let staged = res.peek(&k).copied().unwrap_or(false);
+                // Resident and no longer staged-unread; touched unless this
+                // is a staged shard's first read.
+                let staged = std::mem::replace(res.get_or_insert_with(&k, || false), false);
                 touched += u64::from(!staged);
-                res.insert(k, false);
             }
         }
         for p in emitted {
@@ -865,10 +864,9 @@ impl LstmPredictor {
                 volume: p.volume,
                 shard: p.shard,
             };
-            if res.contains(&k) {
-                // Staging skips it; the prediction keeps it recent.
-                res.get_mut(&k);
-            } else {
+            // Held already: staging skips it, the prediction keeps it
+            // recent. Else it is staged.
+            if res.get_mut(&k).is_none() {
                 touched += 1;
                 res.insert(k, true);
             }
@@ -1302,12 +1300,8 @@ impl Predictor for LstmPredictor {
         let base = self.expiry_base();
         for &(i, r) in &seq {
             let st = self.streams.get_or_insert_with(&keys[i], Stream::default);
-            observe(
-                &mut self.gate,
-                st,
-                &per[i][r].1,
-                base.unwrap_or(clocks[i][r]),
-            );
+            let now = base.unwrap_or(clocks[i][r]);
+            observe(&mut self.gate, st, &per[i][r].1, now);
             if r + 1 == per[i].len() {
                 continue;
             }
@@ -1319,13 +1313,7 @@ impl Predictor for LstmPredictor {
                 calibrate(&self.gate, calibrated, scope, runs[i][r], &preds[x], depth)
             {
                 let eligible = confidence >= conf_min && confidence >= gate;
-                track(
-                    st,
-                    shard,
-                    buckets,
-                    eligible,
-                    base.unwrap_or(clocks[i][r]) + deadline_events,
-                );
+                track(st, shard, buckets, eligible, now + deadline_events);
             }
         }
         // 6. Store the states; emit what passes at each stream's last
