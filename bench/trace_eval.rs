@@ -343,6 +343,8 @@ fn inference_bench() {
                 op: Op::Read,
                 shard: b * 1024 + s % 1000,
                 shards: 1,
+                end_eighths: 8,
+                bytes: 4096,
             }));
             out.clear();
             p.step(&ev, &mut out);

@@ -695,6 +695,52 @@ pub const LSTM_CALIBRATION_STEP_BUCKETS: usize = 8;
 pub const LSTM_CALIBRATION_CONFIDENCE_BUCKETS: usize = 10;
 pub const LSTM_CALIBRATION_RUN_BUCKETS: usize = 4;
 pub const LSTM_CALIBRATION_AVERAGE_PREDICTIONS: u32 = 64;
+/// The LSTM predictor's run source names this many shards after the run a
+/// region stream's read continued, each judged by the run acceptor.
+pub const LSTM_RUN_CANDIDATES: u64 = 2;
+const _: () = assert!(LSTM_RUN_CANDIDATES >= 1);
+/// A run candidate can be staged when the acceptor gives it at least this
+/// probability of being read in time, and the run source's calibration says
+/// staging every candidate at least as likely is precise enough (see the
+/// LSTM predictor). Session 13, umass websearch at 64 KiB shards: 0.4 staged
+/// 7 583 shards at 55.1 % precision, 0.35 staged 8 749 at 51.7 % (hit ratio
+/// 55.0 -> 55.8 %); 0.3 staged more but later (timeliness 92 -> 84 %).
+pub const LSTM_RUN_ACCEPT_MIN: f64 = 0.35;
+const _: () = assert!(LSTM_RUN_ACCEPT_MIN > 0.0 && LSTM_RUN_ACCEPT_MIN < 1.0);
+/// The run source's calibration (resolved candidates per bin of the
+/// acceptor's probability) is a moving window of about this many per bin.
+pub const LSTM_RUN_OUTCOMES_PER_BIN: u32 = 1_024;
+/// Bins of the acceptor's probability in the run source's calibration.
+pub const LSTM_RUN_CALIBRATION_BINS: usize = 20;
+const _: () = assert!(LSTM_RUN_CALIBRATION_BINS >= 2);
+/// Run judgments awaiting their label, per stream (beyond, the oldest is
+/// dropped unlabelled).
+pub const LSTM_RUN_JUDGED_MAX: usize = 1_024;
+/// The run acceptor's boosted trees (log loss): trees per fit, their depth
+/// and learning rate.
+pub const LSTM_ACCEPT_TREES: usize = 100;
+pub const LSTM_ACCEPT_TREE_DEPTH: usize = 6;
+pub const LSTM_ACCEPT_LEARNING_RATE: f32 = 0.1;
+/// Labelled samples the acceptor keeps (the newest), fits over all of them:
+/// its first once this many came, then once per `LSTM_ACCEPT_REFIT_SAMPLES`
+/// new ones; a fit is installed once `LSTM_ACCEPT_INSTALL_SAMPLES` more came
+/// after it started (on its worker thread: 0.5 s on 46 000 samples on the
+/// development machine).
+pub const LSTM_ACCEPT_SAMPLES_MAX: usize = 65_536;
+pub const LSTM_ACCEPT_FIRST_FIT_SAMPLES: u32 = 512;
+pub const LSTM_ACCEPT_REFIT_SAMPLES: u32 = 2_048;
+pub const LSTM_ACCEPT_INSTALL_SAMPLES: u32 = 256;
+/// Until the acceptor's first fit, a run judgment is labelled read in time
+/// only if read within this many ticks of the expiry clock (shards touched
+/// where the hot tier's size is known; see the LSTM predictor).
+pub const LSTM_ACCEPT_BOOTSTRAP_HORIZON: u64 = 256;
+const _: () = assert!(
+    LSTM_ACCEPT_TREES >= 1
+        && LSTM_ACCEPT_TREE_DEPTH >= 1
+        && LSTM_ACCEPT_FIRST_FIT_SAMPLES as usize <= LSTM_ACCEPT_SAMPLES_MAX
+        && LSTM_ACCEPT_INSTALL_SAMPLES <= LSTM_ACCEPT_REFIT_SAMPLES
+        && LSTM_ACCEPT_REFIT_SAMPLES >= 1
+);
 /// A bucket's precision is trusted (its candidates emitted) once this many
 /// of its candidates resolved.
 pub const LSTM_CALIBRATION_MIN_RESOLVED: u32 = 8;

@@ -770,6 +770,8 @@ fn warm_up(kind: PredictorKind, pcfg: &PrefetchConfig, opts: &LstmOptions) {
             op: crate::trace::Op::Read,
             shard: i / 4,
             shards: 1,
+            end_eighths: 8,
+            bytes: 4096,
         })
         .collect();
     let mut out = Vec::new();

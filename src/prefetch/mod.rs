@@ -164,6 +164,12 @@ impl PrefetchConfig {
             op: ev.op,
             shard: first,
             shards: (last - first + 1).min(u64::from(u32::MAX)) as u32,
+            end_eighths: {
+                let end = ev.offset + ev.len.max(1);
+                let into = end - last * self.shard_bytes;
+                (into * 8).div_ceil(self.shard_bytes).clamp(1, 8) as u8
+            },
+            bytes: ev.len.min(u64::from(u32::MAX)) as u32,
         }
     }
 
@@ -186,6 +192,11 @@ pub struct ShardEvent {
     pub shard: u64,
     /// Shards touched (at least 1).
     pub shards: u32,
+    /// How far into its last shard the request reaches, in eighths of a
+    /// shard (1..=8, rounded up).
+    pub end_eighths: u8,
+    /// The request's length in bytes (saturated at `u32::MAX`).
+    pub bytes: u32,
 }
 
 impl ShardEvent {
@@ -198,6 +209,8 @@ impl ShardEvent {
             op: Op::Read,
             shard,
             shards: 1,
+            end_eighths: 8,
+            bytes: 4096,
         }
     }
 

@@ -41,6 +41,8 @@ fn main() {
                     op: Op::Read,
                     shard: (i / 16) % 128,
                     shards: 1,
+                    end_eighths: 8,
+                    bytes: 4096,
                 }
             })
             .collect();

@@ -1,8 +1,9 @@
 //! The LSTM prefetcher on libtorch (issue 4), kept out of the `shardblk`
 //! library so that only the processes that use it load libtorch.
 //!
-//! Files, one concern each: [`model`] (the network), [`train`] (online and
-//! offline training steps), [`memory`] (a volume stream's memory of its
+//! Files, one concern each: [`model`] (the network), [`accept`] (the run
+//! acceptor: boosted trees, refit online, that judge the shards after read
+//! runs), [`train`] (online and offline training steps), [`memory`] (a volume stream's memory of its
 //! states and what followed them), [`predictor`] (the
 //! [`shardblk::prefetch::Predictor`]), [`offline`] (`trace train`). The
 //! pure parts (delta vocabulary, features, options, the model file) are in
@@ -13,6 +14,7 @@
 //! The model runs on CUDA when built with the `cuda` feature and a GPU is
 //! present, else on the CPU, with `LstmOptions::threads` intra-op threads.
 
+pub mod accept;
 pub mod memory;
 pub mod model;
 pub mod offline;

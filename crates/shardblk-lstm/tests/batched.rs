@@ -22,6 +22,8 @@ fn passes(shards: u64, n: usize) -> Vec<ShardEvent> {
             op: Op::Read,
             shard: i % shards,
             shards: 1,
+            end_eighths: 8,
+            bytes: 4096,
         })
         .collect()
 }
@@ -135,6 +137,8 @@ fn interleaved_scans_in_one_batch_predict_with_both_streams() {
                 op: Op::Read,
                 shard: b * 1024 + s,
                 shards: 1,
+                end_eighths: 8,
+                bytes: 4096,
             })
         })
         .collect();

@@ -127,6 +127,8 @@ fn promising_on_sequential_reads_not_on_random_ones() {
                                 (i / 16) % 128
                             },
                             shards: 1,
+                            end_eighths: 8,
+                            bytes: 4096,
                         }
                     })
                     .collect();

@@ -40,6 +40,8 @@ fn readers() -> Vec<ShardEvent> {
                 op: Op::Read,
                 shard: start + k * stride as u64,
                 shards: 1,
+                end_eighths: 8,
+                bytes: 4096,
             });
         }
     }

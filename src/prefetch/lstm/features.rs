@@ -297,6 +297,8 @@ mod tests {
             op,
             shard,
             shards,
+            end_eighths: 8,
+            bytes: 4096,
         }
     }
 
