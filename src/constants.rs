@@ -702,7 +702,8 @@ const _: () = assert!(LSTM_RUN_CANDIDATES >= 1);
 /// A run candidate can be staged when the acceptor gives it at least this
 /// probability of being read in time, and the run source's calibration says
 /// staging every candidate at least as likely is precise enough (see the
-/// LSTM predictor). Session 13, umass websearch at 64 KiB shards: 0.4 staged
+/// LSTM predictor). Session 13, umass websearch at 64 KiB shards (before the
+/// provisional first labels, see `LSTM_ACCEPT_BOOTSTRAP_HORIZON`): 0.4 staged
 /// 7 583 shards at 55.1 % precision, 0.35 staged 8 749 at 51.7 % (hit ratio
 /// 55.0 -> 55.8 %); 0.3 staged more but later (timeliness 92 -> 84 %).
 pub const LSTM_RUN_ACCEPT_MIN: f64 = 0.35;

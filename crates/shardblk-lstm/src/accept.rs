@@ -94,9 +94,7 @@ impl RunContext {
 type Sample = ([f64; ACCEPT_FEATURES], bool);
 
 /// Column-major matrix data of `rows` (forust's layout).
-fn columns<'a>(
-    rows: impl ExactSizeIterator<Item = &'a [f64; ACCEPT_FEATURES]> + Clone,
-) -> Vec<f64> {
+fn columns<'a>(rows: impl ExactSizeIterator<Item = &'a [f64; ACCEPT_FEATURES]>) -> Vec<f64> {
     let n = rows.len();
     let mut data = vec![0f64; n * ACCEPT_FEATURES];
     for (r, row) in rows.enumerate() {

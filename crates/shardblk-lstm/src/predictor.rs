@@ -79,7 +79,7 @@
 //!   stream's precision gate nor the other stream of the event holds it,
 //!   and it counts in no stream's estimates. The shards it names are the
 //!   run source's alone (step 4a). Session 13: umass websearch at 64 KiB
-//!   shards 48.6 -> 55.8 % hit ratio at 51.7 % precision (RESULTS).
+//!   shards 48.6 -> 56.3 % hit ratio at 50.5 % precision (RESULTS).
 //! - Resident shards: when the hot tier's size is known
 //!   (`stage_capacity_shards`), the predictor models its contents as the
 //!   last that many distinct shards read or predicted (at most
@@ -234,9 +234,9 @@ impl Stream {
 
 /// The run source's candidates in the context `ctx`: the
 /// `LSTM_RUN_CANDIDATES` shards after its run, each with the acceptor's
-/// probability as raw confidence (none without a context or an acceptor).
-fn run_candidates(ctx: Option<&RunContext>, acceptor: Option<&Acceptor>) -> Vec<Candidate> {
-    let (Some(ctx), Some(acceptor)) = (ctx, acceptor) else {
+/// probability as raw confidence (none without a context).
+fn run_candidates(ctx: Option<&RunContext>, acceptor: &Acceptor) -> Vec<Candidate> {
+    let Some(ctx) = ctx else {
         return Vec::new();
     };
     let rows: Vec<_> = (1..=LSTM_RUN_CANDIDATES).map(|j| ctx.features(j)).collect();
@@ -303,7 +303,6 @@ struct Tracked {
     /// The highest bin of the acceptor's probabilities the run source
     /// judged it with (see `Gate::run_confidence`).
     run_top: Option<usize>,
-
     /// Counts towards the stream's precision estimate (it passed calibration).
     counted: bool,
     /// Emitted (not only tracked): counted in [`ScopeFigures`].
@@ -314,9 +313,9 @@ struct Tracked {
 }
 
 impl Tracked {
-    /// Record calibration buckets (each once; those beyond the free slots
-    /// of their kind are not recorded).
-    /// `ctx`: the run source's context, where `buckets` has a run bucket.
+    /// Record calibration buckets (the model's and the memory's each once,
+    /// those beyond the free slots not recorded; the run source's first) and
+    /// the run source's probability `run_p`, where it named the shard.
     fn add(&mut self, buckets: [Option<usize>; SOURCES], run_p: Option<f32>) {
         self.run_top = self.run_top.max(run_p.map(run_bin));
         for b in buckets.into_iter().flatten() {
@@ -460,7 +459,6 @@ impl Gate {
             gated: 0,
             scopes: Default::default(),
             run_outcomes: [(0.0, 0.0); LSTM_RUN_CALIBRATION_BINS],
-
             calibration: vec![
                 (0.0, 0);
                 LSTM_SCOPE_CLASSES as usize
@@ -475,7 +473,7 @@ impl Gate {
     /// The calibrated confidence of bucket `b`: its measured precision once
     /// `LSTM_CALIBRATION_MIN_RESOLVED` of its candidates resolved, 0 before
     /// (a bucket not measured yet emits nothing).
-    fn confidence_of_bucket(&self, b: usize) -> f32 {
+    fn confidence(&self, b: usize) -> f32 {
         let (p, n) = self.calibration[b];
         if n >= LSTM_CALIBRATION_MIN_RESOLVED {
             p
@@ -490,7 +488,6 @@ fn resolve(gate: &mut Gate, st: &mut Stream, t: &Tracked, correct: bool) {
     if let Some(bin) = t.run_top {
         gate.run_outcome(bin, correct);
     }
-
     let x = if correct { 1.0 } else { 0.0 };
     if let (true, Some(b)) = (t.emitted, t.first_bucket()) {
         let f = &mut gate.scopes[bucket_parts(b).0];
@@ -626,7 +623,7 @@ fn calibrate(
         let confidence = match (calibrated, source) {
             (_, Source::Run) if f64::from(raw) < LSTM_RUN_ACCEPT_MIN => 0.0,
             (_, Source::Run) => gate.run_confidence(raw),
-            (true, _) => gate.confidence_of_bucket(b),
+            (true, _) => gate.confidence(b),
             (false, _) => raw,
         };
         let run_p = (source == Source::Run).then_some(raw);
@@ -677,7 +674,6 @@ fn track(
             buckets: [None; TRACKED_BUCKETS],
             run_bucket: None,
             run_top: None,
-
             counted: eligible,
             emitted: false,
             fresh: false,
@@ -915,9 +911,6 @@ impl LstmPredictor {
         self.resident.as_ref().map(|_| self.hot_clock)
     }
 
-    /// How long a tracked prediction has to be read: the hot tier's
-    /// capacity in shards touched when it is known ([`Self::expiry_base`]),
-    /// else a number of events.
     /// How long the run source's judgments wait for their label, on the
     /// expiry clock: as tracked predictions, except before the acceptor's
     /// first fit: then [`LSTM_ACCEPT_BOOTSTRAP_HORIZON`] at most, so the
@@ -935,6 +928,9 @@ impl LstmPredictor {
         }
     }
 
+    /// How long a tracked prediction has to be read: the hot tier's
+    /// capacity in shards touched when it is known ([`Self::expiry_base`]),
+    /// else a number of events.
     pub fn deadline_events(&self) -> u64 {
         match self.cfg.stage_capacity_shards {
             0 => LSTM_PRECISION_DEADLINE_EVENTS_PER_DEPTH * u64::from(self.cfg.depth),
@@ -1176,7 +1172,7 @@ impl LstmPredictor {
             let Some(st) = self.streams.peek(&key) else {
                 continue;
             };
-            let mut preds = run_candidates(st.ctx.as_ref(), Some(acceptor));
+            let mut preds = run_candidates(st.ctx.as_ref(), acceptor);
             if let Some(res) = &self.resident {
                 preds.retain(|q| {
                     !res.contains(&ShardKey {
@@ -1814,7 +1810,7 @@ impl Predictor for LstmPredictor {
                                 && !(source == Source::Model && ahead == step as u64 + 1))
                     });
                 }
-                preds[x].extend(run_candidates(ctx.as_ref(), Some(acceptor)));
+                preds[x].extend(run_candidates(ctx.as_ref(), acceptor));
             }
         }
         // 4b. Candidates the hot tier probably holds already (read or
