@@ -294,8 +294,10 @@ fn print_prefetch(p: &PrefetchStats) {
         s.rate_per_s
     );
     println!(
-        "  training steps {}, loss {}",
+        "  training steps {}, loss {}, helper jobs {} (CPU {} ms)",
         p.train_steps,
-        p.train_loss.map_or("-".to_string(), |l| format!("{l:.4}"))
+        p.train_loss.map_or("-".to_string(), |l| format!("{l:.4}")),
+        p.helper_jobs,
+        p.helper_cpu_ms
     );
 }

@@ -37,7 +37,9 @@
 //!   ring ([`super::ring`]: bounded, lock-free, de-duplicated). Between
 //!   batches it gives the predictor [`Predictor::background`] time (online
 //!   training: at most `PREFETCH_TRAIN_SHARE_PERCENT` of the thread's model
-//!   time, as one training step cannot be cut short). An expensive
+//!   time, as one training step cannot be cut short; the CPU of jobs the
+//!   predictor finished on its own helper threads, the LSTM's run acceptor
+//!   fits, counts as the thread's training time). An expensive
 //!   predictor (step minimum above 1: the LSTM) has a throwaway copy
 //!   stepped on synthetic events before `start` returns, so libtorch's lazy
 //!   initialisation is paid before the device is live, not charged to the
@@ -231,6 +233,12 @@ pub struct PrefetchStats {
     /// live.
     #[serde(default)]
     pub train_ms: u64,
+    /// Jobs the predictor finished on helper threads (the LSTM's run
+    /// acceptor fits) and their CPU (milliseconds; in `train_ms` too).
+    #[serde(default)]
+    pub helper_jobs: u64,
+    #[serde(default)]
+    pub helper_cpu_ms: u64,
     #[serde(default)]
     pub warm_up_ms: u64,
     pub stager: StagerStats,
@@ -1052,9 +1060,12 @@ struct Model {
     pacer: Pacer,
     /// When to step on the gathered events ([`super::pace::Cadence`]).
     cadence: Cadence,
-    /// Model time in steps and in background training.
+    /// Model time in steps and in background training (helper threads'
+    /// CPU included, see [`crate::prefetch::PredictorFigures::helper_cpu_ns`]).
     step_busy: Duration,
     train_busy: Duration,
+    /// The predictor's helper CPU already charged (ns).
+    helper_cpu_ns: u64,
     /// The machine's CPU times at the last sample, and the model time
     /// since (counted as idle: the thread's own use is spare for it).
     cpu_sample: Option<(Instant, CpuTimes)>,
@@ -1094,6 +1105,7 @@ impl Model {
             cadence,
             step_busy: Duration::ZERO,
             train_busy: Duration::ZERO,
+            helper_cpu_ns: 0,
             cpu_sample: None,
             busy_since_sample: Duration::ZERO,
             cpu_times: CpuTimes::now,
@@ -1150,7 +1162,9 @@ impl Model {
                     .pred
                     .background(Duration::from_millis(PREFETCH_BACKGROUND_BUDGET_MS));
             if worked {
-                let busy = t0.elapsed();
+                // A fit finished on a helper thread is this thread's work
+                // too: its CPU counts against the share and the pacer.
+                let busy = t0.elapsed() + self.helper_cpu();
                 self.train_busy += busy;
                 self.st.train_ms = self.train_busy.as_millis() as u64;
                 self.worked(busy);
@@ -1186,6 +1200,17 @@ impl Model {
             self.st.skipped_events += older as u64;
             batch.drain(..older);
         }
+    }
+
+    /// CPU the predictor's helper threads used since the last call (jobs
+    /// they finished; see [`crate::prefetch::PredictorFigures::helper_cpu_ns`]).
+    fn helper_cpu(&mut self) -> Duration {
+        let f = self.pred.figures();
+        let new = f.helper_cpu_ns.saturating_sub(self.helper_cpu_ns);
+        self.helper_cpu_ns = f.helper_cpu_ns;
+        self.st.helper_jobs = f.helper_jobs;
+        self.st.helper_cpu_ms = f.helper_cpu_ns / 1_000_000;
+        Duration::from_nanos(new)
     }
 
     /// Whether background work (online training) may run now: while it has
@@ -1316,6 +1341,8 @@ fn merge_figures(drain: &PrefetchStats, model: &PrefetchStats) -> PrefetchStats 
         spare_cpu_percent: model.spare_cpu_percent,
         promising_steps: model.promising_steps,
         train_ms: model.train_ms,
+        helper_jobs: model.helper_jobs,
+        helper_cpu_ms: model.helper_cpu_ms,
         warm_up_ms: model.warm_up_ms,
         ..drain.clone()
     }
@@ -1486,6 +1513,7 @@ mod tests {
     use super::*;
     use crate::constants::PREFETCH_PRODUCTIVE_WINDOW_MS;
     use crate::device::metrics::{trace_ring, TraceProducer};
+    use crate::prefetch::PredictorFigures;
     use std::sync::atomic::AtomicUsize;
 
     const MIB: u64 = 1 << 20;
@@ -1515,6 +1543,10 @@ mod tests {
         promising: bool,
         /// Each background call's work (zero: none).
         train: Duration,
+        /// CPU each background call reports as done on a helper thread
+        /// (a fit finished off the model thread; zero: none).
+        helper: Duration,
+        helper_jobs: u64,
     }
 
     impl Predictor for Slow {
@@ -1544,7 +1576,17 @@ mod tests {
             while t0.elapsed() < self.train {
                 std::hint::spin_loop();
             }
-            !self.train.is_zero()
+            if !self.helper.is_zero() {
+                self.helper_jobs += 1;
+            }
+            !self.train.is_zero() || !self.helper.is_zero()
+        }
+        fn figures(&self) -> PredictorFigures {
+            PredictorFigures {
+                helper_jobs: self.helper_jobs,
+                helper_cpu_ns: self.helper_jobs * self.helper.as_nanos() as u64,
+                ..Default::default()
+            }
         }
     }
 
@@ -1759,6 +1801,8 @@ mod tests {
                 max: 64,
                 promising: false,
                 train: Duration::ZERO,
+                helper: Duration::ZERO,
+                helper_jobs: 0,
             },
             2,
         );
@@ -1812,6 +1856,8 @@ mod tests {
             max: 256,
             promising: false,
             train: Duration::ZERO,
+            helper: Duration::ZERO,
+            helper_jobs: 0,
         });
         // One event, then (well within the longest wait) the rest of a batch.
         read(&mut tp, 0);
@@ -1850,6 +1896,8 @@ mod tests {
             max: 32,
             promising: false,
             train: Duration::ZERO,
+            helper: Duration::ZERO,
+            helper_jobs: 0,
         });
         let first = PREFETCH_LEARN_STEPS + 1;
         let mut i = 0;
@@ -1890,19 +1938,21 @@ mod tests {
         assert_eq!(st.skipped_events, 100 - 32, "{st:?}");
     }
 
-    #[test]
-    fn training_takes_at_most_its_share_of_the_model_time() {
-        // Training stretches of 40 ms (one step that cannot be cut short)
-        // against 2 ms steps: with events to step, training waits until the
-        // steps have had their share of the model time.
+    /// Steps of 2 ms, events every 20 ms for 1.5 s, and background work of
+    /// 40 ms per call, on the model thread (`on_thread`) or reported as
+    /// done on a helper thread: the final figures and the steps' time (ms).
+    fn training_share(on_thread: bool) -> (PrefetchStats, u64) {
         let log = Batches::new();
+        let work = Duration::from_millis(40);
         let (mut tp, shared, stop, h, _rx) = spawn(Slow {
             log: log.clone(),
             busy: Duration::from_millis(2),
             min: 1,
             max: 64,
             promising: true,
-            train: Duration::from_millis(40),
+            train: if on_thread { work } else { Duration::ZERO },
+            helper: if on_thread { Duration::ZERO } else { work },
+            helper_jobs: 0,
         });
         let deadline = Instant::now() + Duration::from_millis(1500);
         let mut i = 0;
@@ -1916,17 +1966,37 @@ mod tests {
         let st = shared.stats().unwrap();
         // the steps' measured time (a loaded machine stretches the 2 ms)
         let steps_ms = (st.batches as f64 * st.batch_us_mean / 1000.0) as u64;
-        assert!(st.train_ms >= 40, "training never ran: {st:?}");
-        // at most half of all model time, give or take a stretch or two
-        assert!(
-            st.train_ms
-                <= steps_ms * u64::from(PREFETCH_TRAIN_SHARE_PERCENT)
-                    / u64::from(100 - PREFETCH_TRAIN_SHARE_PERCENT)
-                    + 80,
-            "training {} ms against {} ms of steps: {st:?}",
-            st.train_ms,
-            steps_ms
-        );
+        (st, steps_ms)
+    }
+
+    #[test]
+    fn training_takes_at_most_its_share_of_the_model_time() {
+        // Training stretches of 40 ms (one step that cannot be cut short)
+        // against 2 ms steps: with events to step, training waits until the
+        // steps have had their share of the model time. Work a helper
+        // thread did for the predictor (the run acceptor's fits) counts
+        // the same as work on the model thread.
+        for on_thread in [true, false] {
+            let (st, steps_ms) = training_share(on_thread);
+            assert!(st.train_ms >= 40, "training never ran: {st:?}");
+            // at most half of all model time, give or take a stretch or two
+            assert!(
+                st.train_ms
+                    <= steps_ms * u64::from(PREFETCH_TRAIN_SHARE_PERCENT)
+                        / u64::from(100 - PREFETCH_TRAIN_SHARE_PERCENT)
+                        + 80,
+                "on thread {on_thread}: training {} ms against {} ms of steps: {st:?}",
+                st.train_ms,
+                steps_ms
+            );
+            if on_thread {
+                assert_eq!((st.helper_jobs, st.helper_cpu_ms), (0, 0), "{st:?}");
+            } else {
+                assert!(st.helper_jobs >= 1, "{st:?}");
+                assert_eq!(st.helper_cpu_ms, st.helper_jobs * 40, "{st:?}");
+                assert!(st.train_ms >= st.helper_cpu_ms, "{st:?}");
+            }
+        }
     }
 
     /// Steps of 20 ms over batches of 8 events on a machine whose CPU
@@ -1946,6 +2016,8 @@ mod tests {
                 max: 8,
                 promising,
                 train: Duration::ZERO,
+                helper: Duration::ZERO,
+                helper_jobs: 0,
             },
             0,
             cpu_times,

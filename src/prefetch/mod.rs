@@ -294,6 +294,12 @@ pub struct PredictorFigures {
     pub train_loss: Option<f32>,
     /// Work skipped under overload (events not fed, training skipped).
     pub skipped: u64,
+    /// Jobs finished on the predictor's helper threads (the LSTM's run
+    /// acceptor fits), and the CPU they used (ns, each worker's own thread
+    /// CPU time): work done off the calling thread, which the live model
+    /// thread charges to its CPU share as if it had done it itself.
+    pub helper_jobs: u64,
+    pub helper_cpu_ns: u64,
 }
 
 /// The predictor that never predicts (the "no prefetch" reference).

@@ -5,7 +5,11 @@
 //! (comma-separated, default `1,1,16,64,128,256,...`). Per step: its
 //! latency, the predictions it emitted, whether the predictor says it is
 //! promising (what the live pacer uses), the precision gate's figures and
-//! the background training that followed (20 ms budget, as the live thread).
+//! the background training that followed (20 ms budget, as the live thread),
+//! and the run acceptor's fits so far with their CPU time.
+//! `STEP_COST_PATTERN=random` feeds uniformly random 4 KiB reads over 256
+//! MiB instead (fio randread against the replay's volume: what the
+//! predictor costs where there is nothing to predict).
 //! Run natively or in the test VM (`target/release/examples/step_cost`):
 //! `cargo run --release -p shardblk-lstm --example step_cost [SIZES]`.
 use shardblk::prefetch::lstm::LstmOptions;
@@ -29,12 +33,29 @@ fn main() {
         .split(',')
         .map(|s| s.parse().unwrap())
         .collect();
+    let random = std::env::var("STEP_COST_PATTERN").is_ok_and(|v| v == "random");
     let mut i = 0u64;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut out: Vec<Prediction> = Vec::new();
     for n in sizes {
         let batch: Vec<ShardEvent> = (0..n)
             .map(|_| {
                 i += 1;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % (1 << 16)) * 4096;
+                if random {
+                    return ShardEvent {
+                        ts_ns: i * 500_000,
+                        volume: 0,
+                        op: Op::Read,
+                        shard: off >> 20,
+                        shards: 1,
+                        end_eighths: ((off & ((1 << 20) - 1)) >> 17) as u8 + 1,
+                        bytes: 4096,
+                    };
+                }
                 ShardEvent {
                     ts_ns: i * 200_000,
                     volume: 0,
@@ -59,5 +80,13 @@ fn main() {
             p.promising(),
             tb.elapsed().as_secs_f64()
         );
+        let f = p.figures();
+        if f.helper_jobs > 0 {
+            println!(
+                "  run acceptor: fits {}, their CPU {:.3} s",
+                f.helper_jobs,
+                f.helper_cpu_ns as f64 / 1e9
+            );
+        }
     }
 }

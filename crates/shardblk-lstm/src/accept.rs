@@ -29,8 +29,10 @@
 //!   inference never waits for a fit in progress, except where the worker
 //!   falls that far behind, and the acceptor's output depends only on the
 //!   samples it was given: a seeded run is repeatable.
-//! - It always runs on the CPU, one thread per fit: it is too small for a
-//!   GPU to pay off.
+//! - It always runs on the CPU, one thread per fit (`shardblk-accept`): it
+//!   is too small for a GPU to pay off. Each fit measures its worker's CPU
+//!   time ([`Acceptor::fit_total`]), which the live model thread charges to
+//!   its own CPU share (see `PredictorFigures::helper_cpu_ns`).
 
 use forust_ml::{GradientBooster, Matrix};
 use shardblk::constants::{
@@ -38,9 +40,14 @@ use shardblk::constants::{
     LSTM_ACCEPT_REFIT_SAMPLES, LSTM_ACCEPT_SAMPLES_MAX, LSTM_ACCEPT_TREES, LSTM_ACCEPT_TREE_DEPTH,
     LSTM_RUN_CANDIDATES,
 };
+use shardblk::threads::thread_cpu_time;
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// The name of a fit's worker thread (it inherits the spawning thread's
+/// nice value; per-thread CPU figures show it apart).
+pub const ACCEPT_THREAD_NAME: &str = "shardblk-accept";
 
 /// Width of [`RunContext::features`].
 pub const ACCEPT_FEATURES: usize = 9;
@@ -113,14 +120,15 @@ enum Trees {
 }
 
 /// Fit boosted trees to `samples` (log loss); a constant where they all
-/// have one label (trees cannot split on nothing).
+/// have one label (trees cannot split on nothing). With the CPU time the
+/// fit took on the calling thread.
 fn fit(samples: &[Sample]) -> Option<(Trees, Duration)> {
-    let t0 = Instant::now();
+    let t0 = thread_cpu_time();
     let positives = samples.iter().filter(|s| s.1).count();
     if positives == 0 || positives == samples.len() {
         return Some((
             Trees::Constant(positives as f64 / samples.len().max(1) as f64),
-            t0.elapsed(),
+            thread_cpu_time().saturating_sub(t0),
         ));
     }
     let data = columns(samples.iter().map(|s| &s.0));
@@ -132,7 +140,10 @@ fn fit(samples: &[Sample]) -> Option<(Trees, Duration)> {
         .set_max_depth(LSTM_ACCEPT_TREE_DEPTH)
         .set_parallel(false);
     g.fit_unweighted(&m, &y, None).ok()?;
-    Some((Trees::Boosted(Box::new(g)), t0.elapsed()))
+    Some((
+        Trees::Boosted(Box::new(g)),
+        thread_cpu_time().saturating_sub(t0),
+    ))
 }
 
 /// A fit in progress: its worker, and the samples learned since it started.
@@ -150,9 +161,11 @@ pub struct Acceptor {
     /// Samples learned since the last fit started.
     fresh: u32,
     fitting: Option<Fitting>,
-    /// Fits installed, and how long the last took (on its worker).
+    /// Fits installed, and the CPU time the last and all of them took (on
+    /// their workers).
     pub fits: u64,
     pub fit_last: Duration,
+    pub fit_total: Duration,
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -161,6 +174,7 @@ impl std::fmt::Debug for Acceptor {
             .field("samples", &self.samples.len())
             .field("fits", &self.fits)
             .field("fit_last", &self.fit_last)
+            .field("fit_total", &self.fit_total)
             .finish()
     }
 }
@@ -182,6 +196,7 @@ impl Acceptor {
             fitting: None,
             fits: 0,
             fit_last: Duration::ZERO,
+            fit_total: Duration::ZERO,
         }
     }
 
@@ -253,6 +268,7 @@ impl Acceptor {
                 self.trees = Some(trees);
                 self.fits += 1;
                 self.fit_last = took;
+                self.fit_total += took;
                 did = true;
             }
         }
@@ -268,12 +284,16 @@ impl Acceptor {
                 .chain(self.samples.iter())
                 .copied()
                 .collect();
-            self.fresh = 0;
-            self.fitting = Some(Fitting {
-                worker: std::thread::spawn(move || fit(&samples)),
-                since: 0,
-            });
-            did = true;
+            // A worker that cannot be started leaves the trees in use and
+            // is tried again after the next batch.
+            if let Ok(worker) = std::thread::Builder::new()
+                .name(ACCEPT_THREAD_NAME.into())
+                .spawn(move || fit(&samples))
+            {
+                self.fresh = 0;
+                self.fitting = Some(Fitting { worker, since: 0 });
+                did = true;
+            }
         }
         did
     }
@@ -353,6 +373,8 @@ mod tests {
             ctx(5, 2).features(1),
         ]);
         assert!(a.fits >= 2 && a.samples() == 6_000, "{a:?}");
+        // each fit's CPU, measured on its worker, adds up
+        assert!(a.fit_last > Duration::ZERO && a.fit_total > a.fit_last, "{a:?}");
         assert!(p[1] > 0.9, "a long run ending late goes on: {p:?}");
         assert!(p[0] < 0.1 && p[2] < 0.1, "the others do not: {p:?}");
     }

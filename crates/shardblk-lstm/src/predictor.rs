@@ -1948,7 +1948,12 @@ impl Predictor for LstmPredictor {
     }
 
     fn figures(&self) -> PredictorFigures {
-        self.fig.clone()
+        let mut f = self.fig.clone();
+        if let Some(a) = &self.acceptor {
+            f.helper_jobs = a.fits;
+            f.helper_cpu_ns = u64::try_from(a.fit_total.as_nanos()).unwrap_or(u64::MAX);
+        }
+        f
     }
 }
 
