@@ -271,7 +271,8 @@ echo | tee -a "$OUT/prefetch_replay.txt"
 # other round; each round's IOPS is divided by the same round's `off`, so the
 # guest's drift between rounds cancels. CPU: the daemon's user+system seconds
 # over the run, its drain thread's (`shardblk-infer`) and its model
-# thread's (`shardblk-model`) alone.
+# thread's (`shardblk-model`, with the run acceptor's fit workers,
+# `shardblk-accept`, that exist when the CPU is read) alone.
 # The predictors' own cost: demand promotion off (it would promote the
 # re-read shards of a random workload over a small volume, a different
 # effect).
@@ -295,6 +296,7 @@ total = ticks(f"/proc/{pid}/stat")
 of = {"shardblk-infer": 0, "shardblk-model": 0}
 for t in os.listdir(f"/proc/{pid}/task"):
     comm = open(f"/proc/{pid}/task/{t}/comm").read().strip()
+    comm = {"shardblk-accept": "shardblk-model"}.get(comm, comm)  # its fit workers
     if comm in of:
         of[comm] += ticks(f"/proc/{pid}/task/{t}/stat")
 print("%.2f %.2f %.2f" % (total / hz, of["shardblk-infer"] / hz, of["shardblk-model"] / hz))
