@@ -65,6 +65,8 @@ pub enum DeviceError {
     Cluster(String),
     #[error("prefetch: {0}")]
     Prefetch(#[from] crate::prefetch::live::LiveError),
+    #[error("/dev/ublkb{number} is deleted, but its daemon (pid {pid}) is still running after {secs} s; it holds the pool until it exits")]
+    DaemonLingers { number: u32, pid: u32, secs: u64 },
 }
 
 impl From<libublk::UblkError> for DeviceError {

@@ -17,8 +17,8 @@
 //!   [`ServeOptions::recover`] starts a new daemon for it.
 
 use crate::constants::{
-    DEVICE_DISCARD_MAX_BYTES, DEVICE_IO_BUF_BYTES, DEVICE_STOP_TIMEOUT_S, DEVICE_TRACE_RING_EVENTS,
-    POLICY_WINDOW_MS, TIERS_MAX,
+    DEVICE_DAEMON_EXIT_TIMEOUT_S, DEVICE_DISCARD_MAX_BYTES, DEVICE_IO_BUF_BYTES,
+    DEVICE_STOP_TIMEOUT_S, DEVICE_TRACE_RING_EVENTS, POLICY_WINDOW_MS, TIERS_MAX,
 };
 use crate::device::config::{online_cpus, DeviceConfig};
 use crate::device::control::{spawn_server, ControlState};
@@ -99,7 +99,9 @@ pub(crate) fn wait_quiesced(n: u32) -> Result<(), DeviceError> {
     }
 }
 
-/// Stop and delete device `n`, waiting for its daemon to exit.
+/// Stop and delete device `n`, waiting for its daemon to exit (at most
+/// `DEVICE_DAEMON_EXIT_TIMEOUT_S`; a daemon still running then is an error, after
+/// the device is deleted).
 pub fn delete(n: u32) -> Result<(), DeviceError> {
     if !device_exists(n) {
         DeviceRecord::remove(n);
@@ -108,9 +110,9 @@ pub fn delete(n: u32) -> Result<(), DeviceError> {
     let rec = DeviceRecord::read(n).ok();
     let c = UblkCtrl::new_simple(n as i32)?;
     let _ = c.kill_dev();
+    let t0 = Instant::now();
     if let Some(r) = &rec {
-        let t0 = Instant::now();
-        while r.daemon_alive() && t0.elapsed() < Duration::from_secs(DEVICE_STOP_TIMEOUT_S) {
+        while r.daemon_alive() && t0.elapsed() < Duration::from_secs(DEVICE_DAEMON_EXIT_TIMEOUT_S) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -118,7 +120,16 @@ pub fn delete(n: u32) -> Result<(), DeviceError> {
         c.del_dev()?;
     }
     DeviceRecord::remove(n);
-    Ok(())
+    match rec {
+        // The device is gone, but its daemon still holds the pool: the
+        // caller must not take `del` for done.
+        Some(r) if r.daemon_alive() => Err(DeviceError::DaemonLingers {
+            number: n,
+            pid: r.pid,
+            secs: t0.elapsed().as_secs(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Add (or recover) the device and serve it until it stops.
@@ -299,16 +310,23 @@ fn run(
     };
     stop_on_signal(signals, number_cell.clone())?;
     let r = ctrl.run_target(tgt_init, q_fn, device_fn);
+    let t0 = Instant::now();
     // Stop the inference thread and the stager (a staging in progress
     // completes) before the final commit.
     drop(p.live);
+    let live_ms = t0.elapsed().as_millis();
     // The manager finishes its window in progress, then stops.
     drop(p.manager);
+    let manager_ms = t0.elapsed().as_millis() - live_ms;
     // An orderly stop makes everything acknowledged durable, mappings
     // included: the kernel sends no FLUSH when a device is stopped, and a
     // disk flushes its cache on shutdown too.
     let committed = p.pool.commit();
     drop(p.pool);
+    tracing::info!(
+        "stopped: prefetch threads in {live_ms} ms, manager in {manager_ms} ms, commit in {} ms",
+        t0.elapsed().as_millis() - live_ms - manager_ms
+    );
     if opts.recover {
         // A device adopted by recovery is not deleted by libublk's drop;
         // stopped (by `del` or a signal), it has nothing left to serve.

@@ -795,7 +795,10 @@ impl Drop for Live {
             t.thread().unpark();
         }
         for t in self.threads.drain(..) {
+            let t0 = Instant::now();
+            let name = t.thread().name().unwrap_or("?").to_string();
             let _ = t.join();
+            tracing::debug!("{name} joined in {} ms", t0.elapsed().as_millis());
         }
     }
 }
@@ -1155,6 +1158,11 @@ impl Model {
             }
             if self.try_step(&mut batch, &mut out) {
                 continue;
+            }
+            // A training step cannot be cut short (seconds under TCG): none
+            // starts once the device is stopping.
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
             let t0 = Instant::now();
             let worked = self.training_allowed()

@@ -184,7 +184,11 @@ pid2="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])'
 exe="$(readlink "/proc/$pid2/exe")"
 [ "$pid2" != "$pid" ] && [ "${exe##*/}" = shardblk-lstm ] || die "recover did not start a new lstm daemon ($pid2, $exe)"
 verify_64m "$dev" || die "verify (lstm, recovered)"
-"$B" del -n 3
+"$B" del -n 3 || die "del (lstm)"
+# `del` returns once the daemon has exited (its model thread finishes a
+# training step first): the pool is free for the next device.
+[ -r "/proc/$pid2/stat" ] && ! grep -q ') Z ' "/proc/$pid2/stat" &&
+    die "del returned while the lstm daemon (pid $pid2) still runs"
 
 step "prefetch off: trace record still works (the daemon's tap drains the rings)"
 dev="$("$B" add --volume pvol -n 2)" || die "add off"

@@ -374,7 +374,10 @@ mod tests {
         ]);
         assert!(a.fits >= 2 && a.samples() == 6_000, "{a:?}");
         // each fit's CPU, measured on its worker, adds up
-        assert!(a.fit_last > Duration::ZERO && a.fit_total > a.fit_last, "{a:?}");
+        assert!(
+            a.fit_last > Duration::ZERO && a.fit_total > a.fit_last,
+            "{a:?}"
+        );
         assert!(p[1] > 0.9, "a long run ending late goes on: {p:?}");
         assert!(p[0] < 0.1 && p[2] < 0.1, "the others do not: {p:?}");
     }
