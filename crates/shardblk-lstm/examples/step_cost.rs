@@ -7,12 +7,14 @@
 //! promising (what the live pacer uses), the precision gate's figures and
 //! the background training that followed (20 ms budget, as the live thread),
 //! and the run acceptor's fits so far with their CPU time.
-//! `STEP_COST_PATTERN=random` feeds uniformly random 4 KiB reads over 256
-//! MiB instead (fio randread against the replay's volume: what the
-//! predictor costs where there is nothing to predict).
+//! `STEP_COST_PATTERN=random` feeds the simulator's uniform random
+//! workload instead, 4 KiB reads over 256 MiB (fio randread against the
+//! replay's volume: what the predictor costs where there is nothing to
+//! predict).
 //! Run natively or in the test VM (`target/release/examples/step_cost`):
 //! `cargo run --release -p shardblk-lstm --example step_cost [SIZES]`.
 use shardblk::prefetch::lstm::LstmOptions;
+use shardblk::prefetch::synth::{generate, SynthConfig, SynthKind};
 use shardblk::prefetch::{Prediction, Predictor, PrefetchConfig, ShardEvent};
 use shardblk::trace::Op;
 use std::time::Instant;
@@ -33,40 +35,47 @@ fn main() {
         .split(',')
         .map(|s| s.parse().unwrap())
         .collect();
-    let random = std::env::var("STEP_COST_PATTERN").is_ok_and(|v| v == "random");
+    // `STEP_COST_PATTERN=random`: the simulator's uniform random workload,
+    // 4 KiB reads over 256 MiB about 0.5 ms apart, in the sizes' batches.
+    let random: Option<Vec<ShardEvent>> =
+        (std::env::var("STEP_COST_PATTERN").as_deref() == Ok("random")).then(|| {
+            let synth = SynthConfig {
+                events: sizes.iter().sum(),
+                volume_bytes: 256 << 20,
+                io_bytes: 4096,
+                interarrival_ns: 500_000,
+                think_ns: 0,
+                ..SynthConfig::new(SynthKind::Random, 1)
+            };
+            generate(&synth)
+                .iter()
+                .map(|e| cfg.shard_event(0, e))
+                .collect()
+        });
     let mut i = 0u64;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut out: Vec<Prediction> = Vec::new();
     for n in sizes {
-        let batch: Vec<ShardEvent> = (0..n)
-            .map(|_| {
-                i += 1;
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let off = (x % (1 << 16)) * 4096;
-                if random {
-                    return ShardEvent {
-                        ts_ns: i * 500_000,
+        let batch: Vec<ShardEvent> = match &random {
+            Some(r) => {
+                let from = i as usize;
+                i += n as u64;
+                r[from..from + n].to_vec()
+            }
+            None => (0..n)
+                .map(|_| {
+                    i += 1;
+                    ShardEvent {
+                        ts_ns: i * 200_000,
                         volume: 0,
                         op: Op::Read,
-                        shard: off >> 20,
+                        shard: (i / 16) % 128,
                         shards: 1,
-                        end_eighths: ((off & ((1 << 20) - 1)) >> 17) as u8 + 1,
+                        end_eighths: 8,
                         bytes: 4096,
-                    };
-                }
-                ShardEvent {
-                    ts_ns: i * 200_000,
-                    volume: 0,
-                    op: Op::Read,
-                    shard: (i / 16) % 128,
-                    shards: 1,
-                    end_eighths: 8,
-                    bytes: 4096,
-                }
-            })
-            .collect();
+                    }
+                })
+                .collect(),
+        };
         out.clear();
         let t = Instant::now();
         p.step(&batch, &mut out);

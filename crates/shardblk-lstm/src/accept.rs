@@ -124,11 +124,15 @@ enum Trees {
 /// fit took on the calling thread.
 fn fit(samples: &[Sample]) -> Option<(Trees, Duration)> {
     let t0 = thread_cpu_time();
+    let trees = fit_trees(samples)?;
+    Some((trees, thread_cpu_time().saturating_sub(t0)))
+}
+
+fn fit_trees(samples: &[Sample]) -> Option<Trees> {
     let positives = samples.iter().filter(|s| s.1).count();
     if positives == 0 || positives == samples.len() {
-        return Some((
-            Trees::Constant(positives as f64 / samples.len().max(1) as f64),
-            thread_cpu_time().saturating_sub(t0),
+        return Some(Trees::Constant(
+            positives as f64 / samples.len().max(1) as f64,
         ));
     }
     let data = columns(samples.iter().map(|s| &s.0));
@@ -140,10 +144,7 @@ fn fit(samples: &[Sample]) -> Option<(Trees, Duration)> {
         .set_max_depth(LSTM_ACCEPT_TREE_DEPTH)
         .set_parallel(false);
     g.fit_unweighted(&m, &y, None).ok()?;
-    Some((
-        Trees::Boosted(Box::new(g)),
-        thread_cpu_time().saturating_sub(t0),
-    ))
+    Some(Trees::Boosted(Box::new(g)))
 }
 
 /// A fit in progress: its worker, and the samples learned since it started.
